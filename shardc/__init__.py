@@ -1,0 +1,21 @@
+"""shardc: a parallelizing ML compiler. The public API lives here and nowhere else."""
+from .errors import Error, IRError, ShardingError, UnsupportedOpError
+from .ir import DType, Graph, Op, parse_graph
+
+__version__ = "0.1.0"
+
+
+def from_torch(fn, args, kwargs=None, **options) -> Graph:
+    """torch.nn.Module or function + example args → Graph (torch.export, core ATen)."""
+    from .frontend.torch import from_torch as _impl
+    return _impl(fn, args, kwargs, **options)
+
+
+def from_jax(fn, *args, **options) -> Graph:
+    """jax function + example args → Graph (jaxpr)."""
+    from .frontend.jax import from_jax as _impl
+    return _impl(fn, *args, **options)
+
+
+__all__ = ["DType", "Error", "Graph", "IRError", "Op", "ShardingError", "UnsupportedOpError",
+           "from_jax", "from_torch", "parse_graph"]
