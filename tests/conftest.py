@@ -16,12 +16,3 @@ def rng():
     print(f"rng seed {seed}")
     return np.random.default_rng(seed)
 
-
-def rel_err(got, want) -> float:
-    """Max error relative to the reference's scale (robust to entries near zero)."""
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        raise AssertionError(f"shape {got.shape} != {want.shape}")
-    scale = max(np.max(np.abs(want)) if want.size else 0.0, 1e-30)
-    return float(np.max(np.abs(got - want)) / scale) if want.size else 0.0
