@@ -160,11 +160,12 @@ class GraphBuilder:
         return n
 
     def add(self, op: Op, inputs: Iterable[Node] = (), name: str | None = None,
-            shape: Sequence[int] | None = None, dtype: DType | None = None, **attrs: Any) -> Node:
-        """Append `op(inputs){attrs}`; shape and dtype come from the shape rules."""
+            out_shape: Sequence[int] | None = None, out_dtype: DType | None = None, **attrs: Any) -> Node:
+        """Append `op(inputs){attrs}`; shape and dtype come from the shape rules (leaves —
+        constant, iota — declare theirs with out_shape/out_dtype)."""
         from .shapes import infer
         inputs = tuple(inputs)
-        out_shape, out_dtype = infer(op, inputs, attrs, shape, dtype, self.mesh_axes)
+        out_shape, out_dtype = infer(op, inputs, attrs, out_shape, out_dtype, self.mesh_axes)
         n = Node(op, inputs, attrs, out_shape, out_dtype, self.source, name)
         self.nodes.append(n)
         return n
@@ -175,10 +176,10 @@ class GraphBuilder:
         if arr.ndim == 0:
             v = arr.item()
             v = bool(v) if dtype is DType.bool else int(v) if dtype.is_int else float(v)
-            return self.add(Op.CONSTANT, (), shape=tuple(shape or ()), dtype=dtype, value=v)
+            return self.add(Op.CONSTANT, (), out_shape=tuple(shape or ()), out_dtype=dtype, value=v)
         if shape is not None and tuple(shape) != arr.shape:
             raise IRError(f"constant of shape {arr.shape} given shape {tuple(shape)}")
-        return self.add(Op.CONSTANT, (), shape=arr.shape, dtype=dtype,
+        return self.add(Op.CONSTANT, (), out_shape=arr.shape, out_dtype=dtype,
                         value=np.ascontiguousarray(arr.astype(dtype.np)))
 
     def build(self, outputs: Sequence[Node], output_names: Sequence[str] | None = None,
