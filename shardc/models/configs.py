@@ -181,10 +181,10 @@ class MoEConfig(_Config):
         shapes = {}
         for i in range(self.n_layers):
             p = f"layers.{i}."
-            shapes.update({
-                p + "router.weight": (e, d),
+            shapes.update({  # torch order: a module's own parameters before its submodules'
                 p + "w_in": (e, d, f),   # stacked expert weights: experts run as one batched matmul
                 p + "w_out": (e, f, d),
+                p + "router.weight": (e, d),
             })
         return shapes
 
