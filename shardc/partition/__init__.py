@@ -1,0 +1,32 @@
+"""The SPMD partitioner: mesh + specs → propagation → reshard → per-device program."""
+from __future__ import annotations
+
+from ..errors import ShardingError
+from ..ir import Graph
+from .lower import lower
+from .mesh import DimSharding, Mesh, P, Sharding
+from .plans import PLANS, plan_seeds
+from .program import CollectiveRecord, SpmdProgram
+from .propagate import USER, TensorSharding, propagate
+from .specs import resolve
+
+
+def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None) -> SpmdProgram:
+    """Partition `g` over `mesh`: specs (names or globs → P) and/or a plan ("dp", "fsdp")."""
+    if not isinstance(mesh, Mesh):
+        raise ShardingError(f"partition needs a shardc.Mesh, got {type(mesh).__name__}")
+    user, out_specs = resolve(g, mesh, specs)
+    seeds = {n: TensorSharding(s, USER, True, origin) for n, (s, origin) in user.items()}
+    if plan is not None:
+        plan_nodes, plan_outs = plan_seeds(g, mesh, plan, set(seeds))
+        seeds.update(plan_nodes)
+        for i, s in plan_outs.items():
+            out_specs.setdefault(i, s)
+    state = propagate(g, mesh, seeds)
+    shardings = {n: st.sharding for n, st in state.items()}
+    origins = {n: st.origin for n, st in state.items()}
+    outs = [out_specs.get(i, shardings[o]) for i, o in enumerate(g.outputs)]
+    return lower(g, mesh, shardings, origins, outs)
+
+
+__all__ = ["CollectiveRecord", "DimSharding", "Mesh", "P", "PLANS", "Sharding", "SpmdProgram", "partition"]

@@ -1,0 +1,105 @@
+"""Between tensor shardings and factor shardings: project a tensor's dims onto an op's factors,
+merge what every tensor of the op says about each factor, and project back."""
+from __future__ import annotations
+
+import math
+
+from .mesh import DimSharding, Mesh, Sharding
+from .rules import FactorRule
+
+FactorAxes = dict[int, tuple[str, ...]]
+
+
+def project(s: Sharding, dims: list[list[int]], rule: FactorRule, mesh: Mesh) -> FactorAxes:
+    """What a tensor's sharding says about each of its factors (factors it cannot express: nothing)."""
+    out: FactorAxes = {}
+    for d, fs in zip(s.dims, dims):
+        if not d.axes:
+            continue
+        real = [f for f in fs if rule.sizes[f] > 1]
+        if d.outer > 1:
+            lead, prod = 0, 1
+            while lead < len(real) and prod < d.outer:
+                prod *= rule.sizes[real[lead]]
+                lead += 1
+            if prod != d.outer or lead == len(real):
+                continue
+            real = real[lead:]
+        axes = list(d.axes)
+        k = 0
+        while axes and k < len(real):
+            f = real[k]
+            rem = rule.sizes[f] // math.prod(mesh.axes[a] for a in out.get(f, ()))
+            n = mesh.axes[axes[0]]
+            if rem % n == 0 or (len(real) == 1 and d.outer == 1 and rem > 1):
+                out[f] = out.get(f, ()) + (axes.pop(0),)
+                if rem % n:
+                    break  # an uneven (padded) split ends the dim
+            elif rem == 1 and k + 1 < len(real):
+                k += 1
+            else:
+                break
+    return out
+
+
+def unproject(fa: FactorAxes, dims: list[list[int]], rule: FactorRule, mesh: Mesh) -> tuple[DimSharding, ...]:
+    """A tensor's dims from its factors' axes: leading whole factors become a stride (`outer`),
+    then axes of factors in order while each earlier one is split completely."""
+    out = []
+    for fs in dims:
+        real = [f for f in fs if rule.sizes[f] > 1]
+        outer, k = 1, 0
+        while k < len(real) and not fa.get(real[k]):
+            outer *= rule.sizes[real[k]]
+            k += 1
+        axes: list[str] = []
+        while k < len(real) and fa.get(real[k]):
+            f = real[k]
+            n = math.prod(mesh.axes[a] for a in fa[f])
+            if rule.sizes[f] % n and (len(real) > 1):
+                break  # a padded split is only kept where the factor is the whole dim
+            axes += fa[f]
+            k += 1
+            if n != rule.sizes[f]:
+                break
+        if not axes:
+            outer = 1
+        elif outer > 1 and (math.prod(rule.sizes[f] for f in real) // outer) % math.prod(mesh.axes[a] for a in axes):
+            axes, outer = [], 1
+        out.append(DimSharding(tuple(axes), outer))
+    return tuple(out)
+
+
+def merge(candidates: list[tuple[tuple, FactorAxes]], rule: FactorRule, mesh: Mesh) -> FactorAxes:
+    """One axes tuple per factor from every tensor's projection. Candidates are tried best
+    first (their sort key: priority, then larger tensors, which are dearer to reshard); a
+    longer candidate that extends the chosen one wins; an axis serves one factor only."""
+    chosen: FactorAxes = {}
+    rank: dict[int, tuple] = {}
+    for key, fa in sorted(candidates, key=lambda c: c[0]):
+        for f, axes in fa.items():
+            if f in rule.replicated:
+                continue
+            cur = chosen.get(f)
+            if cur is None or (len(axes) > len(cur) and axes[:len(cur)] == cur and rank[f][0] == key[0]):
+                chosen[f] = axes
+                rank.setdefault(f, key)
+    used: set[str] = set()
+    out: FactorAxes = {}
+    for f in sorted(chosen, key=lambda f: rank[f]):
+        axes = []
+        for a in chosen[f]:
+            if a in used:
+                break
+            axes.append(a)
+        if axes:
+            out[f] = tuple(axes)
+            used.update(axes)
+    # a padded split is only sound where the factor is a whole dim of every tensor it is in
+    for f, axes in list(out.items()):
+        if rule.sizes[f] % math.prod(mesh.axes[a] for a in axes):
+            for t in rule.tensors():
+                for fs in t:
+                    if f in fs and len([g for g in fs if rule.sizes[g] > 1]) > 1:
+                        out.pop(f, None)
+    return out

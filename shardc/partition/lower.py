@@ -1,0 +1,186 @@
+"""SPMD lowering: the global graph with a sharding per tensor → one per-device program with
+local shapes and explicit collectives. For each op: choose its factor sharding (what the result
+wants first, then the dearest operands), reshard operands to match, compute locally, and reshard
+the natural result (which may be a pending partial sum) to the tensor's own sharding."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ShardingError
+from ..frontend.emitter import Emitter
+from ..ir import DType, Graph, Node, Op, verify
+from .factors import merge, project, unproject
+from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
+from .program import SpmdProgram
+from .reshard import Resharder
+from .rules import FactorRule, rule_for
+
+def _identity(kind: str, dtype: DType):
+    if kind == "sum":
+        return 0
+    if dtype.is_float:
+        return -math.inf if kind == "max" else math.inf
+    info = np.iinfo(dtype.np)
+    return int(info.min if kind == "max" else info.max)
+
+
+class Lowerer(Resharder):
+    def __init__(self, g: Graph, mesh: Mesh, shardings: dict[Node, Sharding]):
+        super().__init__(Emitter(g.name, mesh.axes), mesh)
+        self.g = g
+        self.shardings = shardings
+        self.local: dict[Node, Node] = {}                    # global node → local value (its own sharding)
+        self.cache: dict[tuple[Node, Sharding], Node] = {}    # resharded copies, made once
+
+    def value(self, n: Node, want: Sharding, user: Node | None) -> Node:
+        have = self.shardings[n]
+        if have == want:
+            return self.local[n]
+        key = (n, want)
+        if key not in self.cache:
+            name = n.name or n.op.value
+            reason = f"{have} → {want}" + (f" for {user.op.value}" + (f" at {user.source}" if user.source else "") if user else "")
+            self.why = (name, n.source, reason)
+            self.cache[key] = self.reshard(self.local[n], n.shape, have, want)
+        return self.cache[key]
+
+    def lower_node(self, n: Node):
+        b = self.b
+        want = self.shardings[n]
+        with b.loc(n.source):
+            if n.op is Op.PARAMETER:
+                self.local[n] = b.parameter(n.name, local_shape(n.shape, want, self.mesh), n.dtype)
+                return
+            if n.op is Op.AXIS_INDEX or n.op.value in ("all_reduce", "all_gather", "reduce_scatter",
+                                                        "all_to_all", "collective_permute"):
+                raise ShardingError(f"{n.describe()}: the graph is already partitioned (it has {n.op.value})")
+            rule = rule_for(n)
+            tensors = list(n.inputs) + [n]
+            cands = [((-1, 0, len(n.inputs)), project(want, rule.result, rule, self.mesh))]
+            for i, x in enumerate(n.inputs):
+                cands.append(((0, -x.nbytes, i), project(self.shardings[x], rule.operands[i], rule, self.mesh)))
+            fa = merge(cands, rule, self.mesh)
+            reqs = [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]
+            args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
+            red = {f: k for f, k in rule.reduction.items() if fa.get(f)}
+            partial = tuple(a for a in self.mesh.axis_names if any(a in fa[f] for f in red))
+            natural = Sharding(unproject(fa, rule.result, rule, self.mesh), partial,
+                               next(iter(red.values())) if red else "sum")
+            out = self.compute(n, args, reqs, natural, rule, fa, red)
+            if out.shape != local_shape(n.shape, natural, self.mesh):
+                raise ShardingError(f"{n.describe()}: local shape {out.shape} does not match {natural} "
+                                    f"(a partitioner bug)")
+            self.why = (n.name or n.op.value, n.source, f"{natural} → {want} for its own sharding")
+            self.local[n] = self.reshard(out, n.shape, natural, want)
+
+    def _mask_reduced(self, x: Node, dims: list[list[int]], req: Sharding, shape, rule: FactorRule,
+                      red: dict[int, str]) -> Node:
+        for d, fs in enumerate(dims):
+            for f in fs:
+                if f in red:
+                    x = self.mask(x, d, shape[d], req.dims[d], _identity(red[f], x.dtype))
+        return x
+
+    def compute(self, n: Node, args, reqs, natural: Sharding, rule, fa, red) -> Node:
+        b, mesh = self.b, self.mesh
+        loc_shape = local_shape(n.shape, natural, mesh)
+        attrs = dict(n.attrs)
+        op = n.op
+        if op is Op.CONSTANT:
+            if isinstance(attrs["value"], np.ndarray):  # whole array, then this device's block
+                full = b.add(op, [], out_shape=n.shape, out_dtype=n.dtype, value=attrs["value"])
+                self.why = (n.name or "constant", n.source, "local block of a constant")
+                return self.reshard(full, n.shape, Sharding.replicated(n.rank), natural)
+            return b.add(op, [], name=n.name, out_shape=loc_shape, out_dtype=n.dtype, value=attrs["value"])
+        if op is Op.IOTA:
+            d = attrs["dimension"]
+            if not natural.dims[d].axes:
+                return b.add(op, [], name=n.name, out_shape=loc_shape, out_dtype=n.dtype, dimension=d)
+            g = b.cast(self.global_index(n.shape[d], natural.dims[d]), n.dtype)
+            return b.add(Op.BROADCAST, [g], name=n.name, shape=loc_shape, dims=[d])
+        if red and op in (Op.REDUCE_SUM, Op.REDUCE_MAX, Op.REDUCE_MIN, Op.DOT_GENERAL):
+            args = [self._mask_reduced(a, dims, r, x.shape, rule, red)
+                    for a, dims, r, x in zip(args, rule.operands, reqs, n.inputs)]
+        if op in (Op.BROADCAST, Op.RESHAPE):
+            attrs["shape"] = loc_shape
+        elif op is Op.SLICE:
+            attrs = self._local_slice_attrs(n, reqs[0], args[0])
+        elif op is Op.GATHER:
+            return self._gather(n, args, reqs, red)
+        elif op is Op.SCATTER:
+            return self._scatter(n, args, reqs, red, natural)
+        return b.add(op, args, name=n.name, **attrs)
+
+    def _local_slice_attrs(self, n: Node, req: Sharding, x: Node) -> dict:
+        start, limit, stride = list(n.attrs["start"]), list(n.attrs["limit"]), list(n.attrs["stride"])
+        for d, ds in enumerate(req.dims):
+            if not ds.axes:
+                continue
+            k = limit[d] - start[d]
+            if ds.outer > 1:  # one whole block of a fused dim: the same block of the local dim
+                per = x.shape[d] // ds.outer
+                blk = start[d] // k
+                start[d], limit[d], stride[d] = blk * per, (blk + 1) * per, 1
+            else:
+                start[d], limit[d], stride[d] = 0, x.shape[d], 1
+        return {"start": start, "limit": limit, "stride": stride}
+
+    def _table_offset(self, n: Node, x: Node, axis: int, req: Sharding) -> Node | None:
+        ds = req.dims[axis]
+        if not ds.axes:
+            return None
+        if ds.outer > 1:
+            raise ShardingError(f"{n.describe()}: a strided split of the indexed dim is not supported")
+        return self.b.binary(Op.MUL, self.group_rank(ds.axes), self.b.const(x.shape[axis], DType.i32))
+
+    def _gather(self, n: Node, args, reqs, red) -> Node:
+        """Vocab-parallel lookup when the table dim is split: local rows only, zeros elsewhere."""
+        b = self.b
+        x, idx = args
+        axis, bd = n.attrs["axis"], n.attrs.get("batch_dims", 0)
+        off = self._table_offset(n, x, axis, reqs[0])
+        if off is None:
+            return b.add(Op.GATHER, [x, idx], name=n.name, axis=axis, batch_dims=bd)
+        li = b.binary(Op.SUB, b.cast(idx, DType.i32), off)
+        ok = b.binary(Op.AND, b.binary(Op.GE, li, 0), b.binary(Op.LT, li, x.shape[axis]))
+        got = b.add(Op.GATHER, [x, b.binary(Op.MIN, b.binary(Op.MAX, li, 0), x.shape[axis] - 1)],
+                    axis=axis, batch_dims=bd)
+        dims = list(range(bd)) + [axis + i for i in range(idx.rank - bd)]
+        ok = b.add(Op.BROADCAST, [ok], shape=got.shape, dims=dims)
+        return b.add(Op.SELECT, [ok, got, b.const(0, got.dtype, got.shape)], name=n.name)
+
+    def _scatter(self, n: Node, args, reqs, red, natural: Sharding) -> Node:
+        """Each device applies the updates it holds to the rows it holds; with split updates the
+        result is a partial sum, so only the first device of those axes contributes the operand."""
+        b = self.b
+        x, idx, upd = args
+        axis, bd = n.attrs["axis"], n.attrs.get("batch_dims", 0)
+        off = self._table_offset(n, x, axis, reqs[0])
+        if off is not None:
+            idx = b.binary(Op.SUB, b.cast(idx, DType.i32), off)  # out-of-range rows are dropped
+        if red:
+            rule = rule_for(n)
+            upd = self._mask_reduced(upd, rule.operands[2], reqs[2], n.inputs[2].shape, rule, red)
+            first = b.binary(Op.EQ, self.group_rank(natural.partial), 0)
+            x = b.add(Op.SELECT, [b.add(Op.BROADCAST, [first], shape=x.shape, dims=[]), x,
+                                  b.const(0, x.dtype, x.shape)])
+        return b.add(Op.SCATTER, [x, idx, upd], name=n.name, axis=axis, batch_dims=bd)
+
+    def run(self, output_shardings: list[Sharding]) -> tuple[Graph, list[Sharding]]:
+        for n in self.g.nodes:
+            self.lower_node(n)
+        outs = []
+        for o, want, name in zip(self.g.outputs, output_shardings, self.g.output_names):
+            self.why = (name, o.source, f"output {name!r} wants {want}")
+            outs.append(self.value(o, want, None) if want != self.shardings[o] else self.local[o])
+        local = self.b.build(outs, self.g.output_names)
+        return verify(local), output_shardings
+
+
+def lower(g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], origins: dict[Node, str],
+          output_shardings: list[Sharding]) -> SpmdProgram:
+    lw = Lowerer(g, mesh, shardings)
+    local, outs = lw.run(output_shardings)
+    return SpmdProgram(g, mesh, local, shardings, origins, [shardings[p] for p in g.inputs], outs, lw.ledger)

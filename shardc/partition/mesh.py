@@ -1,0 +1,197 @@
+"""Meshes, partition specs and per-tensor shardings, with the index arithmetic that maps a
+device's local block to global positions (uneven dims are padded to a multiple, never wrong)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ShardingError
+
+
+class Mesh:
+    """Named axes over devices 0..n-1, row-major: Mesh({"dp": 2, "tp": 4})."""
+
+    def __init__(self, axes: dict[str, int] | None = None, **kw: int):
+        axes = dict(axes or {}, **kw)
+        if not axes:
+            raise ShardingError("a Mesh needs at least one axis, e.g. Mesh({'dp': 2})")
+        for name, size in axes.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ShardingError(f"mesh axis name {name!r} must be an identifier")
+            if not isinstance(size, (int, np.integer)) or size < 1:
+                raise ShardingError(f"mesh axis {name!r} has size {size!r}; sizes must be positive ints")
+        self.axes = {k: int(v) for k, v in axes.items()}
+        self.axis_names = tuple(self.axes)
+        self.shape = tuple(self.axes.values())
+        self.size = math.prod(self.shape)
+        self.devices = np.arange(self.size).reshape(self.shape)
+
+    def __repr__(self) -> str:
+        return "Mesh(" + ", ".join(f"{k}={v}" for k, v in self.axes.items()) + ")"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mesh) and self.axes == other.axes
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.axes.items()))
+
+    def coords(self, device: int) -> dict[str, int]:
+        return dict(zip(self.axis_names, np.unravel_index(device, self.shape)))
+
+    def group_size(self, axes) -> int:
+        return math.prod(self.axes[a] for a in axes)
+
+    def group_rank(self, device: int, axes) -> int:
+        """The device's position within its group over `axes` (row-major in the order given)."""
+        c = self.coords(device)
+        r = 0
+        for a in axes:
+            r = r * self.axes[a] + int(c[a])
+        return r
+
+    def groups(self, axes) -> list[list[int]]:
+        """Device groups that vary along `axes` (ordered as given) with the other axes fixed."""
+        axes = tuple(axes)
+        rest = [a for a in self.axis_names if a not in axes]
+        order = [self.axis_names.index(a) for a in rest + list(axes)]
+        arr = self.devices.transpose(order).reshape(-1, self.group_size(axes))
+        return [list(map(int, row)) for row in arr]
+
+
+class P(tuple):
+    """PartitionSpec as in jax.sharding: one entry per dim, None, an axis name, or a tuple of names."""
+
+    def __new__(cls, *entries):
+        norm = []
+        for e in entries:
+            if e is None or isinstance(e, str):
+                norm.append(e)
+            elif isinstance(e, (tuple, list)) and all(isinstance(a, str) for a in e):
+                norm.append(tuple(e) if len(e) != 1 else e[0])
+            else:
+                raise ShardingError(f"P entry {e!r} must be None, an axis name or a tuple of axis names")
+        return super().__new__(cls, norm)
+
+    def __repr__(self) -> str:
+        return "P(" + ", ".join(repr(e) for e in self) + ")"
+
+
+@dataclass(frozen=True)
+class DimSharding:
+    """How one dim is split: over `axes` (major to minor). `outer` > 1 views the dim as
+    [outer, size/outer] and splits only the inner factor, so fused dims (QKV) keep whole heads."""
+    axes: tuple[str, ...] = ()
+    outer: int = 1
+
+    def __repr__(self) -> str:
+        a = self.axes[0] if len(self.axes) == 1 else self.axes
+        return repr(a) if self.outer == 1 else f"{a!r}/{self.outer}"
+
+
+REPLICATED_DIM = DimSharding()
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """A tensor's layout: each dim's split, and the axes over which it is a pending partial
+    reduction (`partial_op` sum, max or min) that has not been all-reduced yet."""
+    dims: tuple[DimSharding, ...]
+    partial: tuple[str, ...] = ()
+    partial_op: str = "sum"
+
+    @staticmethod
+    def replicated(rank: int) -> "Sharding":
+        return Sharding((REPLICATED_DIM,) * rank)
+
+    @staticmethod
+    def from_spec(spec: P, rank: int) -> "Sharding":
+        dims = [DimSharding(() if e is None else (e,) if isinstance(e, str) else tuple(e)) for e in spec]
+        return Sharding(tuple(dims) + (REPLICATED_DIM,) * (rank - len(dims)))
+
+    @property
+    def rank(self) -> int:
+        return len(self.dims)
+
+    @property
+    def used_axes(self) -> tuple[str, ...]:
+        return tuple(a for d in self.dims for a in d.axes) + tuple(self.partial)
+
+    @property
+    def is_replicated(self) -> bool:
+        return not self.used_axes
+
+    def without_partial(self) -> "Sharding":
+        return Sharding(self.dims)
+
+    def spec(self) -> P:
+        return P(*[None if not d.axes else d.axes[0] if len(d.axes) == 1 else d.axes for d in self.dims])
+
+    def __repr__(self) -> str:
+        body = ", ".join("-" if not d.axes else repr(d) for d in self.dims)
+        part = f" partial({self.partial_op}:{','.join(self.partial)})" if self.partial else ""
+        return f"[{body}]{part}"
+
+
+def local_dim(size: int, d: DimSharding, mesh: Mesh) -> int:
+    """Local extent of a dim: ceil(size / n) per device (padded), per outer block when strided."""
+    n = mesh.group_size(d.axes)
+    if d.outer > 1:
+        return d.outer * (size // d.outer // n)
+    return -(-size // n)
+
+
+def local_shape(shape, s: Sharding, mesh: Mesh) -> tuple[int, ...]:
+    return tuple(local_dim(n, d, mesh) for n, d in zip(shape, s.dims))
+
+
+def global_indices(size: int, d: DimSharding, mesh: Mesh, device: int) -> np.ndarray:
+    """Global position of each local position of a dim on `device` (may run past size: padding)."""
+    n = mesh.group_size(d.axes)
+    r = mesh.group_rank(device, d.axes)
+    loc = local_dim(size, d, mesh)
+    if d.outer > 1:
+        inner = size // d.outer
+        per = inner // n
+        p = np.arange(loc)
+        return (p // per) * inner + r * per + p % per
+    return r * loc + np.arange(loc)
+
+
+def shard_array(x: np.ndarray, s: Sharding, mesh: Mesh, device: int) -> np.ndarray:
+    """The device's local block of a global array (padding repeats the last element: finite data)."""
+    out = x
+    for ax, d in enumerate(s.dims):
+        if d.axes:
+            idx = np.minimum(global_indices(x.shape[ax], d, mesh, device), x.shape[ax] - 1)
+            out = np.take(out, idx, axis=ax)
+    return np.ascontiguousarray(out)
+
+
+def unshard_arrays(blocks: list[np.ndarray], shape, s: Sharding, mesh: Mesh,
+                   check_replicas: bool = True, what: str = "tensor") -> np.ndarray:
+    """Reassemble a global array from every device's block; replicas must agree (exactly)."""
+    if s.partial:
+        raise ShardingError(f"{what}: cannot assemble a pending partial {s}")
+    out = np.empty(shape, dtype=blocks[0].dtype)
+    written = np.zeros(shape, dtype=bool)
+    for dev, blk in enumerate(blocks):
+        sel = []
+        for ax, d in enumerate(s.dims):
+            g = global_indices(shape[ax], d, mesh, dev) if d.axes else np.arange(shape[ax])
+            sel.append(g)
+        valid = [g < shape[ax] for ax, g in enumerate(sel)]
+        local = blk[np.ix_(*valid)] if blk.ndim else blk
+        index = np.ix_(*[g[v] for g, v in zip(sel, valid)]) if blk.ndim else ()
+        if check_replicas:
+            seen = written[index]
+            if seen.any():
+                prev, new = out[index][seen], local[seen]
+                if not np.array_equal(prev, new, equal_nan=True):
+                    raise ShardingError(f"{what}: replicas disagree on device {dev} (a partitioner bug)")
+        out[index] = local
+        written[index] = True
+    if not written.all():
+        raise ShardingError(f"{what}: devices do not cover the whole tensor (a partitioner bug)")
+    return out

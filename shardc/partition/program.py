@@ -1,0 +1,85 @@
+"""What partitioning produces: the per-device program, every tensor's sharding, the ledger."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir import Graph, Node
+from .mesh import Mesh, Sharding
+
+
+@dataclass(frozen=True)
+class CollectiveRecord:
+    """One collective the partitioner inserted: what, over which axes, how many bytes, and why.
+    `bytes` counts as XLA's HLO shapes do (all-gather: its result buffer; reduce-scatter: its
+    input; all-reduce, all-to-all, permute: the buffer); `wire_bytes` is what each device sends
+    with ring algorithms."""
+    kind: str
+    axes: tuple[str, ...]
+    bytes: int
+    wire_bytes: int
+    tensor: str
+    source: str | None
+    reason: str
+    node: Node | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        where = f" at {self.source}" if self.source else ""
+        return (f"{self.kind}({','.join(self.axes)}) {self.bytes} B  {self.tensor}{where}: {self.reason}")
+
+
+def wire_bytes(kind: str, nbytes: int, n: int) -> int:
+    if n <= 1:
+        return 0
+    if kind == "all_reduce":
+        return 2 * (n - 1) * nbytes // n
+    if kind in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (n - 1) * nbytes // n
+    return nbytes  # collective_permute sends its whole buffer
+
+
+class SpmdProgram:
+    """One program for every device (local shapes, explicit collectives), as XLA's SPMD output."""
+
+    def __init__(self, graph: Graph, mesh: Mesh, local: Graph, shardings: dict, origins: dict,
+                 input_shardings: list[Sharding], output_shardings: list[Sharding],
+                 collectives: list[CollectiveRecord]):
+        self.graph = graph
+        self.mesh = mesh
+        self.local = local
+        self.shardings = shardings          # global node → Sharding
+        self.origins = origins              # global node → where its sharding came from
+        self.input_shardings = input_shardings
+        self.output_shardings = output_shardings
+        self.collectives = collectives
+
+    def sharding_of(self, name: str) -> Sharding:
+        for i, p in enumerate(self.graph.inputs):
+            if p.name == name:
+                return self.input_shardings[i]
+        for i, o in enumerate(self.graph.output_names):
+            if o == name:
+                return self.output_shardings[i]
+        return self.shardings[self.graph.node_by_name(name)]
+
+    def simulate(self, *args) -> list[np.ndarray]:
+        """Global outputs: every device run in one process, collectives exact."""
+        from .simulate import simulate
+        return simulate(self, self.graph.input_values(*args))
+
+    def bytes_by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.collectives:
+            out[c.kind] = out.get(c.kind, 0) + c.bytes
+        return out
+
+    def ledger(self) -> str:
+        return "\n".join(str(c) for c in self.collectives) or "(no collectives)"
+
+    def __str__(self) -> str:
+        return str(self.local)
+
+    def __repr__(self) -> str:
+        return (f"<SpmdProgram {self.mesh} {len(self.local.nodes)} local nodes, "
+                f"{len(self.collectives)} collectives, {sum(c.bytes for c in self.collectives)} B>")

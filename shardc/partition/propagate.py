@@ -1,0 +1,94 @@
+"""Sharding propagation: bidirectional, to a fixed point, over factors. Seeds (user specs,
+plans) are fixed; every other tensor takes what its ops' factors say, from the strongest
+source (lower priority number) and, at equal priority, only ever gains axes — so it ends.
+Pass-through ops run before dots and reductions, as in Shardy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir import Graph, Node, Op
+from .factors import merge, project, unproject
+from .mesh import Mesh, Sharding
+from .rules import PASS_THROUGH, FactorRule, rule_for
+
+USER, PLAN, WEAK, DEFAULT = 0, 1, 2, 9
+
+
+@dataclass
+class TensorSharding:
+    sharding: Sharding | None
+    priority: int = DEFAULT
+    fixed: bool = False
+    origin: str = ""
+
+
+def _extends(cur: Sharding, new: Sharding) -> bool:
+    return all((not c.axes or c.outer == n.outer) and n.axes[:len(c.axes)] == c.axes
+               for c, n in zip(cur.dims, new.dims))
+
+
+class Propagator:
+    def __init__(self, g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]):
+        self.g, self.mesh = g, mesh
+        self.state: dict[Node, TensorSharding] = {n: TensorSharding(None) for n in g.nodes}
+        self.state.update(seeds)
+        for p in g.inputs:
+            if p not in seeds:
+                self.state[p] = TensorSharding(Sharding.replicated(p.rank), DEFAULT, True,
+                                               "input without a spec: replicated")
+        self.rules: dict[Node, FactorRule] = {}
+
+    def rule(self, n: Node) -> FactorRule:
+        if n not in self.rules:
+            self.rules[n] = rule_for(n)
+        return self.rules[n]
+
+    def step(self, n: Node) -> bool:
+        rule = self.rule(n)
+        tensors = list(n.inputs) + [n]
+        cands, prio = [], DEFAULT
+        for i, (t, dims) in enumerate(zip(tensors, rule.tensors())):
+            st = self.state[t]
+            if st.sharding is None or st.sharding.is_replicated:
+                continue
+            fa = project(st.sharding, dims, rule, self.mesh)
+            if fa:
+                cands.append(((st.priority, -t.nbytes, i), fa))
+                prio = min(prio, st.priority)
+        if not cands:
+            return False
+        fa = merge(cands, rule, self.mesh)
+        changed = False
+        for t, dims in zip(tensors, rule.tensors()):
+            st = self.state[t]
+            if st.fixed:
+                continue
+            new = Sharding(unproject(fa, dims, rule, self.mesh))
+            cur = st.sharding
+            if cur == new and st.priority <= prio:
+                continue
+            if cur is None or prio < st.priority or (prio == st.priority and _extends(cur, new)):
+                self.state[t] = TensorSharding(new, prio, False, f"propagated through {n.describe()}")
+                changed = True
+        return changed
+
+    def run(self, max_rounds: int = 100) -> dict[Node, TensorSharding]:
+        nodes = [n for n in self.g.nodes if n.op is not Op.PARAMETER]
+        for _ in range(max_rounds):
+            changed = False
+            for allowed in (PASS_THROUGH, None):
+                for order in (nodes, nodes[::-1]):
+                    for n in order:
+                        if allowed is None or n.op in allowed:
+                            changed |= self.step(n)
+            if not changed:
+                break
+        for n, st in self.state.items():
+            if st.sharding is None:
+                self.state[n] = TensorSharding(Sharding.replicated(n.rank), DEFAULT, False,
+                                               "nothing constrains it: replicated")
+        return self.state
+
+
+def propagate(g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]) -> dict[Node, TensorSharding]:
+    return Propagator(g, mesh, seeds).run()

@@ -1,0 +1,191 @@
+"""Resharding a local value from one sharding to another with the fewest bytes: reduce-scatter
+or all-reduce for pending partials, all-to-all when a split moves between dims, all-gather for
+splits that go, and a local slice (no communication) for splits that come. Uneven dims are
+padded; where a padded layout would not line up, the dim is gathered whole and cut again."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from ..frontend.emitter import Emitter
+from ..ir import DType, Node, Op
+from .mesh import DimSharding, Mesh, Sharding, local_dim
+from .program import CollectiveRecord, wire_bytes
+
+
+class Resharder:
+    def __init__(self, b: Emitter, mesh: Mesh):
+        self.b, self.mesh = b, mesh
+        self.ledger: list[CollectiveRecord] = []
+        self._ranks: dict[tuple, Node] = {}
+        self.why: tuple[str, str | None, str] = ("", None, "")  # (tensor, source, reason)
+
+    # ---- device-dependent index arithmetic -----------------------------------------------
+    def group_rank(self, axes: tuple[str, ...]) -> Node:
+        """This device's index within its group over `axes` (XLA's partition-id arithmetic)."""
+        if axes not in self._ranks:
+            b = self.b
+            r = None
+            for a in axes:
+                i = b.add(Op.AXIS_INDEX, [], axis=a)
+                r = i if r is None else b.binary(Op.ADD, b.binary(Op.MUL, r, b.const(self.mesh.axes[a], DType.i32)), i)
+            self._ranks[axes] = r if r is not None else b.const(0, DType.i32)
+        return self._ranks[axes]
+
+    def global_index(self, size: int, d: DimSharding) -> Node:
+        """i32 vector: the global position of each local position of a dim (past `size`: padding)."""
+        b = self.b
+        n = self.mesh.group_size(d.axes)
+        loc = local_dim(size, d, self.mesh)
+        r = self.group_rank(d.axes)
+        if d.outer > 1:
+            inner = size // d.outer
+            per = inner // n
+            p = np.arange(loc)
+            base = b.const((p // per) * inner + p % per, DType.i32)
+            return b.binary(Op.ADD, base, b.binary(Op.MUL, r, b.const(per, DType.i32)))
+        iota = b.iota((loc,), 0, DType.i32)
+        return b.binary(Op.ADD, iota, b.binary(Op.MUL, r, b.const(loc, DType.i32)))
+
+    def mask(self, x: Node, dim: int, size: int, d: DimSharding, fill) -> Node:
+        """Replace the padding of a split dim by `fill` (the identity of what reduces over it)."""
+        if not d.axes or size % self.mesh.group_size(d.axes) == 0:
+            return x
+        b = self.b
+        valid = b.binary(Op.LT, self.global_index(size, d), size)
+        valid = b.add(Op.BROADCAST, [valid], shape=x.shape, dims=[dim])
+        return b.add(Op.SELECT, [valid, x, b.const(fill, x.dtype, x.shape)])
+
+    # ---- collectives --------------------------------------------------------------------
+    def collective(self, kind: Op, x: Node, axes: tuple[str, ...], **attrs) -> Node:
+        out = self.b.add(kind, [x], axes=tuple(axes), **attrs)
+        nbytes = out.nbytes if kind is Op.ALL_GATHER else x.nbytes
+        n = self.mesh.group_size(axes)
+        tensor, source, reason = self.why
+        self.ledger.append(CollectiveRecord(kind.value, tuple(axes), nbytes, wire_bytes(kind.value, nbytes, n),
+                                            tensor, source, reason, out))
+        return out
+
+    def _split_dim(self, x: Node, d: int, outer: int) -> Node:
+        shape = list(x.shape)
+        shape[d:d + 1] = [outer, shape[d] // outer]
+        return self.b.reshape(x, shape)
+
+    def _merge_dim(self, x: Node, d: int) -> Node:
+        shape = list(x.shape)
+        shape[d:d + 2] = [shape[d] * shape[d + 1]]
+        return self.b.reshape(x, shape)
+
+    # ---- the three steps ------------------------------------------------------------------
+    def reshard(self, x: Node, shape: tuple[int, ...], src: Sharding, dst: Sharding) -> Node:
+        if src == dst:
+            return x
+        cur = src
+        if cur.partial:
+            x, cur = self._resolve_partial(x, shape, cur, dst)
+        for d in range(len(shape)):
+            x, cur = self._drop_axes(x, shape, cur, dst, d)
+        for d in range(len(shape)):
+            x, cur = self._add_axes(x, shape, cur, dst, d)
+        assert cur == dst.without_partial() and not dst.partial, (cur, dst)
+        return x
+
+    def _resolve_partial(self, x, shape, cur: Sharding, dst: Sharding):
+        pending = [a for a in self.mesh.axis_names if a in cur.partial]
+        dims = list(cur.dims)
+        if cur.partial_op == "sum":
+            for d, (c, t) in enumerate(zip(cur.dims, dst.dims)):
+                if c.outer != 1 or t.outer != 1 or t.axes[:len(c.axes)] != c.axes:
+                    continue
+                take = []
+                for a in t.axes[len(c.axes):]:
+                    if a not in pending:
+                        break
+                    take.append(a)
+                if not take:
+                    continue
+                new = DimSharding(c.axes + tuple(take))
+                n = self.mesh.group_size(take)
+                if x.shape[d] != n * local_dim(shape[d], new, self.mesh):
+                    continue  # uneven: all-reduce, then cut locally
+                x = self.collective(Op.REDUCE_SCATTER, x, tuple(take), dim=d)
+                dims[d] = new
+                pending = [a for a in pending if a not in take]
+                break
+        if pending:
+            x = self.collective(Op.ALL_REDUCE, x, tuple(pending), reduce=cur.partial_op)
+        return x, Sharding(tuple(dims))
+
+    def _drop_axes(self, x, shape, cur: Sharding, dst: Sharding, d: int):
+        c, t = cur.dims[d], dst.dims[d]
+        k = 0
+        if c.outer == t.outer or not t.axes:
+            while k < min(len(c.axes), len(t.axes)) and c.axes[k] == t.axes[k]:
+                k += 1
+        if c.outer != t.outer and t.axes:
+            k = 0
+        extra = c.axes[k:]
+        if not extra:
+            return x, cur
+        # a split that moves whole to another dim: all-to-all instead of gather + slice
+        for e, (ce, te) in enumerate(zip(cur.dims, dst.dims)):
+            if (e != d and k == 0 and c.outer == 1 and ce.outer == 1 and te.outer == 1
+                    and te.axes == ce.axes + extra):
+                n = self.mesh.group_size(extra)
+                new_e = DimSharding(te.axes)
+                if (shape[d] % (n * self.mesh.group_size(c.axes[:k])) == 0
+                        and x.shape[e] == n * local_dim(shape[e], new_e, self.mesh)):
+                    x = self.collective(Op.ALL_TO_ALL, x, extra, split_dim=e, concat_dim=d)
+                    dims = list(cur.dims)
+                    dims[d], dims[e] = DimSharding(c.axes[:k]), new_e
+                    return x, Sharding(tuple(dims))
+        keep = c.axes[:k]
+        if c.outer > 1:
+            x = self._split_dim(x, d, c.outer)
+            x = self.collective(Op.ALL_GATHER, x, extra, dim=d + 1)
+            x = self._merge_dim(x, d)
+            new = DimSharding(keep, c.outer if keep else 1)
+        else:
+            n = self.mesh.group_size(extra)
+            if keep and n * x.shape[d] != local_dim(shape[d], DimSharding(keep), self.mesh):
+                keep, extra = (), c.axes  # padded layouts do not nest: gather the dim whole
+            x = self.collective(Op.ALL_GATHER, x, extra, dim=d)
+            new = DimSharding(keep)
+            if not keep and x.shape[d] > shape[d]:
+                x = self.b.slice(x, d, 0, shape[d])
+        dims = list(cur.dims)
+        dims[d] = new
+        return x, Sharding(tuple(dims))
+
+    def _add_axes(self, x, shape, cur: Sharding, dst: Sharding, d: int):
+        c, t = cur.dims[d], dst.dims[d]
+        if c == t:
+            return x, cur
+        b = self.b
+        size = shape[d]
+        g = self.global_index(size, t)
+        if not c.axes:
+            local = b.binary(Op.MIN, g, size - 1)  # padding repeats the last element: finite data
+        else:
+            n_new = self.mesh.group_size(t.axes[len(c.axes):])
+            if c.outer != t.outer or n_new * local_dim(size, t, self.mesh) != x.shape[d]:
+                x, cur = self._drop_axes(x, shape, cur, replace(cur, dims=cur.dims[:d] + (DimSharding(),) + cur.dims[d + 1:]), d)
+                return self._add_axes(x, shape, cur, dst, d)
+            # position of each wanted global index inside the block this device holds now
+            if c.outer > 1:
+                inner = size // c.outer
+                per = inner // self.mesh.group_size(c.axes)
+                r0 = b.binary(Op.MUL, self.group_rank(c.axes), b.const(per, DType.i32))
+                blk = b.floor_div(g, inner)
+                within = b.binary(Op.SUB, b.binary(Op.SUB, g, b.binary(Op.MUL, blk, b.const(inner, DType.i32))), r0)
+                local = b.binary(Op.ADD, b.binary(Op.MUL, blk, b.const(per, DType.i32)), within)
+            else:
+                off = b.binary(Op.MUL, self.group_rank(c.axes), b.const(x.shape[d], DType.i32))
+                local = b.binary(Op.SUB, g, off)
+            local = b.binary(Op.MIN, local, x.shape[d] - 1)
+        x = b.add(Op.GATHER, [x, local], axis=d)
+        dims = list(cur.dims)
+        dims[d] = t
+        return x, Sharding(tuple(dims))

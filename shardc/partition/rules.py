@@ -1,0 +1,254 @@
+"""Sharding rules as factor einsums: one entry per op. Each op's dims are mapped to factors
+(dot_general is `b m k, b k n -> b m n`); a factor shared by tensors is sharded alike in all of
+them. Propagation and lowering only ever look at these rules, never at op types."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..ir import Node, Op
+from ..ir.ops import COLLECTIVES, ELEMENTWISE
+
+
+@dataclass
+class FactorRule:
+    sizes: list[int] = field(default_factory=list)
+    operands: list[list[list[int]]] = field(default_factory=list)  # operand → dim → factors (major first)
+    result: list[list[int]] = field(default_factory=list)          # result dim → factors
+    reduction: dict[int, str] = field(default_factory=dict)        # factor → "sum" | "max" | "min"
+    replicated: set[int] = field(default_factory=set)              # factors that must stay whole
+
+    def new(self, size: int, replicated: bool = False) -> int:
+        self.sizes.append(int(size))
+        f = len(self.sizes) - 1
+        if replicated:
+            self.replicated.add(f)
+        return f
+
+    def tensors(self) -> list[list[list[int]]]:
+        return self.operands + [self.result]
+
+
+def _elementwise(n: Node) -> FactorRule:
+    r = FactorRule()
+    fs = [r.new(s) for s in n.shape]
+    r.operands = [[[f] for f in fs] for _ in n.inputs]
+    r.result = [[f] for f in fs]
+    return r
+
+
+def _leaf(n: Node) -> FactorRule:
+    r = FactorRule()
+    r.result = [[r.new(s)] for s in n.shape]
+    return r
+
+
+def _collective(n: Node) -> FactorRule:
+    r = FactorRule()
+    r.operands = [[[r.new(s, True)] for s in i.shape] for i in n.inputs]
+    r.result = [[r.new(s, True)] for s in n.shape]
+    return r
+
+
+def _broadcast(n: Node) -> FactorRule:
+    r = FactorRule()
+    (x,) = n.inputs
+    r.result = [[r.new(s)] for s in n.shape]
+    ops = []
+    for i, d in enumerate(n.attrs["dims"]):
+        ops.append(r.result[d] if x.shape[i] == n.shape[d] else [r.new(x.shape[i])])
+    r.operands = [ops]
+    return r
+
+
+def _transpose(n: Node) -> FactorRule:
+    r = FactorRule()
+    (x,) = n.inputs
+    fs = [r.new(s) for s in x.shape]
+    r.operands = [[[f] for f in fs]]
+    r.result = [[fs[p]] for p in n.attrs["perm"]]
+    return r
+
+
+def reshape_factors(a: tuple[int, ...], b: tuple[int, ...], r: FactorRule):
+    """Common factorization of two shapes with equal size (compound factors): walk both from
+    the major end splitting off gcd-sized factors; a part that does not factor must stay whole."""
+    ins, outs = [[] for _ in a], [[] for _ in b]
+    i = j = 0
+    ra = a[0] if a else 1
+    rb = b[0] if b else 1
+    while i < len(a) and j < len(b):
+        if ra == 1:
+            if not ins[i]:
+                ins[i].append(r.new(1))
+            i += 1
+            ra = a[i] if i < len(a) else 1
+            continue
+        if rb == 1:
+            if not outs[j]:
+                outs[j].append(r.new(1))
+            j += 1
+            rb = b[j] if j < len(b) else 1
+            continue
+        g = math.gcd(ra, rb)
+        if g == 1:
+            break
+        f = r.new(g)
+        ins[i].append(f)
+        outs[j].append(f)
+        ra //= g
+        rb //= g
+    # whatever is left (non-factorable, or trailing size-1 dims) gets factors of its own
+    while i < len(a):
+        if ra > 1 or not ins[i]:
+            ins[i].append(r.new(ra, replicated=ra > 1))
+        i += 1
+        ra = a[i] if i < len(a) else 1
+    while j < len(b):
+        if rb > 1 or not outs[j]:
+            outs[j].append(r.new(rb, replicated=rb > 1))
+        j += 1
+        rb = b[j] if j < len(b) else 1
+    return ins, outs
+
+
+def _reshape(n: Node) -> FactorRule:
+    r = FactorRule()
+    ins, outs = reshape_factors(n.inputs[0].shape, n.shape, r)
+    r.operands, r.result = [ins], outs
+    return r
+
+
+def _slice(n: Node) -> FactorRule:
+    """A dim cut into equal blocks where the slice takes one whole block (QKV split) keeps the
+    block factor: the operand dim is (blocks, size) and only the block index must stay whole."""
+    r = FactorRule()
+    (x,) = n.inputs
+    ops, res = [], []
+    for d, size in enumerate(x.shape):
+        s, l, st = n.attrs["start"][d], n.attrs["limit"][d], n.attrs["stride"][d]
+        k = l - s
+        if (s, l, st) == (0, size, 1):
+            f = r.new(size)
+            ops.append([f])
+            res.append([f])
+        elif st == 1 and 0 < k < size and size % k == 0 and s % k == 0:
+            inner = r.new(k)
+            ops.append([r.new(size // k, replicated=True), inner])
+            res.append([inner])
+        else:
+            ops.append([r.new(size, replicated=True)])
+            res.append([r.new(n.shape[d])])
+    r.operands, r.result = [ops], res
+    return r
+
+
+def _along_axis(n: Node, axis: int, changed: Callable[[int], bool]) -> FactorRule:
+    """Ops that share every dim but some, which must stay whole (concatenate, pad)."""
+    r = FactorRule()
+    shared = {d: r.new(s) for d, s in enumerate(n.shape) if not changed(d)}
+    r.operands = [[[shared[d]] if d in shared else [r.new(s, True)] for d, s in enumerate(i.shape)]
+                  for i in n.inputs]
+    r.result = [[shared[d]] if d in shared else [r.new(s)] for d, s in enumerate(n.shape)]
+    return r
+
+
+def _concatenate(n: Node) -> FactorRule:
+    return _along_axis(n, n.attrs["axis"], lambda d: d == n.attrs["axis"])
+
+
+def _pad(n: Node) -> FactorRule:
+    return _along_axis(n, -1, lambda d: bool(n.attrs["low"][d] or n.attrs["high"][d]))
+
+
+def _gather(n: Node) -> FactorRule:
+    """out[b, pre, i, post] = x[b, pre, idx[b, i], post]. The table dim is a reduction factor:
+    a device holding rows [lo, hi) looks up what it has, zeros the rest, and partial sums
+    complete the lookup (Megatron's vocab-parallel embedding)."""
+    r = FactorRule()
+    x, idx = n.inputs
+    axis, b = n.attrs["axis"], n.attrs.get("batch_dims", 0)
+    batch = [r.new(s) for s in x.shape[:b]]
+    pre = [r.new(s) for s in x.shape[b:axis]]
+    table = r.new(x.shape[axis])
+    ind = [r.new(s) for s in idx.shape[b:]]
+    post = [r.new(s) for s in x.shape[axis + 1:]]
+    r.reduction[table] = "sum"
+    r.operands = [[[f] for f in batch + pre + [table] + post], [[f] for f in batch + ind]]
+    r.result = [[f] for f in batch + pre + ind + post]
+    return r
+
+
+def _scatter(n: Node) -> FactorRule:
+    """The adjoint: the table dim is shared with the result (each device applies the updates
+    that land in its rows); the update dims are reduction factors (partial sums of updates)."""
+    r = FactorRule()
+    x, idx, upd = n.inputs
+    axis, b = n.attrs["axis"], n.attrs.get("batch_dims", 0)
+    batch = [r.new(s) for s in x.shape[:b]]
+    pre = [r.new(s) for s in x.shape[b:axis]]
+    table = r.new(x.shape[axis])
+    ind = [r.new(s) for s in idx.shape[b:]]
+    post = [r.new(s) for s in x.shape[axis + 1:]]
+    for f in ind:
+        r.reduction[f] = "sum"
+    r.operands = [[[f] for f in batch + pre + [table] + post], [[f] for f in batch + ind],
+                  [[f] for f in batch + pre + ind + post]]
+    r.result = [[f] for f in batch + pre + [table] + post]
+    return r
+
+
+def _reduce(n: Node) -> FactorRule:
+    r = FactorRule()
+    (x,) = n.inputs
+    kind = {Op.REDUCE_SUM: "sum", Op.REDUCE_MAX: "max", Op.REDUCE_MIN: "min"}[n.op]
+    fs = [r.new(s) for s in x.shape]
+    for d in n.attrs["axes"]:
+        r.reduction[fs[d]] = kind
+    r.operands = [[[f] for f in fs]]
+    r.result = [[f] for d, f in enumerate(fs) if d not in n.attrs["axes"]]
+    return r
+
+
+def _dot_general(n: Node) -> FactorRule:
+    r = FactorRule()
+    a, b = n.inputs
+    at = n.attrs
+    lhs: list = [None] * a.rank
+    rhs: list = [None] * b.rank
+    res = []
+    for l, rr in zip(at["lhs_batch"], at["rhs_batch"]):
+        f = r.new(a.shape[l])
+        lhs[l] = rhs[rr] = [f]
+        res.append([f])
+    for l, rr in zip(at["lhs_contract"], at["rhs_contract"]):
+        f = r.new(a.shape[l])
+        lhs[l] = rhs[rr] = [f]
+        r.reduction[f] = "sum"
+    for ops, x in ((lhs, a), (rhs, b)):
+        for d in range(x.rank):
+            if ops[d] is None:
+                ops[d] = [r.new(x.shape[d])]
+                res.append(ops[d])
+    r.operands, r.result = [lhs, rhs], res
+    return r
+
+
+RULES: dict[Op, Callable[[Node], FactorRule]] = {
+    Op.PARAMETER: _leaf, Op.CONSTANT: _leaf, Op.IOTA: _leaf, Op.AXIS_INDEX: _leaf,
+    **{op: _elementwise for op in ELEMENTWISE},
+    Op.BROADCAST: _broadcast, Op.RESHAPE: _reshape, Op.TRANSPOSE: _transpose, Op.SLICE: _slice,
+    Op.CONCATENATE: _concatenate, Op.PAD: _pad, Op.GATHER: _gather, Op.SCATTER: _scatter,
+    Op.REDUCE_SUM: _reduce, Op.REDUCE_MAX: _reduce, Op.REDUCE_MIN: _reduce,
+    Op.DOT_GENERAL: _dot_general,
+    **{op: _collective for op in COLLECTIVES},
+}
+
+# ops that only move or map elements: propagation runs through these first
+PASS_THROUGH = frozenset(ELEMENTWISE | {Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE,
+                                        Op.CONCATENATE, Op.PAD})
+
+
+def rule_for(n: Node) -> FactorRule:
+    return RULES[n.op](n)
