@@ -1,6 +1,7 @@
 """shardc: a parallelizing ML compiler. The public API lives here and nowhere else."""
 from .errors import Error, IRError, ShardingError, UnsupportedOpError
 from .ir import DType, Graph, Op, parse_graph
+from .partition import CollectiveRecord, Mesh, P, Sharding, SpmdProgram, partition
 
 __version__ = "0.1.0"
 
@@ -17,5 +18,6 @@ def from_jax(fn, *args, **options) -> Graph:
     return _impl(fn, *args, **options)
 
 
-__all__ = ["DType", "Error", "Graph", "IRError", "Op", "ShardingError", "UnsupportedOpError",
-           "from_jax", "from_torch", "parse_graph"]
+__all__ = ["CollectiveRecord", "DType", "Error", "Graph", "IRError", "Mesh", "Op", "P", "Sharding",
+           "ShardingError", "SpmdProgram", "UnsupportedOpError", "from_jax", "from_torch", "parse_graph",
+           "partition"]

@@ -27,8 +27,9 @@ class Emitter(GraphBuilder):
     """GraphBuilder plus numpy semantics. Scalars (python numbers) may stand for any operand."""
 
     # ---- conversions ----------------------------------------------------------------------
-    def const(self, value, dtype: DType, shape: Sequence[int] = ()) -> Node:
-        return self.constant(value, dtype, tuple(shape))
+    def const(self, value, dtype: DType, shape: Sequence[int] | None = None) -> Node:
+        """A scalar (splat to `shape`, default rank 0) or a whole array."""
+        return self.constant(value, dtype, None if shape is None else tuple(shape))
 
     def cast(self, x: Node, dtype: DType) -> Node:
         return x if x.dtype == dtype else self.add(Op.CAST, [x], to=dtype)
@@ -237,3 +238,75 @@ class Emitter(GraphBuilder):
         axis %= x.rank
         idx = self.select(self.binary(Op.LT, idx, 0), self.binary(Op.ADD, idx, x.shape[axis]), idx)
         return self.add(Op.GATHER, [x, idx], axis=axis)
+
+    # ---- added with the jax frontend: reverse, take-along-axis, sort, erf_inv ------------------
+    def flip(self, x: Node, axes: Sequence[int]) -> Node:
+        """x reversed along axes: a gather with a constant reversed index (the IR has no reverse)."""
+        for axis in sorted({a % x.rank for a in axes}):
+            n = x.shape[axis]
+            if n > 1:
+                rev = self.constant(np.arange(n - 1, -1, -1, dtype=np.int32), DType.i32)
+                x = self.add(Op.GATHER, [x, rev], axis=axis)
+        return x
+
+    def take_along_axis(self, x: Node, idx: Node, axis: int) -> Node:
+        """out[.., i, ..] = x[.., idx[.., i, ..], ..] (numpy take_along_axis, torch.gather); the
+        other dims broadcast; indices must be in range (out-of-range ones clamp, as gather's)."""
+        axis %= x.rank
+        other = lambda s: s[:axis] + s[axis + 1:]
+        batch = tuple(np.broadcast_shapes(other(x.shape), other(idx.shape)))
+        x = self.broadcast_to(x, batch[:axis] + (x.shape[axis],) + batch[axis:])
+        idx = self.broadcast_to(idx, batch[:axis] + (idx.shape[axis],) + batch[axis:])
+        perm = [d for d in range(x.rank) if d != axis] + [axis]  # the gather axis goes last
+        out = self.add(Op.GATHER, [self.transpose(x, perm), self.transpose(idx, perm)],
+                       axis=x.rank - 1, batch_dims=x.rank - 1)
+        return self.transpose(out, list(np.argsort(perm)))
+
+    def sort(self, x: Node, axis: int = -1, descending: bool = False) -> tuple[Node, Node]:
+        """(values, i64 indices) of a stable sort along axis; NaN sorts after every number (before,
+        when descending), as in torch and jax. Ranks come from all n² pairwise comparisons: exact
+        and shardable, meant for the short rows of routing and sampling, not for long ones."""
+        axis %= x.rank
+        n = x.shape[axis]
+        perm = [d for d in range(x.rank) if d != axis] + [axis]
+        xt = self.transpose(x, perm)
+        key = self.cast(xt, DType.i32) if xt.dtype is DType.bool else xt
+        shape = key.shape + (n,)  # [..., i, j]
+        ki = self.broadcast_to(self.expand_dims(key, -1), shape)
+        kj = self.broadcast_to(self.expand_dims(key, -2), shape)
+        before = self.binary(Op.GT if descending else Op.LT, kj, ki)  # x_j strictly before x_i
+        same = self.binary(Op.EQ, kj, ki)
+        if key.dtype.is_float:
+            nan_i, nan_j = self.binary(Op.NE, ki, ki), self.binary(Op.NE, kj, kj)
+            first, second = (nan_j, nan_i) if descending else (nan_i, nan_j)
+            before = self.binary(Op.OR, before, self.binary(Op.AND, first, self.unary(Op.NOT, second)))
+            same = self.binary(Op.OR, same, self.binary(Op.AND, nan_i, nan_j))
+        col, row = self.iota(shape, -1), self.iota(shape, -2)
+        before = self.binary(Op.OR, before, self.binary(Op.AND, same, self.binary(Op.LT, col, row)))
+        rank = self.reduce(Op.REDUCE_SUM, self.cast(before, DType.i64), -1)  # a permutation of 0..n-1
+        hit = self.binary(Op.EQ, self.broadcast_to(self.expand_dims(rank, -2), shape), row)  # [..., r, i]
+        order = self.reduce(Op.REDUCE_SUM, self.select(hit, col, 0), -1)  # [..., r]: source of rank r
+        values = self.add(Op.GATHER, [xt, order], axis=xt.rank - 1, batch_dims=xt.rank - 1)
+        inv = list(np.argsort(perm))
+        return self.transpose(values, inv), self.transpose(order, inv)
+
+    def erf_inv(self, x: Node) -> Node:
+        """Inverse error function in f32 with Giles' single-precision polynomials, as XLA has it."""
+        small_w = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+                   -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
+        large_w = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+                   -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+        dt, x = x.dtype, self.cast(x, DType.f32)
+        w = self.unary(Op.NEG, self.unary(Op.LOG1P, self.unary(Op.NEG, self.binary(Op.MUL, x, x))))
+
+        def horner(coeffs, t):
+            p = self.const(coeffs[0], DType.f32, t.shape)
+            for c in coeffs[1:]:
+                p = self.binary(Op.ADD, self.binary(Op.MUL, p, t), c)
+            return p
+
+        p = self.select(self.binary(Op.LT, w, 5.0), horner(small_w, self.binary(Op.SUB, w, 2.5)),
+                        horner(large_w, self.binary(Op.SUB, self.unary(Op.SQRT, w), 3.0)))
+        out = self.select(self.binary(Op.EQ, self.unary(Op.ABS, x), 1.0),
+                          self.binary(Op.MUL, x, math.inf), self.binary(Op.MUL, p, x))
+        return self.cast(out, dt)

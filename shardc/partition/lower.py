@@ -17,6 +17,10 @@ from .program import SpmdProgram
 from .reshard import Resharder
 from .rules import FactorRule, rule_for
 
+# ops that can produce any split of their result's own dims directly
+_MADE_LOCALLY = frozenset({Op.BROADCAST, Op.IOTA, Op.CONSTANT})
+
+
 def _identity(kind: str, dtype: DType):
     if kind == "sum":
         return 0
@@ -62,6 +66,9 @@ class Lowerer(Resharder):
             for i, x in enumerate(n.inputs):
                 cands.append(((0, -x.nbytes, i), project(self.shardings[x], rule.operands[i], rule, self.mesh)))
             fa = merge(cands, rule, self.mesh)
+            if n.op not in _MADE_LOCALLY:  # a factor only the result has cannot be computed split
+                seen = {f for t in rule.operands for fs in t for f in fs}
+                fa = {f: a for f, a in fa.items() if f in seen}
             reqs = [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]
             args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
             red = {f: k for f, k in rule.reduction.items() if fa.get(f)}
