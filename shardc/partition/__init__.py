@@ -7,7 +7,7 @@ from .lower import lower
 from .mesh import DimSharding, Mesh, P, Sharding
 from .plans import PLANS, plan_seeds
 from .program import CollectiveRecord, SpmdProgram
-from .propagate import USER, TensorSharding, propagate
+from .propagate import USER, TensorSharding, block_layouts, propagate
 from .specs import resolve
 
 
@@ -22,6 +22,7 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
         seeds.update(plan_nodes)
         for i, s in plan_outs.items():
             out_specs.setdefault(i, s)
+    block_layouts(g, mesh, seeds)
     state = propagate(g, mesh, seeds)
     shardings = {n: st.sharding for n, st in state.items()}
     origins = {n: st.origin for n, st in state.items()}

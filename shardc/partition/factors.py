@@ -7,16 +7,34 @@ import math
 from .mesh import DimSharding, Mesh, Sharding
 from .rules import FactorRule
 
-FactorAxes = dict[int, tuple[str, ...]]
+
+
+class FactorAxes(dict):
+    """factor → mesh axes; `outer[f]` > 1 splits only the inner part of a factor viewed as
+    [outer, size/outer] (a fused dim, such as QKV, that must keep whole blocks per device)."""
+
+    def __init__(self, *args, outer: dict[int, int] | None = None):
+        super().__init__(*args)
+        self.outer = dict(outer or {})
+
+    def restrict(self, keep) -> "FactorAxes":
+        return FactorAxes({f: a for f, a in self.items() if f in keep},
+                          outer={f: o for f, o in self.outer.items() if f in keep})
 
 
 def project(s: Sharding, dims: list[list[int]], rule: FactorRule, mesh: Mesh) -> FactorAxes:
     """What a tensor's sharding says about each of its factors (factors it cannot express: nothing)."""
-    out: FactorAxes = {}
+    out = FactorAxes()
     for d, fs in zip(s.dims, dims):
         if not d.axes:
             continue
         real = [f for f in fs if rule.sizes[f] > 1]
+        if d.outer > 1 and len(real) == 1:
+            n = math.prod(mesh.axes[a] for a in d.axes)
+            if rule.sizes[real[0]] % (d.outer * n) == 0:
+                out[real[0]] = d.axes
+                out.outer[real[0]] = d.outer
+            continue
         if d.outer > 1:
             lead, prod = 0, 1
             while lead < len(real) and prod < d.outer:
@@ -48,12 +66,15 @@ def unproject(fa: FactorAxes, dims: list[list[int]], rule: FactorRule, mesh: Mes
     out = []
     for fs in dims:
         real = [f for f in fs if rule.sizes[f] > 1]
+        if len(real) == 1 and fa.outer.get(real[0], 1) > 1 and fa.get(real[0]):
+            out.append(DimSharding(fa[real[0]], fa.outer[real[0]]))
+            continue
         outer, k = 1, 0
         while k < len(real) and not fa.get(real[k]):
             outer *= rule.sizes[real[k]]
             k += 1
         axes: list[str] = []
-        while k < len(real) and fa.get(real[k]):
+        while k < len(real) and fa.get(real[k]) and fa.outer.get(real[k], 1) == 1:
             f = real[k]
             n = math.prod(mesh.axes[a] for a in fa[f])
             if rule.sizes[f] % n and (len(real) > 1):
@@ -74,32 +95,41 @@ def merge(candidates: list[tuple[tuple, FactorAxes]], rule: FactorRule, mesh: Me
     """One axes tuple per factor from every tensor's projection. Candidates are tried best
     first (their sort key: priority, then larger tensors, which are dearer to reshard); a
     longer candidate that extends the chosen one wins; an axis serves one factor only."""
-    chosen: FactorAxes = {}
+    chosen: dict[int, tuple[str, ...]] = {}
+    outer: dict[int, int] = {}
     rank: dict[int, tuple] = {}
     for key, fa in sorted(candidates, key=lambda c: c[0]):
         for f, axes in fa.items():
             if f in rule.replicated:
                 continue
             cur = chosen.get(f)
-            if cur is None or (len(axes) > len(cur) and axes[:len(cur)] == cur and rank[f][0] == key[0]):
+            o = fa.outer.get(f, 1)
+            if cur is None or (len(axes) > len(cur) and axes[:len(cur)] == cur and rank[f][0] == key[0]
+                               and outer[f] == o):
                 chosen[f] = axes
+                outer[f] = o
                 rank.setdefault(f, key)
     used: set[str] = set()
-    out: FactorAxes = {}
+    out = FactorAxes()
     for f in sorted(chosen, key=lambda f: rank[f]):
         axes = []
         for a in chosen[f]:
             if a in used:
                 break
             axes.append(a)
+        if outer[f] > 1 and rule.sizes[f] % (outer[f] * math.prod(mesh.axes[a] for a in axes)):
+            continue  # a fused dim's blocks must split evenly
         if axes:
             out[f] = tuple(axes)
             used.update(axes)
-    # a padded split is only sound where the factor is a whole dim of every tensor it is in
+            if outer[f] > 1:
+                out.outer[f] = outer[f]
+    # a padded or strided split is only sound where the factor is a whole dim of every tensor
     for f, axes in list(out.items()):
-        if rule.sizes[f] % math.prod(mesh.axes[a] for a in axes):
+        if rule.sizes[f] % math.prod(mesh.axes[a] for a in axes) or out.outer.get(f, 1) > 1:
             for t in rule.tensors():
                 for fs in t:
                     if f in fs and len([g for g in fs if rule.sizes[g] > 1]) > 1:
                         out.pop(f, None)
+                        out.outer.pop(f, None)
     return out

@@ -68,7 +68,7 @@ class Lowerer(Resharder):
             fa = merge(cands, rule, self.mesh)
             if n.op not in _MADE_LOCALLY:  # a factor only the result has cannot be computed split
                 seen = {f for t in rule.operands for fs in t for f in fs}
-                fa = {f: a for f, a in fa.items() if f in seen}
+                fa = fa.restrict(seen)
             reqs = [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]
             args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
             red = {f: k for f, k in rule.reduction.items() if fa.get(f)}
@@ -114,6 +114,13 @@ class Lowerer(Resharder):
             attrs["shape"] = loc_shape
         elif op is Op.SLICE:
             attrs = self._local_slice_attrs(n, reqs[0], args[0])
+        elif op is Op.PAD:  # a whole block of k: the same block of the local dim
+            low, high = list(attrs["low"]), list(attrs["high"])
+            for d, ds in enumerate(reqs[0].dims):
+                if ds.axes:
+                    s, s_loc = n.inputs[0].shape[d], args[0].shape[d]
+                    low[d], high[d] = low[d] // s * s_loc, high[d] // s * s_loc
+            attrs["low"], attrs["high"] = low, high
         elif op is Op.GATHER:
             return self._gather(n, args, reqs, red)
         elif op is Op.SCATTER:
@@ -134,24 +141,36 @@ class Lowerer(Resharder):
                 start[d], limit[d], stride[d] = 0, x.shape[d], 1
         return {"start": start, "limit": limit, "stride": stride}
 
-    def _table_offset(self, n: Node, x: Node, axis: int, req: Sharding) -> Node | None:
-        ds = req.dims[axis]
-        if not ds.axes:
-            return None
+    def _table_rows(self, n: Node, idx: Node, size: int, ds: DimSharding) -> tuple[Node, Node]:
+        """For global row indices: where each row sits in this device's block of the table, and
+        whether this device holds it at all."""
+        b = self.b
+        idx = b.cast(idx, DType.i32)
+        n_dev = self.mesh.group_size(ds.axes)
+        r = self.group_rank(ds.axes)
         if ds.outer > 1:
-            raise ShardingError(f"{n.describe()}: a strided split of the indexed dim is not supported")
-        return self.b.binary(Op.MUL, self.group_rank(ds.axes), self.b.const(x.shape[axis], DType.i32))
+            inner = size // ds.outer
+            per = inner // n_dev
+            blk = b.floor_div(idx, inner)
+            within = b.binary(Op.SUB, b.binary(Op.SUB, idx, b.binary(Op.MUL, blk, inner)),
+                              b.binary(Op.MUL, r, b.const(per, DType.i32)))
+            local = b.binary(Op.ADD, b.binary(Op.MUL, blk, per), within)
+            ok = b.binary(Op.AND, b.binary(Op.GE, within, 0), b.binary(Op.LT, within, per))
+            return local, ok
+        per = local_dim(size, ds, self.mesh)
+        local = b.binary(Op.SUB, idx, b.binary(Op.MUL, r, b.const(per, DType.i32)))
+        ok = b.binary(Op.AND, b.binary(Op.GE, local, 0), b.binary(Op.LT, local, per))
+        return local, ok
 
     def _gather(self, n: Node, args, reqs, red) -> Node:
         """Vocab-parallel lookup when the table dim is split: local rows only, zeros elsewhere."""
         b = self.b
         x, idx = args
         axis, bd = n.attrs["axis"], n.attrs.get("batch_dims", 0)
-        off = self._table_offset(n, x, axis, reqs[0])
-        if off is None:
+        ds = reqs[0].dims[axis]
+        if not ds.axes:
             return b.add(Op.GATHER, [x, idx], name=n.name, axis=axis, batch_dims=bd)
-        li = b.binary(Op.SUB, b.cast(idx, DType.i32), off)
-        ok = b.binary(Op.AND, b.binary(Op.GE, li, 0), b.binary(Op.LT, li, x.shape[axis]))
+        li, ok = self._table_rows(n, idx, n.inputs[0].shape[axis], ds)
         got = b.add(Op.GATHER, [x, b.binary(Op.MIN, b.binary(Op.MAX, li, 0), x.shape[axis] - 1)],
                     axis=axis, batch_dims=bd)
         dims = list(range(bd)) + [axis + i for i in range(idx.rank - bd)]
@@ -164,9 +183,10 @@ class Lowerer(Resharder):
         b = self.b
         x, idx, upd = args
         axis, bd = n.attrs["axis"], n.attrs.get("batch_dims", 0)
-        off = self._table_offset(n, x, axis, reqs[0])
-        if off is not None:
-            idx = b.binary(Op.SUB, b.cast(idx, DType.i32), off)  # out-of-range rows are dropped
+        ds = reqs[0].dims[axis]
+        if ds.axes:  # rows this device does not hold become -1: out of range, dropped
+            li, ok = self._table_rows(n, idx, n.inputs[0].shape[axis], ds)
+            idx = b.select(ok, li, b.const(-1, DType.i32))
         if red:
             rule = rule_for(n)
             upd = self._mask_reduced(upd, rule.operands[2], reqs[2], n.inputs[2].shape, rule, red)

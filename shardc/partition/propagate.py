@@ -92,3 +92,48 @@ class Propagator:
 
 def propagate(g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]) -> dict[Node, TensorSharding]:
     return Propagator(g, mesh, seeds).run()
+
+
+def block_layouts(g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]) -> None:
+    """How a split input dim is laid out is shardc's choice (it splits the global arrays). When
+    the program cuts that dim into k whole blocks (a fused QKV weight sliced into q, k, v), split
+    each block rather than the whole dim, so every device keeps whole heads: no communication."""
+    users = g.users()
+    for p in g.inputs:
+        st = seeds.get(p)
+        if st is None:
+            continue
+        dims = list(st.sharding.dims)
+        for d, ds in enumerate(dims):
+            if not ds.axes or ds.outer != 1:
+                continue
+            k = _blocks_downstream(p, d, users)
+            n = mesh.group_size(ds.axes)
+            if k > 1 and p.shape[d] % (k * n) == 0:
+                dims[d] = type(ds)(ds.axes, k)
+        if tuple(dims) != st.sharding.dims:
+            seeds[p] = TensorSharding(Sharding(tuple(dims), st.sharding.partial), st.priority, st.fixed,
+                                      st.origin + " (split per fused block)")
+
+
+def _blocks_downstream(t: Node, d: int, users, depth: int = 12) -> int:
+    """Follow dim d of t through ops that keep it whole until an op views it as (k, rest) with
+    k whole blocks; return k (1 if no such op)."""
+    if depth == 0:
+        return 1
+    for u in users.get(t, ()):
+        rule = rule_for(u)
+        for i, x in enumerate(u.inputs):
+            if x is not t:
+                continue
+            real = [f for f in rule.operands[i][d] if rule.sizes[f] > 1]
+            if len(real) == 2 and real[0] in rule.replicated and real[1] not in rule.replicated:
+                return rule.sizes[real[0]]
+            if len(real) != 1:
+                continue
+            for e, fs in enumerate(rule.result):
+                if [f for f in fs if rule.sizes[f] > 1] == real:
+                    k = _blocks_downstream(u, e, users, depth - 1)
+                    if k > 1:
+                        return k
+    return 1

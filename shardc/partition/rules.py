@@ -155,11 +155,29 @@ def _along_axis(n: Node, axis: int, changed: Callable[[int], bool]) -> FactorRul
 
 
 def _concatenate(n: Node) -> FactorRule:
-    return _along_axis(n, n.attrs["axis"], lambda d: d == n.attrs["axis"])
+    axis = n.attrs["axis"]
+    sizes = {i.shape[axis] for i in n.inputs}
+    if len(n.inputs) > 1 and len(sizes) == 1:  # k equal blocks (the adjoint of a QKV split)
+        r = _along_axis(n, axis, lambda d: d == axis)
+        inner = r.new(n.inputs[0].shape[axis])
+        for ops in r.operands:
+            ops[axis] = [inner]
+        r.result[axis] = [r.new(len(n.inputs), replicated=True), inner]
+        return r
+    return _along_axis(n, axis, lambda d: d == axis)
 
 
 def _pad(n: Node) -> FactorRule:
-    return _along_axis(n, -1, lambda d: bool(n.attrs["low"][d] or n.attrs["high"][d]))
+    low, high = n.attrs["low"], n.attrs["high"]
+    r = _along_axis(n, -1, lambda d: bool(low[d] or high[d]))
+    (x,) = n.inputs
+    for d, s in enumerate(x.shape):
+        size = n.shape[d]
+        if (low[d] or high[d]) and low[d] >= 0 and high[d] >= 0 and size % s == 0 and low[d] % s == 0:
+            inner = r.new(s)  # x becomes one whole block of k (the adjoint of a block slice)
+            r.operands[0][d] = [inner]
+            r.result[d] = [r.new(size // s, replicated=True), inner]
+    return r
 
 
 def _gather(n: Node) -> FactorRule:
