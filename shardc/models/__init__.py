@@ -50,6 +50,11 @@ class ModelDef:
         """The float32 numpy arrays both twins are initialized from."""
         return init_params(self.config, seed)
 
+    def tp_specs(self, axis: str = "tp") -> dict:
+        """Megatron tensor-parallel specs (parameter name globs → P) over mesh axis `axis`."""
+        from .specs import tensor_parallel_specs
+        return tensor_parallel_specs(self.name, self.config, axis)
+
     # ---------------------------------------------------------------------------------- torch
     def torch_module(self, seed: int = 0, dtype=None, device="cpu"):
         """nn.Module with deterministic params (float32 unless dtype is given, e.g. torch.bfloat16)."""

@@ -16,7 +16,7 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
     if not isinstance(mesh, Mesh):
         raise ShardingError(f"partition needs a shardc.Mesh, got {type(mesh).__name__}")
     user, out_specs = resolve(g, mesh, specs)
-    seeds = {n: TensorSharding(s, USER, True, origin) for n, (s, origin) in user.items()}
+    seeds = {n: TensorSharding(s, USER + prio, True, origin) for n, (s, origin, prio) in user.items()}
     if plan is not None:
         plan_nodes, plan_outs = plan_seeds(g, mesh, plan, set(seeds))
         seeds.update(plan_nodes)
@@ -27,7 +27,7 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
     shardings = {n: st.sharding for n, st in state.items()}
     origins = {n: st.origin for n, st in state.items()}
     outs = [out_specs.get(i, shardings[o]) for i, o in enumerate(g.outputs)]
-    return lower(g, mesh, shardings, origins, outs)
+    return lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()})
 
 
 __all__ = ["CollectiveRecord", "DimSharding", "Mesh", "P", "PLANS", "Sharding", "SpmdProgram", "partition"]

@@ -16,6 +16,7 @@ class FactorAxes(dict):
     def __init__(self, *args, outer: dict[int, int] | None = None):
         super().__init__(*args)
         self.outer = dict(outer or {})
+        self.priority: dict[int, int] = {}  # factor → priority of the tensor it came from
 
     def restrict(self, keep) -> "FactorAxes":
         return FactorAxes({f: a for f, a in self.items() if f in keep},
@@ -121,6 +122,7 @@ def merge(candidates: list[tuple[tuple, FactorAxes]], rule: FactorRule, mesh: Me
             continue  # a fused dim's blocks must split evenly
         if axes:
             out[f] = tuple(axes)
+            out.priority[f] = rank[f][0]
             used.update(axes)
             if outer[f] > 1:
                 out.outer[f] = outer[f]

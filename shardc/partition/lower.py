@@ -13,6 +13,7 @@ from ..frontend.emitter import Emitter
 from ..ir import DType, Graph, Node, Op, verify
 from .factors import merge, project, unproject
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
+from .reshard import reshard_cost
 from .program import SpmdProgram
 from .reshard import Resharder
 from .rules import FactorRule, rule_for
@@ -31,10 +32,11 @@ def _identity(kind: str, dtype: DType):
 
 
 class Lowerer(Resharder):
-    def __init__(self, g: Graph, mesh: Mesh, shardings: dict[Node, Sharding]):
+    def __init__(self, g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], priorities: dict[Node, int]):
         super().__init__(Emitter(g.name, mesh.axes), mesh)
         self.g = g
         self.shardings = shardings
+        self.priorities = priorities  # how strongly each tensor holds its sharding (propagation's)
         self.local: dict[Node, Node] = {}                    # global node → local value (its own sharding)
         self.cache: dict[tuple[Node, Sharding], Node] = {}    # resharded copies, made once
 
@@ -61,26 +63,39 @@ class Lowerer(Resharder):
                                                         "all_to_all", "collective_permute"):
                 raise ShardingError(f"{n.describe()}: the graph is already partitioned (it has {n.op.value})")
             rule = rule_for(n)
-            tensors = list(n.inputs) + [n]
-            cands = [((-1, 0, len(n.inputs)), project(want, rule.result, rule, self.mesh))]
-            for i, x in enumerate(n.inputs):
-                cands.append(((0, -x.nbytes, i), project(self.shardings[x], rule.operands[i], rule, self.mesh)))
-            fa = merge(cands, rule, self.mesh)
-            if n.op not in _MADE_LOCALLY:  # a factor only the result has cannot be computed split
-                seen = {f for t in rule.operands for fs in t for f in fs}
-                fa = fa.restrict(seen)
-            reqs = [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]
+            fa, reqs, natural, red = min((self.plan_op(n, rule, result_first) for result_first in (True, False)),
+                                         key=lambda plan: self.cost(n, *plan[1:3]))
             args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
-            red = {f: k for f, k in rule.reduction.items() if fa.get(f)}
-            partial = tuple(a for a in self.mesh.axis_names if any(a in fa[f] for f in red))
-            natural = Sharding(unproject(fa, rule.result, rule, self.mesh), partial,
-                               next(iter(red.values())) if red else "sum")
             out = self.compute(n, args, reqs, natural, rule, fa, red)
             if out.shape != local_shape(n.shape, natural, self.mesh):
                 raise ShardingError(f"{n.describe()}: local shape {out.shape} does not match {natural} "
                                     f"(a partitioner bug)")
             self.why = (n.name or n.op.value, n.source, f"{natural} → {want} for its own sharding")
             self.local[n] = self.reshard(out, n.shape, natural, want)
+
+    def plan_op(self, n: Node, rule: FactorRule, result_first: bool):
+        """The op's factor sharding, its operands' required shardings and its natural result,
+        favouring either the result's own sharding or the operands' (dearest first)."""
+        want = self.shardings[n]
+        cands = [((-1 if result_first else 999, 0, len(n.inputs)), project(want, rule.result, rule, self.mesh))]
+        for i, x in enumerate(n.inputs):
+            key = (self.priorities.get(x, 0), -x.nbytes, i)
+            cands.append((key, project(self.shardings[x], rule.operands[i], rule, self.mesh)))
+        fa = merge(cands, rule, self.mesh)
+        if n.op not in _MADE_LOCALLY:  # a factor only the result has cannot be computed split
+            fa = fa.restrict({f for t in rule.operands for fs in t for f in fs})
+        reqs = [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]
+        red = {f: k for f, k in rule.reduction.items() if fa.get(f)}
+        partial = tuple(a for a in self.mesh.axis_names if any(a in fa[f] for f in red))
+        natural = Sharding(unproject(fa, rule.result, rule, self.mesh), partial,
+                           next(iter(red.values())) if red else "sum")
+        return fa, reqs, natural, red
+
+    def cost(self, n: Node, reqs: list[Sharding], natural: Sharding) -> int:
+        """Bytes the op's reshards would move: operands to what it needs, its result to its own."""
+        total = sum(reshard_cost(x.shape, x.dtype.itemsize, self.shardings[x], r, self.mesh)
+                    for x, r in zip(n.inputs, reqs))
+        return total + reshard_cost(n.shape, n.dtype.itemsize, natural, self.shardings[n], self.mesh)
 
     def _mask_reduced(self, x: Node, dims: list[list[int]], req: Sharding, shape, rule: FactorRule,
                       red: dict[int, str]) -> Node:
@@ -207,7 +222,7 @@ class Lowerer(Resharder):
 
 
 def lower(g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], origins: dict[Node, str],
-          output_shardings: list[Sharding]) -> SpmdProgram:
-    lw = Lowerer(g, mesh, shardings)
+          output_shardings: list[Sharding], priorities: dict[Node, int]) -> SpmdProgram:
+    lw = Lowerer(g, mesh, shardings, priorities)
     local, outs = lw.run(output_shardings)
     return SpmdProgram(g, mesh, local, shardings, origins, [shardings[p] for p in g.inputs], outs, lw.ledger)

@@ -61,9 +61,11 @@ class Mesh:
 
 
 class P(tuple):
-    """PartitionSpec as in jax.sharding: one entry per dim, None, an axis name, or a tuple of names."""
+    """PartitionSpec as in jax.sharding: one entry per dim, None, an axis name, or a tuple of names.
+    `priority` (0 strongest, as Shardy's p0, p1, ...) settles conflicts between specs: e.g. a
+    sequence split of the inputs at priority 1 yields to tensor-parallel weights at 0."""
 
-    def __new__(cls, *entries):
+    def __new__(cls, *entries, priority: int = 0):
         norm = []
         for e in entries:
             if e is None or isinstance(e, str):
@@ -72,10 +74,15 @@ class P(tuple):
                 norm.append(tuple(e) if len(e) != 1 else e[0])
             else:
                 raise ShardingError(f"P entry {e!r} must be None, an axis name or a tuple of axis names")
-        return super().__new__(cls, norm)
+        self = super().__new__(cls, norm)
+        if not isinstance(priority, int) or priority < 0:
+            raise ShardingError(f"P priority must be a non-negative int, got {priority!r}")
+        self.priority = priority
+        return self
 
     def __repr__(self) -> str:
-        return "P(" + ", ".join(repr(e) for e in self) + ")"
+        pr = f", priority={self.priority}" if self.priority else ""
+        return "P(" + ", ".join(repr(e) for e in self) + pr + ")"
 
 
 @dataclass(frozen=True)
@@ -166,7 +173,7 @@ def shard_array(x: np.ndarray, s: Sharding, mesh: Mesh, device: int) -> np.ndarr
         if d.axes:
             idx = np.minimum(global_indices(x.shape[ax], d, mesh, device), x.shape[ax] - 1)
             out = np.take(out, idx, axis=ax)
-    return np.ascontiguousarray(out)
+    return np.array(out, order="C", copy=True)  # (ascontiguousarray would make 0-d arrays 1-d)
 
 
 def unshard_arrays(blocks: list[np.ndarray], shape, s: Sharding, mesh: Mesh,

@@ -21,7 +21,9 @@ def data_axis(mesh: Mesh) -> str:
 
 
 def is_state(g: Graph, p: Node) -> bool:
-    return p.name in g.bound or "[" in p.name
+    """Model-owned tensors, or leaves of dict arguments ("params['w']"); list entries
+    ("inputs[0]") and plain arguments are batch data."""
+    return p.name in g.bound or "['" in p.name or '["' in p.name
 
 
 def _split_first_dim(shape, axis: str, mesh: Mesh) -> Sharding:
@@ -58,3 +60,12 @@ def plan_seeds(g: Graph, mesh: Mesh, plan: str, taken: set[Node]) -> tuple[dict[
                 if o not in taken and o not in seeds:
                     seeds[o] = TensorSharding(s, WEAK, True, f"plan 'fsdp': updated state split over {axis!r}")
     return seeds, outputs
+
+
+def sequence_parallel_specs(g: Graph, axis: str = "tp", priority: int = 1) -> dict:
+    """Sequence parallelism: split dim 1 (the sequence) of every batch input over `axis`, at a
+    priority below tensor-parallel weights, so activations outside TP regions stay split by
+    sequence (all-gather in, reduce-scatter out) while weights keep their split."""
+    from .mesh import P
+    return {p.name: P(None, axis, priority=priority) for p in g.free_inputs
+            if not is_state(g, p) and p.rank >= 2}

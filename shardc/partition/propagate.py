@@ -11,7 +11,7 @@ from .factors import merge, project, unproject
 from .mesh import Mesh, Sharding
 from .rules import PASS_THROUGH, FactorRule, rule_for
 
-USER, PLAN, WEAK, DEFAULT = 0, 1, 2, 9
+USER, PLAN, WEAK, DEFAULT = 0, 10, 11, 99  # user specs take 0 + their P's priority
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Propagator:
     def step(self, n: Node) -> bool:
         rule = self.rule(n)
         tensors = list(n.inputs) + [n]
-        cands, prio = [], DEFAULT
+        cands = []
         for i, (t, dims) in enumerate(zip(tensors, rule.tensors())):
             st = self.state[t]
             if st.sharding is None or st.sharding.is_replicated:
@@ -54,7 +54,6 @@ class Propagator:
             fa = project(st.sharding, dims, rule, self.mesh)
             if fa:
                 cands.append(((st.priority, -t.nbytes, i), fa))
-                prio = min(prio, st.priority)
         if not cands:
             return False
         fa = merge(cands, rule, self.mesh)
@@ -64,6 +63,10 @@ class Propagator:
             if st.fixed:
                 continue
             new = Sharding(unproject(fa, dims, rule, self.mesh))
+            if new.is_replicated:
+                continue  # no information for this tensor: leave it open
+            # as strong as the weakest source of the axes it now carries
+            prio = max(fa.priority[f] for fs in dims for f in fs if f in fa)
             cur = st.sharding
             if cur == new and st.priority <= prio:
                 continue

@@ -11,8 +11,29 @@ import numpy as np
 
 from ..frontend.emitter import Emitter
 from ..ir import DType, Node, Op
-from .mesh import DimSharding, Mesh, Sharding, local_dim
+from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
 from .program import CollectiveRecord, wire_bytes
+
+
+def reshard_cost(shape, itemsize: int, have: Sharding, want: Sharding, mesh: Mesh) -> int:
+    """Estimated bytes a reshard moves: partial sums reduced (a reduce-scatter where the target
+    splits a dim over a pending axis, else an all-reduce: twice) and splits gathered."""
+    if have == want:
+        return 0
+    local = math.prod(local_shape(shape, have, mesh)) * itemsize
+    cost = 0
+    if have.partial:
+        scatter = any(a in want.dims[d].axes for d in range(len(shape)) for a in have.partial)
+        cost += local if scatter else 2 * local
+    grow = 1
+    for c, t in zip(have.dims, want.dims):
+        if c.outer != t.outer and c.axes and t.axes:
+            grow *= mesh.group_size(c.axes)
+        else:
+            grow *= mesh.group_size(tuple(a for a in c.axes if a not in t.axes))
+    if grow > 1:
+        cost += local * grow
+    return cost
 
 
 class Resharder:

@@ -59,11 +59,11 @@ def named_targets(g: Graph) -> list[tuple[str, Node, str]]:
     return out
 
 
-def resolve(g: Graph, mesh: Mesh, specs: dict | None) -> tuple[dict[Node, tuple[Sharding, str]], dict[int, Sharding]]:
-    """Node seeds {node: (sharding, origin)} and output shardings {output index: sharding}."""
+def resolve(g: Graph, mesh: Mesh, specs: dict | None) -> tuple[dict[Node, tuple[Sharding, str, int]], dict[int, Sharding]]:
+    """Node seeds {node: (sharding, origin, priority)} and output shardings {output index: sharding}."""
     specs = dict(specs or {})
     targets = named_targets(g)
-    seeds: dict[Node, tuple[Sharding, str]] = {}
+    seeds: dict[Node, tuple[Sharding, str, int]] = {}
     outputs: dict[int, Sharding] = {}
     assigned: set[tuple[str, str]] = set()
 
@@ -74,9 +74,7 @@ def resolve(g: Graph, mesh: Mesh, specs: dict | None) -> tuple[dict[Node, tuple[
             outputs[g.output_names.index(name)] = s
             if node in seeds:
                 return
-        elif node in seeds and seeds[node][0] != s and (name, role) not in assigned:
-            pass
-        seeds.setdefault(node, (s, origin))
+        seeds.setdefault(node, (s, origin, spec.priority))
 
     globs = []
     for key, spec in specs.items():
@@ -105,5 +103,6 @@ def resolve(g: Graph, mesh: Mesh, specs: dict | None) -> tuple[dict[Node, tuple[
             raise ShardingError(f"spec glob {key!r} matches no input, output or value of graph {g.name!r}")
     for name, spec in getattr(g, "sharding_constraints", {}).items():  # with_sharding_constraint
         node = g.node_by_name(name)
-        seeds[node] = (to_sharding(as_spec(spec, name), node, mesh, name), f"with_sharding_constraint {spec!r}")
+        spec = as_spec(spec, name)
+        seeds[node] = (to_sharding(spec, node, mesh, name), f"with_sharding_constraint {spec!r}", spec.priority)
     return seeds, outputs
