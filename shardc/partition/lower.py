@@ -18,6 +18,8 @@ from .program import SpmdProgram
 from .reshard import Resharder
 from .rules import FactorRule, rule_for
 
+# ops through which a pending partial sum stays pending
+_LINEAR = frozenset({Op.ADD, Op.SUB, Op.NEG, Op.TRANSPOSE, Op.RESHAPE})
 # ops that can produce any split of their result's own dims directly
 _MADE_LOCALLY = frozenset({Op.BROADCAST, Op.IOTA, Op.CONSTANT})
 
@@ -37,41 +39,63 @@ class Lowerer(Resharder):
         self.g = g
         self.shardings = shardings
         self.priorities = priorities  # how strongly each tensor holds its sharding (propagation's)
-        self.local: dict[Node, Node] = {}                    # global node → local value (its own sharding)
-        self.cache: dict[tuple[Node, Sharding], Node] = {}    # resharded copies, made once
+        # global node → (local value, its natural sharding): reshards happen on demand, once
+        self.local: dict[Node, tuple[Node, Sharding]] = {}
+        self.cache: dict[tuple[Node, Sharding], Node] = {}
 
     def value(self, n: Node, want: Sharding, user: Node | None) -> Node:
-        have = self.shardings[n]
+        x, have = self.local[n]
         if have == want:
-            return self.local[n]
+            return x
         key = (n, want)
         if key not in self.cache:
             name = n.name or n.op.value
             reason = f"{have} → {want}" + (f" for {user.op.value}" + (f" at {user.source}" if user.source else "") if user else "")
             self.why = (name, n.source, reason)
-            self.cache[key] = self.reshard(self.local[n], n.shape, have, want)
+            self.cache[key] = self.reshard(x, n.shape, have, want)
         return self.cache[key]
 
     def lower_node(self, n: Node):
         b = self.b
-        want = self.shardings[n]
         with b.loc(n.source):
             if n.op is Op.PARAMETER:
-                self.local[n] = b.parameter(n.name, local_shape(n.shape, want, self.mesh), n.dtype)
+                s = self.shardings[n]
+                self.local[n] = (b.parameter(n.name, local_shape(n.shape, s, self.mesh), n.dtype), s)
                 return
             if n.op is Op.AXIS_INDEX or n.op.value in ("all_reduce", "all_gather", "reduce_scatter",
                                                         "all_to_all", "collective_permute"):
                 raise ShardingError(f"{n.describe()}: the graph is already partitioned (it has {n.op.value})")
             rule = rule_for(n)
-            fa, reqs, natural, red = min((self.plan_op(n, rule, result_first) for result_first in (True, False)),
-                                         key=lambda plan: self.cost(n, *plan[1:3]))
+            plan = self.plan_partial_linear(n, rule)
+            if plan is None:
+                plan = min((self.plan_op(n, rule, result_first) for result_first in (True, False)),
+                           key=lambda p: self.cost(n, *p[1:3]))
+            fa, reqs, natural, red = plan
             args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
             out = self.compute(n, args, reqs, natural, rule, fa, red)
             if out.shape != local_shape(n.shape, natural, self.mesh):
                 raise ShardingError(f"{n.describe()}: local shape {out.shape} does not match {natural} "
                                     f"(a partitioner bug)")
-            self.why = (n.name or n.op.value, n.source, f"{natural} → {want} for its own sharding")
-            self.local[n] = self.reshard(out, n.shape, natural, want)
+            self.local[n] = (out, natural)
+
+    def plan_partial_linear(self, n: Node, rule: FactorRule):
+        """Sums commute with linear ops: adding, negating or moving pending partial sums keeps
+        them pending, so one all-reduce serves (a tied embedding's two gradients, say)."""
+        if n.op not in _LINEAR:
+            return None
+        nats = [self.local[x][1] for x in n.inputs]
+        first = nats[0]
+        if not first.partial or first.partial_op != "sum" or any(
+                s.partial != first.partial or s.partial_op != "sum" for s in nats):
+            return None
+        cands = [((0, -x.nbytes, i), project(s, rule.operands[i], rule, self.mesh))
+                 for i, (x, s) in enumerate(zip(n.inputs, nats))]
+        fa = merge(cands, rule, self.mesh).restrict({f for t in rule.operands for fs in t for f in fs})
+        reqs = [Sharding(unproject(fa, dims, rule, self.mesh), first.partial) for dims in rule.operands]
+        if reqs != nats:
+            return None
+        natural = Sharding(unproject(fa, rule.result, rule, self.mesh), first.partial)
+        return fa, reqs, natural, {}
 
     def plan_op(self, n: Node, rule: FactorRule, result_first: bool):
         """The op's factor sharding, its operands' required shardings and its natural result,
@@ -93,7 +117,7 @@ class Lowerer(Resharder):
 
     def cost(self, n: Node, reqs: list[Sharding], natural: Sharding) -> int:
         """Bytes the op's reshards would move: operands to what it needs, its result to its own."""
-        total = sum(reshard_cost(x.shape, x.dtype.itemsize, self.shardings[x], r, self.mesh)
+        total = sum(reshard_cost(x.shape, x.dtype.itemsize, self.local[x][1], r, self.mesh)
                     for x, r in zip(n.inputs, reqs))
         return total + reshard_cost(n.shape, n.dtype.itemsize, natural, self.shardings[n], self.mesh)
 
@@ -216,7 +240,7 @@ class Lowerer(Resharder):
         outs = []
         for o, want, name in zip(self.g.outputs, output_shardings, self.g.output_names):
             self.why = (name, o.source, f"output {name!r} wants {want}")
-            outs.append(self.value(o, want, None) if want != self.shardings[o] else self.local[o])
+            outs.append(self.value(o, want, None))
         local = self.b.build(outs, self.g.output_names)
         return verify(local), output_shardings
 

@@ -1,0 +1,106 @@
+"""The partitioner on its own: meshes and specs, bad specs, and exact ledgers on small graphs."""
+import numpy as np
+import pytest
+
+import shardc
+from shardc import Mesh, P, ShardingError, partition
+from shardc.frontend.emitter import Emitter
+from shardc.ir import DType, Op
+from shardc.partition.mesh import DimSharding, Sharding, shard_array, unshard_arrays
+from shardc.testing import assert_close
+
+
+def mlp_graph(b=8, d=16, f=32):
+    e = Emitter("mlp")
+    x = e.parameter("x", (b, d), DType.f32)
+    w1 = e.parameter("fc1.weight", (f, d), DType.f32)
+    w2 = e.parameter("fc2.weight", (d, f), DType.f32)
+    h = e.unary(Op.TANH, e.add(Op.DOT_GENERAL, [x, w1], lhs_contract=[1], rhs_contract=[1], name="h"))
+    y = e.add(Op.DOT_GENERAL, [h, w2], lhs_contract=[1], rhs_contract=[1], name="y")
+    return e.build([y])
+
+
+def args_for(g, rng):
+    return [rng.standard_normal(p.shape).astype(np.float32) for p in g.inputs]
+
+
+def test_mesh_groups_and_ranks():
+    m = Mesh({"dp": 2, "tp": 4})
+    assert m.size == 8 and m.coords(6) == {"dp": 1, "tp": 2}
+    assert m.groups(("tp",)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert m.groups(("dp",)) == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert m.groups(("tp", "dp"))[0] == [0, 4, 1, 5, 2, 6, 3, 7]
+    assert m.group_rank(6, ("tp", "dp")) == 5
+
+
+@pytest.mark.parametrize("dims", [
+    (DimSharding(("x",)), DimSharding()), (DimSharding(("y", "x")), DimSharding()),
+    (DimSharding(("x",), outer=3), DimSharding(("y",))), (DimSharding(), DimSharding(("x", "y")))])
+def test_shard_then_unshard_is_identity(dims, rng):
+    mesh = Mesh(x=2, y=3)
+    a = rng.standard_normal((12, 7))
+    s = Sharding(dims)
+    blocks = [shard_array(a, s, mesh, d) for d in range(mesh.size)]
+    np.testing.assert_array_equal(unshard_arrays(blocks, a.shape, s, mesh), a)
+
+
+def test_megatron_mlp_needs_one_all_reduce(rng):
+    g = mlp_graph()
+    prog = partition(g, Mesh(tp=4), {"fc1.weight": P("tp", None), "*.weight": P(None, "tp")})
+    assert [(c.kind, c.axes, c.bytes) for c in prog.collectives] == [("all_reduce", ("tp",), 8 * 16 * 4)]
+    assert prog.sharding_of("h") == Sharding((DimSharding(), DimSharding(("tp",))))
+    args = args_for(g, rng)
+    assert_close(prog.simulate(*args)[0], g.evaluate(*args)[0])
+
+
+def test_exact_names_win_over_globs_and_globs_go_in_order():
+    g = mlp_graph()
+    prog = partition(g, Mesh(tp=4), {"*.weight": P(None, "tp"), "fc*": P("tp"), "fc1.weight": P("tp", None)})
+    assert prog.sharding_of("fc1.weight").spec() == P("tp", None)
+    assert prog.sharding_of("fc2.weight").spec() == P(None, "tp")
+
+
+def test_uneven_dims_are_padded_and_exact(rng):
+    g = mlp_graph(b=7, d=10, f=11)
+    args = args_for(g, rng)
+    for specs in ({"x": P("dp")}, {"x": P(("dp", "tp"))}, {"fc1.weight": P("tp")}, {"x": P(None, "tp")}):
+        prog = partition(g, Mesh(dp=2, tp=3), specs)
+        assert_close(prog.simulate(*args)[0], g.evaluate(*args)[0])
+
+
+def test_output_spec_reshards_the_result(rng):
+    g = mlp_graph()
+    prog = partition(g, Mesh(dp=2, tp=4), {"x": P("dp"), "out": P(None, "tp")})
+    assert prog.output_shardings[0].spec() == P(None, "tp")
+    args = args_for(g, rng)
+    assert_close(prog.simulate(*args)[0], g.evaluate(*args)[0])
+
+
+def test_ledger_records_reason_source_and_wire_bytes():
+    g = mlp_graph()
+    prog = partition(g, Mesh(tp=4), {"fc1.weight": P("tp"), "fc2.weight": P(None, "tp")})
+    (c,) = prog.collectives
+    assert c.tensor == "y" and "partial(sum:tp)" in c.reason
+    assert c.wire_bytes == 2 * 3 * c.bytes // 4
+
+
+@pytest.mark.parametrize("specs, msg", [
+    ({"x": P("model")}, "axis 'model' is not in Mesh"),
+    ({"x": P("dp", None, None)}, "3 entries for a tensor of rank 2"),
+    ({"x": P("dp", "dp")}, "axis 'dp' is used twice"),
+    ({"*.bias": P("dp")}, "glob '\\*.bias' matches no"),
+    ({"nothing": P("dp")}, "spec 'nothing' matches no"),
+    ({"x": "dp"}, "is not a P"),
+])
+def test_bad_specs_name_the_spec_and_tensor(specs, msg):
+    with pytest.raises(ShardingError, match=msg):
+        partition(mlp_graph(), Mesh(dp=2, tp=4), specs)
+
+
+def test_bad_meshes_and_plans():
+    with pytest.raises(ShardingError, match="sizes must be positive"):
+        Mesh(dp=0)
+    with pytest.raises(ShardingError, match="unknown plan 'zero'"):
+        partition(mlp_graph(), Mesh(dp=2), plan="zero")
+    with pytest.raises(ShardingError, match="needs a shardc.Mesh"):
+        partition(mlp_graph(), {"dp": 2})
