@@ -26,8 +26,15 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
     state = propagate(g, mesh, seeds)
     shardings = {n: st.sharding for n, st in state.items()}
     origins = {n: st.origin for n, st in state.items()}
-    outs = [out_specs.get(i, shardings[o]) for i, o in enumerate(g.outputs)]
+    outs = [_same_layout(out_specs.get(i, shardings[o]), shardings[o]) for i, o in enumerate(g.outputs)]
     return lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()})
+
+
+def _same_layout(want: Sharding, have: Sharding) -> Sharding:
+    """Where an output's spec splits a dim over the same axes as the value already is, keep the
+    value's block layout: how global arrays are cut into blocks is shardc's own choice."""
+    dims = tuple(h if w.axes == h.axes else w for w, h in zip(want.dims, have.dims))
+    return Sharding(dims)
 
 
 __all__ = ["CollectiveRecord", "DimSharding", "Mesh", "P", "PLANS", "Sharding", "SpmdProgram", "partition"]

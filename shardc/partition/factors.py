@@ -134,4 +134,21 @@ def merge(candidates: list[tuple[tuple, FactorAxes]], rule: FactorRule, mesh: Me
                     if f in fs and len([g for g in fs if rule.sizes[g] > 1]) > 1:
                         out.pop(f, None)
                         out.outer.pop(f, None)
-    return out
+    return representable(out, rule, mesh)
+
+
+def representable(fa: FactorAxes, rule: FactorRule, mesh: Mesh) -> FactorAxes:
+    """Drop factor splits some tensor of the op cannot hold (a minor factor split under a major
+    one that is only partly split): every tensor must see exactly the op's factor sharding."""
+    while True:
+        drop = set()
+        for dims in rule.tensors():
+            back = project(Sharding(unproject(fa, dims, rule, mesh)), dims, rule, mesh)
+            for fs in dims:
+                drop |= {f for f in fs if f in fa and (back.get(f) != fa[f] or back.outer.get(f, 1) != fa.outer.get(f, 1))}
+        if not drop:
+            return fa
+        keep = set(fa) - drop
+        restricted = fa.restrict(keep)
+        restricted.priority = {f: p for f, p in fa.priority.items() if f in keep}
+        fa = restricted

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import ShardingError
 from ..frontend.emitter import Emitter
 from ..ir import DType, Graph, Node, Op, verify
-from .factors import merge, project, unproject
+from .factors import merge, project, representable, unproject
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
 from .reshard import reshard_cost
 from .program import SpmdProgram
@@ -107,7 +107,7 @@ class Lowerer(Resharder):
             cands.append((key, project(self.shardings[x], rule.operands[i], rule, self.mesh)))
         fa = merge(cands, rule, self.mesh)
         if n.op not in _MADE_LOCALLY:  # a factor only the result has cannot be computed split
-            fa = fa.restrict({f for t in rule.operands for fs in t for f in fs})
+            fa = representable(fa.restrict({f for t in rule.operands for fs in t for f in fs}), rule, self.mesh)
         reqs = [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]
         red = {f: k for f, k in rule.reduction.items() if fa.get(f)}
         partial = tuple(a for a in self.mesh.axis_names if any(a in fa[f] for f in red))
@@ -172,7 +172,7 @@ class Lowerer(Resharder):
             if not ds.axes:
                 continue
             k = limit[d] - start[d]
-            if ds.outer > 1:  # one whole block of a fused dim: the same block of the local dim
+            if ds.outer > 1 and k < n.inputs[0].shape[d]:  # one whole block of a fused dim: the same local block
                 per = x.shape[d] // ds.outer
                 blk = start[d] // k
                 start[d], limit[d], stride[d] = blk * per, (blk + 1) * per, 1

@@ -60,9 +60,10 @@ class Propagator:
         changed = False
         for t, dims in zip(tensors, rule.tensors()):
             st = self.state[t]
-            if st.fixed:
-                continue
             new = Sharding(unproject(fa, dims, rule, self.mesh))
+            if st.fixed:
+                changed |= self._adopt_block_layout(t, new)
+                continue
             if new.is_replicated:
                 continue  # no information for this tensor: leave it open
             # as strong as the weakest source of the axes it now carries
@@ -74,6 +75,18 @@ class Propagator:
                 self.state[t] = TensorSharding(new, prio, False, f"propagated through {n.describe()}")
                 changed = True
         return changed
+
+    def _adopt_block_layout(self, t: Node, new: Sharding) -> bool:
+        """A spec fixes which axes split which dims; how a split dim is cut into blocks stays
+        shardc's choice, so a fixed tensor takes the whole-block layout its ops ask for."""
+        st = self.state[t]
+        dims = tuple(n if (n.axes == c.axes and n.outer > c.outer == 1) else c
+                     for c, n in zip(st.sharding.dims, new.dims))
+        if dims == st.sharding.dims:
+            return False
+        self.state[t] = TensorSharding(Sharding(dims, st.sharding.partial), st.priority, True,
+                                       st.origin + " (split per fused block)")
+        return True
 
     def run(self, max_rounds: int = 100) -> dict[Node, TensorSharding]:
         nodes = [n for n in self.g.nodes if n.op is not Op.PARAMETER]

@@ -1,0 +1,182 @@
+"""The `shardc` command: compile a model over a mesh, run it, check it, explain its shardings."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+
+def parse_mesh(text: str):
+    from .errors import ShardingError
+    from .partition import Mesh
+    axes = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, size = part.partition("=")
+        if not eq or not size.strip().isdigit() or not name.strip().isidentifier():
+            raise ShardingError(f"--mesh {text!r}: expected NAME=SIZE[,NAME=SIZE...], e.g. dp=2,tp=4")
+        axes[name.strip()] = int(size)
+    return Mesh(axes)
+
+
+def parse_spec(text: str):
+    """NAME=ENTRIES with entries comma-separated: '-' or 'None' (whole), an axis, or axes joined by '+'."""
+    from .errors import ShardingError
+    from .partition import P
+    name, eq, body = text.rpartition("=")
+    if not eq or not name:
+        raise ShardingError(f"--spec {text!r}: expected NAME=SPEC, e.g. 'x=dp,-' or '*.fc1.weight=tp,-'")
+    entries = []
+    for e in (body.split(",") if body.strip() else []):
+        e = e.strip()
+        entries.append(None if e in ("-", "None", "none", "") else tuple(e.split("+")) if "+" in e else e)
+    return name, P(*entries)
+
+
+def load_model(model: str, frontend: str, train: bool, batch: int):
+    """A zoo name ("gpt2:tiny") → (Graph, args, ModelDef)."""
+    import shardc
+    from . import models
+    m = models.get(model)
+    if frontend == "jax":
+        params = m.jax_params(0)
+        if train:
+            fn, build = m.jax_train_step("sgd")
+            args = build(params, batch, 1)
+        else:
+            fn, args = m.jax_forward, (params, *m.jax_inputs(batch, 1))
+        return shardc.from_jax(fn, *args), args, m
+    if train:
+        fn, build = m.torch_train_step("sgd")
+        args = build(m.torch_module(0), batch, 1)
+        return shardc.from_torch(fn, args), args, m
+    module = m.torch_module(0)
+    args = m.torch_inputs(batch, 1)
+    return shardc.from_torch(module, args), args, m
+
+
+def build_specs(m, g, plan: str | None, spec_texts) -> tuple[dict, str | None]:
+    specs = {}
+    if plan in ("megatron", "megatron-sp"):
+        specs.update(m.tp_specs())
+        if plan == "megatron-sp":
+            from .partition.plans import sequence_parallel_specs
+            specs.update(sequence_parallel_specs(g))
+        plan = None
+    for text in spec_texts:
+        name, p = parse_spec(text)
+        specs[name] = p
+    return specs, plan
+
+
+@click.group()
+def main():
+    """shardc: partition PyTorch and JAX models over a device mesh and check them."""
+
+
+def _common(f):
+    f = click.option("--mesh", "mesh_text", default="dp=2", show_default=True, help="axes, e.g. dp=2,tp=4")(f)
+    f = click.option("--plan", type=click.Choice(["dp", "fsdp", "megatron", "megatron-sp"]), default=None,
+                     help="fill in specs: data parallel, ZeRO-3, or the zoo's Megatron layout (+ sequence parallel)")(f)
+    f = click.option("--spec", "spec_texts", multiple=True, help="NAME=SPEC, e.g. 'x=dp,-' or '*.c_fc.weight=tp,-'")(f)
+    f = click.option("--frontend", type=click.Choice(["jax", "torch"]), default="jax", show_default=True)(f)
+    f = click.option("--train", is_flag=True, help="the SGD training step instead of the forward pass")(f)
+    f = click.option("--batch", default=4, show_default=True)(f)
+    return click.argument("model")(f)
+
+
+def _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch):
+    import shardc
+    mesh = parse_mesh(mesh_text)
+    t0 = time.perf_counter()
+    g, args, m = load_model(model, frontend, train, batch)
+    t1 = time.perf_counter()
+    specs, plan = build_specs(m, g, plan, spec_texts)
+    prog = shardc.partition(g, mesh, specs, plan)
+    t2 = time.perf_counter()
+    return g, args, prog, {"capture": t1 - t0, "partition": t2 - t1}
+
+
+@main.command()
+@_common
+@click.option("--check/--no-check", default=True, show_default=True, help="compare with the unsharded model")
+def run(model, mesh_text, plan, spec_texts, frontend, train, batch, check):
+    """Capture MODEL, partition it over the mesh, run every device, check against the reference."""
+    from rich.console import Console
+    from rich.table import Table
+    from .testing import rel_err, tolerance
+    console = Console()
+    g, args, prog, times = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch)
+    t = time.perf_counter()
+    got = prog.simulate(*args)
+    times["run (SPMD simulator)"] = time.perf_counter() - t
+    console.print(f"[bold]{model}[/] {'train step' if train else 'forward'} on {prog.mesh}: "
+                  f"{len(g.nodes)} IR nodes, {len(prog.local.nodes)} per device, "
+                  f"{len(prog.collectives)} collectives, {sum(c.bytes for c in prog.collectives)} B per device")
+    kinds = Table("collective", "count", "bytes per device", "wire bytes", title="communication")
+    for kind in sorted({c.kind for c in prog.collectives}):
+        cs = [c for c in prog.collectives if c.kind == kind]
+        kinds.add_row(kind, str(len(cs)), str(sum(c.bytes for c in cs)), str(sum(c.wire_bytes for c in cs)))
+    console.print(kinds)
+    ok = True
+    if check:
+        t = time.perf_counter()
+        want = g.evaluate(*args)
+        times["reference"] = time.perf_counter() - t
+        errs = Table("output", "dtype", "rel. error", "tolerance", "ok", title="check against the unsharded model")
+        rows = []
+        for name, a, b in zip(g.output_names, got, want):
+            e, tol = rel_err(a, b), max(tolerance(b.dtype), 1e-5)
+            ok &= e <= tol
+            rows.append((e / tol, name, str(b.dtype), f"{e:.2e}", f"{tol:.0e}", "[green]yes[/]" if e <= tol else "[red]NO[/]"))
+        rows.sort(key=lambda r: -r[0])  # worst first; a training step has one output per parameter
+        for r in rows[:8]:
+            errs.add_row(*r[1:])
+        if len(rows) > 8:
+            errs.add_row(f"... {len(rows) - 8} more, {'all' if ok else 'not all'} within tolerance", "", "", "", "")
+        console.print(errs)
+    console.print("times: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()))
+    if not ok:
+        raise SystemExit(1)
+
+
+@main.command()
+@_common
+def explain(model, mesh_text, plan, spec_texts, frontend, train, batch):
+    """Print every input's sharding and where it came from, and every collective with its reason."""
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    g, args, prog, _ = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch)
+    t = Table("input", "shape", "sharding", "origin", title="inputs")
+    for p, s in zip(g.inputs, prog.input_shardings):
+        t.add_row(p.name, str(list(p.shape)), str(s), prog.origins.get(p, ""))
+    console.print(t)
+    c = Table("kind", "axes", "bytes", "tensor", "source", "reason", title="collectives")
+    for r in prog.collectives:
+        c.add_row(r.kind, ",".join(r.axes), str(r.bytes), r.tensor, r.source or "", r.reason)
+    console.print(c)
+
+
+def entry():
+    """Console entry: one clear line for user errors; tracebacks only with SHARDC_DEBUG set."""
+    from .errors import Error
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except Error as e:
+        if os.environ.get("SHARDC_DEBUG"):
+            raise
+        click.echo(f"shardc: error: {e}", err=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+
+
+if __name__ == "__main__":
+    entry()

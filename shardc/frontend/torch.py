@@ -1,0 +1,487 @@
+"""PyTorch → shardc IR.
+
+    g = shardc.from_torch(model, (x,))         # nn.Module: params/buffers bound, named by FQN
+    g = shardc.from_torch(train_step, (params, x, y))   # function: every input free
+
+1. Capture one core-ATen FX graph.
+   - nn.Module → torch.export.export(...).run_decompositions().
+   - function  → wrapped in a Module and exported the same way.
+   - If export fails — it cannot trace through torch.func.grad/grad_and_value, nor through
+     torch.autograd.grad of tensors made inside the function, which is how training steps are
+     written — the callable is traced with make_fx (fake tensors, the same core-ATen
+     decompositions). make_fx records autograd's backward as ordinary aten ops, so loss,
+     gradients and the optimizer update become ONE graph. Its graph is not functionalized
+     (functionalize refuses requires_grad_ inside it); the few in-place ops decompositions leave
+     (copy_, sub_, ...) are mapped to their functional twins here, and refused where a view
+     could observe the mutation.
+2. Map the FX graph node by node through the op table (torch_ops.RULES). Each aten op's final IR
+   node takes the FX node's name; its source is the user's innermost "file:line".
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import operator
+import os
+import re
+import sysconfig
+import traceback
+
+import numpy as np
+import torch
+from torch.utils import _pytree as pytree
+
+from ..errors import Error, UnsupportedOpError
+from ..ir import Graph, Node, Op, to_numpy
+from .torch_ops import TORCH_TO_IR, TorchEmitter, lookup
+
+# Lifted tensor constants up to this many elements become constant nodes; larger ones become
+# bound inputs, so the printed IR stays readable.
+SMALL_CONSTANT = 64
+# aten kwargs about memory and devices: the IR has values only.
+_IGNORED_KWARGS = {"device", "layout", "pin_memory", "memory_format", "non_blocking", "requires_grad"}
+
+
+@dataclasses.dataclass
+class _Input:
+    kind: str       # "free" (the caller's), "bound" (parameter, buffer, big constant) or "const"
+    name: str
+    value: object   # the example tensor (free), the tensor (bound, const) or a python value
+
+
+@dataclasses.dataclass
+class _Capture:
+    graph: torch.fx.Graph
+    owner: torch.nn.Module | None   # holds get_attr targets
+    inputs: list[_Input]            # one per placeholder, in order
+    outputs: list                   # flat user outputs: FX nodes or python values
+    output_names: list[str]
+
+
+def from_torch(fn, args, kwargs=None, capture: str = "auto", decompose: bool = True) -> Graph:
+    """torch.nn.Module or function + example args → Graph; see the module docstring.
+
+    capture: "auto" (torch.export, make_fx when export fails), "export" or "make_fx".
+    decompose=False (make_fx only) keeps the aten ops that core ATen would decompose, such as
+    gelu_backward or native_layer_norm_backward, where the op table has a rule for them.
+    """
+    if capture not in ("auto", "export", "make_fx"):
+        raise Error(f"from_torch: capture={capture!r}; valid: 'auto', 'export', 'make_fx'")
+    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    kwargs = dict(kwargs or {})
+    leaves, in_spec = pytree.tree_flatten((args, kwargs))
+    names = _leaf_names(fn, args, kwargs)
+    with _user_stack_traces():
+        captured = _capture(fn, args, kwargs, leaves, names, capture, decompose)
+    tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+    flatten = _flattener(len(args), list(kwargs), in_spec, leaves, tensor_at)
+    return _convert(captured, _graph_name(fn), flatten)
+
+
+# ----------------------------------------------------------------------------------- capture
+class _FunctionModule(torch.nn.Module):
+    """A plain function as a Module, for torch.export."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+def _capture(fn, args, kwargs, leaves, names, how: str, decompose: bool) -> _Capture:
+    """torch.export first; make_fx when export fails (autograd inside: training steps)."""
+    module = fn if isinstance(fn, torch.nn.Module) else _FunctionModule(fn)
+    attempts = {
+        "torch.export": lambda: _export(module, args, kwargs, leaves, names),
+        "make_fx": lambda: _make_fx(fn, args, kwargs, leaves, names, decompose),
+    }
+    if how == "make_fx" or not decompose:
+        del attempts["torch.export"]
+    elif how == "export":
+        del attempts["make_fx"]
+    failures = []
+    for what, attempt in attempts.items():
+        try:
+            return attempt()
+        except UnsupportedOpError:
+            raise
+        except Exception as err:  # noqa: BLE001 - reported below, with the next attempt's
+            failures.append(f"{what} failed with {_first_line(err)}")
+            last = err
+    raise UnsupportedOpError(f"shardc could not capture {_graph_name(fn)}: {'; '.join(failures)}") from last
+
+
+def _export(module, args, kwargs, leaves, names) -> _Capture:
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    ep = torch.export.export(module, args, kwargs).run_decompositions()
+    sig = ep.graph_signature
+    user = [(n, leaf) for n, leaf in zip(names, leaves)]
+    if sum(s.kind is InputKind.USER_INPUT for s in sig.input_specs) != len(user):
+        user = [(n, leaf) for n, leaf in user if isinstance(leaf, torch.Tensor)]
+    user = iter(user)
+    inputs = []
+    for spec in sig.input_specs:
+        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+            value = ep.state_dict[spec.target] if spec.target in ep.state_dict else ep.constants[spec.target]
+            inputs.append(_Input("bound", spec.target, value))
+        elif spec.kind is InputKind.CONSTANT_TENSOR:
+            inputs.append(_lifted(spec.target, ep.constants[spec.target]))
+        elif spec.kind is InputKind.USER_INPUT:
+            name, leaf = next(user)
+            inputs.append(_Input("free" if isinstance(leaf, torch.Tensor) else "const", name, leaf))
+        else:
+            raise UnsupportedOpError(f"torch.export input {spec.target or spec.arg} of kind {spec.kind.name} "
+                                     "is not supported by shardc")
+    flat_out = _output_node(ep.graph).args[0]
+    outputs = []
+    for spec, value in zip(sig.output_specs, flat_out):
+        if spec.kind is OutputKind.USER_OUTPUT:
+            outputs.append(value)
+        elif spec.kind is OutputKind.USER_INPUT_MUTATION:
+            raise UnsupportedOpError(f"{_graph_name(module)} updates its input {spec.target!r} in place, which "
+                                     "shardc does not support; return the new value instead")
+        # BUFFER_MUTATION (e.g. BatchNorm's running statistics) is state, not output: dropped
+    return _Capture(ep.graph, None, inputs, outputs, _output_names(ep.call_spec.out_spec, len(outputs)))
+
+
+def _make_fx(fn, args, kwargs, leaves, names, decompose: bool = True) -> _Capture:
+    from torch._decomp import core_aten_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+    state = {}
+    if isinstance(fn, torch.nn.Module):  # params and buffers become inputs, as with export
+        state = {**dict(fn.named_parameters()), **dict(fn.named_buffers())}
+    in_spec = pytree.tree_structure((args, kwargs))
+    out_specs = []
+
+    def flat_fn(*flat):
+        full = list(leaves)
+        for i, t in zip(tensor_at, flat[len(state):]):
+            full[i] = t
+        a, k = pytree.tree_unflatten(full, in_spec)
+        if state:
+            out = torch.func.functional_call(fn, dict(zip(state, flat[:len(state)])), tuple(a), k)
+        else:
+            out = fn(*a, **k)
+        flat_out, spec = pytree.tree_flatten(out)
+        out_specs.append(spec)
+        return flat_out
+
+    gm = make_fx(flat_fn, decomposition_table=core_aten_decompositions() if decompose else {}, tracing_mode="fake",
+                 record_stack_traces=True, _allow_non_fake_inputs=True)(
+        *[t.detach() for t in state.values()], *[leaves[i] for i in tensor_at])
+    inputs = [_Input("bound", n, t.detach()) for n, t in state.items()]
+    inputs += [_Input("free", names[i], leaves[i]) for i in tensor_at]
+    outputs = list(_output_node(gm.graph).args[0])
+    return _Capture(gm.graph, gm, inputs, outputs, _output_names(out_specs[-1], len(outputs)))
+
+
+def _lifted(name: str, value) -> _Input:
+    small = not isinstance(value, torch.Tensor) or value.numel() <= SMALL_CONSTANT
+    return _Input("const" if small else "bound", name, value)
+
+
+def _output_node(graph):
+    return next(n for n in graph.nodes if n.op == "output")
+
+
+# ------------------------------------------------------------------------------------- names
+def _leaf_names(fn, args, kwargs) -> list[str]:
+    """Names of the leaves of (args, kwargs): the parameter name + pytree key path ("x",
+    "params['fc1.weight']", "args[0]" for *args); keyword arguments go by their keyword."""
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    varargs = next((p.name for p in params if p.kind is p.VAR_POSITIONAL), "args")
+
+    def root(path) -> str:
+        if path[0].idx == 1:
+            return str(path[1].key)
+        i = path[1].idx
+        return positional[i] if i < len(positional) else f"{varargs}[{i - len(positional)}]"
+
+    return [root(path) + pytree.keystr(path[2:]) for path, _ in pytree.tree_flatten_with_path((args, kwargs))[0]]
+
+
+def _output_names(spec, n: int) -> list[str]:
+    """"out" for a lone tensor, else "out" + pytree key path: "out[0]", "out['loss']"."""
+    if spec.is_leaf():
+        return ["out"] * n
+    tree = pytree.tree_unflatten(list(range(n)), spec)
+    return ["out" + pytree.keystr(path) for path, _ in pytree.tree_flatten_with_path(tree)[0]]
+
+
+def _graph_name(fn) -> str:
+    raw = type(fn).__name__ if isinstance(fn, torch.nn.Module) else getattr(fn, "__name__", "fn")
+    return re.sub(r"[^\w.\-]", "_", raw).strip("_") or "main"
+
+
+def _flattener(n_args: int, kw_names: list[str], in_spec, leaves, tensor_at):
+    """evaluate(*args) → the free input arrays: the callable's positional arguments, followed by
+    the values of the keyword arguments it was captured with, in that order."""
+    fixed = {i: leaf for i, leaf in enumerate(leaves) if i not in set(tensor_at)}
+
+    def flatten_args(*call_args):
+        kw = dict(zip(kw_names, call_args[n_args:]))
+        got, spec = pytree.tree_flatten((tuple(call_args[:n_args]), kw))
+        if spec != in_spec:
+            raise Error(f"the graph was captured for arguments structured as {in_spec}, got {spec}")
+        changed = [i for i, v in fixed.items() if not _same(got[i], v)]
+        if changed:
+            raise Error(f"non-tensor arguments are baked into the graph: argument leaf {changed[0]} was "
+                        f"{fixed[changed[0]]!r} at capture, got {got[changed[0]]!r}")
+        return [got[i] for i in tensor_at]
+
+    return flatten_args
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+# ---------------------------------------------------------------------------- source lines
+def _internal_dirs() -> tuple[str, ...]:
+    """Frames in these directories are the framework's or shardc's, not the user's. shardc's own
+    model zoo (shardc/models) counts as user code."""
+    shardc_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dirs = [os.path.dirname(os.path.abspath(torch.__file__)), sysconfig.get_paths()["stdlib"]]
+    dirs += [os.path.join(shardc_dir, d) for d in os.listdir(shardc_dir) if d != "models"]
+    return tuple(os.path.join(d, "") if os.path.isdir(d) else d for d in dirs)
+
+
+_INTERNAL = _internal_dirs()
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def _is_internal(filename: str) -> bool:
+    return filename.startswith("<") or os.path.abspath(filename).startswith(_INTERNAL)
+
+
+def _source(fx_node) -> str | None:
+    """The innermost user frame of the node's stack trace, as "file:line" (relative to the
+    working directory when under it)."""
+    for filename, line in reversed(_FRAME.findall(fx_node.meta.get("stack_trace") or "")):
+        if not _is_internal(filename):
+            path = os.path.abspath(filename)
+            cwd = os.path.join(os.getcwd(), "")
+            return f"{os.path.relpath(path) if path.startswith(cwd) else path}:{line}"
+    return None
+
+
+@contextlib.contextmanager
+def _user_stack_traces():
+    """FX keeps only frames of functions named `forward` in node.meta["stack_trace"]; keep every
+    frame outside torch instead, so a node's source can be the innermost user line (in a helper
+    function or a training step). A private torch hook: without it, sources are coarser."""
+    from torch.fx import proxy
+
+    original = getattr(proxy.TracerBase, "_filter_traceback_frames", None)
+    if original is None:
+        yield
+        return
+
+    def keep_user_frames(self, summary):
+        return traceback.StackSummary.from_list([f for f in summary if not _is_internal(f.filename)])
+
+    proxy.TracerBase._filter_traceback_frames = keep_user_frames
+    try:
+        yield
+    finally:
+        proxy.TracerBase._filter_traceback_frames = original
+
+
+# -------------------------------------------------------------------------------- conversion
+class _Converter:
+    def __init__(self, capture: _Capture, name: str):
+        self.cap = capture
+        self.e = TorchEmitter(name)
+        self.env: dict = {}
+        self.bound: dict[str, np.ndarray] = {}
+        self.used: set[str] = set()
+        self.attrs: dict[str, object] = {}  # get_attr target → its IR value
+
+    def run(self, flatten_args) -> Graph:
+        placeholders = [n for n in self.cap.graph.nodes if n.op == "placeholder"]
+        for ph, inp in zip(placeholders, self.cap.inputs):
+            self.env[ph] = self.input(inp)
+        for n in self.cap.graph.nodes:
+            if n.op == "get_attr":
+                self.env[n] = self.get_attr(n.target)
+            elif n.op == "call_function":
+                self.env[n] = self.call(n)
+            elif n.op in ("call_module", "call_method"):
+                raise UnsupportedOpError(f"FX {n.op} {n.target} at {_source(n)} is not supported by shardc")
+        outs = [self.output(v) for v in self.cap.outputs]
+        return self.e.build(outs, self.cap.output_names, bound=self.bound, flatten_args=flatten_args)
+
+    # ---- leaves ----------------------------------------------------------------------------
+    def input(self, inp: _Input):
+        if inp.kind == "const":
+            return self.constant(inp.value) if isinstance(inp.value, torch.Tensor) else inp.value
+        t = inp.value
+        if t.dtype not in TORCH_TO_IR:
+            raise UnsupportedOpError(f"input {inp.name!r} has dtype {t.dtype}, which shardc does not support "
+                                     f"(supported: {', '.join(str(d) for d in TORCH_TO_IR)})")
+        if any(not isinstance(s, int) for s in t.shape):
+            raise UnsupportedOpError(f"input {inp.name!r} has a dynamic shape; shardc needs static shapes")
+        node = self.e.parameter(inp.name, tuple(t.shape), TORCH_TO_IR[t.dtype])
+        self.used.add(inp.name)
+        if inp.kind == "bound":
+            self.bound[inp.name] = np.array(to_numpy(t.detach()), copy=True)
+        return node
+
+    def constant(self, t: torch.Tensor) -> Node:
+        if t.dtype not in TORCH_TO_IR:
+            raise UnsupportedOpError(f"constant tensor of dtype {t.dtype} is not supported by shardc")
+        return self.e.constant(to_numpy(t.detach()), TORCH_TO_IR[t.dtype])
+
+    def get_attr(self, target: str):
+        """make_fx keeps tensors the function closes over as module attributes."""
+        if target not in self.attrs:
+            value = self.cap.owner
+            for part in target.split("."):
+                value = getattr(value, part)
+            inp = _lifted(target, value)
+            self.attrs[target] = self.input(inp) if inp.kind == "bound" else self.constant(value)
+        return self.attrs[target]
+
+    def output(self, v) -> Node:
+        if isinstance(v, torch.fx.Node):
+            return self.env[v]
+        if isinstance(v, (bool, int, float)):  # a python number the callable returned
+            dt = TORCH_TO_IR[torch.tensor(v).dtype] if not isinstance(v, float) else TORCH_TO_IR[torch.float32]
+            return self.e.const(v, dt)
+        raise UnsupportedOpError(f"output {v!r} of type {type(v).__name__} is not supported by shardc")
+
+    # ---- ops -------------------------------------------------------------------------------
+    def call(self, n):
+        target, e = n.target, self.e
+        source = _source(n)
+        if target is operator.getitem:  # one result of a multi-output op
+            out = self.env[n.args[0]][n.args[1]]
+            return self.named(out, n)
+        args = torch.fx.node.map_arg(n.args, lambda a: self.env[a])
+        kwargs = {k: v for k, v in torch.fx.node.map_arg(n.kwargs, lambda a: self.env[a]).items()
+                  if k not in _IGNORED_KWARGS}
+        if not isinstance(target, torch._ops.OpOverload):
+            if getattr(target, "__module__", None) in ("_operator", "operator") and all(
+                    not isinstance(a, Node) for a in args):
+                return target(*args)  # arithmetic on (static) sizes
+            raise UnsupportedOpError(f"{getattr(target, '__name__', target)} at {source} is not supported by shardc")
+        e.op_name, e.val = str(target), n.meta.get("val")
+        rule, inplace = lookup(target), False
+        if rule is None and _is_inplace(target):
+            rule, inplace = lookup(_functional(target)), True
+        with e.loc(source):
+            if rule is None:
+                raise UnsupportedOpError(f"{e.op_name} at {source} is not supported by shardc; it has no rule "
+                                         "in shardc/frontend/torch_ops.py")
+            _check_static(e, e.val)
+            if inplace:
+                self.check_inplace(n)
+            try:
+                out = rule(e, *args, **kwargs)
+            except UnsupportedOpError as err:
+                if str(err).startswith(e.op_name):
+                    raise
+                raise UnsupportedOpError(f"{e.op_name} at {source}: {err}") from err
+            except Error as err:
+                raise type(err)(f"{e.op_name} at {source}: {err}") from err
+            except Exception as err:
+                err.add_note(f"(shardc: while mapping {e.op_name} at {source}, FX node {n.name})")
+                raise
+            out = _conform(e, out, e.val)
+        if inplace:  # later readers of the mutated tensor see the new value
+            dst = n.args[0]
+            while True:
+                self.env[dst] = out
+                if not (dst.op == "call_function" and _is_inplace(dst.target)):
+                    break
+                dst = dst.args[0]
+        return self.named(out, n)
+
+    def check_inplace(self, n):
+        """An in-place op becomes its functional twin; refuse it where something else could see
+        the mutation: a graph input, or a tensor that is (or has) a view."""
+        root = n.args[0]
+        chain = [root]
+        while root.op == "call_function" and _is_inplace(root.target):
+            root = root.args[0]
+            chain.append(root)
+        if root.op in ("placeholder", "get_attr"):
+            raise self.e.unsupported("in-place update of a graph input (return the new value instead)")
+        views = [u for c in chain for u in c.users if _is_view(u)]
+        if _is_view(root) or views:
+            raise self.e.unsupported("in-place update of a tensor that shares memory with a view")
+
+    def named(self, out, n):
+        """The aten op's final IR node takes the FX node's name (unique in the graph)."""
+        if isinstance(out, Node) and out.name is None and out.op is not Op.PARAMETER:
+            name, i = n.name, 1
+            while name in self.used:
+                name, i = f"{n.name}_{i}", i + 1
+            out.name = name
+            self.used.add(name)
+        return out
+
+
+def _convert(capture: _Capture, name: str, flatten_args) -> Graph:
+    return _Converter(capture, name).run(flatten_args)
+
+
+def _is_inplace(target) -> bool:
+    return isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable and \
+        target.overloadpacket.__name__.endswith("_")
+
+
+def _functional(target):
+    """aten.sub_.Tensor → aten.sub.Tensor (or the packet when that overload does not exist)."""
+    packet = getattr(torch.ops.aten, target.overloadpacket.__name__[:-1], None)
+    return None if packet is None else getattr(packet, target._overloadname, packet)
+
+
+def _is_view(n) -> bool:
+    return n.op == "call_function" and getattr(n.target, "is_view", False)
+
+
+def _check_static(e, val):
+    if isinstance(val, torch.Tensor):
+        if any(not isinstance(s, int) for s in val.shape):
+            raise e.unsupported(f"dynamic shape {list(val.shape)} (shardc needs static shapes)")
+    elif isinstance(val, (list, tuple)):
+        for v in val:
+            _check_static(e, v)
+    elif isinstance(val, torch.SymInt):
+        raise e.unsupported("a dynamic (symbolic) size")
+
+
+def _conform(e, out, val):
+    """The rule's result, checked against torch's example output: same shape, torch's dtype."""
+    if isinstance(val, torch.Tensor):
+        if not isinstance(out, Node):
+            raise Error(f"shardc bug: the rule for {e.op_name} returned {type(out).__name__}, not a tensor")
+        if out.shape != tuple(val.shape):
+            raise Error(f"shardc bug: {e.op_name} at {e.source} maps to shape {list(out.shape)}, torch gives "
+                        f"{list(val.shape)}")
+        return e.cast(out, e.dtype(val.dtype))
+    if isinstance(val, (list, tuple)) and isinstance(out, (list, tuple)):
+        if len(out) != len(val):
+            raise Error(f"shardc bug: {e.op_name} gives {len(out)} results, torch {len(val)}")
+        return type(out)(_conform(e, o, v) for o, v in zip(out, val))
+    return out
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
