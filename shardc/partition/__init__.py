@@ -1,6 +1,7 @@
 """The SPMD partitioner: mesh + specs → propagation → reshard → per-device program."""
 from __future__ import annotations
 
+from .. import flags
 from ..errors import ShardingError
 from ..ir import Graph
 from .lower import lower
@@ -27,7 +28,23 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
     shardings = {n: st.sharding for n, st in state.items()}
     origins = {n: st.origin for n, st in state.items()}
     outs = [_same_layout(out_specs.get(i, shardings[o]), shardings[o]) for i, o in enumerate(g.outputs)]
-    return lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()})
+    prog = lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()})
+    flags.log(1, f"partition {g.name} over {mesh}: {len(prog.collectives)} collectives, "
+                 f"{sum(c.bytes for c in prog.collectives)} B per device")
+    flags.dump(0, "global", str(g))
+    flags.dump(1, "shardings", shardings_text(g, state))
+    flags.dump(2, "spmd", str(prog.local))
+    flags.dump(3, "ledger", prog.ledger())
+    if flags.debug_level() >= 3:
+        print(shardings_text(g, state))
+    return prog
+
+
+def shardings_text(g: Graph, state) -> str:
+    """One line per named value: its sharding and where that came from."""
+    ids = {n: i for i, n in enumerate(g.nodes)}
+    return "\n".join(f"%{ids[n]} {n.name or n.op.value}: {st.sharding}  ({st.origin})"
+                     for n, st in state.items()) + "\n"
 
 
 def _same_layout(want: Sharding, have: Sharding) -> Sharding:

@@ -1,0 +1,41 @@
+"""Every environment variable shardc reads, in one table.
+
+SHARDC_DEBUG=1..5   1 summary, 2 timings and bytes, 3 shardings, 4 kernel source, 5 IR after each
+                    pass; any level also shows compiler frames in CLI errors.
+SHARDC_DUMP_DIR     write each stage's text there, numbered with its pass name.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+FLAGS = {
+    "SHARDC_DEBUG": "debug level 0-5 (see module docstring)",
+    "SHARDC_DUMP_DIR": "directory for each stage's text, numbered by pass",
+}
+
+
+def debug_level() -> int:
+    try:
+        return int(os.environ.get("SHARDC_DEBUG", "0") or 0)
+    except ValueError:
+        return 1
+
+
+def log(level: int, msg: str) -> None:
+    if debug_level() >= level:
+        print(f"[shardc] {msg}", file=sys.stderr)
+
+
+def dump(stage: int, name: str, text: str) -> None:
+    """Write one stage's text to SHARDC_DUMP_DIR/NN-name.txt (atomically: no half-written files)."""
+    root = os.environ.get("SHARDC_DUMP_DIR")
+    if not root:
+        return
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / f"{stage:02d}-{name}.txt"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(target)
