@@ -18,8 +18,27 @@ from .program import SpmdProgram
 from .reshard import Resharder
 from .rules import FactorRule, rule_for
 
-# ops through which a pending partial sum stays pending
-_LINEAR = frozenset({Op.ADD, Op.SUB, Op.NEG, Op.TRANSPOSE, Op.RESHAPE})
+# ops linear in (each of) their operands: a pending partial sum passes through them
+_LINEAR_ALL = frozenset({Op.ADD, Op.SUB, Op.CONCATENATE})
+_LINEAR_FIRST = frozenset({Op.NEG, Op.TRANSPOSE, Op.RESHAPE, Op.BROADCAST, Op.SLICE, Op.REDUCE_SUM, Op.GATHER})
+_LINEAR_ONE = frozenset({Op.MUL, Op.DOT_GENERAL})
+
+
+def _is_zero(n: Node) -> bool:
+    return n.op is Op.CONSTANT and not isinstance(n.attrs["value"], np.ndarray) and n.attrs["value"] == 0
+
+
+def _linear_in(n: Node, pending: list[int]) -> bool:
+    """Is `n` linear jointly in the operands listed (so partial sums may flow through it)?"""
+    if n.op in _LINEAR_ALL:
+        return len(pending) == len(n.inputs)
+    if n.op in _LINEAR_FIRST or (n.op is Op.PAD and n.attrs["value"] == 0):
+        return pending == [0]
+    if n.op in _LINEAR_ONE:
+        return len(pending) == 1
+    if n.op is Op.SCATTER:  # x + scatter(0, idx, upd): linear in (x, upd); a zero x may stay whole
+        return pending == [0, 2] or (pending == [2] and _is_zero(n.inputs[0]))
+    return False
 # ops that can produce any split of their result's own dims directly
 _MADE_LOCALLY = frozenset({Op.BROADCAST, Op.IOTA, Op.CONSTANT})
 
@@ -39,6 +58,7 @@ class Lowerer(Resharder):
         self.g = g
         self.shardings = shardings
         self.priorities = priorities  # how strongly each tensor holds its sharding (propagation's)
+        self.users = g.users()
         # global node → (local value, its natural sharding): reshards happen on demand, once
         self.local: dict[Node, tuple[Node, Sharding]] = {}
         self.cache: dict[tuple[Node, Sharding], Node] = {}
@@ -67,7 +87,7 @@ class Lowerer(Resharder):
                 raise ShardingError(f"{n.describe()}: the graph is already partitioned (it has {n.op.value})")
             rule = rule_for(n)
             plan = self.plan_partial_linear(n, rule)
-            if plan is None:
+            if plan is None:  # the cheaper of: the result's sharding first, or the operands'
                 plan = min((self.plan_op(n, rule, result_first) for result_first in (True, False)),
                            key=lambda p: self.cost(n, *p[1:3]))
             fa, reqs, natural, red = plan
@@ -79,31 +99,46 @@ class Lowerer(Resharder):
             self.local[n] = (out, natural)
 
     def plan_partial_linear(self, n: Node, rule: FactorRule):
-        """Sums commute with linear ops: adding, negating or moving pending partial sums keeps
-        them pending, so one all-reduce serves (a tied embedding's two gradients, say)."""
-        if n.op not in _LINEAR:
-            return None
+        """Sums commute with linear maps: an op linear in its pending-partial operands keeps the
+        sum pending (a tied embedding's two gradients, MoE's dispatch of partially gathered
+        tokens), so one collective serves where each operand would have needed its own."""
         nats = [self.local[x][1] for x in n.inputs]
-        first = nats[0]
-        if not first.partial or first.partial_op != "sum" or any(
-                s.partial != first.partial or s.partial_op != "sum" for s in nats):
+        pend = [i for i, s in enumerate(nats) if s.partial]
+        if not pend or not _linear_in(n, pend):
             return None
-        cands = [((0, -x.nbytes, i), project(s, rule.operands[i], rule, self.mesh))
+        if any(len(self.users[n.inputs[i]]) > 1 for i in pend):
+            return None  # another user needs the sum anyway: reduce it once, at the source
+        axes = nats[pend[0]].partial
+        if any(nats[i].partial != axes or nats[i].partial_op != "sum" for i in pend):
+            return None
+        cands = [((0 if i in pend else 1, -x.nbytes, i), project(s, rule.operands[i], rule, self.mesh))
                  for i, (x, s) in enumerate(zip(n.inputs, nats))]
-        fa = merge(cands, rule, self.mesh).restrict({f for t in rule.operands for fs in t for f in fs})
-        reqs = [Sharding(unproject(fa, dims, rule, self.mesh), first.partial) for dims in rule.operands]
-        if reqs != nats:
+        fa = merge(cands, rule, self.mesh)
+        fa = representable(fa.restrict({f for t in rule.operands for fs in t for f in fs}), rule, self.mesh)
+        if any(a in axes for v in fa.values() for a in v):
+            return None  # the other operands must be whole over the pending axes
+        reqs = [Sharding(unproject(fa, dims, rule, self.mesh), axes if i in pend else ())
+                for i, dims in enumerate(rule.operands)]
+        if any(reqs[i] != nats[i] for i in pend):
             return None
-        natural = Sharding(unproject(fa, rule.result, rule, self.mesh), first.partial)
-        return fa, reqs, natural, {}
+        red = {f: k for f, k in rule.reduction.items() if fa.get(f)}
+        if any(k != "sum" for k in red.values()):
+            return None
+        extra = tuple(a for a in self.mesh.axis_names if any(a in fa[f] for f in red))
+        everything = tuple(a for a in self.mesh.axis_names if a in axes or a in extra)
+        natural = Sharding(unproject(fa, rule.result, rule, self.mesh), everything)
+        biggest = max(math.prod(local_shape(n.inputs[i].shape, nats[i], self.mesh)) for i in pend)
+        if math.prod(local_shape(n.shape, natural, self.mesh)) > biggest:
+            return None  # the sum would grow: reducing it now is cheaper
+        return fa, reqs, natural, red
 
-    def plan_op(self, n: Node, rule: FactorRule, result_first: bool):
+    def plan_op(self, n: Node, rule: FactorRule, result_first: bool, by_priority: bool = True):
         """The op's factor sharding, its operands' required shardings and its natural result,
-        favouring either the result's own sharding or the operands' (dearest first)."""
+        favouring either the result's own sharding or the operands' (strongest or dearest first)."""
         want = self.shardings[n]
         cands = [((-1 if result_first else 999, 0, len(n.inputs)), project(want, rule.result, rule, self.mesh))]
         for i, x in enumerate(n.inputs):
-            key = (self.priorities.get(x, 0), -x.nbytes, i)
+            key = (self.priorities.get(x, 0) if by_priority else 0, -x.nbytes, i)
             cands.append((key, project(self.shardings[x], rule.operands[i], rule, self.mesh)))
         fa = merge(cands, rule, self.mesh)
         if n.op not in _MADE_LOCALLY:  # a factor only the result has cannot be computed split
@@ -229,7 +264,10 @@ class Lowerer(Resharder):
         if red:
             rule = rule_for(n)
             upd = self._mask_reduced(upd, rule.operands[2], reqs[2], n.inputs[2].shape, rule, red)
-            first = b.binary(Op.EQ, self.group_rank(natural.partial), 0)
+        fresh = tuple(a for a in natural.partial if a not in reqs[0].partial)
+        if fresh and not _is_zero(n.inputs[0]):
+            # over axes the operand is not itself pending on, only the first device adds it
+            first = b.binary(Op.EQ, self.group_rank(fresh), 0)
             x = b.add(Op.SELECT, [b.add(Op.BROADCAST, [first], shape=x.shape, dims=[]), x,
                                   b.const(0, x.dtype, x.shape)])
         return b.add(Op.SCATTER, [x, idx, upd], name=n.name, axis=axis, batch_dims=bd)

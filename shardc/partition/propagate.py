@@ -1,6 +1,6 @@
 """Sharding propagation: bidirectional, to a fixed point, over factors. Seeds (user specs,
-plans) are fixed; every other tensor takes what its ops' factors say, from the strongest
-source (lower priority number) and, at equal priority, only ever gains axes — so it ends.
+plans) are fixed; every other tensor takes what its ops' factors say: a stronger source (lower
+priority number) overrides it, a compatible one only adds axes — so it ends.
 Pass-through ops run before dots and reductions, as in Shardy."""
 from __future__ import annotations
 
@@ -71,8 +71,12 @@ class Propagator:
             cur = st.sharding
             if cur == new and st.priority <= prio:
                 continue
-            if cur is None or prio < st.priority or (prio == st.priority and _extends(cur, new)):
+            if cur is None or prio < st.priority:
                 self.state[t] = TensorSharding(new, prio, False, f"propagated through {n.describe()}")
+                changed = True
+            elif _extends(cur, new):  # compatible: gains axes at any priority, keeps the strongest
+                self.state[t] = TensorSharding(new, min(prio, st.priority), False,
+                                               f"propagated through {n.describe()}")
                 changed = True
         return changed
 
