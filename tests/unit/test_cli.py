@@ -1,0 +1,42 @@
+"""The `shardc` command as users type it (the README's main job included)."""
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from shardc.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_readme_main_job_runs_and_checks():
+    r = run("run", "gpt2:tiny", "--mesh", "dp=2,tp=2", "--plan", "megatron", "--train")
+    assert r.exit_code == 0, r.output
+    assert "check against the unsharded model" in r.output and "NO" not in r.output
+    assert "all_reduce" in r.output
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "mlp:tiny", "--mesh", "dp=2", "--plan", "fsdp"],
+    ["run", "llama:tiny", "--mesh", "tp=2", "--spec", "*.q_proj.weight=tp,-", "--frontend", "jax"],
+    ["explain", "mlp:tiny", "--mesh", "tp=2", "--plan", "megatron"],
+])
+def test_commands_work_as_documented(args):
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["run", "nope:tiny"], "unknown model 'nope'"),
+    (["run", "mlp:tiny", "--mesh", "dp=two"], "--mesh 'dp=two'"),
+    (["run", "mlp:tiny", "--spec", "x"], "--spec 'x'"),
+    (["run", "mlp:tiny", "--mesh", "dp=2", "--spec", "inputs[0]=tp"], "axis 'tp' is not in Mesh"),
+])
+def test_bad_input_is_one_clear_line(args, msg):
+    p = subprocess.run([sys.executable, "-m", "shardc.cli", *args], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert msg in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
