@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 
+import jax
 import numpy as np
 from jax.extend.core import Literal
 
@@ -45,10 +47,10 @@ HINTS = {
 
 def from_jax(fn, *args, name: str = "main", **options) -> Graph:
     """jax function + example args → Graph; the args' shapes and dtypes are what is captured."""
-    import jax
-
     if options:
         raise Error(f"from_jax: unknown options {sorted(options)} (known: name)")
+    if not re.fullmatch(r"[\w.\-]+", name):
+        raise Error(f"from_jax: graph name {name!r} must be letters, digits, '_', '.' or '-'")
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     leaves, in_tree = jax.tree_util.tree_flatten_with_path(args)
     arg_names = _arg_names(fn, len(args))
@@ -57,7 +59,7 @@ def from_jax(fn, *args, name: str = "main", **options) -> Graph:
         raise Error(f"from_jax: {len(in_names)} argument leaves but {len(closed.jaxpr.invars)} jaxpr inputs")
 
     b = Emitter(name)
-    conv = _Converter(b)
+    conv = _Converter(b, reserved=in_names)
     conv.reject_unsupported(closed.jaxpr)
     params = [b.parameter(n, v.aval.shape, conv.dtype(v.aval.dtype, f"input {n!r}"))
               for n, v in zip(in_names, closed.jaxpr.invars)]
@@ -82,8 +84,6 @@ class FlattenArgs:
         self.in_tree = in_tree
 
     def __call__(self, *args) -> list:
-        import jax
-
         leaves, tree = jax.tree_util.tree_flatten(args)
         if tree != self.in_tree:
             raise Error(f"arguments do not match the captured structure:\n  expected {self.in_tree}\n  got      {tree}")
@@ -153,12 +153,12 @@ _NARROW_OK = frozenset({
 class _Converter:
     """Walks jaxprs, keeps the current equation (for errors) and source line (for nodes)."""
 
-    def __init__(self, b: Emitter):
+    def __init__(self, b: Emitter, reserved=()):
         self.b = b
         self.eqn = None
         self.loc: str | None = None
         self.constraints: dict[str, tuple] = {}
-        self.names: set[str] = set()
+        self.names: set[str] = set(reserved)  # node names taken (inputs, checkpoint names)
         self._static: dict[Node, np.ndarray | None] = {}
 
     # ---- walking ------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ class _Converter:
             fn = RULES.get(name)
             if fn is None:
                 raise self.unsupported()
-            self._check_narrow(eqn)
+            narrow = self._narrow_arithmetic(eqn)
             for v in eqn.outvars:
                 self.dtype(v.aval.dtype, "its result")
             try:
@@ -203,6 +203,8 @@ class _Converter:
                 raise IRError(f"jax primitive {name!r} at {self.loc}: {e}") from e
             outs = list(out) if isinstance(out, (list, tuple)) else [out]
             self._check(outs)
+            if narrow:
+                self._check_no_wrap(outs, narrow)
             return outs
         finally:
             self.eqn, self.loc = saved
@@ -229,17 +231,24 @@ class _Converter:
                     if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
                         self.reject_unsupported(sub, eqn_loc)
 
-    def _check_narrow(self, eqn):
+    def _narrow_arithmetic(self, eqn) -> list[str]:
+        """The narrow int types of an equation that could wrap on them (else [])."""
         avals = [v.aval for v in list(eqn.invars) + list(eqn.outvars)]
         narrow = sorted({str(a.dtype) for a in avals if getattr(a, "dtype", None) in _NARROW})
-        if not narrow:
-            return
         name = eqn.primitive.name
         cast_into = name == "convert_element_type" and eqn.outvars[0].aval.dtype in _NARROW \
             and not np.can_cast(eqn.invars[0].aval.dtype, eqn.outvars[0].aval.dtype, "safe")
-        if name not in _NARROW_OK or cast_into:
-            raise self.unsupported(f"{', '.join(narrow)} values (shardc widens them to i32/i64, "
-                                   "which keeps moves and compares exact but not wrapping arithmetic)")
+        return narrow if narrow and (name not in _NARROW_OK or cast_into) else []
+
+    def _check_no_wrap(self, outs: list[Node], narrow: list[str]):
+        """Narrow-int arithmetic is exact when its results are known and in range (the ids
+        JAX's scatter JVP counts with iota + 1, say); otherwise it is refused."""
+        for o, v in zip(outs, self.eqn.outvars):
+            value, dt = self.static(o), np.dtype(v.aval.dtype)
+            if dt in _NARROW and (value is None or value.min(initial=0) < np.iinfo(dt).min
+                                  or value.max(initial=0) > np.iinfo(dt).max):
+                raise self.unsupported(f"arithmetic on traced {', '.join(narrow)} values (shardc "
+                                       "widens them to i32/i64, which would not wrap as they do)")
 
     def dtype(self, dt, what: str) -> DType:
         if np.dtype(dt) in _NARROW:
@@ -365,6 +374,7 @@ def _sharding_constraint(c: _Converter, x, *, sharding, unconstrained_dims=(), *
             tup.append(tuple(e))
     name = f"constraint_{len(c.constraints)}"
     c.constraints[name] = tuple(tup)
+    c.names.add(name)
     return c.b.add(Op.RESHAPE, [x], name=name, shape=x.shape)
 
 
@@ -373,7 +383,7 @@ def _checkpoint_name(c: _Converter, x, *, name, **_):
     """checkpoint_name(x, "attn") names the value in the graph (made unique: "attn", "attn_1")."""
     if x.name is None and x.op is not Op.PARAMETER:
         unique, k = name, 0
-        while unique in c.names:
+        while unique in c.names or re.fullmatch(r"constraint_\d+", unique):
             k += 1
             unique = f"{name}_{k}"
         c.names.add(unique)

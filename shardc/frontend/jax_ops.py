@@ -37,8 +37,8 @@ def _clamp(b, x: Node, lo, hi) -> Node:
 
 # ---- elementwise ------------------------------------------------------------------------------
 _UNARY = {"neg": Op.NEG, "abs": Op.ABS, "sign": Op.SIGN, "exp": Op.EXP, "log": Op.LOG,
-          "log1p": Op.LOG1P, "sqrt": Op.SQRT, "rsqrt": Op.RSQRT, "tanh": Op.TANH, "erf": Op.ERF, "sin": Op.SIN, "cos": Op.COS,
-          "floor": Op.FLOOR, "ceil": Op.CEIL, "not": Op.NOT}
+          "log1p": Op.LOG1P, "sqrt": Op.SQRT, "rsqrt": Op.RSQRT, "tanh": Op.TANH, "erf": Op.ERF,
+          "sin": Op.SIN, "cos": Op.COS, "floor": Op.FLOOR, "ceil": Op.CEIL, "not": Op.NOT}
 _BINARY = {"add": Op.ADD, "add_any": Op.ADD, "sub": Op.SUB, "mul": Op.MUL, "div": Op.DIV,
            "rem": Op.REM, "max": Op.MAX, "min": Op.MIN, "and": Op.AND, "or": Op.OR, "xor": Op.XOR,
            "shift_left": Op.SHL, "shift_right_arithmetic": Op.SHR, "eq": Op.EQ, "ne": Op.NE,
@@ -47,11 +47,21 @@ for _name, _op in _UNARY.items():
     RULES[_name] = lambda c, x, _op=_op, **_: c.b.unary(_op, x)
 for _name, _op in _BINARY.items():
     RULES[_name] = lambda c, x, y, _op=_op, **_: c.b.binary(_op, x, y)  # scalars broadcast
-
-
-@rule("copy", "copy_p", "stop_gradient", "optimization_barrier", "device_put")
-def _identity(c, *xs, **_):
-    return list(xs)
+for _name in ("copy", "copy_p", "stop_gradient", "optimization_barrier", "device_put"):
+    RULES[_name] = lambda c, *xs, **_: list(xs)  # identities
+RULES.update({
+    "square": lambda c, x, **_: c.b.binary(Op.MUL, x, x),
+    "exp2": lambda c, x, **_: c.b.binary(Op.POW, c.b.const(2.0, x.dtype), x),
+    "tan": lambda c, x, **_: c.b.binary(Op.DIV, c.b.unary(Op.SIN, x), c.b.unary(Op.COS, x)),
+    "erfc": lambda c, x, **_: c.b.binary(Op.SUB, c.b.const(1.0, x.dtype), c.b.unary(Op.ERF, x)),
+    "erf_inv": lambda c, x, **_: c.b.erf_inv(x),
+    "is_finite": lambda c, x, **_: c.b.binary(Op.LT, c.b.unary(Op.ABS, x), math.inf),  # inf, NaN: false
+    "clamp": lambda c, lo, x, hi, **_: _clamp(c.b, x, lo, hi),
+    "convert_element_type": lambda c, x, **_: c.b.cast(x, c.out_dtype(0)),
+    "transpose": lambda c, x, *, permutation, **_: c.b.transpose(x, permutation),
+    "rev": lambda c, x, *, dimensions, **_: c.b.flip(x, dimensions),
+    "concatenate": lambda c, *xs, dimension, **_: c.b.concat(xs, dimension),
+})
 
 
 @rule("logistic")
@@ -88,16 +98,6 @@ def _integer_pow(c, x, *, y, **_):
     return b.binary(Op.DIV, b.const(1, x.dtype, x.shape), acc) if y < 0 else acc
 
 
-@rule("square")
-def _square(c, x, **_):
-    return c.b.binary(Op.MUL, x, x)
-
-
-@rule("exp2")
-def _exp2(c, x, **_):
-    return c.b.binary(Op.POW, c.b.const(2.0, x.dtype), x)
-
-
 @rule("expm1")
 def _expm1(c, x, **_):
     """exp(x) - 1 cancels near 0; there 2t/(1-t) with t = tanh(x/2) is accurate."""
@@ -108,30 +108,10 @@ def _expm1(c, x, **_):
     return b.select(b.binary(Op.LT, b.unary(Op.ABS, x), 0.5), near_zero, far)
 
 
-@rule("tan")
-def _tan(c, x, **_):
-    return c.b.binary(Op.DIV, c.b.unary(Op.SIN, x), c.b.unary(Op.COS, x))
-
-
 @rule("cbrt")
 def _cbrt(c, x, **_):
     b = c.b
     return b.binary(Op.MUL, b.unary(Op.SIGN, x), b.binary(Op.POW, b.unary(Op.ABS, x), 1.0 / 3.0))
-
-
-@rule("erfc")
-def _erfc(c, x, **_):
-    return c.b.binary(Op.SUB, c.b.const(1.0, x.dtype), c.b.unary(Op.ERF, x))
-
-
-@rule("erf_inv")
-def _erf_inv(c, x, **_):
-    return c.b.erf_inv(x)
-
-
-@rule("is_finite")
-def _is_finite(c, x, **_):
-    return c.b.binary(Op.LT, c.b.unary(Op.ABS, x), math.inf)  # false for inf and NaN
 
 
 @rule("round")
@@ -168,16 +148,6 @@ def _select_n(c, pred, *cases, **_):
     for i, case in enumerate(cases[1:], 1):
         out = b.select(b.binary(Op.EQ, pred, i), case, out)
     return out
-
-
-@rule("clamp")
-def _clamp_rule(c, lo, x, hi, **_):
-    return _clamp(c.b, x, lo, hi)
-
-
-@rule("convert_element_type")
-def _convert(c, x, **_):
-    return c.b.cast(x, c.out_dtype(0))
 
 
 _FORMATS = {(8, 23): DType.f32, (8, 7): DType.bf16, (5, 10): DType.f16}
@@ -220,16 +190,6 @@ def _squeeze(c, x, *, dimensions, **_):
     return c.b.reshape(x, [s for d, s in enumerate(x.shape) if d not in {a % x.rank for a in dimensions}])
 
 
-@rule("transpose")
-def _transpose(c, x, *, permutation, **_):
-    return c.b.transpose(x, permutation)
-
-
-@rule("rev")
-def _rev(c, x, *, dimensions, **_):
-    return c.b.flip(x, dimensions)
-
-
 @rule("iota")
 def _iota(c, *dyn, dtype, shape, dimension, **_):
     if dyn:
@@ -243,11 +203,6 @@ def _slice(c, x, *, start_indices, limit_indices, strides=None, **_):
     if tuple(start_indices) == (0,) * x.rank and tuple(limit_indices) == x.shape and strides == (1,) * x.rank:
         return x
     return c.b.add(Op.SLICE, [x], start=start_indices, limit=limit_indices, stride=strides)
-
-
-@rule("concatenate")
-def _concatenate(c, *xs, dimension, **_):
-    return c.b.concat(xs, dimension)
 
 
 @rule("split")
@@ -324,27 +279,59 @@ def _cumsum(c, x, *, axis, reverse=False, **_):
     return b.cumsum(x, axis)
 
 
-@rule("cummax", "cummin")
-def _cum_extreme(c, x, *, axis, reverse=False, **_):
-    """out[i] = max(x[:i+1]) over an [i, j] grid of the axis: exact, n² work."""
+def _prefix_scan(b, x: Node, axis: int, op: Op, identity) -> Node:
+    """Inclusive prefix of an associative op in log2(n) rounds: x = op(x, x shifted by k)."""
+    n, k = x.shape[axis], 1
+    while k < n:
+        shifted = b.slice(_pad_dim(b, x, axis, k, 0, identity), axis, 0, n)
+        x = b.binary(op, x, shifted)
+        k *= 2
+    return x
+
+
+def _identity_of(op: Op, dtype: DType):
+    if op is Op.MUL:
+        return _py(1, dtype)
+    largest = op is Op.MAX
+    if dtype.is_float:
+        return -math.inf if largest else math.inf
+    if dtype is DType.bool:
+        return not largest
+    return int(np.iinfo(dtype.np).min if largest else np.iinfo(dtype.np).max)
+
+
+@rule("cummax", "cummin", "cumprod")
+def _cumulative(c, x, *, axis, reverse=False, **_):
     b = c.b
-    largest = c.eqn.primitive.name == "cummax"
+    op = {"cummax": Op.MAX, "cummin": Op.MIN, "cumprod": Op.MUL}[c.eqn.primitive.name]
     axis %= x.rank
     if reverse:
         x = b.flip(x, [axis])
-    n = x.shape[axis]
-    grid = x.shape[:axis] + (n, n) + x.shape[axis + 1:]  # dim axis is i, axis + 1 is j
-    xj = b.broadcast_to(b.expand_dims(x, axis), grid)
-    if x.dtype.is_float:
-        fill = -math.inf if largest else math.inf
-    elif x.dtype is DType.bool:
-        fill = not largest
-    else:
-        fill = int(np.iinfo(x.dtype.np).min if largest else np.iinfo(x.dtype.np).max)
-    upto = b.binary(Op.LE, b.iota(grid, axis + 1), b.iota(grid, axis))
-    out = b.reduce(Op.REDUCE_MAX if largest else Op.REDUCE_MIN,
-                   b.select(upto, xj, b.const(fill, x.dtype)), axis + 1)
+    out = _prefix_scan(b, x, axis, op, _identity_of(op, x.dtype))
     return b.flip(out, [axis]) if reverse else out
+
+
+@rule("reduce_prod")
+def _reduce_prod(c, x, *, axes, **_):
+    """Pairwise products, halving each axis per round (the IR has no product reduction)."""
+    b = c.b
+    one = _py(1, x.dtype)
+    for axis in sorted(axes):
+        while x.shape[axis] > 1:
+            n = x.shape[axis]
+            if n % 2:
+                x = _pad_dim(b, x, axis, 0, 1, one)
+                n += 1
+            x = b.binary(Op.MUL, b.slice(x, axis, 0, n, 2), b.slice(x, axis, 1, n, 2))
+    return b.reshape(x, [s for d, s in enumerate(x.shape) if d not in set(axes)])
+
+
+@rule("tile")
+def _tile(c, x, *, reps, **_):
+    """Broadcast to [r0, d0, r1, d1, ...], then merge each pair."""
+    shape = [s for r, d in zip(reps, x.shape) for s in (r, d)]
+    tiled = c.b.add(Op.BROADCAST, [x], shape=shape, dims=list(range(1, 2 * x.rank, 2)))
+    return c.b.reshape(tiled, [r * d for r, d in zip(reps, x.shape)])
 
 
 @rule("top_k")
@@ -433,18 +420,48 @@ def _mode(c, mode) -> str:
     return name
 
 
-def _linearize(c, x: Node, idx: Node, ob: list, ib: list, sim: list, clamp: bool):
+def _components(b, idx: Node) -> list[Node]:
+    """The index vector (idx's last dim) as one index array per entry. A concatenate that built
+    the vector is looked through, so that a constant entry stays recognisably constant."""
+    comps = []
+    for k in range(idx.shape[-1]):
+        part, j = idx, k
+        while part.op is Op.CONCATENATE and part.attrs["axis"] == part.rank - 1:
+            for operand in part.inputs:
+                if j < operand.shape[-1]:
+                    part = operand
+                    break
+                j -= operand.shape[-1]
+        comps.append(b.reshape(b.slice(part, -1, j, j + 1), part.shape[:-1]))
+    return comps
+
+
+def _peel_windows(c, comps: list, sim: list, width) -> tuple[list, list, list]:
+    """Indexed dims with windows wider than one element and one known start for every index
+    (x[1:, idx] makes these) are plain slices: returns [(dim, start, width)] and what is left."""
+    peeled, left_comps, left_sim = [], [], []
+    for comp, d in zip(comps, sim):
+        if width(d) == 1:
+            left_comps.append(comp)
+            left_sim.append(d)
+            continue
+        v = c.static(comp)
+        if v is None or (v.size and (v != v.flat[0]).any()):
+            raise c.unsupported("windows wider than one element along an indexed dim, at traced starts")
+        peeled.append((d, int(v.flat[0]) if v.size else 0, width(d)))
+    if not left_sim:
+        raise c.unsupported("an index vector that indexes no single-element dim")
+    return peeled, left_comps, left_sim
+
+
+def _linearize(c, x: Node, comps: list, ob: list, ib: list, sim: list, clamp: bool):
     """(x as [batching, merged indexed, rest], its perm, linear index as [index batching, other
     index dims], those dims' order, in-bounds mask in the same layout)."""
     b = c.b
-    if not sim:
-        raise c.unsupported("an index vector of length 0")
     rest = [d for d in range(x.rank) if d not in ob and d not in sim]
     perm = ob + sim + rest
     sizes = [x.shape[d] for d in sim]
     xt = b.reshape(b.transpose(x, perm), [x.shape[d] for d in ob] + [math.prod(sizes)] + [x.shape[d] for d in rest])
-    ip = idx.shape[:-1]  # the index vector is the last dim
-    comps = [b.reshape(b.slice(idx, -1, k, k + 1), ip) for k in range(len(sim))]
     in_bounds = None
     for comp, n in zip(comps, sizes):
         ok = b.binary(Op.AND, b.binary(Op.GE, comp, 0), b.binary(Op.LT, comp, n))
@@ -455,13 +472,13 @@ def _linearize(c, x: Node, idx: Node, ob: list, ib: list, sim: list, clamp: bool
     for comp, n in zip(comps[-2::-1], sizes[-2::-1]):
         lin = b.binary(Op.ADD, b.binary(Op.MUL, comp, stride), lin)
         stride *= n
-    order = ib + [j for j in range(len(ip)) if j not in ib]
+    order = ib + [j for j in range(lin.rank) if j not in ib]
     return xt, perm, b.transpose(lin, order), order, b.transpose(in_bounds, order)
 
 
-def _static_in_bounds(c, x: Node, idx: Node, sim: list) -> bool:
-    v = c.static(idx)
-    return v is not None and all(((v[..., k] >= 0) & (v[..., k] < x.shape[d])).all() for k, d in enumerate(sim))
+def _static_in_bounds(c, x: Node, comps: list, sim: list) -> bool:
+    values = [c.static(comp) for comp in comps]
+    return all(v is not None and ((v >= 0) & (v < x.shape[d])).all() for v, d in zip(values, sim))
 
 
 @rule("gather")
@@ -469,18 +486,24 @@ def _gather(c, x, idx, *, dimension_numbers, slice_sizes, mode, fill_value=None,
     b, dn = c.b, dimension_numbers
     mode = _mode(c, mode)
     ob, ib = list(dn.operand_batching_dims), list(dn.start_indices_batching_dims)
-    sim, collapsed = list(dn.start_index_map), set(dn.collapsed_slice_dims)
-    if any(slice_sizes[d] != 1 for d in sim):
-        raise c.unsupported("gathering windows wider than one element along an indexed dim")
+    collapsed, ip = set(dn.collapsed_slice_dims), idx.shape[:-1]
+    if fill_value is None:
+        dt = x.dtype
+        fill_value = math.nan if dt.is_float else True if dt is DType.bool else np.iinfo(dt.np).min
+    peeled, comps, sim = _peel_windows(c, _components(b, idx), list(dn.start_index_map), lambda d: slice_sizes[d])
+    for d, start, w in peeled:
+        if mode == "FILL_OR_DROP" and not 0 <= start <= x.shape[d] - w:  # every window is out of range
+            return b.const(_py(fill_value, x.dtype), x.dtype, c.eqn.outvars[0].aval.shape)
+        start = min(max(start, 0), x.shape[d] - w)
+        x = b.slice(x, d, start, start + w)
     rest = [d for d in range(x.rank) if d not in ob and d not in sim]
     for d in rest:  # windows along unindexed dims start at 0
         x = b.slice(x, d, 0, slice_sizes[d])
-    fill = mode == "FILL_OR_DROP" and not _static_in_bounds(c, x, idx, sim)
+    fill = mode == "FILL_OR_DROP" and not _static_in_bounds(c, x, comps, sim)
     # the IR's gather clamps one index; a linear index over several dims clamps each first
-    xt, _, lin, order, in_bounds = _linearize(c, x, idx, ob, ib, sim, clamp=len(sim) > 1 and not fill)
+    xt, _, lin, order, in_bounds = _linearize(c, x, comps, ob, ib, sim, clamp=len(sim) > 1 and not fill)
     out = b.add(Op.GATHER, [xt, lin], axis=len(ob), batch_dims=len(ob))
     # out is [index dims in `order`, rest]; JAX drops collapsed dims and keeps indexed ones as 1s
-    ip = idx.shape[:-1]
     labels = [("i", j) for j in order] + [("o", d) for d in rest if d not in collapsed]
     labels += [("o", d) for d in sim if d not in collapsed]
     out = b.reshape(out, [ip[l[1]] if l[0] == "i" else slice_sizes[l[1]] for l in labels])
@@ -490,36 +513,56 @@ def _gather(c, x, idx, *, dimension_numbers, slice_sizes, mode, fill_value=None,
               for pos in range(len(labels))]
     out = b.transpose(out, [labels.index(t) for t in target])
     if fill:  # FILL_OR_DROP: an out-of-range index reads fill_value
-        if fill_value is None:
-            dt = x.dtype
-            fill_value = math.nan if dt.is_float else True if dt is DType.bool else np.iinfo(dt.np).min
         in_bounds = b.transpose(in_bounds, list(np.argsort(order)))  # back to index order
         mask = b.add(Op.BROADCAST, [in_bounds], shape=out.shape, dims=[target.index(("i", j)) for j in range(len(ip))])
         out = b.select(mask, out, b.const(_py(fill_value, x.dtype), x.dtype))
     return out
 
 
-def _scatter(c, x, idx, upd, dn, mode, kind: str):
+def _drop_shadowed(c, lin: Node, nb: int) -> Node:
+    """Mark (-1, dropped) each update that a later one overwrites: pairwise compares of the
+    linear indices within each batch entry, so only for modest index counts."""
+    b = c.b
+    batch, n = lin.shape[:nb], math.prod(lin.shape[nb:])
+    if math.prod(batch) * n * n > 1 << 24:
+        raise c.unsupported(f"setting {n} possibly repeated traced indices (pass unique_indices=True "
+                            "when they cannot repeat)")
+    flat = b.reshape(lin, batch + (n,))
+    grid = batch + (n, n)
+    same = b.binary(Op.EQ, b.broadcast_to(b.expand_dims(flat, -1), grid), b.broadcast_to(b.expand_dims(flat, -2), grid))
+    later = b.binary(Op.LT, b.iota(grid, -2), b.iota(grid, -1))  # [.., i, j]: j comes after i
+    shadowed = b.reduce(Op.REDUCE_MAX, b.binary(Op.AND, same, later), -1)
+    return b.select(b.reshape(shadowed, lin.shape), b.const(-1, lin.dtype), lin)
+
+
+def _scatter(c, x, idx, upd, dn, mode, kind: str, unique: bool = False):
     b = c.b
     mode = _mode(c, mode)
     ob, ib = list(dn.operand_batching_dims), list(dn.scatter_indices_batching_dims)
-    sim, inserted = list(dn.scatter_dims_to_operand_dims), set(dn.inserted_window_dims)
-    ip = idx.shape[:-1]
+    inserted, ip = set(dn.inserted_window_dims), idx.shape[:-1]
     # updates: window dims at update_window_dims, index dims elsewhere (as gather's output)
     window = iter(d for d in range(x.rank) if d not in inserted and d not in ob)
     index = iter(range(len(ip)))
     labels = [("o", next(window)) if pos in dn.update_window_dims else ("i", next(index))
               for pos in range(upd.rank)]
     width = {l[1]: upd.shape[p] for p, l in enumerate(labels) if l[0] == "o"}
-    if any(width.get(d, 1) != 1 for d in sim):
-        raise c.unsupported("scattering windows wider than one element along an indexed dim")
+    peeled, comps, sim = _peel_windows(c, _components(b, idx), list(dn.scatter_dims_to_operand_dims),
+                                       lambda d: width.get(d, 1))
+    whole, box = x, []  # wide windows at known starts: scatter into that block of x
+    for d, start, w in peeled:
+        n = x.shape[d]
+        if mode != "CLIP" and not 0 <= start <= n - w:  # every update is out of range: dropped
+            return whole
+        start = min(max(start, 0), n - w)
+        x = b.slice(x, d, start, start + w)
+        box.append((d, start, n - start - w))
     rest = [d for d in range(x.rank) if d not in ob and d not in sim]
     # canonical updates: [index dims in `order`, rest dims], rest windows padded to full size
     keep = [p for p, l in enumerate(labels) if not (l[0] == "o" and l[1] in sim)]
     labels = [labels[p] for p in keep] + [("o", d) for d in rest if d in inserted]
     upd = b.reshape(upd, [upd.shape[p] for p in keep] + [1] * sum(d in inserted for d in rest))
     clip = mode == "CLIP"
-    xt, perm, lin, order, in_bounds = _linearize(c, x, idx, ob, ib, sim, clamp=clip)
+    xt, perm, lin, order, in_bounds = _linearize(c, x, comps, ob, ib, sim, clamp=clip)
     if not clip and len(sim) > 1:  # drop an update when any of its indices is out of range
         lin = b.select(in_bounds, lin, b.const(-1, lin.dtype))
     target = [("i", j) for j in order] + [("o", d) for d in rest]
@@ -532,25 +575,25 @@ def _scatter(c, x, idx, upd, dn, mode, kind: str):
         out = scatter(xt, spread(upd, zero))
     elif kind == "sub":
         out = scatter(xt, spread(b.unary(Op.NEG, upd), zero))
-    else:  # set: where some update lands, their sum (one update, unless indices repeat)
+    else:  # set: each element takes the last update that lands on it, or keeps x's value
+        if not unique:
+            lin = _drop_shadowed(c, lin, len(ob))
         vals = scatter(b.const(zero, xt.dtype, xt.shape), spread(upd, zero))
         hits = scatter(b.const(0, DType.i32, xt.shape), spread(b.const(1, DType.i32, upd.shape), 0))
         out = b.select(b.binary(Op.GT, hits, 0), vals, xt)
-    out = b.reshape(out, [x.shape[d] for d in perm])
-    return b.transpose(out, list(np.argsort(perm)))
+    out = b.transpose(b.reshape(out, [x.shape[d] for d in perm]), list(np.argsort(perm)))
+    if box:  # put the block back into the whole operand
+        lows, highs = [0] * x.rank, [0] * x.rank
+        for d, low, high in box:
+            lows[d], highs[d] = low, high
+        inside = b.add(Op.PAD, [b.const(True, DType.bool, out.shape)], low=lows, high=highs, value=False)
+        out = b.select(inside, b.add(Op.PAD, [out], low=lows, high=highs, value=zero), whole)
+    return out
 
 
-@rule("scatter-add", "scatter_add")
-def _scatter_add(c, x, idx, upd, *, dimension_numbers, mode, **_):
-    return _scatter(c, x, idx, upd, dimension_numbers, mode, "add")
-
-
-@rule("scatter-sub", "scatter_sub")
-def _scatter_sub(c, x, idx, upd, *, dimension_numbers, mode, **_):
-    return _scatter(c, x, idx, upd, dimension_numbers, mode, "sub")
-
-
-@rule("scatter")
-def _scatter_set(c, x, idx, upd, *, dimension_numbers, mode, **_):
-    """x.at[idx].set(u). Where indices repeat, JAX leaves the winner unspecified; here they sum."""
-    return _scatter(c, x, idx, upd, dimension_numbers, mode, "set")
+@rule("scatter-add", "scatter_add", "scatter-sub", "scatter_sub", "scatter")
+def _scatter_rule(c, x, idx, upd, *, dimension_numbers, mode, unique_indices=False, **_):
+    """x.at[idx].add / .subtract / .set; for .set a repeated index takes its last update, as
+    XLA on CPU applies them in order."""
+    kind = {"scatter": "set", "scatter-sub": "sub", "scatter_sub": "sub"}.get(c.eqn.primitive.name, "add")
+    return _scatter(c, x, idx, upd, dimension_numbers, mode, kind, unique_indices)
