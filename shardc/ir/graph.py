@@ -96,6 +96,8 @@ class Graph:
             a = to_numpy(a)
             if tuple(a.shape) != p.shape:
                 raise IRError(f"input {p.name!r} expects shape {list(p.shape)}, got {list(a.shape)}")
+            if _kind(a.dtype) != _kind(p.dtype.np):  # f64 → f32 is fine; floats for ints are not
+                raise IRError(f"input {p.name!r} expects {p.dtype}, got {a.dtype}")
             values[p.name] = a.astype(p.dtype.np, copy=False)
         return values
 
@@ -118,6 +120,13 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name} {len(self.inputs)} inputs, {len(self.nodes)} nodes, {len(self.outputs)} outputs>"
+
+
+def _kind(dt: np.dtype) -> str:
+    """float, int or bool (bf16 is a float though numpy calls it a void-like kind)."""
+    if dt.kind in "fV" or dt.name == "bfloat16":
+        return "float"
+    return "bool" if dt.kind == "b" else "int"
 
 
 def to_numpy(a) -> np.ndarray:
