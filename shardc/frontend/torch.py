@@ -1,26 +1,33 @@
 """PyTorch → shardc IR.
 
-    g = shardc.from_torch(model, (x,))         # nn.Module: params/buffers bound, named by FQN
+    g = shardc.from_torch(model, (x,))                  # nn.Module: params/buffers bound, by FQN
     g = shardc.from_torch(train_step, (params, x, y))   # function: every input free
+    g.evaluate(*args)                                   # the callable's own arguments
 
 1. Capture one core-ATen FX graph.
    - nn.Module → torch.export.export(...).run_decompositions().
    - function  → wrapped in a Module and exported the same way.
    - If export fails — it cannot trace through torch.func.grad/grad_and_value, nor through
      torch.autograd.grad of tensors made inside the function, which is how training steps are
-     written — the callable is traced with make_fx (fake tensors, the same core-ATen
-     decompositions). make_fx records autograd's backward as ordinary aten ops, so loss,
-     gradients and the optimizer update become ONE graph. Its graph is not functionalized
-     (functionalize refuses requires_grad_ inside it); the few in-place ops decompositions leave
-     (copy_, sub_, ...) are mapped to their functional twins here, and refused where a view
-     could observe the mutation.
+     written — the callable is traced with make_fx (fake tensors, the same decompositions).
+     make_fx records autograd's backward as ordinary aten ops, so loss, gradients and the
+     optimizer update become ONE graph. Its graph is not functionalized (functionalize refuses
+     requires_grad_ inside it): the few in-place ops decompositions leave (copy_, sub_, ...) map
+     to their functional twins here, and are refused where a view could see the mutation.
+   Both keep whole the ops in torch_ops.KEEP_WHOLE (softmax/layer-norm/gelu backward, losses,
+   ...), whose rules compute as torch's eager kernels do.
 2. Map the FX graph node by node through the op table (torch_ops.RULES). Each aten op's final IR
    node takes the FX node's name; its source is the user's innermost "file:line".
+
+Names: inputs are parameter/buffer FQNs, then the callable's argument names + pytree key path
+("x", "params['fc1.weight']", "args[0]" for *args, the keyword for keyword arguments); outputs
+are "out" for a lone tensor, else "out" + key path ("out[0]", "out['loss']").
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import operator
 import os
@@ -34,7 +41,8 @@ from torch.utils import _pytree as pytree
 
 from ..errors import Error, UnsupportedOpError
 from ..ir import Graph, Node, Op, to_numpy
-from .torch_ops import TORCH_TO_IR, TorchEmitter, lookup
+from .torch_emitter import TORCH_TO_IR, TorchEmitter
+from .torch_ops import KEEP_WHOLE, lookup
 
 # Lifted tensor constants up to this many elements become constant nodes; larger ones become
 # bound inputs, so the printed IR stays readable.
@@ -108,7 +116,7 @@ def _capture(fn, args, kwargs, leaves, names, how: str, decompose: bool) -> _Cap
             return attempt()
         except UnsupportedOpError:
             raise
-        except Exception as err:  # noqa: BLE001 - reported below, with the next attempt's
+        except Exception as err:  # torch's own errors: reported with the next attempt's
             failures.append(f"{what} failed with {_first_line(err)}")
             last = err
     raise UnsupportedOpError(f"shardc could not capture {_graph_name(fn)}: {'; '.join(failures)}") from last
@@ -117,13 +125,13 @@ def _capture(fn, args, kwargs, leaves, names, how: str, decompose: bool) -> _Cap
 def _export(module, args, kwargs, leaves, names) -> _Capture:
     from torch.export.graph_signature import InputKind, OutputKind
 
-    ep = torch.export.export(module, args, kwargs).run_decompositions()
+    ep = torch.export.export(module, args, kwargs).run_decompositions(_core_aten_table())
     sig = ep.graph_signature
     user = [(n, leaf) for n, leaf in zip(names, leaves)]
     if sum(s.kind is InputKind.USER_INPUT for s in sig.input_specs) != len(user):
         user = [(n, leaf) for n, leaf in user if isinstance(leaf, torch.Tensor)]
     user = iter(user)
-    inputs = []
+    inputs, user_names = [], {}
     for spec in sig.input_specs:
         if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
             value = ep.state_dict[spec.target] if spec.target in ep.state_dict else ep.constants[spec.target]
@@ -132,6 +140,7 @@ def _export(module, args, kwargs, leaves, names) -> _Capture:
             inputs.append(_lifted(spec.target, ep.constants[spec.target]))
         elif spec.kind is InputKind.USER_INPUT:
             name, leaf = next(user)
+            user_names[spec.arg.name] = name
             inputs.append(_Input("free" if isinstance(leaf, torch.Tensor) else "const", name, leaf))
         else:
             raise UnsupportedOpError(f"torch.export input {spec.target or spec.arg} of kind {spec.kind.name} "
@@ -142,15 +151,27 @@ def _export(module, args, kwargs, leaves, names) -> _Capture:
         if spec.kind is OutputKind.USER_OUTPUT:
             outputs.append(value)
         elif spec.kind is OutputKind.USER_INPUT_MUTATION:
-            raise UnsupportedOpError(f"{_graph_name(module)} updates its input {spec.target!r} in place, which "
-                                     "shardc does not support; return the new value instead")
+            name = user_names.get(spec.target, spec.target)
+            raise UnsupportedOpError(f"{_graph_name(module)} updates its input {name!r} in place, which shardc "
+                                     "does not support; return the new value instead")
         # BUFFER_MUTATION (e.g. BatchNorm's running statistics) is state, not output: dropped
     return _Capture(ep.graph, None, inputs, outputs, _output_names(ep.call_spec.out_spec, len(outputs)))
+
+
+@functools.lru_cache(maxsize=1)
+def _core_aten_table():
+    """torch.export's core-ATen table less the ops kept whole (built once: building it costs
+    more than exporting a small model)."""
+    table = torch.export.default_decompositions()
+    for op in [op for op in table if op.overloadpacket in KEEP_WHOLE]:
+        table.pop(op)
+    return table
 
 
 def _make_fx(fn, args, kwargs, leaves, names, decompose: bool = True) -> _Capture:
     from torch._decomp import core_aten_decompositions
     from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
     state = {}
@@ -172,9 +193,13 @@ def _make_fx(fn, args, kwargs, leaves, names, decompose: bool = True) -> _Captur
         out_specs.append(spec)
         return flat_out
 
-    gm = make_fx(flat_fn, decomposition_table=core_aten_decompositions() if decompose else {}, tracing_mode="fake",
-                 record_stack_traces=True, _allow_non_fake_inputs=True)(
-        *[t.detach() for t in state.values()], *[leaves[i] for i in tensor_at])
+    table = {op: f for op, f in core_aten_decompositions().items() if op.overloadpacket not in KEEP_WHOLE}
+    trace = make_fx(flat_fn, decomposition_table=table if decompose else {}, tracing_mode="fake",
+                    record_stack_traces=True, _allow_non_fake_inputs=True)
+    # scaled_dot_product_attention through its math backend: matmuls and softmax, whose
+    # autograd gives plain ops (the fused CPU kernel's backward is one opaque aten op)
+    with sdpa_kernel([SDPBackend.MATH]):
+        gm = trace(*[t.detach() for t in state.values()], *[leaves[i] for i in tensor_at])
     inputs = [_Input("bound", n, t.detach()) for n, t in state.items()]
     inputs += [_Input("free", names[i], leaves[i]) for i in tensor_at]
     outputs = list(_output_node(gm.graph).args[0])
@@ -220,6 +245,8 @@ def _output_names(spec, n: int) -> list[str]:
 
 
 def _graph_name(fn) -> str:
+    if isinstance(fn, _FunctionModule):
+        fn = fn.fn
     raw = type(fn).__name__ if isinstance(fn, torch.nn.Module) else getattr(fn, "__name__", "fn")
     return re.sub(r"[^\w.\-]", "_", raw).strip("_") or "main"
 
@@ -251,21 +278,29 @@ def _same(a, b) -> bool:
 
 
 # ---------------------------------------------------------------------------- source lines
-def _internal_dirs() -> tuple[str, ...]:
-    """Frames in these directories are the framework's or shardc's, not the user's. shardc's own
-    model zoo (shardc/models) counts as user code."""
-    shardc_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    dirs = [os.path.dirname(os.path.abspath(torch.__file__)), sysconfig.get_paths()["stdlib"]]
-    dirs += [os.path.join(shardc_dir, d) for d in os.listdir(shardc_dir) if d != "models"]
-    return tuple(os.path.join(d, "") if os.path.isdir(d) else d for d in dirs)
+def _dirs(*dirs) -> tuple[str, ...]:
+    return tuple(sorted({os.path.join(os.path.abspath(d), "") for d in dirs}))
 
 
-_INTERNAL = _internal_dirs()
+# Frames under torch and shardc's compiler packages are never the user's; the standard library's
+# are not either, except installed packages (transformers' models, ...) that may live under it.
+# shardc's own model zoo (shardc/models) is user code.
+_SHARDC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_FRAMEWORK = _dirs(os.path.dirname(torch.__file__),
+                   *(os.path.join(_SHARDC, d) for d in os.listdir(_SHARDC) if d != "models"))
+_STDLIB = _dirs(sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
+_PACKAGES = _dirs(sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_internal(filename: str) -> bool:
-    return filename.startswith("<") or os.path.abspath(filename).startswith(_INTERNAL)
+    if filename.startswith("<"):  # "<frozen runpy>", fx's "<eval_with_key>.3"; not "<stdin>"
+        return filename.startswith(("<frozen", "<eval_with_key"))
+    path = os.path.abspath(filename)
+    if path.startswith(_FRAMEWORK):
+        return True
+    return path.startswith(_STDLIB) and not path.startswith(_PACKAGES)
 
 
 def _source(fx_node) -> str | None:
@@ -321,7 +356,7 @@ class _Converter:
             elif n.op == "call_function":
                 self.env[n] = self.call(n)
             elif n.op in ("call_module", "call_method"):
-                raise UnsupportedOpError(f"FX {n.op} {n.target} at {_source(n)} is not supported by shardc")
+                raise UnsupportedOpError(f"FX {n.op} {n.target}{_at(_source(n))} is not supported by shardc")
         outs = [self.output(v) for v in self.cap.outputs]
         return self.e.build(outs, self.cap.output_names, bound=self.bound, flatten_args=flatten_args)
 
@@ -378,14 +413,14 @@ class _Converter:
             if getattr(target, "__module__", None) in ("_operator", "operator") and all(
                     not isinstance(a, Node) for a in args):
                 return target(*args)  # arithmetic on (static) sizes
-            raise UnsupportedOpError(f"{getattr(target, '__name__', target)} at {source} is not supported by shardc")
+            raise UnsupportedOpError(f"{getattr(target, '__name__', target)}{_at(source)} is not supported by shardc")
         e.op_name, e.val = str(target), n.meta.get("val")
         rule, inplace = lookup(target), False
         if rule is None and _is_inplace(target):
             rule, inplace = lookup(_functional(target)), True
         with e.loc(source):
             if rule is None:
-                raise UnsupportedOpError(f"{e.op_name} at {source} is not supported by shardc; it has no rule "
+                raise UnsupportedOpError(f"{e.op_name}{_at(source)} is not supported by shardc; it has no rule "
                                          "in shardc/frontend/torch_ops.py")
             _check_static(e, e.val)
             if inplace:
@@ -395,11 +430,11 @@ class _Converter:
             except UnsupportedOpError as err:
                 if str(err).startswith(e.op_name):
                     raise
-                raise UnsupportedOpError(f"{e.op_name} at {source}: {err}") from err
+                raise UnsupportedOpError(f"{e.op_name}{_at(source)}: {err}") from err
             except Error as err:
-                raise type(err)(f"{e.op_name} at {source}: {err}") from err
+                raise type(err)(f"{e.op_name}{_at(source)}: {err}") from err
             except Exception as err:
-                err.add_note(f"(shardc: while mapping {e.op_name} at {source}, FX node {n.name})")
+                err.add_note(f"(shardc: while mapping {e.op_name}{_at(source)}, FX node {n.name})")
                 raise
             out = _conform(e, out, e.val)
         if inplace:  # later readers of the mutated tensor see the new value
@@ -472,7 +507,7 @@ def _conform(e, out, val):
         if not isinstance(out, Node):
             raise Error(f"shardc bug: the rule for {e.op_name} returned {type(out).__name__}, not a tensor")
         if out.shape != tuple(val.shape):
-            raise Error(f"shardc bug: {e.op_name} at {e.source} maps to shape {list(out.shape)}, torch gives "
+            raise Error(f"shardc bug: {e.op_name}{_at(e.source)} maps to shape {list(out.shape)}, torch gives "
                         f"{list(val.shape)}")
         return e.cast(out, e.dtype(val.dtype))
     if isinstance(val, (list, tuple)) and isinstance(out, (list, tuple)):
@@ -480,6 +515,10 @@ def _conform(e, out, val):
             raise Error(f"shardc bug: {e.op_name} gives {len(out)} results, torch {len(val)}")
         return type(out)(_conform(e, o, v) for o, v in zip(out, val))
     return out
+
+
+def _at(source: str | None) -> str:
+    return f" at {source}" if source else ""
 
 
 def _first_line(err: Exception) -> str:

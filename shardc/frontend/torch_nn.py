@@ -1,9 +1,8 @@
-"""Rules for torch's nn-level ops, the backward ops core ATen leaves in training graphs, and
-indexing (embedding, gather/scatter, advanced indexing). Registered by torch_ops.RULES.
+"""Rules for reductions, matmuls, nn-level ops (softmax, norms, dropout), losses and the
+backward ops core ATen leaves in training graphs. Part of torch_ops.RULES.
 
 Norms, softmax and gelu compute half-float inputs in f32 and round once, as torch's CPU kernels
-do. Overwriting scatters (scatter, index_put without accumulate) are built from the IR's
-scatter-add: duplicate indices add up where torch keeps an unspecified one of them.
+do.
 """
 from __future__ import annotations
 
@@ -12,6 +11,142 @@ import math
 import numpy as np
 
 from ..ir import DType, Node, Op
+from .torch_emitter import HALF, reduce_dims
+
+
+# ----------------------------------------------------------------------------------- reductions
+def _sum(e, x, dim=None, keepdim=False, dtype=None):
+    x = e.cast(x, e.out_dtype())
+    return e.reduce(Op.REDUCE_SUM, x, reduce_dims(x, dim), keepdim)
+
+
+def _mean(e, x, dim=None, keepdim=False, dtype=None):
+    dt = e.out_dtype()
+    return e.cast(e.mean(e.upcast(e.cast(x, dt)), reduce_dims(x, dim), keepdim), dt)
+
+
+def _reduce(op: Op):
+    return lambda e, x, dim=None, keepdim=False: e.reduce(op, x, reduce_dims(x, dim), keepdim)
+
+
+def _max_min(largest: bool):
+    """max.default (all), max.dim (values, indices) and max.other (elementwise)."""
+    def rule(e, x, dim=None, keepdim=False):
+        if isinstance(dim, Node):
+            return e.arith(Op.MAX if largest else Op.MIN, x, dim)
+        op = Op.REDUCE_MAX if largest else Op.REDUCE_MIN
+        if dim is None:
+            return e.reduce(op, x, None)
+        return e.reduce(op, x, dim, keepdim), e.argmax(x, dim, keepdim, largest)
+    return rule
+
+
+def _argmax(largest: bool):
+    def rule(e, x, dim=None, keepdim=False):
+        if dim is None:
+            out = e.argmax(e.reshape(x, [-1]), 0, False, largest)
+            return e.reshape(out, [1] * x.rank) if keepdim else out
+        return e.argmax(x, dim, keepdim, largest)
+    return rule
+
+
+def _any_all(is_any: bool):
+    def rule(e, x, dim=None, keepdim=False):
+        flag = e.cast(e.cast(x, DType.bool), DType.i32)
+        r = e.reduce(Op.REDUCE_MAX if is_any else Op.REDUCE_MIN, flag, reduce_dims(x, dim), keepdim)
+        return e.binary(Op.NE, r, e.const(0, DType.i32))
+    return rule
+
+
+def _variance(e, x, dim, correction, keepdim):
+    xc = e.upcast(x)
+    dims = reduce_dims(x, dim)
+    m = e.mean(xc, dims, keepdims=True)
+    d = e.binary(Op.SUB, xc, m)
+    ss = e.reduce(Op.REDUCE_SUM, e.binary(Op.MUL, d, d), dims, keepdim)
+    n = x.size // max(ss.size, 1)  # elements per reduced group
+    correction = 1 if correction is None else correction
+    return e.binary(Op.DIV, ss, float(max(n - correction, 0))), (m if keepdim else e.reshape(m, ss.shape))
+
+
+def _var(e, x, dim=None, correction=None, keepdim=False):
+    return e.cast(_variance(e, x, dim, correction, keepdim)[0], x.dtype)
+
+
+def _std(e, x, dim=None, correction=None, keepdim=False):
+    return e.cast(e.unary(Op.SQRT, _variance(e, x, dim, correction, keepdim)[0]), x.dtype)
+
+
+def _var_mean(e, x, dim=None, correction=None, keepdim=False):
+    v, m = _variance(e, x, dim, correction, keepdim)
+    return e.cast(v, x.dtype), e.cast(m, x.dtype)
+
+
+def _logsumexp(e, x, dim, keepdim=False):
+    xc = e.upcast(e.float_out(x))
+    dims = reduce_dims(x, dim)
+    m = e.reduce(Op.REDUCE_MAX, xc, dims, keepdims=True)
+    m = e.select(e.binary(Op.EQ, e.unary(Op.ABS, m), math.inf), e.const(0.0, m.dtype, m.shape), m)
+    s = e.reduce(Op.REDUCE_SUM, e.unary(Op.EXP, e.binary(Op.SUB, xc, m)), dims, keepdims=True)
+    out = e.binary(Op.ADD, e.unary(Op.LOG, s), m)
+    return e.cast(out if keepdim else e.reshape(out, e.out_shape()), e.out_dtype())
+
+
+def _cumsum(e, x, dim, dtype=None):
+    return e.cumsum(e.cast(x, e.out_dtype()), dim)
+
+
+def _topk(e, x, k, dim=-1, largest=True, sorted=True):
+    return e.top_k(x, k, dim, largest)
+
+
+def _sort(e, x, dim=-1, descending=False, stable=None):
+    return e.sort(x, dim, descending)
+
+
+def _vector_norm(e, x, ord=2, dim=None, keepdim=False, dtype=None):
+    dt = e.out_dtype()
+    xc = e.upcast(e.cast(x, dt))
+    dims = reduce_dims(x, dim)
+    a = e.unary(Op.ABS, xc)
+    if ord == math.inf:
+        out = e.reduce(Op.REDUCE_MAX, a, dims, keepdim)
+    elif ord == -math.inf:
+        out = e.reduce(Op.REDUCE_MIN, a, dims, keepdim)
+    elif ord == 0:
+        out = e.reduce(Op.REDUCE_SUM, e.cast(e.binary(Op.NE, a, 0.0), a.dtype), dims, keepdim)
+    elif ord == 1:
+        out = e.reduce(Op.REDUCE_SUM, a, dims, keepdim)
+    elif ord == 2:
+        out = e.unary(Op.SQRT, e.reduce(Op.REDUCE_SUM, e.binary(Op.MUL, a, a), dims, keepdim))
+    else:
+        p = float(ord)
+        out = e.binary(Op.POW, e.reduce(Op.REDUCE_SUM, e.binary(Op.POW, a, p), dims, keepdim), 1.0 / p)
+    return e.cast(out, dt)
+
+
+# ------------------------------------------------------------------------------------- matmuls
+def _mm(e, a, b):
+    return e.matmul(a, b)
+
+
+def _addmm(e, bias, a, b, beta=1, alpha=1):
+    """bias + a @ b. torch adds a half-float bias to the f32 accumulator and rounds once, so
+    half floats take the product in f32 (exact upcasts; a kernel can keep bf16 loads)."""
+    dt = e.out_dtype()
+    if dt in HALF:
+        a, b, bias = e.upcast(a), e.upcast(b), e.upcast(bias)
+    out = e.matmul(a, b)
+    if alpha != 1:
+        out = e.binary(Op.MUL, out, float(alpha) if out.dtype.is_float else alpha)
+    if beta != 0:  # torch ignores the bias (even NaNs in it) when beta is 0
+        out = e.binary(Op.ADD, bias if beta == 1 else e.binary(Op.MUL, bias, beta), out)
+    return e.cast(out, dt)
+
+
+def _linear(e, x, weight, bias=None):
+    out = e.matmul(x, e.transpose(weight, [1, 0]) if weight.rank == 2 else weight)
+    return out if bias is None else e.arith(Op.ADD, out, bias)
 
 
 # ------------------------------------------------------------------------------ softmax, norms
@@ -20,7 +155,16 @@ def _softmax(e, x, dim, half_to_float=False):
 
 
 def _log_softmax(e, x, dim, half_to_float=False):
-    return e.cast(e.log_softmax(e.upcast(x), dim), e.out_dtype())
+    dt = e.out_dtype()
+    if x.dtype in HALF and dt == x.dtype and dim % x.rank == x.rank - 1:
+        # torch's last-dim kernel for half floats rounds the sum of exps, and its log, to the
+        # half type before subtracting (other dims compute in f32 and round once)
+        xc = e.upcast(x)
+        shifted = e.binary(Op.SUB, xc, e.reduce(Op.REDUCE_MAX, xc, dim, keepdims=True))
+        total = e.reduce(Op.REDUCE_SUM, e.unary(Op.EXP, shifted), dim, keepdims=True)
+        lse = e.upcast(e.cast(e.unary(Op.LOG, e.upcast(e.cast(total, dt))), dt))
+        return e.cast(e.binary(Op.SUB, shifted, lse), dt)
+    return e.cast(e.log_softmax(e.upcast(x), dim), dt)
 
 
 def _softmax_backward(e, grad, out, dim, input_dtype):
@@ -139,16 +283,16 @@ def _native_dropout(e, x, p, train):
 
 # ------------------------------------------------------------------------------------- losses
 def _nll_setup(e, x, target, weight, ignore_index):
-    """(x as [N, C], safe targets [N], per-row weights [N] with ignored rows 0)."""
+    """(x as [N, C] in the compute type, safe targets [N], per-row weights [N], ignored rows 0)."""
     if x.rank > 2:
         raise e.unsupported(f"nll_loss of a rank-{x.rank} input")
-    x2 = e.reshape(x, [1, x.shape[0]]) if x.rank == 1 else x
+    x2 = e.upcast(e.reshape(x, [1, x.shape[0]]) if x.rank == 1 else x)
     t = e.reshape(e.cast(target, DType.i64), [x2.shape[0]])
     valid = e.binary(Op.NE, t, e.const(ignore_index, DType.i64))
     t = e.select(valid, t, e.const(0, DType.i64))
-    w = e.cast(valid, x.dtype)
+    w = e.cast(valid, x2.dtype)
     if weight is not None:
-        w = e.binary(Op.MUL, w, e.add(Op.GATHER, [e.cast(weight, x.dtype), t], axis=0))
+        w = e.binary(Op.MUL, w, e.add(Op.GATHER, [e.cast(weight, x2.dtype), t], axis=0))
     return x2, t, w
 
 
@@ -163,196 +307,46 @@ def _nll_loss(e, x, target, weight=None, reduction=1, ignore_index=-100):
         out = e.reduce(Op.REDUCE_SUM, losses, None)
     else:
         out = e.binary(Op.DIV, e.reduce(Op.REDUCE_SUM, losses, None), total)
-    return out, total
+    return e.cast(out, x.dtype), e.cast(total, x.dtype)
 
 
 def _nll_loss_backward(e, grad, x, target, weight, reduction, ignore_index, total_weight):
     x2, t, w = _nll_setup(e, x, target, weight, ignore_index)
-    g = e.cast(grad, x.dtype)
+    g = e.cast(grad, x2.dtype)
     if reduction == 0:
         g = e.reshape(g, [x2.shape[0]])
     elif reduction == 1:
-        g = e.binary(Op.DIV, g, e.cast(total_weight, x.dtype))
+        g = e.binary(Op.DIV, g, e.cast(total_weight, x2.dtype))
     coef = e.unary(Op.NEG, e.binary(Op.MUL, w, g))  # [N]
     hit = e.binary(Op.EQ, e.iota(x2.shape, 1), e.broadcast_to(e.expand_dims(t, 1), x2.shape))
-    out = e.select(hit, e.broadcast_to(e.expand_dims(coef, 1), x2.shape), e.const(0, x.dtype))
-    return e.reshape(out, x.shape)
+    out = e.select(hit, e.broadcast_to(e.expand_dims(coef, 1), x2.shape), e.const(0, x2.dtype))
+    return e.cast(e.reshape(out, x.shape), x.dtype)
 
 
-# ------------------------------------------------------------------------------------ indexing
-def _embedding(e, weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
-    return e.take(weight, indices, 0)
+def _mse_loss(e, x, y, reduction=1):
+    d = e.binary(Op.SUB, e.upcast(x), e.upcast(y))
+    sq = e.binary(Op.MUL, d, d)
+    out = sq if reduction == 0 else e.reduce(Op.REDUCE_SUM, sq, None) if reduction == 2 else e.mean(sq, None)
+    return e.cast(out, e.out_dtype())
 
 
-def _embedding_backward(e, grad, indices, num_weights, padding_idx, scale_grad_by_freq):
-    if scale_grad_by_freq:
-        raise e.unsupported("scale_grad_by_freq=True")
-    d = grad.shape[-1]
-    idx = e.reshape(e.cast(indices, DType.i64), [-1])
-    g = e.reshape(grad, [idx.shape[0], d])
-    if padding_idx is not None and padding_idx >= 0:  # the padding row gets no gradient
-        pad = e.broadcast_to(e.expand_dims(e.binary(Op.EQ, idx, e.const(padding_idx, DType.i64)), 1), g.shape)
-        g = e.select(pad, e.const(0, g.dtype), g)
-    return e.add(Op.SCATTER, [e.const(0, grad.dtype, (num_weights, d)), idx, g], axis=0)
-
-
-def _index_select(e, x, dim, index):
-    return e.take(x, e.reshape(index, [-1]), dim)
-
-
-def _gather(e, x, dim, index, sparse_grad=False):
-    dim %= x.rank
-    for d in range(x.rank):  # torch reads the index-shaped corner of x in the other dims
-        if d != dim and x.shape[d] != index.shape[d]:
-            x = e.slice(x, d, 0, index.shape[d])
-    return e.take_along_axis(x, index, dim)
-
-
-def _scatter_dim(e, x, dim, index, src, accumulate: bool):
-    """torch.scatter/scatter_add along dim: dim goes last and the other dims become the IR
-    scatter's batch dims; where torch's index is smaller than x, index is padded with an
-    out-of-range position (the IR scatter drops those updates)."""
-    dim %= x.rank
-    src = e.to(src, x.dtype)
-    src = e.broadcast_to(src, index.shape) if src.rank == 0 else src
-    for d in range(x.rank):
-        if src.shape[d] != index.shape[d]:
-            src = e.slice(src, d, 0, index.shape[d])
-    perm = [d for d in range(x.rank) if d != dim] + [dim]
-    xt, it, st = e.transpose(x, perm), e.transpose(e.cast(index, DType.i64), perm), e.transpose(src, perm)
-    high = [a - b for a, b in zip(xt.shape[:-1], it.shape[:-1])] + [0]
-    if any(high):
-        low = [0] * x.rank
-        it = e.add(Op.PAD, [it], low=low, high=high, value=int(xt.shape[-1]))
-        st = e.add(Op.PAD, [st], low=low, high=high, value=_zero(st.dtype))
-    b = x.rank - 1
-    if accumulate:
-        out = e.add(Op.SCATTER, [xt, it, st], axis=b, batch_dims=b)
-    else:
-        out = _overwrite(e, xt, it, st, b, b)
-    return e.transpose(out, list(np.argsort(perm)))
-
-
-def _overwrite(e, x, idx, upd, axis, batch_dims):
-    """x with the positions idx names replaced by upd, from two scatter-adds and a select."""
-    ones = e.const(1, DType.i32, upd.shape)
-    hit = e.add(Op.SCATTER, [e.const(0, DType.i32, x.shape), idx, ones], axis=axis, batch_dims=batch_dims)
-    vals = e.add(Op.SCATTER, [e.const(0, x.dtype, x.shape), idx, upd], axis=axis, batch_dims=batch_dims)
-    return e.select(e.binary(Op.GT, hit, e.const(0, DType.i32)), vals, x)
-
-
-def _zero(dt: DType):
-    return False if dt is DType.bool else 0 if dt.is_int else 0.0
-
-
-def _scatter(e, x, dim, index, src, reduce=None):
-    if reduce not in (None, "add"):
-        raise e.unsupported(f"scatter with reduce={reduce!r}")
-    return _scatter_dim(e, x, dim, index, src, reduce == "add")
-
-
-def _scatter_add(e, x, dim, index, src):
-    return _scatter_dim(e, x, dim, index, src, True)
-
-
-def _scatter_reduce(e, x, dim, index, src, reduce, include_self=True):
-    if reduce != "sum":
-        raise e.unsupported(f"scatter_reduce with reduce={reduce!r}")
-    if not include_self:  # the targeted positions start from zero
-        x = _scatter_dim(e, x, dim, index, e.const(0, x.dtype, index.shape), False)
-    return _scatter_dim(e, x, dim, index, src, True)
-
-
-def _index_add(e, x, dim, index, source, alpha=1):
-    dim %= x.rank
-    if index.rank == 0:
-        index = e.reshape(index, [1])
-        source = e.expand_dims(source, dim) if source.rank < x.rank else source
-    src = e.cast(source if alpha == 1 else e.arith(Op.MUL, source, alpha), x.dtype)
-    return e.add(Op.SCATTER, [x, _wrap(e, index, x.shape[dim]), src], axis=dim)
-
-
-def _wrap(e, idx, n):
-    """Negative indices count from the end."""
-    idx = e.cast(idx, DType.i64)
-    return e.select(e.binary(Op.LT, idx, e.const(0, DType.i64)), e.binary(Op.ADD, idx, e.const(n, DType.i64)), idx)
-
-
-def _index_plan(e, x, indices):
-    """torch advanced indexing as one gather/scatter on one axis: the indexed dims merge into one
-    (moved to the front first when they are not adjacent, where torch puts the result's index
-    dims) and the broadcast index tensors linearize row-major into one index."""
-    indices = list(indices) + [None] * (x.rank - len(indices))
-    dims = [d for d, i in enumerate(indices) if i is not None]
-    if any(indices[d].dtype is DType.bool for d in dims):
-        raise e.unsupported("boolean mask indexing (its result shape depends on the data)")
-    shape = tuple(np.broadcast_shapes(*(indices[d].shape for d in dims)))
-    lin = None
-    for d in dims:
-        i = e.broadcast_to(_wrap(e, indices[d], x.shape[d]), shape)
-        lin = i if lin is None else e.binary(Op.ADD, e.binary(Op.MUL, lin, e.const(x.shape[d], DType.i64)), i)
-    adjacent = dims == list(range(dims[0], dims[-1] + 1))
-    perm = list(range(x.rank)) if adjacent else dims + [d for d in range(x.rank) if d not in dims]
-    xt = e.transpose(x, perm)
-    axis = dims[0] if adjacent else 0
-    merged = xt.shape[:axis] + (int(np.prod([x.shape[d] for d in dims])),) + xt.shape[axis + len(dims):]
-    return e.reshape(xt, merged), lin, axis, perm, xt.shape
-
-
-def _index(e, x, indices):
-    xm, lin, axis, _, _ = _index_plan(e, x, indices)
-    return e.add(Op.GATHER, [xm, lin], axis=axis)
-
-
-def _index_put(e, x, indices, values, accumulate=False):
-    xm, lin, axis, perm, xt_shape = _index_plan(e, x, indices)
-    upd_shape = xm.shape[:axis] + lin.shape + xm.shape[axis + 1:]
-    vals = e.broadcast_to(e.cast(values, x.dtype), upd_shape)
-    if accumulate:
-        out = e.add(Op.SCATTER, [xm, lin, vals], axis=axis)
-    else:
-        out = _overwrite(e, xm, lin, vals, axis, 0)
-    return e.transpose(e.reshape(out, xt_shape), list(np.argsort(perm)))
-
-
-def _along(e, v: Node, dim: int, shape) -> Node:
-    """A 1-D vector laid along dim of shape."""
-    return e.broadcast_to(e.reshape(v, [shape[d] if d == dim else 1 for d in range(len(shape))]), shape)
-
-
-def _slice_scatter(e, x, src, dim=0, start=None, end=None, step=1):
-    """x with x[..., start:end:step, ...] = src (the backward of slicing)."""
-    dim %= x.rank
-    n, m = x.shape[dim], src.shape[dim]
-    start = slice(start, end, step).indices(n)[0]
-    src = e.cast(src, x.dtype)
-    if step == 1:
-        low, high = [0] * x.rank, [0] * x.rank
-        low[dim], high[dim] = start, n - start - m
-        placed = e.add(Op.PAD, [src], low=low, high=high, value=_zero(x.dtype))
-    else:
-        idx = e.binary(Op.ADD, e.binary(Op.MUL, e.iota((m,), 0), e.const(step, DType.i64)), e.const(start, DType.i64))
-        placed = e.add(Op.SCATTER, [e.const(0, x.dtype, x.shape), idx, src], axis=dim)
-    if x.op is Op.CONSTANT and not isinstance(x.attrs["value"], np.ndarray) and x.attrs["value"] == 0:
-        return placed  # scattering into zeros (as backward graphs do): the padding is the answer
-    pos = e.iota((n,), 0)
-    inside = e.binary(Op.AND, e.binary(Op.GE, pos, e.const(start, DType.i64)),
-                      e.binary(Op.LT, pos, e.const(start + step * m, DType.i64)))
-    if step != 1:
-        on_step = e.binary(Op.EQ, e.binary(Op.REM, e.binary(Op.SUB, pos, e.const(start, DType.i64)),
-                                           e.const(step, DType.i64)), e.const(0, DType.i64))
-        inside = e.binary(Op.AND, inside, on_step)
-    return e.select(_along(e, inside, dim, x.shape), placed, x)
-
-
-def _select_scatter(e, x, src, dim, index):
-    dim %= x.rank
-    index += x.shape[dim] if index < 0 else 0
-    return _slice_scatter(e, x, e.expand_dims(src, dim), dim, index, index + 1)
-
+def _mse_loss_backward(e, grad, x, y, reduction=1):
+    d = e.binary(Op.SUB, e.upcast(x), e.upcast(y))
+    scale = 2.0 / x.size if reduction == 1 else 2.0
+    return e.cast(e.binary(Op.MUL, e.binary(Op.MUL, d, scale), e.upcast(grad)), e.out_dtype())
 
 def rules(A) -> dict:
     return {
+        # reductions and scans
+        A.sum: _sum, A.mean: _mean, A.amax: _reduce(Op.REDUCE_MAX), A.amin: _reduce(Op.REDUCE_MIN),
+        A.max: _max_min(True), A.min: _max_min(False), A.argmax: _argmax(True), A.argmin: _argmax(False),
+        A.any: _any_all(True), A.all: _any_all(False), A.var.correction: _var, A.std.correction: _std,
+        A.var_mean.correction: _var_mean, A.logsumexp: _logsumexp, A.cumsum: _cumsum, A.topk: _topk,
+        A.sort: _sort, A.linalg_vector_norm: _vector_norm,
+        # matmul
+        A.mm: _mm, A.bmm: _mm, A.matmul: _mm, A.dot: _mm, A.mv: _mm, A.addmm: _addmm, A.baddbmm: _addmm,
+        A.linear: _linear,
+        # nn, losses, backward
         A._softmax: _softmax, A._log_softmax: _log_softmax, A._softmax_backward_data: _softmax_backward,
         A._log_softmax_backward_data: _log_softmax_backward, A.native_layer_norm: _layer_norm,
         A.native_layer_norm_backward: _layer_norm_backward,
@@ -360,10 +354,6 @@ def rules(A) -> dict:
         A.gelu_backward: _gelu_backward, A.tanh_backward: _tanh_backward,
         A.sigmoid_backward: _sigmoid_backward, A.silu_backward: _silu_backward,
         A.threshold_backward: _threshold_backward, A.native_dropout: _native_dropout,
-        A.nll_loss_forward: _nll_loss, A.nll_loss_backward: _nll_loss_backward,
-        A.embedding: _embedding, A.embedding_dense_backward: _embedding_backward,
-        A.index_select: _index_select, A.gather: _gather, A.scatter: _scatter,
-        A.scatter_add: _scatter_add, A.scatter_reduce: _scatter_reduce, A.index_add: _index_add,
-        A.index: _index, A.index_put: _index_put, A.slice_scatter: _slice_scatter,
-        A.select_scatter: _select_scatter,
+        A.nll_loss_forward: _nll_loss, A.nll_loss_backward: _nll_loss_backward, A.mse_loss: _mse_loss,
+        A.mse_loss_backward: _mse_loss_backward,
     }
