@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from .frontend.emitter import Emitter
+from .ir.emitter import Emitter
 from .ir import DType, Graph, Node, Op
 from .partition import Mesh, P
 

@@ -29,7 +29,7 @@ from ..ir import DType, Graph, Node, Op
 from ..ir.dtypes import from_numpy
 from ..ir.evaluate import eval_node
 from ..ir.ops import COLLECTIVES
-from .emitter import Emitter
+from ..ir.emitter import Emitter
 from .jax_ops import RULES, rule
 
 MAX_UNROLL = 4096  # scan/while iterations unrolled before giving up

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import DType, Node, Op
-from .emitter import promote
+from ..ir.emitter import promote
 
 RULES: dict[str, Callable] = {}
 

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
-from .emitter import Emitter
+from ..ir.emitter import Emitter
 
 HALF = (DType.bf16, DType.f16)
 TORCH_TO_IR = {torch.float32: DType.f32, torch.float16: DType.f16, torch.bfloat16: DType.bf16,

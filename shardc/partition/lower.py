@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..errors import ShardingError
-from ..frontend.emitter import Emitter
+from ..ir.emitter import Emitter
 from ..ir import DType, Graph, Node, Op, verify
 from .factors import merge, project, representable, unproject
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..frontend.emitter import Emitter
+from ..ir.emitter import Emitter
 from ..ir import DType, Node, Op
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
 from .program import CollectiveRecord, wire_bytes

@@ -4,7 +4,7 @@ import pytest
 
 import shardc
 from shardc import Mesh, P, ShardingError, partition
-from shardc.frontend.emitter import Emitter
+from shardc.ir.emitter import Emitter
 from shardc.ir import DType, Op
 from shardc.partition.mesh import DimSharding, Sharding, shard_array, unshard_arrays
 from shardc.testing import assert_close

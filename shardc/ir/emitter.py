@@ -1,6 +1,6 @@
-"""Numpy-style building blocks over the closed op set, shared by both frontends: implicit
-broadcasting, type promotion, keepdims reductions, matmul, and the decompositions frameworks
-leave to us (softmax, argmax, cumsum, top-k, ...). Everything here emits plain IR ops."""
+"""Numpy-style building blocks over the closed op set, shared by the frontends and the
+partitioner: implicit broadcasting, type promotion, keepdims reductions, matmul, and the
+decompositions frameworks leave to us (softmax, argmax, cumsum, top-k, ...): plain IR ops only."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from ..ir import DType, GraphBuilder, Node, Op
+from .dtypes import DType
+from .graph import GraphBuilder, Node
+from .ops import Op
 
 _RANK = {DType.bool: 0, DType.i32: 1, DType.i64: 2, DType.bf16: 3, DType.f16: 3, DType.f32: 4}
 
