@@ -18,6 +18,14 @@ def from_jax(fn, *args, **options) -> Graph:
     return _impl(fn, *args, **options)
 
 
+def constrain(x, spec):
+    """Pin the sharding of a value inside a torch model's forward: `shardc.constrain(h, P("dp", None))`.
+    An identity that torch.export keeps; the partitioner treats it as a spec on that value.
+    (In JAX use jax.lax.with_sharding_constraint, which from_jax reads the same way.)"""
+    from .frontend.torch_constrain import Constrain, encode
+    return Constrain.apply(x, encode(P(*spec) if not isinstance(spec, P) else spec))
+
+
 __all__ = ["CollectiveRecord", "DType", "Error", "Graph", "IRError", "Mesh", "Op", "P", "Sharding",
-           "ShardingError", "SpmdProgram", "UnsupportedOpError", "from_jax", "from_torch", "parse_graph",
+           "ShardingError", "SpmdProgram", "UnsupportedOpError", "constrain", "from_jax", "from_torch", "parse_graph",
            "partition"]

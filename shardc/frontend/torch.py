@@ -358,7 +358,9 @@ class _Converter:
             elif n.op in ("call_module", "call_method"):
                 raise UnsupportedOpError(f"FX {n.op} {n.target}{_at(_source(n))} is not supported by shardc")
         outs = [self.output(v) for v in self.cap.outputs]
-        return self.e.build(outs, self.cap.output_names, bound=self.bound, flatten_args=flatten_args)
+        g = self.e.build(outs, self.cap.output_names, bound=self.bound, flatten_args=flatten_args)
+        g.sharding_constraints = dict(getattr(self.e, "constraints", {}))  # from shardc.constrain
+        return g
 
     # ---- leaves ----------------------------------------------------------------------------
     def input(self, inp: _Input):

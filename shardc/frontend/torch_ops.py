@@ -19,6 +19,7 @@ import torch
 
 from ..ir import DType, Node, Op
 from . import torch_layout, torch_nn
+from .torch_constrain import constraint_rule
 from .torch_emitter import HALF
 
 
@@ -337,6 +338,7 @@ def _build_rules():
         A.rand: _random, A.rand_like: _random, A.randn: _random, A.randn_like: _random,
         A.randint: _random, A.bernoulli: _random, A.uniform: _random, A.normal: _random,
     }
+    rules[torch.ops.shardc.constrain] = constraint_rule
     rules.update(torch_layout.rules(A))
     rules.update(torch_nn.rules(A))
     # functionalized graphs may name view ops view_copy, permute_copy, ...: same values

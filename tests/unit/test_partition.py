@@ -104,3 +104,57 @@ def test_bad_meshes_and_plans():
         partition(mlp_graph(), Mesh(dp=2), plan="zero")
     with pytest.raises(ShardingError, match="needs a shardc.Mesh"):
         partition(mlp_graph(), {"dp": 2})
+
+
+def test_torch_constrain_becomes_a_spec(rng):
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16)
+
+        def forward(self, x):
+            h = shardc.constrain(torch.tanh(self.fc1(x)), P(None, "tp"))  # Megatron's hidden split
+            return self.fc2(h)
+
+    torch.manual_seed(0)
+    model = Block()
+    x = torch.from_numpy(rng.standard_normal((8, 16)).astype(np.float32))
+    g = shardc.from_torch(model, (x,))
+    assert list(g.sharding_constraints.values()) == [(None, "tp")]
+    prog = partition(g, Mesh(tp=4))
+    # the constraint alone splits the MLP: fc1 computes its columns locally, fc2 all-reduces once
+    assert [c.kind for c in prog.collectives] == ["all_reduce"]
+    assert_close(prog.simulate(x)[0], model(x).detach().numpy())
+
+    # the gradient passes through it: a training step through torch.func.grad keeps the spec
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def step(params, x):
+        grads = torch.func.grad(lambda p: torch.func.functional_call(model, p, (x,)).pow(2).mean())(params)
+        return {k: params[k] - 0.1 * grads[k] for k in params}
+
+    g = shardc.from_torch(step, (params, x))
+    assert list(g.sharding_constraints.values()) == [(None, "tp")]
+    prog = partition(g, Mesh(tp=4))
+    for got, want in zip(prog.simulate(params, x), step(params, x).values()):
+        assert_close(got, want.numpy())
+
+
+def test_jax_with_sharding_constraint_becomes_a_spec(rng):
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("dp",))
+
+    def f(x, w):
+        h = jax.lax.with_sharding_constraint(jnp.tanh(x @ w), NamedSharding(mesh, PartitionSpec(None, "dp")))
+        return h.sum(0)
+
+    x, w = rng.standard_normal((4, 6)).astype(np.float32), rng.standard_normal((6, 8)).astype(np.float32)
+    g = shardc.from_jax(f, x, w)
+    prog = partition(g, Mesh(dp=2))
+    assert prog.collectives == [] and prog.output_shardings[0].spec() == P("dp")
+    assert_close(prog.simulate(x, w)[0], np.asarray(f(x, w)))
