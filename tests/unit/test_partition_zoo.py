@@ -26,8 +26,17 @@ LAYOUTS = {
 
 
 @functools.lru_cache(maxsize=None)
-def captured(name: str, train: bool):
+def captured(name: str, train: bool, frontend: str = "jax"):
     m = models.get(name + ":tiny")
+    if frontend == "torch":
+        if train:
+            fn, build = m.torch_train_step("sgd", lr=0.1)
+            args = build(m.torch_module(0), BATCH, 1)
+            g = shardc.from_torch(fn, args, capture="make_fx")
+        else:
+            module, args = m.torch_module(0), m.torch_inputs(BATCH, 1)
+            g = shardc.from_torch(module, args)
+        return m, g, args, g.evaluate(*args)
     params = m.jax_params(0)
     if train:
         fn, build = m.jax_train_step("sgd", lr=0.1)
@@ -55,6 +64,23 @@ def test_simulate_equals_evaluate(name, train, layout):
     got = prog.simulate(*args)
     for i, (a, b) in enumerate(zip(got, want)):
         assert_close(a, b, tol=1e-5, what=f"{g.output_names[i]} ({name} {layout})")
+
+
+@pytest.mark.parametrize("layout", ["fsdp", "tp+sp", "2d"])
+@pytest.mark.parametrize("train", [False, True], ids=["forward", "train"])
+@pytest.mark.parametrize("name", ZOO)
+def test_torch_twins_too(name, train, layout):
+    m, g, args, want = captured(name, train, "torch")
+    axes, tp, sp, plan = LAYOUTS[layout]
+    prog = partition(g, Mesh(axes), specs_for(m, g, tp, sp), plan)
+    for i, (a, b) in enumerate(zip(prog.simulate(*args), want)):
+        assert_close(a, b, tol=1e-5, what=f"{g.output_names[i]} ({name} {layout}, torch)")
+
+
+def test_megatron_gpt2_torch_forward_is_two_all_reduces_per_layer():
+    m, g, _, _ = captured("gpt2", False, "torch")
+    prog = partition(g, Mesh(tp=4), m.tp_specs())
+    assert [(c.kind, c.bytes) for c in prog.collectives] == [("all_reduce", _layer_bytes(m))] * (2 * m.config.n_layer)
 
 
 def _layer_bytes(m):
