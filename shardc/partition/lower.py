@@ -15,6 +15,7 @@ from .factors import merge, project, representable, unproject
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
 from .reshard import reshard_cost
 from .program import SpmdProgram
+from .propagate import WEAK
 from .reshard import Resharder
 from .rules import FactorRule, rule_for
 
@@ -88,7 +89,10 @@ class Lowerer(Resharder):
             rule = rule_for(n)
             plan = self.plan_partial_linear(n, rule)
             if plan is None:  # the cheaper of: the result's sharding first, or the operands'
-                plan = min((self.plan_op(n, rule, result_first) for result_first in (True, False)),
+                orders = [(True, True), (False, True)]
+                if any(self.priorities.get(x, 0) >= WEAK for x in n.inputs):
+                    orders += [(True, False), (False, False)]  # weakly held (ZeRO) state: bytes decide
+                plan = min((self.plan_op(n, rule, *order) for order in orders),
                            key=lambda p: self.cost(n, *p[1:3]))
             fa, reqs, natural, red = plan
             args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
