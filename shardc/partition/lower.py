@@ -26,6 +26,9 @@ _LINEAR_ONE = frozenset({Op.MUL, Op.DOT_GENERAL})
 
 
 def _is_zero(n: Node) -> bool:
+    """A constant zero, possibly broadcast, reshaped or cast (jnp.zeros, torch.zeros)."""
+    while n.op in (Op.BROADCAST, Op.RESHAPE, Op.CAST):
+        n = n.inputs[0]
     return n.op is Op.CONSTANT and not isinstance(n.attrs["value"], np.ndarray) and n.attrs["value"] == 0
 
 
@@ -69,12 +72,29 @@ class Lowerer(Resharder):
         if have == want:
             return x
         key = (n, want)
+        if key not in self.cache and n.op in _MADE_LOCALLY and not want.partial:
+            remade = self.remake(n, want)  # a broadcast is cheaper to redo than to gather
+            if remade is not None:
+                self.cache[key] = remade
         if key not in self.cache:
             name = n.name or n.op.value
             reason = f"{have} → {want}" + (f" for {user.op.value}" + (f" at {user.source}" if user.source else "") if user else "")
             self.why = (name, n.source, reason)
             self.cache[key] = self.reshard(x, n.shape, have, want)
         return self.cache[key]
+
+    def remake(self, n: Node, want: Sharding) -> Node | None:
+        """Compute a broadcast, iota or splat again directly in the sharding `want`."""
+        if n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray):
+            return None
+        rule = rule_for(n)
+        fa = representable(project(want, rule.result, rule, self.mesh), rule, self.mesh)
+        if Sharding(unproject(fa, rule.result, rule, self.mesh)) != want:
+            return None
+        reqs = [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]
+        args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
+        with self.b.loc(n.source):
+            return self.compute(n, args, reqs, want, rule, fa, {})
 
     def lower_node(self, n: Node):
         b = self.b
@@ -115,8 +135,10 @@ class Lowerer(Resharder):
         axes = nats[pend[0]].partial
         if any(nats[i].partial != axes or nats[i].partial_op != "sum" for i in pend):
             return None
+        # the pending operands lead; the others may not split over the pending axes
         cands = [((0 if i in pend else 1, -x.nbytes, i), project(s, rule.operands[i], rule, self.mesh))
-                 for i, (x, s) in enumerate(zip(n.inputs, nats))]
+                 for i, (x, s) in enumerate(zip(n.inputs, nats))
+                 if i in pend or not any(a in axes for a in s.used_axes)]
         fa = merge(cands, rule, self.mesh)
         fa = representable(fa.restrict({f for t in rule.operands for fs in t for f in fs}), rule, self.mesh)
         if any(a in axes for v in fa.values() for a in v):
@@ -158,7 +180,28 @@ class Lowerer(Resharder):
         """Bytes the op's reshards would move: operands to what it needs, its result to its own."""
         total = sum(reshard_cost(x.shape, x.dtype.itemsize, self.local[x][1], r, self.mesh)
                     for x, r in zip(n.inputs, reqs))
+        if natural.partial and self._feeds_scatter_add(n):
+            return total  # the sum rides along into a scatter-add and is reduced there, once
         return total + reshard_cost(n.shape, n.dtype.itemsize, natural, self.shardings[n], self.mesh)
+
+    def _feeds_scatter_add(self, n: Node, hops: int = 4) -> bool:
+        """Does n reach a scatter-add's updates through single-use linear ops that do not grow?
+        (MoE dispatch: a masked local gather of tokens, scaled, scattered into expert slots.)"""
+        cur = n
+        for _ in range(hops):
+            users = self.users[cur]
+            if len(users) != 1:
+                return False
+            u = users[0]
+            pos = [i for i, x in enumerate(u.inputs) if x is cur]
+            if len(pos) != 1:
+                return False
+            if u.op is Op.SCATTER and pos == [2] and _is_zero(u.inputs[0]):
+                return True
+            if not (u.op in _LINEAR_ONE | _LINEAR_FIRST and _linear_in(u, pos) and u.size <= cur.size):
+                return False
+            cur = u
+        return False
 
     def _mask_reduced(self, x: Node, dims: list[list[int]], req: Sharding, shape, rule: FactorRule,
                       red: dict[int, str]) -> Node:
