@@ -180,9 +180,18 @@ class Lowerer(Resharder):
         """Bytes the op's reshards would move: operands to what it needs, its result to its own."""
         total = sum(reshard_cost(x.shape, x.dtype.itemsize, self.local[x][1], r, self.mesh)
                     for x, r in zip(n.inputs, reqs))
-        if natural.partial and self._feeds_scatter_add(n):
-            return total  # the sum rides along into a scatter-add and is reduced there, once
+        if natural.partial and (self._feeds_scatter_add(n) or self._summed_next(n)):
+            return total  # the sum rides along into a scatter-add or a sum and is reduced there, once
         return total + reshard_cost(n.shape, n.dtype.itemsize, natural, self.shardings[n], self.mesh)
+
+    def _summed_next(self, n: Node) -> bool:
+        """Is n's only use a sum with another contribution (gradient accumulation), where pending
+        sums can be added first and reduced together?"""
+        users = self.users[n]
+        if len(users) != 1 or users[0].op not in (Op.ADD, Op.SUB):
+            return False
+        others = [x for x in users[0].inputs if x is not n]
+        return len(others) == 1 and others[0].op in (Op.DOT_GENERAL, Op.ADD, Op.SUB, Op.REDUCE_SUM)
 
     def _feeds_scatter_add(self, n: Node, hops: int = 4) -> bool:
         """Does n reach a scatter-add's updates through single-use linear ops that do not grow?
