@@ -346,7 +346,8 @@ def test_zoo_forward(model, dtype):
 # one step per dtype keeps the file fast: Adam in f32 (its state names included), SGD in bf16
 # (XLA reduces bf16 in bf16 where the IR sums in f32 and rounds once; Adam's m and v would
 # carry those gradient differences past the bf16 tolerance)
-@pytest.mark.parametrize("optimizer,dtype", [("adam", jnp.float32), ("sgd", BF16)], ids=["adam-f32", "sgd-bf16"])
+@pytest.mark.parametrize("optimizer,dtype", [("sgd", jnp.float32), ("adam", jnp.float32), ("sgd", BF16)],
+                         ids=["sgd-f32", "adam-f32", "sgd-bf16"])
 @pytest.mark.parametrize("model", ZOO)
 def test_zoo_train_step(model, optimizer, dtype, rng):
     m = models.get(f"{model}:tiny")
