@@ -127,3 +127,49 @@ def specs_for(draw, g: Graph, mesh: Mesh) -> dict:
 def random_inputs(g: Graph, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(p.shape).astype(p.dtype.np) for p in g.free_inputs]
+
+
+def check_case(g: Graph, mesh: Mesh, specs: dict, seed: int) -> None:
+    """simulate == evaluate for one drawn case; a mismatch names the first output that differs."""
+    from .partition import partition
+    from .testing import assert_close
+    args = random_inputs(g, seed)
+    want = g.evaluate(*args)
+    got = partition(g, mesh, specs).simulate(*args)
+    for name, a, b in zip(g.output_names, got, want):
+        assert_close(a, b, tol=2e-5, what=f"output {name!r}")
+
+
+def main(argv=None) -> int:
+    """`python -m shardc.fuzz --seconds N`: draw cases until time runs out (CI runs a bounded
+    number through pytest); a failure prints the shrunk case as parseable IR text."""
+    import argparse
+    import time
+
+    from hypothesis import HealthCheck, given, note, settings
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--max-ops", type=int, default=12)
+    opts = ap.parse_args(argv)
+    stop = time.monotonic() + opts.seconds
+    count = [0]
+
+    @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def batch(data):
+        g = data.draw(graphs(max_ops=opts.max_ops))
+        mesh = data.draw(meshes())
+        specs = data.draw(specs_for(g, mesh))
+        note(f"{g}\nmesh={mesh} specs={specs}")
+        check_case(g, mesh, specs, data.draw(st.integers(0, 2**31)))
+        count[0] += 1
+
+    while time.monotonic() < stop:  # fresh batches of 100 until the time is up
+        batch()
+    print(f"{count[0]} cases, no mismatch")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
