@@ -8,8 +8,10 @@ import numpy as np
 TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2, "float64": 1e-12}
 
 
-def rel_err(got, want) -> float:
-    """Max |got - want| over max |want| (robust to entries near zero); exact match for ints."""
+def rel_err(got, want, floor: float = 1e-30) -> float:
+    """Max |got - want| over max |want| (robust to entries near zero); exact match for ints.
+    `floor` bounds the scale from below, for results that cancel to near zero from terms of
+    size ~floor (sums of O(1) random inputs)."""
     got = np.asarray(got).astype(np.float64)
     want = np.asarray(want).astype(np.float64)
     if got.shape != want.shape:
@@ -19,7 +21,7 @@ def rel_err(got, want) -> float:
     finite = np.isfinite(want)
     if not np.array_equal(finite, np.isfinite(got)) or np.any(got[~finite] != want[~finite]):
         return float("inf")
-    scale = max(float(np.max(np.abs(want[finite]))) if finite.any() else 0.0, 1e-30)
+    scale = max(float(np.max(np.abs(want[finite]))) if finite.any() else 0.0, floor)
     return float(np.max(np.abs(got[finite] - want[finite]), initial=0.0) / scale)
 
 
@@ -28,10 +30,10 @@ def tolerance(dtype) -> float:
     return TOLERANCE.get(name, 0.0)
 
 
-def assert_close(got, want, tol: float | None = None, what: str = "output"):
+def assert_close(got, want, tol: float | None = None, what: str = "output", floor: float = 1e-30):
     want = np.asarray(want)
     tol = tolerance(want.dtype) if tol is None else tol
-    err = rel_err(got, want)
+    err = rel_err(got, want, floor)
     if not err <= tol:
         raise AssertionError(f"{what}: relative error {err:.3g} exceeds {tol:.3g}")
     return err
