@@ -83,10 +83,12 @@ def _common(f):
     f = click.option("--frontend", type=click.Choice(["jax", "torch"]), default="jax", show_default=True)(f)
     f = click.option("--train", is_flag=True, help="the SGD training step instead of the forward pass")(f)
     f = click.option("--batch", default=4, show_default=True)(f)
+    f = click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
+                     help="write a sharding map, a timeline and an HTML report into this directory")(f)
     return click.argument("model")(f)
 
 
-def _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch):
+def _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir=None):
     import shardc
     mesh = parse_mesh(mesh_text)
     t0 = time.perf_counter()
@@ -95,19 +97,22 @@ def _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch):
     specs, plan = build_specs(m, g, plan, spec_texts)
     prog = shardc.partition(g, mesh, specs, plan)
     t2 = time.perf_counter()
+    if report_dir:
+        from .report import write_report
+        write_report(prog, report_dir, title=f"{model} {'train step' if train else 'forward'} on {mesh}")
     return g, args, prog, {"capture": t1 - t0, "partition": t2 - t1}
 
 
 @main.command()
 @_common
 @click.option("--check/--no-check", default=True, show_default=True, help="compare with the unsharded model")
-def run(model, mesh_text, plan, spec_texts, frontend, train, batch, check):
+def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, check):
     """Capture MODEL, partition it over the mesh, run every device, check against the reference."""
     from rich.console import Console
     from rich.table import Table
     from .testing import rel_err, tolerance
     console = Console()
-    g, args, prog, times = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch)
+    g, args, prog, times = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir)
     t = time.perf_counter()
     got = prog.simulate(*args)
     times["run (SPMD simulator)"] = time.perf_counter() - t
@@ -143,12 +148,12 @@ def run(model, mesh_text, plan, spec_texts, frontend, train, batch, check):
 
 @main.command()
 @_common
-def explain(model, mesh_text, plan, spec_texts, frontend, train, batch):
+def explain(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir):
     """Print every input's sharding and where it came from, and every collective with its reason."""
     from rich.console import Console
     from rich.table import Table
     console = Console()
-    g, args, prog, _ = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch)
+    g, args, prog, _ = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir)
     t = Table("input", "shape", "sharding", "origin", title="inputs")
     for p, s in zip(g.inputs, prog.input_shardings):
         t.add_row(p.name, str(list(p.shape)), str(s), prog.origins.get(p, ""))

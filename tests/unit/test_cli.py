@@ -40,3 +40,15 @@ def test_bad_input_is_one_clear_line(args, msg):
     assert p.returncode == 2
     assert msg in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_report_has_the_sharding_map_timeline_and_ledger(tmp_path):
+    r = run("explain", "gpt2:tiny", "--mesh", "dp=2,tp=2", "--plan", "megatron", "--report", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # self-contained: both pictures inline
+    assert "Sharding map" in page and "Timeline" in page
+    assert page.count("<td>all_reduce</td>") == 4  # Megatron: two per layer
+    assert "h.0.attn.c_attn.weight" in page
+    for png in ("sharding_map.png", "timeline.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,69 @@
+"""A roofline cost model for per-device programs: each op takes the longer of its flops at peak
+and its bytes at memory bandwidth; each collective its ring wire bytes at link bandwidth. Used to
+model timelines before anything runs (defaults: one H200-class device, NVLink-class links)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..ir import Graph, Node, Op
+from ..ir.ops import COLLECTIVES
+
+PEAK_FLOPS = 989e12      # dense bf16 tensor-core flop/s
+MEMORY_BW = 4.8e12       # bytes/s
+LINK_BW = 450e9          # bytes/s per device (one direction)
+LAUNCH_S = 2e-6          # fixed cost per op (kernel launch or collective start)
+
+
+@dataclass(frozen=True)
+class Event:
+    node: Node
+    kind: str            # "compute" or "collective"
+    start: float
+    duration: float
+
+
+def flops(n: Node) -> int:
+    if n.op is Op.DOT_GENERAL:
+        a = n.inputs[0]
+        contract = math.prod(a.shape[d] for d in n.attrs["lhs_contract"])
+        return 2 * n.size * contract
+    if n.op in (Op.REDUCE_SUM, Op.REDUCE_MAX, Op.REDUCE_MIN):
+        return n.inputs[0].size
+    return n.size
+
+
+def op_seconds(n: Node, mesh_axes: dict[str, int]) -> float:
+    if n.op in COLLECTIVES:
+        from .program import wire_bytes
+        group = math.prod(mesh_axes[a] for a in n.attrs["axes"])
+        nbytes = n.nbytes if n.op is Op.ALL_GATHER else n.inputs[0].nbytes
+        return LAUNCH_S + wire_bytes(n.op.value, nbytes, group) / LINK_BW
+    moved = sum(i.nbytes for i in n.inputs) + n.nbytes
+    return LAUNCH_S + max(flops(n) / PEAK_FLOPS, moved / MEMORY_BW)
+
+
+def timeline(local: Graph, overlap: bool = True) -> list[Event]:
+    """Modeled schedule of one device: compute in program order on one stream; with `overlap`,
+    a collective runs on its own stream from when its operand is ready, and its users wait."""
+    ready: dict[Node, float] = {}
+    compute_t = comm_t = 0.0
+    events = []
+    for n in local.nodes:
+        if n.op in (Op.PARAMETER, Op.CONSTANT, Op.IOTA, Op.AXIS_INDEX) or n.op is Op.RESHAPE:
+            ready[n] = max((ready.get(i, 0.0) for i in n.inputs), default=0.0)
+            continue
+        deps = max((ready.get(i, 0.0) for i in n.inputs), default=0.0)
+        d = op_seconds(n, local.mesh_axes)
+        if n.op in COLLECTIVES and overlap:
+            start = max(deps, comm_t)
+            comm_t = start + d
+            events.append(Event(n, "collective", start, d))
+        else:
+            start = max(deps, compute_t if n.op not in COLLECTIVES else max(compute_t, comm_t))
+            compute_t = start + d
+            if n.op in COLLECTIVES:
+                comm_t = compute_t
+            events.append(Event(n, "collective" if n.op in COLLECTIVES else "compute", start, d))
+        ready[n] = start + d
+    return events
