@@ -26,6 +26,12 @@ def constrain(x, spec):
     return Constrain.apply(x, encode(P(*spec) if not isinstance(spec, P) else spec))
 
 
+def compile(prog, target: str = "triton"):
+    """SpmdProgram → Executable: fused kernels (Triton source) and each device's launch plan."""
+    from .codegen import compile as _impl
+    return _impl(prog, target)
+
+
 __all__ = ["CollectiveRecord", "DType", "Error", "Graph", "IRError", "Mesh", "Op", "P", "Sharding",
-           "ShardingError", "SpmdProgram", "UnsupportedOpError", "constrain", "from_jax", "from_torch", "parse_graph",
+           "ShardingError", "SpmdProgram", "UnsupportedOpError", "compile", "constrain", "from_jax", "from_torch", "parse_graph",
            "partition"]

@@ -1,0 +1,92 @@
+"""Kernel fusion: kernels per step and bytes moved through memory, per zoo model.
+
+    cd /work/main && .venv/bin/python bench/fusion.py [--models gpt2,llama] [--size tiny]
+        [--steps forward,train] [--layouts single,tp,dp] [--json PATH]
+
+For each zoo model, step and layout, the per-device program goes through shardc.compile and we
+count, per device per step:
+  - kernels: kernel launches in the plan, against the unfused program (one kernel per IR op);
+  - bytes: Σ over kernels of their input and output buffers, against the unfused program's bytes
+    (every op reads its operands and writes its result) and the matmul-bound minimum (every
+    dot_general's operands read once and its result written once; everything else fused away).
+A "gpt2 layer" row isolates one transformer layer: the difference between n_layer=2 and 1.
+Flash attention can go below the matmul bound: the bound counts the scores QKᵀ written and read.
+Writes a table and bench/results/fusion.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import shardc  # noqa: E402
+from shardc import Mesh, models, partition  # noqa: E402
+from shardc.codegen.stats import summary  # noqa: E402
+
+LAYOUTS = {"single": (dict(dp=1), False, None), "dp": (dict(dp=2), False, "dp"), "tp": (dict(tp=2), True, None)}
+
+
+def program(name: str, size: str, step: str, layout: str, batch: int, **overrides):
+    m = models.get(f"{name}:{size}", **overrides)
+    params = m.jax_params(0)
+    if step == "train":
+        fn, build = m.jax_train_step("sgd", lr=0.1)
+        args = build(params, batch, 1)
+    else:
+        fn, args = m.jax_forward, (params, *m.jax_inputs(batch, 1))
+    g = shardc.from_jax(fn, *args)
+    axes, tp, plan = LAYOUTS[layout]
+    return partition(g, Mesh(axes), m.tp_specs() if tp else {}, plan)
+
+
+def measure(prog) -> dict:
+    t = time.perf_counter()
+    exe = shardc.compile(prog)
+    row = summary(exe)
+    row["compile_s"] = time.perf_counter() - t
+    row["attention_kernels"] = sum(k.kind == "attention" for k in exe.kernels)
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="mlp,gpt2,llama,moe")
+    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--steps", default="forward,train")
+    ap.add_argument("--layouts", default="single,tp")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "fusion.json"))
+    a = ap.parse_args(argv)
+    rows = []
+    for name in a.models.split(","):
+        for step in a.steps.split(","):
+            for layout in a.layouts.split(","):
+                r = measure(program(name, a.size, step, layout, a.batch))
+                rows.append({"model": name, "step": step, "layout": layout, **r})
+    if "gpt2" in a.models.split(","):
+        for layout in a.layouts.split(","):
+            one, two = (measure(program("gpt2", a.size, "forward", layout, a.batch, n_layer=n)) for n in (1, 2))
+            layer = {k: two[k] - one[k] for k in one if k != "compile_s"}
+            rows.append({"model": "gpt2 layer", "step": "forward", "layout": layout, **layer, "compile_s": two["compile_s"]})
+    head = (f"{'model':<11}{'step':<9}{'layout':<8}{'kernels':>8}{'unfused':>9}{'KiB':>9}{'unfused':>9}"
+            f"{'mm-bound':>10}{'/unfused':>10}{'/mm-bound':>10}{'attn':>6}{'compile s':>10}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['model']:<11}{r['step']:<9}{r['layout']:<8}{r['kernels']:>8}{r['unfused_kernels']:>9}"
+              f"{r['bytes'] / 1024:>9.1f}{r['unfused_bytes'] / 1024:>9.1f}{r['matmul_bound_bytes'] / 1024:>10.1f}"
+              f"{r['bytes'] / r['unfused_bytes']:>10.3f}{r['bytes'] / max(r['matmul_bound_bytes'], 1):>10.3f}"
+              f"{r['attention_kernels']:>6}{r['compile_s']:>10.2f}")
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps({"size": a.size, "batch": a.batch, "rows": rows}, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

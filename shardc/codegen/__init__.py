@@ -1,0 +1,85 @@
+"""Code generation: per-device program → fusion groups → kernel source (Triton now, Pallas later),
+cached on disk, plus the launch plan each device runs.
+
+    exe = shardc.compile(prog, target="triton")
+    exe.kernels                 # each: .name .source .ops (the IR nodes it fuses) .reason
+    print(exe.plan_text())      # kernels, collectives and views in order
+    exe.run_interpreted(*args)  # every device in one process, kernels on the Triton interpreter
+"""
+from __future__ import annotations
+
+import heapq
+
+from ..errors import Error, UnsupportedOpError
+from ..flags import debug_level, dump, log
+from .cache import cache_key, group_ir_text, load_kernel_file
+from .executable import Executable, Kernel, KernelLaunch
+from .fusion import CollectiveStep, FusionGroup, ViewStep, plan_fusion
+
+__all__ = ["compile", "Executable", "Kernel", "KernelLaunch", "CollectiveStep", "ViewStep", "FusionGroup"]
+
+TARGETS = ("triton", "pallas")
+
+
+def compile(prog, target: str = "triton") -> Executable:
+    """SpmdProgram → Executable: fused kernels written as source, and the launch plan."""
+    if target not in TARGETS:
+        raise Error(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    if target == "pallas":
+        raise UnsupportedOpError("target 'pallas': the Pallas emitter is not implemented yet (use target='triton')")
+    from . import triton as emitter
+    steps = plan_fusion(prog.local, emitter.feasible)
+    plan = []
+    for step in steps:
+        if not isinstance(step, FusionGroup):
+            plan.append(step)
+            continue
+        key = cache_key(group_ir_text(step), target)
+        name = f"{step.kind}_{key[:12]}"
+        emitted = emitter.emit(step, name)
+        path = load_kernel_file(key, name, emitted.source, target)
+        plan.append(KernelLaunch(Kernel(name, emitted, step, path, key)))
+    plan = _topological(plan)
+    exe = Executable(prog, plan, target)
+    log(1, f"codegen: {len(exe.kernels)} kernels, {len(plan) - len(exe.kernels)} other steps per device")
+    if debug_level() >= 4:
+        for k in exe.kernels:
+            log(4, f"kernel {k.name} ({k.reason}):\n{k.source}")
+    dump(30, "launch-plan", exe.plan_text())
+    for i, k in enumerate(exe.kernels):
+        dump(31, f"kernel-{i:03d}-{k.name}", k.source)
+    return exe
+
+
+def _reads_writes(step):
+    if isinstance(step, KernelLaunch):
+        return step.kernel.inputs, step.kernel.outputs
+    if isinstance(step, CollectiveStep):
+        return [step.node.inputs[0]], [step.node]
+    return [step.source], [step.node]
+
+
+def _topological(plan: list) -> list:
+    """Order steps so each runs after the steps writing what it reads (stable otherwise)."""
+    writer = {}
+    for i, s in enumerate(plan):
+        for w in _reads_writes(s)[1]:
+            writer[w] = i
+    deps = {i: {writer[r] for r in _reads_writes(s)[0] if r in writer and writer[r] != i} for i, s in enumerate(plan)}
+    users: dict[int, list[int]] = {i: [] for i in deps}
+    for i, ds in deps.items():
+        for d in ds:
+            users[d].append(i)
+    ready = [i for i, ds in deps.items() if not ds]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        i = heapq.heappop(ready)
+        out.append(plan[i])
+        for u in users[i]:
+            deps[u].discard(i)
+            if not deps[u]:
+                heapq.heappush(ready, u)
+    if len(out) != len(plan):
+        raise Error("codegen: the launch plan has a cycle (a fusion group depends on its own output)")
+    return out

@@ -1,0 +1,59 @@
+"""Ahead-of-time compilation of generated kernels for a GPU that is not here (Hopper: sm_90),
+through Triton's own compiler: PTX, cubin and shared-memory use, with no driver needed.
+
+Triton binds `@triton.jit` functions (its own tl.sum, tl.max, … too) to the interpreter or the
+compiler when they are imported, so a process running kernels on the interpreter cannot also
+compile them: `compile_for_gpu` compiles in a fresh Python process without TRITON_INTERPRET."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+HOPPER = ("cuda", 90, 32)
+SHARED_MEMORY_LIMIT = 227 * 1024  # bytes per block on H100 / H200
+
+
+def compile_for_gpu(kernels, target=HOPPER, configs=None, timeout: float = 600) -> list[dict]:
+    """For each kernel: {"name", "shared" (bytes), "wgmma" (in the PTX), "ptx", "cubin_bytes",
+    "num_warps"}. `configs` (one per kernel) default to each kernel's own GPU launch choice."""
+    jobs = []
+    for i, k in enumerate(kernels):
+        cfg = dict(configs[i] if configs else k.config(interpret=False))
+        jobs.append({"path": str(k.path), "name": k.path.stem, "signature": k.signature, "config": cfg,
+                     "target": list(target)})
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "shardc.codegen.aot"], input=json.dumps(jobs),
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ahead-of-time compile failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _compile_one(job: dict) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from .cache import import_file
+    mod = import_file(job["path"], f"shardc_kernels.c_{job['name']}")
+    fn = getattr(mod, job["name"])
+    cfg = dict(job["config"])
+    opts = {k: cfg.pop(k) for k in ("num_warps", "num_stages") if k in cfg}
+    dts = {"fp32": triton.language.float32, "bf16": triton.language.bfloat16, "fp16": triton.language.float16}
+    constexprs = {k: (dts[v] if k == "DT" else v) for k, v in cfg.items()}
+    signature = dict(job["signature"])
+    signature.update({k: "constexpr" for k in constexprs})
+    c = triton.compile(triton.compiler.ASTSource(fn, signature, constexprs), target=GPUTarget(*job["target"]),
+                       options=opts)
+    ptx = c.asm["ptx"]
+    return {"name": job["name"], "shared": int(c.metadata.shared), "wgmma": "wgmma" in ptx,
+            "ptx": ptx, "cubin_bytes": len(c.asm.get("cubin", b"")), "num_warps": c.metadata.num_warps}
+
+
+if __name__ == "__main__":
+    import warnings
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    results = [_compile_one(j) for j in json.loads(sys.stdin.read())]
+    print(json.dumps(results))

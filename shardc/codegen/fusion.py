@@ -1,0 +1,453 @@
+"""The fusion planner: which IR nodes of the per-device program become one kernel. Target-neutral
+(the Triton emitter uses it now; a Pallas emitter can reuse it): the target only answers whether a
+proposed group can be emitted (`feasible`), raising `CannotFuse(node)` where it cannot.
+
+The model is "materialize few values, inline the rest" (as tinygrad and Inductor do):
+- a value is written to memory ("a root") when something outside a kernel needs it — a graph
+  output, a collective's operand, a dot_general or scatter (always their own kernels), a dot
+  operand too expensive to recompute per tile, or a reduction needed by several kernels;
+- everything else (elementwise ops, layout ops, gathers, reductions) is recomputed inside each
+  kernel that reads it, at the index that kernel needs: layout ops are index arithmetic, never copies;
+- a dot_general absorbs the roots that read only its result (bias, activation, residual, cast:
+  its epilogue); a softmax(scores)·V chain over a QKᵀ dot becomes one flash-attention group;
+- roots sharing a row domain merge into one kernel (residual add + layer norm; embedding + norm).
+Each group records the nodes it covers and why it was fused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..ir import Graph, Node, Op
+from ..ir.ops import COLLECTIVES, ELEMENTWISE, REDUCE
+
+VIEW_OPS = frozenset({Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE})
+INLINE_OPS = ELEMENTWISE | VIEW_OPS | REDUCE | {Op.PAD, Op.CONCATENATE, Op.GATHER, Op.IOTA,
+                                                Op.AXIS_INDEX, Op.CONSTANT}
+MAX_PROLOGUE_OPS = 2  # elementwise ops a dot operand may recompute per tile (a cast, a scale)
+
+
+class CannotFuse(Exception):
+    """Raised by an emitter: `node` cannot be computed inside the group being emitted."""
+
+    def __init__(self, msg: str, node: Node | None = None):
+        super().__init__(msg)
+        self.node = node
+
+
+@dataclass
+class FusionGroup:
+    kind: str                # "pointwise" | "reduction" | "matmul" | "attention" | "scatter"
+    roots: list[Node]        # the values it writes to memory
+    nodes: list[Node]        # every IR node it computes, in program order
+    inputs: list[Node]       # the materialized values it reads
+    reason: str
+    anchor: Node | None = None                     # the dot_general / scatter it is built around
+    pattern: dict = field(default_factory=dict)    # attention: qk, pv, scores
+
+
+@dataclass
+class CollectiveStep:
+    node: Node
+
+
+@dataclass
+class ViewStep:
+    """A root that is a reshape of a materialized buffer: a view, no kernel."""
+    node: Node
+    source: Node
+
+
+def is_buffer_leaf(n: Node) -> bool:
+    return n.op is Op.PARAMETER or (n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray))
+
+
+def inlinable(n: Node) -> bool:
+    return n.op in INLINE_OPS and not is_buffer_leaf(n)
+
+
+def tree(root: Node, stop: Callable[[Node], bool]) -> tuple[list[Node], list[Node]]:
+    """(nodes computed, leaves read) walking from `root` through inlinable nodes not `stop`ped."""
+    seen, inner, leaves = set(), [], []
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n is not root and (stop(n) or not inlinable(n)):
+            leaves.append(n)
+            continue
+        inner.append(n)
+        stack.extend(n.inputs)
+    return inner, leaves
+
+
+def cheap_prologue(x: Node) -> bool:
+    """A dot operand worth recomputing for every tile: views, casts and a scale or two."""
+    if not inlinable(x):
+        return True
+    inner, _ = tree(x, lambda n: False)
+    if any(n.op in REDUCE or n.op in (Op.GATHER, Op.PAD, Op.CONCATENATE) for n in inner):
+        return False
+    work = [n for n in inner if n.op in ELEMENTWISE and n.op is not Op.CAST]
+    return len(work) <= MAX_PROLOGUE_OPS
+
+
+# ------------------------------------------------------------------------- attention pattern
+def _through(n: Node, ops) -> Node:
+    while n.op in ops:
+        n = n.inputs[0]
+    return n
+
+
+def match_attention(pv: Node) -> dict | None:
+    """softmax(T(QKᵀ), last axis) · V, as frontends decompose it: div(E, sum E) with
+    E = exp(T - max T). Returns the pattern's parts or None."""
+    if pv.op is not Op.DOT_GENERAL:
+        return None
+    p, v = pv.inputs
+    a = pv.attrs
+    nb = len(a["lhs_batch"])
+    if not (a["lhs_batch"] == a["rhs_batch"] == tuple(range(nb)) and p.rank == nb + 2 and v.rank == nb + 2
+            and a["lhs_contract"] == (nb + 1,)):
+        return None
+    kv_axis = (nb + 1,)
+    div = _through(p, {Op.CAST})
+    if div.op is not Op.DIV:
+        return None
+    e, den = div.inputs
+    s1 = _through(den, {Op.BROADCAST, Op.RESHAPE, Op.CAST})
+    if s1.op is not Op.REDUCE_SUM or s1.attrs["axes"] != kv_axis:
+        return None
+    exp = _through(e, {Op.CAST})
+    if exp.op is not Op.EXP or _through(s1.inputs[0], {Op.CAST}) is not exp:
+        return None
+    sub = _through(exp.inputs[0], {Op.CAST})
+    if sub.op is not Op.SUB:
+        return None
+    t, mx = sub.inputs
+    m = _through(mx, {Op.BROADCAST, Op.RESHAPE, Op.CAST})
+    if m.op is Op.MAX:  # max(-inf, reduce_max(T)): jax's stop-gradient max
+        m = next((_through(i, {Op.BROADCAST, Op.RESHAPE}) for i in m.inputs
+                  if _through(i, {Op.BROADCAST, Op.RESHAPE}).op is not Op.CONSTANT), m)
+    if m.op is not Op.REDUCE_MAX or m.attrs["axes"] != kv_axis or _through(m.inputs[0], {Op.CAST}) is not _through(t, {Op.CAST}):
+        return None
+    if t.shape != p.shape:
+        return None
+    # the QKᵀ dot: the one dot_general in T's tree, reached through same-shape elementwise ops
+    inner, leaves = tree(t, lambda n: False)
+    dots = [n for n in leaves if n.op is Op.DOT_GENERAL]
+    if len(dots) != 1:
+        return None
+    qk = dots[0]
+    b = qk.attrs
+    if not (b["lhs_batch"] == b["rhs_batch"] == tuple(range(nb)) and qk.shape == t.shape
+            and len(b["lhs_contract"]) == 1 and qk.inputs[0].rank == nb + 2 and qk.inputs[1].rank == nb + 2):
+        return None
+    on_path = _depends_on(inner, qk)
+    if any(n.shape != t.shape or n.op not in ELEMENTWISE for n in on_path):
+        return None
+    # every intermediate must stay inside (training keeps P for the backward: no flash there)
+    internal = set(on_path) | {qk}
+    for start in (p, den, mx, e):
+        internal |= set(tree(start, lambda n: n is t or n is qk)[0])
+    return {"qk": qk, "pv": pv, "scores": t, "internal": internal}
+
+
+def _is_splat(n: Node) -> bool:
+    """A scalar constant, possibly broadcast: free to recompute wherever it is used."""
+    n = _through(n, {Op.BROADCAST, Op.RESHAPE})
+    return n.op is Op.CONSTANT and not isinstance(n.attrs["value"], np.ndarray)
+
+
+def _depends_on(nodes: list[Node], target: Node) -> list[Node]:
+    memo: dict[Node, bool] = {}
+
+    def dep(n: Node) -> bool:
+        if n is target:
+            return True
+        if n not in memo:
+            memo[n] = any(dep(i) for i in n.inputs) if n in set_nodes else False
+        return memo[n]
+
+    set_nodes = set(nodes)
+    return [n for n in nodes if dep(n)]
+
+
+# ------------------------------------------------------------------------------- planner
+class Planner:
+    def __init__(self, g: Graph, feasible: Callable[[FusionGroup], None]):
+        self.g = g
+        self.feasible = feasible
+        self.order = {n: i for i, n in enumerate(g.nodes)}
+        self.users = g.users()
+        self.roots: set[Node] = set()
+        self.no_epilogue: set[Node] = set()
+        self.attention: dict[Node, dict] = {}
+
+    def plan(self) -> list:
+        g = self.g
+        for n in g.nodes:
+            if n.op is Op.DOT_GENERAL:
+                m = match_attention(n)
+                if m and not any(u not in m["internal"] and u is not n for x in m["internal"]
+                                 if not _is_splat(x) for u in self.users[x]) \
+                        and not (m["internal"] & set(g.outputs)):
+                    self.attention[n] = m
+        internal = set().union(*(m["internal"] for m in self.attention.values())) if self.attention else set()
+        for n in g.nodes:
+            if n.op in COLLECTIVES or n.op is Op.SCATTER:
+                self._materialize(n.inputs[0])
+            if n.op in (Op.DOT_GENERAL, Op.SCATTER) and n not in internal:
+                self.roots.add(n)
+            if n.op is Op.DOT_GENERAL and n not in internal and n not in self.attention:
+                for x in n.inputs:
+                    if not cheap_prologue(x):
+                        self._materialize(x)
+        for o in g.outputs:
+            self._materialize(o)
+        for _ in range(len(g.nodes)):
+            groups = self._groups(internal)
+            failed = None
+            for grp in groups:
+                if not isinstance(grp, FusionGroup):
+                    continue
+                try:
+                    self.feasible(grp)
+                except CannotFuse as e:
+                    failed = (grp, e)
+                    break
+            if failed is None:
+                return self._merge(groups)
+            grp, e = failed
+            n = e.node
+            if grp.kind == "matmul" and (n is grp.anchor or n in grp.roots or n is None) and grp.anchor not in self.no_epilogue:
+                self.no_epilogue.add(grp.anchor)
+            elif grp.kind == "attention" and grp.anchor in self.attention:
+                self.attention.pop(grp.anchor)  # unfusable attention: plain kernels
+                internal = set().union(*(m["internal"] for m in self.attention.values())) if self.attention else set()
+                self.roots |= {grp.pattern["qk"], grp.anchor}
+            elif n is not None and inlinable(n) and n not in self.roots:
+                self.roots.add(n)
+            else:
+                raise e
+        raise RuntimeError("fusion planner did not converge")
+
+    def _materialize(self, n: Node):
+        if inlinable(n):
+            self.roots.add(n)
+
+    def _stop(self, n: Node) -> bool:
+        return n in self.roots
+
+    def _groups(self, internal: set) -> list:
+        """One group per root (dots absorb their epilogue roots); reductions read by several
+        groups become roots themselves first."""
+        while True:
+            readers: dict[Node, set] = {}
+            for r in self.roots:
+                for n in self._reach(r):
+                    readers.setdefault(n, set()).add(r)
+            shared = [n for n, rs in readers.items() if n.op in REDUCE and len(rs) > 1 and n not in self.roots]
+            if shared:
+                self.roots.update(shared)
+                continue
+            # a value k groups recompute, each reading W elements per element, costs k·W; stored
+            # once it costs 1 + k: store the latest such value (the end of a residual chain) first
+            costly = [n for n, rs in readers.items() if len(rs) > 1 and n not in self.roots
+                      and self._load_weight(n) > 1 + 1 / len(rs) + 1e-9]
+            if not costly:
+                break
+            self.roots.add(max(costly, key=self.order.get))
+        leaves_of = {r: set(self._root_leaves(r)) for r in self.roots}
+        dots = sorted((r for r in self.roots if r.op is Op.DOT_GENERAL and r not in self.attention), key=self.order.get)
+        absorbed: dict[Node, Node] = {}  # epilogue root → its dot
+        for d in dots:
+            if d in self.no_epilogue or d in self.g.outputs or any(not inlinable(u) for u in self.users[d]):
+                continue
+            readers_of_d = [r for r in self.roots if r is not d and d in leaves_of[r]]
+            if not readers_of_d or any(not inlinable(r) or r in absorbed for r in readers_of_d):
+                continue
+            if any(any(n.op in REDUCE for n in tree(r, self._stop_at_roots(r))[0]) for r in readers_of_d):
+                continue
+            # a reader that also reads a value computed from d's epilogue would wait on itself
+            if any(self._depends(x, d) for r in readers_of_d for x in leaves_of[r] if x is not d):
+                continue
+            for r in readers_of_d:
+                absorbed[r] = d
+        groups = []
+        for d in dots:
+            epi = sorted((r for r, dd in absorbed.items() if dd is d), key=self.order.get)
+            nodes, leaves = [d], []
+            for x in d.inputs:
+                self._add_tree(x, nodes, leaves)
+            for r in epi:
+                inner, lv = tree(r, self._stop_at_roots(r))
+                nodes += inner
+                leaves += [x for x in lv if x is not d]
+            ops = sorted({n.op.value for r in epi for n in tree(r, self._stop_at_roots(r))[0] if n.op not in VIEW_OPS})
+            why = f"dot_general with its epilogue ({', '.join(ops)})" if epi else "dot_general (no fusable epilogue)"
+            groups.append(self._group("matmul", epi or [d], nodes, leaves, why, d))
+        for pv, m in self.attention.items():
+            nodes, leaves = list(m["internal"]) + [pv], []
+            inner, lv = tree(m["scores"], lambda n: n in self.roots or n is m["qk"])
+            nodes += inner
+            leaves += [x for x in lv if x is not m["qk"]]
+            for x in (m["qk"].inputs[0], m["qk"].inputs[1], pv.inputs[1]):
+                self._add_tree(x, nodes, leaves)
+            groups.append(self._group("attention", [pv], nodes, leaves,
+                                      "flash attention: QKᵀ, score ops, online softmax and ·V in one pass; "
+                                      "scores stay on chip", pv, m))
+        for s in sorted((r for r in self.roots if r.op is Op.SCATTER), key=self.order.get):
+            nodes, leaves = [s], [s.inputs[0]]
+            for x in s.inputs[1:]:
+                self._add_tree(x, nodes, leaves)
+            groups.append(self._group("scatter", [s], nodes, leaves, "scatter-add with its index and update math", s))
+        for r in sorted(self.roots, key=self.order.get):
+            if not inlinable(r) or r in absorbed:
+                continue
+            view = self._view_source(r)
+            if view is not None:
+                groups.append(ViewStep(r, view))
+                continue
+            nodes, leaves = tree(r, self._stop_at_roots(r))
+            kind = "reduction" if any(n.op in REDUCE for n in nodes) else "pointwise"
+            why = f"{kind}: " + ", ".join(sorted({n.op.value for n in nodes if n.op not in VIEW_OPS}))
+            groups.append(self._group(kind, [r], nodes, leaves, why))
+        return groups
+
+    def _depends(self, x: Node, d: Node) -> bool:
+        """Whether `x` is computed from `d`."""
+        stack, seen = [x], set()
+        while stack:
+            n = stack.pop()
+            if n is d:
+                return True
+            if n in seen or self.order[n] < self.order[d]:
+                continue
+            seen.add(n)
+            stack.extend(n.inputs)
+        return False
+
+    def _load_weight(self, n: Node) -> float:
+        """Elements read from memory per element of `n` when it is recomputed inline."""
+        _, leaves = tree(n, self._stop)
+        return sum(min(x.size, n.size) for x in leaves) / max(n.size, 1)
+
+    def _stop_at_roots(self, r: Node):
+        return lambda n: n in self.roots and n is not r
+
+    def _add_tree(self, x: Node, nodes: list, leaves: list):
+        if x in self.roots or not inlinable(x):
+            leaves.append(x)
+        else:
+            inner, lv = tree(x, self._stop)
+            nodes += inner
+            leaves += lv
+
+    def _reach(self, r: Node) -> list[Node]:
+        """Inlinable non-root nodes group `r` computes (dots and scatters: their operands')."""
+        if not inlinable(r):
+            out = []
+            for x in r.inputs:
+                if x not in self.roots and inlinable(x):
+                    out += tree(x, self._stop)[0]
+            return out
+        return tree(r, self._stop_at_roots(r))[0]
+
+    def _root_leaves(self, r: Node) -> list[Node]:
+        """Materialized values group `r` reads."""
+        if not inlinable(r):
+            out = []
+            for x in r.inputs:
+                self._add_tree(x, [], out)
+            return out
+        return tree(r, self._stop_at_roots(r))[1]
+
+    def _view_source(self, r: Node) -> Node | None:
+        if r.op is not Op.RESHAPE:
+            return None
+        n = r.inputs[0]
+        while True:
+            if n in self.roots or is_buffer_leaf(n):
+                return n
+            if n.op is Op.RESHAPE:
+                n = n.inputs[0]
+                continue
+            return None
+
+    def _group(self, kind, roots, nodes, leaves, why, anchor=None, pattern=None) -> FusionGroup:
+        uniq = {}
+        for n in nodes:
+            uniq.setdefault(n, None)
+        ins = {}
+        for x in leaves:
+            if x not in uniq and (x.op is not Op.CONSTANT or is_buffer_leaf(x)):
+                ins.setdefault(x, None)
+        return FusionGroup(kind, list(roots), sorted(uniq, key=self.order.get),
+                           sorted(ins, key=self.order.get), why, anchor, pattern or {})
+
+    # ------------------------------------------------------------------------------ merging
+    def _merge(self, groups: list) -> list:
+        """Order steps by program position; merge row-compatible pointwise/reduction groups."""
+        steps = []
+        for grp in groups:
+            pos = max(self.order[r] for r in grp.roots) if isinstance(grp, FusionGroup) else self.order[grp.node]
+            steps.append((pos, grp))
+        for n in self.g.nodes:
+            if n.op in COLLECTIVES:
+                steps.append((self.order[n], CollectiveStep(n)))
+        steps = [s for _, s in sorted(steps, key=lambda t: t[0])]
+        merged: list = []
+        for s in steps:
+            if isinstance(s, FusionGroup) and s.kind in ("pointwise", "reduction"):
+                for i in range(len(merged) - 1, max(-1, len(merged) - 12), -1):
+                    cand = merged[i]
+                    if not (isinstance(cand, FusionGroup) and cand.kind in ("pointwise", "reduction")):
+                        continue
+                    related = set(cand.inputs) & set(s.inputs) or set(cand.roots) & set(s.inputs)
+                    if not related:
+                        continue
+                    between = merged[i + 1:]
+                    if any(set(cand.roots) & set(_reads(b)) for b in between):
+                        continue
+                    m = self._combine(cand, s)
+                    try:
+                        self.feasible(m)
+                    except CannotFuse:
+                        continue
+                    merged.pop(i)
+                    s = m
+                    break
+            merged.append(s)
+        return merged
+
+    def _combine(self, a: FusionGroup, b: FusionGroup) -> FusionGroup:
+        roots = a.roots + [r for r in b.roots if r not in a.roots]
+        nodes = {n: None for n in a.nodes + b.nodes}
+        ins = [x for x in dict.fromkeys(a.inputs + b.inputs) if x not in nodes]
+        kind = "reduction" if "reduction" in (a.kind, b.kind) else "pointwise"
+        return FusionGroup(kind, roots, sorted(nodes, key=self.order.get), sorted(ins, key=self.order.get),
+                           f"{a.reason}; merged with {b.reason} (same rows, shared inputs)")
+
+
+def _reads(step) -> list[Node]:
+    if isinstance(step, FusionGroup):
+        return step.inputs
+    if isinstance(step, CollectiveStep):
+        return [step.node.inputs[0]]
+    return [step.source]
+
+
+def _writes(step) -> list[Node]:
+    if isinstance(step, FusionGroup):
+        return step.roots
+    return [step.node]
+
+
+def plan_fusion(g: Graph, feasible: Callable[[FusionGroup], None]) -> list:
+    """The per-device program as steps: FusionGroups, CollectiveSteps and ViewSteps, in order."""
+    return Planner(g, feasible).plan()

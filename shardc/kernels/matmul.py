@@ -1,0 +1,55 @@
+"""Tiled matmul (batched dot_general) with hooks: `{load_a}` / `{load_b}` compute the operand tiles
+(prologue: casts, scales and layout ops are index arithmetic), `{epilogue}` turns the f32
+accumulator into the stored outputs (bias, activation, residual add, cast). Operands go to tl.dot
+as DT (bf16/f16 on a GPU: tensor cores, wgmma on Hopper; f32 on the interpreter) with f32
+accumulation."""
+
+TEMPLATE = '''
+@triton.jit
+def {name}({params}BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    pid_b = tl.program_id(2)
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)[:, None]
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)[None, :]
+    mask_rm = rm < {M}
+    mask_rn = rn < {N}
+    acc = tl.zeros((BM, BN), dtype={acc_t})
+{prologue}
+    for k0 in range(0, {K}, BK):
+        rka = k0 + tl.arange(0, BK)[None, :]
+        rkb = k0 + tl.arange(0, BK)[:, None]
+        mask_rka = rka < {K}
+        mask_rkb = rkb < {K}
+{load_a}
+{load_b}
+        a = tl.where(mask_rka, {a}, {zero})
+        b = tl.where(mask_rkb, {b}, {zero})
+        {dot}
+{epilogue}
+
+
+def launch(args, cfg):
+    grid = (triton.cdiv({M}, cfg["BM"]), triton.cdiv({N}, cfg["BN"]), {B})
+    {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], DT=_DT[cfg["DT"]], PREC=cfg["PREC"],
+                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
+'''
+
+TUNING = [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=s) for bm, bn, bk, w, s in
+          [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 32, 4, 4),
+           (128, 256, 64, 8, 3)]]
+
+
+def choose(m: int, n: int, k: int, dtype: str, interpret: bool) -> dict:
+    """dtype: the operands' storage type ("f32", "bf16", "f16")."""
+    from . import next_pow2
+    clamp = lambda x, hi: max(16, min(next_pow2(x), hi))
+    if interpret:  # one program per output tile as large as practical, f32 dot (exact on CPU)
+        if dtype in ("i32", "i64"):
+            return dict(BM=clamp(m, 64), BN=clamp(n, 64), BK=clamp(k, 64), DT="fp32", PREC="ieee")
+        return dict(BM=clamp(m, 128), BN=clamp(n, 256), BK=clamp(k, 256), DT="fp32", PREC="ieee")
+    if dtype in ("i32", "i64"):  # broadcast-sum dot: keep the BM x BK x BN product small
+        return dict(BM=clamp(m, 32), BN=clamp(n, 32), BK=16, DT="fp32", PREC="ieee", num_warps=4)
+    half = dtype in ("bf16", "f16")
+    # Hopper's wgmma works on 64-row warpgroup tiles: never smaller, even for tiny shapes
+    return dict(BM=max(64, clamp(m, 128)), BN=max(32, clamp(n, 128)), BK=max(32, clamp(k, 64 if half else 32)),
+                DT={"bf16": "bf16", "f16": "fp16"}.get(dtype, "fp32"), PREC="tf32" if half else "ieee",
+                num_warps=8 if m >= 128 and n >= 128 else 4, num_stages=3)

@@ -1,0 +1,183 @@
+"""Codegen pieces: the op table on every elementwise op, layout ops as views, the kernel cache
+(SHARDC_CACHE_DIR, atomic files, corrupt entries regenerated), errors for what cannot be
+generated, debug output and dumps, and ahead-of-time compiles for Hopper (sm_90) without a GPU."""
+import numpy as np
+import pytest
+
+import shardc
+from shardc import DType, Mesh, Op, partition
+from shardc.codegen import cache
+from shardc.codegen.aot import SHARED_MEMORY_LIMIT, compile_for_gpu
+from shardc.ir import GraphBuilder
+from shardc.testing import rel_err
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARDC_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _compile(g):
+    return shardc.compile(partition(g, Mesh(dp=1)))
+
+
+def _check(g, *args, tol=1e-5):
+    exe = _compile(g)
+    got = exe.run_interpreted(*args)
+    for a, b in zip(got, g.evaluate(*args)):
+        assert rel_err(a, b) <= tol, (rel_err(a, b), exe.kernels[0].source)
+    return exe
+
+
+UNARY_F = [Op.NEG, Op.ABS, Op.SIGN, Op.EXP, Op.LOG, Op.LOG1P, Op.SQRT, Op.RSQRT, Op.TANH, Op.LOGISTIC,
+           Op.ERF, Op.SIN, Op.COS, Op.FLOOR, Op.CEIL, Op.ROUND]
+BINARY_F = [Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.REM, Op.POW, Op.MAX, Op.MIN]
+BINARY_I = [Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.REM, Op.MAX, Op.MIN, Op.AND, Op.OR, Op.XOR]
+
+
+def test_every_elementwise_op_in_one_kernel(rng):
+    b = GraphBuilder()
+    x = b.parameter("x", (8, 40), DType.f32)
+    y = b.parameter("y", (8, 40), DType.f32)
+    i = b.parameter("i", (8, 40), DType.i32)
+    j = b.parameter("j", (8, 40), DType.i32)
+    pos = b.add(Op.ADD, [b.add(Op.ABS, [x]), b.constant(0.5, DType.f32, (8, 40))])
+    outs = [b.add(op, [pos if op in (Op.LOG, Op.LOG1P, Op.SQRT, Op.RSQRT) else x]) for op in UNARY_F]
+    outs += [b.add(op, [pos if op is Op.POW else x, y]) for op in BINARY_F]
+    outs += [b.add(op, [i, j]) for op in BINARY_I]
+    outs += [b.add(op, [x, y]) for op in (Op.LT, Op.LE, Op.EQ, Op.NE, Op.GT, Op.GE)]
+    outs += [b.add(Op.SELECT, [b.add(Op.LT, [x, y]), x, y]), b.add(Op.CAST, [x], to=DType.i32),
+             b.add(Op.CAST, [i], to=DType.f32), b.add(Op.CAST, [x], to=DType.bf16),
+             b.add(Op.NOT, [b.add(Op.GT, [x, y])])]
+    g = b.build(outs)
+    xs = rng.standard_normal((8, 40)).astype(np.float32) * 3
+    xs[0, :4] = [0.5, 1.5, -2.5, 2.5]  # round half to even
+    ys = rng.standard_normal((8, 40)).astype(np.float32)
+    js = rng.integers(-9, 9, (8, 40)).astype(np.int32)
+    js[js == 0] = 3
+    exe = _check(g, xs, ys, rng.integers(-50, 50, (8, 40)).astype(np.int32), js)
+    assert len(exe.kernels) <= 2  # 45 outputs of 4 inputs: merged into few kernels
+
+
+def test_layout_ops_are_index_math_and_reshape_outputs_are_views(rng):
+    b = GraphBuilder()
+    x = b.parameter("x", (4, 6, 8), DType.f32)
+    t = b.add(Op.TRANSPOSE, [x], perm=(2, 0, 1))
+    s = b.add(Op.SLICE, [t], start=(1, 0, 2), limit=(7, 4, 6), stride=(2, 1, 1))
+    r = b.add(Op.RESHAPE, [s], shape=(3, 16))
+    p = b.add(Op.PAD, [r], low=(1, 0), high=(0, 2), value=-1.0)
+    c = b.add(Op.CONCATENATE, [p, p], axis=1)
+    e = b.add(Op.EXP, [x])
+    g = b.build([c, e, b.add(Op.RESHAPE, [e], shape=(24, 8))])  # a reshape of a stored value: a view
+    exe = _check(g, rng.standard_normal((4, 6, 8)).astype(np.float32))
+    assert len(exe.kernels) == 2
+    assert any(type(s).__name__ == "ViewStep" for s in exe.plan)
+
+
+def test_reductions_with_prologue_and_epilogue_are_one_kernel(rng):
+    b = GraphBuilder()
+    x = b.parameter("x", (6, 50), DType.f32)
+    m = b.add(Op.REDUCE_MAX, [x], axes=(1,))
+    e = b.add(Op.EXP, [b.add(Op.SUB, [x, b.add(Op.BROADCAST, [m], dims=(0,), shape=(6, 50))])])
+    s = b.add(Op.REDUCE_SUM, [e], axes=(1,))
+    sm = b.add(Op.DIV, [e, b.add(Op.BROADCAST, [s], dims=(0,), shape=(6, 50))])
+    g = b.build([sm, b.add(Op.REDUCE_MIN, [x], axes=(0, 1))])
+    exe = _check(g, rng.standard_normal((6, 50)).astype(np.float32))
+    assert [k.kind for k in exe.kernels].count("reduction") == 2
+
+
+def test_int_dot_and_scatter_gather(rng):
+    b = GraphBuilder()
+    a = b.parameter("a", (5, 7), DType.i32)
+    w = b.parameter("w", (7, 3), DType.i32)
+    table = b.parameter("t", (10, 4), DType.f32)
+    idx = b.parameter("idx", (6,), DType.i32)
+    d = b.add(Op.DOT_GENERAL, [a, w], lhs_contract=(1,), rhs_contract=(0,))
+    gathered = b.add(Op.GATHER, [table, idx], axis=0)
+    upd = b.add(Op.MUL, [gathered, b.constant(2.0, DType.f32, (6, 4))])
+    sc = b.add(Op.SCATTER, [table, idx, upd], axis=0)
+    g = b.build([d, sc])
+    _check(g, rng.integers(-5, 5, (5, 7)).astype(np.int32), rng.integers(-5, 5, (7, 3)).astype(np.int32),
+           rng.standard_normal((10, 4)).astype(np.float32), np.array([0, 3, 3, 9, 12, -1], np.int32))
+
+
+def test_what_cannot_be_generated_raises_unsupported_op_error():
+    b = GraphBuilder()
+    x = b.parameter("x", (4,), DType.bool)
+    i = b.parameter("i", (2,), DType.i32)
+    u = b.parameter("u", (2,), DType.bool)
+    g = b.build([b.add(Op.SCATTER, [x, i, u], axis=0)])
+    with pytest.raises(shardc.UnsupportedOpError, match="scatter"):
+        _compile(g)
+    with pytest.raises(shardc.UnsupportedOpError, match="pallas"):
+        shardc.compile(partition(g, Mesh(dp=1)), target="pallas")
+
+
+def _small_graph():
+    b = GraphBuilder()
+    x = b.parameter("x", (4, 8), DType.f32)
+    return b.build([b.add(Op.TANH, [b.add(Op.MUL, [x, x])])])
+
+
+def test_kernel_cache_files_keys_and_corrupt_entries(_cache_dir, rng):
+    exe = _compile(_small_graph())
+    (k,) = exe.kernels
+    assert k.path.parent.parent == _cache_dir and k.path.read_text().endswith(k.source)
+    assert not list(_cache_dir.rglob("*.tmp"))
+    mtime = k.path.stat().st_mtime_ns
+    assert _compile(_small_graph()).kernels[0].path.stat().st_mtime_ns == mtime  # a hit: not rewritten
+    k.path.write_text(k.path.read_text()[:40])  # truncated entry: regenerated, runs
+    exe2 = _compile(_small_graph())
+    assert exe2.kernels[0].path.read_text().endswith(k.source)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    assert rel_err(exe2.run_interpreted(x)[0], np.tanh(x * x)) <= 1e-5
+    text = cache.group_ir_text(k.group)
+    assert cache.cache_key(text, "triton") != cache.cache_key(text, "pallas")
+    assert cache.cache_key(text, "triton") == k.key
+
+
+def test_debug_prints_sources_and_dump_dir_writes_them(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SHARDC_DEBUG", "4")
+    monkeypatch.setenv("SHARDC_DUMP_DIR", str(tmp_path / "dump"))
+    exe = _compile(_small_graph())
+    assert "@triton.jit" in capsys.readouterr().err
+    files = sorted(p.name for p in (tmp_path / "dump").iterdir())
+    assert "30-launch-plan.txt" in files and any(exe.kernels[0].name in f for f in files)
+
+
+def _zoo_exe(name, bf16, train=False):
+    import jax.numpy as jnp
+    from shardc import models
+    m = models.get(name + ":tiny")
+    dt = jnp.bfloat16 if bf16 else None
+    params = m.jax_params(0, dtype=dt)
+    if train:
+        fn, build = m.jax_train_step("sgd", lr=0.1)
+        g = shardc.from_jax(fn, *build(params, 2, 1, dtype=dt))
+    else:
+        g = shardc.from_jax(m.jax_forward, params, *m.jax_inputs(2, 1, dtype=dt))
+    return shardc.compile(partition(g, Mesh(tp=2), m.tp_specs()))
+
+
+def _unique(kernels):
+    return list({k.name: k for k in kernels}.values())
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "f32"])
+def test_kernels_compile_ahead_of_time_for_hopper(bf16):
+    kernels = _unique(_zoo_exe("gpt2", bf16).kernels + _zoo_exe("moe", bf16).kernels)
+    results = compile_for_gpu(kernels)
+    for k, r in zip(kernels, results):
+        assert ".target sm_90" in r["ptx"] and r["cubin_bytes"] > 0, k.name
+        assert 0 <= r["shared"] <= SHARED_MEMORY_LIMIT, (k.name, r["shared"])
+        if bf16 and k.kind in ("matmul", "attention") and k.group.anchor.dtype.is_float:
+            assert r["wgmma"], f"{k.name}: tl.dot did not become wgmma"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2", "llama", "moe", "mlp"])
+def test_training_step_kernels_compile_ahead_of_time(name):
+    kernels = _unique(_zoo_exe(name, True, train=True).kernels)
+    for k, r in zip(kernels, compile_for_gpu(kernels)):
+        assert ".target sm_90" in r["ptx"] and r["shared"] <= SHARED_MEMORY_LIMIT, k.name
