@@ -6,6 +6,7 @@ import sys
 import time
 
 import click
+import numpy as np
 
 
 def parse_mesh(text: str):
@@ -73,6 +74,8 @@ def build_specs(m, g, plan: str | None, spec_texts) -> tuple[dict, str | None]:
 @click.group()
 def main():
     """shardc: partition PyTorch and JAX models over a device mesh and check them."""
+    # kernels run on Triton's interpreter here; it binds at import, so say so before anything imports it
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _common(f):
@@ -105,19 +108,32 @@ def _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_
 
 @main.command()
 @_common
+@click.option("--target", type=click.Choice(["triton", "sim"]), default="triton", show_default=True,
+              help="generated Triton kernels (the interpreter on CPU), or the IR simulator")
 @click.option("--check/--no-check", default=True, show_default=True, help="compare with the unsharded model")
-def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, check):
-    """Capture MODEL, partition it over the mesh, run every device, check against the reference."""
+def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, target, check):
+    """Capture MODEL, partition it over the mesh, compile its kernels, run every device, check."""
+    import shardc
     from rich.console import Console
     from rich.table import Table
     from .testing import rel_err, tolerance
     console = Console()
     g, args, prog, times = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir)
-    t = time.perf_counter()
-    got = prog.simulate(*args)
-    times["run (SPMD simulator)"] = time.perf_counter() - t
+    kernels = ""
+    if target == "sim":
+        t = time.perf_counter()
+        got = prog.simulate(*args)
+        times["run (SPMD simulator)"] = time.perf_counter() - t
+    else:
+        t = time.perf_counter()
+        exe = shardc.compile(prog, target=target)
+        times["codegen"] = time.perf_counter() - t
+        t = time.perf_counter()
+        got = [np.asarray(shardc.ir.to_numpy(a)) for a in exe.run_interpreted(*args)]
+        times["run (Triton interpreter)"] = time.perf_counter() - t
+        kernels = f", {len(exe.kernels)} {target} kernels"
     console.print(f"[bold]{model}[/] {'train step' if train else 'forward'} on {prog.mesh}: "
-                  f"{len(g.nodes)} IR nodes, {len(prog.local.nodes)} per device, "
+                  f"{len(g.nodes)} IR nodes, {len(prog.local.nodes)} per device{kernels}, "
                   f"{len(prog.collectives)} collectives, {sum(c.bytes for c in prog.collectives)} B per device")
     kinds = Table("collective", "count", "bytes per device", "wire bytes", title="communication")
     for kind in sorted({c.kind for c in prog.collectives}):
@@ -144,6 +160,33 @@ def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, 
     console.print("times: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()))
     if not ok:
         raise SystemExit(1)
+
+
+@main.command("compile")
+@_common
+@click.option("--target", type=click.Choice(["triton", "pallas"]), default="triton", show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="directory for the device program, kernel sources, shardings and ledger")
+def compile_cmd(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, target, out_dir):
+    """Partition MODEL and generate its kernels; write every stage's text into --out."""
+    from pathlib import Path
+
+    import shardc
+    out = Path(out_dir)
+    g, args, prog, times = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir)
+    exe = shardc.compile(prog, target=target)
+    files = {"global.ir": str(g), "device.ir": str(prog.local), "ledger.txt": prog.ledger() + "\n",
+             "shardings.txt": prog.shardings_text(),
+             "launch_plan.txt": exe.plan_text() + "\n"}
+    files.update({f"kernels/{k.name}.py": k.source for k in exe.kernels})
+    for name, text in files.items():
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)  # atomic: never a half-written file
+    click.echo(f"wrote {len(files)} files to {out} ({len(exe.kernels)} {target} kernels, "
+               f"{len(prog.collectives)} collectives)")
 
 
 @main.command()

@@ -32,19 +32,12 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
     flags.log(1, f"partition {g.name} over {mesh}: {len(prog.collectives)} collectives, "
                  f"{sum(c.bytes for c in prog.collectives)} B per device")
     flags.dump(0, "global", str(g))
-    flags.dump(1, "shardings", shardings_text(g, state))
+    flags.dump(1, "shardings", prog.shardings_text())
     flags.dump(2, "spmd", str(prog.local))
     flags.dump(3, "ledger", prog.ledger())
     if flags.debug_level() >= 3:
-        print(shardings_text(g, state))
+        print(prog.shardings_text())
     return prog
-
-
-def shardings_text(g: Graph, state) -> str:
-    """One line per named value: its sharding and where that came from."""
-    ids = {n: i for i, n in enumerate(g.nodes)}
-    return "\n".join(f"%{ids[n]} {n.name or n.op.value}: {st.sharding}  ({st.origin})"
-                     for n, st in state.items()) + "\n"
 
 
 def _same_layout(want: Sharding, have: Sharding) -> Sharding:

@@ -74,6 +74,11 @@ class SpmdProgram:
             out[c.kind] = out.get(c.kind, 0) + c.bytes
         return out
 
+    def shardings_text(self) -> str:
+        """One line per value of the global graph: its sharding and where that came from."""
+        return "".join(f"%{i} {n.name or n.op.value}: {self.shardings[n]}  ({self.origins.get(n, '')})\n"
+                       for i, n in enumerate(self.graph.nodes))
+
     def ledger(self) -> str:
         return "\n".join(str(c) for c in self.collectives) or "(no collectives)"
 

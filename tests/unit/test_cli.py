@@ -19,7 +19,19 @@ def test_readme_main_job_runs_and_checks():
     assert "all_reduce" in r.output
 
 
+def test_compile_writes_every_stage(tmp_path):
+    r = run("compile", "llama:tiny", "--mesh", "tp=2", "--plan", "megatron", "--out", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    for name in ("global.ir", "device.ir", "ledger.txt", "shardings.txt", "launch_plan.txt"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    kernels = list((tmp_path / "kernels").glob("*.py"))
+    assert kernels and all("@triton.jit" in k.read_text() for k in kernels)
+    assert "all_reduce(tp)" in (tmp_path / "ledger.txt").read_text()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 @pytest.mark.parametrize("args", [
+    ["run", "mlp:tiny", "--mesh", "dp=2", "--plan", "fsdp", "--target", "sim"],
     ["run", "mlp:tiny", "--mesh", "dp=2", "--plan", "fsdp"],
     ["run", "llama:tiny", "--mesh", "tp=2", "--spec", "*.q_proj.weight=tp,-", "--frontend", "jax"],
     ["explain", "mlp:tiny", "--mesh", "tp=2", "--plan", "megatron"],
