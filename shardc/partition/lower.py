@@ -9,14 +9,14 @@ import math
 import numpy as np
 
 from ..errors import ShardingError
-from ..ir.emitter import Emitter
 from ..ir import DType, Graph, Node, Op, verify
+from ..ir.emitter import Emitter
+from ..ir.ops import ELEMENTWISE
 from .factors import merge, project, representable, unproject
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
-from .reshard import reshard_cost
 from .program import SpmdProgram
 from .propagate import WEAK
-from .reshard import Resharder
+from .reshard import Resharder, reshard_cost
 from .rules import FactorRule, rule_for
 
 # ops linear in (each of) their operands: a pending partial sum passes through them
@@ -43,6 +43,8 @@ def _linear_in(n: Node, pending: list[int]) -> bool:
     if n.op is Op.SCATTER:  # x + scatter(0, idx, upd): linear in (x, upd); a zero x may stay whole
         return pending == [0, 2] or (pending == [2] and _is_zero(n.inputs[0]))
     return False
+# cheap ops worth recomputing in another sharding instead of moving their result
+_REMAKEABLE = frozenset(ELEMENTWISE | {Op.BROADCAST, Op.IOTA, Op.CONSTANT, Op.RESHAPE, Op.TRANSPOSE})
 # ops that can produce any split of their result's own dims directly
 _MADE_LOCALLY = frozenset({Op.BROADCAST, Op.IOTA, Op.CONSTANT})
 
@@ -72,8 +74,8 @@ class Lowerer(Resharder):
         if have == want:
             return x
         key = (n, want)
-        if key not in self.cache and n.op in _MADE_LOCALLY and not want.partial:
-            remade = self.remake(n, want)  # a broadcast is cheaper to redo than to gather
+        if key not in self.cache and n.op in _REMAKEABLE and not want.partial:
+            remade = self.remake(n, want, have)  # cheap values may be redone rather than moved
             if remade is not None:
                 self.cache[key] = remade
         if key not in self.cache:
@@ -83,8 +85,10 @@ class Lowerer(Resharder):
             self.cache[key] = self.reshard(x, n.shape, have, want)
         return self.cache[key]
 
-    def remake(self, n: Node, want: Sharding) -> Node | None:
-        """Compute a broadcast, iota or splat again directly in the sharding `want`."""
+    def remake(self, n: Node, want: Sharding, have: Sharding) -> Node | None:
+        """Compute a cheap value (elementwise, layout, broadcast, iota, splat) again directly in
+        the sharding `want` when moving its operands costs less than moving it (a broadcast, an
+        iota, a one-hot of indices: XLA's rematerialization of cheap ops)."""
         if n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray):
             return None
         rule = rule_for(n)
@@ -92,6 +96,11 @@ class Lowerer(Resharder):
         if Sharding(unproject(fa, rule.result, rule, self.mesh)) != want:
             return None
         reqs = [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]
+        if n.op not in _MADE_LOCALLY:
+            moved = sum(reshard_cost(x.shape, x.dtype.itemsize, self.local[x][1], r, self.mesh)
+                        for x, r in zip(n.inputs, reqs))
+            if moved >= reshard_cost(n.shape, n.dtype.itemsize, have, want, self.mesh):
+                return None
         args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
         with self.b.loc(n.source):
             return self.compute(n, args, reqs, want, rule, fa, {})

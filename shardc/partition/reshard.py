@@ -23,7 +23,8 @@ def reshard_cost(shape, itemsize: int, have: Sharding, want: Sharding, mesh: Mes
     local = math.prod(local_shape(shape, have, mesh)) * itemsize
     cost = 0
     if have.partial:
-        scatter = any(a in want.dims[d].axes for d in range(len(shape)) for a in have.partial)
+        scatter = any(a in want.dims[d].axes and want.dims[d].outer == have.dims[d].outer == 1
+                      for d in range(len(shape)) for a in have.partial)  # as _resolve_partial can
         cost += local if scatter else 2 * local
     grow = 1
     for c, t in zip(have.dims, want.dims):
