@@ -1,7 +1,8 @@
 """SPMD lowering: the global graph with a sharding per tensor → one per-device program with
-local shapes and explicit collectives. For each op: choose its factor sharding (what the result
-wants first, then the dearest operands), reshard operands to match, compute locally, and reshard
-the natural result (which may be a pending partial sum) to the tensor's own sharding."""
+local shapes and explicit collectives. For each op: choose its factor sharding (the cheaper of
+favouring the result's own sharding or its operands'), reshard operands to match, and compute
+locally; the natural result (maybe a pending partial sum) is resharded for each user on demand,
+once per sharding, or recomputed there when that is cheaper."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ import numpy as np
 from ..errors import ShardingError
 from ..ir import DType, Graph, Node, Op, verify
 from ..ir.emitter import Emitter
-from ..ir.ops import ELEMENTWISE
+from ..ir.ops import COLLECTIVES, ELEMENTWISE
 from .factors import merge, project, representable, unproject
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
 from .program import SpmdProgram
@@ -43,6 +44,8 @@ def _linear_in(n: Node, pending: list[int]) -> bool:
     if n.op is Op.SCATTER:  # x + scatter(0, idx, upd): linear in (x, upd); a zero x may stay whole
         return pending == [0, 2] or (pending == [2] and _is_zero(n.inputs[0]))
     return False
+
+
 # cheap ops worth recomputing in another sharding instead of moving their result
 _REMAKEABLE = frozenset(ELEMENTWISE | {Op.BROADCAST, Op.IOTA, Op.CONSTANT, Op.RESHAPE, Op.TRANSPOSE})
 # ops that can produce any split of their result's own dims directly
@@ -112,8 +115,7 @@ class Lowerer(Resharder):
                 s = self.shardings[n]
                 self.local[n] = (b.parameter(n.name, local_shape(n.shape, s, self.mesh), n.dtype), s)
                 return
-            if n.op is Op.AXIS_INDEX or n.op.value in ("all_reduce", "all_gather", "reduce_scatter",
-                                                        "all_to_all", "collective_permute"):
+            if n.op is Op.AXIS_INDEX or n.op in COLLECTIVES:
                 raise ShardingError(f"{n.describe()}: the graph is already partitioned (it has {n.op.value})")
             rule = rule_for(n)
             plan = self.plan_partial_linear(n, rule)
