@@ -1,7 +1,7 @@
-"""Code generation: per-device program → fusion groups → kernel source (Triton now, Pallas later),
+"""Code generation: per-device program → fusion groups → kernel source (Triton or Pallas),
 cached on disk, plus the launch plan each device runs.
 
-    exe = shardc.compile(prog, target="triton")
+    exe = shardc.compile(prog, target="triton")   # or "pallas" (TPU kernels, codegen/pallas.py)
     exe.kernels                 # each: .name .source .ops (the IR nodes it fuses) .reason
     print(exe.plan_text())      # kernels, collectives and views in order
     exe.run_interpreted(*args)  # every device in one process, kernels on the Triton interpreter
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 
-from ..errors import Error, UnsupportedOpError
+from ..errors import Error
 from ..flags import debug_level, dump, log
 from .cache import cache_key, group_ir_text, load_kernel_file
 from .executable import Executable, Kernel, KernelLaunch
@@ -26,15 +26,17 @@ def compile(prog, target: str = "triton") -> Executable:
     if target not in TARGETS:
         raise Error(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     if target == "pallas":
-        raise UnsupportedOpError("target 'pallas': the Pallas emitter is not implemented yet (use target='triton')")
-    from . import triton as emitter
+        from . import pallas as emitter
+    else:
+        from . import triton as emitter
     steps = plan_fusion(prog.local, emitter.feasible)
     plan = []
     for step in steps:
         if not isinstance(step, FusionGroup):
             plan.append(step)
             continue
-        key = cache_key(group_ir_text(step), target)
+        salt = emitter.key_text() if hasattr(emitter, "key_text") else ""
+        key = cache_key(group_ir_text(step) + salt, target)
         name = f"{step.kind}_{key[:12]}"
         emitted = emitter.emit(step, name)
         path = load_kernel_file(key, name, emitted.source, target)

@@ -1,6 +1,7 @@
 """What codegen produces: the kernels and the per-device launch plan (kernels, collectives and
 views in order), and an executor that checks them on CPU: every device's plan runs in one process,
-kernels through the Triton interpreter, collectives exactly as partition/simulate.py computes them."""
+kernels through the Triton interpreter (target "pallas": Pallas interpret mode), collectives
+exactly as partition/simulate.py computes them."""
 from __future__ import annotations
 
 import contextlib
@@ -135,7 +136,12 @@ class Executable:
 
 
 def run_plan(exe: Executable, inputs: dict[str, np.ndarray], on_kernel=None) -> list[np.ndarray]:
-    import torch
+    if exe.target == "pallas":  # Pallas kernels in interpret mode: numpy buffers, jax arrays per launch
+        from .pallas import launch as pallas_launch
+        to_buffer, to_numpy_ = np.asarray, np.asarray
+    else:
+        import torch
+        to_buffer, to_numpy_ = to_torch, to_numpy
 
     from ..partition.mesh import shard_array, unshard_arrays
     from ..partition.simulate import run_collective
@@ -146,10 +152,10 @@ def run_plan(exe: Executable, inputs: dict[str, np.ndarray], on_kernel=None) -> 
     for p_global, p_local, s in zip(g.inputs, local.inputs, prog.input_shardings):
         x = np.asarray(inputs[p_global.name])
         for d in devices:
-            env[d][p_local] = to_torch(shard_array(x, s, mesh, d))
+            env[d][p_local] = to_buffer(shard_array(x, s, mesh, d))
     for n in local.nodes:
         if is_buffer_leaf(n) and n.op is Op.CONSTANT:
-            t = to_torch(n.attrs["value"])
+            t = to_buffer(n.attrs["value"])
             for d in devices:
                 env[d][n] = t
     uses: dict[Node, int] = {}
@@ -162,18 +168,21 @@ def run_plan(exe: Executable, inputs: dict[str, np.ndarray], on_kernel=None) -> 
             k = s.kernel
             for d in devices:
                 ins = [env[d][x] for x in k.inputs]
-                outs = [torch.empty(o.shape, dtype=torch_dtype(o.dtype)) for o in k.outputs]
                 coords = mesh.coords(d)
-                k.launch(ins + outs + [int(coords[a]) for a in k.axes])
+                if exe.target == "pallas":
+                    outs = pallas_launch(k, ins, [int(coords[a]) for a in k.axes])
+                else:
+                    outs = [torch.empty(o.shape, dtype=torch_dtype(o.dtype)) for o in k.outputs]
+                    k.launch(ins + outs + [int(coords[a]) for a in k.axes])
                 for o, t in zip(k.outputs, outs):
                     env[d][o] = t
                 if on_kernel is not None:
-                    on_kernel(k, d, [to_numpy(t) for t in ins], [to_numpy(t) for t in outs])
+                    on_kernel(k, d, [to_numpy_(t) for t in ins], [to_numpy_(t) for t in outs])
         elif isinstance(s, CollectiveStep):
             n = s.node
-            res = run_collective(n, mesh, [to_numpy(env[d][n.inputs[0]]) for d in devices])
+            res = run_collective(n, mesh, [to_numpy_(env[d][n.inputs[0]]) for d in devices])
             for d in devices:
-                env[d][n] = to_torch(res[d])
+                env[d][n] = to_buffer(res[d])
         elif isinstance(s, ViewStep):
             for d in devices:
                 env[d][s.node] = env[d][s.source].reshape(s.node.shape)
@@ -182,7 +191,7 @@ def run_plan(exe: Executable, inputs: dict[str, np.ndarray], on_kernel=None) -> 
             if uses[x] == 0 and x not in keep:
                 for d in devices:
                     env[d].pop(x, None)
-    return [unshard_arrays([to_numpy(env[d][o]) for d in devices], go.shape, s, mesh, what=f"output {name!r}")
+    return [unshard_arrays([to_numpy_(env[d][o]) for d in devices], go.shape, s, mesh, what=f"output {name!r}")
             for o, go, s, name in zip(local.outputs, g.outputs, prog.output_shardings, g.output_names)]
 
 

@@ -1,0 +1,410 @@
+"""Pallas (TPU) source for each fusion group: one `pl.pallas_call` per group, written as text into
+the kernel cache and imported from there, as the Triton path does.
+
+The fusion planner is shared with Triton; this emitter answers its `feasible` question and writes
+the kernels. Kernel bodies are jax.numpy code on blocks (codegen/pallas_expr.py); the grid and
+BlockSpecs come from the group's dim classes (which dims of which values move together): the
+classes of the group's outputs are tiled, largest legal TPU blocks first (last two block dims a
+multiple of (8 or 16, 128) or the whole dim), within a VMEM budget; reduction axes (a matmul's K,
+attention's key/value axis) are tiled last in the grid and accumulate in f32 VMEM scratch. A dim
+that cannot be tiled (reduced, sliced, padded, gathered along, merged by a reshape) stays whole
+in every block, so every group the planner makes can be emitted; tiny shapes run as one block.
+
+Kinds: pointwise / reduction (ROWS template), matmul (dot_general + prologue + epilogue, MATMUL),
+attention (flash attention with online softmax, ATTENTION), scatter (a ROWS kernel whose anchor is
+a one-hot select-and-sum scatter-add: a documented reference-style kernel, exact, sized for small
+tables). Layout ops are index arithmetic inside blocks (reshape/transpose/slice of block values);
+a reshape of a stored value is a ViewStep (no kernel). What cannot be generated raises
+UnsupportedOpError naming the op (bool dot_general, bool scatter, integer pow, i64 constants
+beyond 32 bits)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from ..ir import DType, Node, Op
+from ..kernels import pallas_templates as tpl
+from .fusion import CannotFuse, FusionGroup
+from .pallas_expr import HALF, JNP_COMPUTE, JNP_STORAGE, DimClasses, Val, ValueEmitter, constrain, round_half
+
+
+@dataclass
+class EmittedKernel:
+    name: str
+    kind: str
+    source: str
+    inputs: list[Node]
+    outputs: list[Node]
+    axes: list[str]
+    grid: tuple = ()
+    signature: dict = field(default_factory=dict)   # (Triton's AOT signature: unused here)
+    choose: object = lambda interpret: {}
+    tuning: list = field(default_factory=list)
+
+
+def key_text() -> str:
+    """What besides the group's IR decides the generated text (cache key salt)."""
+    return f"pallas vmem_budget={tpl.VMEM_BUDGET}"
+
+
+def _indent(lines: list[str], n: int) -> str:
+    pad = " " * n
+    return "\n".join(pad + l for l in lines) if lines else pad + "pass"
+
+
+def _itemsize(n: Node) -> int:
+    return {DType.f32: 4, DType.f16: 2, DType.bf16: 2, DType.i32: 4, DType.i64: 4, DType.bool: 4}[n.dtype]
+
+
+class _Builder:
+    """Shared state of one kernel: dim classes, chosen tiling, buffer names, source assembly."""
+
+    def __init__(self, grp: FusionGroup, name: str, kind: str):
+        self.grp, self.name, self.kind = grp, name, kind
+        self.inputs, self.outputs = list(grp.inputs), list(grp.roots)
+        axis_nodes = [n for n in grp.nodes if n.op is Op.AXIS_INDEX]
+        self.axes = sorted({n.attrs["axis"] for n in axis_nodes})
+        self.scalars = {n: f"ax_{n.attrs['axis']}_ref[0]" for n in axis_nodes}
+        self.loads = {x: f"in{i}_ref" for i, x in enumerate(self.inputs)}
+        self.dc = DimClasses()
+        self.tiles: dict = {}
+        self.grid: list = []  # (size, block, semantics)
+        self.column: set = set()  # rank-1 buffers stored as (n, 1): tiled by blocks of 8, not 128
+        for n in self.inputs + self.outputs:
+            for d in range(n.rank):
+                self.dc.find((n, d))
+
+    def constrain(self, nodes):
+        for n in nodes:
+            if n.op is not Op.AXIS_INDEX and n not in self.loads:
+                constrain(self.dc, n)
+
+    def block(self, n: Node) -> tuple:
+        return tuple(self.tiles[(n, d)][1] if (n, d) in self.tiles else n.shape[d] for d in range(n.rank))
+
+    def _promote(self, n: Node, shape) -> tuple:
+        """A buffer's shape in the kernel: rank 0 and 1 promoted to 2-D (a view): (1, n) rows, or
+        (n, 1) columns where the dim is tiled by blocks that are not multiples of 128."""
+        if n.rank == 0:
+            return (1, 1)
+        if n.rank == 1:
+            return (shape[0], 1) if n in self.column else (1, shape[0])
+        return tuple(shape)
+
+    def storage_block(self, n: Node) -> tuple:
+        return self._promote(n, self.block(n))
+
+    def storage_shape(self, n: Node) -> tuple:
+        return self._promote(n, n.shape)
+
+    def tile(self, candidates: list, scratch_bytes=lambda block: 0, allowed=lambda members: True):
+        """Choose the grid: candidates are (node, dim, semantics) in priority order."""
+        classes = self.dc.classes()
+        chosen, seen = [], set()
+        buffers = set(self.inputs) | set(self.outputs)
+        for n, d, sem in candidates:
+            root = self.dc.find((n, d))
+            if root in seen:
+                continue
+            seen.add(root)
+            members = classes[root]
+            if not self.dc.tileable(members) or not allowed(members):
+                continue
+            size = n.shape[d]
+            pos = [(x.rank - 1 - dx if x.rank > 1 else -1, _itemsize(x)) for x, dx in members if x in buffers]
+            legal = tpl.legal_blocks(size, pos)
+            if len(legal) > 1:
+                chosen.append((members, size, legal, sem))
+        index = {m: i for i, (members, *_ ) in enumerate(chosen) for m in members}
+
+        def nbytes(blocks):
+            total = 0
+            for x in buffers:
+                total += math.prod(blocks[index[(x, d)]] if (x, d) in index else x.shape[d]
+                                   for d in range(x.rank)) * _itemsize(x)
+            return total + scratch_bytes(lambda n: tuple(blocks[index[(n, d)]] if (n, d) in index else n.shape[d]
+                                                         for d in range(n.rank)))
+
+        blocks = tpl.choose_blocks([(size, legal) for _, size, legal, _ in chosen], nbytes, tpl.VMEM_BUDGET)
+        tiled = [(c, b) for c, b in zip(chosen, blocks) if b < c[1]]
+        tiled.sort(key=lambda t: t[0][3] == "arbitrary")  # reduction axes last
+        for axis, ((members, size, _, sem), b) in enumerate(tiled):
+            self.grid.append((size, b, sem))
+            for m in members:
+                self.tiles[m] = (axis, b)
+                if m[0] in buffers and m[0].rank == 1 and b % 128:
+                    self.column.add(m[0])
+
+    def axis_of(self, n: Node, d: int):
+        return self.tiles[(n, d)][0] if (n, d) in self.tiles else None
+
+    def emitter(self) -> ValueEmitter:
+        return ValueEmitter(self.block, self.loads, self.tiles, self.scalars)
+
+    def store(self, em: ValueEmitter, r: Node, i: int) -> str:
+        v = em.value(r)
+        return (f"out{i}_ref[...] = {em.array(v, self.block(r))}.reshape({self.storage_block(r)})"
+                f".astype({JNP_STORAGE[r.dtype]})")
+
+    def params(self, scratch: list[str]) -> str:
+        names = [f"ax_{a}_ref" for a in self.axes] + [f"in{i}_ref" for i in range(len(self.inputs))]
+        names += [f"out{i}_ref" for i in range(len(self.outputs))] + scratch
+        return ", ".join(names)
+
+    def spec(self, n: Node) -> str:
+        idx = [self.axis_of(n, d) for d in range(n.rank)]
+        if n.rank == 0:
+            idx = [None, None]
+        elif n.rank == 1:
+            idx = idx + [None] if n in self.column else [None] + idx
+        g = ", ".join(f"g{i}" for i in range(len(self.grid)))
+        ix = ", ".join("0" if a is None else f"g{a}" for a in idx)
+        return f"pl.BlockSpec({self.storage_block(n)}, lambda {g + ', ' if g else ''}*_: ({ix},))"
+
+    def finish(self, body: str, scratch: list[str]) -> EmittedKernel:
+        grp = self.grp
+        ops = ", ".join(f"%{n.op.value}" + (f" {n.name!r}" if n.name else "") for n in grp.nodes)
+        head = tpl.PRELUDE.format(kind=self.kind, name=self.name, reason=grp.reason.replace("\n", " "),
+                                  ops=ops[:2000])
+        grid = tuple(size // b for size, b, _ in self.grid) or (1,)
+        sem = tuple(s for _, _, s in self.grid) or ("arbitrary",)
+        call = tpl.CALL.format(
+            name=self.name, nscalar=len(self.axes), grid=grid, semantics=sem,
+            in_shapes=", ".join(str(self.storage_shape(x)) for x in self.inputs),
+            out_shapes=", ".join(str(self.storage_shape(r)) for r in self.outputs),
+            out_shape=", ".join(f"jax.ShapeDtypeStruct({self.storage_shape(r)}, {JNP_STORAGE[r.dtype]})"
+                                for r in self.outputs),
+            in_specs=", ".join(self.spec(x) for x in self.inputs),
+            out_specs=", ".join(self.spec(r) for r in self.outputs), scratch=", ".join(scratch))
+        return EmittedKernel(self.name, self.kind, head + body + call, self.inputs, self.outputs, self.axes, grid)
+
+
+def _check_dtypes(grp: FusionGroup):
+    for n in grp.nodes:
+        if n.op is Op.DOT_GENERAL and n.inputs[0].dtype is DType.bool:
+            raise UnsupportedOpError(f"{n.describe()}: bool dot_general has no pallas kernel")
+        if n.op is Op.SCATTER and n is not grp.anchor:
+            raise CannotFuse(f"{n.describe()} needs its own kernel", n)
+
+
+# ------------------------------------------------------------------------------- rows / scatter
+def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
+    """Pointwise chains, row reductions and scatter-adds: tile the outputs' row dims (largest
+    output first, leading dims first); reduced dims stay whole in the block."""
+    _check_dtypes(grp)
+    b = _Builder(grp, name, grp.kind)
+    b.constrain(grp.nodes)
+    cands = [(r, d, "parallel") for r in sorted(grp.roots, key=lambda r: -r.size) for d in range(r.rank)]
+    b.tile(cands)
+    em = b.emitter()
+    stores = [b.store(em, r, i) for i, r in enumerate(grp.roots)]
+    body = tpl.ROWS.format(name=name, params=b.params([]), body=_indent(em.lines + stores, 4))
+    return b.finish(body, [])
+
+
+# ------------------------------------------------------------------------------------- matmul
+def _upstream(roots, nodes) -> set:
+    """Nodes of `nodes` that `roots` are computed from (inclusive)."""
+    inside, out, stack = set(nodes), set(), list(roots)
+    while stack:
+        n = stack.pop()
+        if n in out or n not in inside:
+            continue
+        out.add(n)
+        stack.extend(n.inputs)
+    return out
+
+
+def _dot(d: Node, lhs: Val, rhs: Val, out_shape, attrs=None, em: ValueEmitter | None = None) -> str:
+    """A dot_general of two blocks as Mosaic's matmul takes it: operands transposed to
+    (batch, free, contract) / (batch, contract, free) and reshaped to 2-D (3-D with one batch
+    dim), the result reshaped to the output block. Half floats go to the MXU as bf16/f16 (their
+    values are exact there) with f32 accumulation, f32 at HIGHEST precision, integers in int32."""
+    a = attrs or d.attrs
+    lb, rb, lc, rc = (tuple(a[k]) for k in ("lhs_batch", "rhs_batch", "lhs_contract", "rhs_contract"))
+    lf = tuple(i for i in range(len(lhs.shape)) if i not in lb + lc)
+    rf = tuple(i for i in range(len(rhs.shape)) if i not in rb + rc)
+    size = lambda v, dims: math.prod(v.shape[i] for i in dims)
+    B, M, K, N = size(lhs, lb), size(lhs, lf), size(lhs, lc), size(rhs, rf)
+
+    def canon(v: Val, perm, shape2):
+        t = em.array(v) if em is not None else v.text
+        if perm != tuple(range(len(v.shape))):
+            t = f"jnp.transpose({t}, {perm})"
+        if tuple(v.shape[i] for i in perm) != shape2:
+            t = f"{t}.reshape({shape2})"
+        return t
+    if lb:
+        lt, rt = canon(lhs, lb + lf + lc, (B, M, K)), canon(rhs, rb + rc + rf, (B, K, N))
+        dims, res = "(((2,), (1,)), ((0,), (0,)))", (B, M, N)
+    else:
+        lt, rt = canon(lhs, lf + lc, (M, K)), canon(rhs, rc + rf, (K, N))
+        dims, res = "(((1,), (0,)), ((), ()))", (M, N)
+    dt = d.inputs[0].dtype
+    if dt in HALF:
+        lt, rt = (f"{t}.astype({JNP_STORAGE[dt]})" for t in (lt, rt))
+        extra = "preferred_element_type=jnp.float32"
+    elif dt.is_int:
+        extra = "preferred_element_type=jnp.int32"
+    else:
+        extra = "precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32"
+    text = f"lax.dot_general({lt}, {rt}, {dims}, {extra})"
+    return text if res == tuple(out_shape) else f"{text}.reshape({tuple(out_shape)})"
+
+
+def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
+    _check_dtypes(grp)
+    d = grp.anchor
+    b = _Builder(grp, name, "matmul")
+    b.constrain(grp.nodes)
+    prologue = _upstream(d.inputs, grp.nodes) | {x for x in grp.inputs}
+    epilogue = set(grp.nodes) - prologue - {d}
+    shared = {x for n in epilogue for x in n.inputs} & prologue
+    ok_k = lambda members: all(n in prologue and n not in shared for n, _ in members)
+    acc_t = "jnp.int32" if d.dtype.is_int else "jnp.float32"
+    kdims = {(d.inputs[0], i) for i in d.attrs["lhs_contract"]} | {(d.inputs[1], j) for j in d.attrs["rhs_contract"]}
+
+    def allowed(members):  # a class with contracted dims is tiled only as a pure K axis
+        if not kdims & set(members):
+            return True
+        return not any(n is d for n, _ in members) and ok_k(members)
+    cands = [(d, i, "parallel") for i in range(d.rank)]
+    cands += [(d.inputs[0], i, "arbitrary") for i in d.attrs["lhs_contract"]]
+    b.tile(cands, scratch_bytes=lambda block: math.prod(block(d)) * 4, allowed=allowed)
+    k_axes = [i for i, (_, _, s) in enumerate(b.grid) if s == "arbitrary"]
+    first = " & ".join(f"(pl.program_id({a}) == 0)" for a in k_axes) or "True"
+    last = " & ".join(f"(pl.program_id({a}) == {b.grid[a][0] // b.grid[a][1] - 1})" for a in k_axes) or "True"
+    em = b.emitter()
+    dot = _dot(d, em.value(d.inputs[0]), em.value(d.inputs[1]), b.block(d), em=em)
+    pro = list(em.lines)
+    em.lines.clear()
+    acc = em.emit("acc_ref[...]", b.block(d), d.dtype, "acc")
+    if d.dtype in HALF:  # the dot's result is stored rounded: round it here too
+        acc = em.emit(round_half(acc.text, d.dtype), acc.shape, d.dtype)
+    em.bound[d] = acc
+    stores = [b.store(em, r, i) for i, r in enumerate(grp.roots)]
+    body = tpl.MATMUL.format(name=name, params=b.params(["acc_ref"]), first=first, last=last,
+                             prologue=_indent(pro, 4), dot=dot, epilogue=_indent(em.lines + stores, 8))
+    return b.finish(body, [f"pltpu.VMEM({b.block(d)}, {acc_t})"])
+
+
+# ---------------------------------------------------------------------------------- attention
+def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
+    _check_dtypes(grp)
+    qk, pv, t = grp.pattern["qk"], grp.pattern["pv"], grp.pattern["scores"]
+    q, k = qk.inputs
+    v = pv.inputs[1]
+    nb = len(qk.attrs["lhs_batch"])
+    (vc,) = pv.attrs["rhs_contract"]
+    vf = next(i for i in range(nb, v.rank) if i != vc)
+    b = _Builder(grp, name, "attention")
+    b.constrain(_upstream([t, v], grp.nodes))  # score ops, QKᵀ and the q, k, v prologues
+    dc = b.dc
+    for i in range(nb):  # pv: batch dims as qk's, queries as qk's, keys as v's contracted dim
+        dc.union((pv, i), (qk, i))
+        dc.union((v, pv.attrs["rhs_batch"][i]), (qk, i))
+    dc.union((pv, nb), (qk, nb))
+    dc.union((v, vc), (qk, nb + 1))
+    dc.union((pv, nb + 1), (v, vf))
+    dc.need_whole((v, vf))  # the head dims stay whole (one MXU pass per block)
+    dc.need_whole((q, qk.attrs["lhs_contract"][0]))
+    cands = [(qk, i, "parallel") for i in range(nb + 1)] + [(qk, nb + 1, "arbitrary")]
+    row = lambda block: math.prod(block(pv)[:-1])
+    b.tile(cands, scratch_bytes=lambda block: (math.prod(block(pv)) + 2 * row(block)) * 4
+           + math.prod(block(qk)) * 8)
+    kv_axes = [i for i, (_, _, s) in enumerate(b.grid) if s == "arbitrary"]
+    first = " & ".join(f"(pl.program_id({a}) == 0)" for a in kv_axes) or "True"
+    last = " & ".join(f"(pl.program_id({a}) == {b.grid[a][0] // b.grid[a][1] - 1})" for a in kv_axes) or "True"
+    em = b.emitter()
+    s_dot = _dot(qk, em.value(q), em.value(k), b.block(qk), em=em)
+    pv_attrs = dict(pv.attrs, lhs_batch=tuple(range(nb)), lhs_contract=(nb + 1,))
+    pv_dot = _dot(pv, Val("p", b.block(qk), DType.f32), em.value(v), b.block(pv), pv_attrs, em=em)
+    half = pv.dtype in HALF
+    pro = list(em.lines)
+    em.lines.clear()
+    s = Val("s", b.block(qk), qk.dtype)
+    if qk.dtype in HALF:
+        s = em.emit(round_half("s", qk.dtype), s.shape, qk.dtype)
+    em.bound[qk] = s
+    tv = em.value(t)
+    scores = list(em.lines)
+    em.lines.clear()
+    o = Val("o", b.block(pv), pv.dtype)
+    if half:  # the output is rounded to the program's half type, as the oracle does
+        o = em.emit(round_half("o", pv.dtype), o.shape, pv.dtype)
+    em.bound[pv] = o
+    stores = [b.store(em, r, i) for i, r in enumerate(grp.roots)]
+    body = tpl.ATTENTION.format(name=name, params=b.params(["m_ref", "l_ref", "acc_ref"]), first=first, last=last,
+                                prologue=_indent(pro, 4), s_dot=s_dot, scores=_indent(scores, 4) if scores else "",
+                                t=em.array(tv, b.block(qk)), pv_dot=pv_dot,
+                                epilogue=_indent(em.lines + stores, 8))
+    row_shape = b.block(pv)[:-1] + (1,)
+    scratch = [f"pltpu.VMEM({row_shape}, jnp.float32)", f"pltpu.VMEM({row_shape}, jnp.float32)",
+               f"pltpu.VMEM({b.block(pv)}, jnp.float32)"]
+    return b.finish(body, scratch)
+
+
+EMITTERS = {"pointwise": emit_rows, "reduction": emit_rows, "scatter": emit_rows, "matmul": emit_matmul,
+            "attention": emit_attention}
+
+
+def emit(grp: FusionGroup, name: str) -> EmittedKernel:
+    return EMITTERS[grp.kind](grp, name)
+
+
+def feasible(grp: FusionGroup) -> None:
+    """The planner's question: can this group be one Pallas kernel? (raises CannotFuse)"""
+    emit(grp, "probe")
+
+
+# ------------------------------------------------------------------------------------ running
+_BUILT: dict = {}
+
+
+def _module(kernel):
+    from .cache import import_file
+    return import_file(kernel.path, f"shardc_pallas.{kernel.path.stem}")
+
+
+def _to_kernel_array(x: np.ndarray, n: Node, shape):
+    import jax.numpy as jnp
+    x = np.asarray(x)
+    if n.dtype is DType.i64:
+        if x.size and (x.min() < np.iinfo(np.int32).min or x.max() > np.iinfo(np.int32).max):
+            raise UnsupportedOpError(f"{n.describe()}: i64 values beyond 32 bits reach a pallas kernel "
+                                     "(TPU kernels compute i64 as i32)")
+        x = x.astype(np.int32)
+    return jnp.asarray(x.reshape(shape))
+
+
+def launch(kernel, ins: list[np.ndarray], axis_values: list[int]) -> list[np.ndarray]:
+    """Run one Pallas kernel in interpret mode on CPU: numpy in, numpy out."""
+    import jax
+    import jax.numpy as jnp
+    key = str(kernel.path)
+    mod = _module(kernel)
+    if key not in _BUILT:
+        _BUILT[key] = jax.jit(mod.build(interpret=True))
+    args = [jnp.asarray([v], jnp.int32) for v in axis_values]
+    args += [_to_kernel_array(x, n, s) for x, n, s in zip(ins, kernel.inputs, mod.IN_SHAPES)]
+    outs = _BUILT[key](*args)
+    return [np.asarray(o).reshape(n.shape).astype(n.dtype.np) for o, n in zip(outs, kernel.outputs)]
+
+
+def shape_dtype_structs(kernel) -> list:
+    import jax
+    import jax.numpy as jnp
+    out = [jax.ShapeDtypeStruct((1,), jnp.int32) for _ in kernel.axes]
+    dt = {DType.f32: jnp.float32, DType.f16: jnp.float16, DType.bf16: jnp.bfloat16, DType.i32: jnp.int32,
+          DType.i64: jnp.int32, DType.bool: jnp.bool_}
+    return out + [jax.ShapeDtypeStruct(s, dt[x.dtype]) for x, s in zip(kernel.inputs, _module(kernel).IN_SHAPES)]
+
+
+def export_for_tpu(kernel):
+    """Lower the kernel for a real TPU without one (Mosaic lowering; rejects illegal blocks)."""
+    import jax
+    return jax.export.export(jax.jit(_module(kernel).build(interpret=False)), platforms=["tpu"])(
+        *shape_dtype_structs(kernel))
