@@ -108,8 +108,8 @@ def _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_
 
 @main.command()
 @_common
-@click.option("--target", type=click.Choice(["triton", "sim"]), default="triton", show_default=True,
-              help="generated Triton kernels (the interpreter on CPU), or the IR simulator")
+@click.option("--target", type=click.Choice(["triton", "pallas", "sim"]), default="triton", show_default=True,
+              help="generated Triton or Pallas kernels (interpreters on CPU), or the IR simulator")
 @click.option("--check/--no-check", default=True, show_default=True, help="compare with the unsharded model")
 def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, target, check):
     """Capture MODEL, partition it over the mesh, compile its kernels, run every device, check."""
@@ -130,7 +130,7 @@ def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, 
         times["codegen"] = time.perf_counter() - t
         t = time.perf_counter()
         got = [np.asarray(shardc.ir.to_numpy(a)) for a in exe.run_interpreted(*args)]
-        times["run (Triton interpreter)"] = time.perf_counter() - t
+        times[f"run ({target} interpreter)"] = time.perf_counter() - t
         kernels = f", {len(exe.kernels)} {target} kernels"
     console.print(f"[bold]{model}[/] {'train step' if train else 'forward'} on {prog.mesh}: "
                   f"{len(g.nodes)} IR nodes, {len(prog.local.nodes)} per device{kernels}, "

@@ -33,6 +33,7 @@ def test_compile_writes_every_stage(tmp_path):
 @pytest.mark.parametrize("args", [
     ["run", "mlp:tiny", "--mesh", "dp=2", "--plan", "fsdp", "--target", "sim"],
     ["run", "mlp:tiny", "--mesh", "dp=2", "--plan", "fsdp"],
+    ["run", "mlp:tiny", "--mesh", "tp=2", "--plan", "megatron", "--target", "pallas"],
     ["run", "llama:tiny", "--mesh", "tp=2", "--spec", "*.q_proj.weight=tp,-", "--frontend", "jax"],
     ["explain", "mlp:tiny", "--mesh", "tp=2", "--plan", "megatron"],
 ])
