@@ -11,6 +11,10 @@ count, per device per step:
     dot_general's operands read once and its result written once; everything else fused away).
 A "gpt2 layer" row isolates one transformer layer: the difference between n_layer=2 and 1.
 Flash attention can go below the matmul bound: the bound counts the scores QKᵀ written and read.
+The layer's budget (issue: ≤ 1.2× the matmul bound, < 0.4× unfused, ≤ 8 kernels) is checked
+for every layout: under Megatron TP the bound shrinks with the shards while the residual stream
+stays full size per device, so layer norms are matmul prologues (statistics per row block, the
+normalized rows never stored) and each residual sum is computed in the next matmul's operand loads.
 Writes a table and bench/results/fusion.json.
 """
 from __future__ import annotations
@@ -83,6 +87,14 @@ def main(argv=None):
               f"{r['bytes'] / 1024:>9.1f}{r['unfused_bytes'] / 1024:>9.1f}{r['matmul_bound_bytes'] / 1024:>10.1f}"
               f"{r['bytes'] / r['unfused_bytes']:>10.3f}{r['bytes'] / max(r['matmul_bound_bytes'], 1):>10.3f}"
               f"{r['attention_kernels']:>6}{r['compile_s']:>10.2f}")
+    for r in rows:
+        if r["model"] == "gpt2 layer":
+            ok = (r["bytes"] <= 1.2 * r["matmul_bound_bytes"] and r["bytes"] < 0.4 * r["unfused_bytes"]
+                  and r["kernels"] <= 8)
+            r["within_budget"] = ok
+            print(f"gpt2 layer {r['layout']}: {r['bytes'] / r['matmul_bound_bytes']:.3f}x matmul bound, "
+                  f"{r['bytes'] / r['unfused_bytes']:.3f}x unfused, {r['kernels']} kernels: "
+                  f"{'within' if ok else 'OVER'} budget (<=1.2x, <0.4x, <=8)")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"size": a.size, "batch": a.batch, "rows": rows}, indent=1))
     return rows

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-CODEGEN_VERSION = "1"  # bump when generated text changes for the same IR
+CODEGEN_VERSION = "2"  # bump when generated text changes for the same IR
 
 
 def cache_root() -> Path:

@@ -10,6 +10,9 @@ The model is "materialize few values, inline the rest" (as tinygrad and Inductor
   kernel that reads it, at the index that kernel needs: layout ops are index arithmetic, never copies;
 - a dot_general absorbs the roots that read only its result (bias, activation, residual, cast:
   its epilogue); a softmax(scores)·V chain over a QKᵀ dot becomes one flash-attention group;
+- a dot operand that normalizes the rows of a value (layer norm, RMSNorm: elementwise ops of the
+  value and of its row reductions) is its prologue: the value is materialized, the row statistics
+  and the normalized tile are recomputed inside the matmul, the normalized rows never stored;
 - roots sharing a row domain merge into one kernel (residual add + layer norm; embedding + norm).
 Each group records the nodes it covers and why it was fused.
 """
@@ -27,6 +30,8 @@ VIEW_OPS = frozenset({Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE})
 INLINE_OPS = ELEMENTWISE | VIEW_OPS | REDUCE | {Op.PAD, Op.CONCATENATE, Op.GATHER, Op.IOTA,
                                                 Op.AXIS_INDEX, Op.CONSTANT}
 MAX_PROLOGUE_OPS = 2  # elementwise ops a dot operand may recompute per tile (a cast, a scale)
+MAX_NORM_PROLOGUE_OPS = 16  # elementwise ops of a normalizing prologue (layer norm: ~10)
+MAX_NORM_REDUCTIONS = 4
 
 
 class CannotFuse(Exception):
@@ -94,6 +99,49 @@ def cheap_prologue(x: Node) -> bool:
         return False
     work = [n for n in inner if n.op in ELEMENTWISE and n.op is not Op.CAST]
     return len(work) <= MAX_PROLOGUE_OPS
+
+
+def norm_source(x: Node, order: dict) -> Node | None:
+    """The value whose rows a dot operand normalizes, or None when `x` is not a normalization.
+
+    `x` qualifies when it is elementwise ops (and views) of one value s and of row reductions of s
+    (layer norm: (s - mean s)·rsqrt(var s + eps)·γ + β; RMSNorm: s·rsqrt(mean s² + eps)·γ), with
+    a bounded amount of work: then s is stored and the operand recomputed per tile, its
+    statistics once per row block. s is the latest value both the elementwise part and the
+    reductions read that depends on no reduction itself (casts and reshapes of it are
+    recomputed: storing the value before an upcast moves fewer bytes)."""
+    if not inlinable(x):
+        return None
+    inner, _ = tree(x, lambda n: False)
+    reds = [n for n in inner if n.op in REDUCE]
+    if not reds or len(reds) > MAX_NORM_REDUCTIONS:
+        return None
+    reduced: dict[Node, bool] = {}
+    inner_set = set(inner)
+
+    def after_reduce(n: Node) -> bool:
+        if n not in reduced:
+            reduced[n] = n in inner_set and (n.op in REDUCE or any(after_reduce(i) for i in n.inputs))
+        return reduced[n]
+
+    for n in sorted(inner, key=order.get):
+        after_reduce(n)
+    outer = set(tree(x, lambda n: n.op in REDUCE)[0])
+    under: set[Node] = set()
+    for r in reds:
+        under |= set(tree(r.inputs[0], lambda n: n.op in REDUCE)[0])
+    common = [n for n in outer & under if not after_reduce(n) and n.size == x.size and not _is_splat(n)]
+    if not common:
+        return None
+    s = max(common, key=order.get)
+    while s.op in (Op.CAST, Op.RESHAPE) and s.inputs[0].size == s.size:
+        s = s.inputs[0]
+    work, _ = tree(x, lambda n: n is s)
+    if any(n.op in (Op.GATHER, Op.PAD, Op.CONCATENATE) for n in work):
+        return None
+    if sum(1 for n in work if n.op in ELEMENTWISE and n.op is not Op.CAST) > MAX_NORM_PROLOGUE_OPS:
+        return None
+    return s
 
 
 # ------------------------------------------------------------------------- attention pattern
@@ -205,8 +253,10 @@ class Planner:
                 self.roots.add(n)
             if n.op is Op.DOT_GENERAL and n not in internal and n not in self.attention:
                 for x in n.inputs:
-                    if not cheap_prologue(x):
-                        self._materialize(x)
+                    if cheap_prologue(x):
+                        continue
+                    s = norm_source(x, self.order)
+                    self._materialize(x if s is None else s)
         for o in g.outputs:
             self._materialize(o)
         for _ in range(len(g.nodes)):
@@ -284,12 +334,16 @@ class Planner:
             nodes, leaves = [d], []
             for x in d.inputs:
                 self._add_tree(x, nodes, leaves)
+            prologue = nodes[1:]
             for r in epi:
                 inner, lv = tree(r, self._stop_at_roots(r))
                 nodes += inner
                 leaves += [x for x in lv if x is not d]
             ops = sorted({n.op.value for r in epi for n in tree(r, self._stop_at_roots(r))[0] if n.op not in VIEW_OPS})
             why = f"dot_general with its epilogue ({', '.join(ops)})" if epi else "dot_general (no fusable epilogue)"
+            if any(n.op in REDUCE for n in prologue):
+                pro = sorted({n.op.value for n in prologue if n.op not in VIEW_OPS})
+                why += f"; operand normalized in its prologue ({', '.join(pro)}): row statistics per row block"
             groups.append(self._group("matmul", epi or [d], nodes, leaves, why, d))
         for pv, m in self.attention.items():
             nodes, leaves = list(m["internal"]) + [pv], []
@@ -393,6 +447,7 @@ class Planner:
     # ------------------------------------------------------------------------------ merging
     def _merge(self, groups: list) -> list:
         """Order steps by program position; merge row-compatible pointwise/reduction groups."""
+        groups = self._into_operands(groups)
         steps = []
         for grp in groups:
             pos = max(self.order[r] for r in grp.roots) if isinstance(grp, FusionGroup) else self.order[grp.node]
@@ -424,6 +479,40 @@ class Planner:
                     break
             merged.append(s)
         return merged
+
+    def _into_operands(self, groups: list) -> list:
+        """A pointwise value that a matmul's A operand is computed from, element for element (the
+        residual sum under a norm prologue), is computed in that matmul's operand loads and stored
+        by its first column of programs: its inputs are read there instead of the value being
+        written by one kernel and read back by the next. The earliest such matmul takes it."""
+        groups = list(groups)
+        for gp in [g for g in groups if isinstance(g, FusionGroup) and g.kind == "pointwise" and len(g.roots) == 1]:
+            r = gp.roots[0]
+            mats = sorted((g for g in groups if isinstance(g, FusionGroup) and g.kind == "matmul" and r in g.inputs),
+                          key=lambda g: self.order[g.anchor])
+            for m in mats[:1]:
+                lhs, rhs = m.anchor.inputs[0], m.anchor.inputs[1]
+                if r.size != lhs.size or r is rhs:
+                    continue
+                rhs_leaves = []
+                self._add_tree(rhs, [], rhs_leaves)
+                if r in rhs_leaves or any(self._depends(x, r) for x in m.inputs if x is not r):
+                    continue
+                nodes = {n: None for n in m.nodes + gp.nodes}
+                ins = [x for x in dict.fromkeys(m.inputs + gp.inputs) if x not in nodes]
+                needed = (r in self.g.outputs or any(u.op in COLLECTIVES for u in self.users[r])
+                          or any(r in _reads(g) for g in groups if g is not m and g is not gp))
+                merged = FusionGroup("matmul", m.roots + [r] if needed else list(m.roots),
+                                     sorted(nodes, key=self.order.get), sorted(ins, key=self.order.get),
+                                     f"{m.reason}; computes {gp.reason.split(': ', 1)[-1]} in its operand loads"
+                                     + (" and stores it" if needed else ""), m.anchor, m.pattern)
+                try:
+                    self.feasible(merged)
+                except CannotFuse:
+                    continue
+                groups[groups.index(m)] = merged
+                groups.remove(gp)
+        return groups
 
     def _combine(self, a: FusionGroup, b: FusionGroup) -> FusionGroup:
         roots = a.roots + [r for r in b.roots if r not in a.roots]

@@ -14,6 +14,7 @@ from ..kernels import attention as attention_t
 from ..kernels import matmul as matmul_t
 from ..kernels import rows as rows_t
 from ..kernels import scatter as scatter_t
+from . import autotune
 from .fusion import CannotFuse, FusionGroup
 from .indexing import Ix, flatten, reshape_index, unflatten
 from .triton_expr import TL_COMPUTE, ExprEmitter, Tile, Val, round_half
@@ -80,7 +81,10 @@ class _Common:
         ops = ", ".join(f"%{n.op.value}" + (f" {n.name!r}" if n.name else "") for n in self.grp.nodes)
         head = PRELUDE.format(kind=kind, name=self.name, reason=self.grp.reason.replace("\n", " "),
                               ops=ops[:2000])
-        return EmittedKernel(self.name, kind, head + body, list(self.grp.inputs), list(self.grp.roots),
+        source = head + body
+        if self.name != "probe":  # the planner's feasibility probes are never launched
+            choose = autotune.tuned_choose(choose, source, self.grp.inputs, self.grp.roots)
+        return EmittedKernel(self.name, kind, source, list(self.grp.inputs), list(self.grp.roots),
                              self.axes, self.signature, choose, tuning)
 
 
@@ -132,6 +136,8 @@ def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> EmittedKerne
             cols *= full_shape[k]
         rows = math.prod(full_shape[:k])
         full_idx = unflatten(rm, full_shape[:k]) + unflatten(rn, full_shape[k:])
+    if reduce is not None and not rows_t.fits_one_tile(cols):
+        return _emit_rows_looped(c, grp, rows, cols, full_idx, full_shape, row_idx, row_shape, reduce)
     tile = Tile(rm=("mask_rm", 0, "BM"), rn=("mask_rn", 1, "BN"))
     em = ExprEmitter(tile, c.buffers, c.scalars, reduce_axis=("rn", cols) if reduce is not None else None)
     stores = []
@@ -146,6 +152,32 @@ def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> EmittedKerne
     src = rows_t.TEMPLATE.format(name=name, params=c.params, rows=rows, cols=cols, body=body)
     choose = lambda interpret: rows_t.choose(rows, cols, reduce is not None, interpret)
     return c.finish(kind, src, choose, rows_t.TUNING[kind])
+
+
+def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full_shape, row_idx, row_shape,
+                      reduce: Node) -> EmittedKernel:
+    """Rows longer than one tile: each reduction loops over the row (hoisted before the output
+    loop, in dependency order), then the outputs are computed and stored BN elements at a time."""
+    tile = Tile(rm=("mask_rm", 0, "BM"), rn=("mask_rn", 1, "BN"), rr=("mask_rr", 1, "BN"))
+    em = ExprEmitter(tile, c.buffers, c.scalars, hoist={"rm"}, loop_reduce=("rr", "BN"))
+    post = []
+    with em.block() as body:
+        for r in grp.roots:
+            idx = _root_index(r, full_idx, full_shape, row_idx, row_shape)
+            if idx is None:
+                raise CannotFuse(f"{r.describe()} does not fit the kernel's {rows}x{cols} tile",
+                                 reduce if reduce is not r else r)
+            v = em.value(r, idx)
+            line = em.store_text(r, c.outs[r], idx, v)
+            if all(i.deps <= {"rm"} for i in idx) and v.deps <= {"rm"}:
+                post.append(line)  # one value per row: stored once, after the loop
+            else:
+                em.lines.append(line)
+    src = rows_t.LOOPED_TEMPLATE.format(name=c.name, params=c.params, rows=rows, cols=cols,
+                                        pre=_indent(em.lines, 4), body=_indent(body.lines, 8),
+                                        post=_indent(post, 4) if post else "")
+    choose = lambda interpret: rows_t.choose_looped(rows, cols, interpret)
+    return c.finish("reduction", src, choose, rows_t.TUNING["looped"])
 
 
 def _operand_index(x_rank, batch_dims, batch_idx, free_dims, free_idx, contract_dims, contract_idx):
@@ -187,19 +219,29 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     B, M, N, K = (math.prod(s) for s in (bshape, mshape, nshape, kshape))
     dtype = _dot_dtype(d)
     tile = Tile(rm=("mask_rm", 0, "BM"), rn=("mask_rn", 1, "BN"), rka=("mask_rka", 1, "BK"),
-                rkb=("mask_rkb", 0, "BK"))
+                rkb=("mask_rkb", 0, "BK"), rr=("mask_rr", 1, "RB"))
     rm, rn = Ix("rm", {"rm"}), Ix("rn", {"rn"})
     bidx = unflatten(Ix("pid_b"), bshape)
     d_idx = tuple(bidx) + unflatten(rm, mshape) + unflatten(rn, nshape)
     acc = Val("acc", {"rm", "rn"}, d.dtype)
-    em = ExprEmitter(tile, c.buffers, c.scalars)
+    # values indexed by the output tile alone (a norm's row statistics) are computed before the
+    # K loop; reductions there loop over their row RB elements at a time
+    em = ExprEmitter(tile, c.buffers, c.scalars, hoist={"rm", "rn"}, loop_reduce=("rr", "RB"))
+    from_d = _computed_from(grp, d)
+    operand_roots = [r for r in grp.roots if r is not d and r not in from_d]
     with em.block() as loop:
-        av = em.value(lhs, _operand_index(lhs.rank, lb, bidx, lf, unflatten(rm, mshape), lc,
-                                          unflatten(Ix("rka", {"rka"}), kshape)))
+        lhs_idx = _operand_index(lhs.rank, lb, bidx, lf, unflatten(rm, mshape), lc,
+                                 unflatten(Ix("rka", {"rka"}), kshape))
+        av = em.value(lhs, lhs_idx)
         a_text = em.full(av, {"rm", "rka"})
         bv = em.value(rhs, _operand_index(rhs.rank, rb, bidx, rf, unflatten(rn, nshape), rc,
                                           unflatten(Ix("rkb", {"rkb"}), kshape)))
         b_text = em.full(bv, {"rkb", "rn"})
+        for r in operand_roots:  # a value the A tile is computed from (a residual sum): stored
+            ridx = _root_index(r, lhs_idx, lhs.shape)  # once, by the first column of programs
+            if ridx is None:
+                raise CannotFuse(f"{r.describe()} does not match the dot's operand tile", r)
+            em.lines.append(em.store_text(r, c.outs[r], ridx, em.value(r, ridx), when="(tl.program_id(1) + tl.zeros([1, 1], tl.int32) == 0)"))
     prologue = list(em.lines)
     em.lines.clear()
     if d.dtype in (DType.f16, DType.bf16):  # the dot's result is stored rounded: round it here too
@@ -207,6 +249,8 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     em.bound[d] = _bind(d, d_idx, acc)
     stores = []
     for r in grp.roots:
+        if r in operand_roots:
+            continue
         idx = _root_index(r, d_idx, d.shape)
         if idx is None:
             raise CannotFuse(f"{r.describe()} does not match the dot's tile", d)
@@ -220,6 +264,15 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
                                    load_b="", a=a_text, b=b_text, epilogue=_indent(em.lines + stores, 4))
     choose = lambda interpret: matmul_t.choose(M, N, K, dtype, interpret)
     return c.finish("matmul", src, choose, matmul_t.TUNING)
+
+
+def _computed_from(grp: FusionGroup, d: Node) -> set:
+    """The group's nodes whose values depend on `d` (a matmul's epilogue)."""
+    out = {d}
+    for n in grp.nodes:
+        if any(i in out for i in n.inputs):
+            out.add(n)
+    return out
 
 
 def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:

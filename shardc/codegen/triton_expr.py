@@ -108,12 +108,19 @@ class ExprEmitter:
     """Writes Triton lines computing IR nodes at symbolic indices inside one kernel."""
 
     def __init__(self, tile: Tile, buffers: dict[Node, str], scalars: dict[Node, str] | None = None,
-                 bound: dict | None = None, reduce_axis: tuple[str, int] | None = None):
+                 bound: dict | None = None, reduce_axis: tuple[str, int] | None = None,
+                 hoist=None, loop_reduce: tuple[str, str] | None = None):
         self.tile = tile
         self.buffers = buffers          # materialized node → pointer argument name
         self.scalars = scalars or {}    # axis_index node → scalar argument name
         self.bound = bound or {}        # node → fn(idx) -> Val (e.g. a matmul's accumulator)
         self.reduce_axis = reduce_axis  # (column variable, its extent) in row-reduction kernels
+        # tile variables defined before any loop: a value indexed by these alone is computed
+        # once, in the outermost block (hoisted out of loops: a norm's row statistics)
+        self.hoist = frozenset(hoist) if hoist is not None else None
+        # (loop variable, block constexpr): reductions run as their own loop over the reduced
+        # elements in chunks (rows longer than one tile; row statistics inside a matmul)
+        self.loop_reduce = loop_reduce
         self.blocks = [Block()]
         self.count = 0
         self.computed: set[Node] = set()  # nodes whose values this kernel computes (not loads)
@@ -156,6 +163,16 @@ class ExprEmitter:
         for b in reversed(self.blocks):
             if key in b.cache:
                 return b.cache[key]
+        if (self.hoist is not None and len(self.blocks) > 1 and all(i.deps <= self.hoist for i in idx)
+                and all(m.deps <= self.hoist for m in masks)):
+            saved = self.blocks
+            self.blocks = saved[:1]
+            try:
+                v = self._compute(node, tuple(idx), masks)
+                self.blocks[0].cache[key] = v
+            finally:
+                self.blocks = saved
+            return v
         v = self._compute(node, tuple(idx), masks)
         self.blocks[-1].cache[key] = v
         return v
@@ -200,8 +217,9 @@ class ExprEmitter:
             text += ".to(tl.float32)"
         return self.emit(text, deps, n.dtype, "x")
 
-    def store_text(self, n: Node, ptr: str, idx: tuple, v: Val) -> str:
-        """`tl.store` of `v` as element `idx` of the contiguous output `n`."""
+    def store_text(self, n: Node, ptr: str, idx: tuple, v: Val, when: str | None = None) -> str:
+        """`tl.store` of `v` as element `idx` of the contiguous output `n` (only where the scalar
+        condition `when` holds, if given)."""
         off = flatten(idx, n.shape)
         deps = off.deps | v.deps
         addr = f"{ptr} + {off.text}" if off.text != "0" else ptr
@@ -210,7 +228,7 @@ class ExprEmitter:
         val = self.full(v, deps)
         if n.dtype in (DType.f16, DType.bf16):
             val = f"({val}).to({TL_STORAGE[n.dtype]})"
-        mask = self.tile.mask(deps)
+        mask = " & ".join(t for t in (self.tile.mask(deps), when) if t)
         return f"tl.store({addr}, {val}, mask={mask})" if mask else f"tl.store({addr}, {val})"
 
     # ------------------------------------------------------------------------- elementwise
@@ -349,6 +367,8 @@ class ExprEmitter:
 
     def _reduce(self, n: Node, idx, masks) -> Val:
         if self.reduce_axis is None:
+            if self.loop_reduce is not None:
+                return self._reduce_loop(n, idx, masks)
             raise CannotFuse(f"{n.describe()}: no reduction axis in this kernel", n)
         col, extent = self.reduce_axis
         deps = frozenset().union(*(i.deps for i in idx))
@@ -370,14 +390,70 @@ class ExprEmitter:
         if n.op is Op.REDUCE_SUM:
             neutral, fn = "0", "tl.sum"
         elif n.op is Op.REDUCE_MAX:
-            neutral, fn = ('-float("inf")' if x.dtype.is_float else str(np.iinfo(np.int64 if x.dtype is DType.i64 else np.int32).min) if x.dtype.is_int else "0"), "tl.max"
+            neutral, fn = _max_neutral(x.dtype), "tl.max"
         else:
-            neutral, fn = ('float("inf")' if x.dtype.is_float else str(np.iinfo(np.int64 if x.dtype is DType.i64 else np.int32).max) if x.dtype.is_int else "1"), "tl.min"
+            neutral, fn = _min_neutral(x.dtype), "tl.min"
         text = f"{fn}(tl.where({self.tile.axes[col][0]}, {full}, {neutral}), axis=1)[:, None]"
         if x.dtype is DType.bool:
             text = f"({text} != 0)"
         rows = {a for a, (_, pos, _) in self.tile.axes.items() if pos == 0}
         return self.emit(text, deps | rows, n.dtype, "r")
+
+    def _reduce_loop(self, n: Node, idx, masks) -> Val:
+        """A reduction as its own loop over the reduced elements, `block` at a time: its result
+        is a column of the tile (one value per row it is indexed by)."""
+        var, block = self.loop_reduce
+        deps = frozenset().union(*(i.deps for i in idx), *(m.deps for m in masks))
+        if self.hoist is None or not deps <= self.hoist or any(self.tile.axes[v][1] != 0 for v in deps):
+            raise CannotFuse(f"{n.describe()}: its result is needed at an index that changes inside a loop", n)
+        x = n.inputs[0]
+        axes = n.attrs["axes"]
+        red_shape = [x.shape[a] for a in axes]
+        extent = math.prod(red_shape)
+        red = iter(unflatten(Ix(var, {var}), red_shape))
+        kept = iter(idx)
+        sub = tuple(next(red) if d in axes else next(kept) for d in range(x.rank))
+        with self.block() as body:
+            v = self.value(x, sub, masks)
+            full = self.full(v, deps | {var})
+        if x.dtype is DType.bool:
+            full = f"({full}).to(tl.int32)"
+            acc_t = "tl.int32"
+        else:
+            acc_t = TL_COMPUTE[x.dtype]
+        if n.op is Op.REDUCE_SUM:
+            neutral, fn, combine = "0", "tl.sum", "{acc} + {part}"
+        elif n.op is Op.REDUCE_MAX:
+            neutral = _max_neutral(x.dtype)
+            fn, combine = "tl.max", "tl.maximum({acc}, {part})"
+        else:
+            neutral = _min_neutral(x.dtype)
+            fn, combine = "tl.min", "tl.minimum({acc}, {part})"
+        self.count += 1
+        acc = f"r{self.count}"
+        mask = self.tile.axes[var][0]
+        part = f"{fn}(tl.where({mask}, {full}, {neutral}), axis=1)[:, None]"
+        self.lines.append(f"{acc} = tl.full({self.tile.shape(deps)}, {neutral}, {acc_t})")
+        self.lines.append(f"for {var}0 in range(0, {extent}, {block}):")
+        self.lines.append(f"    {var} = {var}0 + tl.arange(0, {block})[None, :]")
+        self.lines.append(f"    {mask} = {var} < {extent}")
+        self.lines.extend("    " + l for l in body.lines)
+        self.lines.append(f"    {acc} = {combine.format(acc=acc, part=part)}")
+        if x.dtype is DType.bool:
+            return self.emit(f"({acc} != 0)", deps, n.dtype, "r")
+        return Val(acc, deps, n.dtype)
+
+
+def _max_neutral(dt: DType) -> str:
+    if dt.is_float:
+        return '-float("inf")'
+    return str(np.iinfo(np.int64 if dt is DType.i64 else np.int32).min) if dt.is_int else "0"
+
+
+def _min_neutral(dt: DType) -> str:
+    if dt.is_float:
+        return 'float("inf")'
+    return str(np.iinfo(np.int64 if dt is DType.i64 else np.int32).max) if dt.is_int else "1"
 
 
 _INDEX_OPS = {

@@ -2,11 +2,16 @@
 (prologue: casts, scales and layout ops are index arithmetic), `{epilogue}` turns the f32
 accumulator into the stored outputs (bias, activation, residual add, cast). Operands go to tl.dot
 as DT (bf16/f16 on a GPU: tensor cores, wgmma on Hopper; f32 on the interpreter) with f32
-accumulation."""
+accumulation.
+
+A normalized operand (layer norm, RMSNorm of a materialized residual) is computed on the fly: the
+`{prologue}` computes each row's statistics before the K loop (each reduction a loop over the row,
+RB elements at a time) and `{load_a}` normalizes the tile it loads, so the normalized activations
+never reach memory."""
 
 TEMPLATE = '''
 @triton.jit
-def {name}({params}BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+def {name}({params}BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     pid_b = tl.program_id(2)
     rm = tl.program_id(0) * BM + tl.arange(0, BM)[:, None]
     rn = tl.program_id(1) * BN + tl.arange(0, BN)[None, :]
@@ -29,7 +34,7 @@ def {name}({params}BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DT: tl.
 
 def launch(args, cfg):
     grid = (triton.cdiv({M}, cfg["BM"]), triton.cdiv({N}, cfg["BN"]), {B})
-    {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], DT=_DT[cfg["DT"]], PREC=cfg["PREC"],
+    {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], RB=cfg.get("RB", 64), DT=_DT[cfg["DT"]], PREC=cfg["PREC"],
                  num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
 '''
 
@@ -38,18 +43,28 @@ TUNING = [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=s) for bm, bn, bk, w
            (128, 256, 64, 8, 3)]]
 
 
+def row_block(k: int, bm: int, interpret: bool) -> int:
+    """RB: elements of a row per step of a prologue's row-statistics loop (BM x RB in registers)."""
+    from . import next_pow2
+    return max(16, min(next_pow2(k), 4096 if interpret else max(16, 8192 // bm)))
+
+
 def choose(m: int, n: int, k: int, dtype: str, interpret: bool) -> dict:
     """dtype: the operands' storage type ("f32", "bf16", "f16")."""
     from . import next_pow2
     clamp = lambda x, hi: max(16, min(next_pow2(x), hi))
     if interpret:  # one program per output tile as large as practical, f32 dot (exact on CPU)
         if dtype in ("i32", "i64"):
-            return dict(BM=clamp(m, 64), BN=clamp(n, 64), BK=clamp(k, 64), DT="fp32", PREC="ieee")
-        return dict(BM=clamp(m, 128), BN=clamp(n, 256), BK=clamp(k, 256), DT="fp32", PREC="ieee")
-    if dtype in ("i32", "i64"):  # broadcast-sum dot: keep the BM x BK x BN product small
-        return dict(BM=clamp(m, 32), BN=clamp(n, 32), BK=16, DT="fp32", PREC="ieee", num_warps=4)
-    half = dtype in ("bf16", "f16")
-    # Hopper's wgmma works on 64-row warpgroup tiles: never smaller, even for tiny shapes
-    return dict(BM=max(64, clamp(m, 128)), BN=max(32, clamp(n, 128)), BK=max(32, clamp(k, 64 if half else 32)),
-                DT={"bf16": "bf16", "f16": "fp16"}.get(dtype, "fp32"), PREC="tf32" if half else "ieee",
-                num_warps=8 if m >= 128 and n >= 128 else 4, num_stages=3)
+            cfg = dict(BM=clamp(m, 64), BN=clamp(n, 64), BK=clamp(k, 64), DT="fp32", PREC="ieee")
+        else:
+            cfg = dict(BM=clamp(m, 128), BN=clamp(n, 256), BK=clamp(k, 256), DT="fp32", PREC="ieee")
+    elif dtype in ("i32", "i64"):  # broadcast-sum dot: keep the BM x BK x BN product small
+        cfg = dict(BM=clamp(m, 32), BN=clamp(n, 32), BK=16, DT="fp32", PREC="ieee", num_warps=4)
+    else:
+        half = dtype in ("bf16", "f16")
+        # Hopper's wgmma works on 64-row warpgroup tiles: never smaller, even for tiny shapes
+        cfg = dict(BM=max(64, clamp(m, 128)), BN=max(32, clamp(n, 128)), BK=max(32, clamp(k, 64 if half else 32)),
+                   DT={"bf16": "bf16", "f16": "fp16"}.get(dtype, "fp32"), PREC="tf32" if half else "ieee",
+                   num_warps=8 if m >= 128 and n >= 128 else 4, num_stages=3)
+    cfg["RB"] = row_block(k, cfg["BM"], interpret)
+    return cfg

@@ -1,6 +1,14 @@
 """Row kernels: a 2-D tile over (rows, cols) of a fused elementwise chain, or a row reduction
-(softmax, layer norm, RMSNorm, cross-entropy) with its prologue and epilogue, where one tile holds
-whole rows (cols = the reduced elements) so every reduction of the group is computed on chip."""
+(softmax, layer norm, RMSNorm, cross-entropy) with its prologue and epilogue.
+
+Rows of up to `MAX_ROW_TILE` elements: one tile holds whole rows (cols = the reduced elements), so
+every reduction of the group is computed on chip from one load. Longer rows (large vocabularies)
+use `LOOPED_TEMPLATE`: each program owns BM rows; every reduction is its own loop over the row in
+BN-element chunks (a reduction that needs another's result, as a variance needs the mean, loops
+after it), then one more loop computes and stores the outputs chunk by chunk."""
+
+# the longest row one tile holds (elements); longer rows loop. Tests lower it to force the loop.
+MAX_ROW_TILE = 8192
 
 TEMPLATE = '''
 @triton.jit
@@ -17,12 +25,38 @@ def launch(args, cfg):
     {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], num_warps=cfg.get("num_warps", 4))
 '''
 
-# (rows per program, elements per row-tile, warps): a reduction's BN must cover the whole row
+LOOPED_TEMPLATE = '''
+@triton.jit
+def {name}({params}BM: tl.constexpr, BN: tl.constexpr):
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)[:, None]
+    mask_rm = rm < {rows}
+{pre}
+    for rn0 in range(0, {cols}, BN):
+        rn = rn0 + tl.arange(0, BN)[None, :]
+        mask_rn = rn < {cols}
+{body}
+{post}
+
+
+def launch(args, cfg):
+    grid = (triton.cdiv({rows}, cfg["BM"]),)
+    {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], num_warps=cfg.get("num_warps", 4))
+'''
+
+# (rows per program, elements per row-tile, warps): a reduction's BN must cover the whole row;
+# a looped reduction's BN is its chunk
 TUNING = {
     "pointwise": [dict(BM=bm, BN=bn, num_warps=w) for bm, bn, w in
                   [(8, 128, 4), (16, 128, 4), (32, 64, 4), (4, 256, 4), (1, 1024, 4)]],
     "reduction": [dict(BM=bm, num_warps=w) for bm, w in [(1, 4), (2, 4), (4, 8), (8, 8)]],
+    "looped": [dict(BM=bm, BN=bn, num_warps=w) for bm, bn, w in
+               [(1, 2048, 8), (1, 4096, 8), (2, 1024, 4), (4, 512, 4), (1, 1024, 4)]],
 }
+
+
+def fits_one_tile(cols: int) -> bool:
+    from . import next_pow2
+    return next_pow2(cols) <= MAX_ROW_TILE
 
 
 def choose(rows: int, cols: int, reduction: bool, interpret: bool) -> dict:
@@ -34,3 +68,12 @@ def choose(rows: int, cols: int, reduction: bool, interpret: bool) -> dict:
     bn = min(next_pow2(cols), 4096 if interpret else 128)
     budget = 1 << 15 if interpret else 1024
     return dict(BM=max(1, min(next_pow2(rows), budget // bn)), BN=bn, num_warps=4)
+
+
+def choose_looped(rows: int, cols: int, interpret: bool) -> dict:
+    """Rows longer than one tile: the largest chunk that fits under MAX_ROW_TILE (the interpreter
+    wants few loop trips) or 2048 elements (a GPU wants registers for several rows' chunks)."""
+    from . import next_pow2
+    bn = min(next_pow2(cols), MAX_ROW_TILE if interpret else min(2048, MAX_ROW_TILE))
+    budget = 1 << 15 if interpret else 2048
+    return dict(BM=max(1, min(next_pow2(rows), budget // bn)), BN=bn, num_warps=8 if bn >= 1024 else 4)

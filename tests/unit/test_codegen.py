@@ -181,3 +181,106 @@ def test_training_step_kernels_compile_ahead_of_time(name):
     kernels = _unique(_zoo_exe(name, True, train=True).kernels)
     for k, r in zip(kernels, compile_for_gpu(kernels)):
         assert ".target sm_90" in r["ptx"] and r["shared"] <= SHARED_MEMORY_LIMIT, k.name
+
+
+# ------------------------------------------------------------- norm prologues, looped rows
+def _bcast(b, v, shape, dims):
+    return b.add(Op.BROADCAST, [v], dims=dims, shape=shape)
+
+
+def _layer_norm(b, x, gamma, beta):
+    rows, cols = x.shape
+    n = b.constant(float(cols), DType.f32, (rows,))
+    mean = b.add(Op.DIV, [b.add(Op.REDUCE_SUM, [x], axes=(1,)), n])
+    xc = b.add(Op.SUB, [x, _bcast(b, mean, x.shape, (0,))])
+    var = b.add(Op.DIV, [b.add(Op.REDUCE_SUM, [b.add(Op.MUL, [xc, xc])], axes=(1,)), n])
+    rstd = b.add(Op.RSQRT, [b.add(Op.ADD, [var, b.constant(1e-5, DType.f32, (rows,))])])
+    y = b.add(Op.MUL, [xc, _bcast(b, rstd, x.shape, (0,))])
+    return b.add(Op.ADD, [b.add(Op.MUL, [y, _bcast(b, gamma, x.shape, (1,))]), _bcast(b, beta, x.shape, (1,))])
+
+
+def _ln_ref(x, g, be):
+    m = x.mean(1, keepdims=True)
+    return (x - m) / np.sqrt(((x - m) ** 2).mean(1, keepdims=True) + 1e-5) * g + be
+
+
+def test_layer_norm_is_the_matmuls_prologue_and_its_statistics_loop(monkeypatch, rng):
+    """LN(a + b) · W: the sum a + b is computed in the matmul's operand loads and stored once (it
+    is an output too), the row statistics before the K loop (RB forced small: 3 trips), and the
+    normalized rows are never written."""
+    from shardc.kernels import matmul as matmul_t
+    monkeypatch.setattr(matmul_t, "row_block", lambda k, bm, interpret: 16)
+    b = GraphBuilder()
+    a = b.parameter("a", (6, 40), DType.f32)
+    r_in = b.parameter("r", (6, 40), DType.f32)
+    g_ = b.parameter("g", (40,), DType.f32)
+    be = b.parameter("be", (40,), DType.f32)
+    w = b.parameter("w", (40, 24), DType.f32)
+    res = b.add(Op.ADD, [a, r_in])
+    d = b.add(Op.DOT_GENERAL, [_layer_norm(b, res, g_, be), w], lhs_contract=(1,), rhs_contract=(0,))
+    g = b.build([d, res])
+    args = [rng.standard_normal(s).astype(np.float32) for s in [(6, 40), (6, 40), (40,), (40,), (40, 24)]]
+    exe = _check(g, *args)
+    (k,) = exe.kernels
+    assert k.kind == "matmul" and k.config(True)["RB"] == 16
+    assert "for rr0 in range(0, 40, RB)" in k.source and "tl.program_id(1) + " in k.source
+    assert [o.shape for o in k.outputs] == [(6, 24), (6, 40)] and {x.name for x in k.inputs} == {"a", "r", "g", "be", "w"}
+    want = _ln_ref(args[0] + args[1], args[2], args[3]) @ args[4]
+    assert rel_err(exe.run_interpreted(*args)[0], want) <= 1e-5
+
+
+def test_rms_norm_prologue_in_bf16_with_several_column_blocks(rng):
+    """RMSNorm in bf16 (upcast, normalize, round) as a prologue, N split over several programs:
+    only the first column of programs stores the residual."""
+    b = GraphBuilder()
+    x = b.parameter("x", (8, 32), DType.bf16)
+    y = b.parameter("y", (8, 32), DType.bf16)
+    g_ = b.parameter("g", (32,), DType.bf16)
+    w = b.parameter("w", (32, 300), DType.bf16)
+    res = b.add(Op.ADD, [x, y])
+    r32 = b.add(Op.CAST, [res], to=DType.f32)
+    ms = b.add(Op.DIV, [b.add(Op.REDUCE_SUM, [b.add(Op.MUL, [r32, r32])], axes=(1,)), b.constant(32.0, DType.f32, (8,))])
+    inv = b.add(Op.RSQRT, [b.add(Op.ADD, [ms, b.constant(1e-6, DType.f32, (8,))])])
+    nrm = b.add(Op.CAST, [b.add(Op.MUL, [r32, _bcast(b, inv, (8, 32), (0,))])], to=DType.bf16)
+    h = b.add(Op.MUL, [nrm, _bcast(b, g_, (8, 32), (1,))])
+    d = b.add(Op.DOT_GENERAL, [h, w], lhs_contract=(1,), rhs_contract=(0,))
+    g = b.build([d, b.add(Op.MUL, [res, res])])
+    args = [rng.standard_normal(s).astype(DType.bf16.np) for s in [(8, 32), (8, 32), (32,), (32, 300)]]
+    exe = shardc.compile(partition(g, Mesh(dp=1)))
+    mm = [k for k in exe.kernels if k.kind == "matmul"]
+    assert len(mm) == 1 and any(n.op is Op.RSQRT for n in mm[0].ops)
+    # stored [8, 32] values: the residual (by the matmul) and the graph's output res², nothing normalized
+    assert [o.op for k in exe.kernels for o in k.outputs if o.shape == (8, 32)] == [Op.ADD, Op.MUL]
+    assert mm[0].config(True)["BN"] < 300  # several column blocks: one stores the residual
+    for got, want in zip(exe.run_interpreted(*args), g.evaluate(*args)):
+        assert rel_err(got, want) <= 1e-2
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["f32", "bf16"])
+def test_rows_longer_than_one_tile_loop(monkeypatch, rng, bf16):
+    """Softmax, log-sum-exp and layer norm over 100-element rows with the row tile forced to 16:
+    each reduction loops over its row (the variance after the mean), then the outputs loop."""
+    from shardc.kernels import rows as rows_t
+    monkeypatch.setattr(rows_t, "MAX_ROW_TILE", 16)
+    dt = DType.bf16 if bf16 else DType.f32
+    b = GraphBuilder()
+    x = b.parameter("x", (5, 100), dt)
+    g_ = b.parameter("g", (100,), DType.f32)
+    be = b.parameter("be", (100,), DType.f32)
+    xf = b.add(Op.CAST, [x], to=DType.f32)
+    m = b.add(Op.REDUCE_MAX, [xf], axes=(1,))
+    e = b.add(Op.EXP, [b.add(Op.SUB, [xf, _bcast(b, m, (5, 100), (0,))])])
+    s = b.add(Op.REDUCE_SUM, [e], axes=(1,))
+    sm = b.add(Op.CAST, [b.add(Op.DIV, [e, _bcast(b, s, (5, 100), (0,))])], to=dt)
+    lse = b.add(Op.ADD, [b.add(Op.LOG, [s]), m])
+    g = b.build([sm, lse, _layer_norm(b, xf, g_, be), b.add(Op.REDUCE_MIN, [xf], axes=(1,))])
+    xs = rng.standard_normal((5, 100)).astype(np.float32) * 3
+    args = [xs.astype(DType.bf16.np) if bf16 else xs, rng.standard_normal(100).astype(np.float32),
+            rng.standard_normal(100).astype(np.float32)]
+    exe = shardc.compile(partition(g, Mesh(dp=1)))
+    red = [k for k in exe.kernels if k.kind == "reduction"]
+    assert red and all("for rn0 in range(0, 100, BN)" in k.source and "for rr0 in range(0, 100, BN)" in k.source
+                       for k in red)
+    assert all(k.config(True)["BN"] == 16 for k in red)
+    for got, want in zip(exe.run_interpreted(*args), g.evaluate(*args)):
+        assert rel_err(got, want) <= (1e-2 if bf16 else 1e-5)
