@@ -1,0 +1,33 @@
+"""The runtime: run a partitioned program on a real engine and check it against the reference.
+
+    outs = run(prog, *args, engine="torch")   # torch.distributed ranks (gloo on CPU), torch tensors
+    outs = run(prog, *args, engine="jax")     # one jax.jit(jax.shard_map(...)) program, jax arrays
+    report = check(prog, *args, engine="torch")  # per-output errors; raises CheckError on mismatch
+
+Both engines run the per-device IR program op by op (torch_ops.py / jax_exec.py tables, which
+mirror ir/evaluate.py); a compiled launch plan (codegen) can later replace runs of ops by kernels.
+torch and jax are imported only by the engine that runs.
+"""
+from __future__ import annotations
+
+from .check import OutputError, check
+from .errors import CheckError, RankError, RankTimeoutError
+
+ENGINES = ("torch", "jax")
+
+
+def run(prog, *args, engine: str = "torch", **kw) -> list:
+    """Global outputs of `prog` (an SpmdProgram or an Executable carrying one) on `engine`:
+    "torch" → run_torch(prog, *args, world=None, timeout_s=300, trace=None, fault=None);
+    "jax" → run_jax(prog, *args, devices=None). Arguments are the original callable's."""
+    if engine == "torch":
+        from .torch_launch import run_torch
+        return run_torch(prog, *args, **kw)
+    if engine == "jax":
+        from .jax_exec import run_jax
+        return run_jax(prog, *args, **kw)
+    from ..errors import Error
+    raise Error(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
+
+
+__all__ = ["CheckError", "ENGINES", "OutputError", "RankError", "RankTimeoutError", "check", "run"]
