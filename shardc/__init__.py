@@ -18,6 +18,13 @@ def from_jax(fn, *args, **options) -> Graph:
     return _impl(fn, *args, **options)
 
 
+def check(exe, *args, engine: str | None = None, **options):
+    """Run the unsharded reference and the executable (or SpmdProgram) on its engine; returns
+    per-output errors and raises shardc.runtime.CheckError on a mismatch."""
+    from .runtime import check as _check
+    return _check(exe, *args, engine=engine or getattr(exe, "engine", "torch"), **options)
+
+
 def constrain(x, spec):
     """Pin the sharding of a value inside a torch model's forward: `shardc.constrain(h, P("dp", None))`.
     An identity that torch.export keeps; the partitioner treats it as a spec on that value.
@@ -33,5 +40,5 @@ def compile(prog, target: str = "triton"):
 
 
 __all__ = ["CollectiveRecord", "DType", "Error", "Graph", "IRError", "Mesh", "Op", "P", "Sharding",
-           "ShardingError", "SpmdProgram", "UnsupportedOpError", "compile", "constrain", "from_jax", "from_torch", "parse_graph",
-           "partition"]
+           "ShardingError", "SpmdProgram", "UnsupportedOpError", "check", "compile", "constrain", "from_jax",
+           "from_torch", "parse_graph", "partition"]

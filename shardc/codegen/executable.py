@@ -128,6 +128,17 @@ class Executable:
     def __repr__(self) -> str:
         return f"<Executable {self.target}: {len(self.kernels)} kernels, {len(self.plan)} steps per device>"
 
+    @property
+    def engine(self) -> str:
+        """Where `run` executes: torch.distributed ranks for Triton, one JAX program for Pallas."""
+        return {"triton": "torch", "pallas": "jax"}[self.target]
+
+    def run(self, *args, engine: str | None = None, **kw) -> list:
+        """Global outputs on the engine, in its arrays (torch tensors or jax arrays). The engines
+        run the per-device program op by op for now; `run_interpreted` runs the kernels."""
+        from ..runtime import run
+        return run(self.prog, *args, engine=engine or self.engine, **kw)
+
     def run_interpreted(self, *args, on_kernel=None) -> list[np.ndarray]:
         """Global outputs (numpy) of running every device's plan in one process: kernels on the
         Triton interpreter, collectives exact. `on_kernel(kernel, device, inputs, outputs)` sees
