@@ -76,6 +76,9 @@ def main():
     """shardc: partition PyTorch and JAX models over a device mesh and check them."""
     # kernels run on Triton's interpreter here; it binds at import, so say so before anything imports it
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # and JAX on a CPU machine shows 8 devices (only read when jax first starts)
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 
 def _common(f):
@@ -110,8 +113,10 @@ def _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_
 @_common
 @click.option("--target", type=click.Choice(["triton", "pallas", "sim"]), default="triton", show_default=True,
               help="generated Triton or Pallas kernels (interpreters on CPU), or the IR simulator")
+@click.option("--engine", type=click.Choice(["interpreter", "torch", "jax"]), default="interpreter", show_default=True,
+              help="run the kernels on the interpreters in one process, or on torch.distributed ranks / JAX devices")
 @click.option("--check/--no-check", default=True, show_default=True, help="compare with the unsharded model")
-def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, target, check):
+def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, target, engine, check):
     """Capture MODEL, partition it over the mesh, compile its kernels, run every device, check."""
     import shardc
     from rich.console import Console
@@ -129,8 +134,9 @@ def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, 
         exe = shardc.compile(prog, target=target)
         times["codegen"] = time.perf_counter() - t
         t = time.perf_counter()
-        got = [np.asarray(shardc.ir.to_numpy(a)) for a in exe.run_interpreted(*args)]
-        times[f"run ({target} interpreter)"] = time.perf_counter() - t
+        outs = exe.run_interpreted(*args) if engine == "interpreter" else exe.run(*args, engine=engine)
+        got = [np.asarray(shardc.ir.to_numpy(a)) for a in outs]
+        times[f"run ({target} interpreter)" if engine == "interpreter" else f"run ({engine})"] = time.perf_counter() - t
         kernels = f", {len(exe.kernels)} {target} kernels"
     console.print(f"[bold]{model}[/] {'train step' if train else 'forward'} on {prog.mesh}: "
                   f"{len(g.nodes)} IR nodes, {len(prog.local.nodes)} per device{kernels}, "

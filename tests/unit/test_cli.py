@@ -34,6 +34,8 @@ def test_compile_writes_every_stage(tmp_path):
     ["run", "mlp:tiny", "--mesh", "dp=2", "--plan", "fsdp", "--target", "sim"],
     ["run", "mlp:tiny", "--mesh", "dp=2", "--plan", "fsdp"],
     ["run", "mlp:tiny", "--mesh", "tp=2", "--plan", "megatron", "--target", "pallas"],
+    ["run", "gpt2:tiny", "--mesh", "dp=2,tp=2", "--plan", "megatron", "--engine", "torch"],
+    ["run", "llama:tiny", "--mesh", "dp=2,tp=2", "--plan", "megatron-sp", "--target", "pallas", "--engine", "jax"],
     ["run", "llama:tiny", "--mesh", "tp=2", "--spec", "*.q_proj.weight=tp,-", "--frontend", "jax"],
     ["explain", "mlp:tiny", "--mesh", "tp=2", "--plan", "megatron"],
 ])
