@@ -35,10 +35,53 @@ def parse_spec(text: str):
     return name, P(*entries)
 
 
+class FileModel:
+    """MODEL given as path/to/file.py:factory — factory() returns (model_or_fn, example_args) and
+    optionally a dict of specs."""
+
+    def __init__(self, text: str):
+        import importlib.util
+        from pathlib import Path
+
+        from .errors import Error
+        path, _, factory = text.rpartition(":")
+        if not path.endswith(".py") or not factory.isidentifier():
+            raise Error(f"MODEL {text!r}: expected a zoo name (gpt2:tiny) or path/to/file.py:factory")
+        file = Path(path)
+        if not file.is_file():
+            raise Error(f"MODEL {text!r}: no such file {str(file)!r}")
+        spec = importlib.util.spec_from_file_location(f"shardc_user_model_{file.stem}", file)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+            made = getattr(module, factory)()
+        except AttributeError as e:
+            if not hasattr(module, factory):
+                raise Error(f"MODEL {text!r}: {str(file)!r} has no function {factory!r}") from None
+            raise Error(f"MODEL {text!r}: {factory}() raised {type(e).__name__}: {e}") from e
+        except Exception as e:  # the user's code failed: say where, in one line
+            raise Error(f"MODEL {text!r}: {type(e).__name__}: {e}") from e
+        if not isinstance(made, tuple) or len(made) not in (2, 3):
+            raise Error(f"MODEL {text!r}: {factory}() must return (model_or_fn, example_args[, specs])")
+        self.fn, args = made[0], made[1]
+        self.args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+        self.specs = dict(made[2]) if len(made) == 3 else {}
+
+    def tp_specs(self):
+        from .errors import Error
+        raise Error("--plan megatron needs a zoo model; give a file model's specs with --spec or its factory")
+
+
 def load_model(model: str, frontend: str, train: bool, batch: int):
-    """A zoo name ("gpt2:tiny") → (Graph, args, ModelDef)."""
+    """A zoo name ("gpt2:tiny") or path/to/file.py:factory → (Graph, args, model)."""
     import shardc
     from . import models
+    if ".py:" in model:
+        m = FileModel(model)
+        is_torch = any(type(a).__module__.startswith("torch") for a in m.args) or \
+            type(m.fn).__module__.startswith("torch")
+        g = shardc.from_torch(m.fn, m.args) if is_torch else shardc.from_jax(m.fn, *m.args)
+        return g, m.args, m
     m = models.get(model)
     if frontend == "jax":
         params = m.jax_params(0)
@@ -65,6 +108,7 @@ def build_specs(m, g, plan: str | None, spec_texts) -> tuple[dict, str | None]:
             from .partition.plans import sequence_parallel_specs
             specs.update(sequence_parallel_specs(g))
         plan = None
+    specs.update(getattr(m, "specs", {}))  # a file model's own specs; --spec overrides
     for text in spec_texts:
         name, p = parse_spec(text)
         specs[name] = p

@@ -67,3 +67,50 @@ def test_report_has_the_sharding_map_timeline_and_ledger(tmp_path):
     assert "h.0.attn.c_attn.weight" in page
     for png in ("sharding_map.png", "timeline.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+MODEL_FILE = '''
+import torch
+from shardc import P
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(8, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+def factory():
+    torch.manual_seed(0)
+    return Net(), (torch.randn(4, 8),), {"up.weight": P("tp", None), "down.weight": P(None, "tp")}
+
+def broken():
+    raise ValueError("no weights here")
+'''
+
+
+def test_file_model_runs_with_its_own_specs(tmp_path):
+    f = tmp_path / "mymodel.py"
+    f.write_text(MODEL_FILE)
+    r = run("run", f"{f}:factory", "--mesh", "tp=2")
+    assert r.exit_code == 0, r.output
+    assert "all_reduce" in r.output and "NO" not in r.output
+
+
+@pytest.mark.parametrize("model, msg", [
+    ("{dir}/mymodel.py:broken", "ValueError: no weights here"),
+    ("{dir}/missing.py:factory", "no such file"),
+    ("{dir}/mymodel.py:nope", "has no function 'nope'"),
+])
+def test_bad_file_models_are_one_clear_line(tmp_path, model, msg):
+    (tmp_path / "mymodel.py").write_text(MODEL_FILE)
+    p = subprocess.run([sys.executable, "-m", "shardc.cli", "run", model.format(dir=tmp_path)],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_mesh_larger_than_the_devices_is_one_clear_line():
+    p = subprocess.run([sys.executable, "-m", "shardc.cli", "run", "mlp:tiny", "--mesh", "dp=16",
+                        "--target", "pallas", "--engine", "jax"], capture_output=True, text=True)
+    assert p.returncode == 2 and "needs 16 devices" in p.stderr and "Traceback" not in p.stderr
