@@ -74,6 +74,7 @@ def from_jax(fn, *args, name: str = "main", **options) -> Graph:
     g = b.build(outputs, out_names, flatten_args=FlattenArgs(in_tree))
     live = {n.name for n in g.nodes}
     g.sharding_constraints = {k: v for k, v in conv.constraints.items() if k in live}
+    g.output_tree = out_tree  # to rebuild the result's pytree (shardc.jax.jit)
     return g
 
 
