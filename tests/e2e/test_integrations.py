@@ -59,3 +59,31 @@ def test_jax_jit_takes_spec_pytrees():
     assert_close(np.asarray(out["y"]), np.asarray(mlp(w, x)["y"]))
     (g, exe), = f.compiled.values()
     assert [c.kind for c in exe.prog.collectives] == ["all_reduce"]
+
+
+def test_torch_compile_backend(torch_pool):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = torch.nn.Linear(8, 32), torch.nn.Linear(32, 8)
+
+        def forward(self, x):
+            return self.down(torch.relu(self.up(x)))
+
+    torch.manual_seed(0)
+    model, x = Net(), torch.randn(6, 8)
+    torch._dynamo.reset()
+    specs = {"up.weight": P("tp", None), "up.bias": P("tp"), "*down.weight": P(None, "tp"), "x": P("dp")}
+    inner = shardc.torch.backend(Mesh(dp=2, tp=2), specs, world=torch_pool)
+    made = []
+
+    def backend(gm, example_inputs):
+        made.append(inner(gm, example_inputs))
+        return made[-1]
+
+    out = torch.compile(model, backend=backend)(x)
+    assert_close(out.detach().numpy(), model(x).detach().numpy())
+    (run,) = made
+    prog = run.executable.prog
+    assert prog.sharding_of("params['up.weight']").spec() == P("tp", None)
+    assert [c.kind for c in prog.collectives] == ["all_reduce"]  # Megatron: one, after down
