@@ -241,6 +241,38 @@ def compile_cmd(model, mesh_text, plan, spec_texts, frontend, train, batch, repo
 
 @main.command()
 @_common
+def tune(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir):
+    """Autotune every Triton kernel of MODEL on this machine and store the best configs."""
+    import shardc
+    from rich.progress import track
+    from .codegen import autotune
+    g, args, prog, _ = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir)
+    exe = shardc.compile(prog, target="triton")
+    kernels = list({k.name: k for k in exe.kernels}.values())
+    for k in track(kernels, description=f"tuning {len(kernels)} kernels"):
+        best = autotune.tune(k)
+        click.echo(f"{k.name}: {best}")
+    click.echo(f"tuning database: {autotune.db_path()}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("which", type=click.Choice(["comm", "fusion"]))
+@click.argument("bench_args", nargs=-1, type=click.UNPROCESSED)
+def bench(which, bench_args):
+    """Run a benchmark from the source checkout's bench/: comm (vs XLA) or fusion (kernels, bytes)."""
+    import runpy
+    import sys
+    from pathlib import Path
+    from .errors import Error
+    script = Path(__file__).resolve().parent.parent / "bench" / {"comm": "comm_vs_xla.py", "fusion": "fusion.py"}[which]
+    if not script.is_file():
+        raise Error(f"benchmarks live in the source checkout's bench/ ({script} not found)")
+    sys.argv = [str(script), *bench_args]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+@main.command()
+@_common
 def explain(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir):
     """Print every input's sharding and where it came from, and every collective with its reason."""
     from rich.console import Console

@@ -114,3 +114,20 @@ def test_a_mesh_larger_than_the_devices_is_one_clear_line():
     p = subprocess.run([sys.executable, "-m", "shardc.cli", "run", "mlp:tiny", "--mesh", "dp=16",
                         "--target", "pallas", "--engine", "jax"], capture_output=True, text=True)
     assert p.returncode == 2 and "needs 16 devices" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_tune_stores_best_configs(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARDC_CACHE_DIR", str(tmp_path))
+    r = run("tune", "mlp:tiny", "--mesh", "tp=2", "--plan", "megatron")
+    assert r.exit_code == 0, r.output
+    import json
+    db = json.loads((tmp_path / "tuning.json").read_text())
+    assert db and all("config" in v for v in (db.get("entries", db)).values())
+
+
+def test_bench_fronts_the_benchmarks(tmp_path):
+    out = tmp_path / "comm.json"  # its own process: the benchmark sets up JAX's 8 devices itself
+    p = subprocess.run([sys.executable, "-m", "shardc.cli", "bench", "comm", "--models", "mlp", "--steps",
+                        "forward", "--layouts", "tp", "--json", str(out)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert out.exists() and "mlp" in p.stdout
