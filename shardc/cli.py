@@ -166,8 +166,10 @@ def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, 
     from rich.console import Console
     from rich.table import Table
     from .testing import rel_err, tolerance
+    console = Console(stderr=True)
+    with console.status(f"capturing {model} and partitioning it over {mesh_text}"):
+        g, args, prog, times = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir)
     console = Console()
-    g, args, prog, times = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir)
     kernels = ""
     if target == "sim":
         t = time.perf_counter()
@@ -175,10 +177,12 @@ def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, 
         times["run (SPMD simulator)"] = time.perf_counter() - t
     else:
         t = time.perf_counter()
-        exe = shardc.compile(prog, target=target)
+        with Console(stderr=True).status(f"generating {target} kernels"):
+            exe = shardc.compile(prog, target=target)
         times["codegen"] = time.perf_counter() - t
         t = time.perf_counter()
-        outs = exe.run_interpreted(*args) if engine == "interpreter" else exe.run(*args, engine=engine)
+        with Console(stderr=True).status(f"running {prog.mesh.size} devices on the {engine}"):
+            outs = exe.run_interpreted(*args) if engine == "interpreter" else exe.run(*args, engine=engine)
         got = [np.asarray(shardc.ir.to_numpy(a)) for a in outs]
         times[f"run ({target} interpreter)" if engine == "interpreter" else f"run ({engine})"] = time.perf_counter() - t
         kernels = f", {len(exe.kernels)} {target} kernels"
@@ -296,6 +300,9 @@ def entry():
         main(standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
+    except click.UsageError as e:  # one line, as for shardc's own errors (--help shows usage)
+        click.echo(f"shardc: error: {e.format_message()}", err=True)
+        sys.exit(2)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -46,6 +46,7 @@ def test_commands_work_as_documented(args):
 
 @pytest.mark.parametrize("args, msg", [
     (["run", "nope:tiny"], "unknown model 'nope'"),
+    (["run", "mlp:tiny", "--plan", "zero"], "Invalid value for '--plan'"),
     (["run", "mlp:tiny", "--mesh", "dp=two"], "--mesh 'dp=two'"),
     (["run", "mlp:tiny", "--spec", "x"], "--spec 'x'"),
     (["run", "mlp:tiny", "--mesh", "dp=2", "--spec", "inputs[0]=tp"], "axis 'tp' is not in Mesh"),
