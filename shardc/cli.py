@@ -135,7 +135,15 @@ def _common(f):
     f = click.option("--batch", default=4, show_default=True)(f)
     f = click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
                      help="write a sharding map, a timeline and an HTML report into this directory")(f)
+    f = click.option("--dump-dir", default=None, type=click.Path(file_okay=False), expose_value=False,
+                     callback=_set_dump_dir, help="write each stage's text here (as SHARDC_DUMP_DIR)")(f)
     return click.argument("model")(f)
+
+
+def _set_dump_dir(ctx, param, value):
+    if value:
+        os.environ["SHARDC_DUMP_DIR"] = value
+    return value
 
 
 def _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir=None):

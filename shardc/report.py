@@ -116,7 +116,7 @@ def write_report(prog, out_dir, title: str = "shardc report") -> Path:
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}} img{{max-width:100%}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Mesh {html.escape(str(prog.mesh))}: {len(prog.graph.nodes)} IR nodes, {len(prog.local.nodes)} per device,
+<p>{html.escape(str(prog.mesh))}: {len(prog.graph.nodes)} IR nodes, {len(prog.local.nodes)} per device,
 {len(prog.collectives)} collectives moving {total} bytes per device; modeled step {step * 1e6:.1f} µs.</p>
 <h2>Sharding map</h2>{_img(smap)}
 <h2>Timeline (modeled)</h2>{_img(tl)}

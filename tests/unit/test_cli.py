@@ -132,3 +132,12 @@ def test_bench_fronts_the_benchmarks(tmp_path):
                         "forward", "--layouts", "tp", "--json", str(out)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert out.exists() and "mlp" in p.stdout
+
+
+def test_dump_dir_writes_each_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARDC_DUMP_DIR", "")  # restored after the test; the option sets it
+    r = run("run", "mlp:tiny", "--mesh", "tp=2", "--plan", "megatron", "--dump-dir", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert {"00-global.txt", "01-shardings.txt", "02-spmd.txt", "03-ledger.txt", "30-launch-plan.txt"} <= set(names)
+    assert any(n.startswith("31-kernel-") for n in names)
