@@ -12,8 +12,18 @@ def run(*args):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+def readme_main_job() -> list[str]:
+    """The README's main command, as written there (after its set-up step)."""
+    import re
+    import shlex
+    from pathlib import Path
+    text = (Path(__file__).parent.parent.parent / "README.md").read_text()
+    line = re.search(r"bash \.ci/setup && \.venv/bin/shardc (run .*)", text).group(1)
+    return shlex.split(line)
+
+
 def test_readme_main_job_runs_and_checks():
-    r = run("run", "gpt2:tiny", "--mesh", "dp=2,tp=2", "--plan", "megatron", "--train")
+    r = run(*readme_main_job())
     assert r.exit_code == 0, r.output
     assert "check against the unsharded model" in r.output and "NO" not in r.output
     assert "all_reduce" in r.output
