@@ -129,16 +129,22 @@ def random_inputs(g: Graph, seed: int) -> list[np.ndarray]:
     return [rng.standard_normal(p.shape).astype(p.dtype.np) for p in g.free_inputs]
 
 
-def check_case(g: Graph, mesh: Mesh, specs: dict, seed: int) -> None:
-    """simulate == evaluate for one drawn case; a mismatch names the first output that differs."""
+def check_case(g: Graph, mesh: Mesh, specs: dict, seed: int, targets: tuple[str, ...] = ()) -> None:
+    """evaluate == simulate (== the generated kernels of each target, on the interpreters) for one
+    drawn case; a mismatch names the stage and the first output that differs."""
+    from . import compile as compile_kernels
+    from .ir import to_numpy
     from .partition import partition
     from .testing import assert_close
     args = random_inputs(g, seed)
     want = g.evaluate(*args)
-    got = partition(g, mesh, specs).simulate(*args)
-    for name, a, b in zip(g.output_names, got, want):
-        # inputs are O(1): a result that cancels to near 0 is judged on that scale
-        assert_close(a, b, tol=2e-5, what=f"output {name!r}", floor=1.0)
+    prog = partition(g, mesh, specs)
+    stages = [("simulate", prog.simulate)]
+    stages += [(t, lambda *a, t=t: compile_kernels(prog, target=t).run_interpreted(*a)) for t in targets]
+    for stage, run in stages:
+        for name, a, b in zip(g.output_names, run(*args), want):
+            # inputs are O(1): a result that cancels to near 0 is judged on that scale
+            assert_close(to_numpy(a), b, tol=2e-5, what=f"{stage}: output {name!r}", floor=1.0)
 
 
 def main(argv=None) -> int:
@@ -152,8 +158,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--max-ops", type=int, default=12)
+    ap.add_argument("--targets", default="", help="also run the generated kernels: triton,pallas")
     opts = ap.parse_args(argv)
     stop = time.monotonic() + opts.seconds
+    targets = tuple(t for t in opts.targets.split(",") if t)
+    if targets:
+        import os
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported
     count = [0]
 
     @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -163,7 +174,7 @@ def main(argv=None) -> int:
         mesh = data.draw(meshes())
         specs = data.draw(specs_for(g, mesh))
         note(f"{g}\nmesh={mesh} specs={specs}")
-        check_case(g, mesh, specs, data.draw(st.integers(0, 2**31)))
+        check_case(g, mesh, specs, data.draw(st.integers(0, 2**31)), targets)
         count[0] += 1
 
     while time.monotonic() < stop:  # fresh batches of 100 until the time is up

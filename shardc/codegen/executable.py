@@ -134,10 +134,11 @@ class Executable:
         return {"triton": "torch", "pallas": "jax"}[self.target]
 
     def run(self, *args, engine: str | None = None, **kw) -> list:
-        """Global outputs on the engine, in its arrays (torch tensors or jax arrays). The engines
-        run the per-device program op by op for now; `run_interpreted` runs the kernels."""
+        """Global outputs on the engine, in its arrays (torch tensors or jax arrays). On "torch"
+        every rank launches this plan's Triton kernels (interpreter on CPU); the jax engine (and
+        torch for Pallas kernels) runs the per-device program op by op."""
         from ..runtime import run
-        return run(self.prog, *args, engine=engine or self.engine, **kw)
+        return run(self, *args, engine=engine or self.engine, **kw)
 
     def run_interpreted(self, *args, on_kernel=None) -> list[np.ndarray]:
         """Global outputs (numpy) of running every device's plan in one process: kernels on the

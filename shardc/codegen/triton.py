@@ -351,8 +351,11 @@ def emit_scatter(grp: FusionGroup, name: str) -> EmittedKernel:
     jx = Ix(j.text, j.deps) if j.const is None else Ix(int(j.const))
     off = flatten(uidx[:axis] + (jx,) + uidx[axis + ni:], x.shape)
     valid = f"({j.text} >= 0) & ({j.text} < {x.shape[axis]})"
+    # a constant index loads as a scalar: broadcast its check to the tile (atomics need a block mask)
+    mask = f"(mask_rm & mask_rn & {valid})" if j.deps else \
+        f"(mask_rm & mask_rn & (tl.zeros({em.tile.shape(deps)}, tl.int32) + ({valid}).to(tl.int32)) != 0)"
     em.lines.append(f"tl.atomic_add({c.outs[s]} + {off.text} + tl.zeros({em.tile.shape(deps)}, tl.int32), "
-                    f"{em.full(u, deps)}, mask=mask_rm & mask_rn & {valid})")
+                    f"{em.full(u, deps)}, mask={mask})")
     half = s.dtype in (DType.f16, DType.bf16)
     if half:
         c.signature[c.outs[s]] = "*fp32"

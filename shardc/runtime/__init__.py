@@ -5,7 +5,8 @@
     report = check(prog, *args, engine="torch")  # per-output errors; raises CheckError on mismatch
 
 Both engines run the per-device IR program op by op (torch_ops.py / jax_exec.py tables, which
-mirror ir/evaluate.py); a compiled launch plan (codegen) can later replace runs of ops by kernels.
+mirror ir/evaluate.py). Given a Triton Executable (shardc.compile), the torch engine instead has
+every rank walk its launch plan: generated kernels (Triton interpreter on CPU), collectives and views.
 torch and jax are imported only by the engine that runs.
 """
 from __future__ import annotations

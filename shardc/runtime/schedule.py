@@ -3,11 +3,13 @@ soon as its operand exists and waited on only just before its first use, so that
 run while it is in flight. Every rank derives the same list from the same program, so all ranks
 issue collectives in one global order (no deadlock with asynchronous collectives).
 
-A compiled launch plan (codegen) will later replace runs of "op" steps by "kernel" steps; the
-executors only need each step's kind, the node(s) it produces and what it reads."""
+A compiled launch plan (codegen) is scheduled the same way by `schedule_plan`: "kernel" and
+"view" steps in plan order, collectives started early and waited late."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES
@@ -67,5 +69,87 @@ def schedule(g: Graph) -> list[Step]:
     for o in dict.fromkeys(g.outputs):
         need(o)
     while pending:  # results nobody reads: still complete them
+        need(min(pending, key=index.get))
+    return steps
+
+
+@dataclass(frozen=True, eq=False)
+class PlanStep:
+    """One step of a compiled launch plan on a rank: kind "kernel" | "view" | "start" | "wait";
+    `node` is what it produces (a kernel's first output), `index` that node's position in the
+    local program (traces, status, faults), `item` the plan entry (KernelLaunch / ViewStep /
+    CollectiveStep)."""
+    kind: str
+    node: Node
+    index: int
+    item: object
+
+    def __repr__(self) -> str:
+        return f"{self.kind} #{self.index} {self.node.op.value}"
+
+
+def plan_reads(item) -> list[Node]:
+    """What a plan entry reads (codegen's KernelLaunch / ViewStep / CollectiveStep)."""
+    if hasattr(item, "kernel"):
+        return list(item.kernel.inputs)
+    if hasattr(item, "source"):
+        return [item.source]
+    return [item.node.inputs[0]]
+
+
+def plan_writes(item) -> list[Node]:
+    return list(item.kernel.outputs) if hasattr(item, "kernel") else [item.node]
+
+
+def schedule_plan(plan: list, g: Graph) -> list[PlanStep]:
+    """`schedule` for a compiled launch plan of the per-device program `g`: kernels and views in
+    plan order, each collective started as soon as its operand exists and waited on just before
+    its first reader. Every rank derives the same list (one global collective order)."""
+    from ..errors import Error
+    index = {n: i for i, n in enumerate(g.nodes)}
+    colls = {s.node: s for s in plan if not hasattr(s, "kernel") and not hasattr(s, "source")}
+    steps: list[PlanStep] = []
+    pending: set[Node] = set()
+    done: set[Node] = set()
+    readers: dict[Node, list[Node]] = {}
+    for c in colls:
+        readers.setdefault(c.inputs[0], []).append(c)
+
+    def have(v: Node):
+        done.add(v)
+        for c in readers.get(v, ()):
+            if c not in pending and c not in done:
+                steps.append(PlanStep("start", c, index[c], colls[c]))
+                pending.add(c)
+
+    def need(v: Node):
+        if v in done:
+            return
+        if v not in colls:
+            raise Error(f"launch plan: nothing produces {v.describe()}")
+        if v not in pending:
+            need(v.inputs[0])
+        if v not in pending:
+            steps.append(PlanStep("start", v, index[v], colls[v]))
+            pending.add(v)
+        steps.append(PlanStep("wait", v, index[v], colls[v]))
+        pending.discard(v)
+        have(v)
+
+    for n in g.nodes:
+        if n.op is Op.PARAMETER or (n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray)):
+            have(n)  # buffer leaves (codegen's is_buffer_leaf): there before any step
+    for s in plan:
+        if not hasattr(s, "kernel") and not hasattr(s, "source"):
+            continue  # a collective: started by have(), waited by need()
+        for r in dict.fromkeys(plan_reads(s)):
+            need(r)
+        out = plan_writes(s)
+        steps.append(PlanStep("kernel" if hasattr(s, "kernel") else "view", out[0], index[out[0]], s))
+        for o in out:
+            have(o)
+    for o in dict.fromkeys(g.outputs):
+        need(o)
+    while pending:
         need(min(pending, key=index.get))
     return steps

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -16,16 +17,16 @@ from ..ir import DType, Graph, Node, Op
 from ..partition.mesh import Mesh
 from .errors import RankError
 from .schedule import Step, schedule
-from .torch_ops import TORCH_DTYPE, torch_node
+from .torch_ops import TORCH_DTYPE, to_torch, torch_node
 
-PHASES = {"idle": 0, "op": 1, "start": 2, "wait": 3}
+PHASES = {"idle": 0, "op": 1, "start": 2, "wait": 3, "kernel": 4, "view": 5}
 PHASE_NAMES = {v: k for k, v in PHASES.items()}
 
 
 @dataclass(frozen=True)
 class TraceEvent:
-    """One step on one rank: kind "op" | "start" | "wait", the node's index in the local program,
-    its op name, and perf_counter times (seconds) when the step began and ended."""
+    """One step on one rank: kind "op" | "start" | "wait" (| "kernel" | "view" when running a
+    compiled launch plan), the node's index in the local program, its op name (a kernel's name), and perf_counter times (seconds) when the step began and ended."""
     kind: str
     index: int
     op: str
@@ -205,12 +206,40 @@ class RankExecutor:
         self.status = status or (lambda index, phase: None)
         self.coords = mesh.coords(rank)
         self._consts: dict[Node, torch.Tensor] = {}
-        self.uses = {n: 0 for n in local.nodes}
-        for s in self.steps:
-            if s.kind in ("op", "start"):
-                for i in s.node.inputs:
-                    self.uses[i] += 1
+        self._count_uses()
         self.current: Step | None = None
+
+    def _count_uses(self):
+        self.uses = {n: 0 for n in self.local.nodes}
+        for s in self.steps:
+            for i in self._reads(s):
+                self.uses[i] += 1
+
+    def _reads(self, step) -> list[Node]:
+        """What a step reads (freed after its last reader); a wait reads nothing new."""
+        return step.node.inputs if step.kind != "wait" else ()
+
+    def _exec(self, step, env: dict, inflight: dict):
+        n = step.node
+        if step.kind == "wait":
+            env[n] = inflight.pop(n).wait()
+        elif step.kind == "start":
+            inflight[n] = start_collective(n, env[n.inputs[0]], self.groups)
+        elif n.op is Op.AXIS_INDEX:
+            env[n] = torch.tensor(int(self.coords[n.attrs["axis"]]), dtype=torch.int32)
+        elif n.op is Op.CONSTANT:
+            if n not in self._consts:
+                self._consts[n] = torch_node(n, [])
+            env[n] = self._consts[n]
+        else:
+            env[n] = torch_node(n, [env[i] for i in n.inputs])
+
+    def _event(self, step) -> tuple[str, str]:
+        return step.kind, step.node.op.value
+
+    def _seed(self) -> dict:
+        """Values there before the first step (besides the inputs)."""
+        return {}
 
     def run(self, inputs: list[torch.Tensor], trace: list | None = None,
             fault: Fault | None = None) -> list[torch.Tensor]:
@@ -223,6 +252,7 @@ class RankExecutor:
                 raise Error(f"rank {self.rank}: input {p.name!r} has local shape {tuple(x.shape)}, "
                             f"expected {p.shape}")
             env[p] = x
+        env.update(self._seed())
         inflight: dict[Node, Pending] = {}
         left = dict(self.uses)
         keep = set(g.outputs)
@@ -235,32 +265,74 @@ class RankExecutor:
                 fault.fire(step)
             t0 = clock()
             try:
-                if step.kind == "wait":
-                    env[n] = inflight.pop(n).wait()
-                elif step.kind == "start":
-                    inflight[n] = start_collective(n, env[n.inputs[0]], self.groups)
-                elif n.op is Op.AXIS_INDEX:
-                    env[n] = torch.tensor(int(self.coords[n.attrs["axis"]]), dtype=torch.int32)
-                elif n.op is Op.CONSTANT:
-                    if n not in self._consts:
-                        self._consts[n] = torch_node(n, [])
-                    env[n] = self._consts[n]
-                else:
-                    env[n] = torch_node(n, [env[i] for i in n.inputs])
+                self._exec(step, env, inflight)
             except Exception as e:
                 raise RankError(f"rank {self.rank} failed in {step.kind} of {n.describe()}: "
                                 f"{type(e).__name__}: {e}", rank=self.rank, kind="raised",
                                 doing=f"{step.kind} {n.describe()}") from e
             if trace is not None:
-                trace.append(TraceEvent(step.kind, step.index, n.op.value, t0, clock()))
-            if step.kind != "wait":
-                for i in n.inputs:  # free values after their last reader
-                    left[i] -= 1
-                    if left[i] == 0 and i not in keep:
-                        env.pop(i, None)
+                kind, name = self._event(step)
+                trace.append(TraceEvent(kind, step.index, name, t0, clock()))
+            for i in self._reads(step):  # free values after their last reader
+                left[i] -= 1
+                if left[i] == 0 and i not in keep:
+                    env.pop(i, None)
         self.current = None
         self.status(-1, PHASES["idle"])
         return [env[o] for o in g.outputs]
 
 
 _COLLECTIVE_NAMES = {"all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute"}
+
+
+class PlanExecutor(RankExecutor):
+    """Runs a compiled launch plan (codegen's Executable, target "triton") as rank `rank`: each
+    KernelLaunch launches the generated kernel (Triton interpreter on CPU tensors: outputs freshly
+    allocated, floats poisoned with NaN so an unwritten element shows), each CollectiveStep goes
+    through `start_collective` (async, scheduled by schedule_plan), each ViewStep is a reshape."""
+
+    def __init__(self, exe, mesh: Mesh, rank: int, groups: RankGroups | None = None, status=None):
+        from .schedule import schedule_plan
+        local = exe.prog.local
+        self.exe, self.local, self.mesh, self.rank = exe, local, mesh, rank
+        self.steps = schedule_plan(exe.plan, local)
+        self.groups = groups or RankGroups(mesh, rank)
+        self.groups.prepare([s.node.attrs["axes"] for s in self.steps if s.kind == "start"])
+        self.status = status or (lambda index, phase: None)
+        self.coords = mesh.coords(rank)
+        self._consts = {n: to_torch(n.attrs["value"]) for n in local.nodes
+                        if n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray)}
+        self._count_uses()
+        self.current = None
+        self.launches = 0
+
+    def _seed(self) -> dict:
+        return dict(self._consts)
+
+    def _reads(self, step):
+        from .schedule import plan_reads
+        return () if step.kind == "wait" else plan_reads(step.item)
+
+    def _exec(self, step, env: dict, inflight: dict):
+        if step.kind in ("start", "wait"):
+            return super()._exec(step, env, inflight)
+        if step.kind == "view":
+            env[step.node] = env[step.item.source].reshape(step.node.shape)
+            return
+        k = step.item.kernel
+        ins = [env[x].contiguous() for x in k.inputs]
+        outs = []
+        for o in k.outputs:
+            t = torch.empty(o.shape, dtype=TORCH_DTYPE[o.dtype])
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+            outs.append(t)
+        k.launch(ins + outs + [int(self.coords[a]) for a in k.axes])
+        self.launches += 1
+        for o, t in zip(k.outputs, outs):
+            env[o] = t
+
+    def _event(self, step) -> tuple[str, str]:
+        if step.kind == "kernel":
+            return "kernel", step.item.kernel.name
+        return step.kind, step.node.op.value

@@ -85,7 +85,13 @@ def _worker_main(rank: int, world: int, port: int, conn, status, pg_timeout_s: f
             if ex is None:
                 mesh = Mesh(mesh_axes)
                 grp = groups.setdefault(mesh, RankGroups(mesh, rank))
-                ex = executors[key] = RankExecutor(graph_from_wire(wire), mesh, rank, grp, set_status)
+                local = graph_from_wire(wire)
+                if opts.get("kernels"):
+                    from .torch_exec import PlanExecutor
+                    exe = _rebuild_executable(local, opts["kernels"])
+                    ex = executors[key] = PlanExecutor(exe, mesh, rank, grp, set_status)
+                else:
+                    ex = executors[key] = RankExecutor(local, mesh, rank, grp, set_status)
             trace = [] if opts.get("trace") else None
             outs = ex.run([to_torch(b) for b in blocks], trace=trace, fault=opts.get("fault"))
             conn.send(("ok", job, rank, [to_numpy(o) for o in outs], trace))
@@ -102,6 +108,40 @@ def _worker_main(rank: int, world: int, port: int, conn, status, pg_timeout_s: f
     # leave without tearing the process group down: peers are stopping too, and gloo's teardown
     # while a peer still holds its connections can abort; the parent reaps us either way
     os._exit(0)
+
+
+def _rebuild_executable(local: Graph, spec: dict):
+    """The parent's Executable, rebuilt on a rank from its per-device program: codegen is
+    deterministic, so compiling the same program gives the same plan and kernels (the kernel cache
+    keys are checked); the kernel files come from (or go to) the same cache. Kernels run on the
+    Triton interpreter, which Triton binds when it is imported: set before that."""
+    import sys
+    from types import SimpleNamespace
+    if "triton" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "1"
+    if spec.get("cache_dir"):
+        os.environ["SHARDC_CACHE_DIR"] = spec["cache_dir"]
+    from ..codegen import compile as codegen_compile
+    exe = codegen_compile(SimpleNamespace(local=local), spec["target"])
+    keys = [k.key for k in exe.kernels]
+    if keys != list(spec["keys"]):
+        raise Error(f"rank rebuilt a different launch plan ({len(keys)} kernels, the parent's has "
+                    f"{len(spec['keys'])}; first difference at kernel "
+                    f"{next((i for i, (a, b) in enumerate(zip(keys, spec['keys'])) if a != b), min(len(keys), len(spec['keys'])))})")
+    return exe
+
+
+def kernel_spec(exe) -> dict:
+    """What a rank needs to rebuild `exe` (kernels hold imported modules: not sent)."""
+    return {"target": exe.target, "keys": [k.key for k in exe.kernels],
+            "cache_dir": os.environ.get("SHARDC_CACHE_DIR")}
+
+
+def as_kernel_executable(prog):
+    """`prog` when it is a compiled Executable whose kernels the torch ranks can launch (Triton),
+    else None (SpmdPrograms, and Pallas executables, run op by op)."""
+    from ..codegen.executable import Executable
+    return prog if isinstance(prog, Executable) and prog.target == "triton" else None
 
 
 # ------------------------------------------------------------------------------------- parent side
@@ -167,7 +207,8 @@ class LocalPool:
             return
         ctx = _context()
         self.status = ctx.RawArray("q", 3 * self.world)
-        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+               "TRITON_INTERPRET": "1"}  # ranks are CPU processes: generated kernels run interpreted
         if "GLOO_SOCKET_IFNAME" not in os.environ and os.path.exists("/sys/class/net/lo"):
             env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo's traffic on the loopback interface
         port = _free_port()
@@ -240,22 +281,25 @@ class LocalPool:
         self.close()
 
     # -- runs
-    def _key(self, local: Graph) -> int:
+    def _key(self, local) -> int:  # a Graph (op by op) or an Executable (its kernels)
         if local not in self._keys:
             self._keys[local] = next(self._next_key)
         return self._keys[local]
 
     def run(self, local: Graph, mesh: Mesh, blocks: list[list[np.ndarray]], timeout_s: float = 300.0,
-            trace: bool = False, fault: Fault | None = None) -> list[list[np.ndarray]]:
-        """Every rank's local output blocks, given every rank's local input blocks."""
+            trace: bool = False, fault: Fault | None = None, exe=None) -> list[list[np.ndarray]]:
+        """Every rank's local output blocks, given every rank's local input blocks. With `exe` (a
+        Triton Executable of `local`) the ranks launch its kernels instead of running op by op."""
         if mesh.size != self.world:
             raise Error(f"{mesh} has {mesh.size} devices but the pool has {self.world} ranks")
         with self._lock:
             self.start()
-            key = self._key(local)
+            key = self._key(local if exe is None else exe)
             wire = None if key in self._sent else graph_to_wire(local)
             job = next(self._jobs)
             opts = {"trace": trace, "fault": fault}
+            if exe is not None:
+                opts["kernels"] = kernel_spec(exe)
             for r in range(self.world):
                 try:
                     self.conns[r].send(("run", job, key, wire, dict(mesh.axes), blocks[r], opts))
@@ -311,7 +355,8 @@ class LocalPool:
     def _doing(self, local: Graph, index: int, phase: int) -> str:
         if index is None or index < 0:
             return "between ops"
-        what = {"op": "running", "start": "starting", "wait": "waiting for"}.get(PHASE_NAMES.get(phase), "at")
+        what = {"op": "running", "start": "starting", "wait": "waiting for", "kernel": "running the kernel for",
+                "view": "viewing"}.get(PHASE_NAMES.get(phase), "at")
         return f"{what} {local.nodes[index].describe()}"
 
     def _states(self, job: int, local: Graph) -> dict[int, tuple[int, int, str]]:
@@ -397,6 +442,7 @@ def run_torch(prog, *args, world=None, timeout_s: float = 300.0, trace: list | N
     whole run (a rank that hangs, dies or raises ends it with a RankError); `trace`, a list, gets
     each rank's TraceEvents; `fault` injects a failure (tests)."""
     from .torch_ops import to_torch
+    exe = as_kernel_executable(prog)
     prog = as_program(prog)
     check_layouts(prog)
     mesh = prog.mesh
@@ -407,10 +453,11 @@ def run_torch(prog, *args, world=None, timeout_s: float = 300.0, trace: list | N
     else:
         raise Error(f"run_torch: world={world} but {mesh} has {mesh.size} devices (one rank per device)")
     if pool is None:
-        outs = _run_in_job(prog, args, trace, fault)
+        outs = _run_in_job(prog, args, trace, fault, exe)
     else:
         blocks = local_blocks(prog, args)
-        per_rank = pool.run(prog.local, mesh, blocks, timeout_s=timeout_s, trace=trace is not None, fault=fault)
+        per_rank = pool.run(prog.local, mesh, blocks, timeout_s=timeout_s, trace=trace is not None, fault=fault,
+                            exe=exe)
         if trace is not None:
             trace.extend(pool.last_traces or [])
         outs = assemble(prog, per_rank)
@@ -422,11 +469,12 @@ _JOB_GROUPS: dict = {}
 _JOB_WORLD = None
 
 
-def _run_in_job(prog, args, trace, fault) -> list[np.ndarray]:
-    """This process's rank of a torch.distributed job; outputs all-gathered to every rank."""
+def _run_in_job(prog, args, trace, fault, exe=None) -> list[np.ndarray]:
+    """This process's rank of a torch.distributed job; outputs all-gathered to every rank. With
+    `exe` this rank launches its kernels (on the Triton interpreter: CPU tensors)."""
     import torch.distributed as dist
 
-    from .torch_exec import RankExecutor, RankGroups
+    from .torch_exec import PlanExecutor, RankExecutor, RankGroups
     from .torch_ops import to_numpy, to_torch
     if not dist.is_initialized():
         dist.init_process_group("gloo")
@@ -437,10 +485,12 @@ def _run_in_job(prog, args, trace, fault) -> list[np.ndarray]:
         _JOB_WORLD = dist.group.WORLD
     rank, mesh = dist.get_rank(), prog.mesh
     blocks = local_blocks(prog, args, devices=[rank])
-    ex = _JOB_EXECUTORS.get(prog.local)
+    what = prog.local if exe is None else exe
+    ex = _JOB_EXECUTORS.get(what)
     if ex is None:
         groups = _JOB_GROUPS.setdefault(mesh, RankGroups(mesh, rank))
-        ex = _JOB_EXECUTORS[prog.local] = RankExecutor(prog.local, mesh, rank, groups)
+        ex = _JOB_EXECUTORS[what] = (RankExecutor(prog.local, mesh, rank, groups) if exe is None
+                                     else PlanExecutor(exe, mesh, rank, groups))
     mine = [] if trace is not None else None
     outs = [to_numpy(o) for o in ex.run([to_torch(b) for b in blocks[rank]], trace=mine, fault=fault)]
     every: list = [None] * mesh.size
