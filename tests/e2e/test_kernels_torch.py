@@ -60,3 +60,26 @@ def test_programs_still_run_op_by_op(torch_pool):
     assert all(e.kind != "kernel" for events in trace for e in events)
     assert any(e.kind == "op" for e in trace[0])
     assert sum(isinstance(s, KernelLaunch) for s in exe.plan) > 0
+
+
+def test_independent_kernels_run_while_a_collective_is_in_flight(torch_pool):
+    """The launch plan's collectives are asynchronous: between a collective's start and its wait
+    each rank launches kernels that do not read its result."""
+    exe, args = compiled("gpt2", True, "2x2")
+    trace: list = []
+    exe.run(*args, engine="torch", world=torch_pool, trace=trace)
+    launches = [s.kernel for s in exe.plan if isinstance(s, KernelLaunch)]
+    local = exe.prog.local.nodes
+    for events in trace:
+        in_flight, overlapped, k = {}, 0, 0
+        for e in events:
+            if e.kind == "start":
+                in_flight[e.index] = local[e.index]
+            elif e.kind == "wait":
+                in_flight.pop(e.index, None)
+            elif e.kind == "kernel":
+                kernel = launches[k]
+                k += 1
+                if in_flight and not any(c in kernel.inputs for c in in_flight.values()):
+                    overlapped += 1
+        assert overlapped > 0
