@@ -143,8 +143,12 @@ def check_case(g: Graph, mesh: Mesh, specs: dict, seed: int, targets: tuple[str,
     stages += [(t, lambda *a, t=t: compile_kernels(prog, target=t).run_interpreted(*a)) for t in targets]
     for stage, run in stages:
         for name, a, b in zip(g.output_names, run(*args), want):
-            # inputs are O(1): a result that cancels to near 0 is judged on that scale
-            assert_close(to_numpy(a), b, tol=2e-5, what=f"{stage}: output {name!r}", floor=1.0)
+            try:  # inputs are O(1): a result that cancels to near 0 is judged on that scale
+                assert_close(to_numpy(a), b, tol=2e-5, what=f"{stage}: output {name!r}", floor=1.0)
+            except AssertionError as e:
+                from .partition.simulate import first_divergence
+                where = first_divergence(prog, g.input_values(*args))
+                raise AssertionError(f"{e}\n{where or 'every value of the simulation agrees'}") from None
 
 
 def main(argv=None) -> int:

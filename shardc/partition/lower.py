@@ -354,4 +354,6 @@ def lower(g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], origins: dict[N
           output_shardings: list[Sharding], priorities: dict[Node, int]) -> SpmdProgram:
     lw = Lowerer(g, mesh, shardings, priorities)
     local, outs = lw.run(output_shardings)
-    return SpmdProgram(g, mesh, local, shardings, origins, [shardings[p] for p in g.inputs], outs, lw.ledger)
+    prog = SpmdProgram(g, mesh, local, shardings, origins, [shardings[p] for p in g.inputs], outs, lw.ledger)
+    prog.value_map = dict(lw.local)  # global node → (local node, its natural sharding): for debugging
+    return prog

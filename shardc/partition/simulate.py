@@ -45,6 +45,14 @@ def run_collective(n: Node, mesh: Mesh, vals: list[np.ndarray]) -> list[np.ndarr
 
 
 def simulate(prog, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    env = run_devices(prog, inputs)
+    mesh, local, g = prog.mesh, prog.local, prog.graph
+    return [unshard_arrays([env[d][o] for d in range(mesh.size)], go.shape, s, mesh, what=f"output {name!r}")
+            for o, go, s, name in zip(local.outputs, g.outputs, prog.output_shardings, g.output_names)]
+
+
+def run_devices(prog, inputs: dict[str, np.ndarray], keep_all: bool = False) -> list[dict[Node, np.ndarray]]:
+    """Every device's values of the per-device program (only the outputs unless keep_all)."""
     mesh, local, g = prog.mesh, prog.local, prog.graph
     devices = range(mesh.size)
     env: list[dict[Node, np.ndarray]] = [{} for _ in devices]
@@ -72,8 +80,35 @@ def simulate(prog, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
                 env[d][n] = eval_node(n, [env[d][i] for i in n.inputs])
         for i in n.inputs:
             uses[i] -= 1
-            if uses[i] == 0 and i not in keep:
+            if uses[i] == 0 and i not in keep and not keep_all:
                 for d in devices:
                     env[d].pop(i, None)
-    return [unshard_arrays([env[d][o] for d in devices], go.shape, s, mesh, what=f"output {name!r}")
-            for o, go, s, name in zip(local.outputs, g.outputs, prog.output_shardings, g.output_names)]
+    return env
+
+
+def first_divergence(prog, inputs: dict[str, np.ndarray], tol: float = 2e-5) -> str | None:
+    """The first value of the global graph whose per-device blocks differ from the numpy
+    evaluation of the unsharded graph: which node, on which device, in which sharding."""
+    from ..ir.evaluate import eval_node as evaluate_node
+    from ..testing import rel_err
+    from .mesh import global_indices
+    g, mesh = prog.graph, prog.mesh
+    want: dict[Node, np.ndarray] = {p: np.asarray(inputs[p.name]) for p in g.inputs}
+    for n in g.nodes:
+        if n not in want:
+            want[n] = evaluate_node(n, [want[i] for i in n.inputs])
+    env = run_devices(prog, inputs, keep_all=True)
+    for n in g.nodes:
+        local, s = prog.value_map.get(n, (None, None))
+        if local is None or s.partial or local not in env[0]:
+            continue  # pending sums have no global value to compare with
+        for d in range(mesh.size):
+            idx = [global_indices(size, ds, mesh, d) if ds.axes else np.arange(size)
+                   for size, ds in zip(n.shape, s.dims)]
+            valid = [i < size for i, size in zip(idx, n.shape)]
+            got = env[d][local][np.ix_(*valid)] if n.rank else env[d][local]
+            ref = want[n][np.ix_(*[i[v] for i, v in zip(idx, valid)])] if n.rank else want[n]
+            err = rel_err(got, ref, floor=1.0)
+            if not err <= tol:
+                return f"first divergence: {n.describe()} on device {d} ({s}): relative error {err:.3g}"
+    return None

@@ -6,6 +6,8 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import shardc
+import shardc.testing
+from shardc import P
 from shardc import models
 from shardc.fuzz import check_case, graphs, meshes, random_inputs, specs_for
 from shardc.ir import DType, GraphBuilder, Op
@@ -68,3 +70,22 @@ def test_regression_scatter_with_a_constant_index():
       return %3 "out"
     }""")
     check_case(g, shardc.Mesh(x=2), {}, seed=3, targets=("triton", "pallas"))
+
+
+def test_a_mismatch_names_the_first_diverging_node_and_device():
+    """Plant a bug in one device's program: the report names that value and that device."""
+    import pytest
+
+    from shardc.partition.simulate import first_divergence
+    b = GraphBuilder("planted")
+    x = b.parameter("x", (8, 4), DType.f32)
+    h = b.add(Op.TANH, [x], name="h")
+    g = b.build([b.add(Op.EXP, [h], name="y")])
+    prog = shardc.partition(g, shardc.Mesh(x=4), {"x": P("x")})
+    tanh = next(n for n in prog.local.nodes if n.op is Op.TANH)
+    tanh.op = Op.SIN  # the planted bug: every device computes sin where the model says tanh
+    args = random_inputs(g, 1)
+    with pytest.raises(AssertionError):
+        shardc.testing.assert_close(prog.simulate(*args)[0], g.evaluate(*args)[0])
+    where = first_divergence(prog, g.input_values(*args))
+    assert where.startswith("first divergence: tanh 'h'") and "on device 0" in where
