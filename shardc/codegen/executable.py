@@ -134,9 +134,9 @@ class Executable:
         return {"triton": "torch", "pallas": "jax"}[self.target]
 
     def run(self, *args, engine: str | None = None, **kw) -> list:
-        """Global outputs on the engine, in its arrays (torch tensors or jax arrays). On "torch"
-        every rank launches this plan's Triton kernels (interpreter on CPU); the jax engine (and
-        torch for Pallas kernels) runs the per-device program op by op."""
+        """Global outputs on the engine, in its arrays (torch tensors or jax arrays): every torch
+        rank launches a Triton plan's kernels, the JAX program calls a Pallas plan's kernels
+        (interpreters on CPU); an engine given the other target's plan runs it op by op."""
         from ..runtime import run
         return run(self, *args, engine=engine or self.engine, **kw)
 

@@ -408,3 +408,17 @@ def export_for_tpu(kernel):
     import jax
     return jax.export.export(jax.jit(_module(kernel).build(interpret=False)), platforms=["tpu"])(
         *shape_dtype_structs(kernel))
+
+
+def traced_call(kernel, axis_values: list, ins: list, interpret: bool = True) -> list:
+    """The kernel's pallas_call on traced jax values (e.g. inside jax.shard_map): axis indices
+    (int32 scalars), then the inputs at their IR shapes; the outputs at their IR shapes, in the
+    kernel's storage dtypes (i64 as i32). Inside shard_map on CPU pass check_vma=False."""
+    import jax.numpy as jnp
+    mod = _module(kernel)
+    call = mod.build(interpret=interpret)
+    args = [jnp.asarray(v, jnp.int32).reshape(1) for v in axis_values]
+    args += [(x.astype(jnp.int32) if n.dtype is DType.i64 else x).reshape(s)
+             for x, n, s in zip(ins, kernel.inputs, mod.IN_SHAPES)]
+    outs = call(*args)
+    return [o.reshape(n.shape) for o, n in zip(outs, kernel.outputs)]

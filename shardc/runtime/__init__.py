@@ -4,9 +4,10 @@
     outs = run(prog, *args, engine="jax")     # one jax.jit(jax.shard_map(...)) program, jax arrays
     report = check(prog, *args, engine="torch")  # per-output errors; raises CheckError on mismatch
 
-Both engines run the per-device IR program op by op (torch_ops.py / jax_exec.py tables, which
-mirror ir/evaluate.py). Given a Triton Executable (shardc.compile), the torch engine instead has
-every rank walk its launch plan: generated kernels (Triton interpreter on CPU), collectives and views.
+Given an SpmdProgram, both engines run the per-device IR program op by op (torch_ops.py /
+jax_exec.py tables, which mirror ir/evaluate.py). Given an Executable (shardc.compile), they walk
+its launch plan instead: every torch rank launches the Triton kernels, the JAX shard_map program
+calls the Pallas kernels (interpreters on CPU), with collectives and views between them.
 torch and jax are imported only by the engine that runs.
 """
 from __future__ import annotations

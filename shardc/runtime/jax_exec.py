@@ -1,7 +1,10 @@
 """The JAX engine: the per-device IR program as one jax.jit(jax.shard_map(body, ...)) program.
 `body` runs the local IR op by op with an IR → jax.numpy/lax table (the semantics of
 ir/evaluate.py) and lax collectives (psum/pmax/pmin, all_gather(tiled), psum_scatter(tiled),
-all_to_all(tiled), ppermute); axis_index comes from lax.axis_index.
+all_to_all(tiled), ppermute); axis_index comes from lax.axis_index. Given a Pallas Executable
+(shardc.compile(prog, "pallas")), `body` instead walks its launch plan: each KernelLaunch calls the
+generated pallas_call (interpret mode off TPU), CollectiveSteps use the same lax collectives and
+ViewSteps reshape (run_plan_local).
 
 Inputs: a sharding JAX can express (every split dim divides evenly, no strided "outer" factor) is
 passed as a global array with that NamedSharding. Others (padded dims, fused-QKV strided splits)
@@ -225,6 +228,55 @@ def run_local(g: Graph, inputs: list, mesh_axes: dict) -> list:
     return [env[o] for o in g.outputs]
 
 
+def run_plan_local(exe, inputs: list, mesh_axes: dict, launched: list | None = None) -> list:
+    """A Pallas Executable's launch plan inside shard_map: KernelLaunch → the generated
+    pallas_call (interpret mode on CPU), CollectiveStep → the lax collective of `run_local`,
+    ViewStep → reshape. Axis indices come from lax.axis_index. `launched` collects the names of
+    the kernels traced (in plan order)."""
+    from ..codegen.executable import KernelLaunch
+    from ..codegen.fusion import CollectiveStep, ViewStep, is_buffer_leaf
+    from ..codegen.pallas import traced_call
+    local = exe.prog.local
+    env = dict(zip(local.inputs, inputs))
+    for n in local.nodes:
+        if is_buffer_leaf(n) and n.op is Op.CONSTANT:
+            env[n] = jnp.asarray(np.asarray(n.attrs["value"]).astype(n.dtype.np))
+    interpret = jax.default_backend() != "tpu"
+    for step in exe.plan:
+        if isinstance(step, KernelLaunch):
+            k = step.kernel
+            try:
+                axes = [lax.axis_index(a).astype(jnp.int32) for a in k.axes]
+                outs = traced_call(k, axes, [env[x] for x in k.inputs], interpret=interpret)
+            except Error:
+                raise
+            except Exception as e:
+                raise Error(f"jax: kernel {k.name}: {type(e).__name__}: {e}") from e
+            for o, v in zip(k.outputs, outs):
+                want = JNP_DTYPE[o.dtype]
+                env[o] = v if v.dtype == want else v.astype(want)
+            if launched is not None:
+                launched.append(k.name)
+        elif isinstance(step, CollectiveStep):
+            n = step.node
+            try:
+                env[n] = _collective(n, env[n.inputs[0]], mesh_axes)
+            except Error:
+                raise
+            except Exception as e:
+                raise Error(f"jax: {n.describe()}: {type(e).__name__}: {e}") from e
+        elif isinstance(step, ViewStep):
+            env[step.node] = env[step.source].reshape(step.node.shape)
+        else:
+            raise Error(f"jax: unknown plan step {step!r}")
+    return [env[o] for o in local.outputs]
+
+
+def _pallas_exe(prog):
+    """`prog` if it is a Pallas Executable (its plan runs kernels on the JAX engine), else None."""
+    return prog if getattr(prog, "target", None) == "pallas" and hasattr(prog, "plan") else None
+
+
 # ------------------------------------------------------------------------------------ layouts
 def expressible(shape, s: Sharding, mesh: Mesh) -> bool:
     """Can a NamedSharding say this? (even splits, no strided outer factor, nothing pending)"""
@@ -240,11 +292,16 @@ def _spec(s: Sharding) -> PartitionSpec:
 
 
 class JaxProgram:
-    """The jitted shard_map program of one SpmdProgram on one list of devices."""
+    """The jitted shard_map program of one SpmdProgram on one list of devices; given a Pallas
+    Executable, its body walks the launch plan (generated kernels) instead of the IR op by op."""
 
     def __init__(self, prog, devices):
-        from .common import check_layouts
+        from .common import as_program, check_layouts
+        exe = _pallas_exe(prog)
+        prog = as_program(prog)
         check_layouts(prog)
+        self.exe = exe
+        self.launched: list[str] = []  # kernels the body traced (Pallas Executables), plan order
         mesh = prog.mesh
         self.prog, self.devices = prog, list(devices)
         self.jmesh = jax.sharding.Mesh(np.array(self.devices, dtype=object).reshape(mesh.shape), mesh.axis_names)
@@ -258,9 +315,14 @@ class JaxProgram:
 
         def body(*xs):
             xs = [x if d else x[0] for x, d in zip(xs, in_direct)]
-            outs = run_local(local, xs, mesh.axes)
+            if exe is not None:
+                self.launched.clear()
+                outs = run_plan_local(exe, xs, mesh.axes, self.launched)
+            else:
+                outs = run_local(local, xs, mesh.axes)
             return tuple(o if d else o[None] for o, d in zip(outs, out_direct))
 
+        # i64 values need x64 (Pallas kernels compute i64 as i32; their outputs are cast back)
         self.x64 = any(n.dtype is DType.i64 for n in local.nodes)
         self.fn = jax.jit(jax.shard_map(body, mesh=self.jmesh, in_specs=in_specs, out_specs=out_specs,
                                         check_vma=False))
@@ -309,6 +371,7 @@ def jax_program(prog, devices=None) -> JaxProgram:
     """The (cached) jitted shard_map program for `prog` on `devices` (default: the first
     mesh.size of jax.devices(), in mesh order)."""
     from .common import as_program
+    exe = _pallas_exe(prog)
     prog = as_program(prog)
     n = prog.mesh.size
     if devices is None:
@@ -319,10 +382,10 @@ def jax_program(prog, devices=None) -> JaxProgram:
         devices = devs[:n]
     elif len(devices) != n:
         raise Error(f"{prog.mesh} needs {n} devices, got {len(devices)}")
-    cache = _COMPILED.setdefault(prog, {})
+    cache = _COMPILED.setdefault(exe if exe is not None else prog, {})
     key = tuple(d.id for d in devices)
     if key not in cache:
-        cache[key] = JaxProgram(prog, devices)
+        cache[key] = JaxProgram(exe if exe is not None else prog, devices)
     return cache[key]
 
 
