@@ -226,6 +226,9 @@ class ExprEmitter:
         if off.deps != deps:
             addr = f"{addr} + tl.zeros({self.tile.shape(deps)}, tl.int32)"
         val = self.full(v, deps)
+        if when and not deps:  # a one-element store under a block condition: store a [1, 1] block
+            addr = f"{addr} + tl.zeros([1, 1], tl.int32)"
+            val = f"(tl.zeros([1, 1], {TL_COMPUTE[n.dtype]}) + ({val}))"
         if n.dtype in (DType.f16, DType.bf16):
             val = f"({val}).to({TL_STORAGE[n.dtype]})"
         mask = " & ".join(t for t in (self.tile.mask(deps), when) if t)

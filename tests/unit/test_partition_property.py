@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from shardc.fuzz import check_case, graphs, meshes, specs_for
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomized: CI replays the same cases every run (make fuzz explores new ones)
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(data=st.data())
 def test_simulate_equals_evaluate(data):
     g = data.draw(graphs())
