@@ -208,7 +208,10 @@ class ExprEmitter:
         deps = set(off.deps)
         for m in masks:
             deps |= m.deps
-        mask = " & ".join(t for t in [self.tile.mask(off.deps)] + [m.text for m in masks] if t)
+        # a scalar condition joins a block mask as a block (the interpreter refuses block & scalar)
+        terms = [f"((tl.zeros({self.tile.shape(deps)}, tl.int32) + ({m.text}).to(tl.int32)) != 0)"
+                 if deps and not m.deps else m.text for m in masks]
+        mask = " & ".join(t for t in [self.tile.mask(off.deps)] + terms if t)
         addr = f"{ptr} + {off.text}" if off.text != "0" else ptr
         if off.deps != frozenset(deps):  # the mask is wider than the address: broadcast the address
             addr = f"{addr} + tl.zeros({self.tile.shape(deps)}, tl.int32)"

@@ -103,3 +103,16 @@ def test_regression_one_element_store_in_a_matmul_prologue():
       return %3 "out"
     }""")
     check_case(g, shardc.Mesh(x=2, y=4), {"p0": P(("y", "x"))}, seed=0, targets=("triton", "pallas"))
+
+
+def test_regression_concatenate_block_picked_by_a_device_index():
+    """Found by `make fuzz --targets`: a load masked by a scalar (device-dependent) condition and a
+    block mask together."""
+    from shardc.ir import parse_graph
+    g = parse_graph("""graph fuzz {
+      %0 "p0": f32[1,2] = parameter()
+      %1 "p1": f32[1] = parameter()
+      %2: f32[2,2] = concatenate(%0, %0) {axis=0}
+      return %2 "out"
+    }""")
+    check_case(g, shardc.Mesh(x=2), {"out": P("x", None)}, seed=0, targets=("triton", "pallas"))
