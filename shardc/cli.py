@@ -83,21 +83,8 @@ def load_model(model: str, frontend: str, train: bool, batch: int):
         g = shardc.from_torch(m.fn, m.args) if is_torch else shardc.from_jax(m.fn, *m.args)
         return g, m.args, m
     m = models.get(model)
-    if frontend == "jax":
-        params = m.jax_params(0)
-        if train:
-            fn, build = m.jax_train_step("sgd")
-            args = build(params, batch, 1)
-        else:
-            fn, args = m.jax_forward, (params, *m.jax_inputs(batch, 1))
-        return shardc.from_jax(fn, *args), args, m
-    if train:
-        fn, build = m.torch_train_step("sgd")
-        args = build(m.torch_module(0), batch, 1)
-        return shardc.from_torch(fn, args), args, m
-    module = m.torch_module(0)
-    args = m.torch_inputs(batch, 1)
-    return shardc.from_torch(module, args), args, m
+    g, args = m.capture(train, frontend, batch)
+    return g, args, m
 
 
 def build_specs(m, g, plan: str | None, spec_texts) -> tuple[dict, str | None]:

@@ -90,6 +90,26 @@ class ModelDef:
 
         return torch_train_step(self, optimizer, lr)
 
+    def capture(self, train: bool = False, frontend: str = "jax", batch: int = 2, seed: int = 1,
+                lr: float = 1e-3):
+        """(Graph, args): the forward pass or SGD training step captured by shardc's `frontend`,
+        with the example arguments to call it with (parameters from seed 0, data from `seed`)."""
+        import shardc
+        if frontend == "torch":
+            if train:
+                fn, build = self.torch_train_step("sgd", lr=lr)
+                args = build(self.torch_module(0), batch, seed)
+                return shardc.from_torch(fn, args, capture="make_fx"), args
+            module, args = self.torch_module(0), self.torch_inputs(batch, seed)
+            return shardc.from_torch(module, args), args
+        params = self.jax_params(0)
+        if train:
+            fn, build = self.jax_train_step("sgd", lr=lr)
+            args = build(params, batch, seed)
+        else:
+            fn, args = self.jax_forward, (params, *self.jax_inputs(batch, seed))
+        return shardc.from_jax(fn, *args), args
+
     # ------------------------------------------------------------------------------------ JAX
     def jax_params(self, seed: int = 0, dtype=None) -> dict:
         """Flat {name: jax.Array} with the same names, shapes and values as torch_module(seed)."""

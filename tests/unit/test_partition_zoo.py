@@ -28,22 +28,7 @@ LAYOUTS = {
 @functools.lru_cache(maxsize=None)
 def captured(name: str, train: bool, frontend: str = "jax"):
     m = models.get(name + ":tiny")
-    if frontend == "torch":
-        if train:
-            fn, build = m.torch_train_step("sgd", lr=0.1)
-            args = build(m.torch_module(0), BATCH, 1)
-            g = shardc.from_torch(fn, args, capture="make_fx")
-        else:
-            module, args = m.torch_module(0), m.torch_inputs(BATCH, 1)
-            g = shardc.from_torch(module, args)
-        return m, g, args, g.evaluate(*args)
-    params = m.jax_params(0)
-    if train:
-        fn, build = m.jax_train_step("sgd", lr=0.1)
-        args = build(params, BATCH, 1)
-    else:
-        fn, args = m.jax_forward, (params, *m.jax_inputs(BATCH, 1))
-    g = shardc.from_jax(fn, *args)
+    g, args = m.capture(train, frontend, BATCH, lr=0.1)
     return m, g, args, g.evaluate(*args)
 
 
