@@ -7,7 +7,6 @@ import functools
 import numpy as np
 import pytest
 
-import shardc
 from shardc import Mesh, models, partition
 from shardc.partition.plans import sequence_parallel_specs
 from shardc.testing import assert_close
