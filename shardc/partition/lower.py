@@ -1,8 +1,10 @@
 """SPMD lowering: the global graph with a sharding per tensor → one per-device program with
-local shapes and explicit collectives. For each op: choose its factor sharding (the cheaper of
-favouring the result's own sharding or its operands'), reshard operands to match, and compute
-locally; the natural result (maybe a pending partial sum) is resharded for each user on demand,
-once per sharding, or recomputed there when that is cheaper."""
+local shapes and explicit collectives. For each op: choose its factor sharding (the cheapest of
+favouring the result's own sharding, its operands' propagated ones, or where the operands already
+are), reshard operands to match, and compute locally; the natural result (maybe a pending partial
+sum) is resharded for each user on demand, once per sharding, or recomputed there when that is
+cheaper. Cheap values are left where they fall: a move is paid only where a dot, reduction or
+output needs it (often never: an FSDP layer's activations may stay feature-split)."""
 from __future__ import annotations
 
 import math
@@ -92,21 +94,42 @@ class Lowerer(Resharder):
         """Compute a cheap value (elementwise, layout, broadcast, iota, splat) again directly in
         the sharding `want` when moving its operands costs less than moving it (a broadcast, an
         iota, a one-hot of indices: XLA's rematerialization of cheap ops)."""
+        plan = self._remake_plan(n, want)
+        if plan is None:
+            return None
+        rule, fa, reqs = plan
+        if n.op not in _MADE_LOCALLY:
+            moved = sum(self.move_cost(x, r) for x, r in zip(n.inputs, reqs))
+            if moved >= reshard_cost(n.shape, n.dtype.itemsize, have, want, self.mesh):
+                return None
+        args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
+        with self.b.loc(n.source):
+            return self.compute(n, args, reqs, want, rule, fa, {})
+
+    def _remake_plan(self, n: Node, want: Sharding):
+        """(rule, factor sharding, operand shardings) computing n directly in `want`, or None."""
+        if n.op not in _REMAKEABLE or want.partial:
+            return None
         if n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray):
             return None
         rule = rule_for(n)
         fa = representable(project(want, rule.result, rule, self.mesh), rule, self.mesh)
         if Sharding(unproject(fa, rule.result, rule, self.mesh)) != want:
             return None
-        reqs = [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]
-        if n.op not in _MADE_LOCALLY:
-            moved = sum(reshard_cost(x.shape, x.dtype.itemsize, self.local[x][1], r, self.mesh)
-                        for x, r in zip(n.inputs, reqs))
-            if moved >= reshard_cost(n.shape, n.dtype.itemsize, have, want, self.mesh):
-                return None
-        args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
-        with self.b.loc(n.source):
-            return self.compute(n, args, reqs, want, rule, fa, {})
+        return rule, fa, [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]
+
+    def move_cost(self, x: Node, want: Sharding, depth: int = 4) -> int:
+        """Bytes it takes to have x in `want`: none if it is (or was made) so already, else the
+        cheaper of resharding it and computing it again there (cheap ops, a few levels up)."""
+        have = self.local[x][1]
+        if have == want or (x, want) in self.cache:
+            return 0
+        direct = reshard_cost(x.shape, x.dtype.itemsize, have, want, self.mesh)
+        plan = self._remake_plan(x, want) if depth > 0 else None
+        if plan is None:
+            return direct
+        remade = sum(self.move_cost(y, r, depth - 1) for y, r in zip(x.inputs, plan[2]))
+        return remade if x.op in _MADE_LOCALLY else min(direct, remade)  # as `remake` decides
 
     def lower_node(self, n: Node):
         b = self.b
@@ -123,8 +146,12 @@ class Lowerer(Resharder):
                 orders = [(True, True), (False, True)]
                 if any(self.priorities.get(x, 0) >= WEAK for x in n.inputs):
                     orders += [(True, False), (False, False)]  # weakly held (ZeRO) state: bytes decide
-                plan = min((self.plan_op(n, rule, *order) for order in orders),
-                           key=lambda p: self.cost(n, *p[1:3]))
+                # last, and winning ties: compute where the operands already are, so the
+                # result's move is deferred to its users (maybe none needs it)
+                orders.append((False, True, True))
+                plans = [self.plan_op(n, rule, *order) for order in orders]
+                costs = [self.cost(n, *p[1:3]) for p in plans]
+                plan = plans[min(range(len(plans)), key=lambda i: (costs[i], i != len(plans) - 1))]
             fa, reqs, natural, red = plan
             args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
             out = self.compute(n, args, reqs, natural, rule, fa, red)
@@ -169,14 +196,20 @@ class Lowerer(Resharder):
             return None  # the sum would grow: reducing it now is cheaper
         return fa, reqs, natural, red
 
-    def plan_op(self, n: Node, rule: FactorRule, result_first: bool, by_priority: bool = True):
+    def plan_op(self, n: Node, rule: FactorRule, result_first: bool, by_priority: bool = True,
+                as_they_are: bool = False):
         """The op's factor sharding, its operands' required shardings and its natural result,
-        favouring either the result's own sharding or the operands' (strongest or dearest first)."""
+        favouring either the result's own sharding or the operands' (strongest or dearest first;
+        their propagated shardings, or `as_they_are`: how they were computed)."""
         want = self.shardings[n]
         cands = [((-1 if result_first else 999, 0, len(n.inputs)), project(want, rule.result, rule, self.mesh))]
         for i, x in enumerate(n.inputs):
             key = (self.priorities.get(x, 0) if by_priority else 0, -x.nbytes, i)
-            cands.append((key, project(self.shardings[x], rule.operands[i], rule, self.mesh)))
+            have = self.shardings[x]
+            if as_they_are:  # the dearest to move leads (a splat or iota costs nothing)
+                have = self.local[x][1]
+                key = (-self.move_cost(x, Sharding.replicated(x.rank)),) + key
+            cands.append((key, project(have, rule.operands[i], rule, self.mesh)))
         fa = merge(cands, rule, self.mesh)
         if n.op not in _MADE_LOCALLY:  # a factor only the result has cannot be computed split
             fa = representable(fa.restrict({f for t in rule.operands for fs in t for f in fs}), rule, self.mesh)
@@ -189,10 +222,11 @@ class Lowerer(Resharder):
 
     def cost(self, n: Node, reqs: list[Sharding], natural: Sharding) -> int:
         """Bytes the op's reshards would move: operands to what it needs, its result to its own."""
-        total = sum(reshard_cost(x.shape, x.dtype.itemsize, self.local[x][1], r, self.mesh)
-                    for x, r in zip(n.inputs, reqs))
+        total = sum(self.move_cost(x, r) for x, r in zip(n.inputs, reqs))
         if natural.partial and (self._feeds_scatter_add(n) or self._summed_next(n)):
             return total  # the sum rides along into a scatter-add or a sum and is reduced there, once
+        if n.op in _REMAKEABLE and not natural.partial:
+            return total  # a cheap value: its users may compute it again where they need it
         return total + reshard_cost(n.shape, n.dtype.itemsize, natural, self.shardings[n], self.mesh)
 
     def _summed_next(self, n: Node) -> bool:
