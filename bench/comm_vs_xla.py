@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import shardc  # noqa: E402
 from shardc import Mesh, models  # noqa: E402
 from shardc.partition.plans import sequence_parallel_specs  # noqa: E402
+from shardc.partition.program import wire_bytes  # noqa: E402
 from shardc.partition.specs import leaf_key  # noqa: E402
 
 ZOO = ("mlp", "gpt2", "llama", "moe")
@@ -128,9 +129,11 @@ def _group_size(rest: str) -> int | None:
     return len(m.group(1).split(",")) if m else None
 
 
-def hlo_collectives(hlo: str) -> list[dict]:
+def hlo_collectives(hlo: str, n_devices: int) -> list[dict]:
     """Every collective in HLO text (sync and -start forms; -done skipped) with its bytes:
-    all-gather its result, reduce-scatter its operand, the others their buffer; tuples summed."""
+    all-gather its result, reduce-scatter its operand, the others their buffer; tuples summed.
+    `wire` is what each device sends with ring algorithms, as shardc's ledger counts it (a group
+    not named in the text is all `n_devices`)."""
     found = []
     for mt in _OP_LINE.finditer(hlo):
         op, start, shape, rest = mt["op"], bool(mt["start"]), mt["shape"], mt["rest"]
@@ -147,7 +150,9 @@ def hlo_collectives(hlo: str) -> list[dict]:
             nbytes = results[1] if len(results) > 1 else results[0]
         else:
             nbytes = sum(results)
-        found.append({"kind": op.replace("-", "_"), "bytes": nbytes, "async": start})
+        kind = op.replace("-", "_")
+        group = _group_size(rest) or n_devices
+        found.append({"kind": kind, "bytes": nbytes, "wire": wire_bytes(kind, nbytes, group), "async": start})
     return found
 
 
@@ -199,10 +204,9 @@ def closed_form(m, step: str, name: str, axes: dict, batch: int) -> dict | None:
     if name == "fsdp":
         if train:
             return dict(bytes=3 * psi + 4, rel="≤", formula="3Ψ + 4 (ZeRO-3)")
-        if m.name == "gpt2":  # the tied LM head gathers wte a second time (ZeRO-3 gathers per use)
-            return dict(bytes=psi + 4 * math.prod(m.param_shapes()["wte.weight"]), rel="=",
-                        formula="Ψ + wte (all-gather; tied head gathers wte again)")
-        return dict(bytes=psi, rel="=", formula="Ψ (all-gather)")
+        # each parameter gathered once (the tied LM head reuses the gathered wte); less where
+        # moving a layer's activations is cheaper than its weights
+        return dict(bytes=psi, rel="≤", formula="Ψ (all-gather each parameter once)")
     act = tp_activation_bytes(m, batch // dp, train)
     if act is None:
         return None
@@ -212,8 +216,9 @@ def closed_form(m, step: str, name: str, axes: dict, batch: int) -> dict | None:
     if name == "tp+sp":
         if m.name not in ("gpt2", "llama"):
             return None  # mlp/moe: dim 1 of the input is not a sequence
-        if train:  # AG+RS both ways, plus grads of params replicated over tp (they see seq-split activations)
-            return dict(bytes=2 * nbytes + rep + 4, rel="=", formula="8·L·b·s·h·4 + Ψ_rep + 4")
+        if train:  # AG+RS both ways, plus grads of params replicated over tp where they see
+            # seq-split activations (not where the gathered activations serve them)
+            return dict(bytes=2 * nbytes + rep + 4, rel="≤", formula="8·L·b·s·h·4 + Ψ_rep + 4")
         return dict(bytes=2 * nbytes, rel="=", formula="2·L·b·s·h·4 AG + same RS")
     if name == "2d":
         if train:  # tp all-reduces of b/dp + dp all-reduce of each device's gradients + loss
@@ -259,8 +264,8 @@ def xla_collectives(fn, args, prog, axes: dict) -> dict:
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    colls = hlo_collectives(compiled.as_text())
-    return dict(bytes=sum(c["bytes"] for c in colls), kinds=by_kind((c["kind"], c["bytes"]) for c in colls),
+    colls = hlo_collectives(compiled.as_text(), math.prod(axes.values()))
+    return dict(bytes=sum(c["bytes"] for c in colls), wire=sum(c["wire"] for c in colls), kinds=by_kind((c["kind"], c["bytes"]) for c in colls),
                 n_async=sum(c["async"] for c in colls), lower_ms=(t1 - t0) * 1e3, compile_ms=(t2 - t1) * 1e3,
                 total_ms=(t2 - t0) * 1e3)
 
@@ -294,10 +299,11 @@ def run_row(m, step: str, lay: str, captured, batch: int) -> dict:
         row["error"] = f"xla: {type(e).__name__}: {e}"
         return row
     row["xla_bytes"], row["xla_kinds"], row["xla_async_ops"] = x["bytes"], x["kinds"], x["n_async"]
+    row["xla_wire_bytes"] = x["wire"]
     row["xla_lower_ms"], row["xla_compile_ms"], row["xla_lower_compile_ms"] = x["lower_ms"], x["compile_ms"], x["total_ms"]
     row["ratio"] = row["shardc_bytes"] / x["bytes"] if x["bytes"] else (1.0 if row["shardc_bytes"] == 0 else math.inf)
     flags = []
-    if row["shardc_bytes"] > x["bytes"]:
+    if row["shardc_bytes"] > x["bytes"] or row["shardc_wire_bytes"] > x["wire"]:
         flags.append(">XLA")
     if cf is not None:
         if cf["rel"] == "=" and row["shardc_bytes"] != cf["bytes"]:
@@ -321,7 +327,7 @@ def kinds_text(kinds: dict | None) -> str:
 
 def table_rows(rows, with_kinds: bool):
     head = ["model", "step", "layout", "mesh", "shardc B", "XLA B", "closed form", "shardc/XLA",
-            "shardc part ms", "XLA compile ms", "flag"]
+            "shardc wire", "XLA wire", "shardc part ms", "XLA compile ms", "flag"]
     if with_kinds:
         head += ["shardc kinds", "XLA kinds"]
     body = []
@@ -331,11 +337,13 @@ def table_rows(rows, with_kinds: bool):
         cf_text = "-" if cf is None else f"{cf['rel'] if cf['rel'] != '=' else ''}{cf['bytes']:,}"
         if "error" in r:
             line = [r["model"], r["step"], r["layout"], mesh, f"{r.get('shardc_bytes', '-')}", "-", cf_text, "-",
+                    f"{r.get('shardc_wire_bytes', '-')}", "-",
                     f"{r.get('shardc_partition_ms', 0):.0f}" if "shardc_partition_ms" in r else "-", "-",
                     "ERROR " + r["error"][:60]]
         else:
             line = [r["model"], r["step"], r["layout"], mesh, f"{r['shardc_bytes']:,}", f"{r['xla_bytes']:,}",
                     cf_text, f"{r['ratio']:.2f}" if math.isfinite(r["ratio"]) else "inf",
+                    f"{r['shardc_wire_bytes']:,}", f"{r['xla_wire_bytes']:,}",
                     f"{r['shardc_partition_ms']:.0f}", f"{r['xla_lower_compile_ms']:.0f}", " ".join(r["flags"])]
         if with_kinds:
             line += [kinds_text(r.get("shardc_kinds")), kinds_text(r.get("xla_kinds"))]
@@ -353,7 +361,7 @@ def print_table(rows, title: str, with_kinds: bool) -> None:
     if Console is not None:
         t = Table(title=title)
         for i, h in enumerate(head):
-            t.add_column(h, justify="right" if 4 <= i <= 9 else "left", no_wrap=i < 11)
+            t.add_column(h, justify="right" if 4 <= i <= 11 else "left", no_wrap=i < 13)
         for line, r in zip(body, rows):
             t.add_row(*line, style="red" if ("error" in r or ">XLA" in r.get("flags", ())) else None)
         Console(width=max(200, 40 * with_kinds + 200)).print(t)
@@ -361,7 +369,7 @@ def print_table(rows, title: str, with_kinds: bool) -> None:
     widths = [max(len(h), *(len(line[i]) for line in body)) for i, h in enumerate(head)]
     print(title)
     for line in [head, ["-" * w for w in widths], *body]:
-        print("  ".join(c.rjust(w) if 4 <= i <= 9 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        print("  ".join(c.rjust(w) if 4 <= i <= 11 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))))
 
 
 # ------------------------------------------------------------------------------------- main

@@ -5,7 +5,7 @@ import time
 
 from .. import flags
 from ..errors import ShardingError
-from ..ir import Graph
+from ..ir import Graph, Op
 from .lower import lower
 from .mesh import DimSharding, Mesh, P, Sharding
 from .plans import PLANS, plan_seeds
@@ -32,7 +32,8 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
     shardings = {n: st.sharding for n, st in state.items()}
     origins = {n: st.origin for n, st in state.items()}
     outs = [_same_layout(out_specs.get(i, shardings[o]), shardings[o]) for i, o in enumerate(g.outputs)]
-    prog = lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()})
+    pinned = frozenset(n for n in seeds if n.op is not Op.PARAMETER)  # sharding constraints inside the model
+    prog = lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()}, pinned)
     t2 = time.perf_counter()
     flags.log(1, f"partition {g.name} over {mesh}: {len(prog.collectives)} collectives, "
                  f"{sum(c.bytes for c in prog.collectives)} B per device")

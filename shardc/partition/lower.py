@@ -64,19 +64,25 @@ def _identity(kind: str, dtype: DType):
 
 
 class Lowerer(Resharder):
-    def __init__(self, g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], priorities: dict[Node, int]):
+    def __init__(self, g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], priorities: dict[Node, int],
+                 hoist: dict[Node, Sharding] | None = None, pinned: frozenset = frozenset()):
         super().__init__(Emitter(g.name, mesh.axes), mesh)
         self.g = g
         self.shardings = shardings
         self.priorities = priorities  # how strongly each tensor holds its sharding (propagation's)
+        self.hoist = hoist or {}      # node → the sharding to move it to as soon as it is made
+        self.pinned = pinned          # values a spec constrains: made in their sharding, always
         self.users = g.users()
         # global node → (local value, its natural sharding): reshards happen on demand, once
         self.local: dict[Node, tuple[Node, Sharding]] = {}
         self.cache: dict[tuple[Node, Sharding], Node] = {}
+        self.used_natural: set[Node] = set()             # read as computed by some user
+        self.moved: set[tuple[Node, Sharding]] = set()   # resharded (not recomputed) for a user
 
-    def value(self, n: Node, want: Sharding, user: Node | None) -> Node:
+    def value(self, n: Node, want: Sharding, user: Node | None, why: str = "") -> Node:
         x, have = self.local[n]
         if have == want:
+            self.used_natural.add(n)
             return x
         key = (n, want)
         if key not in self.cache and n.op in _REMAKEABLE and not want.partial:
@@ -85,10 +91,29 @@ class Lowerer(Resharder):
                 self.cache[key] = remade
         if key not in self.cache:
             name = n.name or n.op.value
-            reason = f"{have} → {want}" + (f" for {user.op.value}" + (f" at {user.source}" if user.source else "") if user else "")
+            reason = f"{have} → {want}" + (f" for {user.op.value}" + (f" at {user.source}" if user.source else "") if user else why)
             self.why = (name, n.source, reason)
             self.cache[key] = self.reshard(x, n.shape, have, want)
+            self.moved.add(key)
         return self.cache[key]
+
+    def hoistable(self) -> dict[Node, Sharding]:
+        """Values some users read as computed and others gathered: moving them to the gathered
+        sharding as soon as they are made lets the first users work on it too (a router on the
+        gathered tokens instead of gathering its expert choices later), as XLA's propagation
+        would have had it. The coarsest such sharding per value."""
+        out: dict[Node, Sharding] = {}
+        for n, want in self.moved:
+            have = self.local[n][1]
+            if (n not in self.used_natural or n in self.pinned or n.op is Op.PARAMETER
+                    or have.partial or want.partial):
+                continue
+            if reshard_cost(n.shape, n.dtype.itemsize, want, have, self.mesh):
+                continue  # the first users could not slice what they read out of it
+            size = math.prod(local_shape(n.shape, want, self.mesh))
+            if n not in out or size > math.prod(local_shape(n.shape, out[n], self.mesh)):
+                out[n] = want
+        return out
 
     def remake(self, n: Node, want: Sharding, have: Sharding) -> Node | None:
         """Compute a cheap value (elementwise, layout, broadcast, iota, splat) again directly in
@@ -142,13 +167,15 @@ class Lowerer(Resharder):
                 raise ShardingError(f"{n.describe()}: the graph is already partitioned (it has {n.op.value})")
             rule = rule_for(n)
             plan = self.plan_partial_linear(n, rule)
-            if plan is None:  # the cheaper of: the result's sharding first, or the operands'
-                orders = [(True, True), (False, True)]
+            if plan is None:  # the cheapest of a few ways to place the op
+                orders = [(True, True, "propagated"), (False, True, "propagated")]
                 if any(self.priorities.get(x, 0) >= WEAK for x in n.inputs):
-                    orders += [(True, False), (False, False)]  # weakly held (ZeRO) state: bytes decide
+                    orders += [(True, False, "propagated"), (False, False, "propagated")]  # ZeRO state: bytes decide
+                if n.op is Op.GATHER:  # a lookup may also gather its table rather than reduce its rows
+                    orders.append((True, True, "none"))
                 # last, and winning ties: compute where the operands already are, so the
                 # result's move is deferred to its users (maybe none needs it)
-                orders.append((False, True, True))
+                orders.append((False, True, "as_they_are"))
                 plans = [self.plan_op(n, rule, *order) for order in orders]
                 costs = [self.cost(n, *p[1:3]) for p in plans]
                 plan = plans[min(range(len(plans)), key=lambda i: (costs[i], i != len(plans) - 1))]
@@ -159,6 +186,10 @@ class Lowerer(Resharder):
                 raise ShardingError(f"{n.describe()}: local shape {out.shape} does not match {natural} "
                                     f"(a partitioner bug)")
             self.local[n] = (out, natural)
+            settle = self.shardings[n] if n in self.pinned else self.hoist.get(n)
+            if settle is not None and settle != natural:
+                why = ": its spec" if n in self.pinned else ": moved once, where it is made"
+                self.local[n] = (self.value(n, settle, None, why), settle)
 
     def plan_partial_linear(self, n: Node, rule: FactorRule):
         """Sums commute with linear maps: an op linear in its pending-partial operands keeps the
@@ -197,16 +228,20 @@ class Lowerer(Resharder):
         return fa, reqs, natural, red
 
     def plan_op(self, n: Node, rule: FactorRule, result_first: bool, by_priority: bool = True,
-                as_they_are: bool = False):
+                operands: str = "propagated"):
         """The op's factor sharding, its operands' required shardings and its natural result,
-        favouring either the result's own sharding or the operands' (strongest or dearest first;
-        their propagated shardings, or `as_they_are`: how they were computed)."""
+        favouring either the result's own sharding or the operands' (strongest or dearest first).
+        The operands speak with their `propagated` shardings, `as_they_are` (as computed), or
+        not at all (`none`)."""
         want = self.shardings[n]
-        cands = [((-1 if result_first else 999, 0, len(n.inputs)), project(want, rule.result, rule, self.mesh))]
+        cands = [] if operands == "as_they_are" else [
+            ((-1 if result_first else 999, 0, len(n.inputs)), project(want, rule.result, rule, self.mesh))]
         for i, x in enumerate(n.inputs):
+            if operands == "none":
+                break
             key = (self.priorities.get(x, 0) if by_priority else 0, -x.nbytes, i)
             have = self.shardings[x]
-            if as_they_are:  # the dearest to move leads (a splat or iota costs nothing)
+            if operands == "as_they_are":  # the dearest to move leads (a splat or iota costs nothing)
                 have = self.local[x][1]
                 key = (-self.move_cost(x, Sharding.replicated(x.rank)),) + key
             cands.append((key, project(have, rule.operands[i], rule, self.mesh)))
@@ -223,8 +258,13 @@ class Lowerer(Resharder):
     def cost(self, n: Node, reqs: list[Sharding], natural: Sharding) -> int:
         """Bytes the op's reshards would move: operands to what it needs, its result to its own."""
         total = sum(self.move_cost(x, r) for x, r in zip(n.inputs, reqs))
-        if natural.partial and (self._feeds_scatter_add(n) or self._summed_next(n)):
-            return total  # the sum rides along into a scatter-add or a sum and is reduced there, once
+        if natural.partial and self._summed_next(n):
+            return total  # the sum rides along into a sum with another contribution, reduced once there
+        scatter = self._feeds_scatter_add(n) if natural.partial else None
+        if scatter is not None:  # reduced once, as the scatter's result: charge that here
+            pending = Sharding(Sharding.replicated(scatter.rank).dims, natural.partial)
+            return total + reshard_cost(scatter.shape, scatter.dtype.itemsize, pending,
+                                        self.shardings[scatter], self.mesh)
         if n.op in _REMAKEABLE and not natural.partial:
             return total  # a cheap value: its users may compute it again where they need it
         return total + reshard_cost(n.shape, n.dtype.itemsize, natural, self.shardings[n], self.mesh)
@@ -238,24 +278,25 @@ class Lowerer(Resharder):
         others = [x for x in users[0].inputs if x is not n]
         return len(others) == 1 and others[0].op in (Op.DOT_GENERAL, Op.ADD, Op.SUB, Op.REDUCE_SUM)
 
-    def _feeds_scatter_add(self, n: Node, hops: int = 4) -> bool:
-        """Does n reach a scatter-add's updates through single-use linear ops that do not grow?
-        (MoE dispatch: a masked local gather of tokens, scaled, scattered into expert slots.)"""
+    def _feeds_scatter_add(self, n: Node, hops: int = 4) -> Node | None:
+        """The scatter-add whose updates n reaches through single-use linear ops that do not
+        grow, if any (MoE dispatch: a masked local gather of tokens, scaled, scattered into
+        expert slots)."""
         cur = n
         for _ in range(hops):
             users = self.users[cur]
             if len(users) != 1:
-                return False
+                return None
             u = users[0]
             pos = [i for i, x in enumerate(u.inputs) if x is cur]
             if len(pos) != 1:
-                return False
+                return None
             if u.op is Op.SCATTER and pos == [2] and _is_zero(u.inputs[0]):
-                return True
+                return u
             if not (u.op in _LINEAR_ONE | _LINEAR_FIRST and _linear_in(u, pos) and u.size <= cur.size):
-                return False
+                return None
             cur = u
-        return False
+        return None
 
     def _mask_reduced(self, x: Node, dims: list[list[int]], req: Sharding, shape, rule: FactorRule,
                       red: dict[int, str]) -> Node:
@@ -378,16 +419,29 @@ class Lowerer(Resharder):
             self.lower_node(n)
         outs = []
         for o, want, name in zip(self.g.outputs, output_shardings, self.g.output_names):
-            self.why = (name, o.source, f"output {name!r} wants {want}")
-            outs.append(self.value(o, want, None))
+            outs.append(self.value(o, want, None, f" for output {name!r}"))
         local = self.b.build(outs, self.g.output_names)
         return verify(local), output_shardings
 
 
 def lower(g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], origins: dict[Node, str],
-          output_shardings: list[Sharding], priorities: dict[Node, int]) -> SpmdProgram:
-    lw = Lowerer(g, mesh, shardings, priorities)
-    local, outs = lw.run(output_shardings)
+          output_shardings: list[Sharding], priorities: dict[Node, int], pinned: frozenset = frozenset(),
+          rounds: int = 3) -> SpmdProgram:
+    """Greedy lowering, then up to `rounds` - 1 more in which the values that were gathered for
+    some users move once where they are made; the program sending the fewest bytes wins."""
+    best, hoist = None, {}
+    for _ in range(rounds):
+        lw = Lowerer(g, mesh, shardings, priorities, hoist, pinned)
+        local, outs = lw.run(output_shardings)
+        score = (sum(c.wire_bytes for c in lw.ledger), sum(c.bytes for c in lw.ledger))
+        if best is not None and score >= best[0]:
+            break
+        best = (score, lw, local, outs)
+        more = {n: s for n, s in lw.hoistable().items() if n not in hoist}
+        if not more:
+            break
+        hoist = {**hoist, **more}
+    _, lw, local, outs = best
     prog = SpmdProgram(g, mesh, local, shardings, origins, [shardings[p] for p in g.inputs], outs, lw.ledger)
     prog.value_map = dict(lw.local)  # global node → (local node, its natural sharding): for debugging
     return prog

@@ -107,3 +107,37 @@ def test_fsdp_moves_at_most_three_psi(name):
     for p, s in zip(g.inputs, prog.input_shardings):
         if p.name.startswith("params[") and p.rank:
             assert not s.is_replicated, p.name
+
+
+@pytest.mark.parametrize("batch", [4, 64])
+def test_fsdp_moves_whichever_is_smaller_activations_or_weights(batch):
+    """ZeRO-3 gathers every weight (Ψ) when activations are the larger; with a small batch the
+    layers run split by output feature and only activations move (less than Ψ), as XLA does."""
+    m = models.get("mlp:tiny")
+    g, args = m.capture(False, "jax", batch, lr=0.1)
+    psi = sum(p.nbytes for p in g.inputs if p.name.startswith("params["))
+    prog = partition(g, Mesh(dp=4), plan="fsdp")
+    total = sum(c.bytes for c in prog.collectives)
+    act = batch * max(m.config.dims()) * 4
+    if batch == 64:  # every activation is larger than the largest weight: gather the weights
+        assert total == psi and {c.kind for c in prog.collectives} == {"all_gather"}, prog.ledger()
+    else:
+        assert total < psi and all(c.bytes <= act for c in prog.collectives), prog.ledger()
+    for a, b in zip(prog.simulate(*args), g.evaluate(*args)):
+        assert_close(a, b, tol=1e-5)
+
+
+def test_moe_tp_sp_gathers_the_tokens_once_where_they_are_made():
+    """Sequence-split tokens into expert-parallel experts: gather the tokens once, right after
+    they are made, so the router, the dispatch and the capacity count all run on the whole batch
+    (no gathers of expert choices, no reduce-scatter of a partial dispatch buffer); the expert
+    outputs are gathered for the combine. As XLA partitions it."""
+    m, g, args, want = captured("moe", False)
+    prog = partition(g, Mesh(tp=4), specs_for(m, g, True, True))
+    c = m.config
+    tokens = BATCH * c.seq_len * c.d_model * 4
+    slots = c.n_experts * c.capacity(BATCH * c.seq_len) * c.d_model * 4
+    assert [(r.kind, r.bytes) for r in prog.collectives] == [("all_gather", tokens), ("all_gather", slots)], prog.ledger()
+    assert "where it is made" in prog.collectives[0].reason
+    for a, b in zip(prog.simulate(*args), want):
+        assert_close(a, b, tol=1e-5)
