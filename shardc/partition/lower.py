@@ -65,7 +65,8 @@ def _identity(kind: str, dtype: DType):
 
 class Lowerer(Resharder):
     def __init__(self, g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], priorities: dict[Node, int],
-                 hoist: dict[Node, Sharding] | None = None, pinned: frozenset = frozenset()):
+                 hoist: dict[Node, Sharding] | None = None, pinned: frozenset = frozenset(),
+                 memo: dict | None = None):
         super().__init__(Emitter(g.name, mesh.axes), mesh)
         self.g = g
         self.shardings = shardings
@@ -78,6 +79,7 @@ class Lowerer(Resharder):
         self.cache: dict[tuple[Node, Sharding], Node] = {}
         self.used_natural: set[Node] = set()             # read as computed by some user
         self.moved: set[tuple[Node, Sharding]] = set()   # resharded (not recomputed) for a user
+        self.remake_plans = {} if memo is None else memo  # (node, sharding) → _remake_plan's answer
 
     def value(self, n: Node, want: Sharding, user: Node | None, why: str = "") -> Node:
         x, have = self.local[n]
@@ -137,6 +139,12 @@ class Lowerer(Resharder):
             return None
         if n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray):
             return None
+        key = (n, want)
+        if key not in self.remake_plans:
+            self.remake_plans[key] = self._find_remake_plan(n, want)
+        return self.remake_plans[key]
+
+    def _find_remake_plan(self, n: Node, want: Sharding):
         rule = rule_for(n)
         fa = representable(project(want, rule.result, rule, self.mesh), rule, self.mesh)
         if Sharding(unproject(fa, rule.result, rule, self.mesh)) != want:
@@ -429,9 +437,9 @@ def lower(g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], origins: dict[N
           rounds: int = 3) -> SpmdProgram:
     """Greedy lowering, then up to `rounds` - 1 more in which the values that were gathered for
     some users move once where they are made; the program sending the fewest bytes wins."""
-    best, hoist = None, {}
+    best, hoist, memo = None, {}, {}
     for _ in range(rounds):
-        lw = Lowerer(g, mesh, shardings, priorities, hoist, pinned)
+        lw = Lowerer(g, mesh, shardings, priorities, hoist, pinned, memo)
         local, outs = lw.run(output_shardings)
         score = (sum(c.wire_bytes for c in lw.ledger), sum(c.bytes for c in lw.ledger))
         if best is not None and score >= best[0]:
