@@ -1,7 +1,10 @@
 """The partitioner's communication against XLA's SPMD partitioner, on every row of
-bench/comm_vs_xla.py: shardc moves no more bytes than XLA (in HLO-buffer bytes and in bytes on
-the wire), and matches the closed forms (exact where one is exact, within the bound where it is
-a bound). Each model runs the benchmark in its own process (it sets up JAX's 8 CPU devices)."""
+bench/comm_vs_xla.py: shardc moves no more bytes than XLA (at the tiny size in HLO-buffer bytes
+and in bytes on the wire; at the mini size on the wire, which its cost model minimizes — there
+MoE's combine gathers 1.25x-capacity expert outputs, a larger buffer than XLA's all-reduce of
+the result but half the bytes sent), and matches the closed forms (exact where one is exact,
+within the bound where it is a bound). Each model runs the benchmark in its own process (it sets
+up JAX's 8 CPU devices)."""
 from __future__ import annotations
 
 import json
@@ -15,10 +18,11 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "comm_vs_xla.py"
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("size", ["tiny", "mini"])
 @pytest.mark.parametrize("model", ["mlp", "gpt2", "llama", "moe"])
-def test_no_more_bytes_than_xla(model, tmp_path):
+def test_no_more_bytes_than_xla(model, size, tmp_path):
     out = tmp_path / "comm.json"
-    p = subprocess.run([sys.executable, str(BENCH), "--models", model, "--json", str(out)],
+    p = subprocess.run([sys.executable, str(BENCH), "--models", model, "--size", size, "--json", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
@@ -26,8 +30,9 @@ def test_no_more_bytes_than_xla(model, tmp_path):
     for r in rows:
         where = f"{r['model']} {r['step']} {r['layout']}"
         assert "error" not in r, f"{where}: {r.get('error')}"
-        assert r["shardc_bytes"] <= r["xla_bytes"], f"{where}: {r['shardc_bytes']} > XLA {r['xla_bytes']}"
         assert r["shardc_wire_bytes"] <= r["xla_wire_bytes"], f"{where}: wire {r['shardc_wire_bytes']} > {r['xla_wire_bytes']}"
-        assert not r["flags"], f"{where}: {r['flags']} (closed form {r['closed_form']})"
+        if size == "tiny":
+            assert r["shardc_bytes"] <= r["xla_bytes"], f"{where}: {r['shardc_bytes']} > XLA {r['xla_bytes']}"
+        assert not [f for f in r["flags"] if f != ">XLA"], f"{where}: {r['flags']} (closed form {r['closed_form']})"
         if r["layout"] != "dp" or r["step"] == "train":
             assert r["shardc_bytes"] > 0, f"{where}: a split model that moves nothing?"
