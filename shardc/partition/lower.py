@@ -79,7 +79,8 @@ class Lowerer(Resharder):
         self.cache: dict[tuple[Node, Sharding], Node] = {}
         self.used_natural: set[Node] = set()             # read as computed by some user
         self.moved: set[tuple[Node, Sharding]] = set()   # resharded (not recomputed) for a user
-        self.remake_plans = {} if memo is None else memo  # (node, sharding) → _remake_plan's answer
+        self.memo = {} if memo is None else memo  # pure answers, shared by the lowering rounds
+        self.move_costs: dict[tuple, int] = {}  # valid while the cache stays as it is
 
     def value(self, n: Node, want: Sharding, user: Node | None, why: str = "") -> Node:
         x, have = self.local[n]
@@ -91,12 +92,14 @@ class Lowerer(Resharder):
             remade = self.remake(n, want, have)  # cheap values may be redone rather than moved
             if remade is not None:
                 self.cache[key] = remade
+                self.move_costs.clear()
         if key not in self.cache:
             name = n.name or n.op.value
             reason = f"{have} → {want}" + (f" for {user.op.value}" + (f" at {user.source}" if user.source else "") if user else why)
             self.why = (name, n.source, reason)
             self.cache[key] = self.reshard(x, n.shape, have, want)
             self.moved.add(key)
+            self.move_costs.clear()
         return self.cache[key]
 
     def hoistable(self) -> dict[Node, Sharding]:
@@ -139,10 +142,10 @@ class Lowerer(Resharder):
             return None
         if n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray):
             return None
-        key = (n, want)
-        if key not in self.remake_plans:
-            self.remake_plans[key] = self._find_remake_plan(n, want)
-        return self.remake_plans[key]
+        key = ("remake", n, want)
+        if key not in self.memo:
+            self.memo[key] = self._find_remake_plan(n, want)
+        return self.memo[key]
 
     def _find_remake_plan(self, n: Node, want: Sharding):
         rule = rule_for(n)
@@ -157,6 +160,12 @@ class Lowerer(Resharder):
         have = self.local[x][1]
         if have == want or (x, want) in self.cache:
             return 0
+        key = (x, want, depth)
+        if key not in self.move_costs:
+            self.move_costs[key] = self._move_cost(x, have, want, depth)
+        return self.move_costs[key]
+
+    def _move_cost(self, x: Node, have: Sharding, want: Sharding, depth: int) -> int:
         direct = reshard_cost(x.shape, x.dtype.itemsize, have, want, self.mesh)
         plan = self._remake_plan(x, want) if depth > 0 else None
         if plan is None:
@@ -242,8 +251,7 @@ class Lowerer(Resharder):
         The operands speak with their `propagated` shardings, `as_they_are` (as computed), or
         not at all (`none`)."""
         want = self.shardings[n]
-        cands = [] if operands == "as_they_are" else [
-            ((-1 if result_first else 999, 0, len(n.inputs)), project(want, rule.result, rule, self.mesh))]
+        sources = [] if operands == "as_they_are" else [((-1 if result_first else 999, 0, len(n.inputs)), want, None)]
         for i, x in enumerate(n.inputs):
             if operands == "none":
                 break
@@ -252,7 +260,15 @@ class Lowerer(Resharder):
             if operands == "as_they_are":  # the dearest to move leads (a splat or iota costs nothing)
                 have = self.local[x][1]
                 key = (-self.move_cost(x, Sharding.replicated(x.rank)),) + key
-            cands.append((key, project(have, rule.operands[i], rule, self.mesh)))
+            sources.append((key, have, i))
+        memo_key = ("plan", n, tuple(sources))  # the same sources give the same plan (rounds repeat most)
+        if memo_key not in self.memo:
+            self.memo[memo_key] = self._place(n, rule, sources)
+        return self.memo[memo_key]
+
+    def _place(self, n: Node, rule: FactorRule, sources):
+        cands = [(key, project(s, rule.result if i is None else rule.operands[i], rule, self.mesh))
+                 for key, s, i in sources]
         fa = merge(cands, rule, self.mesh)
         if n.op not in _MADE_LOCALLY:  # a factor only the result has cannot be computed split
             fa = representable(fa.restrict({f for t in rule.operands for fs in t for f in fs}), rule, self.mesh)
