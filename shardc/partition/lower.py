@@ -4,7 +4,8 @@ favouring the result's own sharding, its operands' propagated ones, or where the
 are), reshard operands to match, and compute locally; the natural result (maybe a pending partial
 sum) is resharded for each user on demand, once per sharding, or recomputed there when that is
 cheaper. Cheap values are left where they fall: a move is paid only where a dot, reduction or
-output needs it (often never: an FSDP layer's activations may stay feature-split)."""
+output needs it (often never: an FSDP layer's activations may stay feature-split). Greedy
+choices that only pay off later are revisited in a few whole-program rounds (`lower`)."""
 from __future__ import annotations
 
 import math
