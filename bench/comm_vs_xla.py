@@ -229,12 +229,7 @@ def closed_form(m, step: str, name: str, axes: dict, batch: int) -> dict | None:
 
 # ------------------------------------------------------------------------------------- rows
 def capture(m, step: str, batch: int):
-    params = m.jax_params(0)
-    if step == "train":
-        fn, build = m.jax_train_step("sgd", lr=0.1)
-        args = build(params, batch, 1)
-    else:
-        fn, args = m.jax_forward, (params, *m.jax_inputs(batch, 1))
+    fn, args = m.jax_step(step == "train", batch, lr=0.1)
     t0 = time.perf_counter()
     g = shardc.from_jax(fn, *args)
     return fn, args, g, (time.perf_counter() - t0) * 1e3

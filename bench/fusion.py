@@ -38,13 +38,7 @@ LAYOUTS = {"single": (dict(dp=1), False, None), "dp": (dict(dp=2), False, "dp"),
 
 def program(name: str, size: str, step: str, layout: str, batch: int, **overrides):
     m = models.get(f"{name}:{size}", **overrides)
-    params = m.jax_params(0)
-    if step == "train":
-        fn, build = m.jax_train_step("sgd", lr=0.1)
-        args = build(params, batch, 1)
-    else:
-        fn, args = m.jax_forward, (params, *m.jax_inputs(batch, 1))
-    g = shardc.from_jax(fn, *args)
+    g, _ = m.capture(step == "train", "jax", batch, lr=0.1)
     axes, tp, plan = LAYOUTS[layout]
     return partition(g, Mesh(axes), m.tp_specs() if tp else {}, plan)
 

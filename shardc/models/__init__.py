@@ -102,13 +102,17 @@ class ModelDef:
                 return shardc.from_torch(fn, args, capture="make_fx"), args
             module, args = self.torch_module(0), self.torch_inputs(batch, seed)
             return shardc.from_torch(module, args), args
+        fn, args = self.jax_step(train, batch, seed, lr)
+        return shardc.from_jax(fn, *args), args
+
+    def jax_step(self, train: bool = False, batch: int = 2, seed: int = 1, lr: float = 1e-3):
+        """(fn, args): the JAX forward pass or SGD training step and its example arguments
+        (parameters from seed 0, data from `seed`), as `capture` captures them."""
         params = self.jax_params(0)
         if train:
             fn, build = self.jax_train_step("sgd", lr=lr)
-            args = build(params, batch, seed)
-        else:
-            fn, args = self.jax_forward, (params, *self.jax_inputs(batch, seed))
-        return shardc.from_jax(fn, *args), args
+            return fn, build(params, batch, seed)
+        return self.jax_forward, (params, *self.jax_inputs(batch, seed))
 
     # ------------------------------------------------------------------------------------ JAX
     def jax_params(self, seed: int = 0, dtype=None) -> dict:
