@@ -4,7 +4,6 @@ kernels through the Triton interpreter (target "pallas": Pallas interpret mode),
 exactly as partition/simulate.py computes them."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +12,7 @@ from ..ir import DType, Node, Op
 from ..ir.evaluate import eval_node
 from ..ir.graph import to_numpy
 from .cache import import_file
+from .interpret import interpret_mode
 from .fusion import CollectiveStep, FusionGroup, ViewStep, is_buffer_leaf
 
 
@@ -28,15 +28,6 @@ def to_torch(a: np.ndarray):
     if a.dtype == DType.bf16.np:
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
-
-
-@contextlib.contextmanager
-def interpret_mode(on: bool):
-    """Triton decides interpreter vs compiler when @triton.jit runs (at import): set it then."""
-    from triton import knobs
-    with knobs.runtime.scope():
-        knobs.runtime.interpret = on
-        yield
 
 
 class Kernel:

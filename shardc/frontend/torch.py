@@ -34,6 +34,7 @@ import os
 import re
 import sysconfig
 import traceback
+import warnings
 
 import numpy as np
 import torch
@@ -125,7 +126,9 @@ def _capture(fn, args, kwargs, leaves, names, how: str, decompose: bool) -> _Cap
 def _export(module, args, kwargs, leaves, names) -> _Capture:
     from torch.export.graph_signature import InputKind, OutputKind
 
-    ep = torch.export.export(module, args, kwargs).run_decompositions(_core_aten_table())
+    with warnings.catch_warnings():  # torch.export's own deprecation notice (LeafSpec), on every export
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        ep = torch.export.export(module, args, kwargs).run_decompositions(_core_aten_table())
     sig = ep.graph_signature
     user = [(n, leaf) for n, leaf in zip(names, leaves)]
     if sum(s.kind is InputKind.USER_INPUT for s in sig.input_specs) != len(user):

@@ -6,10 +6,12 @@ processes are then all killed and reaped, and the next run starts a fresh pool."
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -162,6 +164,26 @@ def _context():
     return ctx
 
 
+@contextlib.contextmanager
+def _main_hidden():
+    """Workers must never re-run the user's script: multiprocessing's spawn and forkserver
+    re-import the parent's __main__ in each child (from its __file__ or __spec__), which runs a
+    plain script without an `if __name__ == "__main__":` guard once more in every rank. The ranks
+    need nothing from it (they receive plain data), so hide it while they start."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 def _exit_text(code) -> str:
     if code is None:
         return "did not exit"
@@ -216,7 +238,8 @@ class LocalPool:
             parent_end, child_end = ctx.Pipe(duplex=True)
             p = ctx.Process(target=_worker_main, name=f"shardc-rank{r}", daemon=True,
                             args=(r, self.world, port, child_end, self.status, self.pg_timeout_s, env))
-            p.start()
+            with _main_hidden():
+                p.start()
             child_end.close()
             self.procs.append(p)
             self.conns.append(parent_end)
