@@ -1,6 +1,15 @@
-"""PyTorch integration: `shardc.torch.parallelize(module, mesh, specs_or_plan)` returns a module
-whose forward runs the partitioned, compiled program on torch.distributed ranks (spawned locally,
-or this job's ranks under torchrun). It compiles on the first call for each input signature."""
+"""PyTorch integration.
+
+- `shardc.torch.parallelize(module, mesh, specs_or_plan)` returns a module whose forward runs
+  the partitioned, compiled program on torch.distributed ranks (spawned locally, or this job's
+  ranks under torchrun), compiled on the first call for each input signature. It is
+  differentiable: `loss.backward()` runs a partitioned VJP program on the ranks and fills `.grad`
+  of the module's own parameters; parameters are read afresh on every call, so an optimizer can
+  train it (shardc/torch_autograd.py).
+- `torch.compile(model, backend=shardc.torch.backend(mesh, specs))` partitions every graph
+  dynamo captures, forward and backward (AOTAutograd's joint graph, split in two: both halves
+  run on the ranks); lifted parameters and buffers are named by module path (shardc/torch_dynamo.py).
+"""
 from __future__ import annotations
 
 import torch
@@ -13,7 +22,8 @@ def _signature(args) -> tuple:
 
 
 class Parallelized(torch.nn.Module):
-    """`module` partitioned over `mesh`: same call, same outputs, every device's share on a rank."""
+    """`module` partitioned over `mesh`: same call, same outputs, every device's share on a rank;
+    gradients flow to `module`'s parameters through a partitioned backward."""
 
     def __init__(self, module: torch.nn.Module, mesh: Mesh, specs=None, plan: str | None = None,
                  target: str = "triton", **run_options):
@@ -24,20 +34,30 @@ class Parallelized(torch.nn.Module):
             specs, plan = None, specs
         self.specs, self.plan = specs, plan
         self._compiled: dict[tuple, object] = {}
+        self._runners: dict[tuple, object] = {}
+
+    def runner(self, *args):
+        """The forward/backward programs for these arguments' shapes and dtypes (made once)."""
+        from .torch_autograd import Runner
+        key = _signature(args)
+        if key not in self._runners:
+            r = Runner(self.module, self.mesh, self.specs, self.plan, self.target, self.run_options, args)
+            self._runners[key], self._compiled[key] = r, r.exe
+        return self._runners[key]
 
     def compiled(self, *args):
-        """The Executable for these arguments' shapes and dtypes (made once)."""
-        import shardc
-        key = _signature(args)
-        if key not in self._compiled:
-            g = shardc.from_torch(self.module, args)
-            prog = shardc.partition(g, self.mesh, self.specs, self.plan)
-            self._compiled[key] = shardc.compile(prog, target=self.target)
-        return self._compiled[key]
+        """The forward's Executable for these arguments' shapes and dtypes (made once)."""
+        return self.runner(*args).exe
 
     def forward(self, *args):
-        # parameters are read at capture time: a module whose weights change needs a fresh wrapper
-        outs = self.compiled(*args).run(*args, engine="torch", **self.run_options)
+        from .torch_autograd import Function
+        r = self.runner(*args)
+        state = r.state_tensors()
+        arg_tensors = [a for a in torch.utils._pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in state + arg_tensors):
+            outs = Function.apply(r, len(state), *state, *arg_tensors)
+        else:
+            outs = r.forward(state, arg_tensors)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
