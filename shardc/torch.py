@@ -66,39 +66,11 @@ def parallelize(module: torch.nn.Module, mesh: Mesh, specs_or_plan=None, **optio
     return Parallelized(module, mesh, specs_or_plan, **options)
 
 
-def _friendly_name(placeholder) -> str | None:
-    """Dynamo lifts a module's parameters into graph inputs named like
-    l_self_modules_up_parameters_weight_; its source says L['self']._modules['up']._parameters['weight']:
-    name such inputs "params['up.weight']" (state, matched by "*up.weight" globs) and user inputs
-    by their argument name."""
-    import re
-    arg = placeholder.meta.get("grapharg")
-    source = getattr(arg, "source", None)
-    if source is None:
-        return None
-    keys = re.findall(r"\['([^']*)'\]", source.name)
-    if len(keys) >= 2 and keys[0] == "self":
-        return f"params[{'.'.join(keys[1:])!r}]"
-    return keys[0] if len(keys) == 1 else None
-
-
 def backend(mesh: Mesh, specs=None, plan: str | None = None, target: str = "triton", **run_options):
     """A torch.compile backend: `torch.compile(model, backend=shardc.torch.backend(mesh, specs))`.
-    Each graph dynamo captures is partitioned over `mesh` and run on torch.distributed ranks."""
-
-    def compile_graph(gm, example_inputs):
-        import shardc
-        g = shardc.from_torch(gm, tuple(example_inputs))
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        for p, ph in zip(g.inputs, placeholders):
-            name = _friendly_name(ph)
-            if name and name not in g.input_names:
-                p.name = name
-        exe = shardc.compile(shardc.partition(g, mesh, specs, plan), target=target)
-
-        def run(*args):
-            return tuple(exe.run(*args, engine="torch", **run_options))
-        run.executable = exe
-        return run
-
-    return compile_graph
+    Each graph dynamo captures is partitioned over `mesh` and run on torch.distributed ranks,
+    forward and backward (through AOTAutograd); lifted parameters and buffers are named
+    "params['<module path>']". What the backend returns for a graph has `.shardc` (its
+    `.forward` and `.backward` Executables) and `.executable` (the forward's)."""
+    from .torch_dynamo import backend as _impl
+    return _impl(mesh, specs, plan, target, **run_options)

@@ -71,3 +71,25 @@ def test_parallelize_trains_like_the_module(torch_pool):
     bwd = next(iter(runner.backwards.values()))[0].prog
     assert bwd.sharding_of("out['up.weight']").spec() == P("tp", None)  # a gradient split as its parameter
     assert {c.kind for c in bwd.collectives} >= {"all_reduce"}
+
+
+def test_torch_compile_backend_trains_like_the_module(torch_pool):
+    batches = _batches()
+    want = _train(ref := copy.deepcopy(_MODEL), ref, batches)
+    model = copy.deepcopy(_MODEL)
+    torch._dynamo.reset()
+    inner = shardc.torch.backend(MESH, MEGATRON, world=torch_pool)
+    made = []
+
+    def backend(gm, example_inputs):
+        made.append(inner(gm, example_inputs))
+        return made[-1]
+
+    got = _train(model, torch.compile(model, backend=backend), batches)
+    _assert_same_params(got, want)
+    (compiled,) = made  # one graph, compiled once: later steps reuse it
+    fwd, bwd = compiled.shardc.forward.prog, compiled.shardc.backward.prog
+    assert fwd.sharding_of("params['up.weight']").spec() == P("tp", None)
+    assert bwd.sharding_of("grad['up.weight']").spec() == P("tp", None)
+    assert bwd.sharding_of("grad['down.weight']").spec() == P(None, "tp")
+    assert any(c.kind == "all_reduce" and "dp" in c.axes for c in bwd.collectives)  # gradients summed over dp
