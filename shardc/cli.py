@@ -17,6 +17,8 @@ def parse_mesh(text: str):
         name, eq, size = part.partition("=")
         if not eq or not size.strip().isdigit() or not name.strip().isidentifier():
             raise ShardingError(f"--mesh {text!r}: expected NAME=SIZE[,NAME=SIZE...], e.g. dp=2,tp=4")
+        if name.strip() in axes:
+            raise ShardingError(f"--mesh {text!r}: axis {name.strip()!r} is given twice")
         axes[name.strip()] = int(size)
     return Mesh(axes)
 
@@ -35,66 +37,30 @@ def parse_spec(text: str):
     return name, P(*entries)
 
 
-class FileModel:
-    """MODEL given as path/to/file.py:factory — factory() returns (model_or_fn, example_args) and
-    optionally a dict of specs."""
-
-    def __init__(self, text: str):
-        import importlib.util
-        from pathlib import Path
-
-        from .errors import Error
-        path, _, factory = text.rpartition(":")
-        if not path.endswith(".py") or not factory.isidentifier():
-            raise Error(f"MODEL {text!r}: expected a zoo name (gpt2:tiny) or path/to/file.py:factory")
-        file = Path(path)
-        if not file.is_file():
-            raise Error(f"MODEL {text!r}: no such file {str(file)!r}")
-        spec = importlib.util.spec_from_file_location(f"shardc_user_model_{file.stem}", file)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-            made = getattr(module, factory)()
-        except AttributeError as e:
-            if not hasattr(module, factory):
-                raise Error(f"MODEL {text!r}: {str(file)!r} has no function {factory!r}") from None
-            raise Error(f"MODEL {text!r}: {factory}() raised {type(e).__name__}: {e}") from e
-        except Exception as e:  # the user's code failed: say where, in one line
-            raise Error(f"MODEL {text!r}: {type(e).__name__}: {e}") from e
-        if not isinstance(made, tuple) or len(made) not in (2, 3):
-            raise Error(f"MODEL {text!r}: {factory}() must return (model_or_fn, example_args[, specs])")
-        self.fn, args = made[0], made[1]
-        self.args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
-        self.specs = dict(made[2]) if len(made) == 3 else {}
-
-    def tp_specs(self):
-        from .errors import Error
-        raise Error("--plan megatron needs a zoo model; give a file model's specs with --spec or its factory")
-
-
-def load_model(model: str, frontend: str, train: bool, batch: int):
+def load_model(model: str, frontend: str | None, train: bool, batch: int | None, optimizer: str):
     """A zoo name ("gpt2:tiny") or path/to/file.py:factory → (Graph, args, model)."""
-    import shardc
     from . import models
+    from .errors import Error
     if ".py:" in model:
-        m = FileModel(model)
-        is_torch = any(type(a).__module__.startswith("torch") for a in m.args) or \
-            type(m.fn).__module__.startswith("torch")
-        g = shardc.from_torch(m.fn, m.args) if is_torch else shardc.from_jax(m.fn, *m.args)
-        return g, m.args, m
+        from .file_model import FileModel
+        m = FileModel(model, batch)
+        if frontend is not None and frontend != ("torch" if m.is_torch else "jax"):
+            raise Error(f"--frontend {frontend}: {model} is a {'torch' if m.is_torch else 'JAX'} model")
+        g, args = m.capture(train, optimizer)
+        return g, args, m
     m = models.get(model)
-    g, args = m.capture(train, frontend, batch)
+    g, args = m.capture(train, frontend or "jax", 4 if batch is None else batch, optimizer=optimizer)
     return g, args, m
 
 
-def build_specs(m, g, plan: str | None, spec_texts) -> tuple[dict, str | None]:
+def build_specs(m, g, mesh, plan: str | None, spec_texts) -> tuple[dict, str | None]:
     specs = {}
     if plan in ("megatron", "megatron-sp"):
         specs.update(m.tp_specs())
         if plan == "megatron-sp":
             from .partition.plans import sequence_parallel_specs
-            specs.update(sequence_parallel_specs(g))
-        plan = None
+            specs.update(sequence_parallel_specs(g, batch_axes=tuple(a for a in mesh.axis_names if a != "tp")))
+        plan = "dp"  # the batch goes over the axes tensor parallelism leaves (dp of dp×tp)
     specs.update(getattr(m, "specs", {}))  # a file model's own specs; --spec overrides
     for text in spec_texts:
         name, p = parse_spec(text)
@@ -102,24 +68,42 @@ def build_specs(m, g, plan: str | None, spec_texts) -> tuple[dict, str | None]:
     return specs, plan
 
 
+def _version(ctx, param, value):
+    if value and not ctx.resilient_parsing:
+        from . import __version__
+        click.echo(f"shardc {__version__}")
+        ctx.exit()
+
+
 @click.group()
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="print shardc's version and exit")
 def main():
     """shardc: partition PyTorch and JAX models over a device mesh and check them."""
-    # kernels run on Triton's interpreter here; it binds at import, so say so before anything imports it
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-    # and JAX on a CPU machine shows 8 devices (only read when jax first starts)
+    # JAX on a CPU machine shows 8 devices (only read when jax first starts)
     if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 
+SPEC_HELP = ("NAME=SPEC, one entry per dim: an axis, '-' for whole, or several axes joined by '+' (major to "
+             "minor), e.g. 'x=dp,-', '*.c_fc.weight=tp,-', 'ids=dp+tp,-'; NAME may be an fnmatch glob")
+
+
 def _common(f):
-    f = click.option("--mesh", "mesh_text", default="dp=2", show_default=True, help="axes, e.g. dp=2,tp=4")(f)
+    f = click.option("--mesh", "mesh_text", default="dp=2", show_default=True,
+                     help="named axes NAME=SIZE, e.g. dp=2,tp=4 (devices row-major)")(f)
     f = click.option("--plan", type=click.Choice(["dp", "fsdp", "megatron", "megatron-sp"]), default=None,
-                     help="fill in specs: data parallel, ZeRO-3, or the zoo's Megatron layout (+ sequence parallel)")(f)
-    f = click.option("--spec", "spec_texts", multiple=True, help="NAME=SPEC, e.g. 'x=dp,-' or '*.c_fc.weight=tp,-'")(f)
-    f = click.option("--frontend", type=click.Choice(["jax", "torch"]), default="jax", show_default=True)(f)
-    f = click.option("--train", is_flag=True, help="the SGD training step instead of the forward pass")(f)
-    f = click.option("--batch", default=4, show_default=True)(f)
+                     help="fill in specs: data parallel, ZeRO-3, or the zoo's Megatron layout (+ sequence parallel); "
+                          "the batch goes over every axis the other specs leave")(f)
+    f = click.option("--spec", "spec_texts", multiple=True, help=SPEC_HELP)(f)
+    f = click.option("--frontend", type=click.Choice(["jax", "torch"]), default=None,
+                     help="which twin of a zoo model to capture [default: jax]; a file model is what it is")(f)
+    f = click.option("--train", is_flag=True, help="one training step (forward, backward, optimizer update) "
+                                                   "instead of the forward pass; a file model needs a loss")(f)
+    f = click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default=None,
+                     help="the training step's optimizer (with --train) [default: sgd]")(f)
+    f = click.option("--batch", type=int, default=None,
+                     help="batch size [default: 4 for zoo models; a file model's factory(batch=...)]")(f)
     f = click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
                      help="write a sharding map, a timeline and an HTML report into this directory")(f)
     f = click.option("--dump-dir", default=None, type=click.Path(file_okay=False), expose_value=False,
@@ -133,19 +117,44 @@ def _set_dump_dir(ctx, param, value):
     return value
 
 
-def _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir=None):
+def _prepare(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batch, report_dir=None):
     import shardc
+    from .errors import Error
+    if optimizer is not None and not train:
+        raise Error("--optimizer needs --train")
     mesh = parse_mesh(mesh_text)
     t0 = time.perf_counter()
-    g, args, m = load_model(model, frontend, train, batch)
+    g, args, m = load_model(model, frontend, train, batch, optimizer or "sgd")
     t1 = time.perf_counter()
-    specs, plan = build_specs(m, g, plan, spec_texts)
+    specs, plan = build_specs(m, g, mesh, plan, spec_texts)
     prog = shardc.partition(g, mesh, specs, plan)
     t2 = time.perf_counter()
+    for note in prog.notes:
+        click.echo(f"note: {note}", err=True)
     if report_dir:
         from .report import write_report
-        write_report(prog, report_dir, title=f"{model} {'train step' if train else 'forward'} on {mesh}")
+        path = write_report(prog, report_dir, title=f"{model} {_what(train, optimizer)} on {mesh}")
+        click.echo(f"report: {path or report_dir}", err=True)
     return g, args, prog, {"capture": t1 - t0, "partition": t2 - t1}
+
+
+def _what(train: bool, optimizer: str | None) -> str:
+    return f"train step ({optimizer or 'sgd'})" if train else "forward"
+
+
+ENGINE_TARGETS = {"interpreter": ("triton", "pallas", "sim"), "torch": ("triton",), "jax": ("pallas",)}
+
+
+def _check_engine(target: str, engine: str) -> None:
+    """Each engine runs one kind of kernels: refuse a pair that would run something else."""
+    from .errors import Error
+    if target not in ENGINE_TARGETS[engine]:
+        if target == "sim":
+            raise Error(f"--target sim runs the IR simulator in this process; --engine {engine} needs kernels "
+                        f"(--target {ENGINE_TARGETS[engine][0]})")
+        raise Error(f"--engine {engine} runs {ENGINE_TARGETS[engine][0].capitalize()} kernels, not {target}: use "
+                    f"--target {ENGINE_TARGETS[engine][0]}, or --engine "
+                    f"{'jax' if target == 'pallas' else 'torch'} for {target} kernels")
 
 
 @main.command()
@@ -155,15 +164,16 @@ def _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_
 @click.option("--engine", type=click.Choice(["interpreter", "torch", "jax"]), default="interpreter", show_default=True,
               help="run the kernels on the interpreters in one process, or on torch.distributed ranks / JAX devices")
 @click.option("--check/--no-check", default=True, show_default=True, help="compare with the unsharded model")
-def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, target, engine, check):
+def run(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batch, report_dir, target, engine, check):
     """Capture MODEL, partition it over the mesh, compile its kernels, run every device, check."""
     import shardc
     from rich.console import Console
     from rich.table import Table
     from .testing import rel_err, tolerance
+    _check_engine(target, engine)
     console = Console(stderr=True)
     with console.status(f"capturing {model} and partitioning it over {mesh_text}"):
-        g, args, prog, times = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir)
+        g, args, prog, times = _prepare(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batch, report_dir)
     console = Console()
     kernels = ""
     if target == "sim":
@@ -179,9 +189,11 @@ def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, 
         with Console(stderr=True).status(f"running {prog.mesh.size} devices on the {engine}"):
             outs = exe.run_interpreted(*args) if engine == "interpreter" else exe.run(*args, engine=engine)
         got = [np.asarray(shardc.ir.to_numpy(a)) for a in outs]
-        times[f"run ({target} interpreter)" if engine == "interpreter" else f"run ({engine})"] = time.perf_counter() - t
-        kernels = f", {len(exe.kernels)} {target} kernels"
-    console.print(f"[bold]{model}[/] {'train step' if train else 'forward'} on {prog.mesh}: "
+        where = {"interpreter": f"the {target} interpreter, every device in this process",
+                 "torch": f"{prog.mesh.size} torch.distributed ranks", "jax": f"{prog.mesh.size} JAX devices"}[engine]
+        times[f"run ({where})"] = time.perf_counter() - t
+        kernels = f", {len(exe.kernels)} {target} kernels run on {where}"
+    console.print(f"[bold]{model}[/] {_what(train, optimizer)} on {prog.mesh}: "
                   f"{len(g.nodes)} IR nodes, {len(prog.local.nodes)} per device{kernels}, "
                   f"{len(prog.collectives)} collectives, {sum(c.bytes for c in prog.collectives)} B per device")
     kinds = Table("collective", "count", "bytes per device", "wire bytes", title="communication")
@@ -216,13 +228,13 @@ def run(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, 
 @click.option("--target", type=click.Choice(["triton", "pallas"]), default="triton", show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="directory for the device program, kernel sources, shardings and ledger")
-def compile_cmd(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir, target, out_dir):
+def compile_cmd(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batch, report_dir, target, out_dir):
     """Partition MODEL and generate its kernels; write every stage's text into --out."""
     from pathlib import Path
 
     import shardc
     out = Path(out_dir)
-    g, args, prog, times = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir)
+    g, args, prog, times = _prepare(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batch, report_dir)
     exe = shardc.compile(prog, target=target)
     files = {"global.ir": str(g), "device.ir": str(prog.local), "ledger.txt": prog.ledger() + "\n",
              "shardings.txt": prog.shardings_text(),
@@ -240,14 +252,17 @@ def compile_cmd(model, mesh_text, plan, spec_texts, frontend, train, batch, repo
 
 @main.command()
 @_common
-def tune(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir):
+def tune(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batch, report_dir):
     """Autotune every Triton kernel of MODEL on this machine and store the best configs."""
     import shardc
     from rich.progress import track
     from .codegen import autotune
-    g, args, prog, _ = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir)
+    g, args, prog, _ = _prepare(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batch, report_dir)
     exe = shardc.compile(prog, target="triton")
     kernels = list({k.name: k for k in exe.kernels}.values())
+    if autotune.gpu_name() is None:
+        click.echo("note: no GPU here: configs are timed on the Triton interpreter, which says nothing about GPU "
+                   f"speed; they are stored under the device {autotune.INTERPRETER!r}, not a GPU's", err=True)
     for k in track(kernels, description=f"tuning {len(kernels)} kernels"):
         best = autotune.tune(k)
         click.echo(f"{k.name}: {best}")
@@ -270,14 +285,29 @@ def bench(which, bench_args):
     runpy.run_path(str(script), run_name="__main__")
 
 
+@main.command("models")
+def models_cmd():
+    """List the model zoo: every name:size with its parameter count and shape."""
+    from rich.console import Console
+    from rich.table import Table
+    from .models import PRESETS, get
+    t = Table("MODEL", "parameters", "config", title="the model zoo (shardc run MODEL ...)")
+    for name, sizes in PRESETS.items():
+        for size in sizes:
+            m = get(f"{name}:{size}")
+            fields = {k: v for k, v in vars(m.config).items() if k not in ("init_std", "family")}
+            t.add_row(f"{name}:{size}", f"{m.num_params():,}", ", ".join(f"{k}={v}" for k, v in fields.items()))
+    Console().print(t)
+
+
 @main.command()
 @_common
-def explain(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir):
+def explain(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batch, report_dir):
     """Print every input's sharding and where it came from, and every collective with its reason."""
     from rich.console import Console
     from rich.table import Table
     console = Console()
-    g, args, prog, _ = _prepare(model, mesh_text, plan, spec_texts, frontend, train, batch, report_dir)
+    g, args, prog, _ = _prepare(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batch, report_dir)
     t = Table("input", "shape", "sharding", "origin", title="inputs")
     for p, s in zip(g.inputs, prog.input_shardings):
         t.add_row(p.name, str(list(p.shape)), str(s), prog.origins.get(p, ""))

@@ -3,16 +3,19 @@
 SHARDC_DEBUG=1..5   1 summary, 2 timings and bytes, 3 shardings, 4 kernel source, 5 IR after each
                     pass; any level also shows compiler frames in CLI errors.
 SHARDC_DUMP_DIR     write each stage's text there, numbered with its pass name.
+SHARDC_CACHE_DIR    the kernel cache and the tuning database (default ~/.cache/shardc; codegen/cache.py).
 """
 from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 FLAGS = {
     "SHARDC_DEBUG": "debug level 0-5 (see module docstring)",
     "SHARDC_DUMP_DIR": "directory for each stage's text, numbered by pass",
+    "SHARDC_CACHE_DIR": "kernel cache and tuning database directory (default ~/.cache/shardc)",
 }
 
 
@@ -36,6 +39,7 @@ def dump(stage: int, name: str, text: str) -> None:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     target = path / f"{stage:02d}-{name}.txt"
-    tmp = target.with_suffix(".tmp")
+    # a name of its own per writer: processes or threads dumping the same stage never share a .tmp
+    tmp = path / f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     tmp.write_text(text)
     tmp.replace(target)

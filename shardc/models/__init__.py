@@ -91,26 +91,27 @@ class ModelDef:
         return torch_train_step(self, optimizer, lr)
 
     def capture(self, train: bool = False, frontend: str = "jax", batch: int = 2, seed: int = 1,
-                lr: float = 1e-3):
-        """(Graph, args): the forward pass or SGD training step captured by shardc's `frontend`,
-        with the example arguments to call it with (parameters from seed 0, data from `seed`)."""
+                lr: float = 1e-3, optimizer: str = "sgd"):
+        """(Graph, args): the forward pass or training step (sgd, adam, adamw) captured by shardc's
+        `frontend`, with the example arguments to call it with (parameters from seed 0, data from `seed`)."""
         import shardc
         if frontend == "torch":
             if train:
-                fn, build = self.torch_train_step("sgd", lr=lr)
+                fn, build = self.torch_train_step(optimizer, lr=lr)
                 args = build(self.torch_module(0), batch, seed)
                 return shardc.from_torch(fn, args, capture="make_fx"), args
             module, args = self.torch_module(0), self.torch_inputs(batch, seed)
             return shardc.from_torch(module, args), args
-        fn, args = self.jax_step(train, batch, seed, lr)
+        fn, args = self.jax_step(train, batch, seed, lr, optimizer)
         return shardc.from_jax(fn, *args), args
 
-    def jax_step(self, train: bool = False, batch: int = 2, seed: int = 1, lr: float = 1e-3):
-        """(fn, args): the JAX forward pass or SGD training step and its example arguments
+    def jax_step(self, train: bool = False, batch: int = 2, seed: int = 1, lr: float = 1e-3,
+                 optimizer: str = "sgd"):
+        """(fn, args): the JAX forward pass or training step and its example arguments
         (parameters from seed 0, data from `seed`), as `capture` captures them."""
         params = self.jax_params(0)
         if train:
-            fn, build = self.jax_train_step("sgd", lr=lr)
+            fn, build = self.jax_train_step(optimizer, lr=lr)
             return fn, build(params, batch, seed)
         return self.jax_forward, (params, *self.jax_inputs(batch, seed))
 

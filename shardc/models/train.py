@@ -1,27 +1,17 @@
-"""Functional training steps (SGD, Adam) for the torch and JAX twins.
+"""Functional training steps (SGD, Adam, AdamW) for the torch and JAX twins.
 
 A step is a pure function of its arguments, so it can be captured and partitioned like a forward:
 
-    sgd:   fn(params, *inputs, targets)            -> (loss, new_params)
-    adam:  fn(params, opt_state, *inputs, targets) -> (loss, new_params, new_opt_state)
+    sgd:          fn(params, *inputs, targets)            -> (loss, new_params)
+    adam, adamw:  fn(params, opt_state, *inputs, targets) -> (loss, new_params, new_opt_state)
 
 params is a flat {name: tensor} dict; opt_state is {"step": scalar f32, "m": {name: t}, "v": {name: t}}.
-Both twins use the same update formulas, written out below (Adam as in Kingma & Ba, with bias
-correction; eps added after the square root as torch.optim.Adam does). The bias-correction
-scalars are cast to the parameter dtype so bf16 params stay bf16 (JAX would promote otherwise).
+Both twins use the one update in optim.py.
 """
 
 from __future__ import annotations
 
-from shardc.errors import Error
-
-OPTIMIZERS = ("sgd", "adam")
-ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
-
-
-def _check(optimizer):
-    if optimizer not in OPTIMIZERS:
-        raise Error(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+from .optim import ADAM_B1, ADAM_B2, ADAM_EPS, OPTIMIZERS, check_optimizer, init_state, update  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------- torch
@@ -31,7 +21,7 @@ def torch_train_step(model_def, optimizer="sgd", lr=1e-3):
 
     from . import torch_models
 
-    _check(optimizer)
+    check_optimizer(optimizer)
     cfg = model_def.config
     # A parameterless skeleton on the meta device: functional_call swaps in the params argument,
     # so the step closes over no real tensors.
@@ -47,7 +37,7 @@ def torch_train_step(model_def, optimizer="sgd", lr=1e-3):
     if optimizer == "sgd":
         def sgd_step(params, *args):
             grads, loss = grads_and_loss(params, args)
-            return loss, {n: p - lr * grads[n] for n, p in params.items()}
+            return loss, update("sgd", params, grads, {}, lr, torch.sqrt)[0]
 
         def sgd_args(module, batch=2, seed=0, dtype=None):
             return (_detached(module),) + model_def.torch_inputs(batch, seed, dtype) + (
@@ -57,23 +47,11 @@ def torch_train_step(model_def, optimizer="sgd", lr=1e-3):
 
     def adam_step(params, opt_state, *args):
         grads, loss = grads_and_loss(params, args)
-        step = opt_state["step"] + 1
-        new_params, new_m, new_v = {}, {}, {}
-        for n, p in params.items():
-            g = grads[n]
-            m = ADAM_B1 * opt_state["m"][n] + (1 - ADAM_B1) * g
-            v = ADAM_B2 * opt_state["v"][n] + (1 - ADAM_B2) * g * g
-            bc1 = (1 - ADAM_B1 ** step).to(p.dtype)
-            bc2 = (1 - ADAM_B2 ** step).to(p.dtype)
-            new_params[n] = p - lr * (m / bc1) / (torch.sqrt(v / bc2) + ADAM_EPS)
-            new_m[n], new_v[n] = m, v
-        return loss, new_params, {"step": step, "m": new_m, "v": new_v}
+        return (loss,) + update(optimizer, params, grads, opt_state, lr, torch.sqrt)
 
     def adam_args(module, batch=2, seed=0, dtype=None):
         params = _detached(module)
-        state = {"step": torch.zeros((), dtype=torch.float32),
-                 "m": {n: torch.zeros_like(p) for n, p in params.items()},
-                 "v": {n: torch.zeros_like(p) for n, p in params.items()}}
+        state = init_state(optimizer, params, torch.zeros_like, torch.zeros((), dtype=torch.float32))
         return (params, state) + model_def.torch_inputs(batch, seed, dtype) + (
             model_def.torch_targets(batch, seed, dtype),)
 
@@ -91,7 +69,7 @@ def jax_train_step(model_def, optimizer="sgd", lr=1e-3):
 
     from . import jax_models
 
-    _check(optimizer)
+    check_optimizer(optimizer)
     cfg = model_def.config
 
     def loss_fn(params, inputs, targets):
@@ -104,7 +82,7 @@ def jax_train_step(model_def, optimizer="sgd", lr=1e-3):
     if optimizer == "sgd":
         def sgd_step(params, *args):
             loss, grads = loss_and_grads(params, args)
-            return loss, {n: p - lr * grads[n] for n, p in params.items()}
+            return loss, update("sgd", params, grads, {}, lr, jnp.sqrt)[0]
 
         def sgd_args(params, batch=2, seed=0, dtype=None):
             return (dict(params),) + model_def.jax_inputs(batch, seed, dtype) + (
@@ -114,22 +92,10 @@ def jax_train_step(model_def, optimizer="sgd", lr=1e-3):
 
     def adam_step(params, opt_state, *args):
         loss, grads = loss_and_grads(params, args)
-        step = opt_state["step"] + 1
-        new_params, new_m, new_v = {}, {}, {}
-        for n, p in params.items():
-            g = grads[n]
-            m = ADAM_B1 * opt_state["m"][n] + (1 - ADAM_B1) * g
-            v = ADAM_B2 * opt_state["v"][n] + (1 - ADAM_B2) * g * g
-            bc1 = (1 - ADAM_B1 ** step).astype(p.dtype)
-            bc2 = (1 - ADAM_B2 ** step).astype(p.dtype)
-            new_params[n] = p - lr * (m / bc1) / (jnp.sqrt(v / bc2) + ADAM_EPS)
-            new_m[n], new_v[n] = m, v
-        return loss, new_params, {"step": step, "m": new_m, "v": new_v}
+        return (loss,) + update(optimizer, params, grads, opt_state, lr, jnp.sqrt)
 
     def adam_args(params, batch=2, seed=0, dtype=None):
-        state = {"step": jnp.zeros((), dtype=jnp.float32),
-                 "m": {n: jnp.zeros_like(p) for n, p in params.items()},
-                 "v": {n: jnp.zeros_like(p) for n, p in params.items()}}
+        state = init_state(optimizer, params, jnp.zeros_like, jnp.zeros((), dtype=jnp.float32))
         return (dict(params), state) + model_def.jax_inputs(batch, seed, dtype) + (
             model_def.jax_targets(batch, seed, dtype),)
 

@@ -8,7 +8,7 @@ from ..errors import ShardingError
 from ..ir import Graph, Op
 from .lower import lower
 from .mesh import DimSharding, Mesh, P, Sharding
-from .plans import PLANS, plan_seeds
+from .plans import PLANS, idle_axes, plan_seeds
 from .program import CollectiveRecord, SpmdProgram
 from .propagate import USER, TensorSharding, block_layouts, propagate
 from .specs import resolve
@@ -21,7 +21,7 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
     user, out_specs = resolve(g, mesh, specs)
     seeds = {n: TensorSharding(s, USER + prio, True, origin) for n, (s, origin, prio) in user.items()}
     if plan is not None:
-        plan_nodes, plan_outs = plan_seeds(g, mesh, plan, set(seeds))
+        plan_nodes, plan_outs = plan_seeds(g, mesh, plan, seeds)
         seeds.update(plan_nodes)
         for i, s in plan_outs.items():
             out_specs.setdefault(i, s)
@@ -35,6 +35,10 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
     pinned = frozenset(n for n in seeds if n.op is not Op.PARAMETER)  # sharding constraints inside the model
     prog = lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()}, pinned)
     t2 = time.perf_counter()
+    prog.notes = [f"mesh axis {a!r} is idle: no spec{' or plan' if plan else ''} splits a value over it, so its "
+                  f"{mesh.axes[a]} devices compute the same thing" for a in idle_axes(prog)]
+    for note in prog.notes:
+        flags.log(1, note)
     flags.log(1, f"partition {g.name} over {mesh}: {len(prog.collectives)} collectives, "
                  f"{sum(c.bytes for c in prog.collectives)} B per device")
     flags.log(2, f"propagation {1e3 * (t1 - t0):.0f} ms, lowering {1e3 * (t2 - t1):.0f} ms; "

@@ -53,6 +53,7 @@ class SpmdProgram:
         self.input_shardings = input_shardings
         self.output_shardings = output_shardings
         self.collectives = collectives
+        self.notes: list[str] = []          # what the user should know: idle mesh axes, ...
 
     def sharding_of(self, name: str) -> Sharding:
         for i, p in enumerate(self.graph.inputs):
@@ -67,6 +68,25 @@ class SpmdProgram:
         """Global outputs: every device run in one process, collectives exact."""
         from .simulate import simulate
         return simulate(self, self.graph.input_values(*args))
+
+    def input_blocks(self, values: dict[str, np.ndarray], devices=None) -> list[list[np.ndarray] | None]:
+        """Every device's local block of every input, blocks[device][input], from the global
+        values by input name (only `devices`' blocks if given; None for the others). The one
+        place inputs are split per device: the simulator and every engine use it."""
+        from .mesh import shard_array
+        glob = [np.asarray(values[p.name]) for p in self.graph.inputs]
+        want = range(self.mesh.size) if devices is None else set(devices)
+        return [[shard_array(x, s, self.mesh, d) for x, s in zip(glob, self.input_shardings)] if d in want else None
+                for d in range(self.mesh.size)]
+
+    def assemble(self, per_device: list[list[np.ndarray]]) -> list[np.ndarray]:
+        """Global outputs from every device's output blocks, per_device[device][output] (replicas
+        must agree exactly). The one place outputs are assembled."""
+        from .mesh import unshard_arrays
+        g = self.graph
+        return [unshard_arrays([per_device[d][i] for d in range(self.mesh.size)], go.shape, s, self.mesh,
+                               what=f"output {name!r}")
+                for i, (go, s, name) in enumerate(zip(g.outputs, self.output_shardings, g.output_names))]
 
     def bytes_by_kind(self) -> dict[str, int]:
         out: dict[str, int] = {}

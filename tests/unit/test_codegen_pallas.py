@@ -40,7 +40,9 @@ def export_all(kernels):
 def _summand_scale(k, ins) -> float:
     """Largest |summand| of the kernel's sums (reduce_sum, dot_general operands), from the numpy
     evaluation: a sum that cancels to ~0 (a layer-norm gradient's Σ(x - mean)) is judged on
-    1% of that scale, i.e. to ~1e-7 (f32) of its terms, not relative to its own rounding noise."""
+    10% of that scale, i.e. to ~1e-6 (f32) of its terms — a few ulps of the terms, which any
+    other summation order than numpy's pairwise one may differ by — not relative to its own
+    rounding noise."""
     env = dict(zip(k.inputs, ins))
     scale = 0.0
     for n in k.ops:
@@ -54,7 +56,7 @@ def _summand_scale(k, ins) -> float:
                 v = np.asarray(env[x], dtype=np.float64)
                 if v.size and n.dtype.is_float:
                     scale = max(scale, float(np.max(np.abs(v[np.isfinite(v)]), initial=0.0)))
-    return scale * 1e-2
+    return scale * 1e-1
 
 
 def run_and_check(prog, args, tol):
