@@ -141,6 +141,8 @@ def _export(module, args, kwargs, leaves, names) -> _Capture:
             inputs.append(_Input("bound", spec.target, value))
         elif spec.kind is InputKind.CONSTANT_TENSOR:
             inputs.append(_lifted(spec.target, ep.constants[spec.target]))
+        elif spec.kind is InputKind.TOKEN:  # orders side effects (an error check): no value
+            inputs.append(_Input("token", spec.arg.name, None))
         elif spec.kind is InputKind.USER_INPUT:
             name, leaf = next(user)
             user_names[spec.arg.name] = name
@@ -153,6 +155,8 @@ def _export(module, args, kwargs, leaves, names) -> _Capture:
     for spec, value in zip(sig.output_specs, flat_out):
         if spec.kind is OutputKind.USER_OUTPUT:
             outputs.append(value)
+        elif spec.kind is OutputKind.TOKEN:
+            continue
         elif spec.kind is OutputKind.USER_INPUT_MUTATION:
             name = user_names.get(spec.target, spec.target)
             raise UnsupportedOpError(f"{_graph_name(module)} updates its input {name!r} in place, which shardc "
@@ -348,6 +352,7 @@ class _Converter:
         self.bound: dict[str, np.ndarray] = {}
         self.used: set[str] = set()
         self.attrs: dict[str, object] = {}  # get_attr target → its IR value
+        self.outer_source: str | None = None  # the user's line, inside an op's decomposition
 
     def run(self, flatten_args) -> Graph:
         placeholders = [n for n in self.cap.graph.nodes if n.op == "placeholder"]
@@ -367,6 +372,8 @@ class _Converter:
 
     # ---- leaves ----------------------------------------------------------------------------
     def input(self, inp: _Input):
+        if inp.kind == "token":
+            return None
         if inp.kind == "const":
             return self.constant(inp.value) if isinstance(inp.value, torch.Tensor) else inp.value
         t = inp.value
@@ -407,10 +414,12 @@ class _Converter:
     # ---- ops -------------------------------------------------------------------------------
     def call(self, n):
         target, e = n.target, self.e
-        source = _source(n)
+        source = _source(n) or self.outer_source
         if target is operator.getitem:  # one result of a multi-output op
             out = self.env[n.args[0]][n.args[1]]
             return self.named(out, n)
+        if target is getattr(torch.ops.higher_order, "with_effects", None):
+            return self.with_effects(n, source)
         args = torch.fx.node.map_arg(n.args, lambda a: self.env[a])
         kwargs = {k: v for k, v in torch.fx.node.map_arg(n.kwargs, lambda a: self.env[a]).items()
                   if k not in _IGNORED_KWARGS}
@@ -423,6 +432,11 @@ class _Converter:
         rule, inplace = lookup(target), False
         if rule is None and _is_inplace(target):
             rule, inplace = lookup(_functional(target)), True
+        if rule is None and _decomposition(target) is not None:
+            out = self.decompose(n, target, source)
+            e.op_name, e.val = str(target), n.meta.get("val")
+            with e.loc(source):
+                return self.named(_conform(e, out, e.val), n)
         with e.loc(source):
             if rule is None:
                 raise UnsupportedOpError(f"{e.op_name}{_at(source)} is not supported by shardc; it has no rule "
@@ -451,6 +465,65 @@ class _Converter:
                 dst = dst.args[0]
         return self.named(out, n)
 
+    def with_effects(self, n, source):
+        """torch.export threads a token through ops with side effects; the ones that only check
+        (linalg's error checks, asserts) have no value here; others are refused by name."""
+        op = n.args[1]
+        name = getattr(op, "__name__", str(op))
+        if "check" in name or "assert" in name:
+            return (None, None)
+        raise UnsupportedOpError(f"{op}{_at(source)} (an op with side effects) is not supported by shardc")
+
+    def decompose(self, n, target, source):
+        """An aten op without a rule but with a decomposition in torch._decomp: trace that
+        decomposition (make_fx, on empty tensors of the op's example shapes) and map its ops."""
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        flat, spec = pytree.tree_flatten((n.args, n.kwargs))
+        at = [i for i, a in enumerate(flat) if isinstance(a, torch.fx.Node) and isinstance(self.env[a], Node)]
+        values = [self.env[a] if isinstance(a, torch.fx.Node) else a for a in flat]
+        examples = []
+        for i in at:
+            val = flat[i].meta.get("val")
+            if not isinstance(val, torch.Tensor):
+                raise UnsupportedOpError(f"{target}{_at(source)} is not supported by shardc (no example value)")
+            examples.append(torch.zeros(tuple(int(s) for s in val.shape), dtype=val.dtype))
+        decomp = _decomposition(target)
+
+        def fn(*ts):
+            full = list(values)
+            for i, t in zip(at, ts):
+                full[i] = t
+            a, k = pytree.tree_unflatten(full, spec)
+            out = decomp(*a, **k)
+            return tuple(out) if isinstance(out, tuple) else out
+
+        try:
+            gm = make_fx(fn, decomposition_table=_core_aten_table(), tracing_mode="fake")(*examples)
+        except Exception as err:
+            raise UnsupportedOpError(f"{target}{_at(source)} is not supported by shardc (its decomposition "
+                                     f"does not trace: {_first_line(err)})") from err
+        placeholders = [p for p in gm.graph.nodes if p.op == "placeholder"]
+        for ph, i in zip(placeholders, at):
+            self.env[ph] = values[i]
+        outer, self.outer_source = self.outer_source, source
+        try:
+            for node in gm.graph.nodes:
+                if node.op == "get_attr":
+                    value = getattr(gm, node.target)
+                    self.env[node] = self.constant(value) if isinstance(value, torch.Tensor) else value
+                elif node.op == "call_function":
+                    try:
+                        self.env[node] = self.call(node)
+                    except UnsupportedOpError as err:
+                        raise UnsupportedOpError(f"{err} (in the decomposition of {target})") from err
+        finally:
+            self.outer_source = outer
+        result = _output_node(gm.graph).args[0]
+        out = torch.fx.node.map_arg(result, lambda a: self.env[a])
+        return out[0] if isinstance(out, (list, tuple)) and len(out) == 1 and \
+            not isinstance(n.meta.get("val"), (list, tuple)) else out
+
     def check_inplace(self, n):
         """An in-place op becomes its functional twin; refuse it where something else could see
         the mutation: a graph input, or a tensor that is (or has) a view."""
@@ -478,6 +551,13 @@ class _Converter:
 
 def _convert(capture: _Capture, name: str, flatten_args) -> Graph:
     return _Converter(capture, name).run(flatten_args)
+
+
+@functools.lru_cache(maxsize=None)
+def _decomposition(target):
+    """torch's own decomposition of an aten overload, for ops the op table has no rule for."""
+    from torch._decomp import decomposition_table
+    return decomposition_table.get(target)
 
 
 def _is_inplace(target) -> bool:
