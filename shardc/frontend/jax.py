@@ -75,6 +75,7 @@ def from_jax(fn, *args, name: str = "main", **options) -> Graph:
     live = {n.name for n in g.nodes}
     g.sharding_constraints = {k: v for k, v in conv.constraints.items() if k in live}
     g.output_tree = out_tree  # to rebuild the result's pytree (shardc.jax.jit)
+    g.shape_only = any(isinstance(leaf, jax.ShapeDtypeStruct) for _, leaf in leaves)  # no values
     return g
 
 

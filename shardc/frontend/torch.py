@@ -368,6 +368,7 @@ class _Converter:
         outs = [self.output(v) for v in self.cap.outputs]
         g = self.e.build(outs, self.cap.output_names, bound=self.bound, flatten_args=flatten_args)
         g.sharding_constraints = dict(getattr(self.e, "constraints", {}))  # from shardc.constrain
+        g.shape_only = getattr(self, "shape_only", False)  # meta tensors or FakeTensors: no values
         return g
 
     # ---- leaves ----------------------------------------------------------------------------
@@ -385,13 +386,15 @@ class _Converter:
         node = self.e.parameter(inp.name, tuple(t.shape), TORCH_TO_IR[t.dtype])
         self.used.add(inp.name)
         if inp.kind == "bound":
-            self.bound[inp.name] = np.array(to_numpy(t.detach()), copy=True)
+            self.bound[inp.name] = _value_or_shape(self, t)
+        elif _has_no_data(t):
+            self.shape_only = True
         return node
 
     def constant(self, t: torch.Tensor) -> Node:
         if t.dtype not in TORCH_TO_IR:
             raise UnsupportedOpError(f"constant tensor of dtype {t.dtype} is not supported by shardc")
-        return self.e.constant(to_numpy(t.detach()), TORCH_TO_IR[t.dtype])
+        return self.e.constant(_value_or_shape(self, t, copy=False), TORCH_TO_IR[t.dtype])
 
     def get_attr(self, target: str):
         """make_fx keeps tensors the function closes over as module attributes."""
@@ -600,6 +603,21 @@ def _conform(e, out, val):
             raise Error(f"shardc bug: {e.op_name} gives {len(out)} results, torch {len(val)}")
         return type(out)(_conform(e, o, v) for o, v in zip(out, val))
     return out
+
+
+def _has_no_data(t) -> bool:
+    """A meta tensor or a FakeTensor: shapes and dtypes, no values (a shape-only capture)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    return t.is_meta or isinstance(t, FakeTensor)
+
+
+def _value_or_shape(conv, t, copy: bool = True) -> np.ndarray:
+    """The tensor's values, or for a tensor without data a zero-strided stand-in of its shape
+    (no memory) that marks the graph shape-only."""
+    if _has_no_data(t):
+        conv.shape_only = True
+        return np.broadcast_to(np.zeros((), TORCH_TO_IR[t.dtype].np), tuple(t.shape))
+    return np.array(to_numpy(t.detach()), copy=True) if copy else to_numpy(t.detach())
 
 
 def _at(source: str | None) -> str:

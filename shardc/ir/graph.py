@@ -55,7 +55,12 @@ class Graph:
     `bound` holds values of inputs the model owns (torch parameters and buffers), so that
     `evaluate(*args)` takes just what the original callable takes; `flatten_args` turns those
     arguments into arrays for the unbound inputs, in order.
+
+    A shape-only graph (`shape_only`, captured from meta tensors or jax.ShapeDtypeStruct) has
+    shapes and dtypes but no values: partition and analysis work on it, evaluating it does not.
     """
+
+    shape_only = False
 
     def __init__(self, nodes: list[Node], inputs: list[Node], outputs: list[Node],
                  output_names: list[str], name: str = "main",
@@ -87,6 +92,11 @@ class Graph:
 
     def input_values(self, *args) -> dict[str, np.ndarray]:
         """Every input's value by name: bound values plus the caller's (converted) arguments."""
+        if self.shape_only:
+            raise IRError(f"graph {self.name!r} is shape-only (captured from meta tensors or "
+                          f"jax.ShapeDtypeStruct): it has shapes and dtypes but no values, so it cannot be "
+                          f"evaluated or simulated; partition and shardc.analyze work on it, or capture "
+                          f"it again with real arrays to run it")
         flat = self.flatten_args(*args) if self.flatten_args else list(args)
         free = self.free_inputs
         if len(flat) != len(free):

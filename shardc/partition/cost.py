@@ -43,9 +43,11 @@ def op_seconds(n: Node, mesh_axes: dict[str, int]) -> float:
     return LAUNCH_S + max(flops(n) / PEAK_FLOPS, moved / MEMORY_BW)
 
 
-def timeline(local: Graph, overlap: bool = True) -> list[Event]:
+def timeline(local: Graph, overlap: bool = True, seconds=None) -> list[Event]:
     """Modeled schedule of one device: compute in program order on one stream; with `overlap`,
-    a collective runs on its own stream from when its operand is ready, and its users wait."""
+    a collective runs on its own stream from when its operand is ready, and its users wait.
+    `seconds(node)` prices an op (default: `op_seconds`, this file's flat roofline; shardc.analysis
+    passes its hardware- and topology-aware model)."""
     ready: dict[Node, float] = {}
     compute_t = comm_t = 0.0
     events = []
@@ -54,7 +56,7 @@ def timeline(local: Graph, overlap: bool = True) -> list[Event]:
             ready[n] = max((ready.get(i, 0.0) for i in n.inputs), default=0.0)
             continue
         deps = max((ready.get(i, 0.0) for i in n.inputs), default=0.0)
-        d = op_seconds(n, local.mesh_axes)
+        d = op_seconds(n, local.mesh_axes) if seconds is None else seconds(n)
         if n.op in COLLECTIVES and overlap:
             start = max(deps, comm_t)
             comm_t = start + d

@@ -1,0 +1,7 @@
+"""Analysis before running: hardware presets and topology (hardware.py), the α-β collective model
+(collectives.py), per-device memory (memory.py) and `analyze` (analyze.py), which puts them
+together into FLOPs, memory, communication and a modeled step time. No framework imports."""
+from . import hardware
+from .analyze import Analysis, analyze
+
+__all__ = ["Analysis", "analyze", "hardware"]

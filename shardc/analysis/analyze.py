@@ -1,0 +1,178 @@
+"""`shardc.analyze(prog, hardware="h200")`: FLOPs, memory, communication and a modeled step time
+of one device of a partitioned program, before anything runs.
+
+FLOPs count the per-device program: a dot_general 2·M·N·K, an elementwise op one per element,
+a reduction one per input element, a scatter one per update element; moves (reshape, transpose,
+broadcast, slice, pad, concatenate, gather) and collectives none. `model_flops` counts the
+unpartitioned graph the same way (what MFU divides by: no redundant replicated compute).
+
+Time is a roofline per op on the device (`partition/cost.py`'s timeline, priced here):
+- a dot_general takes the longer of its FLOPs at the dtype's peak and its operands and result
+  at HBM bandwidth;
+- other ops are assumed fused into chains (as shardc's fusion planner and XLA do): each writes
+  its result once and reads only operands that come from memory (inputs, matmul and collective
+  results); reshapes and broadcasts are free;
+- a collective takes the α-β time of collectives.py over the levels its mesh axes span.
+`compute_s` sums the device ops. Collectives run on their own stream from when their operand is
+ready and their users wait for them (the timeline's overlap model: FSDP's gathers prefetch,
+Megatron's all-reduces sit on the critical path); `step_s` is when the last op ends and
+`exposed_comm_s = step_s - compute_s`, the communication that overlap does not hide.
+`mfu` = model FLOPs per device / (step_s · the device's bf16 peak).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ..ir import Op
+from ..ir.ops import COLLECTIVES, REDUCE
+from ..partition.cost import timeline
+from . import collectives as coll
+from . import hardware as hwmod
+from .memory import memory as memory_of
+
+NO_FLOPS = frozenset({Op.PARAMETER, Op.CONSTANT, Op.IOTA, Op.AXIS_INDEX, Op.BROADCAST, Op.RESHAPE,
+                      Op.TRANSPOSE, Op.SLICE, Op.CONCATENATE, Op.PAD, Op.GATHER}) | COLLECTIVES
+FREE = frozenset({Op.PARAMETER, Op.CONSTANT, Op.IOTA, Op.AXIS_INDEX, Op.BROADCAST, Op.RESHAPE})
+FROM_MEMORY = frozenset({Op.PARAMETER, Op.DOT_GENERAL}) | COLLECTIVES
+
+
+def op_flops(n) -> int:
+    if n.op is Op.DOT_GENERAL:
+        a = n.inputs[0]
+        return 2 * n.size * math.prod(a.shape[d] for d in n.attrs["lhs_contract"])
+    if n.op in REDUCE:
+        return n.inputs[0].size
+    if n.op is Op.SCATTER:
+        return n.inputs[-1].size
+    if n.op in NO_FLOPS:
+        return 0
+    return n.size
+
+
+def graph_flops(g) -> int:
+    return sum(op_flops(n) for n in g.nodes)
+
+
+def collective_bytes(n) -> int:
+    """A collective node's bytes as the ledger counts them (all-gather: its result)."""
+    return n.nbytes if n.op is Op.ALL_GATHER else n.inputs[0].nbytes
+
+
+@dataclasses.dataclass
+class Analysis:
+    hardware: hwmod.Hardware
+    mesh: object
+    flops: int                       # per device per step (the per-device program)
+    model_flops: int                 # the unpartitioned graph's FLOPs (all devices together)
+    memory: dict                     # per device, bytes: params grads optimizer data activations peak
+    comm_bytes: dict                 # per device, bytes by mesh axes ("fsdp", "fsdp,tp")
+    compute_s: float
+    comm_s: float
+    exposed_comm_s: float
+    step_s: float
+    mfu: float
+    axis_levels: dict = dataclasses.field(default_factory=dict)   # axis -> "nvlink x8" ...
+    comm_s_by_axes: dict = dataclasses.field(default_factory=dict)
+    events: list = dataclasses.field(default_factory=list, repr=False)
+
+    @property
+    def fits(self) -> bool:
+        return self.memory["peak"] <= self.hardware.hbm_bytes
+
+    @property
+    def headroom(self) -> float:
+        """HBM bytes left at the peak (negative: by how much the program misses)."""
+        return self.hardware.hbm_bytes - self.memory["peak"]
+
+    def verdict(self) -> str:
+        cap, peak = self.hardware.hbm_bytes, self.memory["peak"]
+        if self.fits:
+            return (f"fits: peak {_gb(peak)} of {_gb(cap)} per {self.hardware.name} "
+                    f"({_gb(cap - peak)} to spare)")
+        return (f"does NOT fit: peak {_gb(peak)} exceeds {self.hardware.name}'s {_gb(cap)} by {_gb(peak - cap)} "
+                f"({peak / cap:.2f}x the device's memory)")
+
+    def table(self) -> str:
+        m, rows = self.memory, []
+        rows.append(("hardware", str(self.hardware.name) + f" x{self.mesh.size}  ({self.mesh})"))
+        rows.append(("mesh levels", ", ".join(f"{a}: {v}" for a, v in self.axis_levels.items())))
+        rows.append(("FLOPs / device", f"{self.flops:.4g}   (model {self.model_flops:.4g} total)"))
+        for k in ("params", "grads", "optimizer", "activations", "peak"):
+            rows.append((f"memory {k}", _gb(m[k])))
+        for axes, b in self.comm_bytes.items():
+            rows.append((f"comm {axes}", f"{_gb(b)}   {self.comm_s_by_axes.get(axes, 0) * 1e3:.3f} ms"))
+        rows.append(("compute", f"{self.compute_s * 1e3:.3f} ms"))
+        rows.append(("comm", f"{self.comm_s * 1e3:.3f} ms  (exposed {self.exposed_comm_s * 1e3:.3f} ms)"))
+        rows.append(("step", f"{self.step_s * 1e3:.3f} ms"))
+        rows.append(("MFU", f"{self.mfu * 100:.1f}%"))
+        rows.append(("memory verdict", self.verdict()))
+        w = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+    __str__ = table
+
+    def to_json(self) -> dict:
+        return {"hardware": self.hardware.name, "mesh": dict(self.mesh.axes), "flops": self.flops,
+                "model_flops": self.model_flops, "memory": dict(self.memory), "comm_bytes": dict(self.comm_bytes),
+                "comm_s_by_axes": dict(self.comm_s_by_axes), "compute_s": self.compute_s, "comm_s": self.comm_s,
+                "exposed_comm_s": self.exposed_comm_s, "step_s": self.step_s, "mfu": self.mfu,
+                "fits": self.fits, "headroom_bytes": self.headroom,
+                "axis_levels": dict(self.axis_levels)}
+
+
+def _gb(b: float) -> str:
+    return f"{b / 1e9:.2f} GB"
+
+
+class _Pricer:
+    """Seconds of one op of the per-device program on `hw` over `mesh`."""
+
+    def __init__(self, hw, mesh, axis_order=None):
+        self.hw = hw
+        self.spans = hw.axis_levels(mesh, axis_order)
+
+    def group_spans(self, axes):
+        return [s for a in axes for s in self.spans[a]]
+
+    def collective(self, n) -> float:
+        return coll.seconds(n.op.value, collective_bytes(n), self.group_spans(n.attrs["axes"]))
+
+    def __call__(self, n) -> float:
+        if n.op in COLLECTIVES:
+            return self.collective(n)
+        if n.op in FREE:
+            return 0.0
+        hw = self.hw
+        if n.op is Op.DOT_GENERAL:
+            moved = sum(i.nbytes for i in n.inputs) + n.nbytes
+            return max(op_flops(n) / hw.flops_for(n.inputs[0].dtype), moved / hw.hbm_bw)
+        moved = n.nbytes + sum(i.nbytes for i in n.inputs if i.op in FROM_MEMORY)
+        return max(op_flops(n) / hw.flops_for(n.dtype.compute), moved / hw.hbm_bw)
+
+
+def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None) -> Analysis:
+    """FLOPs, memory, communication and modeled time of one device of `prog` on `hardware`
+    (a preset name or a shardc.hardware.Hardware). `axis_order` lists the mesh axes outermost
+    first to lay them on the levels differently (default: the mesh's order, last axis innermost)."""
+    hw = hwmod.get(hardware)
+    mesh, local = prog.mesh, prog.local
+    price = _Pricer(hw, mesh, axis_order)
+    events = timeline(local, overlap=overlap, seconds=price)
+    compute_s = sum(e.duration for e in events if e.kind == "compute")
+    comm_s = sum(e.duration for e in events if e.kind == "collective")
+    step_s = max((e.start + e.duration for e in events), default=0.0)
+    comm_bytes, comm_s_by_axes = {}, {}
+    for c in prog.collectives:
+        key = ",".join(c.axes)
+        comm_bytes[key] = comm_bytes.get(key, 0) + c.bytes
+    for n in local.nodes:
+        if n.op in COLLECTIVES:
+            key = ",".join(n.attrs["axes"])
+            comm_s_by_axes[key] = comm_s_by_axes.get(key, 0.0) + price.collective(n)
+    model_flops = graph_flops(prog.graph)
+    mfu = (model_flops / mesh.size) / (step_s * hw.flops_for("bf16")) if step_s else 0.0
+    levels = {a: " x ".join(f"{lv.name} x{f}" for lv, f in sp) for a, sp in price.spans.items()}
+    return Analysis(hw, mesh, graph_flops(local), model_flops, memory_of(prog.graph, local), comm_bytes,
+                    compute_s, comm_s, max(0.0, step_s - compute_s), step_s, mfu, levels, comm_s_by_axes,
+                    events)

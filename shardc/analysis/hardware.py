@@ -1,0 +1,175 @@
+"""Hardware presets: peak FLOP/s per dtype, HBM capacity and bandwidth, and the interconnect as
+levels from fastest to slowest, for the accelerators shardc models.
+
+    hw = shardc.hardware.get("h200")             # h100 h200 b200 a100 tpu-v5e tpu-v5p tpu-v6e
+    hw.peak_flops["bf16"], hw.hbm_bytes, hw.hbm_bw, hw.levels
+    hw.axis_levels(mesh)                          # mesh axis -> [(level, factor), ...]
+
+A GPU cluster has two levels: NVLink inside an 8-GPU node and InfiniBand across nodes (one NIC per
+GPU, the HGX/DGX layout). A TPU slice has one ICI level per torus axis and DCN across slices.
+Mesh axes map onto levels innermost first (the last mesh axis on the fastest level, as
+`jax.experimental.mesh_utils` and torchrun's rank order lay devices out); an axis larger than
+what is left of a level spans the next one too (its collectives then run hierarchically).
+
+Every constant cites where it comes from. Bandwidths are per device, one direction, in bytes/s,
+as a ring collective sees them: a GPU's NVLink bandwidth is half the datasheet's bidirectional
+figure; a TPU torus axis with wraparound gives a ring both of its links (scaling book, part 3).
+Latencies (α) are not datasheet numbers: they are the per-step costs that small-message
+nccl-tests and the scaling book's ICI hop latency suggest, to an order of magnitude.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ..errors import Error
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """One level of the interconnect: `size` devices (of the level below each) joined by links of
+    `bw` bytes/s per device per direction, with `alpha` seconds per ring step."""
+    name: str
+    size: int            # devices this level joins (math.inf-like large for the outermost level)
+    bw: float            # bytes/s per device, one direction, as a ring uses it
+    alpha: float         # seconds of latency per ring step
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    name: str
+    peak_flops: dict      # dtype name ("bf16", "f16", "f32", "fp8") -> dense FLOP/s per device
+    hbm_bytes: float      # device memory capacity
+    hbm_bw: float         # device memory bandwidth, bytes/s
+    levels: tuple         # Level, fastest first; the last one joins everything beyond
+    source: str           # the datasheet the compute and memory numbers come from
+
+    def flops_for(self, dtype) -> float:
+        """Peak FLOP/s for an op computing in `dtype` (an IR DType or its name)."""
+        key = getattr(dtype, "value", dtype)
+        return self.peak_flops.get(key, self.peak_flops["f32"])
+
+    def with_levels(self, levels) -> "Hardware":
+        """The same device with another interconnect (a different node size, slice shape, ...)."""
+        return dataclasses.replace(self, levels=tuple(levels))
+
+    def axis_levels(self, mesh, order=None) -> dict[str, list[tuple[Level, int]]]:
+        """For each mesh axis, the levels it spans and its factor on each: devices are numbered
+        row-major, so the last axis (or the last of `order`) is innermost, on the fastest level."""
+        axes = list(order or mesh.axis_names)[::-1]
+        last = len(self.levels) - 1
+        out, i, room = {}, 0, self.levels[0].size   # room: factor of the current level still free
+        for a in axes:
+            n, spans = mesh.axes[a], []
+            while n > 1:
+                if i == last:
+                    spans.append((self.levels[i], n))
+                    break
+                if room <= 1:
+                    i += 1
+                    room = self.levels[i].size
+                    continue
+                f = math.gcd(n, room)
+                if f == 1:
+                    f = min(n, room)                 # no common factor: take what fits
+                spans.append((self.levels[i], f))
+                n, room = -(-n // f), room // f
+            out[a] = spans or [(self.levels[i], 1)]
+        return out
+
+    def __str__(self) -> str:
+        lv = ", ".join(f"{l.name} x{l.size if l.size < 1 << 30 else '∞'} {l.bw / 1e9:g} GB/s" for l in self.levels)
+        return (f"{self.name}: {self.peak_flops['bf16'] / 1e12:g} TFLOP/s bf16, {self.hbm_bytes / 1e9:g} GB HBM "
+                f"at {self.hbm_bw / 1e12:g} TB/s; {lv}")
+
+
+BIG = 1 << 40   # the outermost level's size: it joins every node or slice
+
+# ------------------------------------------------------------------------------------------ GPUs
+# NVIDIA H100 SXM5 datasheet (nvidia.com/en-us/data-center/h100, "H100 SXM" column): dense
+# (without sparsity) BF16/FP16 989 TFLOPS (the datasheet's 1,979 is with 2:4 sparsity), FP8
+# 1,979, TF32 495, FP32 67; 80 GB HBM3 at 3.35 TB/s; NVLink 4: 900 GB/s bidirectional per GPU.
+_H100_FLOPS = {"bf16": 989e12, "f16": 989e12, "fp8": 1979e12, "tf32": 495e12, "f32": 67e12}
+# NVLink α: nccl-tests all_reduce on 8 GPUs bottoms out near ~10 µs for 8 B over 2·7 ring steps,
+# i.e. roughly 1 µs a step (an estimate, not a datasheet number).
+_NVLINK4 = Level("nvlink", 8, 450e9, 1e-6)
+# DGX H100/H200 and HGX reference designs: one ConnectX-7 400 Gb/s NDR InfiniBand NIC per GPU
+# (nvidia.com DGX H100 datasheet: "8x NVIDIA ConnectX-7 ... 400 Gb/s") = 50 GB/s per direction.
+# α ≈ 5 µs a step: IB switch hops plus NCCL's proxy (an estimate from small-message nccl-tests).
+_IB_NDR = Level("infiniband", BIG, 50e9, 5e-6)
+
+H100 = Hardware("h100", _H100_FLOPS, 80e9, 3.35e12, (_NVLINK4, _IB_NDR),
+                "NVIDIA H100 Tensor Core GPU datasheet (SXM5)")
+# NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200, "H200 SXM"): the same Hopper compute
+# as H100 SXM; 141 GB HBM3e at 4.8 TB/s; NVLink 900 GB/s bidirectional.
+H200 = Hardware("h200", dict(_H100_FLOPS), 141e9, 4.8e12, (_NVLINK4, _IB_NDR),
+                "NVIDIA H200 Tensor Core GPU datasheet (SXM)")
+# NVIDIA DGX B200 / HGX B200 datasheet: per GPU (the 8-GPU figures / 8) dense FP8 4.5 PFLOPS,
+# BF16 2.25 PFLOPS, TF32 1.1 PFLOPS, FP32 ~75 TFLOPS (Blackwell architecture brief); 180 GB HBM3e
+# at 8 TB/s (DGX B200: 1,440 GB and 64 TB/s total); NVLink 5: 1.8 TB/s bidirectional per GPU;
+# ConnectX-7 400 Gb/s per GPU in DGX B200.
+B200 = Hardware("b200", {"bf16": 2.25e15, "f16": 2.25e15, "fp8": 4.5e15, "tf32": 1.1e15, "f32": 75e12},
+                180e9, 8e12, (Level("nvlink", 8, 900e9, 1e-6), _IB_NDR),
+                "NVIDIA DGX B200 datasheet (per GPU)")
+# NVIDIA A100 datasheet (80GB SXM): BF16 312 TFLOPS dense, TF32 156, FP32 19.5; 80 GB HBM2e at
+# 2,039 GB/s; NVLink 3: 600 GB/s bidirectional; DGX A100: 8x ConnectX-6 200 Gb/s HDR per GPU.
+A100 = Hardware("a100", {"bf16": 312e12, "f16": 312e12, "tf32": 156e12, "f32": 19.5e12}, 80e9, 2.039e12,
+                (Level("nvlink", 8, 300e9, 1e-6), Level("infiniband", BIG, 25e9, 5e-6)),
+                "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)")
+
+
+# ------------------------------------------------------------------------------------------ TPUs
+# ICI per-link bandwidths, one direction, from the JAX scaling book ("How to Scale Your Model",
+# part 2, "TPU specs" table): v5e 4.5e10 B/s, v5p 9e10, v6e 9e10 per link one way. A torus axis
+# with wraparound lets a ring use both directions of its two links per chip (part 3: "bidirectional
+# ring"), so the ring bandwidth per chip on such an axis is 2 x one-way link bandwidth; an axis
+# without wraparound (v5e/v6e below the full 16) gets half. The per-hop latency is the scaling
+# book's ~1 µs ICI hop figure.
+# DCN per chip, Google Cloud TPU docs: v5p "Data center network bandwidth per chip 50 Gbps"
+# (6.25e9 B/s); v5e 2 x 100 Gbps NICs per 8-chip host (25 Gbps = 3.125e9 B/s per chip); v6e
+# 4 x 200 Gbps NICs per 8-chip host (100 Gbps = 1.25e10 B/s per chip). DCN α ≈ 10 µs (estimate).
+def _tpu_levels(slice_shape, link_bw, wrap, dcn_bw):
+    levels = [Level(f"ici-{'xyz'[i]}", n, link_bw * (2 if w else 1), 1e-6)
+              for i, (n, w) in enumerate(zip(slice_shape, wrap))]
+    return tuple(levels) + (Level("dcn", BIG, dcn_bw, 10e-6),)
+
+
+# Cloud TPU v5e docs: 197 TFLOPS bf16, 394 int8; 16 GB HBM2 at 819 GB/s; 2D torus, 256-chip pod.
+TPU_V5E = Hardware("tpu-v5e", {"bf16": 197e12, "f16": 197e12, "f32": 197e12 / 4, "int8": 394e12}, 16e9, 819e9,
+                   _tpu_levels((16, 16), 4.5e10, (True, True), 3.125e9), "Google Cloud TPU v5e docs")
+# Cloud TPU v5p docs: 459 TFLOPS bf16; 95 GB HBM2e at 2,765 GB/s; 3D torus. The default slice is
+# 16x16x16 (4,096 chips) with wraparound on every axis; pass another with `get(..., slice=...)`.
+TPU_V5P = Hardware("tpu-v5p", {"bf16": 459e12, "f16": 459e12, "f32": 459e12 / 4, "int8": 918e12}, 95e9, 2.765e12,
+                   _tpu_levels((16, 16, 16), 9e10, (True, True, True), 6.25e9), "Google Cloud TPU v5p docs")
+# Cloud TPU v6e (Trillium) docs: 918 TFLOPS bf16, 1,836 int8; 32 GB HBM at 1,640 GB/s; 2D torus.
+TPU_V6E = Hardware("tpu-v6e", {"bf16": 918e12, "f16": 918e12, "f32": 918e12 / 4, "int8": 1836e12}, 32e9, 1.64e12,
+                   _tpu_levels((16, 16), 9e10, (True, True), 1.25e10), "Google Cloud TPU v6e docs")
+# f32 matmuls on TPUs run as multi-pass bf16 on the MXU; a quarter of the bf16 rate is the usual
+# rule of thumb (an estimate: Google documents no f32 peak).
+
+PRESETS = {h.name: h for h in (H100, H200, B200, A100, TPU_V5E, TPU_V5P, TPU_V6E)}
+_TPU_LINK = {"tpu-v5e": 4.5e10, "tpu-v5p": 9e10, "tpu-v6e": 9e10}
+
+
+def get(name, node: int | None = None, slice: tuple | None = None) -> Hardware:  # noqa: A002
+    """A preset by name (an existing Hardware passes through). `node` changes the GPUs per NVLink
+    domain (e.g. 72 for an NVL72 rack); `slice` a TPU slice's torus shape, e.g. (8, 16, 16)."""
+    if isinstance(name, Hardware):
+        return name
+    hw = PRESETS.get(str(name).lower())
+    if hw is None:
+        raise Error(f"unknown hardware {name!r}; presets: {', '.join(PRESETS)}")
+    if node is not None:
+        if hw.name.startswith("tpu"):
+            raise Error(f"hardware {hw.name}: `node` is for GPUs; a TPU takes slice=(x, y[, z])")
+        hw = hw.with_levels((dataclasses.replace(hw.levels[0], size=int(node)),) + hw.levels[1:])
+    if slice is not None:
+        if not hw.name.startswith("tpu"):
+            raise Error(f"hardware {hw.name}: `slice` is for TPUs; a GPU takes node=N")
+        wrap = tuple(n >= 16 or (hw.name == "tpu-v5p" and n % 4 == 0) for n in slice)
+        hw = hw.with_levels(_tpu_levels(tuple(slice), _TPU_LINK[hw.name], wrap, hw.levels[-1].bw))
+    return hw
+
+
+def names() -> list[str]:
+    return list(PRESETS)
