@@ -374,8 +374,9 @@ class Lowerer(Resharder):
             if not ds.axes:
                 continue
             k = limit[d] - start[d]
-            if ds.outer > 1 and k < n.inputs[0].shape[d]:  # one whole block of a fused dim: the same local block
-                per = x.shape[d] // ds.outer
+            size = n.inputs[0].shape[d]
+            if ds.strided and k < size:  # one whole block of a fused dim: the same local block
+                per = x.shape[d] // (size // k)
                 blk = start[d] // k
                 start[d], limit[d], stride[d] = blk * per, (blk + 1) * per, 1
             else:
@@ -388,6 +389,8 @@ class Lowerer(Resharder):
         b = self.b
         idx = b.cast(idx, DType.i32)
         n_dev = self.mesh.group_size(ds.axes)
+        if ds.parts:
+            return self._compound_rows(idx, size, ds)
         r = self.group_rank(ds.axes)
         if ds.outer > 1:
             inner = size // ds.outer
@@ -401,6 +404,25 @@ class Lowerer(Resharder):
         per = local_dim(size, ds, self.mesh)
         local = b.binary(Op.SUB, idx, b.binary(Op.MUL, r, b.const(per, DType.i32)))
         ok = b.binary(Op.AND, b.binary(Op.GE, local, 0), b.binary(Op.LT, local, per))
+        return local, ok
+
+    def _compound_rows(self, idx: Node, size: int, ds: DimSharding) -> tuple[Node, Node]:
+        """_table_rows for a compound layout: each factor of the row index in the block of it
+        this device holds."""
+        b, mesh = self.b, self.mesh
+        locs = [-(-s // mesh.group_size(a)) for s, a in ds.parts]
+        gstride, lstride = size, math.prod(locs)
+        local, ok = None, None
+        for (s, a), ls in zip(ds.parts, locs):
+            gstride //= s
+            lstride //= ls
+            gi = b.binary(Op.REM, b.floor_div(idx, gstride), s) if gstride > 1 or s < size else idx
+            if a:
+                gi = b.binary(Op.SUB, gi, b.binary(Op.MUL, self.group_rank(a), b.const(ls, DType.i32)))
+                inside = b.binary(Op.AND, b.binary(Op.GE, gi, 0), b.binary(Op.LT, gi, ls))
+                ok = inside if ok is None else b.binary(Op.AND, ok, inside)
+            term = b.binary(Op.MUL, gi, lstride)
+            local = term if local is None else b.binary(Op.ADD, local, term)
         return local, ok
 
     def _gather(self, n: Node, args, reqs, red) -> Node:

@@ -85,16 +85,76 @@ class P(tuple):
         return "P(" + ", ".join(repr(e) for e in self) + pr + ")"
 
 
+Part = tuple  # (size, axes): one factor of a dim and the mesh axes it is split over
+
+
 @dataclass(frozen=True)
 class DimSharding:
     """How one dim is split: over `axes` (major to minor). `outer` > 1 views the dim as
-    [outer, size/outer] and splits only the inner factor, so fused dims (QKV) keep whole heads."""
+    [outer, size/outer] and splits only the inner factor, so fused dims (QKV) keep whole heads.
+    `parts` (compound layouts, as Shardy's compound factors) views the dim as factors
+    (size, axes), major to minor, each split over its own axes and padded to a multiple on its
+    own: a merged [b·h] dim with b over dp and h over tp is ((b, ('dp',)), (h, ('tp',))). Use
+    `compound`, which gives the plain or `outer` form wherever one says the same."""
     axes: tuple[str, ...] = ()
     outer: int = 1
+    parts: tuple[Part, ...] = ()
+
+    def layout(self, size: int) -> tuple[Part, ...]:
+        """The dim as (size, axes) factors, major to minor, whatever form it is written in."""
+        if self.parts:
+            return self.parts
+        if self.outer > 1:
+            return ((self.outer, ()), (size // self.outer, self.axes))
+        return ((size, self.axes),)
+
+    @property
+    def strided(self) -> bool:
+        """Not one contiguous block per device (an `outer` stride or a compound layout)."""
+        return self.outer > 1 or bool(self.parts)
+
+    @staticmethod
+    def compound(parts, mesh: "Mesh") -> "DimSharding":
+        """The canonical DimSharding of a dim laid out as `parts`: factors that one split can
+        say merge (an unsplit minor factor under an evenly split major one; a major factor
+        split into one element per device); then plain, `outer`, or compound."""
+        out: list[Part] = []
+        for size, axes in parts:
+            size, axes = int(size), tuple(axes)
+            if size == 1 and not axes:
+                continue
+            if out:
+                s0, a0 = out[-1]
+                n0, n1 = mesh.group_size(a0), mesh.group_size(axes)
+                if (not axes and s0 % n0 == 0) or (not a0 and not axes) or (s0 == n0 and size % n1 == 0):
+                    out[-1] = (s0 * size, a0 + axes)
+                    continue
+            out.append((size, axes))
+        if not any(a for _, a in out):
+            return DimSharding()
+        if len(out) == 1:
+            return DimSharding(out[0][1])
+        if len(out) == 2 and not out[0][1] and out[1][0] % mesh.group_size(out[1][1]) == 0:
+            return DimSharding(out[1][1], out[0][0])
+        return DimSharding(tuple(a for _, ax in out for a in ax), 1, tuple(out))
 
     def __repr__(self) -> str:
+        if self.parts:
+            return "·".join(f"{s}" if not a else f"{a[0] if len(a) == 1 else a!r}:{s}" for s, a in self.parts)
         a = self.axes[0] if len(self.axes) == 1 else self.axes
         return repr(a) if self.outer == 1 else f"{a!r}/{self.outer}"
+
+
+def restrict_dim(d: DimSharding, size: int, keep, mesh: "Mesh") -> DimSharding:
+    """The dim with only the axes in `keep`: each factor keeps the longest prefix of its axes
+    that are kept (so the blocks of the result are unions of the blocks of `d`)."""
+    parts = []
+    for s, axes in d.layout(size):
+        k = 0
+        while k < len(axes) and axes[k] in keep:
+            k += 1
+        parts.append((s, axes[:k]))
+    return DimSharding.compound(parts, mesh)
 
 
 REPLICATED_DIM = DimSharding()
@@ -141,8 +201,20 @@ class Sharding:
         return f"[{body}]{part}"
 
 
+def _pads(size: int, d: DimSharding, mesh: Mesh) -> bool:
+    return any(s % mesh.group_size(a) for s, a in d.layout(size))
+
+
+def padded(size: int, d: DimSharding, mesh: Mesh) -> bool:
+    """Does the local block of this dim hold padding on some device?"""
+    return bool(d.axes) and _pads(size, d, mesh)
+
+
 def local_dim(size: int, d: DimSharding, mesh: Mesh) -> int:
-    """Local extent of a dim: ceil(size / n) per device (padded), per outer block when strided."""
+    """Local extent of a dim: ceil(size / n) per device (padded), per outer block when strided,
+    the product of its factors' (padded) local extents when compound."""
+    if d.parts:
+        return math.prod(-(-s // mesh.group_size(a)) for s, a in d.parts)
     n = mesh.group_size(d.axes)
     if d.outer > 1:
         return d.outer * (size // d.outer // n)
@@ -158,6 +230,21 @@ def global_indices(size: int, d: DimSharding, mesh: Mesh, device: int) -> np.nda
     n = mesh.group_size(d.axes)
     r = mesh.group_rank(device, d.axes)
     loc = local_dim(size, d, mesh)
+    if d.parts:
+        p = np.arange(loc)
+        g = np.zeros(loc, dtype=np.int64)
+        valid = np.ones(loc, dtype=bool)
+        rest = p
+        locs = [-(-s // mesh.group_size(a)) for s, a in d.parts]
+        stride = loc
+        for (s, a), ls in zip(d.parts, locs):
+            stride //= ls
+            li = rest // stride
+            rest = rest % stride
+            gi = mesh.group_rank(device, a) * ls + li if a else li
+            valid &= gi < s
+            g = g * s + gi
+        return np.where(valid, g, size + p)
     if d.outer > 1:
         inner = size // d.outer
         per = inner // n

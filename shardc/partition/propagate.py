@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..ir import Graph, Node, Op
 from .factors import merge, project, unproject
-from .mesh import Mesh, Sharding
+from .mesh import Mesh, Sharding, restrict_dim
 from .rules import PASS_THROUGH, FactorRule, rule_for
 
 USER, PLAN, WEAK, DEFAULT = 0, 10, 11, 99  # user specs take 0 + their P's priority
@@ -22,9 +22,10 @@ class TensorSharding:
     origin: str = ""
 
 
-def _extends(cur: Sharding, new: Sharding) -> bool:
-    return all((not c.axes or c.outer == n.outer) and n.axes[:len(c.axes)] == c.axes
-               for c, n in zip(cur.dims, new.dims))
+def _extends(cur: Sharding, new: Sharding, shape, mesh: Mesh) -> bool:
+    """Does `new` only add axes to `cur` (the same layout with more splits)?"""
+    return all(not c.axes or restrict_dim(n, size, set(c.axes), mesh) == c
+               for c, n, size in zip(cur.dims, new.dims, shape))
 
 
 class Propagator:
@@ -74,7 +75,7 @@ class Propagator:
             if cur is None or prio < st.priority:
                 self.state[t] = TensorSharding(new, prio, False, f"propagated through {n.describe()}")
                 changed = True
-            elif _extends(cur, new):  # compatible: gains axes at any priority, keeps the strongest
+            elif _extends(cur, new, t.shape, self.mesh):  # compatible: gains axes at any priority, keeps the strongest
                 self.state[t] = TensorSharding(new, min(prio, st.priority), False,
                                                f"propagated through {n.describe()}")
                 changed = True
@@ -84,7 +85,7 @@ class Propagator:
         """A spec fixes which axes split which dims; how a split dim is cut into blocks stays
         shardc's choice, so a fixed tensor takes the whole-block layout its ops ask for."""
         st = self.state[t]
-        dims = tuple(n if (n.axes == c.axes and n.outer > c.outer == 1) else c
+        dims = tuple(n if (n.axes == c.axes and n.outer > 1 and not n.parts and not c.strided) else c
                      for c, n in zip(st.sharding.dims, new.dims))
         if dims == st.sharding.dims:
             return False
@@ -125,7 +126,7 @@ def block_layouts(g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]) -> No
             continue
         dims = list(st.sharding.dims)
         for d, ds in enumerate(dims):
-            if not ds.axes or ds.outer != 1:
+            if not ds.axes or ds.strided:
                 continue
             k = _blocks_downstream(p, d, users)
             n = mesh.group_size(ds.axes)

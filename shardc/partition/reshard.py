@@ -11,7 +11,7 @@ import numpy as np
 
 from ..ir.emitter import Emitter
 from ..ir import DType, Node, Op
-from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
+from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape, padded
 from .program import CollectiveRecord, wire_bytes
 
 
@@ -23,13 +23,13 @@ def reshard_cost(shape, itemsize: int, have: Sharding, want: Sharding, mesh: Mes
     local = math.prod(local_shape(shape, have, mesh)) * itemsize
     cost = 0
     if have.partial:
-        scatter = any(a in want.dims[d].axes and want.dims[d].outer == have.dims[d].outer == 1
+        scatter = any(a in want.dims[d].axes and not want.dims[d].strided and not have.dims[d].strided
                       for d in range(len(shape)) for a in have.partial)  # as _resolve_partial can
         cost += local if scatter else 2 * local
     grow = 1
     for c, t in zip(have.dims, want.dims):
-        if c.outer != t.outer and c.axes and t.axes:
-            grow *= mesh.group_size(c.axes)
+        if c.axes and t.axes and c != t and (c.outer != t.outer or c.parts or t.parts):
+            grow *= mesh.group_size(c.axes)  # a different block layout: gathered whole, cut again
         else:
             grow *= mesh.group_size(tuple(a for a in c.axes if a not in t.axes))
     if grow > 1:
@@ -61,6 +61,8 @@ class Resharder:
         b = self.b
         n = self.mesh.group_size(d.axes)
         loc = local_dim(size, d, self.mesh)
+        if d.parts:
+            return self._compound_index(size, d)
         r = self.group_rank(d.axes)
         if d.outer > 1:
             inner = size // d.outer
@@ -71,9 +73,41 @@ class Resharder:
         iota = b.iota((loc,), 0, DType.i32)
         return b.binary(Op.ADD, iota, b.binary(Op.MUL, r, b.const(loc, DType.i32)))
 
+    def _compound_index(self, size: int, d: DimSharding) -> Node:
+        """global_index of a compound layout: each part's global index, in the global strides;
+        a padding position (some part past its size) reads `size`."""
+        b, mesh = self.b, self.mesh
+        locs = [-(-s // mesh.group_size(a)) for s, a in d.parts]
+        loc = int(np.prod(locs))
+        p = np.arange(loc)
+        base = np.zeros(loc, dtype=np.int64)
+        gstride, lstride = size, loc
+        terms, checks = [], []
+        for (s, a), ls in zip(d.parts, locs):
+            gstride //= s
+            lstride //= ls
+            li = (p // lstride) % ls
+            base += li * gstride
+            if a:
+                r = self.group_rank(a)
+                terms.append(b.binary(Op.MUL, r, b.const(ls * gstride, DType.i32)))
+                if s % mesh.group_size(a):
+                    gi = b.binary(Op.ADD, b.const(li.astype(np.int32), DType.i32),
+                                  b.binary(Op.MUL, r, b.const(ls, DType.i32)))
+                    checks.append(b.binary(Op.LT, gi, s))
+        g = b.const(base.astype(np.int32), DType.i32)
+        for t in terms:
+            g = b.binary(Op.ADD, g, t)
+        if checks:
+            ok = checks[0]
+            for c in checks[1:]:
+                ok = b.binary(Op.AND, ok, c)
+            g = b.select(ok, g, b.const(np.full(loc, size, np.int32), DType.i32))
+        return g
+
     def mask(self, x: Node, dim: int, size: int, d: DimSharding, fill) -> Node:
         """Replace the padding of a split dim by `fill` (the identity of what reduces over it)."""
-        if not d.axes or size % self.mesh.group_size(d.axes) == 0:
+        if not padded(size, d, self.mesh):
             return x
         b = self.b
         valid = b.binary(Op.LT, self.global_index(size, d), size)
@@ -119,7 +153,7 @@ class Resharder:
         dims = list(cur.dims)
         if cur.partial_op == "sum":
             for d, (c, t) in enumerate(zip(cur.dims, dst.dims)):
-                if c.outer != 1 or t.outer != 1 or t.axes[:len(c.axes)] != c.axes:
+                if c.strided or t.strided or t.axes[:len(c.axes)] != c.axes:
                     continue
                 take = []
                 for a in t.axes[len(c.axes):]:
@@ -146,14 +180,14 @@ class Resharder:
         if c.outer == t.outer or not t.axes:
             while k < min(len(c.axes), len(t.axes)) and c.axes[k] == t.axes[k]:
                 k += 1
-        if c.outer != t.outer and t.axes:
-            k = 0
+        if (c.outer != t.outer or c.parts or t.parts) and t.axes:
+            k = 0  # another block layout: gathered whole, cut again
         extra = c.axes[k:]
         if not extra:
             return x, cur
         # a split that moves whole to another dim: all-to-all instead of gather + slice
         for e, (ce, te) in enumerate(zip(cur.dims, dst.dims)):
-            if (e != d and k == 0 and c.outer == 1 and ce.outer == 1 and te.outer == 1
+            if (e != d and k == 0 and not c.strided and not ce.strided and not te.strided
                     and te.axes == ce.axes + extra):
                 n = self.mesh.group_size(extra)
                 new_e = DimSharding(te.axes)
@@ -164,6 +198,8 @@ class Resharder:
                     dims[d], dims[e] = DimSharding(c.axes[:k]), new_e
                     return x, Sharding(tuple(dims))
         keep = c.axes[:k]
+        if c.parts:
+            return self._gather_compound(x, d, shape[d], cur)
         if c.outer > 1:
             x = self._split_dim(x, d, c.outer)
             x = self.collective(Op.ALL_GATHER, x, extra, dim=d + 1)
@@ -181,6 +217,26 @@ class Resharder:
         dims[d] = new
         return x, Sharding(tuple(dims))
 
+    def _gather_compound(self, x, d: int, size: int, cur: Sharding):
+        """All of a compound dim: view it as its parts, gather each split part over its axes,
+        cut the padding of each, merge back."""
+        parts = cur.dims[d].parts
+        locs = [-(-s // self.mesh.group_size(a)) for s, a in parts]
+        shape = list(x.shape)
+        shape[d:d + 1] = locs
+        x = self.b.reshape(x, shape)
+        for i, (s, a) in enumerate(parts):
+            if a:
+                x = self.collective(Op.ALL_GATHER, x, a, dim=d + i)
+                if x.shape[d + i] > s:
+                    x = self.b.slice(x, d + i, 0, s)
+        shape = list(x.shape)
+        shape[d:d + len(parts)] = [size]
+        x = self.b.reshape(x, shape)
+        dims = list(cur.dims)
+        dims[d] = DimSharding()
+        return x, Sharding(tuple(dims))
+
     def _add_axes(self, x, shape, cur: Sharding, dst: Sharding, d: int):
         c, t = cur.dims[d], dst.dims[d]
         if c == t:
@@ -192,7 +248,8 @@ class Resharder:
             local = b.binary(Op.MIN, g, size - 1)  # padding repeats the last element: finite data
         else:
             n_new = self.mesh.group_size(t.axes[len(c.axes):])
-            if c.outer != t.outer or n_new * local_dim(size, t, self.mesh) != x.shape[d]:
+            if (c.outer != t.outer or c.parts or t.parts
+                    or n_new * local_dim(size, t, self.mesh) != x.shape[d]):
                 x, cur = self._drop_axes(x, shape, cur, replace(cur, dims=cur.dims[:d] + (DimSharding(),) + cur.dims[d + 1:]), d)
                 return self._add_axes(x, shape, cur, dst, d)
             # position of each wanted global index inside the block this device holds now
