@@ -75,6 +75,16 @@ def input_names(gm) -> list[str | None]:
     return out
 
 
+def _real(example_inputs) -> tuple:
+    """AOTAutograd's example inputs are FakeTensors; a capture from those would be shape-only
+    (no values to run): capture from real tensors of the same shapes (only shapes matter)."""
+    import torch
+    from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
+    with unset_fake_temporarily():
+        return tuple(torch.zeros(t.shape, dtype=t.dtype) if isinstance(t, torch.Tensor) and is_fake(t) else t
+                     for t in example_inputs)
+
+
 def _grad_name(name: str) -> str:
     from .partition.specs import leaf_key
     return f"grad[{leaf_key(name)!r}]"
@@ -105,7 +115,7 @@ class Compiled:
 
     def compile_forward(self, fw_gm, example_inputs):
         import shardc
-        g = shardc.from_torch(fw_gm, tuple(example_inputs))
+        g = shardc.from_torch(fw_gm, _real(example_inputs))
         if len(g.free_inputs) != len(self.names):
             raise Error(f"torch.compile backend: AOTAutograd's forward takes {len(g.free_inputs)} tensors, "
                         f"dynamo's graph {len(self.names)}")
@@ -129,7 +139,7 @@ class Compiled:
         out.args = (tuple(grads[i] for i in kept),)
         bw_gm.recompile()
         placeholders = [n.name for n in bw_gm.graph.nodes if n.op == "placeholder"]
-        g = shardc.from_torch(bw_gm, tuple(example_inputs))
+        g = shardc.from_torch(bw_gm, _real(example_inputs))
         fwd = self.forward.prog
         pins, names = {}, []
         for ph, p in zip(placeholders, g.free_inputs):
@@ -178,11 +188,15 @@ def _boxed(fn):
 def backend(mesh, specs=None, plan: str | None = None, target: str = "triton", **run_options):
     """A torch.compile backend whose forward and backward graphs both run partitioned."""
     from torch._dynamo.backends.common import aot_autograd
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     def compile_graph(gm, example_inputs):
         c = Compiled(gm, mesh, specs, plan, target, run_options)
-        compiled = aot_autograd(fw_compiler=c.compile_forward, bw_compiler=c.compile_backward,
-                                inference_compiler=c.compile_forward)(gm, example_inputs)
+        # scaled_dot_product_attention through its math backend, as shardc's own capture does:
+        # matmuls and softmax (CPU's fused kernel and its backward are opaque ops)
+        with sdpa_kernel([SDPBackend.MATH]):
+            compiled = aot_autograd(fw_compiler=c.compile_forward, bw_compiler=c.compile_backward,
+                                    inference_compiler=c.compile_forward)(gm, example_inputs)
         try:
             compiled.shardc, compiled.executable = c, c.forward
         except AttributeError:  # pragma: no cover - aot_autograd returned a callable without a __dict__

@@ -360,9 +360,20 @@ def emit_scatter(grp: FusionGroup, name: str) -> EmittedKernel:
     if half:
         c.signature[c.outs[s]] = "*fp32"
     src = scatter_t.TEMPLATE.format(name=name, params=c.params, rows=rows, cols=cols, body=_indent(em.lines, 4),
-                                    x_pos=grp.inputs.index(x), out_pos=len(grp.inputs), half=half)
+                                    init=_scatter_init(grp, x), out_pos=len(grp.inputs), half=half)
     choose = lambda interpret: scatter_t.choose(rows, cols, interpret)
     return c.finish("scatter", src, choose, scatter_t.TUNING)
+
+
+def _scatter_init(grp: FusionGroup, x: Node) -> str:
+    """How the scatter's result starts: a copy of its operand, or a fill where the operand is a
+    splat constant (no buffer: the planner inlines those)."""
+    if x in grp.inputs:
+        return f"copy_(args[{grp.inputs.index(x)}])"
+    value = x.attrs.get("value") if x.op is Op.CONSTANT else None
+    if value is None or getattr(value, "ndim", 0) != 0:
+        raise CannotFuse(f"{x.describe()}: a scatter operand that is neither a buffer nor a splat constant")
+    return f"fill_({value.item() if hasattr(value, 'item') else value!r})"
 
 
 EMITTERS = {"pointwise": emit_rows, "reduction": emit_rows, "matmul": emit_matmul,

@@ -1,4 +1,5 @@
-"""Scatter-add (embedding gradients, MoE combine): the result starts as a copy of the operand, then
+"""Scatter-add (embedding gradients, MoE combine): the result starts as a copy of the operand (or
+filled with it, when the operand is a constant splat such as the zeros of an embedding gradient), then
 one program per tile of updates adds each update at its computed index with an atomic add.
 Out-of-range indices are dropped, as XLA's scatter. Half-float results accumulate in an f32
 scratch buffer (atomics on bf16 round every add, and the interpreter cannot do them)."""
@@ -14,8 +15,9 @@ def {name}({params}BM: tl.constexpr, BN: tl.constexpr):
 
 
 def launch(args, cfg):
-    x, out = args[{x_pos}], args[{out_pos}]
-    acc = x.float().clone() if {half} else out.copy_(x)
+    out = args[{out_pos}]
+    acc = out.float() if {half} else out
+    acc.{init}
     args = list(args)
     args[{out_pos}] = acc
     grid = (triton.cdiv({rows}, cfg["BM"]), triton.cdiv({cols}, cfg["BN"]))
