@@ -151,24 +151,38 @@ class _Pricer:
         return max(op_flops(n) / hw.flops_for(n.dtype.compute), moved / hw.hbm_bw)
 
 
+class LiveProgram:
+    """The per-device program without values no output needs (the partitioner can leave operands
+    it replaced; a compiler would drop them): the nodes that are analyzed, timed and counted."""
+
+    def __init__(self, local):
+        live, stack = set(), list(local.outputs)
+        while stack:
+            n = stack.pop()
+            if n not in live:
+                live.add(n)
+                stack.extend(n.inputs)
+        self.nodes = [n for n in local.nodes if n in live or n.op is Op.PARAMETER]
+        self.inputs, self.outputs, self.output_names = local.inputs, local.outputs, local.output_names
+        self.mesh_axes = local.mesh_axes
+
+
 def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None) -> Analysis:
     """FLOPs, memory, communication and modeled time of one device of `prog` on `hardware`
     (a preset name or a shardc.hardware.Hardware). `axis_order` lists the mesh axes outermost
     first to lay them on the levels differently (default: the mesh's order, last axis innermost)."""
     hw = hwmod.get(hardware)
-    mesh, local = prog.mesh, prog.local
+    mesh, local = prog.mesh, LiveProgram(prog.local)
     price = _Pricer(hw, mesh, axis_order)
     events = timeline(local, overlap=overlap, seconds=price)
     compute_s = sum(e.duration for e in events if e.kind == "compute")
     comm_s = sum(e.duration for e in events if e.kind == "collective")
     step_s = max((e.start + e.duration for e in events), default=0.0)
     comm_bytes, comm_s_by_axes = {}, {}
-    for c in prog.collectives:
-        key = ",".join(c.axes)
-        comm_bytes[key] = comm_bytes.get(key, 0) + c.bytes
-    for n in local.nodes:
+    for n in local.nodes:     # the live collectives (the ledger's records of them)
         if n.op in COLLECTIVES:
             key = ",".join(n.attrs["axes"])
+            comm_bytes[key] = comm_bytes.get(key, 0) + collective_bytes(n)
             comm_s_by_axes[key] = comm_s_by_axes.get(key, 0.0) + price.collective(n)
     model_flops = graph_flops(prog.graph)
     mfu = (model_flops / mesh.size) / (step_s * hw.flops_for("bf16")) if step_s else 0.0

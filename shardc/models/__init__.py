@@ -22,11 +22,14 @@ from typing import Any
 
 from shardc.errors import Error
 
-from .configs import DEFAULT_SIZE, PRESETS, GPT2Config, LlamaConfig, MLPConfig, MoEConfig, override
+from .configs import DEFAULT_SIZE, PRESETS, PRODUCTION, GPT2Config, LlamaConfig, MLPConfig, MoEConfig, override
 from .data import example_batch, init_params
 
 __all__ = ["ZOO", "ModelDef", "get", "torch_params_to_jax",
-           "MLPConfig", "GPT2Config", "LlamaConfig", "MoEConfig", "PRESETS"]
+           "MLPConfig", "GPT2Config", "LlamaConfig", "MoEConfig", "PRESETS", "PRODUCTION"]
+
+# Sizes small enough to hold real values on a CPU machine; larger ones capture shape-only.
+VALUED_SIZES = ("tiny", "mini", "small")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +56,12 @@ class ModelDef:
     def tp_specs(self, axis: str = "tp") -> dict:
         """Megatron tensor-parallel specs (parameter name globs → P) over mesh axis `axis`."""
         from .specs import tensor_parallel_specs
-        return tensor_parallel_specs(self.name, self.config, axis)
+        return tensor_parallel_specs(self.config.family, self.config, axis)
+
+    @property
+    def shape_only(self) -> bool:
+        """Captured from shapes alone by default (sizes above "small": no values to hold)."""
+        return self.size not in VALUED_SIZES
 
     # ---------------------------------------------------------------------------------- torch
     def torch_module(self, seed: int = 0, dtype=None, device="cpu"):
@@ -91,10 +99,22 @@ class ModelDef:
         return torch_train_step(self, optimizer, lr)
 
     def capture(self, train: bool = False, frontend: str = "jax", batch: int = 2, seed: int = 1,
-                lr: float = 1e-3, optimizer: str = "sgd"):
+                lr: float = 1e-3, optimizer: str = "sgd", shape_only: bool | None = None,
+                dtype: str | None = None):
         """(Graph, args): the forward pass or training step (sgd, adam, adamw) captured by shardc's
-        `frontend`, with the example arguments to call it with (parameters from seed 0, data from `seed`)."""
+        `frontend`, with the example arguments to call it with (parameters from seed 0, data from `seed`).
+
+        shape_only (default: sizes above "small") captures from shapes alone (jax.ShapeDtypeStruct
+        or meta tensors): args are those stand-ins and the Graph cannot be evaluated. `dtype` is
+        the parameters' ("bf16", "f32"; default f32, bf16 when shape-only); optimizer state is f32."""
         import shardc
+        shape_only = self.shape_only if shape_only is None else shape_only
+        if shape_only:
+            from .shapes import shape_only_args
+            fn, args = shape_only_args(self, train, frontend, batch, optimizer, lr, dtype or "bf16")
+            if frontend == "torch":
+                return shardc.from_torch(fn, args, capture="make_fx" if train else "auto"), args
+            return shardc.from_jax(fn, *args), args
         if frontend == "torch":
             if train:
                 fn, build = self.torch_train_step(optimizer, lr=lr)
@@ -180,14 +200,16 @@ def torch_params_to_jax(module) -> dict:
 
 
 def get(spec: str, **overrides) -> ModelDef:
-    """ModelDef for "name" or "name:size"; keyword arguments replace config fields."""
+    """ModelDef for "name" or "name:size" (test zoo or production presets: "llama3:70b");
+    keyword arguments replace config fields."""
     name, _, size = spec.partition(":")
-    size = size or DEFAULT_SIZE
-    if name not in PRESETS:
-        raise Error(f"unknown model {name!r}; valid models: {', '.join(sorted(PRESETS))}")
-    if size not in PRESETS[name]:
-        raise Error(f"unknown size {size!r} for model {name!r}; valid sizes: {', '.join(PRESETS[name])}")
-    config = override(PRESETS[name][size], **overrides) if overrides else PRESETS[name][size]
+    table = PRESETS if name in PRESETS else PRODUCTION if name in PRODUCTION else None
+    if table is None:
+        raise Error(f"unknown model {name!r}; valid models: {', '.join(sorted(PRESETS) + sorted(PRODUCTION))}")
+    size = size or (DEFAULT_SIZE if table is PRESETS else next(iter(table[name])))
+    if size not in table[name]:
+        raise Error(f"unknown size {size!r} for model {name!r}; valid sizes: {', '.join(table[name])}")
+    config = override(table[name][size], **overrides) if overrides else table[name][size]
     return ModelDef(name, size, config)
 
 

@@ -224,6 +224,27 @@ PRESETS: dict[str, dict[str, _Config]] = {
 
 DEFAULT_SIZE = "tiny"
 
+# Production-scale configurations: shape-only by default (captured from jax.ShapeDtypeStruct, no
+# values), for `shardc.analyze` and `shardc analyze`. Not in the test zoo (no "tiny" size).
+PRODUCTION: dict[str, dict[str, _Config]] = {
+    # Llama 3 / 3.1 (Meta, "The Llama 3 Herd of Models", Table 3; the released config.json files):
+    # GQA with 8 KV heads, SwiGLU, RoPE theta 500,000, vocabulary 128,256, untied embedding and head.
+    # Parameter counts: 8.03 B, 70.55 B, 405.85 B.
+    "llama3": {
+        "8b": LlamaConfig(vocab_size=128256, n_layer=32, n_head=32, n_kv_head=8, d_model=4096, d_ff=14336,
+                          seq_len=8192, rope_theta=500000.0),
+        "70b": LlamaConfig(vocab_size=128256, n_layer=80, n_head=64, n_kv_head=8, d_model=8192, d_ff=28672,
+                           seq_len=8192, rope_theta=500000.0),
+        "405b": LlamaConfig(vocab_size=128256, n_layer=126, n_head=128, n_kv_head=8, d_model=16384,
+                            d_ff=53248, seq_len=8192, rope_theta=500000.0),
+    },
+    # GPT-3 175B (Brown et al. 2020, Table 2.1): 96 layers, d_model 12,288, 96 heads, context 2,048,
+    # GPT-2's architecture and BPE vocabulary (50,257), tied embedding: 174.6 B parameters.
+    "gpt3": {
+        "175b": GPT2Config(vocab_size=50257, n_layer=96, n_head=96, d_model=12288, seq_len=2048),
+    },
+}
+
 
 def override(config: _Config, **fields) -> _Config:
     """`config` with some fields replaced; an unknown field is an Error that lists the valid ones."""

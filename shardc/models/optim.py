@@ -51,6 +51,7 @@ def update(optimizer: str, params, grads, state: dict, lr: float, sqrt, tree_map
         bc1, bc2 = _cast(1 - ADAM_B1 ** step, p), _cast(1 - ADAM_B2 ** step, p)
         if optimizer == "adamw":
             p = p * (1 - lr * weight_decay)
-        return p - lr * (m / bc1) / (sqrt(v / bc2) + ADAM_EPS)
+        # in the parameter's dtype: bf16 parameters with f32 moments stay bf16
+        return _cast(p - lr * (m / bc1) / (sqrt(v / bc2) + ADAM_EPS), p)
 
     return tree_map(new_param, params, m, v), {"step": step, "m": m, "v": v}

@@ -1,0 +1,176 @@
+"""shardc.analysis: hardware presets and topology, the α-β collective model, per-device memory
+(state bytes by hand, liveness peak against an allocation tracker running the program), FLOPs
+against Narayanan et al.'s closed form, shape-only capture and the production presets."""
+import functools
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import shardc
+from shardc import Mesh, models, partition
+from shardc.analysis import collectives as coll
+from shardc.analysis.analyze import LiveProgram
+from shardc.analysis.memory import donations, liveness
+from shardc.ir import Op
+from shardc.ir.evaluate import eval_node
+from shardc.ir.ops import COLLECTIVES
+
+
+# ------------------------------------------------------------------------------------ hardware
+def test_presets_and_levels():
+    for name in ("h100", "h200", "b200", "a100", "tpu-v5e", "tpu-v5p", "tpu-v6e"):
+        hw = shardc.hardware.get(name)
+        assert hw.peak_flops["bf16"] > 1e14 and hw.hbm_bytes > 1e10 and hw.hbm_bw > 5e11
+    h200 = shardc.hardware.get("h200")
+    assert (h200.hbm_bytes, h200.hbm_bw, h200.peak_flops["bf16"]) == (141e9, 4.8e12, 989e12)
+    levels = h200.axis_levels(Mesh(fsdp=32, tp=8))          # innermost axis on NVLink
+    assert [(lv.name, f) for lv, f in levels["tp"]] == [("nvlink", 8)]
+    assert [(lv.name, f) for lv, f in levels["fsdp"]] == [("infiniband", 32)]
+    levels = h200.axis_levels(Mesh(dp=4, tp=16))            # tp straddles nodes
+    assert [(lv.name, f) for lv, f in levels["tp"]] == [("nvlink", 8), ("infiniband", 2)]
+    assert [(lv.name, f) for lv, f in levels["dp"]] == [("infiniband", 4)]
+    v5p = shardc.hardware.get("tpu-v5p", slice=(4, 4, 8))
+    levels = v5p.axis_levels(Mesh(dcn=2, data=8, model=16))
+    assert [(lv.name, f) for lv, f in levels["model"]] == [("ici-x", 4), ("ici-y", 4)]
+    assert [(lv.name, f) for lv, f in levels["data"]] == [("ici-z", 8)]
+    assert [(lv.name, f) for lv, f in levels["dcn"]] == [("dcn", 2)]
+    with pytest.raises(shardc.Error, match="unknown hardware"):
+        shardc.hardware.get("h300")
+
+
+def test_collective_model():
+    nv, ib = shardc.hardware.get("h100").levels
+    gb = 1 << 30
+    # one level, ring: (n-1)·α + (n-1)/n·B/β, all-reduce twice that
+    assert coll.seconds("all_gather", gb, [(nv, 8)]) == pytest.approx(7 * nv.alpha + 7 / 8 * gb / nv.bw)
+    assert coll.seconds("all_reduce", gb, [(nv, 8)]) == pytest.approx(14 * nv.alpha + 14 / 8 * gb / nv.bw)
+    # large messages: bus bandwidth is the link bandwidth; small ones are latency-bound (tree)
+    assert coll.bus_bandwidth("all_reduce", gb, [(nv, 8)]) == pytest.approx(nv.bw, rel=0.01)
+    assert coll.seconds("all_reduce", 8, [(nv, 8)]) == pytest.approx(2 * 3 * nv.alpha, rel=1e-3)
+    # hierarchical: the slow level carries B / (devices below it)
+    hier = coll.seconds("all_gather", gb, [(nv, 8), (ib, 4)])
+    assert hier == pytest.approx(7 * nv.alpha + 7 / 8 * gb / nv.bw + 3 * ib.alpha + 3 / 4 * gb / 8 / ib.bw)
+    assert hier < coll.seconds("all_gather", gb, [(ib, 32)])
+
+
+# ------------------------------------------------------------------------------- presets, shapes
+def test_production_presets_param_counts():
+    assert models.get("llama3:70b").config.num_params() == 70_553_706_496     # 70.55 B
+    assert round(models.get("llama3:8b").config.num_params() / 1e9, 2) == 8.03
+    assert round(models.get("llama3:405b").config.num_params() / 1e9, 1) == 405.9
+    assert round(models.get("gpt3:175b").config.num_params() / 1e9, 1) == 174.6
+    c = models.get("llama3:70b").config
+    assert (c.n_kv_head, c.d_ff, c.vocab_size, c.n_layer, c.d_model) == (8, 28672, 128256, 80, 8192)
+    assert models.get("llama3:70b").shape_only and not models.get("llama:small").shape_only
+
+
+def test_shape_only_capture_torch_meta_and_jax():
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    m = models.get("llama:tiny")
+    g = shardc.from_torch(m.torch_meta_module(), (torch.zeros(2, 16, dtype=torch.int64, device="meta"),))
+    params = {n: jax.ShapeDtypeStruct(s, jnp.float32) for n, s in m.param_shapes().items()}
+    g2 = shardc.from_jax(m.jax_forward, params, jax.ShapeDtypeStruct((2, 16), jnp.int32))
+    for graph in (g, g2):
+        assert graph.shape_only and graph.outputs[0].shape == (2, 16, 128)
+        with pytest.raises(shardc.Error, match="shape-only"):
+            graph.evaluate(*m.torch_inputs(2))
+        prog = partition(graph, Mesh(dp=2, tp=2), m.tp_specs(), plan="dp")
+        with pytest.raises(shardc.Error, match="shape-only"):
+            prog.simulate(*m.torch_inputs(2))
+        assert shardc.analyze(prog, "h100").flops > 0
+
+
+# --------------------------------------------------------------------------------------- memory
+@functools.lru_cache(maxsize=None)
+def llama3_layer_step():
+    """Llama 3 70B with one layer (every other dim as published), Adam, bf16 params, f32 state."""
+    m = models.get("llama3:70b", n_layer=1, seq_len=64)
+    g, _ = m.capture(train=True, batch=8, optimizer="adam")
+    return m, g
+
+
+def test_state_bytes_by_hand():
+    m, g = llama3_layer_step()
+    assert g.shape_only
+    prog = partition(g, Mesh(fsdp=8), plan="fsdp")      # every dim of Llama 3 divides by 8
+    a = shardc.analyze(prog, "h200")
+    d, f, v, kv = 8192, 28672, 128256, 8 * 128
+    n = 2 * v * d + (2 * d * d + 2 * d * kv + 3 * d * f + 2 * d) + d       # one layer, by hand
+    assert a.memory["params"] == 2 * n // 8                # bf16, split 8 ways
+    assert a.memory["grads"] == 2 * n // 8                 # one gradient per parameter, same dtype
+    assert a.memory["optimizer"] == 2 * 4 * n // 8 + 4     # m and v in f32, plus the f32 step count
+    assert a.memory["peak"] >= sum(a.memory[k] for k in ("params", "optimizer")) + a.memory["activations"]
+    assert a.memory["peak"] < a.hardware.hbm_bytes and a.fits and "fits" in str(a)
+
+
+def _tracked_peak(prog, g, args) -> int:
+    """Run device 0's program op by op (collectives give fresh buffers of their result shape), each
+    value in a buffer of its own, freed after its last use under the same donation rules, and
+    measure numpy's live allocations with tracemalloc; the largest is the measured peak."""
+    local = LiveProgram(prog.local)
+    blocks = prog.input_blocks(g.input_values(*args), devices=[0])[0]
+    last = {}
+    for k, n in enumerate(local.nodes):
+        for i in n.inputs:
+            last[i] = k
+    donated = {local.inputs[i] for i in donations(g).values()}
+    held = (set(local.inputs) - donated) | set(local.outputs)
+    domain = np.lib.tracemalloc_domain
+    tracemalloc.start()
+    try:
+        env = {p: np.array(b, copy=True) for p, b in zip(local.inputs, blocks)}
+
+        def live_bytes():
+            snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.DomainFilter(True, domain)])
+            return sum(t.size for t in snap.traces)
+
+        peak = live_bytes()
+        for k, n in enumerate(local.nodes):
+            if n.op is Op.PARAMETER:
+                continue
+            if n.op in COLLECTIVES or n.op is Op.AXIS_INDEX:
+                value = np.zeros(n.shape, n.dtype.np)
+            else:
+                tmp = eval_node(n, [env[i] for i in n.inputs])
+                value = np.array(tmp, copy=True, order="C")
+                del tmp
+            env[n] = value
+            del value
+            peak = max(peak, live_bytes())
+            for i in set(n.inputs):
+                if last[i] == k and i not in held:
+                    del env[i]
+            if n not in last and n not in held:
+                del env[n]
+        return peak
+    finally:
+        tracemalloc.stop()
+
+
+def test_peak_equals_tracked_peak():
+    m = models.get("gpt2:tiny", n_layer=1, d_model=64, vocab_size=256)   # buffers above numpy's small cache
+    g, args = m.capture(train=True, batch=4, optimizer="adam")
+    prog = partition(g, Mesh(dp=2, tp=2), m.tp_specs(), plan="dp")
+    modeled, _ = liveness(g, LiveProgram(prog.local))
+    assert shardc.analyze(prog, "h100").memory["peak"] == modeled
+    assert _tracked_peak(prog, g, args) == modeled
+
+
+# ---------------------------------------------------------------------------------------- FLOPs
+def test_gpt3_flops_match_narayanan():
+    """72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)) for a training step without recomputation."""
+    B, s, l, h, V = 1, 2048, 2, 12288, 50257
+    m = models.get("gpt3:175b", n_layer=l)
+    g, _ = m.capture(train=True, batch=B, optimizer="sgd")
+    prog = partition(g, Mesh(dp=2, tp=4), m.tp_specs(), plan="dp")
+    a = shardc.analyze(prog, "a100")
+    closed = 72 * B * s * l * h * h * (1 + s / (6 * h) + V / (12 * l * h))
+    assert a.model_flops == pytest.approx(closed, rel=0.02)
+    assert a.flops * 8 >= a.model_flops * 0.99             # devices together do at least the work
+    assert 0 < a.mfu < 1 and a.step_s >= a.compute_s and a.exposed_comm_s <= a.comm_s + 1e-12
+    assert a.comm_bytes["tp"] > 0 and math.isclose(a.step_s, a.compute_s + a.exposed_comm_s, rel_tol=1e-9)
