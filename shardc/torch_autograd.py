@@ -23,6 +23,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from .errors import Error
+from .pins import pin
 from .runtime import run
 
 
@@ -30,13 +31,6 @@ def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer by FQN (tied tensors under each of their names)."""
     return {**dict(module.named_parameters(remove_duplicate=False)),
             **dict(module.named_buffers(remove_duplicate=False))}
-
-
-def pin(sharding):
-    """The P of a sharding, or None where P cannot say it (a strided or partial layout)."""
-    if sharding.partial or any(d.outer != 1 for d in sharding.dims):
-        return None
-    return sharding.spec()
 
 
 class Runner:

@@ -91,7 +91,7 @@ def _grad_name(name: str) -> str:
 
 
 def _pin(sharding, shape, node_shape):
-    from .torch_autograd import pin
+    from .pins import pin
     return pin(sharding) if tuple(shape) == tuple(node_shape) else None
 
 
