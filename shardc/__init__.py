@@ -2,9 +2,8 @@
 from .errors import Error, IRError, ShardingError, UnsupportedOpError
 from .ir import DType, Graph, Op, parse_graph
 from .partition import CollectiveRecord, Mesh, P, Sharding, SpmdProgram, partition
+from .version import __version__
 from .analysis import Analysis, analyze, hardware  # noqa: E402  (no framework imports)
-
-__version__ = "0.1.0"
 
 
 def from_torch(fn, args, kwargs=None, **options) -> Graph:
@@ -35,8 +34,9 @@ def constrain(x, spec):
 
 
 def compile(prog, target: str = "triton"):
-    """SpmdProgram → Executable: fused kernels (Triton source) and each device's launch plan."""
-    from .codegen import compile as _impl
+    """SpmdProgram → Executable: fused kernels (Triton source) and each device's launch plan;
+    codegen makes it, the runtime gives it `run` and `run_interpreted`."""
+    from .runtime.executable import compile as _impl
     return _impl(prog, target)
 
 

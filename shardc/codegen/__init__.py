@@ -4,7 +4,9 @@ cached on disk, plus the launch plan each device runs.
     exe = shardc.compile(prog, target="triton")   # or "pallas" (TPU kernels, codegen/pallas.py)
     exe.kernels                 # each: .name .source .ops (the IR nodes it fuses) .reason
     print(exe.plan_text())      # kernels, collectives and views in order
-    exe.run_interpreted(*args)  # every device in one process, kernels on the Triton interpreter
+
+codegen makes plain data; shardc.compile wraps it as runtime.Executable, whose `run` and
+`run_interpreted` are the runtime's engines (codegen never imports the runtime).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def compile(prog, target: str = "triton") -> Executable:
     steps = plan_fusion(prog.local, emitter.feasible)
     plan = []
     for step in steps:
-        if not isinstance(step, FusionGroup):
+        if step.step != "kernel":  # collectives and views pass through
             plan.append(step)
             continue
         salt = emitter.key_text() if hasattr(emitter, "key_text") else ""
@@ -40,7 +42,7 @@ def compile(prog, target: str = "triton") -> Executable:
         name = f"{step.kind}_{key[:12]}"
         emitted = emitter.emit(step, name)
         path = load_kernel_file(key, name, emitted.source, target)
-        plan.append(KernelLaunch(Kernel(name, emitted, step, path, key)))
+        plan.append(KernelLaunch(Kernel.emitted(name, emitted, step, path, key)))
     plan = _topological(plan)
     exe = Executable(prog, plan, target)
     log(1, f"codegen: {len(exe.kernels)} kernels, {len(plan) - len(exe.kernels)} other steps per device")
@@ -53,21 +55,13 @@ def compile(prog, target: str = "triton") -> Executable:
     return exe
 
 
-def _reads_writes(step):
-    if isinstance(step, KernelLaunch):
-        return step.kernel.inputs, step.kernel.outputs
-    if isinstance(step, CollectiveStep):
-        return [step.node.inputs[0]], [step.node]
-    return [step.source], [step.node]
-
-
 def _topological(plan: list) -> list:
     """Order steps so each runs after the steps writing what it reads (stable otherwise)."""
     writer = {}
     for i, s in enumerate(plan):
-        for w in _reads_writes(s)[1]:
+        for w in s.writes:
             writer[w] = i
-    deps = {i: {writer[r] for r in _reads_writes(s)[0] if r in writer and writer[r] != i} for i, s in enumerate(plan)}
+    deps = {i: {writer[r] for r in s.reads if r in writer and writer[r] != i} for i, s in enumerate(plan)}
     users: dict[int, list[int]] = {i: [] for i in deps}
     for i, ds in deps.items():
         for d in ds:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..version import __version__
+
 CODEGEN_VERSION = "2"  # bump when generated text changes for the same IR
 
 
@@ -50,7 +52,6 @@ def group_ir_text(grp) -> str:
 
 
 def cache_key(ir_text: str, target: str) -> str:
-    from .. import __version__
     h = hashlib.sha256()
     for part in (ir_text, target, __version__, CODEGEN_VERSION):
         h.update(part.encode())

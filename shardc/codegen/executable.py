@@ -1,7 +1,8 @@
-"""What codegen produces: the kernels and the per-device launch plan (kernels, collectives and
-views in order), and an executor that checks them on CPU: every device's plan runs in one process,
-kernels through the Triton interpreter (target "pallas": Pallas interpret mode), collectives
-exactly as partition/simulate.py computes them."""
+"""What codegen produces, as plain data: the kernels (each with its generated source, the IR nodes
+it fuses, and how to load and launch it from the kernel cache) and the per-device launch plan
+(KernelLaunch, CollectiveStep and ViewStep in order; every step has `.reads` and `.writes`).
+Running a plan is the runtime's business: the interpreter engine (every device in one process),
+torch.distributed ranks and the JAX program all live in shardc/runtime."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,10 +11,9 @@ import numpy as np
 
 from ..ir import DType, Node, Op
 from ..ir.evaluate import eval_node
-from ..ir.graph import to_numpy
 from .cache import import_file
 from .interpret import interpret_mode
-from .fusion import CollectiveStep, FusionGroup, ViewStep, is_buffer_leaf
+from .fusion import FusionGroup
 
 
 def torch_dtype(dt: DType):
@@ -22,33 +22,30 @@ def torch_dtype(dt: DType):
             DType.i32: torch.int32, DType.i64: torch.int64, DType.bool: torch.bool}[dt]
 
 
-def to_torch(a: np.ndarray):
-    import torch
-    a = np.array(a, copy=True, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
-    if a.dtype == DType.bf16.np:
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
-
-
 class Kernel:
     """One generated kernel launch: its source, the IR nodes it fuses and the buffers it reads/writes."""
 
-    def __init__(self, name: str, emitted, group: FusionGroup, path, key: str):
-        self.name = name
-        self.kind = emitted.kind
-        self.source = emitted.source
-        self.ops: list[Node] = list(group.nodes)
-        self.inputs: list[Node] = list(emitted.inputs)
-        self.outputs: list[Node] = list(emitted.outputs)
-        self.axes: list[str] = list(emitted.axes)
-        self.reason = group.reason
-        self.group = group
-        self.path = path
-        self.key = key
-        self.signature = emitted.signature
-        self.tuning = emitted.tuning
-        self._choose = emitted.choose
+    def __init__(self, name: str, kind: str, source: str, ops: list[Node], inputs: list[Node],
+                 outputs: list[Node], axes: list[str], reason: str, path, key: str, choose,
+                 signature: dict | None = None, tuning: list | None = None, group: FusionGroup | None = None):
+        self.name, self.kind, self.source, self.reason = name, kind, source, reason
+        self.ops: list[Node] = list(ops)
+        self.inputs: list[Node] = list(inputs)
+        self.outputs: list[Node] = list(outputs)
+        self.axes: list[str] = list(axes)
+        self.path, self.key = path, key
+        self.signature = signature or {}
+        self.tuning = tuning or []
+        self.group = group           # the fusion group it was emitted from (None on a rank that loaded it)
+        self._choose = choose        # interpret: bool -> launch config
         self._modules: dict[bool, object] = {}
+
+    @classmethod
+    def emitted(cls, name: str, emitted, group: FusionGroup, path, key: str) -> "Kernel":
+        """The kernel an emitter wrote for `group`, stored in the kernel cache at `path`."""
+        return cls(name, emitted.kind, emitted.source, group.nodes, emitted.inputs, emitted.outputs,
+                   emitted.axes, group.reason, path, key, emitted.choose, emitted.signature,
+                   emitted.tuning, group)
 
     def config(self, interpret: bool) -> dict:
         return self._choose(interpret)
@@ -88,11 +85,22 @@ class Kernel:
 
 @dataclass
 class KernelLaunch:
+    """A launch-plan step: run `kernel` (reads its inputs, writes its outputs)."""
     kernel: Kernel
+    step = "kernel"
+
+    @property
+    def reads(self) -> list[Node]:
+        return self.kernel.inputs
+
+    @property
+    def writes(self) -> list[Node]:
+        return self.kernel.outputs
 
 
 class Executable:
-    """Kernels plus the launch plan every device runs (one SPMD program: the same plan on each)."""
+    """Kernels plus the launch plan every device runs (one SPMD program: the same plan on each).
+    Plain data: shardc.compile returns runtime.Executable, this with the engines' `run` methods."""
 
     def __init__(self, prog, plan: list, target: str):
         self.prog = prog
@@ -101,16 +109,16 @@ class Executable:
 
     @property
     def kernels(self) -> list[Kernel]:
-        return [s.kernel for s in self.plan if isinstance(s, KernelLaunch)]
+        return [s.kernel for s in self.plan if s.step == "kernel"]
 
     def plan_text(self) -> str:
         out = []
         for i, s in enumerate(self.plan):
-            if isinstance(s, KernelLaunch):
+            if s.step == "kernel":
                 k = s.kernel
                 out.append(f"{i:3d} kernel {k.name} [{k.kind}] {len(k.ops)} ops -> "
                            f"{', '.join(o.describe() for o in k.outputs)}  ({k.reason})")
-            elif isinstance(s, CollectiveStep):
+            elif s.step == "collective":
                 out.append(f"{i:3d} {s.node.op.value} {s.node.describe()}")
             else:
                 out.append(f"{i:3d} view {s.node.describe()} of {s.source.describe()}")
@@ -121,86 +129,5 @@ class Executable:
 
     @property
     def engine(self) -> str:
-        """Where `run` executes: torch.distributed ranks for Triton, one JAX program for Pallas."""
+        """Where `run` executes by default: torch.distributed ranks for Triton, one JAX program for Pallas."""
         return {"triton": "torch", "pallas": "jax"}[self.target]
-
-    def run(self, *args, engine: str | None = None, **kw) -> list:
-        """Global outputs on the engine, in its arrays (torch tensors or jax arrays): every torch
-        rank launches a Triton plan's kernels, the JAX program calls a Pallas plan's kernels
-        (interpreters on CPU); an engine given the other target's plan runs it op by op."""
-        from ..runtime import run
-        return run(self, *args, engine=engine or self.engine, **kw)
-
-    def run_interpreted(self, *args, on_kernel=None) -> list[np.ndarray]:
-        """Global outputs (numpy) of running every device's plan in one process: kernels on the
-        Triton interpreter, collectives exact. `on_kernel(kernel, device, inputs, outputs)` sees
-        every launch (numpy arrays), e.g. to check it against `kernel.reference`."""
-        return run_plan(self, self.prog.graph.input_values(*args), on_kernel)
-
-
-def run_plan(exe: Executable, inputs: dict[str, np.ndarray], on_kernel=None) -> list[np.ndarray]:
-    if exe.target == "pallas":  # Pallas kernels in interpret mode: numpy buffers, jax arrays per launch
-        from .pallas import launch as pallas_launch
-        to_buffer, to_numpy_ = np.asarray, np.asarray
-    else:
-        import torch
-        to_buffer, to_numpy_ = to_torch, to_numpy
-
-    from ..partition.mesh import shard_array, unshard_arrays
-    from ..partition.simulate import run_collective
-    prog = exe.prog
-    mesh, local, g = prog.mesh, prog.local, prog.graph
-    devices = range(mesh.size)
-    env: list[dict] = [{} for _ in devices]
-    for p_global, p_local, s in zip(g.inputs, local.inputs, prog.input_shardings):
-        x = np.asarray(inputs[p_global.name])
-        for d in devices:
-            env[d][p_local] = to_buffer(shard_array(x, s, mesh, d))
-    for n in local.nodes:
-        if is_buffer_leaf(n) and n.op is Op.CONSTANT:
-            t = to_buffer(n.attrs["value"])
-            for d in devices:
-                env[d][n] = t
-    uses: dict[Node, int] = {}
-    for s in exe.plan:
-        for x in _reads(s):
-            uses[x] = uses.get(x, 0) + 1
-    keep = set(local.outputs)
-    for s in exe.plan:
-        if isinstance(s, KernelLaunch):
-            k = s.kernel
-            for d in devices:
-                ins = [env[d][x] for x in k.inputs]
-                coords = mesh.coords(d)
-                if exe.target == "pallas":
-                    outs = pallas_launch(k, ins, [int(coords[a]) for a in k.axes])
-                else:
-                    outs = [torch.empty(o.shape, dtype=torch_dtype(o.dtype)) for o in k.outputs]
-                    k.launch(ins + outs + [int(coords[a]) for a in k.axes])
-                for o, t in zip(k.outputs, outs):
-                    env[d][o] = t
-                if on_kernel is not None:
-                    on_kernel(k, d, [to_numpy_(t) for t in ins], [to_numpy_(t) for t in outs])
-        elif isinstance(s, CollectiveStep):
-            n = s.node
-            res = run_collective(n, mesh, [to_numpy_(env[d][n.inputs[0]]) for d in devices])
-            for d in devices:
-                env[d][n] = to_buffer(res[d])
-        elif isinstance(s, ViewStep):
-            for d in devices:
-                env[d][s.node] = env[d][s.source].reshape(s.node.shape)
-        for x in _reads(s):
-            uses[x] -= 1
-            if uses[x] == 0 and x not in keep:
-                for d in devices:
-                    env[d].pop(x, None)
-    return [unshard_arrays([to_numpy_(env[d][o]) for d in devices], go.shape, s, mesh, what=f"output {name!r}")
-            for o, go, s, name in zip(local.outputs, g.outputs, prog.output_shardings, g.output_names)]
-
-
-def _reads(step) -> list[Node]:
-    if isinstance(step, KernelLaunch):
-        return step.kernel.inputs
-    if isinstance(step, CollectiveStep):
-        return [step.node.inputs[0]]
-    return [step.source]

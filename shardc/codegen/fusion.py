@@ -42,6 +42,9 @@ class CannotFuse(Exception):
         self.node = node
 
 
+# Launch-plan steps. Every step says once what it reads and writes (`.reads`, `.writes`: the
+# materialized values, in order) and what it is (`.step`: "kernel" | "collective" | "view"); the
+# planner, the scheduler and every engine use these instead of asking for the step's type.
 @dataclass
 class FusionGroup:
     kind: str                # "pointwise" | "reduction" | "matmul" | "attention" | "scatter"
@@ -51,11 +54,29 @@ class FusionGroup:
     reason: str
     anchor: Node | None = None                     # the dot_general / scatter it is built around
     pattern: dict = field(default_factory=dict)    # attention: qk, pv, scores
+    step = "kernel"          # (a kernel once emitted: codegen's KernelLaunch)
+
+    @property
+    def reads(self) -> list[Node]:
+        return self.inputs
+
+    @property
+    def writes(self) -> list[Node]:
+        return self.roots
 
 
 @dataclass
 class CollectiveStep:
     node: Node
+    step = "collective"
+
+    @property
+    def reads(self) -> list[Node]:
+        return [self.node.inputs[0]]
+
+    @property
+    def writes(self) -> list[Node]:
+        return [self.node]
 
 
 @dataclass
@@ -63,6 +84,15 @@ class ViewStep:
     """A root that is a reshape of a materialized buffer: a view, no kernel."""
     node: Node
     source: Node
+    step = "view"
+
+    @property
+    def reads(self) -> list[Node]:
+        return [self.source]
+
+    @property
+    def writes(self) -> list[Node]:
+        return [self.node]
 
 
 def is_buffer_leaf(n: Node) -> bool:
@@ -467,7 +497,7 @@ class Planner:
                     if not related:
                         continue
                     between = merged[i + 1:]
-                    if any(set(cand.roots) & set(_reads(b)) for b in between):
+                    if any(set(cand.roots) & set(b.reads) for b in between):
                         continue
                     m = self._combine(cand, s)
                     try:
@@ -501,7 +531,7 @@ class Planner:
                 nodes = {n: None for n in m.nodes + gp.nodes}
                 ins = [x for x in dict.fromkeys(m.inputs + gp.inputs) if x not in nodes]
                 needed = (r in self.g.outputs or any(u.op in COLLECTIVES for u in self.users[r])
-                          or any(r in _reads(g) for g in groups if g is not m and g is not gp))
+                          or any(r in g.reads for g in groups if g is not m and g is not gp))
                 merged = FusionGroup("matmul", m.roots + [r] if needed else list(m.roots),
                                      sorted(nodes, key=self.order.get), sorted(ins, key=self.order.get),
                                      f"{m.reason}; computes {gp.reason.split(': ', 1)[-1]} in its operand loads"
@@ -521,20 +551,6 @@ class Planner:
         kind = "reduction" if "reduction" in (a.kind, b.kind) else "pointwise"
         return FusionGroup(kind, roots, sorted(nodes, key=self.order.get), sorted(ins, key=self.order.get),
                            f"{a.reason}; merged with {b.reason} (same rows, shared inputs)")
-
-
-def _reads(step) -> list[Node]:
-    if isinstance(step, FusionGroup):
-        return step.inputs
-    if isinstance(step, CollectiveStep):
-        return [step.node.inputs[0]]
-    return [step.source]
-
-
-def _writes(step) -> list[Node]:
-    if isinstance(step, FusionGroup):
-        return step.roots
-    return [step.node]
 
 
 def plan_fusion(g: Graph, feasible: Callable[[FusionGroup], None]) -> list:

@@ -8,7 +8,7 @@ from ..errors import ShardingError
 from ..ir import Node, Op
 from ..ir.evaluate import eval_node
 from ..ir.ops import COLLECTIVES
-from .mesh import Mesh, shard_array, unshard_arrays
+from .mesh import Mesh
 
 
 def run_collective(n: Node, mesh: Mesh, vals: list[np.ndarray]) -> list[np.ndarray]:
@@ -46,20 +46,14 @@ def run_collective(n: Node, mesh: Mesh, vals: list[np.ndarray]) -> list[np.ndarr
 
 def simulate(prog, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     env = run_devices(prog, inputs)
-    mesh, local, g = prog.mesh, prog.local, prog.graph
-    return [unshard_arrays([env[d][o] for d in range(mesh.size)], go.shape, s, mesh, what=f"output {name!r}")
-            for o, go, s, name in zip(local.outputs, g.outputs, prog.output_shardings, g.output_names)]
+    return prog.assemble([[e[o] for o in prog.local.outputs] for e in env])
 
 
 def run_devices(prog, inputs: dict[str, np.ndarray], keep_all: bool = False) -> list[dict[Node, np.ndarray]]:
     """Every device's values of the per-device program (only the outputs unless keep_all)."""
-    mesh, local, g = prog.mesh, prog.local, prog.graph
+    mesh, local = prog.mesh, prog.local
     devices = range(mesh.size)
-    env: list[dict[Node, np.ndarray]] = [{} for _ in devices]
-    for p_global, p_local, s in zip(g.inputs, local.inputs, prog.input_shardings):
-        x = np.asarray(inputs[p_global.name])
-        for d in devices:
-            env[d][p_local] = shard_array(x, s, mesh, d)
+    env: list[dict[Node, np.ndarray]] = [dict(zip(local.inputs, blocks)) for blocks in prog.input_blocks(inputs)]
     uses = {n: 0 for n in local.nodes}
     for n in local.nodes:
         for i in n.inputs:

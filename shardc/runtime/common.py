@@ -1,11 +1,11 @@
-"""What both engines share: accepting an SpmdProgram or an Executable, splitting the caller's
-arguments into every device's blocks, and assembling global outputs from blocks."""
+"""What the engines share: accepting an SpmdProgram or an Executable, splitting the caller's
+arguments into every device's blocks and assembling global outputs from blocks (both written once,
+on SpmdProgram: `input_blocks`, `assemble`), checking a program's layouts."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import Error
-from ..partition.mesh import shard_array, unshard_arrays
 
 
 def as_program(prog):
@@ -22,20 +22,12 @@ def as_program(prog):
 
 def local_blocks(prog, args, devices=None) -> list[list[np.ndarray] | None]:
     """Every device's local block of every input, blocks[device][input] (only `devices`' if given)."""
-    values = prog.graph.input_values(*args)
-    mesh = prog.mesh
-    glob = [np.asarray(values[p.name]) for p in prog.graph.inputs]
-    want = range(mesh.size) if devices is None else set(devices)
-    return [[shard_array(x, s, mesh, d) for x, s in zip(glob, prog.input_shardings)] if d in want else None
-            for d in range(mesh.size)]
+    return prog.input_blocks(prog.graph.input_values(*args), devices)
 
 
 def assemble(prog, per_device: list[list[np.ndarray]]) -> list[np.ndarray]:
     """Global outputs from every device's output blocks (replicas must agree exactly)."""
-    g = prog.graph
-    return [unshard_arrays([per_device[d][i] for d in range(prog.mesh.size)], go.shape, s, prog.mesh,
-                           what=f"output {name!r}")
-            for i, (go, s, name) in enumerate(zip(g.outputs, prog.output_shardings, g.output_names))]
+    return prog.assemble(per_device)
 
 
 def check_layouts(prog):

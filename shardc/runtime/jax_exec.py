@@ -3,8 +3,8 @@
 ir/evaluate.py) and lax collectives (psum/pmax/pmin, all_gather(tiled), psum_scatter(tiled),
 all_to_all(tiled), ppermute); axis_index comes from lax.axis_index. Given a Pallas Executable
 (shardc.compile(prog, "pallas")), `body` instead walks its launch plan: each KernelLaunch calls the
-generated pallas_call (interpret mode off TPU), CollectiveSteps use the same lax collectives and
-ViewSteps reshape (run_plan_local).
+generated pallas_call (interpret mode off TPU), collective steps use the same lax collectives and
+view steps reshape (run_plan_local).
 
 Inputs: a sharding JAX can express (every split dim divides evenly, no strided "outer" factor) is
 passed as a global array with that NamedSharding. Others (padded dims, fused-QKV strided splits)
@@ -229,12 +229,11 @@ def run_local(g: Graph, inputs: list, mesh_axes: dict) -> list:
 
 
 def run_plan_local(exe, inputs: list, mesh_axes: dict, launched: list | None = None) -> list:
-    """A Pallas Executable's launch plan inside shard_map: KernelLaunch → the generated
-    pallas_call (interpret mode on CPU), CollectiveStep → the lax collective of `run_local`,
-    ViewStep → reshape. Axis indices come from lax.axis_index. `launched` collects the names of
+    """A Pallas Executable's launch plan inside shard_map: a kernel step → the generated
+    pallas_call (interpret mode on CPU), a collective step → the lax collective of `run_local`,
+    a view step → reshape. Axis indices come from lax.axis_index. `launched` collects the names of
     the kernels traced (in plan order)."""
-    from ..codegen.executable import KernelLaunch
-    from ..codegen.fusion import CollectiveStep, ViewStep, is_buffer_leaf
+    from ..codegen.fusion import is_buffer_leaf
     from ..codegen.pallas import traced_call
     local = exe.prog.local
     env = dict(zip(local.inputs, inputs))
@@ -242,33 +241,34 @@ def run_plan_local(exe, inputs: list, mesh_axes: dict, launched: list | None = N
         if is_buffer_leaf(n) and n.op is Op.CONSTANT:
             env[n] = jnp.asarray(np.asarray(n.attrs["value"]).astype(n.dtype.np))
     interpret = jax.default_backend() != "tpu"
+
+    def kernel(step):
+        k = step.kernel
+        axes = [lax.axis_index(a).astype(jnp.int32) for a in k.axes]
+        outs = traced_call(k, axes, [env[x] for x in k.inputs], interpret=interpret)
+        for o, v in zip(k.outputs, outs):
+            want = JNP_DTYPE[o.dtype]
+            env[o] = v if v.dtype == want else v.astype(want)
+        if launched is not None:
+            launched.append(k.name)
+
+    def collective(step):
+        env[step.node] = _collective(step.node, env[step.node.inputs[0]], mesh_axes)
+
+    def view(step):
+        env[step.node] = env[step.source].reshape(step.node.shape)
+
+    run_step = {"kernel": kernel, "collective": collective, "view": view}
     for step in exe.plan:
-        if isinstance(step, KernelLaunch):
-            k = step.kernel
-            try:
-                axes = [lax.axis_index(a).astype(jnp.int32) for a in k.axes]
-                outs = traced_call(k, axes, [env[x] for x in k.inputs], interpret=interpret)
-            except Error:
-                raise
-            except Exception as e:
-                raise Error(f"jax: kernel {k.name}: {type(e).__name__}: {e}") from e
-            for o, v in zip(k.outputs, outs):
-                want = JNP_DTYPE[o.dtype]
-                env[o] = v if v.dtype == want else v.astype(want)
-            if launched is not None:
-                launched.append(k.name)
-        elif isinstance(step, CollectiveStep):
-            n = step.node
-            try:
-                env[n] = _collective(n, env[n.inputs[0]], mesh_axes)
-            except Error:
-                raise
-            except Exception as e:
-                raise Error(f"jax: {n.describe()}: {type(e).__name__}: {e}") from e
-        elif isinstance(step, ViewStep):
-            env[step.node] = env[step.source].reshape(step.node.shape)
-        else:
+        if step.step not in run_step:
             raise Error(f"jax: unknown plan step {step!r}")
+        try:
+            run_step[step.step](step)
+        except Error:
+            raise
+        except Exception as e:
+            what = f"kernel {step.kernel.name}" if step.step == "kernel" else step.node.describe()
+            raise Error(f"jax: {what}: {type(e).__name__}: {e}") from e
     return [env[o] for o in local.outputs]
 
 

@@ -24,6 +24,11 @@ class Step:
     def __repr__(self) -> str:
         return f"{self.kind} #{self.index} {self.node.op.value}"
 
+    @property
+    def reads(self) -> tuple[Node, ...]:
+        """What the step reads (an engine frees a value after its last reader); a wait reads nothing new."""
+        return () if self.kind == "wait" else self.node.inputs
+
 
 def schedule(g: Graph) -> list[Step]:
     """Steps for `g`: every op once in program order, every collective started once and waited
@@ -87,18 +92,10 @@ class PlanStep:
     def __repr__(self) -> str:
         return f"{self.kind} #{self.index} {self.node.op.value}"
 
-
-def plan_reads(item) -> list[Node]:
-    """What a plan entry reads (codegen's KernelLaunch / ViewStep / CollectiveStep)."""
-    if hasattr(item, "kernel"):
-        return list(item.kernel.inputs)
-    if hasattr(item, "source"):
-        return [item.source]
-    return [item.node.inputs[0]]
-
-
-def plan_writes(item) -> list[Node]:
-    return list(item.kernel.outputs) if hasattr(item, "kernel") else [item.node]
+    @property
+    def reads(self) -> tuple[Node, ...]:
+        """The plan entry's reads (a wait reads nothing new)."""
+        return () if self.kind == "wait" else tuple(self.item.reads)
 
 
 def schedule_plan(plan: list, g: Graph) -> list[PlanStep]:
@@ -107,7 +104,7 @@ def schedule_plan(plan: list, g: Graph) -> list[PlanStep]:
     its first reader. Every rank derives the same list (one global collective order)."""
     from ..errors import Error
     index = {n: i for i, n in enumerate(g.nodes)}
-    colls = {s.node: s for s in plan if not hasattr(s, "kernel") and not hasattr(s, "source")}
+    colls = {s.node: s for s in plan if s.step == "collective"}
     steps: list[PlanStep] = []
     pending: set[Node] = set()
     done: set[Node] = set()
@@ -140,12 +137,12 @@ def schedule_plan(plan: list, g: Graph) -> list[PlanStep]:
         if n.op is Op.PARAMETER or (n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray)):
             have(n)  # buffer leaves (codegen's is_buffer_leaf): there before any step
     for s in plan:
-        if not hasattr(s, "kernel") and not hasattr(s, "source"):
-            continue  # a collective: started by have(), waited by need()
-        for r in dict.fromkeys(plan_reads(s)):
+        if s.step == "collective":
+            continue  # started by have(), waited by need()
+        for r in dict.fromkeys(s.reads):
             need(r)
-        out = plan_writes(s)
-        steps.append(PlanStep("kernel" if hasattr(s, "kernel") else "view", out[0], index[out[0]], s))
+        out = s.writes
+        steps.append(PlanStep(s.step, out[0], index[out[0]], s))
         for o in out:
             have(o)
     for o in dict.fromkeys(g.outputs):

@@ -212,12 +212,8 @@ class RankExecutor:
     def _count_uses(self):
         self.uses = {n: 0 for n in self.local.nodes}
         for s in self.steps:
-            for i in self._reads(s):
+            for i in s.reads:
                 self.uses[i] += 1
-
-    def _reads(self, step) -> list[Node]:
-        """What a step reads (freed after its last reader); a wait reads nothing new."""
-        return step.node.inputs if step.kind != "wait" else ()
 
     def _exec(self, step, env: dict, inflight: dict):
         n = step.node
@@ -273,7 +269,7 @@ class RankExecutor:
             if trace is not None:
                 kind, name = self._event(step)
                 trace.append(TraceEvent(kind, step.index, name, t0, clock()))
-            for i in self._reads(step):  # free values after their last reader
+            for i in step.reads:  # free values after their last reader
                 left[i] -= 1
                 if left[i] == 0 and i not in keep:
                     env.pop(i, None)
@@ -286,16 +282,17 @@ _COLLECTIVE_NAMES = {"all_reduce", "all_gather", "reduce_scatter", "all_to_all",
 
 
 class PlanExecutor(RankExecutor):
-    """Runs a compiled launch plan (codegen's Executable, target "triton") as rank `rank`: each
+    """Runs a compiled launch plan (an Executable's `.plan`, target "triton", of the per-device
+    program `local`; on a pool rank, the plan it received) as rank `rank`: each
     KernelLaunch launches the generated kernel (Triton interpreter on CPU tensors: outputs freshly
     allocated, floats poisoned with NaN so an unwritten element shows), each CollectiveStep goes
     through `start_collective` (async, scheduled by schedule_plan), each ViewStep is a reshape."""
 
-    def __init__(self, exe, mesh: Mesh, rank: int, groups: RankGroups | None = None, status=None):
+    def __init__(self, plan: list, local: Graph, mesh: Mesh, rank: int, groups: RankGroups | None = None,
+                 status=None):
         from .schedule import schedule_plan
-        local = exe.prog.local
-        self.exe, self.local, self.mesh, self.rank = exe, local, mesh, rank
-        self.steps = schedule_plan(exe.plan, local)
+        self.plan, self.local, self.mesh, self.rank = plan, local, mesh, rank
+        self.steps = schedule_plan(plan, local)
         self.groups = groups or RankGroups(mesh, rank)
         self.groups.prepare([s.node.attrs["axes"] for s in self.steps if s.kind == "start"])
         self.status = status or (lambda index, phase: None)
@@ -308,10 +305,6 @@ class PlanExecutor(RankExecutor):
 
     def _seed(self) -> dict:
         return dict(self._consts)
-
-    def _reads(self, step):
-        from .schedule import plan_reads
-        return () if step.kind == "wait" else plan_reads(step.item)
 
     def _exec(self, step, env: dict, inflight: dict):
         if step.kind in ("start", "wait"):

@@ -26,7 +26,7 @@ from ..partition.mesh import Mesh
 from .common import as_program, assemble, check_layouts, local_blocks
 from .errors import RankError, RankTimeoutError
 from .torch_exec import PHASE_NAMES, Fault, TraceEvent  # noqa: F401  (Fault, TraceEvent: API)
-from .wire import graph_from_wire, graph_to_wire
+from .wire import graph_from_wire, graph_to_wire, plan_from_wire, plan_to_wire
 
 GRACE_S = 0.5          # after the first failure, how long to collect the others' reports (root cause)
 START_TIMEOUT_S = 120.0
@@ -88,10 +88,10 @@ def _worker_main(rank: int, world: int, port: int, conn, status, pg_timeout_s: f
                 mesh = Mesh(mesh_axes)
                 grp = groups.setdefault(mesh, RankGroups(mesh, rank))
                 local = graph_from_wire(wire)
-                if opts.get("kernels"):
+                if "plan" in opts:
                     from .torch_exec import PlanExecutor
-                    exe = _rebuild_executable(local, opts["kernels"])
-                    ex = executors[key] = PlanExecutor(exe, mesh, rank, grp, set_status)
+                    plan = _received_plan(local, opts["plan"])
+                    ex = executors[key] = PlanExecutor(plan, local, mesh, rank, grp, set_status)
                 else:
                     ex = executors[key] = RankExecutor(local, mesh, rank, grp, set_status)
             trace = [] if opts.get("trace") else None
@@ -112,31 +112,20 @@ def _worker_main(rank: int, world: int, port: int, conn, status, pg_timeout_s: f
     os._exit(0)
 
 
-def _rebuild_executable(local: Graph, spec: dict):
-    """The parent's Executable, rebuilt on a rank from its per-device program: codegen is
-    deterministic, so compiling the same program gives the same plan and kernels (the kernel cache
-    keys are checked); the kernel files come from (or go to) the same cache. Kernels run on the
-    Triton interpreter, which Triton binds when it is imported: set before that."""
-    import sys
-    from types import SimpleNamespace
+def _received_plan(local: Graph, spec: dict) -> list:
+    """The parent's compiled launch plan on a rank: the kernels it was sent, loaded from their
+    source through this rank's kernel cache (nothing is compiled here). Kernels run on the Triton
+    interpreter, which Triton binds when it is imported: set before that."""
     if "triton" not in sys.modules:
         os.environ["TRITON_INTERPRET"] = "1"
     if spec.get("cache_dir"):
         os.environ["SHARDC_CACHE_DIR"] = spec["cache_dir"]
-    from ..codegen import compile as codegen_compile
-    exe = codegen_compile(SimpleNamespace(local=local), spec["target"])
-    keys = [k.key for k in exe.kernels]
-    if keys != list(spec["keys"]):
-        raise Error(f"rank rebuilt a different launch plan ({len(keys)} kernels, the parent's has "
-                    f"{len(spec['keys'])}; first difference at kernel "
-                    f"{next((i for i, (a, b) in enumerate(zip(keys, spec['keys'])) if a != b), min(len(keys), len(spec['keys'])))})")
-    return exe
+    return plan_from_wire(spec, local)
 
 
 def kernel_spec(exe) -> dict:
-    """What a rank needs to rebuild `exe` (kernels hold imported modules: not sent)."""
-    return {"target": exe.target, "keys": [k.key for k in exe.kernels],
-            "cache_dir": os.environ.get("SHARDC_CACHE_DIR")}
+    """What a rank needs to run `exe`'s plan: its kernels' source and keys, and the steps."""
+    return {**plan_to_wire(exe), "cache_dir": os.environ.get("SHARDC_CACHE_DIR")}
 
 
 def as_kernel_executable(prog):
@@ -321,8 +310,8 @@ class LocalPool:
             wire = None if key in self._sent else graph_to_wire(local)
             job = next(self._jobs)
             opts = {"trace": trace, "fault": fault}
-            if exe is not None:
-                opts["kernels"] = kernel_spec(exe)
+            if exe is not None:  # the compiled plan travels with the program (once per pool start)
+                opts["plan"] = kernel_spec(exe) if wire is not None else None
             for r in range(self.world):
                 try:
                     self.conns[r].send(("run", job, key, wire, dict(mesh.axes), blocks[r], opts))
@@ -513,7 +502,7 @@ def _run_in_job(prog, args, trace, fault, exe=None) -> list[np.ndarray]:
     if ex is None:
         groups = _JOB_GROUPS.setdefault(mesh, RankGroups(mesh, rank))
         ex = _JOB_EXECUTORS[what] = (RankExecutor(prog.local, mesh, rank, groups) if exe is None
-                                     else PlanExecutor(exe, mesh, rank, groups))
+                                     else PlanExecutor(exe.plan, prog.local, mesh, rank, groups))
     mine = [] if trace is not None else None
     outs = [to_numpy(o) for o in ex.run([to_torch(b) for b in blocks[rank]], trace=mine, fault=fault)]
     every: list = [None] * mesh.size
