@@ -270,7 +270,7 @@ def test_registry_and_overrides():
 
 
 @pytest.mark.parametrize("spec, fields, words", [
-    ("gpt3", {}, ["gpt3", "gpt2", "llama", "mlp", "moe"]),
+    ("gpt5", {}, ["gpt5", "gpt2", "gpt3", "llama", "llama3", "mlp", "moe"]),  # gpt3 is a preset now
     ("gpt2:huge", {}, ["huge", "tiny", "small"]),
     ("gpt2", {"n_layers": 3}, ["n_layers", "n_layer", "vocab_size"]),
     ("gpt2", {"n_head": 5}, ["multiple of n_head"]),
