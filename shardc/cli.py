@@ -318,6 +318,9 @@ def explain(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batc
     console.print(c)
 
 
+from . import cli_analyze  # noqa: E402,F401  (registers `shardc analyze` on main)
+
+
 def entry():
     """Console entry: one clear line for user errors; tracebacks only with SHARDC_DEBUG set."""
     from .errors import Error

@@ -88,12 +88,12 @@ class Analysis:
     def verdict(self) -> str:
         cap, peak = self.hardware.hbm_bytes, self.memory["peak"]
         if self.fits:
-            return (f"fits: peak {_gb(peak)} of {_gb(cap)} per {self.hardware.name} "
+            return (f"Fits: peak {_gb(peak)} of {_gb(cap)} per {self.hardware.name} "
                     f"({_gb(cap - peak)} to spare)")
-        return (f"does NOT fit: peak {_gb(peak)} exceeds {self.hardware.name}'s {_gb(cap)} by {_gb(peak - cap)} "
+        return (f"Does NOT fit: peak {_gb(peak)} exceeds {self.hardware.name}'s {_gb(cap)} by {_gb(peak - cap)} "
                 f"({peak / cap:.2f}x the device's memory)")
 
-    def table(self) -> str:
+    def table(self, verdict: bool = True) -> str:
         m, rows = self.memory, []
         rows.append(("hardware", str(self.hardware.name) + f" x{self.mesh.size}  ({self.mesh})"))
         rows.append(("mesh levels", ", ".join(f"{a}: {v}" for a, v in self.axis_levels.items())))
@@ -106,7 +106,8 @@ class Analysis:
         rows.append(("comm", f"{self.comm_s * 1e3:.3f} ms  (exposed {self.exposed_comm_s * 1e3:.3f} ms)"))
         rows.append(("step", f"{self.step_s * 1e3:.3f} ms"))
         rows.append(("MFU", f"{self.mfu * 100:.1f}%"))
-        rows.append(("memory verdict", self.verdict()))
+        if verdict:
+            rows.append(("memory verdict", self.verdict()))
         w = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
@@ -122,7 +123,10 @@ class Analysis:
 
 
 def _gb(b: float) -> str:
-    return f"{b / 1e9:.2f} GB"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(b) >= scale:
+            return f"{b / scale:.2f} {unit}"
+    return f"{b:.0f} B"
 
 
 class _Pricer:

@@ -105,7 +105,7 @@ def test_state_bytes_by_hand():
     assert a.memory["grads"] == 2 * n // 8                 # one gradient per parameter, same dtype
     assert a.memory["optimizer"] == 2 * 4 * n // 8 + 4     # m and v in f32, plus the f32 step count
     assert a.memory["peak"] >= sum(a.memory[k] for k in ("params", "optimizer")) + a.memory["activations"]
-    assert a.memory["peak"] < a.hardware.hbm_bytes and a.fits and "fits" in str(a)
+    assert a.memory["peak"] < a.hardware.hbm_bytes and a.fits and "Fits: peak" in str(a)
 
 
 def _tracked_peak(prog, g, args) -> int:

@@ -1,0 +1,136 @@
+"""`shardc analyze MODEL --mesh fsdp=32,tp=8 --hardware h200 --train --batch 256 --seq 4096`:
+capture (shape-only above "small"), partition and analyze one step, print the Analysis and say
+whether it fits in the device's memory. Registered on the `shardc` group by cli.py."""
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+
+import click
+
+from .cli import SPEC_HELP, build_specs, load_model, main, parse_mesh
+
+
+def _capture(model, frontend, train, batch, optimizer, seq, dtype, layers):
+    """(Graph, ModelDef-like): a zoo model with --seq/--dtype/--layers applied, or a file model."""
+    from . import models
+    from .errors import Error
+    if ".py:" in model:
+        if seq or dtype or layers:
+            raise Error("--seq, --dtype and --layers apply to zoo models; a file model's factory sets its shapes")
+        g, _, m = load_model(model, frontend, train, batch, optimizer)
+        return g, m
+    overrides = {}
+    if seq:
+        overrides["seq_len"] = seq
+    probe = models.get(model)
+    if layers:
+        overrides["n_layers" if hasattr(probe.config, "n_layers") else "n_layer"] = layers
+    m = models.get(model, **overrides)
+    g, _ = m.capture(train, frontend or "jax", 4 if batch is None else batch, optimizer=optimizer, dtype=dtype)
+    return g, m
+
+
+def default_layout(m, mesh, plan, spec_texts):
+    """With neither --plan nor --spec: Megatron over an axis named "tp" (when the model has specs
+    for it) and the batch (fsdp: and the state) over the others; else the plan named."""
+    if plan or spec_texts or not hasattr(m, "tp_specs"):
+        return None
+    specs = {}
+    if "tp" in mesh.axes:
+        try:
+            specs = m.tp_specs("tp")
+        except KeyError:
+            specs = {}
+    return specs, ("fsdp" if "fsdp" in mesh.axes else "dp")
+
+
+@main.command("analyze")
+@click.argument("model")
+@click.option("--mesh", "mesh_text", default="dp=8", show_default=True, help="named axes NAME=SIZE, last innermost")
+@click.option("--hardware", default="h200", show_default=True,
+              help="h100 h200 b200 a100 tpu-v5e tpu-v5p tpu-v6e")
+@click.option("--plan", type=click.Choice(["dp", "fsdp", "megatron", "megatron-sp"]), default=None,
+              help="[default: Megatron over a 'tp' axis, batch (and with an 'fsdp' axis the state) over the rest]")
+@click.option("--spec", "spec_texts", multiple=True, help=SPEC_HELP)
+@click.option("--frontend", type=click.Choice(["jax", "torch"]), default=None, help="[default: jax]")
+@click.option("--train", is_flag=True, help="one training step (forward, backward, optimizer update)")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default=None,
+              help="the training step's optimizer [default: sgd]; its state is f32")
+@click.option("--batch", type=int, default=None, help="global batch size [default: 4]")
+@click.option("--seq", type=int, default=None, help="sequence length [default: the model's]")
+@click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default=None,
+              help="parameter dtype [default: bf16 for shape-only presets, else f32]")
+@click.option("--layers", type=int, default=None, help="override the number of layers (a quicker, shallower model)")
+@click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
+              help="write analysis.txt, analysis.json and memory.svg into this directory")
+def analyze_cmd(model, mesh_text, hardware, plan, spec_texts, frontend, train, optimizer, batch, seq, dtype,
+                layers, report_dir):
+    """Model MODEL's step on a mesh of HARDWARE devices: FLOPs, memory per device, communication
+    per mesh axis, modeled time and MFU, and whether it fits in device memory."""
+    import shardc
+    from .errors import Error
+    if optimizer is not None and not train:
+        raise Error("--optimizer needs --train")
+    hw = shardc.hardware.get(hardware)
+    mesh = parse_mesh(mesh_text)
+    t0 = time.perf_counter()
+    g, m = _capture(model, frontend, train, batch, optimizer or "sgd", seq, dtype, layers)
+    t1 = time.perf_counter()
+    layout = default_layout(m, mesh, plan, spec_texts)
+    if layout is not None:
+        specs, plan = layout
+        click.echo(f"note: layout {'Megatron over tp, ' if specs else ''}plan {plan!r} over the other axes "
+                   f"(--plan/--spec to choose)", err=True)
+    else:
+        specs, plan = build_specs(m, g, mesh, plan, spec_texts)
+    prog = shardc.partition(g, mesh, specs, plan)
+    t2 = time.perf_counter()
+    a = shardc.analyze(prog, hw)
+    t3 = time.perf_counter()
+    for note in prog.notes:
+        click.echo(f"note: {note}", err=True)
+    what = f"train step ({optimizer or 'sgd'})" if train else "forward"
+    click.echo(f"{model} {what}, {len(g.nodes)} nodes{' (shape-only)' if g.shape_only else ''}; "
+               f"capture {t1 - t0:.1f} s, partition {t2 - t1:.1f} s, analyze {t3 - t2:.1f} s")
+    click.echo(a.table(verdict=False))
+    click.echo(a.verdict())
+    if report_dir:
+        path = write_report(a, report_dir, f"{model} {what} on {mesh} of {hw.name}")
+        click.echo(f"report: {path}", err=True)
+
+
+def write_report(a, out_dir, title: str) -> Path:
+    """analysis.txt (the table), analysis.json and memory.svg (the per-device memory breakdown)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analysis.txt").write_text(f"{title}\n\n{a.table()}\n")
+    (out / "analysis.json").write_text(json.dumps({"title": title, **a.to_json()}, indent=1))
+    (out / "memory.svg").write_text(memory_svg(a, title))
+    return out
+
+
+def memory_svg(a, title: str) -> str:
+    """One stacked bar per device: params, grads, optimizer state, activations, the rest of the
+    peak (transients), against the device's HBM line."""
+    m, cap = a.memory, a.hardware.hbm_bytes
+    parts = [("params", m["params"], "#4e79a7"), ("grads", m["grads"], "#f28e2b"),
+             ("optimizer", m["optimizer"], "#e15759"), ("activations", m["activations"], "#76b7b2")]
+    rest = max(0, m["peak"] - sum(p[1] for p in parts))
+    parts.append(("other at peak", rest, "#bab0ac"))
+    top = max(cap, m["peak"]) * 1.1
+    h, y0, bars = 300, 340, []
+    y = y0
+    for i, (name, b, color) in enumerate(parts):
+        dh = b / top * h
+        y -= dh
+        bars.append(f'<rect x="60" y="{y:.1f}" width="80" height="{dh:.1f}" fill="{color}"/>'
+                    f'<rect x="170" y="{40 + 18 * i}" width="12" height="12" fill="{color}"/>'
+                    f'<text x="188" y="{51 + 18 * i}" font-size="12">{name}: {b / 1e9:.2f} GB</text>')
+    cy = y0 - cap / top * h
+    bars.append(f'<line x1="40" x2="160" y1="{cy:.1f}" y2="{cy:.1f}" stroke="black" stroke-dasharray="4"/>'
+                f'<text x="170" y="{cy + 4:.1f}" font-size="12">{a.hardware.name} HBM {cap / 1e9:.0f} GB</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="460" height="370">'
+            f'<text x="10" y="20" font-size="13">{html.escape(title)}: memory per device</text>{"".join(bars)}</svg>\n')
