@@ -13,7 +13,7 @@ sequence parallel, 2-D dp×tp), the same JAX function goes through
 Both byte counts use the same convention (all-gather: result buffer; reduce-scatter: operand;
 all-reduce, all-to-all, collective-permute: the buffer). XLA on CPU emits all-reduce +
 dynamic-slice where GPUs get a reduce-scatter: the bytes are equal, the kinds differ.
-Writes a table and bench/results/comm_vs_xla.json (see DESIGN.md, "Performance").
+Writes a table and bench/results/comm_vs_xla.json (see docs/architecture.md, "Performance").
 """
 from __future__ import annotations
 

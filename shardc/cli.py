@@ -169,7 +169,7 @@ def run(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batch, r
     import shardc
     from rich.console import Console
     from rich.table import Table
-    from .testing import rel_err, tolerance
+    from .runtime.check import compare
     _check_engine(target, engine)
     console = Console(stderr=True)
     with console.status(f"capturing {model} and partitioning it over {mesh_text}"):
@@ -207,16 +207,13 @@ def run(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batch, r
         want = g.evaluate(*args)
         times["reference"] = time.perf_counter() - t
         errs = Table("output", "dtype", "rel. error", "tolerance", "ok", title="check against the unsharded model")
-        rows = []
-        for name, a, b in zip(g.output_names, got, want):
-            e, tol = rel_err(a, b), max(tolerance(b.dtype), 1e-5)
-            ok &= e <= tol
-            rows.append((e / tol, name, str(b.dtype), f"{e:.2e}", f"{tol:.0e}", "[green]yes[/]" if e <= tol else "[red]NO[/]"))
-        rows.sort(key=lambda r: -r[0])  # worst first; a training step has one output per parameter
-        for r in rows[:8]:
-            errs.add_row(*r[1:])
-        if len(rows) > 8:
-            errs.add_row(f"... {len(rows) - 8} more, {'all' if ok else 'not all'} within tolerance", "", "", "", "")
+        report = compare(g.output_names, got, want)  # the comparison shardc.check makes
+        ok = all(r.ok for r in report)
+        report.sort(key=lambda r: -r.max_rel / max(r.tol, 1e-30))  # worst first; a training step has one output per parameter
+        for r in report[:8]:
+            errs.add_row(r.name, r.dtype, f"{r.max_rel:.2e}", f"{r.tol:.0e}", "[green]yes[/]" if r.ok else "[red]NO[/]")
+        if len(report) > 8:
+            errs.add_row(f"... {len(report) - 8} more, {'all' if ok else 'not all'} within tolerance", "", "", "", "")
         console.print(errs)
     console.print("times: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()))
     if not ok:

@@ -20,29 +20,15 @@ beyond 32 bits)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
 from ..kernels import pallas_templates as tpl
+from .emitted import EmittedKernel
 from .fusion import CannotFuse, FusionGroup
 from .pallas_expr import HALF, JNP_COMPUTE, JNP_STORAGE, DimClasses, Val, ValueEmitter, constrain, round_half
-
-
-@dataclass
-class EmittedKernel:
-    name: str
-    kind: str
-    source: str
-    inputs: list[Node]
-    outputs: list[Node]
-    axes: list[str]
-    grid: tuple = ()
-    signature: dict = field(default_factory=dict)   # (Triton's AOT signature: unused here)
-    choose: object = lambda interpret: {}
-    tuning: list = field(default_factory=list)
 
 
 def key_text() -> str:
@@ -179,7 +165,7 @@ class _Builder:
                                 for r in self.outputs),
             in_specs=", ".join(self.spec(x) for x in self.inputs),
             out_specs=", ".join(self.spec(r) for r in self.outputs), scratch=", ".join(scratch))
-        return EmittedKernel(self.name, self.kind, head + body + call, self.inputs, self.outputs, self.axes, grid)
+        return EmittedKernel(self.name, self.kind, head + body + call, self.inputs, self.outputs, self.axes, grid=grid)
 
 
 def _check_dtypes(grp: FusionGroup):

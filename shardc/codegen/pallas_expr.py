@@ -18,14 +18,14 @@ kernel inputs are range-checked at launch), bool as bool.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
 from ..ir.evaluate import EVAL
 from ..ir.ops import ELEMENTWISE, REDUCE
+from .emitted import KernelValue
+from .emitted import literal as shared_literal
 from .fusion import CannotFuse
 from .indexing import reshape_groups
 
@@ -189,33 +189,21 @@ def constrain(dc: DimClasses, n: Node) -> None:
 
 
 # ------------------------------------------------------------------------------- values
-class Val:
+class Val(KernelValue):
     """A value in the kernel: Python text, its block shape, IR dtype, and a host constant."""
 
-    __slots__ = ("text", "shape", "dtype", "const")
+    __slots__ = ("shape",)
 
     def __init__(self, text: str, shape, dtype: DType, const=None):
         self.text, self.shape, self.dtype, self.const = text, tuple(shape), dtype, const
 
-    def __str__(self) -> str:
-        return self.text
-
 
 def literal(v, dtype: DType) -> str:
-    if dtype is DType.bool:
-        return "True" if bool(v) else "False"
-    if dtype.is_int:
-        v = int(v)
-        if not I32.min <= v <= I32.max:
-            raise UnsupportedOpError(f"constant {v} of type {dtype} does not fit a 32-bit integer: "
-                                     "pallas kernels compute i64 as i32 (TPUs have no 64-bit vectors)")
-        return str(v)
-    v = float(v)
-    if math.isnan(v):
-        return 'float("nan")'
-    if math.isinf(v):
-        return 'float("inf")' if v > 0 else '-float("inf")'
-    return repr(v)
+    """The shared literal, refusing integers beyond 32 bits (TPU kernels compute i64 as i32)."""
+    if dtype.is_int and dtype is not DType.bool and not I32.min <= int(v) <= I32.max:
+        raise UnsupportedOpError(f"constant {int(v)} of type {dtype} does not fit a 32-bit integer: "
+                                 "pallas kernels compute i64 as i32 (TPUs have no 64-bit vectors)")
+    return shared_literal(v, dtype)
 
 
 _UNARY = {

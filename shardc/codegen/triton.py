@@ -5,7 +5,6 @@ constexprs picked at launch (large on the interpreter, tuned sizes on a GPU)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
@@ -15,6 +14,7 @@ from ..kernels import matmul as matmul_t
 from ..kernels import rows as rows_t
 from ..kernels import scatter as scatter_t
 from . import autotune
+from .emitted import EmittedKernel
 from .fusion import CannotFuse, FusionGroup
 from .indexing import Ix, flatten, reshape_index, unflatten
 from .triton_expr import TL_COMPUTE, ExprEmitter, Tile, Val, round_half
@@ -38,19 +38,6 @@ def _round_bf16(x):
     u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
     return u.to(tl.float32, bitcast=True)
 '''
-
-
-@dataclass
-class EmittedKernel:
-    name: str
-    kind: str
-    source: str
-    inputs: list[Node]
-    outputs: list[Node]
-    axes: list[str]                       # mesh axes whose index the kernel takes as a scalar
-    signature: dict[str, str]             # argument → Triton type, for ahead-of-time compiles
-    choose: object = None                 # interpret: bool -> launch config
-    tuning: list = field(default_factory=list)
 
 
 def _indent(lines: list[str], n: int) -> str:

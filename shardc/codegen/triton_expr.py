@@ -19,6 +19,7 @@ from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
 from ..ir.evaluate import EVAL
 from ..ir.ops import BINARY, COMPARE, ELEMENTWISE, REDUCE, UNARY
+from .emitted import KernelValue, literal
 from .fusion import CannotFuse
 from .indexing import Ix, flatten, reshape_index, unflatten
 
@@ -37,29 +38,13 @@ def round_half(text: str, dtype: DType) -> str:
     return f"({text}).to(tl.float16).to(tl.float32)"
 
 
-class Val:
+class Val(KernelValue):
     """A value in the kernel: Triton text (a variable or a literal), tile deps, IR dtype."""
 
-    __slots__ = ("text", "deps", "dtype", "const")
+    __slots__ = ("deps",)
 
     def __init__(self, text: str, deps, dtype: DType, const=None):
         self.text, self.deps, self.dtype, self.const = text, frozenset(deps), dtype, const
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def literal(v, dtype: DType) -> str:
-    if dtype is DType.bool:
-        return "True" if bool(v) else "False"
-    if dtype.is_int:
-        return str(int(v))
-    v = float(v)
-    if math.isnan(v):
-        return 'float("nan")'
-    if math.isinf(v):
-        return 'float("inf")' if v > 0 else '-float("inf")'
-    return repr(v)
 
 
 _UNARY_TEXT = {
