@@ -52,15 +52,15 @@ def input_name(placeholder) -> str | None:
     root, steps = source_steps(source)
     example = getattr(arg, "_example", None)
     example = example() if callable(example) else example
-    keys = [str(k) for _, k in steps]
-    state = isinstance(example, torch.nn.Parameter) or any(k in _CONTAINERS for kind, k in steps if kind == "attr")
+    state = (isinstance(example, torch.nn.Parameter) or any(k in _CONTAINERS for kind, k in steps if kind == "attr")
+             or (root == "self" and steps))  # a tensor attribute of the module
     if state:
         path = [str(k) for kind, k in steps if not (kind == "attr" and k in _CONTAINERS)]
         return f"params[{'.'.join(path)!r}]" if path else None
     if root is None:
         return None
-    return root + "".join(f"[{k!r}]" if kind == "item" and isinstance(k, str) else f"[{k}]" if kind == "item"
-                          else f".{k}" for (kind, k) in steps) if keys else root
+    return root + "".join(f".{k}" if kind == "attr" else f"[{k!r}]" if isinstance(k, str) else f"[{k}]"
+                          for kind, k in steps)
 
 
 def input_names(gm) -> list[str | None]:
