@@ -10,7 +10,7 @@ with `shardc.from_torch` and checked:
     x along its first dim when that dim is even, else every input replicated (the partitioner
     still chooses how to split the rest), then `prog.simulate(*tensors)` against torch.
 JAX: the records of `jax._src.internal_test_util.lax_test_util.lax_ops()` less the 4 that only
-have complex dtypes (65 records); each record's first float32 dtype (else its first dtype) on
+have complex dtypes (65 records); each record at float32 (else int32, else its first dtype) on
 operands of shape (4, 6) from the record's own rng, through `shardc.from_jax` the same way.
 
 Skipped before counting: ops whose first sample has over MAX_ELEMENTS elements, and ops that
@@ -243,7 +243,7 @@ def lax_records(only=None):
         name = rec.op
         if only and name not in only:
             continue
-        dt = np.dtype(np.float32) if np.dtype(np.float32) in dts else dts[0]
+        dt = next((np.dtype(t) for t in (np.float32, np.int32) if np.dtype(t) in dts), dts[0])
         yield f"{name}[{dt.name}]", rec, dt
 
 
@@ -273,7 +273,8 @@ def measure_lax(only=None) -> dict:
         out = _check(capture, lambda g: g.evaluate(*args), partition, lambda p: p.simulate(*args), want)
         out["seconds"] = round(time.time() - t0, 2)
         results[name] = out
-        print(f"  lax {name:40s} {out['evaluate']:8s} {out['simulate']:8s}", file=sys.stderr, flush=True)
+        print(f"  lax {name:40s} {out['evaluate']:8s} {out['simulate']:8s} {out['seconds']:.1f}s", file=sys.stderr,
+              flush=True)
     return results
 
 
@@ -315,10 +316,11 @@ def main(argv=None):
         for label, key in (("wrong (evaluate)", "evaluate_wrong"), ("wrong (simulate)", "simulate_wrong"),
                            ("crash (evaluate)", "evaluate_crash"), ("crash (simulate)", "simulate_crash"),
                            ("refused (evaluate)", "evaluate_refused"), ("refused (simulate)", "simulate_refused"),
-                           ("timeout", "evaluate_timeout")):
-            if s[key]:
-                print(f"\n{k} {label}: {len(s[key])}")
-                for name in s[key]:
+                           ("timeout (evaluate)", "evaluate_timeout"), ("timeout (simulate)", "simulate_timeout")):
+            names = [n for n in s[key] if not key.startswith("simulate") or res[n]["evaluate"] == "ok"]
+            if names:
+                print(f"\n{k} {label}{' (evaluate ok)' if key.startswith('simulate') else ''}: {len(names)}")
+                for name in names:
                     d = res[name].get("simulate_detail" if key.startswith("simulate") else "detail", "")
                     print(f"  {name}: {d.splitlines()[0] if d else ''}"[:220])
     print(f"\n{time.time() - t0:.0f} s")

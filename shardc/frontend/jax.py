@@ -30,6 +30,7 @@ from ..ir.dtypes import from_numpy
 from ..ir.evaluate import eval_node
 from ..ir.ops import COLLECTIVES
 from ..ir.emitter import Emitter
+from . import jax_vision_ops  # noqa: F401  (registers its rules)
 from .jax_ops import RULES, rule
 
 MAX_UNROLL = 4096  # scan/while iterations unrolled before giving up
@@ -37,7 +38,6 @@ MAX_UNROLL = 4096  # scan/while iterations unrolled before giving up
 # workarounds named in the error for primitives that will not be mapped
 HINTS = {
     "while": "loops need a trip count known at capture time; use lax.scan or lax.fori_loop with static bounds",
-    "conv_general_dilated": "convolutions are not in shardc's op set",
     "random_bits": "draw random values outside the function and pass them in",
     "random_seed": "draw random values outside the function and pass them in",
     "threefry2x32": "draw random values outside the function and pass them in",
@@ -51,6 +51,7 @@ def from_jax(fn, *args, name: str = "main", **options) -> Graph:
         raise Error(f"from_jax: unknown options {sorted(options)} (known: name)")
     if not re.fullmatch(r"[\w.\-]+", name):
         raise Error(f"from_jax: graph name {name!r} must be letters, digits, '_', '.' or '-'")
+    _check_array_args(fn, args)
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     leaves, in_tree = jax.tree_util.tree_flatten_with_path(args)
     arg_names = _arg_names(fn, len(args))
@@ -90,6 +91,20 @@ class FlattenArgs:
         if tree != self.in_tree:
             raise Error(f"arguments do not match the captured structure:\n  expected {self.in_tree}\n  got      {tree}")
         return leaves
+
+
+def _check_array_args(fn, args) -> None:
+    """Every argument leaf must be an array (or a number, or a ShapeDtypeStruct): a string or an
+    object is a shardc.Error that names its path, not JAX's TypeError."""
+    names = _arg_names(fn, len(args))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+        if isinstance(leaf, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, bool, int, float, complex)):
+            continue
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            continue
+        where = names[path[0].idx] + jax.tree_util.keystr(path[1:])
+        raise Error(f"from_jax: argument {where} is a {type(leaf).__name__} ({leaf!r:.40}), not an array; "
+                    "pass arrays (close over other values, or use functools.partial)")
 
 
 def _arg_names(fn, n: int) -> list[str]:

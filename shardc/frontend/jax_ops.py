@@ -343,9 +343,11 @@ def _top_k(c, x, *, k, axis=-1, **_):
 @rule("sort")
 def _sort(c, *xs, dimension, num_keys=1, **_):
     """Stable sort by the first operand (lax.sort is stable when asked; stable is always right)."""
-    if num_keys != 1:
-        raise c.unsupported(f"sorting by {num_keys} keys")
     b = c.b
+    if num_keys != 1:
+        from .jax_vision_ops import lexsort
+        order = lexsort(b, list(xs[:num_keys]), dimension)
+        return [b.take_along_axis(x, order, dimension) for x in xs]
     values, order = b.sort(xs[0], dimension)
     return [values] + [b.take_along_axis(x, order, dimension) for x in xs[1:]]
 
@@ -575,6 +577,9 @@ def _scatter(c, x, idx, upd, dn, mode, kind: str, unique: bool = False):
         out = scatter(xt, spread(upd, zero))
     elif kind == "sub":
         out = scatter(xt, spread(b.unary(Op.NEG, upd), zero))
+    elif kind in ("mul", "min", "max"):
+        from .jax_vision_ops import scatter_combine
+        out = scatter_combine(b, xt, lin, upd, len(ob), kind, spread)
     else:  # set: each element takes the last update that lands on it, or keeps x's value
         if not unique:
             lin = _drop_shadowed(c, lin, len(ob))
@@ -591,9 +596,11 @@ def _scatter(c, x, idx, upd, dn, mode, kind: str, unique: bool = False):
     return out
 
 
-@rule("scatter-add", "scatter_add", "scatter-sub", "scatter_sub", "scatter")
+@rule("scatter-add", "scatter_add", "scatter-sub", "scatter_sub", "scatter", "scatter-mul", "scatter_mul",
+      "scatter-min", "scatter_min", "scatter-max", "scatter_max")
 def _scatter_rule(c, x, idx, upd, *, dimension_numbers, mode, unique_indices=False, **_):
     """x.at[idx].add / .subtract / .set; for .set a repeated index takes its last update, as
     XLA on CPU applies them in order."""
     kind = {"scatter": "set", "scatter-sub": "sub", "scatter_sub": "sub"}.get(c.eqn.primitive.name, "add")
+    kind = c.eqn.primitive.name[8:] if c.eqn.primitive.name[8:] in ("mul", "min", "max") else kind
     return _scatter(c, x, idx, upd, dimension_numbers, mode, kind, unique_indices)

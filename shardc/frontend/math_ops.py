@@ -5,6 +5,7 @@ ulps on the usual ranges (Cephes' single-precision polynomials, as XLA and torch
 for the same functions)."""
 from __future__ import annotations
 
+import functools
 import math
 
 from ..ir import DType, Node, Op
@@ -12,12 +13,11 @@ from ..ir import DType, Node, Op
 
 def _f32(fn):
     """Compute in f32; a half-float operand rounds once at the end; an int operand goes to f32."""
-    def wrapped(b, *xs):
+    @functools.wraps(fn)
+    def wrapped(b, *xs, **options):
         dt = xs[0].dtype if xs[0].dtype.is_float else DType.f32
-        out = fn(b, *[b.cast(x, DType.f32) for x in xs])
+        out = fn(b, *[b.cast(x, DType.f32) for x in xs], **options)
         return b.cast(out, dt)
-    wrapped.__name__ = fn.__name__
-    wrapped.__doc__ = fn.__doc__
     return wrapped
 
 
@@ -257,3 +257,115 @@ def _bessel_e(b, x, order: int):
                      b.unary(Op.SQRT, safe))
     out = b.select(b.binary(Op.LE, a, 8.0), small if order == 0 else b.binary(Op.MUL, small, a), large)
     return out if order == 0 else _copysign(b, out, x)
+
+
+def prod(e, x, axes, keepdim=False):
+    """Pairwise products, halving each axis per round (the IR has no product reduction)."""
+    one = 1.0 if x.dtype.is_float else 1
+    shape = x.shape
+    for axis in sorted(axes):
+        while x.shape[axis] > 1:
+            n = x.shape[axis]
+            if n % 2:
+                x = e.add(Op.PAD, [x], low=[0] * x.rank, high=[1 if d == axis else 0 for d in range(x.rank)], value=one)
+                n += 1
+            x = e.binary(Op.MUL, e.slice(x, axis, 0, n, 2), e.slice(x, axis, 1, n, 2))
+        if x.shape[axis] == 0:
+            x = e.const(one, x.dtype, x.shape[:axis] + (1,) + x.shape[axis + 1:])
+    kept = [1 if d in axes else s for d, s in enumerate(shape)] if keepdim else \
+        [s for d, s in enumerate(shape) if d not in axes]
+    return e.reshape(x, kept)
+
+
+def _igamma_parts(b, a, x, series_terms: int = 40, cf_terms: int = 20):
+    """(P, Q) regularized incomplete gamma: Cephes' power series for P where x <= max(a, 1), its
+    continued fraction for Q elsewhere; unrolled a fixed number of times (rescaled against
+    overflow), which reaches f32 accuracy for the moderate a, x of practical use."""
+    logx = b.unary(Op.LOG, b.binary(Op.MAX, x, 1e-38))
+    prefix = b.unary(Op.EXP, b.binary(Op.SUB, b.binary(Op.SUB, b.binary(Op.MUL, a, logx), x), lgamma(b, a)))
+    # series
+    r, cc, ans = a, b.const(1.0, DType.f32, a.shape), b.const(1.0, DType.f32, a.shape)
+    for _ in range(series_terms):
+        r = b.binary(Op.ADD, r, 1.0)
+        cc = b.binary(Op.MUL, cc, b.binary(Op.DIV, x, r))
+        ans = b.binary(Op.ADD, ans, cc)
+    p_series = b.binary(Op.DIV, b.binary(Op.MUL, ans, prefix), a)
+    # continued fraction
+    y = b.binary(Op.SUB, 1.0, a)
+    z = b.binary(Op.ADD, b.binary(Op.ADD, x, y), 1.0)
+    pkm2, qkm2 = b.const(1.0, DType.f32, a.shape), x
+    pkm1, qkm1 = b.binary(Op.ADD, x, 1.0), b.binary(Op.MUL, z, x)
+    frac = b.binary(Op.DIV, pkm1, qkm1)
+    for i in range(1, cf_terms + 1):
+        y = b.binary(Op.ADD, y, 1.0)
+        z = b.binary(Op.ADD, z, 2.0)
+        yc = b.binary(Op.MUL, y, float(i))
+        pk = b.binary(Op.SUB, b.binary(Op.MUL, pkm1, z), b.binary(Op.MUL, pkm2, yc))
+        qk = b.binary(Op.SUB, b.binary(Op.MUL, qkm1, z), b.binary(Op.MUL, qkm2, yc))
+        frac = b.select(b.binary(Op.NE, qk, 0.0), b.binary(Op.DIV, pk, b.select(b.binary(Op.EQ, qk, 0.0), 1.0, qk)), frac)
+        pkm2, pkm1, qkm2, qkm1 = pkm1, pk, qkm1, qk
+        big = b.binary(Op.GT, b.unary(Op.ABS, pk), 2.0 ** 40)
+        pkm2, pkm1, qkm2, qkm1 = [b.select(big, b.binary(Op.MUL, v, 2.0 ** -40), v) for v in (pkm2, pkm1, qkm2, qkm1)]
+    q_cf = b.binary(Op.MUL, frac, prefix)
+    use_cf = b.binary(Op.AND, b.binary(Op.GT, x, 1.0), b.binary(Op.GT, x, a))
+    p = b.select(use_cf, b.binary(Op.SUB, 1.0, q_cf), p_series)
+    q = b.select(use_cf, q_cf, b.binary(Op.SUB, 1.0, p_series))
+    bad = b.binary(Op.OR, b.binary(Op.LE, a, 0.0), b.binary(Op.LT, x, 0.0))
+    bad = b.binary(Op.OR, bad, b.binary(Op.OR, b.binary(Op.NE, a, a), b.binary(Op.NE, x, x)))
+    zero_x = b.binary(Op.EQ, x, 0.0)
+    p = b.select(bad, math.nan, b.select(zero_x, 0.0, p))
+    q = b.select(bad, math.nan, b.select(zero_x, 1.0, q))
+    return p, q
+
+
+@_f32
+def igamma(b, a, x):
+    return _igamma_parts(b, a, x)[0]
+
+
+@_f32
+def igammac(b, a, x):
+    return _igamma_parts(b, a, x)[1]
+
+
+def _betacf(b, a, bb, x, terms: int):
+    """Numerical Recipes' continued fraction for the incomplete beta (modified Lentz)."""
+    tiny = 1e-30
+    guard = lambda v: b.select(b.binary(Op.LT, b.unary(Op.ABS, v), tiny), tiny, v)
+    qab, qap, qam = b.binary(Op.ADD, a, bb), b.binary(Op.ADD, a, 1.0), b.binary(Op.SUB, a, 1.0)
+    c = b.const(1.0, DType.f32, a.shape)
+    d = b.binary(Op.DIV, 1.0, guard(b.binary(Op.SUB, 1.0, b.binary(Op.DIV, b.binary(Op.MUL, qab, x), qap))))
+    h = d
+    for m in range(1, terms + 1):
+        m2 = 2.0 * m
+        aa = b.binary(Op.DIV, b.binary(Op.MUL, b.binary(Op.MUL, b.binary(Op.SUB, bb, float(m)), x), float(m)),
+                      b.binary(Op.MUL, b.binary(Op.ADD, qam, m2), b.binary(Op.ADD, a, m2)))
+        d = b.binary(Op.DIV, 1.0, guard(b.binary(Op.ADD, 1.0, b.binary(Op.MUL, aa, d))))
+        c = guard(b.binary(Op.ADD, 1.0, b.binary(Op.DIV, aa, c)))
+        h = b.binary(Op.MUL, h, b.binary(Op.MUL, d, c))
+        aa = b.binary(Op.DIV, b.unary(Op.NEG, b.binary(Op.MUL, b.binary(Op.MUL, b.binary(Op.ADD, a, float(m)),
+                                                                        b.binary(Op.ADD, qab, float(m))), x)),
+                      b.binary(Op.MUL, b.binary(Op.ADD, a, m2), b.binary(Op.ADD, qap, m2)))
+        d = b.binary(Op.DIV, 1.0, guard(b.binary(Op.ADD, 1.0, b.binary(Op.MUL, aa, d))))
+        c = guard(b.binary(Op.ADD, 1.0, b.binary(Op.DIV, aa, c)))
+        h = b.binary(Op.MUL, h, b.binary(Op.MUL, d, c))
+    return h
+
+
+@_f32
+def betainc(b, a, bb, x, terms: int = 16):
+    """Regularized incomplete beta I_x(a, b): the continued fraction on the side where it
+    converges (x < (a+1)/(a+b+2)), the symmetry 1 - I_{1-x}(b, a) on the other."""
+    xs = b.binary(Op.MIN, b.binary(Op.MAX, x, 1e-30), 1.0 - 1e-7)
+    lbt = b.binary(Op.ADD, b.binary(Op.SUB, b.binary(Op.SUB, lgamma(b, b.binary(Op.ADD, a, bb)), lgamma(b, a)), lgamma(b, bb)),
+                   b.binary(Op.ADD, b.binary(Op.MUL, a, b.unary(Op.LOG, xs)),
+                            b.binary(Op.MUL, bb, b.unary(Op.LOG1P, b.unary(Op.NEG, xs)))))
+    bt = b.unary(Op.EXP, lbt)
+    front = b.binary(Op.LT, x, b.binary(Op.DIV, b.binary(Op.ADD, a, 1.0), b.binary(Op.ADD, b.binary(Op.ADD, a, bb), 2.0)))
+    direct = b.binary(Op.DIV, b.binary(Op.MUL, bt, _betacf(b, a, bb, xs, terms)), a)
+    mirror = b.binary(Op.SUB, 1.0, b.binary(Op.DIV, b.binary(Op.MUL, bt, _betacf(b, bb, a, b.binary(Op.SUB, 1.0, xs), terms)), bb))
+    out = b.select(front, direct, mirror)
+    out = b.select(b.binary(Op.EQ, x, 0.0), 0.0, b.select(b.binary(Op.EQ, x, 1.0), 1.0, out))
+    bad = b.binary(Op.OR, b.binary(Op.OR, b.binary(Op.LT, x, 0.0), b.binary(Op.GT, x, 1.0)),
+                   b.binary(Op.OR, b.binary(Op.LE, a, 0.0), b.binary(Op.LE, bb, 0.0)))
+    return b.select(bad, math.nan, out)

@@ -201,25 +201,7 @@ def _prod(e, x, dim=None, keepdim=False, dtype=None):
     if x.rank == 0:
         return x
     axes = list(range(x.rank)) if axes is None else axes
-    return prod(e, x, axes, keepdim)
-
-
-def prod(e, x, axes, keepdim=False):
-    """Pairwise products, halving each axis per round (the IR has no product reduction)."""
-    one = 1.0 if x.dtype.is_float else 1
-    shape = x.shape
-    for axis in sorted(axes):
-        while x.shape[axis] > 1:
-            n = x.shape[axis]
-            if n % 2:
-                x = W.pad(e, x, [axis], [0], [1], one)
-                n += 1
-            x = e.binary(Op.MUL, e.slice(x, axis, 0, n, 2), e.slice(x, axis, 1, n, 2))
-        if x.shape[axis] == 0:
-            x = e.const(one, x.dtype, x.shape[:axis] + (1,) + x.shape[axis + 1:])
-    kept = [1 if d in axes else s for d, s in enumerate(shape)] if keepdim else \
-        [s for d, s in enumerate(shape) if d not in axes]
-    return e.reshape(x, kept)
+    return M.prod(e, x, axes, keepdim)
 
 
 # ------------------------------------------------------------------------------- indexing ops
@@ -300,7 +282,7 @@ def _scatter_reduce(scatter_sum):
         ident = W._identity(kind, x.dtype) if kind != "prod" else (1.0 if x.dtype.is_float else 1)
         masked = e.select(hit, vals, e.const(ident, x.dtype))
         if kind == "prod":
-            red = prod(e, masked, [masked.rank - 1])
+            red = M.prod(e, masked, [masked.rank - 1])
         else:
             red = e.reduce({"max": Op.REDUCE_MAX, "min": Op.REDUCE_MIN, "sum": Op.REDUCE_SUM}[kind], masked, -1)
         count = e.reduce(Op.REDUCE_SUM, e.cast(hit, DType.i64), -1)

@@ -212,7 +212,45 @@ def _grads(x, w, ids):
     return jax.grad(loss, argnums=(0, 1))(w, x)
 
 
+def _windows(x, w):
+    """Convolutions (NHWC/HWIO, groups, dilation, strides, transposed) and pooling windows."""
+    dn = ("NHWC", "HWIO", "NHWC")
+    return (lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2),
+            lax.conv_general_dilated(x, w, (2, 1), ((1, 2), (0, 1)), rhs_dilation=(2, 1), dimension_numbers=dn,
+                                     feature_group_count=2),
+            lax.conv_transpose(x, jnp.concatenate([w, w], 2), (2, 2), "SAME", dimension_numbers=dn),
+            lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"),
+            lax.reduce_window(x, jnp.inf, lax.min, (1, 3, 3, 1), (1, 1, 1, 1), "SAME"),
+            lax.reduce_window(x, 0.0, lax.add, (1, 3, 3, 1), (1, 2, 2, 1), "SAME") / 9,
+            lax.cumlogsumexp(x, axis=1, reverse=True), jax.image.resize(x, (2, 10, 10, 4), "bilinear"))
+
+
+def _special(x, p, u):
+    return (jnp.arctan2(x, x[::-1]), jnp.arcsin(u), jnp.arccos(u), jnp.arctan(x), jnp.sinh(x), jnp.cosh(x),
+            jnp.arcsinh(x), jnp.arccosh(p + 1), jnp.arctanh(u), lax.lgamma(p), lax.digamma(x), lax.bessel_i0e(x),
+            lax.bessel_i1e(x), lax.igamma(p, p[::-1]), lax.igammac(p, p[::-1] * 2), lax.betainc(p, p[::-1], u * u),
+            lax.nextafter(x, x[::-1]))
+
+
+def _bits(a, b):
+    return lax.population_count(a), lax.clz(a), lax.mulhi(a, b)
+
+
+def _combining_scatters(x, i):
+    return (x.at[i].multiply(x[:4] + 2), x.at[:, i % 3].min(-x[:, :4]), x.at[i].max(x[:4] * 3),
+            lax.sort((jnp.round(x), x, -x), dimension=1, num_keys=2))
+
+
 CASES = [
+    ("windows", _windows, [f32(2, 6, 6, 4), f32(3, 3, 2, 6)], {"conv_general_dilated", "reduce_window_max",
+                                                             "reduce_window_min", "reduce_window_sum", "cumlogsumexp"}),
+    ("special", _special, [f32(3, 4), pos(3, 4), lambda r: jnp.asarray(r.uniform(-0.9, 0.9, (3, 4)), jnp.float32)],
+     {"atan2", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "lgamma", "digamma",
+      "bessel_i0e", "bessel_i1e", "igamma", "igammac", "regularized_incomplete_beta", "nextafter"}),
+    ("bits", _bits, [ints(3, 4, lo=-2**31, hi=2**31 - 1), ints(3, 4, lo=-2**31, hi=2**31 - 1)],
+     {"population_count", "clz", "mulhi"}),
+    ("combining_scatters", _combining_scatters, [f32(5, 4), ints(4, lo=0, hi=5)],
+     {"scatter-mul", "scatter-min", "scatter-max", "sort"}),
     ("unary", _all_ops, [f32(3, 5), pos(3, 5)], {"neg", "abs", "sign", "exp", "log", "log1p", "sqrt", "rsqrt",
                                                  "tanh", "logistic", "erf", "sin", "cos", "floor", "ceil"}),
     ("unary_bf16", _all_ops, [bf16(3, 5), lambda r: pos(3, 5)(r).astype(BF16)], {"logistic"}),
@@ -262,7 +300,7 @@ def test_every_rule_has_a_case():
     """Each primitive in the table appears in some case (aliases of other JAX versions aside)."""
     covered = set().union(*(c[3] for c in CASES)) | {"sharding_constraint"}
     aliases = {"pjit", "checkpoint", "closed_call", "core_call", "custom_vjp_call_jaxpr", "copy_p",
-               "scatter_add", "scatter_sub", "debug_callback"}
+               "scatter_add", "scatter_sub", "debug_callback", "scatter_mul", "scatter_min", "scatter_max"}
     assert set(RULES) - covered - aliases == set()
 
 
