@@ -166,3 +166,15 @@ def test_jax_jit_prefix_specs_cover_subtrees():
         jax.jit(f)(params, x)
     with pytest.raises(shardc.ShardingError, match="not a prefix"):
         shardc.jax.jit(lambda p, x: x, mesh=MESH, in_specs=(None, None, None))(params, x)
+
+
+def test_parallelize_trains_with_the_fsdp_plan(torch_pool):
+    batches = _batches()
+    want = _train(ref := copy.deepcopy(_MODEL), ref, batches)
+    model = copy.deepcopy(_MODEL)
+    par = shardc.torch.parallelize(model, Mesh(dp=4), "fsdp", world=torch_pool)
+    _assert_same_params(_train(model, par, batches), want)
+    runner, = par._runners.values()
+    bwd = next(iter(runner.backwards.values()))[0].prog
+    assert bwd.sharding_of("out['up.weight']").dims[0].axes == ("dp",)  # ZeRO-3: gradients stay split
+    assert "reduce_scatter" in {c.kind for c in bwd.collectives}
