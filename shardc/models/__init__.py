@@ -22,11 +22,12 @@ from typing import Any
 
 from shardc.errors import Error
 
-from .configs import DEFAULT_SIZE, PRESETS, PRODUCTION, GPT2Config, LlamaConfig, MLPConfig, MoEConfig, override
+from .configs import (DEFAULT_SIZE, PRESETS, PRODUCTION, GPT2Config, LlamaConfig, MixtralConfig, MLPConfig, MoEConfig,
+                      override)
 from .data import example_batch, init_params
 
 __all__ = ["ZOO", "ModelDef", "get", "torch_params_to_jax",
-           "MLPConfig", "GPT2Config", "LlamaConfig", "MoEConfig", "PRESETS", "PRODUCTION"]
+           "MLPConfig", "GPT2Config", "LlamaConfig", "MixtralConfig", "MoEConfig", "PRESETS", "PRODUCTION"]
 
 # Sizes small enough to hold real values on a CPU machine; larger ones capture shape-only.
 VALUED_SIZES = ("tiny", "mini", "small")

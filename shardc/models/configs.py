@@ -150,6 +150,34 @@ class LlamaConfig(_Config):
 
 
 @dataclasses.dataclass(frozen=True)
+class MixtralConfig(LlamaConfig):
+    """Llama's decoder with a sparse mixture of SwiGLU experts in place of each MLP (Mixtral):
+    a router picks the top-k experts per token; experts run with fixed capacity (MoEConfig's)."""
+
+    n_experts: int = 4
+    top_k: int = 2
+    capacity_factor: float = 1.0
+    family: ClassVar[str] = "mixtral"
+
+    def capacity(self, n_tokens: int) -> int:
+        return MoEConfig.capacity(self, n_tokens)
+
+    def param_shapes(self):
+        d, f, e = self.d_model, self.d_ff, self.n_experts
+        shapes = {}
+        for name, shape in super().param_shapes().items():
+            if ".mlp." not in name:
+                shapes[name] = shape
+            elif name.endswith("mlp.gate_proj.weight"):   # one MoE block where the MLP was
+                p = name[:-len("mlp.gate_proj.weight")] + "block_sparse_moe."
+                shapes.update({p + "gate.weight": (e, d),       # the router
+                               p + "w1": (e, d, f),             # experts' gate projections, stacked
+                               p + "w3": (e, d, f),             # up projections
+                               p + "w2": (e, f, d)})            # down projections
+        return shapes
+
+
+@dataclasses.dataclass(frozen=True)
 class MoEConfig(_Config):
     """Residual mixture-of-experts blocks on [B, S, d_model] activations (top-k routing, fixed capacity)."""
 
@@ -242,6 +270,13 @@ PRODUCTION: dict[str, dict[str, _Config]] = {
     # GPT-2's architecture and BPE vocabulary (50,257), tied embedding: 174.6 B parameters.
     "gpt3": {
         "175b": GPT2Config(vocab_size=50257, n_layer=96, n_head=96, d_model=12288, seq_len=2048),
+    },
+    # Mixtral 8x7B (Jiang et al. 2024, "Mixtral of Experts", Table 1): 32 layers, d_model 4,096,
+    # 32 heads with 8 KV heads, experts of width 14,336, 8 experts and top-2 routing, vocabulary
+    # 32,000, RoPE theta 1e6: 46.7 B parameters (12.9 B active per token).
+    "mixtral": {
+        "8x7b": MixtralConfig(vocab_size=32000, n_layer=32, n_head=32, n_kv_head=8, d_model=4096, d_ff=14336,
+                              seq_len=4096, rope_theta=1e6, n_experts=8, top_k=2, capacity_factor=1.0),
     },
 }
 

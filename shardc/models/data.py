@@ -47,7 +47,7 @@ def example_batch(config, batch: int = 2, seed: int = 0) -> tuple[tuple[np.ndarr
     if family == "mlp":
         x = rng.standard_normal((batch, config.d_in), dtype=np.float32)
         return (x,), rng.standard_normal((batch, config.d_out), dtype=np.float32)
-    if family in ("gpt2", "llama"):
+    if family in ("gpt2", "llama", "mixtral"):
         # One stream of S+1 tokens: the model reads tokens[:-1] and predicts tokens[1:].
         tokens = rng.integers(0, config.vocab_size, size=(batch, config.seq_len + 1), dtype=np.int64)
         return (tokens[:, :-1].copy(),), tokens[:, 1:].copy()

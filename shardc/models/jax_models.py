@@ -111,22 +111,26 @@ def llama_forward(cfg, params, ids):
         v = split_heads(linear(params, p + "self_attn.v_proj", h, False), cfg.n_kv_head)
         y = causal_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep))
         x = x + linear(params, p + "self_attn.o_proj", merge_heads(y), False)
-        # SwiGLU MLP
+        # SwiGLU MLP (Mixtral: a mixture of SwiGLU experts)
         h = rms_norm(params, p + "post_attention_layernorm", x, cfg.norm_eps)
+        if cfg.family == "mixtral":
+            x = x + mixtral_moe(cfg, params, p + "block_sparse_moe.", h)
+            continue
         gate = jax.nn.silu(linear(params, p + "mlp.gate_proj", h, False))
         x = x + linear(params, p + "mlp.down_proj", gate * linear(params, p + "mlp.up_proj", h, False), False)
     return linear(params, "lm_head", rms_norm(params, "norm", x, cfg.norm_eps), False)
 
 
 # ------------------------------------------------------------------------------------------ MoE
-def moe_block(cfg, params, p, x):
-    """x + MoE(x); see torch_models.MoEBlock for the algorithm (identical here)."""
-    b, s, d = x.shape
-    n_tok, n_exp, k = b * s, cfg.n_experts, cfg.top_k
+def moe_dispatch(cfg, router_weight, xt):
+    """Top-k routing of tokens xt [T, D] into fixed-capacity expert buffers; see
+    torch_models.MoEBlock for the algorithm (identical here). Returns (buf [E, C, D], combine),
+    where combine(out [E, C, D]) -> [T, D] sums each token's weighted expert results."""
+    n_tok, d = xt.shape
+    n_exp, k = cfg.n_experts, cfg.top_k
     cap = cfg.capacity(n_tok)
-    xt = x.reshape(n_tok, d)
 
-    probs = jax.nn.softmax(linear(params, p + "router", xt, False), axis=-1)  # [T, E]
+    probs = jax.nn.softmax(xt @ router_weight.T, axis=-1)                     # [T, E]
     gate, expert = jax.lax.top_k(probs, k)                                      # [T, k]
     gate = gate / gate.sum(-1, keepdims=True)
 
@@ -139,16 +143,32 @@ def moe_block(cfg, params, p, x):
     keep = slot < cap
     dest = jnp.where(keep, expert * cap + slot, 0)
 
-    src = jnp.take(xt, token, axis=0) * keep[:, None].astype(x.dtype)
-    buf = jnp.zeros((n_exp * cap, d), dtype=x.dtype).at[dest].add(src)
+    src = jnp.take(xt, token, axis=0) * keep[:, None].astype(xt.dtype)
+    buf = jnp.zeros((n_exp * cap, d), dtype=xt.dtype).at[dest].add(src)
 
-    h = jax.nn.gelu(jnp.einsum("ecd,edf->ecf", buf.reshape(n_exp, cap, d), params[p + "w_in"]),
-                    approximate=False)
-    out = jnp.einsum("ecf,efd->ecd", h, params[p + "w_out"]).reshape(n_exp * cap, d)
+    def combine(out):
+        y = jnp.take(out.reshape(n_exp * cap, d), dest, axis=0) * (gate * keep.astype(xt.dtype))[:, None]
+        return y.reshape(k, n_tok, d).sum(0)
 
-    y = jnp.take(out, dest, axis=0) * (gate * keep.astype(x.dtype))[:, None]
-    y = y.reshape(k, n_tok, d).sum(0)
-    return x + y.reshape(b, s, d)
+    return buf.reshape(n_exp, cap, d), combine
+
+
+def moe_block(cfg, params, p, x):
+    """x + MoE(x) with GELU experts."""
+    b, s, d = x.shape
+    buf, combine = moe_dispatch(cfg, params[p + "router.weight"], x.reshape(b * s, d))
+    h = jax.nn.gelu(jnp.einsum("ecd,edf->ecf", buf, params[p + "w_in"]), approximate=False)
+    out = jnp.einsum("ecf,efd->ecd", h, params[p + "w_out"])
+    return x + combine(out).reshape(b, s, d)
+
+
+def mixtral_moe(cfg, params, p, x):
+    """Mixtral's sparse MoE block (no residual): top-k routing into SwiGLU experts."""
+    b, s, d = x.shape
+    buf, combine = moe_dispatch(cfg, params[p + "gate.weight"], x.reshape(b * s, d))
+    gate = jax.nn.silu(jnp.einsum("ecd,edf->ecf", buf, params[p + "w1"]))
+    h = gate * jnp.einsum("ecd,edf->ecf", buf, params[p + "w3"])
+    return combine(jnp.einsum("ecf,efd->ecd", h, params[p + "w2"])).reshape(b, s, d)
 
 
 def moe_forward(cfg, params, x):
@@ -157,8 +177,9 @@ def moe_forward(cfg, params, x):
     return x
 
 
-FORWARD = {"mlp": mlp_forward, "gpt2": gpt2_forward, "llama": llama_forward, "moe": moe_forward}
-LOSS_KIND = {"mlp": "mse", "gpt2": "xent", "llama": "xent", "moe": "mse"}
+FORWARD = {"mlp": mlp_forward, "gpt2": gpt2_forward, "llama": llama_forward, "moe": moe_forward,
+           "mixtral": llama_forward}
+LOSS_KIND = {"mlp": "mse", "gpt2": "xent", "llama": "xent", "moe": "mse", "mixtral": "xent"}
 
 
 def forward(cfg, params, *inputs):

@@ -19,7 +19,7 @@ def io_shapes(config, batch: int) -> tuple[list, tuple]:
     family = config.family
     if family == "mlp":
         return [((batch, config.d_in), "float")], ((batch, config.d_out), "float")
-    if family in ("gpt2", "llama"):
+    if family in ("gpt2", "llama", "mixtral"):
         return [((batch, config.seq_len), "int")], ((batch, config.seq_len), "int")
     if family == "moe":
         shape = (batch, config.seq_len, config.d_model)

@@ -25,4 +25,8 @@ def tensor_parallel_specs(name: str, config, axis: str = "tp") -> dict:
         return specs
     if name == "moe":
         return {"*.w_in": P(axis), "*.w_out": P(axis)}
+    if name == "mixtral":  # Megatron attention; experts split over the axis (expert parallelism)
+        attn = {k: v for k, v in tensor_parallel_specs("llama", config, axis).items() if "self_attn" in k}
+        return {**attn, "*.block_sparse_moe.w1": P(axis), "*.block_sparse_moe.w3": P(axis),
+                "*.block_sparse_moe.w2": P(axis)}
     raise KeyError(name)

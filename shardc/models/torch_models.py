@@ -281,6 +281,9 @@ LOSS_KIND = {"mlp": "mse", "gpt2": "xent", "llama": "xent", "moe": "mse"}
 # ------------------------------------------------------------------------------------- helpers
 def build(cfg, device="meta") -> nn.Module:
     """An uninitialized module of cfg's family (on the meta device by default: no memory)."""
+    if cfg.family not in MODULES:
+        from shardc.errors import Error
+        raise Error(f"model family {cfg.family!r} has a JAX twin only; capture it with frontend='jax'")
     with torch.device(device):
         return MODULES[cfg.family](cfg)
 
