@@ -75,6 +75,31 @@ def input_names(gm) -> list[str | None]:
     return out
 
 
+def _specs_in(g, specs):
+    """The specs that name something in this dynamo graph. A graph break splits a model into
+    several graphs, each holding some of the parameters: a spec applies to the graphs that have
+    its tensor, and one that names nothing in this graph is skipped here with a warning (a typo
+    shows up as a warning on every graph)."""
+    import fnmatch
+    import warnings
+
+    from .partition.specs import leaf_key, named_targets
+    if not isinstance(specs, dict):
+        return specs
+    names = [name for name, _, _ in named_targets(g)]
+    keys = {*names, *(leaf_key(n) for n in names)}
+
+    def hits(key):
+        return key in keys or (any(c in key for c in "*?[") and any(fnmatch.fnmatchcase(k, key) for k in keys))
+
+    missing = [k for k in specs if isinstance(k, str) and not hits(k)]
+    if missing:
+        warnings.warn(f"shardc.torch.backend: specs {missing} name nothing in dynamo graph {g.name!r} "
+                      f"(inputs: {', '.join(g.input_names[:6])}{', ...' if len(g.inputs) > 6 else ''}); "
+                      "they apply to the graphs that have them (after a graph break)", stacklevel=2)
+    return {k: v for k, v in specs.items() if k not in missing}
+
+
 def _real(example_inputs) -> tuple:
     """AOTAutograd's example inputs are FakeTensors; a capture from those would be shape-only
     (no values to run): capture from real tensors of the same shapes (only shapes matter)."""
@@ -98,7 +123,8 @@ def _pin(sharding, shape, node_shape):
 class Compiled:
     """One dynamo graph through AOTAutograd: its forward and (once run) backward executables."""
 
-    def __init__(self, gm, mesh, specs, plan, target, run_options):
+    def __init__(self, gm, mesh, specs, plan, target, run_options, name="dynamo"):
+        self.name = name
         self.mesh, self.specs, self.plan, self.target, self.run_options = mesh, specs, plan, target, run_options
         self.names = input_names(gm)
         self.forward: object = None   # the forward Executable
@@ -116,13 +142,14 @@ class Compiled:
     def compile_forward(self, fw_gm, example_inputs):
         import shardc
         g = shardc.from_torch(fw_gm, _real(example_inputs))
+        g.name = self.name
         if len(g.free_inputs) != len(self.names):
             raise Error(f"torch.compile backend: AOTAutograd's forward takes {len(g.free_inputs)} tensors, "
                         f"dynamo's graph {len(self.names)}")
         self._rename_inputs(g, self.names)
         out = next(n for n in fw_gm.graph.nodes if n.op == "output")
         self._fw_outputs = {v.name: i for i, v in enumerate(out.args[0]) if hasattr(v, "name")}
-        self.forward = exe = shardc.compile(shardc.partition(g, self.mesh, self.specs, self.plan),
+        self.forward = exe = shardc.compile(shardc.partition(g, self.mesh, _specs_in(g, self.specs), self.plan),
                                             target=self.target)
 
         def run_forward(*args):
@@ -166,7 +193,7 @@ class Compiled:
                 s = _pin(fwd.input_shardings[i], fwd.graph.inputs[i].shape, g.outputs[j].shape)
                 if s is not None:
                     pins[g.output_names[j]] = s
-        g.name = f"{g.name}_backward"
+        g.name = f"{self.name}_backward"
         pins = {k: v for k, v in pins.items() if k in set(g.input_names) | set(g.output_names)}
         self.backward = exe = shardc.compile(shardc.partition(g, self.mesh, pins), target=self.target)
 
@@ -190,8 +217,11 @@ def backend(mesh, specs=None, plan: str | None = None, target: str = "triton", *
     from torch._dynamo.backends.common import aot_autograd
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    count = [0]
+
     def compile_graph(gm, example_inputs):
-        c = Compiled(gm, mesh, specs, plan, target, run_options)
+        count[0] += 1
+        c = Compiled(gm, mesh, specs, plan, target, run_options, name=f"dynamo_graph_{count[0]}")
         # scaled_dot_product_attention through its math backend, as shardc's own capture does:
         # matmuls and softmax (CPU's fused kernel and its backward are opaque ops)
         with sdpa_kernel([SDPBackend.MATH]):

@@ -178,3 +178,23 @@ def test_parallelize_trains_with_the_fsdp_plan(torch_pool):
     bwd = next(iter(runner.backwards.values()))[0].prog
     assert bwd.sharding_of("out['up.weight']").dims[0].axes == ("dp",)  # ZeRO-3: gradients stay split
     assert "reduce_scatter" in {c.kind for c in bwd.collectives}
+
+
+class _Broken(MLP):
+    def forward(self, x):
+        h = torch.tanh(self.up(x))
+        torch._dynamo.graph_break()  # two dynamo graphs, each with some of the parameters
+        return self.norm(x + self.down(h))
+
+
+def test_torch_compile_backend_across_a_graph_break(torch_pool):
+    torch.manual_seed(0)
+    model, (x, y) = _Broken(), _batches(1)[0]
+    ref = copy.deepcopy(model)
+    ((ref(x) - y) ** 2).mean().backward()
+    torch._dynamo.reset()
+    backend = shardc.torch.backend(MESH, MEGATRON, world=torch_pool)
+    with pytest.warns(UserWarning, match="name nothing in dynamo graph 'dynamo_graph_2'"):
+        ((torch.compile(model, backend=backend)(x) - y) ** 2).mean().backward()
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert rel_err(p.grad.numpy(), q.grad.numpy()) < 1e-5, n
