@@ -198,3 +198,19 @@ def test_torch_compile_backend_across_a_graph_break(torch_pool):
         ((torch.compile(model, backend=backend)(x) - y) ** 2).mean().backward()
     for (n, p), q in zip(model.named_parameters(), ref.parameters()):
         assert rel_err(p.grad.numpy(), q.grad.numpy()) < 1e-5, n
+
+
+def test_parallelized_block_passes_gradients_to_its_input(torch_pool):
+    """A parallelized block inside a bigger model: its input's gradient flows to the layers before it."""
+    torch.manual_seed(0)
+    pre, block = torch.nn.Linear(8, 8), copy.deepcopy(_MODEL)
+    ref_pre, ref_block = copy.deepcopy(pre), copy.deepcopy(block)
+    par = shardc.torch.parallelize(block, MESH, MEGATRON, world=torch_pool)
+    x, y = _batches(1)[0]
+    ((par(pre(x)) - y) ** 2).mean().backward()
+    ((ref_block(ref_pre(x)) - y) ** 2).mean().backward()
+    for p, q in zip([*pre.parameters(), *block.parameters()], [*ref_pre.parameters(), *ref_block.parameters()]):
+        assert rel_err(p.grad.numpy(), q.grad.numpy()) < 1e-5
+    runner, = par._runners.values()
+    bwd = next(iter(runner.backwards.values()))[0].prog
+    assert bwd.sharding_of("out['x']").spec()[0] == "dp"  # the input's gradient split as the input
