@@ -125,3 +125,14 @@ def test_torch_compile_names_hf_gpt2_parameters_and_trains(torch_pool):
     assert len(tp) == 4  # Megatron: one per attention and one per MLP, per layer
     bwd = compiled.shardc.backward.prog
     assert bwd.sharding_of("grad['h.0.attn.c_proj.weight']").spec() == P("tp", None)
+
+
+def test_triton_scatter_into_constant_zeros():
+    """AOTAutograd keeps embedding_dense_backward whole: a scatter-add into a splat zeros constant,
+    which the Triton scatter kernel starts by a fill (it once looked for a zeros buffer)."""
+    grad, idx = torch.randn(4, 8, 16), torch.randint(0, 32, (4, 8))
+    fn = lambda g, i: torch.ops.aten.embedding_dense_backward(g, i, 32, -1, False)  # noqa: E731
+    g = shardc.from_torch(fn, (grad, idx))
+    exe = shardc.compile(shardc.partition(g, Mesh(dp=2), {"g": P("dp"), "i": P("dp")}), target="triton")
+    assert any(k.kind == "scatter" for k in exe.kernels)
+    assert rel_err(exe.run_interpreted(grad, idx)[0], fn(grad, idx).numpy()) < 1e-6
