@@ -14,12 +14,29 @@ from .propagate import USER, TensorSharding, block_layouts, propagate
 from .specs import resolve
 
 
-def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None) -> SpmdProgram:
-    """Partition `g` over `mesh`: specs (names or globs → P) and/or a plan ("dp", "fsdp")."""
+def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None,
+              memory_budget: float | None = None, hardware="h200") -> SpmdProgram:
+    """Partition `g` over `mesh`: specs (names or globs → P) and/or a plan ("dp", "fsdp", or
+    "auto": chosen by modeled step time on `hardware` within `memory_budget` bytes per device,
+    default the hardware's HBM less a margin; see partition/auto.py)."""
     if not isinstance(mesh, Mesh):
         raise ShardingError(f"partition needs a shardc.Mesh, got {type(mesh).__name__}")
+    if plan == "auto":
+        from .auto_plan import partition_auto
+        return partition_auto(g, mesh, specs, memory_budget, hardware)
+    if memory_budget is not None:
+        raise ShardingError("memory_budget= is for plan='auto' (the hand plans do not choose by memory)")
+    return _partition(g, mesh, specs, plan)
+
+
+def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None,
+               extra_seeds: dict | None = None, extra_outs: dict | None = None, notes=()) -> SpmdProgram:
     user, out_specs = resolve(g, mesh, specs)
     seeds = {n: TensorSharding(s, USER + prio, True, origin) for n, (s, origin, prio) in user.items()}
+    for n, st in (extra_seeds or {}).items():
+        seeds.setdefault(n, st)
+    for i, s in (extra_outs or {}).items():
+        out_specs.setdefault(i, s)
     if plan is not None:
         plan_nodes, plan_outs = plan_seeds(g, mesh, plan, seeds)
         seeds.update(plan_nodes)
@@ -32,10 +49,12 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
     shardings = {n: st.sharding for n, st in state.items()}
     origins = {n: st.origin for n, st in state.items()}
     outs = [_same_layout(out_specs.get(i, shardings[o]), shardings[o]) for i, o in enumerate(g.outputs)]
-    pinned = frozenset(n for n in seeds if n.op is not Op.PARAMETER)  # sharding constraints inside the model
+    # sharding constraints inside the model, and the values auto's hints fixed where propagation kept them
+    pinned = frozenset(n for n, st in seeds.items() if n.op is not Op.PARAMETER and
+                       (st.fixed or [d.axes for d in state[n].sharding.dims] == [d.axes for d in st.sharding.dims]))
     prog = lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()}, pinned)
     t2 = time.perf_counter()
-    prog.notes = [f"mesh axis {a!r} is idle: no spec{' or plan' if plan else ''} splits a value over it, so its "
+    prog.notes = list(notes) + [f"mesh axis {a!r} is idle: no spec{' or plan' if plan else ''} splits a value over it, so its "
                   f"{mesh.axes[a]} devices compute the same thing" for a in idle_axes(prog)]
     for note in prog.notes:
         flags.log(1, note)
