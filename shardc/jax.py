@@ -36,12 +36,14 @@ def _specs_by_name(names: list[str], specs, tree, what: str) -> dict:
         return {}
     if isinstance(specs, dict):
         return {k: v for k, v in specs.items() if v is not None}
+    if isinstance(specs, list) and isinstance(tree, tuple):  # as jax.jit: a list of per-argument specs
+        specs = tuple(specs)
     spec_leaves, spec_tree = jax.tree_util.tree_flatten(specs, is_leaf=_is_spec)
     try:
         subtrees = spec_tree.flatten_up_to(tree)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError):
         raise ShardingError(f"{what} {specs!r} is not a prefix of the structure "
-                            f"{jax.tree_util.tree_structure(tree)}: {str(err).splitlines()[0]}") from None
+                            f"{jax.tree_util.tree_structure(tree)}") from None
     per_leaf = []
     for s, sub in zip(spec_leaves, subtrees):
         per_leaf += [s] * len(jax.tree_util.tree_leaves(sub))
