@@ -160,6 +160,8 @@ def _embedding_backward(e, grad, indices, num_weights, padding_idx, scale_grad_b
 
 
 def _index_select(e, x, dim, index):
+    if x.rank == 0:  # a 0-d tensor indexes as a 1-element vector
+        return e.reshape(e.take(e.reshape(x, [1]), e.reshape(index, [-1]), 0), e.out_shape())
     return e.take(x, e.reshape(index, [-1]), dim)
 
 

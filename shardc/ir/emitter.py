@@ -65,6 +65,8 @@ class Emitter(GraphBuilder):
         if -1 in shape:
             known = int(np.prod([s for s in shape if s != -1]))
             shape[shape.index(-1)] = x.size // known if known else 0
+        if x.size == 0 and tuple(shape) != x.shape:  # nothing to move: an empty constant
+            return self.const(False if x.dtype is DType.bool else 0, x.dtype, shape)
         return x if tuple(shape) == x.shape else self.add(Op.RESHAPE, [x], shape=shape)
 
     def transpose(self, x: Node, perm: Sequence[int]) -> Node:
