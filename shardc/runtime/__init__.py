@@ -11,7 +11,7 @@ its launch plan instead: every torch rank launches the Triton kernels, the JAX s
 calls the Pallas kernels (interpreters on CPU), with collectives and views between them; the
 interpreter engine (interpreter.py) runs every device's plan in one process, collectives exact.
 torch and jax are imported only by the engine that runs. An engine is one module here and one
-entry in `ENGINES` / `run` below; every engine walks the launch plan through the steps' `.step`,
+entry in `ENGINES` below; every engine walks the launch plan through the steps' `.step`,
 `.reads` and `.writes`, and splits inputs / assembles outputs with SpmdProgram.input_blocks /
 assemble. `Executable` (executable.py) is codegen's plain data with these engines as methods.
 """
@@ -21,28 +21,25 @@ from .check import OutputError, check
 from .errors import CheckError, RankError, RankTimeoutError
 from .executable import Executable
 
-ENGINES = ("torch", "jax", "interpreter")
+# engine name → (module in runtime/, its entry point (prog_or_exe, *args, **options) → outputs).
+# An engine is its module and its line here.
+ENGINES: dict[str, tuple[str, str]] = {
+    "torch": ("torch_launch", "run_torch"),       # world=None, timeout_s=300, trace=None, fault=None; torch tensors
+    "jax": ("jax_exec", "run_jax"),               # devices=None; jax arrays
+    "interpreter": ("interpreter", "run_interpreter"),  # an Executable only; on_kernel=None; numpy arrays
+}
 
 
 def run(prog, *args, engine: str = "torch", **kw) -> list:
-    """Global outputs of `prog` (an SpmdProgram or an Executable carrying one) on `engine`:
-    "torch" → run_torch(prog, *args, world=None, timeout_s=300, trace=None, fault=None);
-    "jax" → run_jax(prog, *args, devices=None); "interpreter" (an Executable only) →
-    run_interpreter(exe, *args, on_kernel=None), numpy arrays. Arguments are the original callable's."""
-    if engine == "torch":
-        from .torch_launch import run_torch
-        return run_torch(prog, *args, **kw)
-    if engine == "jax":
-        from .jax_exec import run_jax
-        return run_jax(prog, *args, **kw)
+    """Global outputs of `prog` (an SpmdProgram or an Executable carrying one) on `engine` (a
+    name in ENGINES; options as noted there). Arguments are the original callable's."""
+    import importlib
+
     from ..errors import Error
-    if engine == "interpreter":
-        if not hasattr(prog, "plan"):
-            raise Error("the interpreter engine runs a compiled Executable (shardc.compile(prog)); "
-                        "a partitioned program runs every device in one process with prog.simulate(*args)")
-        from .interpreter import run_interpreter
-        return run_interpreter(prog, *args, **kw)
-    raise Error(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
+    if engine not in ENGINES:
+        raise Error(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
+    module, entry = ENGINES[engine]
+    return getattr(importlib.import_module(f".{module}", __name__), entry)(prog, *args, **kw)
 
 
 __all__ = ["CheckError", "ENGINES", "Executable", "OutputError", "RankError", "RankTimeoutError", "check", "run"]

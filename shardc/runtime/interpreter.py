@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..codegen.fusion import is_buffer_leaf
+from ..errors import Error
 from ..ir import Node, Op
 from ..ir.graph import to_numpy
 from ..partition.simulate import run_collective
@@ -39,6 +40,9 @@ def run_interpreter(exe, *args, on_kernel=None) -> list[np.ndarray]:
     """Global outputs (numpy) of running every device's plan of `exe` in one process.
     `on_kernel(kernel, device, inputs, outputs)` sees every launch (numpy arrays), e.g. to check it
     against `kernel.reference`."""
+    if not hasattr(exe, "plan"):
+        raise Error("the interpreter engine runs a compiled Executable (shardc.compile(prog)); "
+                    "a partitioned program runs every device in one process with prog.simulate(*args)")
     return run_plan(exe, exe.prog.graph.input_values(*args), on_kernel)
 
 
