@@ -64,10 +64,13 @@ def default_layout(m, mesh, plan, spec_texts):
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default=None,
               help="parameter dtype [default: bf16 for shape-only presets, else f32]")
 @click.option("--layers", type=int, default=None, help="override the number of layers (a quicker, shallower model)")
+@click.option("--extrapolate", is_flag=True,
+              help="analyze the model at 2 and 4 layers and read the full depth off that line (seconds, not "
+                   "minutes, for 80-layer models; exact while layers are identical)")
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
               help="write analysis.txt, analysis.json and memory.svg into this directory")
 def analyze_cmd(model, mesh_text, hardware, plan, spec_texts, frontend, train, optimizer, batch, seq, dtype,
-                layers, report_dir):
+                layers, extrapolate, report_dir):
     """Model MODEL's step on a mesh of HARDWARE devices: FLOPs, memory per device, communication
     per mesh axis, modeled time and MFU, and whether it fits in device memory."""
     import shardc
@@ -76,30 +79,64 @@ def analyze_cmd(model, mesh_text, hardware, plan, spec_texts, frontend, train, o
         raise Error("--optimizer needs --train")
     hw = shardc.hardware.get(hardware)
     mesh = parse_mesh(mesh_text)
+    what = f"train step ({optimizer or 'sgd'})" if train else "forward"
+    if extrapolate:
+        from .analysis import extrapolate as line
+        depth = layers or _depth(model)
+        t0 = time.perf_counter()
+        noted: set = set()
+        a1, _ = _analyze_one(model, frontend, train, batch, optimizer, seq, dtype, 2, mesh, plan, spec_texts, hw,
+                             noted=noted)
+        a2, _ = _analyze_one(model, frontend, train, batch, optimizer, seq, dtype, 4, mesh, plan, spec_texts, hw,
+                             noted=noted)
+        a = line(a1, a2, 2, 4, depth)
+        click.echo(f"{model} {what} at {depth} layers from 2 and 4 layers; {time.perf_counter() - t0:.1f} s")
+    else:
+        a, g, times = _analyze_one(model, frontend, train, batch, optimizer, seq, dtype, layers, mesh, plan,
+                                   spec_texts, hw, timed=True)
+        click.echo(f"{model} {what}, {len(g.nodes)} nodes{' (shape-only)' if g.shape_only else ''}; "
+                   + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
+    click.echo(a.table(verdict=False))
+    click.echo(a.verdict())
+    if report_dir:
+        path = write_report(a, report_dir, f"{model} {what} on {mesh} of {hw.name}")
+        click.echo(f"report: {path}", err=True)
+
+
+def _depth(model: str) -> int:
+    from . import models
+    from .errors import Error
+    if ".py:" in model:
+        raise Error("--extrapolate needs a zoo model (its depth is a config field)")
+    c = models.get(model).config
+    return c.n_layers if hasattr(c, "n_layers") else c.n_layer
+
+
+def _analyze_one(model, frontend, train, batch, optimizer, seq, dtype, layers, mesh, plan, spec_texts, hw,
+                 timed=False, noted=None):
+    import shardc
     t0 = time.perf_counter()
     g, m = _capture(model, frontend, train, batch, optimizer or "sgd", seq, dtype, layers)
     t1 = time.perf_counter()
     layout = default_layout(m, mesh, plan, spec_texts)
     if layout is not None:
         specs, plan = layout
-        click.echo(f"note: layout {'Megatron over tp, ' if specs else ''}plan {plan!r} over the other axes "
-                   f"(--plan/--spec to choose)", err=True)
+        note = f"note: layout {'Megatron over tp, ' if specs else ''}plan {plan!r} over the other axes (--plan/--spec to choose)"
     else:
         specs, plan = build_specs(m, g, mesh, plan, spec_texts)
+        note = None
     prog = shardc.partition(g, mesh, specs, plan)
     t2 = time.perf_counter()
     a = shardc.analyze(prog, hw)
     t3 = time.perf_counter()
-    for note in prog.notes:
-        click.echo(f"note: {note}", err=True)
-    what = f"train step ({optimizer or 'sgd'})" if train else "forward"
-    click.echo(f"{model} {what}, {len(g.nodes)} nodes{' (shape-only)' if g.shape_only else ''}; "
-               f"capture {t1 - t0:.1f} s, partition {t2 - t1:.1f} s, analyze {t3 - t2:.1f} s")
-    click.echo(a.table(verdict=False))
-    click.echo(a.verdict())
-    if report_dir:
-        path = write_report(a, report_dir, f"{model} {what} on {mesh} of {hw.name}")
-        click.echo(f"report: {path}", err=True)
+    for line in ([note] if note else []) + [f"note: {n}" for n in prog.notes]:
+        if noted is None or line not in noted:
+            click.echo(line, err=True)
+            if noted is not None:
+                noted.add(line)
+    if timed:
+        return a, g, {"capture": t1 - t0, "partition": t2 - t1, "analyze": t3 - t2}
+    return a, g
 
 
 def write_report(a, out_dir, title: str) -> Path:

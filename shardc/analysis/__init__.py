@@ -3,5 +3,6 @@
 together into FLOPs, memory, communication and a modeled step time. No framework imports."""
 from . import hardware
 from .analyze import Analysis, analyze
+from .depth import extrapolate
 
-__all__ = ["Analysis", "analyze", "hardware"]
+__all__ = ["Analysis", "analyze", "extrapolate", "hardware"]

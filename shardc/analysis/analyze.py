@@ -75,6 +75,7 @@ class Analysis:
     axis_levels: dict = dataclasses.field(default_factory=dict)   # axis -> "nvlink x8" ...
     comm_s_by_axes: dict = dataclasses.field(default_factory=dict)
     events: list = dataclasses.field(default_factory=list, repr=False)
+    extrapolated: tuple | None = None   # (d1, d2, depth): read off the line through two depths
 
     @property
     def fits(self) -> bool:
@@ -96,6 +97,9 @@ class Analysis:
     def table(self, verdict: bool = True) -> str:
         m, rows = self.memory, []
         rows.append(("hardware", str(self.hardware.name) + f" x{self.mesh.size}  ({self.mesh})"))
+        if self.extrapolated:
+            d1, d2, d = self.extrapolated
+            rows.append(("depth", f"{d} layers, extrapolated from analyses at {d1} and {d2} layers"))
         rows.append(("mesh levels", ", ".join(f"{a}: {v}" for a, v in self.axis_levels.items())))
         rows.append(("FLOPs / device", f"{self.flops:.4g}   (model {self.model_flops:.4g} total)"))
         for k in ("params", "grads", "optimizer", "activations", "peak"):
@@ -119,7 +123,7 @@ class Analysis:
                 "comm_s_by_axes": dict(self.comm_s_by_axes), "compute_s": self.compute_s, "comm_s": self.comm_s,
                 "exposed_comm_s": self.exposed_comm_s, "step_s": self.step_s, "mfu": self.mfu,
                 "fits": self.fits, "headroom_bytes": self.headroom,
-                "axis_levels": dict(self.axis_levels)}
+                "axis_levels": dict(self.axis_levels), "extrapolated": self.extrapolated}
 
 
 def _gb(b: float) -> str:

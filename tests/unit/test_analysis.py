@@ -79,7 +79,7 @@ def test_shape_only_capture_torch_meta_and_jax():
         assert graph.shape_only and graph.outputs[0].shape == (2, 16, 128)
         with pytest.raises(shardc.Error, match="shape-only"):
             graph.evaluate(*m.torch_inputs(2))
-        prog = partition(graph, Mesh(dp=2, tp=2), m.tp_specs(), plan="dp")
+        prog = partition(graph, Mesh(tp=2), m.tp_specs())
         with pytest.raises(shardc.Error, match="shape-only"):
             prog.simulate(*m.torch_inputs(2))
         assert shardc.analyze(prog, "h100").flops > 0
@@ -184,6 +184,23 @@ def test_mixtral_preset_and_small_twin_partitions():
     g, args = small.capture(shape_only=False, dtype="f32", batch=2)
     want = np.asarray(small.jax_forward(*args))
     np.testing.assert_allclose(g.evaluate(*args)[0], want, rtol=1e-4, atol=1e-5)
-    prog = partition(g, Mesh(dp=2, tp=2), small.tp_specs(), plan="dp")   # experts over tp
+    prog = partition(g, Mesh(tp=2), small.tp_specs())                     # experts over tp
     np.testing.assert_allclose(prog.simulate(*args)[0], want, rtol=1e-4, atol=1e-5)
     assert any(c.kind in ("all_reduce", "all_to_all", "all_gather") and "tp" in c.axes for c in prog.collectives)
+
+
+def test_depth_extrapolation_matches_full_depth():
+    def at(depth):
+        m = models.get("llama3:8b", n_layer=depth, d_model=64, n_head=4, n_kv_head=2, d_ff=128,
+                       vocab_size=256, seq_len=16)
+        g, _ = m.capture(train=True, batch=4, optimizer="sgd")
+        return shardc.analyze(partition(g, Mesh(dp=2, tp=2), m.tp_specs(), plan="dp"), "h100")
+
+    a = shardc.analysis.extrapolate(at(1), at(2), 1, 2, 3)
+    full = at(3)
+    assert a.extrapolated == (1, 2, 3) and "extrapolated from analyses at 1 and 2" in str(a)
+    assert a.flops == full.flops and a.model_flops == full.model_flops and a.comm_bytes == full.comm_bytes
+    for k in ("params", "grads", "optimizer", "activations", "peak"):
+        assert a.memory[k] == pytest.approx(full.memory[k], rel=1e-3), k
+    for k in ("compute_s", "comm_s", "step_s", "mfu"):
+        assert getattr(a, k) == pytest.approx(getattr(full, k), rel=1e-3), k

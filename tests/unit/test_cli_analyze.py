@@ -22,3 +22,11 @@ def test_analyze_llama3_layer_fits_and_misses(tmp_path):
     r = CliRunner().invoke(main, args[:-2] + ["--hardware", "tpu-v5e"])
     assert r.exit_code == 0, r.output
     assert "Does NOT fit" in r.output and "exceeds tpu-v5e's 16.00 GB by" in r.output
+
+
+def test_analyze_extrapolates_depth():
+    r = CliRunner().invoke(main, ["analyze", "llama:tiny", "--layers", "12", "--extrapolate", "--mesh", "dp=2,tp=2",
+                                  "--train", "--hardware", "tpu-v5p"])
+    assert r.exit_code == 0, r.output
+    assert "at 12 layers from 2 and 4 layers" in r.output and "Fits: peak" in r.output
+    assert "tp: ici-x x2, dp: ici-x x2" in r.output
