@@ -35,7 +35,10 @@ def _capture(model, frontend, train, batch, optimizer, seq, dtype, layers):
 
 def default_layout(m, mesh, plan, spec_texts):
     """With neither --plan nor --spec: Megatron over an axis named "tp" (when the model has specs
-    for it) and the batch (fsdp: and the state) over the others; else the plan named."""
+    for it) and the batch (fsdp: and the state) over the others; else the plan named. As plans do,
+    fsdp splits only the state the specs leave: Megatron's weights stay split over tp alone
+    (splitting them over fsdp as well, P(("tp", "fsdp"), None), makes today's partitioner move
+    activations instead of gathering weights; pass --spec to try other layouts)."""
     if plan or spec_texts or not hasattr(m, "tp_specs"):
         return None
     specs = {}
