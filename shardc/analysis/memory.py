@@ -10,6 +10,9 @@ step, the input is donated (freed after its last use, as a donated buffer in XLA
 update in torch) and its gradients count as one more copy of each parameter in its own dtype and
 sharding (the sharding the update consumes them in).
 
+Saved activations are the batch-dependent forward values the backward reads (see
+`saved_activations`).
+
 Liveness, in program order (the schedule the runtimes follow): every input is live at the start;
 batch inputs and state that no output updates stay live to the end (the caller holds them);
 donated inputs die after their last use; each other value is allocated when it is computed
@@ -118,8 +121,11 @@ def loss_output(g: Graph) -> int | None:
 
 
 def saved_activations(g: Graph, local: Graph) -> int:
-    """Bytes of forward values the backward reads: values the loss depends on (not inputs) with a
-    user that the loss does not depend on. 0 when the program updates no state (no backward)."""
+    """Bytes of forward values the backward reads: values that depend on the batch and that the
+    loss depends on, with a user that the loss does not depend on. Values computed from state
+    alone (a transposed weight, a cast, a causal mask) are not activations: they do not grow
+    with the batch, and a compiler folds most of them into the ops that use them (the peak
+    still counts them where they are live). 0 when the program updates no state (no backward)."""
     if not donations(g):
         return 0
     j = loss_output(g)
@@ -131,12 +137,17 @@ def saved_activations(g: Graph, local: Graph) -> int:
         if n not in forward:
             forward.add(n)
             stack.extend(n.inputs)
+    roles = input_roles(g)
+    batch = {lp for p, lp in zip(g.inputs, local.inputs) if roles[p.name] == "data"}
+    for n in local.nodes:
+        if n not in batch and any(i in batch for i in n.inputs):
+            batch.add(n)
     saved = set()
     for n in local.nodes:
         if n in forward:
             continue
         for i in n.inputs:
-            if i in forward and i.op is not Op.PARAMETER:
+            if i in forward and i in batch and i.op is not Op.PARAMETER:
                 saved.add(i)
     return sum(n.nbytes for n in saved)
 
