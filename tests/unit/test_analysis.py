@@ -53,6 +53,12 @@ def test_collective_model():
     hier = coll.seconds("all_gather", gb, [(nv, 8), (ib, 4)])
     assert hier == pytest.approx(7 * nv.alpha + 7 / 8 * gb / nv.bw + 3 * ib.alpha + 3 / 4 * gb / 8 / ib.bw)
     assert hier < coll.seconds("all_gather", gb, [(ib, 32)])
+    # published nccl-tests all_reduce_perf busbw at large sizes on one 8-GPU NVLink node (reference
+    # table in docs.alayanew.com/en/docs/tech-blog/2026-05-06-nccl-tests): H100 SXM5 460-480 GB/s,
+    # A100 SXM4 230-250 GB/s; the model within 25% of the middle of each range at 1 GiB
+    for name, measured in (("h100", 470e9), ("a100", 240e9)):
+        level = shardc.hardware.get(name).levels[0]
+        assert coll.bus_bandwidth("all_reduce", gb, [(level, 8)]) == pytest.approx(measured, rel=0.25)
 
 
 # ------------------------------------------------------------------------------- presets, shapes
