@@ -52,7 +52,6 @@ for _name in ("copy", "copy_p", "stop_gradient", "optimization_barrier", "device
 RULES.update({
     "square": lambda c, x, **_: c.b.binary(Op.MUL, x, x),
     "exp2": lambda c, x, **_: c.b.binary(Op.POW, c.b.const(2.0, x.dtype), x),
-    "tan": lambda c, x, **_: c.b.binary(Op.DIV, c.b.unary(Op.SIN, x), c.b.unary(Op.COS, x)),
     "erfc": lambda c, x, **_: c.b.binary(Op.SUB, c.b.const(1.0, x.dtype), c.b.unary(Op.ERF, x)),
     "erf_inv": lambda c, x, **_: c.b.erf_inv(x),
     "is_finite": lambda c, x, **_: c.b.binary(Op.LT, c.b.unary(Op.ABS, x), math.inf),  # inf, NaN: false
@@ -106,12 +105,6 @@ def _expm1(c, x, **_):
     near_zero = b.binary(Op.DIV, b.binary(Op.MUL, t, 2.0), b.binary(Op.SUB, b.const(1.0, x.dtype), t))
     far = b.binary(Op.SUB, b.unary(Op.EXP, x), 1.0)
     return b.select(b.binary(Op.LT, b.unary(Op.ABS, x), 0.5), near_zero, far)
-
-
-@rule("cbrt")
-def _cbrt(c, x, **_):
-    b = c.b
-    return b.binary(Op.MUL, b.unary(Op.SIGN, x), b.binary(Op.POW, b.unary(Op.ABS, x), 1.0 / 3.0))
 
 
 @rule("round")

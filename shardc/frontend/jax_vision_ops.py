@@ -67,32 +67,9 @@ RULES["atan2"] = lambda c, y, x, **_: M.atan2(c.b, y, x)
 
 @rule("nextafter")
 def _nextafter(c, x, y, **_):
-    """The neighbouring f32 of x toward y, from x's magnitude: x + sign·ulp(x), where ulp is
-    2^(exponent - 23) for normal numbers (the IR has no bitcast; subnormals take the smallest step)."""
-    b = c.b
     if x.dtype is not DType.f32:
         raise c.unsupported(f"nextafter on {x.dtype}")
-    a = b.unary(Op.ABS, x)
-    e = b.unary(Op.FLOOR, b.binary(Op.DIV, b.unary(Op.LOG, b.binary(Op.MAX, a, 1.1754944e-38)), math.log(2.0)))
-    # floor(log2) may be off by one next to powers of two: fix with an exact compare
-    p = b.binary(Op.POW, b.const(2.0, DType.f32), e)
-    e = b.select(b.binary(Op.GT, p, a), b.binary(Op.SUB, e, 1.0), e)
-    p = b.binary(Op.POW, b.const(2.0, DType.f32), e)
-    e = b.select(b.binary(Op.LE, b.binary(Op.MUL, p, 2.0), a), b.binary(Op.ADD, e, 1.0), e)
-    up = b.binary(Op.POW, b.const(2.0, DType.f32), b.binary(Op.SUB, b.binary(Op.MAX, e, -126.0), 23.0))
-    # stepping down from an exact power of two: the spacing below is half
-    p = b.binary(Op.POW, b.const(2.0, DType.f32), e)
-    toward_zero = b.binary(Op.LT, b.binary(Op.MUL, y, b.unary(Op.SIGN, x)), a)
-    down = b.select(b.binary(Op.AND, b.binary(Op.EQ, a, p), b.binary(Op.GT, e, -126.0)),
-                    b.binary(Op.MUL, up, 0.5), up)
-    step = b.select(toward_zero, b.unary(Op.NEG, down), up)
-    mag = b.binary(Op.ADD, a, step)
-    out = b.select(b.binary(Op.LT, x, 0.0), b.unary(Op.NEG, mag), mag)
-    tiny = b.const(1.4e-45, DType.f32)
-    out = b.select(b.binary(Op.EQ, x, 0.0), b.select(b.binary(Op.GT, y, 0.0), tiny, b.unary(Op.NEG, tiny)), out)
-    out = b.select(b.binary(Op.EQ, x, y), y, out)
-    nan = b.binary(Op.OR, b.binary(Op.NE, x, x), b.binary(Op.NE, y, y))
-    return b.select(nan, math.nan, out)
+    return M.nextafter(c.b, x, y)
 
 
 # ---- scatter with a combining op ---------------------------------------------------------------

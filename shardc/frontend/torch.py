@@ -42,6 +42,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import Error, UnsupportedOpError
 from ..ir import Graph, Node, Op, to_numpy
+from . import torch_decomp
 from .torch_emitter import TORCH_TO_IR, TorchEmitter
 from .torch_ops import KEEP_WHOLE, lookup
 
@@ -432,10 +433,11 @@ class _Converter:
                 return target(*args)  # arithmetic on (static) sizes
             raise UnsupportedOpError(f"{getattr(target, '__name__', target)}{_at(source)} is not supported by shardc")
         e.op_name, e.val = str(target), n.meta.get("val")
+        e.in_vals = [a.meta.get("val") if isinstance(a, torch.fx.Node) else None for a in n.args]
         rule, inplace = lookup(target), False
         if rule is None and _is_inplace(target):
             rule, inplace = lookup(_functional(target)), True
-        if rule is None and _decomposition(target) is not None:
+        if rule is None and torch_decomp.decomposition(target) is not None:
             out = self.decompose(n, target, source)
             e.op_name, e.val = str(target), n.meta.get("val")
             with e.loc(source):
@@ -469,63 +471,10 @@ class _Converter:
         return self.named(out, n)
 
     def with_effects(self, n, source):
-        """torch.export threads a token through ops with side effects; the ones that only check
-        (linalg's error checks, asserts) have no value here; others are refused by name."""
-        op = n.args[1]
-        name = getattr(op, "__name__", str(op))
-        if "check" in name or "assert" in name:
-            return (None, None)
-        raise UnsupportedOpError(f"{op}{_at(source)} (an op with side effects) is not supported by shardc")
+        return torch_decomp.with_effects(n, source)
 
     def decompose(self, n, target, source):
-        """An aten op without a rule but with a decomposition in torch._decomp: trace that
-        decomposition (make_fx, on empty tensors of the op's example shapes) and map its ops."""
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        flat, spec = pytree.tree_flatten((n.args, n.kwargs))
-        at = [i for i, a in enumerate(flat) if isinstance(a, torch.fx.Node) and isinstance(self.env[a], Node)]
-        values = [self.env[a] if isinstance(a, torch.fx.Node) else a for a in flat]
-        examples = []
-        for i in at:
-            val = flat[i].meta.get("val")
-            if not isinstance(val, torch.Tensor):
-                raise UnsupportedOpError(f"{target}{_at(source)} is not supported by shardc (no example value)")
-            examples.append(torch.zeros(tuple(int(s) for s in val.shape), dtype=val.dtype))
-        decomp = _decomposition(target)
-
-        def fn(*ts):
-            full = list(values)
-            for i, t in zip(at, ts):
-                full[i] = t
-            a, k = pytree.tree_unflatten(full, spec)
-            out = decomp(*a, **k)
-            return tuple(out) if isinstance(out, tuple) else out
-
-        try:
-            gm = make_fx(fn, decomposition_table=_core_aten_table(), tracing_mode="fake")(*examples)
-        except Exception as err:
-            raise UnsupportedOpError(f"{target}{_at(source)} is not supported by shardc (its decomposition "
-                                     f"does not trace: {_first_line(err)})") from err
-        placeholders = [p for p in gm.graph.nodes if p.op == "placeholder"]
-        for ph, i in zip(placeholders, at):
-            self.env[ph] = values[i]
-        outer, self.outer_source = self.outer_source, source
-        try:
-            for node in gm.graph.nodes:
-                if node.op == "get_attr":
-                    value = getattr(gm, node.target)
-                    self.env[node] = self.constant(value) if isinstance(value, torch.Tensor) else value
-                elif node.op == "call_function":
-                    try:
-                        self.env[node] = self.call(node)
-                    except UnsupportedOpError as err:
-                        raise UnsupportedOpError(f"{err} (in the decomposition of {target})") from err
-        finally:
-            self.outer_source = outer
-        result = _output_node(gm.graph).args[0]
-        out = torch.fx.node.map_arg(result, lambda a: self.env[a])
-        return out[0] if isinstance(out, (list, tuple)) and len(out) == 1 and \
-            not isinstance(n.meta.get("val"), (list, tuple)) else out
+        return torch_decomp.decompose(self, n, target, source)
 
     def check_inplace(self, n):
         """An in-place op becomes its functional twin; refuse it where something else could see
@@ -554,13 +503,6 @@ class _Converter:
 
 def _convert(capture: _Capture, name: str, flatten_args) -> Graph:
     return _Converter(capture, name).run(flatten_args)
-
-
-@functools.lru_cache(maxsize=None)
-def _decomposition(target):
-    """torch's own decomposition of an aten overload, for ops the op table has no rule for."""
-    from torch._decomp import decomposition_table
-    return decomposition_table.get(target)
 
 
 def _is_inplace(target) -> bool:

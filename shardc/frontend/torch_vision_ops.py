@@ -259,7 +259,8 @@ def _scatter_reduce(scatter_sum):
             return scatter_sum(e, x, dim, index, src, reduce, include_self)
         dim %= max(x.rank, 1)
         if x.rank == 0:
-            x, index, src = e.reshape(x, [1]), e.reshape(index, [1]), e.reshape(src, [1])
+            out = rule(e, e.reshape(x, [1]), 0, e.reshape(index, [1]), e.reshape(src, [1]), reduce, include_self)
+            return e.reshape(out, ())
         for d in range(x.rank):
             if src.shape[d] != index.shape[d]:
                 src = e.slice(src, d, 0, index.shape[d])
