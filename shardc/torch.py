@@ -17,8 +17,10 @@ import torch
 from .partition import Mesh
 
 
-def _signature(args) -> tuple:
-    return tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else ("const", a) for a in args)
+def _signature(args, kwargs=None) -> tuple:
+    leaves, spec = torch.utils._pytree.tree_flatten((tuple(args), dict(kwargs or {})))
+    return (str(spec),) + tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else ("const", a)
+                                for a in leaves)
 
 
 class Parallelized(torch.nn.Module):
@@ -36,24 +38,25 @@ class Parallelized(torch.nn.Module):
         self._compiled: dict[tuple, object] = {}
         self._runners: dict[tuple, object] = {}
 
-    def runner(self, *args):
+    def runner(self, *args, **kwargs):
         """The forward/backward programs for these arguments' shapes and dtypes (made once)."""
         from .torch_autograd import Runner
-        key = _signature(args)
+        key = _signature(args, kwargs)
         if key not in self._runners:
-            r = Runner(self.module, self.mesh, self.specs, self.plan, self.target, self.run_options, args)
+            r = Runner(self.module, self.mesh, self.specs, self.plan, self.target, self.run_options, args, kwargs)
             self._runners[key], self._compiled[key] = r, r.exe
         return self._runners[key]
 
-    def compiled(self, *args):
+    def compiled(self, *args, **kwargs):
         """The forward's Executable for these arguments' shapes and dtypes (made once)."""
-        return self.runner(*args).exe
+        return self.runner(*args, **kwargs).exe
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         from .torch_autograd import Function
-        r = self.runner(*args)
+        kwargs = dict(sorted(kwargs.items()))  # one signature whatever the keywords' order
+        r = self.runner(*args, **kwargs)
         state = r.state_tensors()
-        arg_tensors = [a for a in torch.utils._pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]
+        arg_tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
         if torch.is_grad_enabled() and any(t.requires_grad for t in state + arg_tensors):
             outs = Function.apply(r, len(state), *state, *arg_tensors)
         else:

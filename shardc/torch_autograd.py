@@ -36,13 +36,14 @@ def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 class Runner:
     """One input signature of a Parallelized module: its forward executable, its VJP executables."""
 
-    def __init__(self, module, mesh, specs, plan, target, run_options, args):
+    def __init__(self, module, mesh, specs, plan, target, run_options, args, kwargs=None):
         import shardc
         self.module, self.mesh, self.target, self.run_options = module, mesh, target, run_options
-        leaves, self.in_spec = pytree.tree_flatten(tuple(args))
+        kwargs = dict(kwargs or {})
+        leaves, self.in_spec = pytree.tree_flatten((tuple(args), kwargs))
         self.template = list(leaves)
         self.tensor_at = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
-        g = shardc.from_torch(module, tuple(args))
+        g = shardc.from_torch(module, tuple(args), kwargs)
         self.exe = shardc.compile(shardc.partition(g, mesh, specs, plan), target=target)
         self.graph = self.exe.prog.graph
         state = module_state(module)
@@ -59,7 +60,8 @@ class Runner:
         state = module_state(self.module)
         return [state[n] for n in self.state_names]
 
-    def call_args(self, arg_tensors) -> tuple:
+    def call_args(self, arg_tensors) -> tuple[tuple, dict]:
+        """(args, kwargs) of a call with these tensors (non-tensor arguments as captured)."""
         leaves = list(self.template)
         for i, t in zip(self.tensor_at, arg_tensors):
             leaves[i] = t
@@ -70,7 +72,8 @@ class Runner:
         bound = self.graph.bound
         for n, t in zip(self.state_names, state):
             bound[n] = to_numpy(t.detach())
-        return run(self.exe, *self.call_args(arg_tensors), engine="torch", **self.run_options)
+        args, kwargs = self.call_args(arg_tensors)
+        return run(self.exe, *args, *kwargs.values(), engine="torch", **self.run_options)
 
     # ---- backward ------------------------------------------------------------------------------
     def backward(self, state, arg_tensors, cotangents, needs: tuple[bool, ...]) -> list:
@@ -107,7 +110,7 @@ class Runner:
                 a = list(args)
                 for i, t in zip(diff_args, dargs):
                     a[i] = t
-                out = torch.func.functional_call(module, {**state, **dstate}, self.call_args(a))
+                out = torch.func.functional_call(module, {**state, **dstate}, *self.call_args(a))
                 flat = pytree.tree_leaves(out)
                 return [flat[i] for i in cot_at]
 

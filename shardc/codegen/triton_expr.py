@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 
 import numpy as np
 
@@ -352,9 +353,31 @@ class ExprEmitter:
         if j.const is not None:
             jx = Ix(min(max(int(j.const), 0), hi))
         else:  # out-of-range indices clamp, as XLA's gather
-            jc = self.emit(f"tl.minimum(tl.maximum({j.text}, 0), {hi})", j.deps, ind.dtype, "g")
+            text = f"tl.minimum(tl.maximum({j.text}, 0), {hi})"
+            inner = self.blocks[1:]
+            if inner and self.hoist is not None and j.deps <= self.hoist and not self._defined_in(inner, j.text):
+                saved = self.blocks  # the index is loop-invariant: clamp it before the loops
+                self.blocks = saved[:1]
+                try:
+                    jc = self.emit(text, j.deps, ind.dtype, "g")
+                finally:
+                    self.blocks = saved
+            else:
+                jc = self.emit(text, j.deps, ind.dtype, "g")
+                if inner:  # the clamp lives in this loop: what it indexes must not be hoisted above it
+                    saved_hoist, self.hoist = self.hoist, None
+                    try:
+                        return self.value(x, idx[:axis] + (Ix(jc.text, jc.deps),) + idx[axis + ni:], masks)
+                    finally:
+                        self.hoist = saved_hoist
             jx = Ix(jc.text, jc.deps)
         return self.value(x, idx[:axis] + (jx,) + idx[axis + ni:], masks)
+
+    @staticmethod
+    def _defined_in(blocks, text: str) -> bool:
+        """Whether `text` names a variable assigned in one of `blocks`."""
+        names = set(re.findall(r"[A-Za-z_]\w*", text))
+        return any(line.split(" = ", 1)[0] in names for b in blocks for line in b.lines)
 
     def _reduce(self, n: Node, idx, masks) -> Val:
         if self.reduce_axis is None:

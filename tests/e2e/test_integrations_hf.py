@@ -136,3 +136,21 @@ def test_triton_scatter_into_constant_zeros():
     exe = shardc.compile(shardc.partition(g, Mesh(dp=2), {"g": P("dp"), "i": P("dp")}), target="triton")
     assert any(k.kind == "scatter" for k in exe.kernels)
     assert rel_err(exe.run_interpreted(grad, idx)[0], fn(grad, idx).numpy()) < 1e-6
+
+
+def test_parallelize_hf_gpt2_called_with_keywords(torch_pool):
+    torch.manual_seed(0)
+    model = GPT2Model()
+    ids, target = torch.randint(0, 32, (4, 8)), torch.randn(4, 8, 16)
+    ref = copy.deepcopy(model)
+    ((ref(input_ids=ids) - target) ** 2).mean().backward()
+    par = shardc.torch.parallelize(model, Mesh(dp=2, tp=2), MEGATRON, world=torch_pool)
+    got = par(input_ids=ids)
+    ((got - target) ** 2).mean().backward()
+    grads = dict(ref.named_parameters())
+    errs = {n: rel_err(p.grad.numpy(), grads[n].grad.numpy()) for n, p in model.named_parameters()}
+    assert max(errs.values()) < 1e-5, errs
+    par(input_ids=ids)
+    assert len(par._compiled) == 1
+    fwd = par.compiled(input_ids=ids).prog
+    assert len([c for c in fwd.collectives if c.kind == "all_reduce" and c.axes == ("tp",)]) == 4
