@@ -92,9 +92,13 @@ SPEC_HELP = ("NAME=SPEC, one entry per dim: an axis, '-' for whole, or several a
 def _common(f):
     f = click.option("--mesh", "mesh_text", default="dp=2", show_default=True,
                      help="named axes NAME=SIZE, e.g. dp=2,tp=4 (devices row-major)")(f)
-    f = click.option("--plan", type=click.Choice(["dp", "fsdp", "megatron", "megatron-sp"]), default=None,
+    f = click.option("--plan", type=click.Choice(["dp", "fsdp", "megatron", "megatron-sp", "auto"]), default=None,
                      help="fill in specs: data parallel, ZeRO-3, or the zoo's Megatron layout (+ sequence parallel); "
-                          "the batch goes over every axis the other specs leave")(f)
+                          "the batch goes over every axis the other specs leave; auto: chosen by modeled step time")(f)
+    f = click.option("--memory-budget", default=None, expose_value=False, callback=_set_auto_option,
+                     help="with --plan auto: bytes per device, e.g. 80GB, 512MiB, 8e9 [default: the hardware's HBM less 10%]")(f)
+    f = click.option("--hardware", default=None, expose_value=False, callback=_set_auto_option,
+                     help="with --plan auto: the hardware preset it models (h100 h200 b200 a100 tpu-v5e ...) [default: h200]")(f)
     f = click.option("--spec", "spec_texts", multiple=True, help=SPEC_HELP)(f)
     f = click.option("--frontend", type=click.Choice(["jax", "torch"]), default=None,
                      help="which twin of a zoo model to capture [default: jax]; a file model is what it is")(f)
@@ -109,6 +113,26 @@ def _common(f):
     f = click.option("--dump-dir", default=None, type=click.Path(file_okay=False), expose_value=False,
                      callback=_set_dump_dir, help="write each stage's text here (as SHARDC_DUMP_DIR)")(f)
     return click.argument("model")(f)
+
+
+_AUTO_OPTIONS: dict = {}
+_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2 ** 10, "MIB": 2 ** 20,
+          "GIB": 2 ** 30, "TIB": 2 ** 40}
+
+
+def parse_bytes(text: str) -> float:
+    import re
+    from .errors import Error
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in _UNITS:
+        raise Error(f"--memory-budget {text!r}: write bytes as a number with an optional unit (80GB, 512MiB, 8e9)")
+    return float(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def _set_auto_option(ctx, param, value):
+    if value is not None:
+        _AUTO_OPTIONS[param.name] = parse_bytes(value) if param.name == "memory_budget" else value
+    return value
 
 
 def _set_dump_dir(ctx, param, value):
@@ -127,7 +151,13 @@ def _prepare(model, mesh_text, plan, spec_texts, frontend, train, optimizer, bat
     g, args, m = load_model(model, frontend, train, batch, optimizer or "sgd")
     t1 = time.perf_counter()
     specs, plan = build_specs(m, g, mesh, plan, spec_texts)
-    prog = shardc.partition(g, mesh, specs, plan)
+    if plan == "auto":
+        prog = shardc.partition(g, mesh, specs, plan, memory_budget=_AUTO_OPTIONS.get("memory_budget"),
+                                hardware=_AUTO_OPTIONS.get("hardware") or "h200")
+    elif _AUTO_OPTIONS:
+        raise Error(f"--{next(iter(_AUTO_OPTIONS)).replace('_', '-')} is for --plan auto")
+    else:
+        prog = shardc.partition(g, mesh, specs, plan)
     t2 = time.perf_counter()
     for note in prog.notes:
         click.echo(f"note: {note}", err=True)
@@ -313,6 +343,8 @@ def explain(model, mesh_text, plan, spec_texts, frontend, train, optimizer, batc
     for r in prog.collectives:
         c.add_row(r.kind, ",".join(r.axes), str(r.bytes), r.tensor, r.source or "", r.reason)
     console.print(c)
+    if getattr(prog, "auto", None) is not None:   # --plan auto: what it chose, and what it rejected
+        click.echo(prog.auto.text())
 
 
 from . import cli_analyze  # noqa: E402,F401  (registers `shardc analyze` on main)

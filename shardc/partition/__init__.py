@@ -43,6 +43,7 @@ def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None
         for i, s in plan_outs.items():
             out_specs.setdefault(i, s)
     block_layouts(g, mesh, seeds)
+    users = g.users() if extra_seeds else {}
     t0 = time.perf_counter()
     state = propagate(g, mesh, seeds)
     t1 = time.perf_counter()
@@ -51,7 +52,7 @@ def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None
     outs = [_same_layout(out_specs.get(i, shardings[o]), shardings[o]) for i, o in enumerate(g.outputs)]
     # sharding constraints inside the model, and the values auto's hints fixed where propagation kept them
     pinned = frozenset(n for n, st in seeds.items() if n.op is not Op.PARAMETER and
-                       (st.fixed or [d.axes for d in state[n].sharding.dims] == [d.axes for d in st.sharding.dims]))
+                       (st.fixed or _hint_holds(n, st, state, users)))
     prog = lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()}, pinned)
     t2 = time.perf_counter()
     prog.notes = list(notes) + [f"mesh axis {a!r} is idle: no spec{' or plan' if plan else ''} splits a value over it, so its "
@@ -69,6 +70,15 @@ def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None
     flags.dump(2, "spmd", str(prog.local))
     flags.dump(3, "ledger", prog.ledger())
     return prog
+
+
+def _hint_holds(n, st, state, users) -> bool:
+    """An auto hint pins its value where propagation kept its axes and nothing around it is cut
+    into fused blocks (a block layout the hint does not know: pinning it would move data)."""
+    if [d.axes for d in state[n].sharding.dims] != [d.axes for d in st.sharding.dims]:
+        return False
+    around = [n, *n.inputs, *users.get(n, ())]
+    return not any(d.strided for x in around for d in state[x].sharding.dims)
 
 
 def _same_layout(want: Sharding, have: Sharding) -> Sharding:

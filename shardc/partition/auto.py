@@ -352,6 +352,10 @@ def _held(n: Node, s: Sharding, mesh: Mesh, train_params: set, saved: set) -> fl
     return 0.0
 
 
+def _drops_axes(have: Sharding, want: Sharding) -> bool:
+    return any(a not in w.axes for h, w in zip(have.dims, want.dims) for a in h.axes)
+
+
 HINT_OPS = frozenset({Op.DOT_GENERAL, Op.GATHER, Op.SCATTER})
 
 
@@ -371,7 +375,8 @@ def auto_seeds(g: Graph, mesh: Mesh, res: AutoResult, fixed_nodes) -> tuple[dict
             continue
         s = res.shardings[p]
         moved = sum(res.edge_cost.get((u, i), 0.0) for u in users.get(p, ()) for i, x in enumerate(u.inputs)
-                    if x is p)
+                    if x is p and u in res.choice and res.choice[u].fa is not None
+                    and _drops_axes(s, res.choice[u].operands[i]))
         label = res.choice[p].label if p in res.choice else ""
         why = (f"auto: {label or 'replicated'}; plan {res.cost_s * 1e3:.4g} ms modeled, "
                f"{_gb(res.memory)} held of {_gb(res.budget)}")
