@@ -67,13 +67,15 @@ def default_layout(m, mesh, plan, spec_texts):
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default=None,
               help="parameter dtype [default: bf16 for shape-only presets, else f32]")
 @click.option("--layers", type=int, default=None, help="override the number of layers (a quicker, shallower model)")
+@click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none", show_default=True,
+              help="price activation recomputation: none, selective (attention's s x s values), full (per layer)")
 @click.option("--extrapolate", is_flag=True,
               help="analyze the model at 2 and 4 layers and read the full depth off that line (seconds, not "
                    "minutes, for 80-layer models; exact while layers are identical)")
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
               help="write analysis.txt, analysis.json and memory.svg into this directory")
 def analyze_cmd(model, mesh_text, hardware, plan, spec_texts, frontend, train, optimizer, batch, seq, dtype,
-                layers, extrapolate, report_dir):
+                layers, recompute, extrapolate, report_dir):
     """Model MODEL's step on a mesh of HARDWARE devices: FLOPs, memory per device, communication
     per mesh axis, modeled time and MFU, and whether it fits in device memory."""
     import shardc
@@ -89,14 +91,14 @@ def analyze_cmd(model, mesh_text, hardware, plan, spec_texts, frontend, train, o
         t0 = time.perf_counter()
         noted: set = set()
         a1, _ = _analyze_one(model, frontend, train, batch, optimizer, seq, dtype, 2, mesh, plan, spec_texts, hw,
-                             noted=noted)
+                             noted=noted, recompute=recompute)
         a2, _ = _analyze_one(model, frontend, train, batch, optimizer, seq, dtype, 4, mesh, plan, spec_texts, hw,
-                             noted=noted)
+                             noted=noted, recompute=recompute)
         a = line(a1, a2, 2, 4, depth)
         click.echo(f"{model} {what} at {depth} layers from 2 and 4 layers; {time.perf_counter() - t0:.1f} s")
     else:
         a, g, times = _analyze_one(model, frontend, train, batch, optimizer, seq, dtype, layers, mesh, plan,
-                                   spec_texts, hw, timed=True)
+                                   spec_texts, hw, timed=True, recompute=recompute)
         click.echo(f"{model} {what}, {len(g.nodes)} nodes{' (shape-only)' if g.shape_only else ''}; "
                    + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
     click.echo(a.table(verdict=False))
@@ -116,7 +118,7 @@ def _depth(model: str) -> int:
 
 
 def _analyze_one(model, frontend, train, batch, optimizer, seq, dtype, layers, mesh, plan, spec_texts, hw,
-                 timed=False, noted=None):
+                 timed=False, noted=None, recompute="none"):
     import shardc
     t0 = time.perf_counter()
     g, m = _capture(model, frontend, train, batch, optimizer or "sgd", seq, dtype, layers)
@@ -130,7 +132,7 @@ def _analyze_one(model, frontend, train, batch, optimizer, seq, dtype, layers, m
         note = None
     prog = shardc.partition(g, mesh, specs, plan)
     t2 = time.perf_counter()
-    a = shardc.analyze(prog, hw)
+    a = shardc.analyze(prog, hw, recompute=recompute)
     t3 = time.perf_counter()
     for line in ([note] if note else []) + [f"note: {n}" for n in prog.notes]:
         if noted is None or line not in noted:

@@ -30,6 +30,7 @@ from ..partition.cost import timeline
 from . import collectives as coll
 from . import hardware as hwmod
 from .memory import memory as memory_of
+from .memory import saved_values
 
 NO_FLOPS = frozenset({Op.PARAMETER, Op.CONSTANT, Op.IOTA, Op.AXIS_INDEX, Op.BROADCAST, Op.RESHAPE,
                       Op.TRANSPOSE, Op.SLICE, Op.CONCATENATE, Op.PAD, Op.GATHER}) | COLLECTIVES
@@ -76,6 +77,8 @@ class Analysis:
     comm_s_by_axes: dict = dataclasses.field(default_factory=dict)
     events: list = dataclasses.field(default_factory=list, repr=False)
     extrapolated: tuple | None = None   # (d1, d2, depth): read off the line through two depths
+    recompute: str = "none"             # activation recomputation priced (recompute.py)
+    recompute_flops: int = 0            # FLOPs it adds per device (in .flops, not in .model_flops)
 
     @property
     def fits(self) -> bool:
@@ -101,7 +104,8 @@ class Analysis:
             d1, d2, d = self.extrapolated
             rows.append(("depth", f"{d} layers, extrapolated from analyses at {d1} and {d2} layers"))
         rows.append(("mesh levels", ", ".join(f"{a}: {v}" for a, v in self.axis_levels.items())))
-        rows.append(("FLOPs / device", f"{self.flops:.4g}   (model {self.model_flops:.4g} total)"))
+        rc = f", recompute {self.recompute}: +{self.recompute_flops:.3g}" if self.recompute != "none" else ""
+        rows.append(("FLOPs / device", f"{self.flops:.4g}   (model {self.model_flops:.4g} total{rc})"))
         for k in ("params", "grads", "optimizer", "activations", "peak"):
             rows.append((f"memory {k}", _gb(m[k])))
         for axes, b in self.comm_bytes.items():
@@ -123,7 +127,8 @@ class Analysis:
                 "comm_s_by_axes": dict(self.comm_s_by_axes), "compute_s": self.compute_s, "comm_s": self.comm_s,
                 "exposed_comm_s": self.exposed_comm_s, "step_s": self.step_s, "mfu": self.mfu,
                 "fits": self.fits, "headroom_bytes": self.headroom,
-                "axis_levels": dict(self.axis_levels), "extrapolated": self.extrapolated}
+                "axis_levels": dict(self.axis_levels), "extrapolated": self.extrapolated,
+                "recompute": self.recompute, "recompute_flops": self.recompute_flops}
 
 
 def _gb(b: float) -> str:
@@ -175,10 +180,17 @@ class LiveProgram:
         self.mesh_axes = local.mesh_axes
 
 
-def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None) -> Analysis:
+def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recompute: str = "none") -> Analysis:
     """FLOPs, memory, communication and modeled time of one device of `prog` on `hardware`
     (a preset name or a shardc.hardware.Hardware). `axis_order` lists the mesh axes outermost
-    first to lay them on the levels differently (default: the mesh's order, last axis innermost)."""
+    first to lay them on the levels differently (default: the mesh's order, last axis innermost).
+    `recompute` ("none", "selective", "full") prices activation recomputation (recompute.py):
+    saved activations and the peak shrink by what is no longer kept, the recomputed ops' FLOPs
+    and time are added to .flops, .compute_s and .step_s (not to .model_flops: MFU, not HFU)."""
+    from . import recompute as rc
+    if recompute not in rc.MODES:
+        from ..errors import Error
+        raise Error(f"recompute={recompute!r}; valid: {', '.join(rc.MODES)}")
     hw = hwmod.get(hardware)
     mesh, local = prog.mesh, LiveProgram(prog.local)
     price = _Pricer(hw, mesh, axis_order)
@@ -193,8 +205,16 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None) -> Ana
             comm_bytes[key] = comm_bytes.get(key, 0) + collective_bytes(n)
             comm_s_by_axes[key] = comm_s_by_axes.get(key, 0.0) + price.collective(n)
     model_flops = graph_flops(prog.graph)
+    memory, flops, extra_flops = memory_of(prog.graph, local), graph_flops(local), 0
+    if recompute != "none":
+        forward, batch, saved = saved_values(prog.graph, local)
+        kept, extra_flops, nodes = rc.plan(prog.graph, local, forward, batch, saved, op_flops)[recompute]
+        memory["peak"] -= memory["activations"] - kept     # the values no longer kept were live at the peak
+        memory["activations"] = kept
+        extra_s = sum(price(n) for n in nodes)
+        flops, compute_s, step_s = flops + extra_flops, compute_s + extra_s, step_s + extra_s
     mfu = (model_flops / mesh.size) / (step_s * hw.flops_for("bf16")) if step_s else 0.0
     levels = {a: " x ".join(f"{lv.name} x{f}" for lv, f in sp) for a, sp in price.spans.items()}
-    return Analysis(hw, mesh, graph_flops(local), model_flops, memory_of(prog.graph, local), comm_bytes,
-                    compute_s, comm_s, max(0.0, step_s - compute_s), step_s, mfu, levels, comm_s_by_axes,
-                    events)
+    return Analysis(hw, mesh, flops, model_flops, memory, comm_bytes, compute_s, comm_s,
+                    max(0.0, step_s - compute_s), step_s, mfu, levels, comm_s_by_axes, events,
+                    recompute=recompute, recompute_flops=extra_flops)

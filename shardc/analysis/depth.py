@@ -42,4 +42,4 @@ def extrapolate(a1: Analysis, a2: Analysis, d1: int, d2: int, depth: int) -> Ana
         comm_bytes=per_key(a1.comm_bytes, a2.comm_bytes, True), compute_s=compute_s, comm_s=comm_s,
         exposed_comm_s=max(0.0, step_s - compute_s), step_s=step_s, mfu=mfu,
         comm_s_by_axes=per_key(a1.comm_s_by_axes, a2.comm_s_by_axes), events=[],
-        extrapolated=(d1, d2, depth))
+        recompute_flops=num(a1.recompute_flops, a2.recompute_flops, True), extrapolated=(d1, d2, depth))

@@ -120,17 +120,13 @@ def loss_output(g: Graph) -> int | None:
     return None
 
 
-def saved_activations(g: Graph, local: Graph) -> int:
-    """Bytes of forward values the backward reads: values that depend on the batch and that the
-    loss depends on, with a user that the loss does not depend on. Values computed from state
-    alone (a transposed weight, a cast, a causal mask) are not activations: they do not grow
-    with the batch, and a compiler folds most of them into the ops that use them (the peak
-    still counts them where they are live). 0 when the program updates no state (no backward)."""
-    if not donations(g):
-        return 0
-    j = loss_output(g)
+def saved_values(g: Graph, local: Graph):
+    """(forward, batch, saved) value sets of a training step: what the loss depends on, what
+    depends on the batch, and the batch-dependent forward values the backward reads. Empty sets
+    when the program updates no state (no backward)."""
+    j = loss_output(g) if donations(g) else None
     if j is None:
-        return 0
+        return set(), set(), set()
     forward, stack = set(), [local.outputs[j]]
     while stack:
         n = stack.pop()
@@ -149,7 +145,16 @@ def saved_activations(g: Graph, local: Graph) -> int:
         for i in n.inputs:
             if i in forward and i in batch and i.op is not Op.PARAMETER:
                 saved.add(i)
-    return sum(n.nbytes for n in saved)
+    return forward, batch, saved
+
+
+def saved_activations(g: Graph, local: Graph) -> int:
+    """Bytes of forward values the backward reads: values that depend on the batch and that the
+    loss depends on, with a user that the loss does not depend on. Values computed from state
+    alone (a transposed weight, a cast, a causal mask) are not activations: they do not grow
+    with the batch, and a compiler folds most of them into the ops that use them (the peak
+    still counts them where they are live). 0 when the program updates no state (no backward)."""
+    return sum(n.nbytes for n in saved_values(g, local)[2])
 
 
 def memory(g: Graph, local: Graph) -> dict[str, int]:

@@ -169,17 +169,26 @@ def test_peak_equals_tracked_peak():
 
 # ---------------------------------------------------------------------------------------- FLOPs
 def test_gpt3_flops_match_narayanan():
-    """72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)) for a training step without recomputation."""
+    """72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)) for a training step without recomputation; with full
+    recomputation 96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) (the head is not recomputed)."""
     B, s, l, h, V = 1, 2048, 2, 12288, 50257
     m = models.get("gpt3:175b", n_layer=l)
     g, _ = m.capture(train=True, batch=B, optimizer="sgd")
-    prog = partition(g, Mesh(dp=2, tp=4), m.tp_specs(), plan="dp")
+    prog = partition(g, Mesh(tp=8), m.tp_specs())
     a = shardc.analyze(prog, "a100")
     closed = 72 * B * s * l * h * h * (1 + s / (6 * h) + V / (12 * l * h))
     assert a.model_flops == pytest.approx(closed, rel=0.02)
     assert a.flops * 8 >= a.model_flops * 0.99             # devices together do at least the work
     assert 0 < a.mfu < 1 and a.step_s >= a.compute_s and a.exposed_comm_s <= a.comm_s + 1e-12
     assert a.comm_bytes["tp"] > 0 and math.isclose(a.step_s, a.compute_s + a.exposed_comm_s, rel_tol=1e-9)
+    full = shardc.analyze(prog, "a100", recompute="full")
+    closed_full = 96 * B * s * l * h * h * (1 + s / (6 * h) + V / (16 * l * h))
+    assert a.model_flops + 8 * full.recompute_flops == pytest.approx(closed_full, rel=0.02)
+    assert full.step_s > a.step_s and full.memory["activations"] < a.memory["activations"]
+    sel = shardc.analyze(prog, "a100", recompute="selective")    # attention's s×s values: not kept
+    scores = B * (96 // 8) * s * s * 2                              # one bf16 [b, heads/tp, s, s] value
+    assert a.memory["activations"] - sel.memory["activations"] == 2 * l * scores   # exp and softmax out
+    assert 0 < sel.recompute_flops < full.recompute_flops / 10
 
 
 def test_mixtral_preset_and_small_twin_partitions():

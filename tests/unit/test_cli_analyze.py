@@ -8,11 +8,11 @@ from shardc.cli import main
 
 
 def test_analyze_llama3_layer_fits_and_misses(tmp_path):
-    args = ["analyze", "llama3:70b", "--layers", "1", "--seq", "128", "--batch", "16", "--mesh", "fsdp=4,tp=2",
+    args = ["analyze", "llama3:70b", "--layers", "1", "--seq", "128", "--batch", "16", "--mesh", "fsdp=4,tp=2", "--recompute", "full",
             "--train", "--optimizer", "adam", "--report", str(tmp_path)]
     r = CliRunner().invoke(main, args + ["--hardware", "h200"])
     assert r.exit_code == 0, r.output
-    assert "(shape-only)" in r.output and "tp: nvlink x2, fsdp: nvlink x4" in r.output
+    assert "(shape-only)" in r.output and "tp: nvlink x2, fsdp: nvlink x4" in r.output and "recompute full: +" in r.output
     assert "Fits: peak" in r.output and "to spare" in r.output
     data = json.loads((tmp_path / "analysis.json").read_text())
     assert data["fits"] and data["memory"]["params"] > 0 and data["mesh"] == {"fsdp": 4, "tp": 2}
