@@ -477,3 +477,12 @@ def test_data_dependent_loop_is_unsupported(rng):
 def test_unsupported_dtype_is_named(rng):
     with pytest.raises(shardc.UnsupportedOpError, match="uint8"):
         shardc.from_jax(lambda x: x.astype(jnp.uint8), f32(3)(rng))
+
+
+@pytest.mark.parametrize("bad", ["relu", {"act": "relu", "w": np.ones(2, np.float32)}], ids=["str", "dict_of_str"])
+def test_non_array_argument_is_a_shardc_error(bad):
+    """A string among the arguments: a shardc.Error naming its path, not JAX's TypeError."""
+    def fn(x, cfg):
+        return x * 2
+    with pytest.raises(shardc.Error, match=r"argument cfg(\['act'\])? is a str"):
+        shardc.from_jax(fn, np.ones(3, np.float32), bad)
