@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .mesh import DimSharding, Mesh, Sharding, restrict_dim
+from .mesh import DimSharding, Mesh, Sharding, restrict_dim, split_part
 from .rules import FactorRule
 
 
@@ -36,22 +36,6 @@ class FactorAxes(dict):
                           layouts={f: o for f, o in self.layouts.items() if f in keep})
 
 
-def _split_part(size: int, axes: tuple[str, ...], major: int, mesh: Mesh):
-    """Cut one (size, axes) part into (major, ...) and (size/major, ...): the major piece takes
-    the leading axes while they divide it; the rest go to the minor piece only if the major one
-    is split completely and the minor one evenly (else its layout would differ): None then."""
-    take, prod = [], 1
-    for a in axes:
-        if major % (prod * mesh.axes[a]):
-            break
-        take.append(a)
-        prod *= mesh.axes[a]
-    rest = axes[len(take):]
-    if rest and (prod != major or (size // major) % mesh.group_size(rest)):
-        return (major, tuple(take)), None
-    return (major, tuple(take)), (size // major, tuple(rest))
-
-
 def project(s: Sharding, dims: list[list[int]], rule: FactorRule, mesh: Mesh) -> FactorAxes:
     """What a tensor's sharding says about each of its factors (factors it cannot express: nothing).
     Each dim's layout (its (size, axes) parts) is cut at its factors' boundaries."""
@@ -68,7 +52,7 @@ def project(s: Sharding, dims: list[list[int]], rule: FactorRule, mesh: Mesh) ->
                     mine.append(parts.pop(0))
                     need //= size
                 elif size % need == 0:
-                    major, minor = _split_part(size, axes, need, mesh)
+                    major, minor = split_part(size, axes, need, mesh)
                     mine.append(major)
                     need = 1
                     if minor is None:

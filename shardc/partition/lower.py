@@ -131,7 +131,12 @@ class Lowerer(Resharder):
         rule, fa, reqs = plan
         if n.op not in _MADE_LOCALLY:
             moved = sum(self.move_cost(x, r) for x, r in zip(n.inputs, reqs))
-            if moved >= reshard_cost(n.shape, n.dtype.itemsize, have, want, self.mesh):
+            direct = reshard_cost(n.shape, n.dtype.itemsize, have, want, self.mesh)
+            # a tie where the operands feed twins of n (q, k and v each view the same input):
+            # move the operands once rather than each twin
+            twins = any(u is not n and u.op is n.op and u.shape == n.shape and u.attrs == n.attrs
+                        for x in n.inputs for u in self.users[x])
+            if moved > direct or (moved == direct and not twins):
                 return None
         args = [self.value(x, r, n) for x, r in zip(n.inputs, reqs)]
         with self.b.loc(n.source):

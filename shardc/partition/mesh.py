@@ -157,6 +157,45 @@ def restrict_dim(d: DimSharding, size: int, keep, mesh: "Mesh") -> DimSharding:
     return DimSharding.compound(parts, mesh)
 
 
+def split_part(size: int, axes: tuple[str, ...], major: int, mesh: "Mesh"):
+    """Cut one (size, axes) part into (major, ...) and (size/major, ...) with the same blocks:
+    the major piece takes the leading axes while they divide it; the rest go to the minor piece
+    only if the major one is split completely and the minor one evenly (else None)."""
+    take, prod = [], 1
+    for a in axes:
+        if major % (prod * mesh.axes[a]):
+            break
+        take.append(a)
+        prod *= mesh.axes[a]
+    rest = axes[len(take):]
+    if rest and (prod != major or (size // major) % mesh.group_size(rest)):
+        return (major, tuple(take)), None
+    return (major, tuple(take)), (size // major, tuple(rest))
+
+
+def align(a: DimSharding, b: DimSharding, size: int, mesh: "Mesh"):
+    """Both layouts of a dim over common factors: [(size, axes in a, axes in b)], major first;
+    None where some factor's split cannot be cut where the other layout needs it."""
+    pa, pb = list(a.layout(size)), list(b.layout(size))
+    out = []
+    while pa and pb:
+        (sa, xa), (sb, xb) = pa[0], pb[0]
+        if sa == sb:
+            out.append((sa, xa, xb))
+            pa.pop(0)
+            pb.pop(0)
+            continue
+        big, small = (pa, pb) if sa > sb else (pb, pa)
+        s0, x0 = big[0]
+        if s0 % small[0][0]:
+            return None
+        major, minor = split_part(s0, x0, small[0][0], mesh)
+        if minor is None:
+            return None
+        big[0:1] = [major, minor]
+    return out if not pa and not pb else None
+
+
 REPLICATED_DIM = DimSharding()
 
 

@@ -11,8 +11,40 @@ import numpy as np
 
 from ..ir.emitter import Emitter
 from ..ir import DType, Node, Op
-from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape, padded
+from .mesh import DimSharding, Mesh, Sharding, align, local_dim, local_shape, padded
 from .program import CollectiveRecord, wire_bytes
+
+
+def partwise(c: DimSharding, t: DimSharding, size: int, mesh: Mesh):
+    """How a compound dim goes from layout c to t factor by factor: [(size, axes in c, axes in
+    t)] where each factor only gathers a suffix of its axes or splits further, evenly; else None."""
+    if not (c.parts or t.parts) or c == t:
+        return None
+    common = align(c, t, size, mesh)
+    if common is None:
+        return None
+    for s, ca, ta in common:
+        if ca == ta:
+            continue
+        if ca[:len(ta)] != ta and ta[:len(ca)] != ca:
+            return None
+        if s % mesh.group_size(ca) or s % mesh.group_size(ta):
+            return None
+    return common
+
+
+def scatter_part(c: DimSharding, t: DimSharding, size: int, pending, mesh: Mesh):
+    """(the common factors, the factor index, the pending axes to scatter it over) where a
+    pending sum can be reduce-scattered straight into one factor of a compound target."""
+    common = partwise(c, t, size, mesh) if (c.parts or t.parts) else None
+    for i, (s, ca, ta) in enumerate(common or ()):
+        take = ta[len(ca):]
+        if ta[:len(ca)] == ca and take and all(a in pending for a in take[:1]):
+            k = 0
+            while k < len(take) and take[k] in pending:
+                k += 1
+            return common, i, take[:k]
+    return None
 
 
 def reshard_cost(shape, itemsize: int, have: Sharding, want: Sharding, mesh: Mesh) -> int:
@@ -25,10 +57,15 @@ def reshard_cost(shape, itemsize: int, have: Sharding, want: Sharding, mesh: Mes
     if have.partial:
         scatter = any(a in want.dims[d].axes and not want.dims[d].strided and not have.dims[d].strided
                       for d in range(len(shape)) for a in have.partial)  # as _resolve_partial can
+        scatter = scatter or any(scatter_part(have.dims[d], want.dims[d], shape[d], have.partial, mesh)
+                                 for d in range(len(shape)))
         cost += local if scatter else 2 * local
     grow = 1
-    for c, t in zip(have.dims, want.dims):
-        if c.axes and t.axes and c != t and (c.outer != t.outer or c.parts or t.parts):
+    for c, t, size in zip(have.dims, want.dims, shape):
+        common = partwise(c, t, size, mesh) if c.axes else None
+        if common is not None:  # factor by factor: only what each factor drops
+            grow *= math.prod(mesh.group_size(ca[len(ta):]) for _, ca, ta in common if ca[:len(ta)] == ta)
+        elif c.axes and t.axes and c != t and (c.outer != t.outer or c.parts or t.parts):
             grow *= mesh.group_size(c.axes)  # a different block layout: gathered whole, cut again
         else:
             grow *= mesh.group_size(tuple(a for a in c.axes if a not in t.axes))
@@ -142,6 +179,10 @@ class Resharder:
         if cur.partial:
             x, cur = self._resolve_partial(x, shape, cur, dst)
         for d in range(len(shape)):
+            common = partwise(cur.dims[d], dst.dims[d], shape[d], self.mesh)
+            if common is not None:
+                x, cur = self._partwise(x, d, common, cur, dst)
+        for d in range(len(shape)):
             x, cur = self._drop_axes(x, shape, cur, dst, d)
         for d in range(len(shape)):
             x, cur = self._add_axes(x, shape, cur, dst, d)
@@ -153,6 +194,16 @@ class Resharder:
         dims = list(cur.dims)
         if cur.partial_op == "sum":
             for d, (c, t) in enumerate(zip(cur.dims, dst.dims)):
+                found = scatter_part(c, t, shape[d], pending, self.mesh)
+                if found is not None:  # into one factor of a compound dim
+                    common, i, take = found
+                    x = self._view_parts(x, d, [(s, ca) for s, ca, _ in common])
+                    x = self.collective(Op.REDUCE_SCATTER, x, take, dim=d + i)
+                    parts = [(s, ca + take if j == i else ca) for j, (s, ca, _) in enumerate(common)]
+                    x = self._merge_parts(x, d, len(parts))
+                    dims[d] = DimSharding.compound(parts, self.mesh)
+                    pending = [a for a in pending if a not in take]
+                    break
                 if c.strided or t.strided or t.axes[:len(c.axes)] != c.axes:
                     continue
                 take = []
@@ -176,6 +227,8 @@ class Resharder:
 
     def _drop_axes(self, x, shape, cur: Sharding, dst: Sharding, d: int):
         c, t = cur.dims[d], dst.dims[d]
+        if c == t:
+            return x, cur
         k = 0
         if c.outer == t.outer or not t.axes:
             while k < min(len(c.axes), len(t.axes)) and c.axes[k] == t.axes[k]:
@@ -215,6 +268,36 @@ class Resharder:
                 x = self.b.slice(x, d, 0, shape[d])
         dims = list(cur.dims)
         dims[d] = new
+        return x, Sharding(tuple(dims))
+
+    def _view_parts(self, x: Node, d: int, parts) -> Node:
+        shape = list(x.shape)
+        shape[d:d + 1] = [-(-s // self.mesh.group_size(a)) for s, a in parts]
+        return self.b.reshape(x, shape)
+
+    def _merge_parts(self, x: Node, d: int, k: int) -> Node:
+        shape = list(x.shape)
+        shape[d:d + k] = [math.prod(shape[d:d + k])]
+        return self.b.reshape(x, shape)
+
+    def _partwise(self, x: Node, d: int, common, cur: Sharding, dst: Sharding):
+        """A compound dim to another layout factor by factor: gather the axes a factor drops,
+        cut locally the ones it gains; the other factors stay as they are."""
+        b = self.b
+        x = self._view_parts(x, d, [(s, ca) for s, ca, _ in common])
+        for i, (s, ca, ta) in enumerate(common):
+            if ca[:len(ta)] == ta and len(ca) > len(ta):
+                x = self.collective(Op.ALL_GATHER, x, ca[len(ta):], dim=d + i)
+        for i, (s, ca, ta) in enumerate(common):
+            if ta[:len(ca)] == ca and len(ta) > len(ca):
+                new = ta[len(ca):]
+                per = s // self.mesh.group_size(ta)
+                idx = b.binary(Op.ADD, b.iota((per,), 0, DType.i32),
+                               b.binary(Op.MUL, self.group_rank(new), b.const(per, DType.i32)))
+                x = b.add(Op.GATHER, [x, idx], axis=d + i)
+        x = self._merge_parts(x, d, len(common))
+        dims = list(cur.dims)
+        dims[d] = dst.dims[d]
         return x, Sharding(tuple(dims))
 
     def _gather_compound(self, x, d: int, size: int, cur: Sharding):

@@ -220,3 +220,42 @@ def ids(c: Cfg, batch: int, seed: int = 1) -> torch.Tensor:
 def forward_closed_form(c: Cfg, batch: int, dp: int, itemsize: int = 4) -> int:
     """Megatron forward: 2 all-reduces of (b/dp)·s·h elements per layer."""
     return 2 * c.n_layer * (batch // dp) * c.seq * c.d * itemsize
+
+
+# ----------------------------------------------------------------------------------- training
+class LMHead(nn.Module):
+    """The model with a language-model head (GPT-2's tied to wte, Llama's its own)."""
+
+    def __init__(self, family: str, c: Cfg):
+        super().__init__()
+        self.family = family
+        self.model = (GPT2Model if family == "gpt2" else LlamaModel)(c)
+        if family != "gpt2":
+            self.lm_head = nn.Linear(c.d, c.vocab, bias=False)
+
+    def forward(self, ids):
+        x = self.model(ids)
+        if self.family == "gpt2":
+            return x @ self.model.wte.weight.T
+        return self.lm_head(x)
+
+
+def sgd_step(family: str, c: Cfg, batch: int, lr: float = 0.1, seed: int = 0):
+    """(fn, args): fn(params, ids, targets) -> (loss, new_params), one SGD step of next-token
+    cross entropy, to capture with from_torch(..., capture="make_fx")."""
+    from torch.func import functional_call, grad_and_value
+
+    torch.manual_seed(seed)
+    module = LMHead(family, c).eval()
+    skeleton = LMHead(family, c).to("meta")
+
+    def loss_fn(params, x, y):
+        logits = functional_call(skeleton, params, (x,))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def step(params, x, y):
+        grads, loss = grad_and_value(loss_fn)(params, x, y)
+        return loss, {n: p - lr * grads[n] for n, p in params.items()}
+
+    params = {n: p.detach().clone() for n, p in module.named_parameters()}
+    return step, (params, ids(c, batch), ids(c, batch, seed=2))
