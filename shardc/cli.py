@@ -317,9 +317,10 @@ def models_cmd():
     """List the model zoo: every name:size with its parameter count and shape."""
     from rich.console import Console
     from rich.table import Table
-    from .models import PRESETS, get
-    t = Table("MODEL", "parameters", "config", title="the model zoo (shardc run MODEL ...)")
-    for name, sizes in PRESETS.items():
+    from .models import PRESETS, PRODUCTION, get
+    t = Table("MODEL", "parameters", "config", title="the model zoo (shardc run MODEL ...; production presets "
+                                                     "are shape-only: shardc analyze MODEL ...)")
+    for name, sizes in {**PRESETS, **PRODUCTION}.items():
         for size in sizes:
             m = get(f"{name}:{size}")
             fields = {k: v for k, v in vars(m.config).items() if k not in ("init_std", "family")}
