@@ -73,7 +73,7 @@ def default_layout(m, mesh, plan, spec_texts):
               help="analyze the model at 2 and 4 layers and read the full depth off that line (seconds, not "
                    "minutes, for 80-layer models; exact while layers are identical)")
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
-              help="write analysis.txt, analysis.json and memory.svg into this directory")
+              help="write analysis.txt, analysis.json, memory.svg and timeline.svg into this directory")
 def analyze_cmd(model, mesh_text, hardware, plan, spec_texts, frontend, train, optimizer, batch, seq, dtype,
                 layers, recompute, extrapolate, report_dir):
     """Model MODEL's step on a mesh of HARDWARE devices: FLOPs, memory per device, communication
@@ -145,12 +145,14 @@ def _analyze_one(model, frontend, train, batch, optimizer, seq, dtype, layers, m
 
 
 def write_report(a, out_dir, title: str) -> Path:
-    """analysis.txt (the table), analysis.json and memory.svg (the per-device memory breakdown)."""
+    """analysis.txt (the table), analysis.json, memory.svg (the per-device memory breakdown) and
+    timeline.svg (one device's modeled timeline: compute, and collectives per mesh level)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.txt").write_text(f"{title}\n\n{a.table()}\n")
     (out / "analysis.json").write_text(json.dumps({"title": title, **a.to_json()}, indent=1))
     (out / "memory.svg").write_text(memory_svg(a, title))
+    (out / "timeline.svg").write_text(timeline_svg(a, title))
     return out
 
 
@@ -176,3 +178,44 @@ def memory_svg(a, title: str) -> str:
                 f'<text x="170" y="{cy + 4:.1f}" font-size="12">{a.hardware.name} HBM {cap / 1e9:.0f} GB</text>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="460" height="370">'
             f'<text x="10" y="20" font-size="13">{html.escape(title)}: memory per device</text>{"".join(bars)}</svg>\n')
+
+
+def timeline_svg(a, title: str, width: int = 900) -> str:
+    """One row for compute and one per interconnect level that collectives use; each row shows
+    when that stream is busy over the modeled step (busy spans merged to the pixel)."""
+    events = a.events
+    end = max((e.start + e.duration for e in events), default=0.0)
+    rows: dict[str, list] = {"compute": []}
+    spans = a.hardware.axis_levels(a.mesh)
+    for e in events:
+        if e.kind == "compute":
+            rows["compute"].append(e)
+        else:
+            levels = [lv.name for ax in e.node.attrs["axes"] for lv, _ in spans[ax]]
+            rows.setdefault(f"{','.join(e.node.attrs['axes'])} ({levels[-1] if levels else '-'})", []).append(e)
+    parts, y = [], 40
+    for name, evs in rows.items():
+        busy = bytearray(width)
+        for e in evs:
+            if end <= 0:
+                break
+            x0, x1 = int(e.start / end * (width - 1)), int((e.start + e.duration) / end * (width - 1))
+            busy[x0:x1 + 1] = b"\x01" * (x1 + 1 - x0)
+        x = 0
+        while x < width:
+            if busy[x]:
+                x1 = x
+                while x1 < width and busy[x1]:
+                    x1 += 1
+                color = "#4e79a7" if name == "compute" else "#e15759"
+                parts.append(f'<rect x="{220 + x}" y="{y}" width="{x1 - x}" height="16" fill="{color}"/>')
+                x = x1
+            else:
+                x += 1
+        total = sum(e.duration for e in evs)
+        parts.append(f'<text x="5" y="{y + 12}" font-size="12">{html.escape(name)}: {total * 1e3:.1f} ms</text>')
+        y += 24
+    note = (f"the {a.extrapolated[1]}-layer program's timeline" if a.extrapolated else "the step's timeline")
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width + 230}" height="{y + 20}">'
+            f'<text x="5" y="20" font-size="13">{html.escape(title)}: {note}, {end * 1e3:.1f} ms</text>'
+            f'{"".join(parts)}</svg>\n')

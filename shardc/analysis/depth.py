@@ -21,7 +21,8 @@ def _line(y1, y2, d1: int, d2: int, d: int):
 
 
 def extrapolate(a1: Analysis, a2: Analysis, d1: int, d2: int, depth: int) -> Analysis:
-    """The Analysis at `depth` layers on the line through (d1, a1) and (d2, a2)."""
+    """The Analysis at `depth` layers on the line through (d1, a1) and (d2, a2); its `events`
+    (the modeled timeline) are the d2-layer program's."""
     if not d1 < d2:
         raise ValueError(f"need two depths d1 < d2, got {d1}, {d2}")
 
@@ -41,5 +42,5 @@ def extrapolate(a1: Analysis, a2: Analysis, d1: int, d2: int, depth: int) -> Ana
         a2, flops=flops, model_flops=model_flops, memory=per_key(a1.memory, a2.memory, True),
         comm_bytes=per_key(a1.comm_bytes, a2.comm_bytes, True), compute_s=compute_s, comm_s=comm_s,
         exposed_comm_s=max(0.0, step_s - compute_s), step_s=step_s, mfu=mfu,
-        comm_s_by_axes=per_key(a1.comm_s_by_axes, a2.comm_s_by_axes), events=[],
+        comm_s_by_axes=per_key(a1.comm_s_by_axes, a2.comm_s_by_axes), events=a2.events,
         recompute_flops=num(a1.recompute_flops, a2.recompute_flops, True), extrapolated=(d1, d2, depth))

@@ -17,6 +17,7 @@ def test_analyze_llama3_layer_fits_and_misses(tmp_path):
     data = json.loads((tmp_path / "analysis.json").read_text())
     assert data["fits"] and data["memory"]["params"] > 0 and data["mesh"] == {"fsdp": 4, "tp": 2}
     assert (tmp_path / "memory.svg").read_text().startswith("<svg")
+    assert "compute: " in (tmp_path / "timeline.svg").read_text()
     # data parallel only (every chip holds all the state) on 16 GB TPU v5e chips: it misses, by how much
     args[args.index("fsdp=4,tp=2")] = "dp=8"
     r = CliRunner().invoke(main, args[:-2] + ["--hardware", "tpu-v5e"])
