@@ -85,6 +85,20 @@ def build_groups(g: Graph, fixed: dict[Node, Sharding]) -> tuple[dict[Node, Grou
     return groups, leader, free
 
 
+def _struct_sig(v: Node, grp: Group, leader: dict, free: set, saved: set, train_params: set, batchy: dict):
+    """Everything a group's strategies depend on: its leader's structure, each follower's op,
+    shape, attributes and where its operands come from (by position in the group), what is
+    saved or trained, and where the batch runs. Equal for the same group of two identical layers."""
+    pos = {v: 0}
+    for i, (n, _) in enumerate(grp.followers):
+        pos[n] = i + 1
+    fl = tuple((n.op.value, n.shape, str(n.dtype), op, tuple(pos.get(x, -1 if x in free else -2) for x in n.inputs),
+                n in saved, tuple(sorted(batchy.get(n, ()))), tuple(sorted(str(kv) for kv in n.attrs.items())))
+               for n, op in grp.followers)
+    return (_signature(v, leader, 3), fl, v in saved, v in train_params,
+            tuple(tuple(sorted(batchy.get(x, ()))) for x in (v, *v.inputs)))
+
+
 def _signature(n: Node, leader: dict, depth: int = 2) -> tuple:
     """Structure around a node (op, shapes, operands' structure): equal for the same op of two
     identical layers."""
@@ -114,7 +128,15 @@ def solve(g: Graph, mesh: Mesh, fixed: dict[Node, Sharding], hardware="h200", me
     model_axes = tuple(a for a in mesh.axis_names if a in MODEL_AXIS_NAMES)
     data_named = tuple(a for a in mesh.axis_names if a in DATA_AXIS_NAMES)
     batchy = batch_dims(g, mesh) if model_axes or data_named else {}
+    computed: dict = {}   # structure signature -> (representative, its strategies)
     for v, grp in groups.items():
+        sig = None if v in fixed else _struct_sig(v, grp, leader, free, saved, train_params, batchy)
+        if sig is not None and sig in computed:   # the same layer again: copy, renaming followers
+            rep, rstrats = computed[sig]
+            rename = {rep: v, **{rn: n for (rn, _), (n, _) in zip(groups[rep].followers, grp.followers)}}
+            grp.strategies = [Strategy(s.fa, s.out, s.operands, s.seconds, s.memory, s.label,
+                                       {rename[x]: sh for x, sh in s.followers.items()}) for s in rstrats]
+            continue
         strats = enumerate_strategies(v, mesh, pricer, _veto(v, batchy, model_axes, data_named))
         if v in fixed:
             want = axes_key(fixed[v])
@@ -141,23 +163,38 @@ def solve(g: Graph, mesh: Mesh, fixed: dict[Node, Sharding], hardware="h200", me
                         sec += pricer.reshard(x, ins[j], out)
             s.followers, s.seconds, s.memory = sh, sec, mem
         grp.strategies = strats
+        if sig is not None:
+            computed[sig] = (v, strats)
 
-    # -- group classes: identical layers share their choice
+    # -- group classes: identical layers share their choice (state: when it feeds the same classes)
     cls_of: dict[Node, int] = {}
     classes: list[list[Node]] = []
     sig_index: dict = {}
-    for v, grp in groups.items():
-        sig = (_signature(v, leader, 3), len(grp.followers), len(grp.strategies),
-               tuple(s.label for s in grp.strategies)) if tie_blocks and v.op is not Op.PARAMETER else None
-        if v in fixed or v.op is Op.PARAMETER or sig is None or sig not in sig_index:
-            if sig is not None and v not in fixed and v.op is not Op.PARAMETER:
+
+    def assign(v, sig):
+        if sig is None or sig not in sig_index:
+            if sig is not None:
                 sig_index[sig] = len(classes)
             cls_of[v] = len(classes)
             classes.append([v])
         else:
             cls_of[v] = sig_index[sig]
             classes[cls_of[v]].append(v)
-    # parameters tie through the class of their first user
+
+    state_groups = [v for v in groups if v.op is Op.PARAMETER]
+    for v, grp in groups.items():
+        if v.op is not Op.PARAMETER:
+            ok = tie_blocks and v not in fixed
+            assign(v, (_signature(v, leader, 3), len(grp.followers), tuple(s.label for s in grp.strategies)) if ok else None)
+    for v in state_groups:
+        grp = groups[v]
+        sig = None
+        if tie_blocks and v not in fixed:
+            members = [v] + [n for n, _ in grp.followers]
+            feeds = tuple(sorted((cls_of[leader[u]], k, i) for k, t in enumerate(members) for u in users.get(t, ())
+                                 if u in leader and leader[u] is not v for i, x in enumerate(u.inputs) if x is t))
+            sig = (_struct_sig(v, grp, leader, free, saved, train_params, batchy), feeds, v.name.split("[")[0])
+        assign(v, sig)
     base = [0]
     for c in classes:
         base.append(base[-1] + len(groups[c[0]].strategies))
@@ -308,19 +345,20 @@ def solve(g: Graph, mesh: Mesh, fixed: dict[Node, Sharding], hardware="h200", me
 
 
 def batch_dims(g: Graph, mesh: Mesh) -> dict[Node, set[int]]:
-    """Which dims of each value carry the batch: propagate a split of every batch input's first
-    dim over a stand-in axis and read where it lands."""
-    from .mesh import DimSharding, Mesh as M
-    from .propagate import PLAN, TensorSharding, propagate
-    n = max([p.shape[0] for p in g.inputs if p.rank and not is_state(g, p)] or [1])
-    if n < 2:
-        return {}
-    fake = M({"batch_": 2 if n % 2 else n})
-    seeds = {p: TensorSharding(Sharding((DimSharding(("batch_",)),) + (DimSharding(),) * (p.rank - 1)),
-                               PLAN, True, "batch") for p in g.inputs if p.rank and not is_state(g, p)}
-    state = propagate(g, fake, seeds)
-    return {v: {d for d, ds in enumerate(st.sharding.dims) if ds.axes} for v, st in state.items()
-            if st.sharding is not None and not st.sharding.is_replicated}
+    """Which dims of each value carry the batch: from every batch input's first dim, forward
+    through each op's factors (a dim holding a factor that holds the batch holds the batch)."""
+    from .rules import rule_for
+    out: dict[Node, set[int]] = {p: {0} for p in g.inputs if p.rank and not is_state(g, p) and p.shape[0] > 1}
+    for n in g.nodes:
+        if n.op is Op.PARAMETER or not any(x in out for x in n.inputs):
+            continue
+        rule = rule_for(n)
+        marked = {f for x, dims in zip(n.inputs, rule.operands) for d in out.get(x, ())
+                  for f in dims[d] if rule.sizes[f] > 1}
+        got = {d for d, fs in enumerate(rule.result) if marked & set(fs)}
+        if got:
+            out[n] = got
+    return out
 
 
 def _veto(n: Node, batchy: dict, model_axes: tuple, data_named: tuple = ()):
