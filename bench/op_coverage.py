@@ -52,7 +52,7 @@ SORTING = re.compile(r"^(sort|argsort|msort|topk|kthvalue|median|nanmedian|mode|
                      r"searchsorted_|quantile|nanquantile|_unique)")
 RANDOMISH = re.compile(r"(^|\.)(bernoulli|normal|rand|randn|randint|multinomial|dropout|"
                        r"uniform|cauchy|exponential|geometric|log_normal|poisson|rrelu|"
-                       r"feature_alpha_dropout|alpha_dropout|gumbel)")
+                       r"feature_alpha_dropout|alpha_dropout|gumbel)|^(new_)?empty")  # empty: undefined values
 COMPLEXISH = re.compile(r"(^fft\.|^stft|^istft|^view_as_complex|^view_as_real|^complex$|^polar|^real$|"
                         r"^imag$|^angle$|^conj|^resolve_conj|^resolve_neg|^_refs)")
 

@@ -258,6 +258,78 @@ def _put(index_put):
     return rule
 
 
+def _diagonal_scatter(e, x, src, offset=0, dim1=0, dim2=1):
+    """x with its diagonal replaced by src: a constant map from each flat position of the two dims
+    to its diagonal entry (or none), then a gather and a select."""
+    dim1, dim2 = dim1 % x.rank, dim2 % x.rank
+    rest = [d for d in range(x.rank) if d not in (dim1, dim2)]
+    perm = rest + [dim1, dim2]
+    xt = e.transpose(x, perm)
+    a, b = xt.shape[-2:]
+    r0, c0 = max(-offset, 0), max(offset, 0)
+    n = max(min(a - r0, b - c0), 0)
+    where = np.full(a * b, -1, np.int64)
+    for i in range(n):
+        where[(r0 + i) * b + c0 + i] = i
+    flat = e.reshape(xt, xt.shape[:-2] + (a * b,))
+    if n:
+        vals = e.add(Op.GATHER, [e.cast(src, x.dtype), e.constant(np.maximum(where, 0), DType.i64)], axis=src.rank - 1)
+        flat = e.select(e.constant(where >= 0, DType.bool), vals, flat)
+    return e.transpose(e.reshape(flat, xt.shape), list(np.argsort(perm)))
+
+
+def _ndtri(e, p):
+    (p,) = _f(e, p)
+    return e.binary(Op.MUL, e.erf_inv(e.binary(Op.SUB, e.binary(Op.MUL, p, 2.0), 1.0)), math.sqrt(2.0))
+
+
+def _chebyshev(kind: str, shifted: bool = False):
+    """Chebyshev polynomials T, U, V, W of a tensor degree n (truncated to an integer, as torch):
+    torch's recurrence for n <= 6, beyond it the closed forms in θ = acos(y) for |y| < 1 (torch's
+    own) and in t = acosh|y| for |y| > 1 (the recurrence's values, by parity for y < -1)."""
+    def rule(e, x, n):
+        x, n = _f(e, x, n)
+        n = e.select(e.binary(Op.LT, n, 0.0), e.unary(Op.CEIL, n), e.unary(Op.FLOOR, n))
+        y = e.binary(Op.SUB, e.binary(Op.ADD, x, x), 1.0) if shifted else x
+        first = {"t": y, "u": e.binary(Op.ADD, y, y), "v": e.binary(Op.SUB, e.binary(Op.ADD, y, y), 1.0),
+                 "w": e.binary(Op.ADD, e.binary(Op.ADD, y, y), 1.0)}[kind]
+        terms = [e.const(1.0, y.dtype, y.shape), first]
+        for _ in range(2, 7):
+            terms.append(e.binary(Op.SUB, e.binary(Op.MUL, e.binary(Op.ADD, y, y), terms[-1]), terms[-2]))
+        out = e.const(0.0, y.dtype, y.shape)
+        for k, t in enumerate(terms):
+            out = e.select(e.binary(Op.EQ, n, float(k)), t, out)
+        odd = e.binary(Op.NE, e.binary(Op.SUB, n, e.binary(Op.MUL, e.unary(Op.FLOOR, e.binary(Op.MUL, n, 0.5)), 2.0)), 0.0)
+        parity = e.select(odd, -1.0, 1.0)
+        half = e.binary(Op.ADD, n, 0.5)
+        # |y| < 1
+        th = M.acos(e, e.binary(Op.MAX, e.binary(Op.MIN, y, 1.0), -1.0))
+        trig = {"t": e.unary(Op.COS, e.binary(Op.MUL, n, th)),
+                "u": e.binary(Op.DIV, e.unary(Op.SIN, e.binary(Op.MUL, e.binary(Op.ADD, n, 1.0), th)), e.unary(Op.SIN, th)),
+                "v": e.binary(Op.DIV, e.unary(Op.COS, e.binary(Op.MUL, half, th)), e.unary(Op.COS, e.binary(Op.MUL, th, 0.5))),
+                "w": e.binary(Op.DIV, e.unary(Op.SIN, e.binary(Op.MUL, half, th)), e.unary(Op.SIN, e.binary(Op.MUL, th, 0.5)))}[kind]
+        # |y| > 1: y = ±cosh t
+        t = M.acosh(e, e.binary(Op.MAX, e.unary(Op.ABS, y), 1.0))
+        ch = lambda v: M.cosh(e, v)
+        sh = lambda v: M.sinh(e, v)
+        hyp = {"t": ch(e.binary(Op.MUL, n, t)),
+               "u": e.binary(Op.DIV, sh(e.binary(Op.MUL, e.binary(Op.ADD, n, 1.0), t)), sh(t)),
+               "v": e.binary(Op.DIV, ch(e.binary(Op.MUL, half, t)), ch(e.binary(Op.MUL, t, 0.5))),
+               "w": e.binary(Op.DIV, sh(e.binary(Op.MUL, half, t)), sh(e.binary(Op.MUL, t, 0.5)))}
+        swap = {"t": "t", "u": "u", "v": "w", "w": "v"}[kind]
+        neg = e.binary(Op.MUL, parity, hyp[swap])
+        big = e.select(e.binary(Op.LT, y, 0.0), neg, hyp[kind])
+        two_n1 = e.binary(Op.ADD, e.binary(Op.ADD, n, n), 1.0)
+        at_one = {"t": 1.0, "u": e.binary(Op.ADD, n, 1.0), "v": 1.0, "w": two_n1}[kind]
+        at_minus = e.binary(Op.MUL, parity, {"t": 1.0, "u": e.binary(Op.ADD, n, 1.0), "v": two_n1, "w": 1.0}[kind])
+        a = e.unary(Op.ABS, y)
+        out = e.select(e.binary(Op.GT, n, 6.0), e.select(e.binary(Op.LT, a, 1.0), trig, big), out)
+        out = e.select(e.binary(Op.EQ, y, 1.0), at_one, e.select(e.binary(Op.EQ, y, -1.0), at_minus, out))
+        out = e.select(e.binary(Op.LT, n, 0.0), 0.0, out)
+        return e.select(e.binary(Op.NE, x, x), x, out)
+    return rule
+
+
 def rules(A, scatter_reduce, index_put) -> dict:
     return {
         A.fmax: _fmax(True), A.fmin: _fmax(False), A.hypot: _hypot, A.copysign: _copysign,
@@ -268,4 +340,7 @@ def rules(A, scatter_reduce, index_put) -> dict:
         A.native_group_norm: _native_group_norm, A._adaptive_avg_pool3d: _adaptive_avg_pool,
         A.index_reduce: _index_reduce(scatter_reduce), A.as_strided: _as_strided, A.addbmm: _addbmm,
         A._cdist_forward: _cdist, A._trilinear: _trilinear, A.put: _put(index_put),
+        A.diagonal_scatter: _diagonal_scatter, A.special_ndtri: _ndtri,
+        **{getattr(A, f"special_{pre}chebyshev_polynomial_{k}"): _chebyshev(k, pre == "shifted_")
+           for k in "tuvw" for pre in ("", "shifted_")},
     }

@@ -102,3 +102,14 @@ def test_unsupported_decomposition_names_the_op_and_line():
         return torch.nonzero(x)
     with pytest.raises(shardc.UnsupportedOpError, match=r"aten\.nonzero.*test_frontend_torch_vision\.py:\d+"):
         shardc.from_torch(fn, (torch.randn(3),))
+
+
+def test_chebyshev_and_friends():
+    """Degree as a tensor: torch's recurrence up to 6, closed forms beyond, inside and outside [-1, 1]."""
+    x = torch.cat([torch.rand(40) * 6 - 3, torch.tensor([1.0, -1.0, 0.0, 0.5])]).repeat(8)
+    n = torch.arange(-1, 15, 2).float().repeat_interleave(44)
+    sp = torch.special
+    _check(lambda x, n: (sp.chebyshev_polynomial_t(x, n), sp.chebyshev_polynomial_u(x, n),
+                         sp.chebyshev_polynomial_v(x, n), sp.chebyshev_polynomial_w(x, n),
+                         sp.shifted_chebyshev_polynomial_t(x / 2 + 0.5, n), sp.ndtri(torch.sigmoid(x)),
+                         torch.diagonal_scatter(x[:16].reshape(4, 4), x[:3], 1)), x, n)
