@@ -80,6 +80,7 @@ def _version(ctx, param, value):
               help="print shardc's version and exit")
 def main():
     """shardc: partition PyTorch and JAX models over a device mesh and check them."""
+    _AUTO_OPTIONS.clear()   # --memory-budget / --hardware of this invocation only
     # JAX on a CPU machine shows 8 devices (only read when jax first starts)
     if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
