@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from ..ir import DType, Node, Op
+from . import bessel
 from . import math_ops as M
 
 
@@ -60,6 +61,13 @@ def _scaled_bessel(fn):
     def rule(e, x):
         (x,) = _f(e, x)
         return e.binary(Op.MUL, fn(e, x), e.unary(Op.EXP, e.unary(Op.ABS, x)))
+    return rule
+
+
+def _bessel(fn):
+    def rule(e, x):
+        (x,) = _f(e, x)
+        return e.cast(fn(e, e.cast(x, DType.f32)), x.dtype)
     return rule
 
 
@@ -341,6 +349,8 @@ def rules(A, scatter_reduce, index_put) -> dict:
         A.index_reduce: _index_reduce(scatter_reduce), A.as_strided: _as_strided, A.addbmm: _addbmm,
         A._cdist_forward: _cdist, A._trilinear: _trilinear, A.put: _put(index_put),
         A.diagonal_scatter: _diagonal_scatter, A.special_ndtri: _ndtri,
+        A.special_bessel_j0: _bessel(bessel.j0), A.special_bessel_j1: _bessel(bessel.j1),
+        A.special_bessel_y0: _bessel(bessel.y0), A.special_bessel_y1: _bessel(bessel.y1),
         **{getattr(A, f"special_{pre}chebyshev_polynomial_{k}"): _chebyshev(k, pre == "shifted_")
            for k in "tuvw" for pre in ("", "shifted_")},
     }

@@ -113,3 +113,9 @@ def test_chebyshev_and_friends():
                          sp.chebyshev_polynomial_v(x, n), sp.chebyshev_polynomial_w(x, n),
                          sp.shifted_chebyshev_polynomial_t(x / 2 + 0.5, n), sp.ndtri(torch.sigmoid(x)),
                          torch.diagonal_scatter(x[:16].reshape(4, 4), x[:3], 1)), x, n)
+
+
+def test_bessel():
+    x = torch.cat([torch.rand(60) * 30 - 5, torch.tensor([0.0, 1e-6, 5.0, 5.0001])])
+    sp = torch.special
+    _check(lambda x: (sp.bessel_j0(x), sp.bessel_j1(x), sp.bessel_y0(x), sp.bessel_y1(x)), x)
