@@ -1,5 +1,6 @@
-"""Bessel functions of the first and second kind, orders 0 and 1, as torch computes them: Cephes'
-rational approximations (coefficients copied from ATen/native/Math.h), in the input's precision."""
+"""Bessel functions of the first and second kind (J, Y) and modified of the second kind (K, and
+K·exp(x)), orders 0 and 1, as torch computes them: Cephes' rational and Chebyshev approximations
+(coefficients copied from ATen/native/Math.h), in f32."""
 from __future__ import annotations
 
 import math
@@ -114,3 +115,57 @@ def y1(b, x):
                               0.636619772367581343075535053490057448))
     out = b.select(b.binary(Op.LE, x, 5.0), small, _asymptotic(b, x, 1, True))
     return b.select(b.binary(Op.EQ, x, 0.0), -math.inf, b.select(b.binary(Op.LT, x, 0.0), math.nan, out))
+
+
+# ---- modified Bessel functions of the second kind, K0 and K1 (and exp(x)-scaled) -----------------
+K0_A = (1.374465435613523e-16, 4.25981614279661e-14, 1.0349695257633842e-11, 1.904516377220209e-09,
+        2.5347910790261494e-07, 2.286212103119452e-05, 0.001264615411446926, 0.0359799365153615,
+        0.3442898999246285, -0.5353273932339028,)
+K0_B = (5.300433772686263e-18, -1.6475804301524212e-17, 5.2103915050390274e-17, -1.678231096805412e-16,
+        5.512055978524319e-16, -1.848593377343779e-15, 6.3400764774050706e-15, -2.2275133269916698e-14,
+        8.032890775363575e-14, -2.9800969231727303e-13, 1.140340588208475e-12, -4.514597883373944e-12,
+        1.8559491149547177e-11, -7.957489244477107e-11, 3.577397281400301e-10, -1.69753450938906e-09,
+        8.574034017414225e-09, -4.660489897687948e-08, 2.766813639445015e-07, -1.8317555227191195e-06,
+        1.39498137188765e-05, -0.00012849549581627802, 0.0015698838857300533, -0.0314481013119645,
+        2.4403030820659555,)
+K1_A = (-7.023863479386288e-18, -2.427449850519366e-15, -6.666901694199329e-13, -1.4114883926335278e-10,
+        -2.213387630734726e-08, -2.4334061415659684e-06, -0.0001730288957513052, -0.006975723859639864,
+        -0.12261118082265715, -0.3531559607765449, 1.5253002273389478,)
+K1_B = (-5.756744483665017e-18, 1.7940508731475592e-17, -5.689462558442859e-17, 1.838093544366639e-16,
+        -6.057047248373319e-16, 2.038703165624334e-15, -7.019837090418314e-15, 2.4771544244813043e-14,
+        -8.976705182324994e-14, 3.3484196660784293e-13, -1.2891739609510289e-12, 5.13963967348173e-12,
+        -2.1299678384275683e-11, 9.218315187605006e-11, -4.1903547593418965e-10, 2.015049755197033e-09,
+        -1.0345762465678097e-08, 5.7410841254500495e-08, -3.5019606030878126e-07, 2.406484947837217e-06,
+        -1.936197974166083e-05, 0.00019521551847135162, -0.002857816859622779, 0.10392373657681724,
+        2.7206261904844427,)
+
+
+def _chebyshev_sum(b, coeffs, t):
+    """torch's loop: a_k = t·a_{k-1} - a_{k-2} + c_k; the value is (a_n - a_{n-2}) / 2."""
+    p = b.const(0.0, DType.f32, t.shape)
+    q = p
+    a = b.const(coeffs[0], DType.f32, t.shape)
+    for c in coeffs[1:]:
+        p, q = q, a
+        a = b.binary(Op.ADD, b.binary(Op.SUB, b.binary(Op.MUL, t, q), p), c)
+    return b.binary(Op.MUL, b.binary(Op.SUB, a, p), 0.5)
+
+
+def k(b, x, order: int, scaled: bool, i_scaled):
+    """K0/K1 (scaled: times exp(x)); i_scaled(b, x) is exp(-|x|)·I_order(x)."""
+    A, B = (K0_A, K0_B) if order == 0 else (K1_A, K1_B)
+    small_x = b.select(b.binary(Op.LE, x, 0.0), 1.0, b.binary(Op.MIN, x, 2.0))
+    big_x = b.select(b.binary(Op.LE, x, 2.0), 3.0, x)
+    s = _chebyshev_sum(b, A, b.binary(Op.SUB, b.binary(Op.MUL, small_x, small_x), 2.0))
+    i = b.binary(Op.MUL, i_scaled(b, small_x), b.unary(Op.EXP, small_x))
+    lg = b.unary(Op.LOG, b.binary(Op.MUL, small_x, 0.5))
+    small = b.binary(Op.SUB, s, b.binary(Op.MUL, lg, i)) if order == 0 else \
+        b.binary(Op.ADD, b.binary(Op.MUL, lg, i), b.binary(Op.DIV, s, small_x))
+    if scaled:
+        small = b.binary(Op.MUL, small, b.unary(Op.EXP, small_x))
+    large = b.binary(Op.DIV, _chebyshev_sum(b, B, b.binary(Op.SUB, b.binary(Op.DIV, 8.0, big_x), 2.0)),
+                     b.unary(Op.SQRT, big_x))
+    if not scaled:
+        large = b.binary(Op.MUL, b.unary(Op.EXP, b.unary(Op.NEG, big_x)), large)
+    out = b.select(b.binary(Op.LE, x, 2.0), small, large)
+    return b.select(b.binary(Op.EQ, x, 0.0), math.inf, b.select(b.binary(Op.LT, x, 0.0), math.nan, out))

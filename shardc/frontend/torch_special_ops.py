@@ -351,6 +351,9 @@ def rules(A, scatter_reduce, index_put) -> dict:
         A.diagonal_scatter: _diagonal_scatter, A.special_ndtri: _ndtri,
         A.special_bessel_j0: _bessel(bessel.j0), A.special_bessel_j1: _bessel(bessel.j1),
         A.special_bessel_y0: _bessel(bessel.y0), A.special_bessel_y1: _bessel(bessel.y1),
+        **{getattr(A, f"special_{'scaled_' if scaled else ''}modified_bessel_k{order}"):
+           _bessel(lambda b, x, order=order, scaled=scaled: bessel.k(b, x, order, scaled, M.i0e if order == 0 else M.i1e))
+           for order in (0, 1) for scaled in (False, True)},
         **{getattr(A, f"special_{pre}chebyshev_polynomial_{k}"): _chebyshev(k, pre == "shifted_")
            for k in "tuvw" for pre in ("", "shifted_")},
     }

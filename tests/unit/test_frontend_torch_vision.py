@@ -118,4 +118,5 @@ def test_chebyshev_and_friends():
 def test_bessel():
     x = torch.cat([torch.rand(60) * 30 - 5, torch.tensor([0.0, 1e-6, 5.0, 5.0001])])
     sp = torch.special
-    _check(lambda x: (sp.bessel_j0(x), sp.bessel_j1(x), sp.bessel_y0(x), sp.bessel_y1(x)), x)
+    _check(lambda x: (sp.bessel_j0(x), sp.bessel_j1(x), sp.bessel_y0(x), sp.bessel_y1(x), sp.modified_bessel_k0(x),
+                      sp.modified_bessel_k1(x), sp.scaled_modified_bessel_k0(x), sp.scaled_modified_bessel_k1(x)), x)
