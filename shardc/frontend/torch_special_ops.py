@@ -338,6 +338,18 @@ def _chebyshev(kind: str, shifted: bool = False):
     return rule
 
 
+def _masked_scatter(e, x, mask, source):
+    """x with its masked positions, in row-major order, taking source's leading elements: the
+    k-th True reads source[k], k from a prefix sum of the mask (static shapes throughout)."""
+    m = e.reshape(e.broadcast_to(e.cast(mask, DType.bool), x.shape), [x.size])
+    if x.size == 0:
+        return x
+    k = e.binary(Op.SUB, e.cumsum(e.cast(m, DType.i64), 0), 1)
+    k = e.binary(Op.MAX, k, 0)
+    vals = e.add(Op.GATHER, [e.reshape(e.cast(source, x.dtype), [source.size]), k], axis=0)
+    return e.reshape(e.select(m, vals, e.reshape(x, [x.size])), x.shape)
+
+
 def rules(A, scatter_reduce, index_put) -> dict:
     return {
         A.fmax: _fmax(True), A.fmin: _fmax(False), A.hypot: _hypot, A.copysign: _copysign,
@@ -348,7 +360,7 @@ def rules(A, scatter_reduce, index_put) -> dict:
         A.native_group_norm: _native_group_norm, A._adaptive_avg_pool3d: _adaptive_avg_pool,
         A.index_reduce: _index_reduce(scatter_reduce), A.as_strided: _as_strided, A.addbmm: _addbmm,
         A._cdist_forward: _cdist, A._trilinear: _trilinear, A.put: _put(index_put),
-        A.diagonal_scatter: _diagonal_scatter, A.special_ndtri: _ndtri,
+        A.diagonal_scatter: _diagonal_scatter, A.special_ndtri: _ndtri, A.masked_scatter: _masked_scatter,
         A.special_bessel_j0: _bessel(bessel.j0), A.special_bessel_j1: _bessel(bessel.j1),
         A.special_bessel_y0: _bessel(bessel.y0), A.special_bessel_y1: _bessel(bessel.y1),
         **{getattr(A, f"special_{'scaled_' if scaled else ''}modified_bessel_k{order}"):

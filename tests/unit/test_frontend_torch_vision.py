@@ -69,7 +69,7 @@ def _scans_and_indexing(x, i):
             x.scatter_reduce(1, i.expand(4, 3), x[:, :3], "amax"), x.scatter_reduce(1, i.expand(4, 3), x[:, :3], "prod"),
             x.scatter_reduce(1, i.expand(4, 3), x[:, :3], "mean", include_self=False),
             x.index_reduce(1, i, x[:, :3], "amin"), x.index_select(0, i[:0]), x.as_strided((3, 2), (2, 3), 1),
-            x.put(i, x[0, :3]))
+            x.put(i, x[0, :3]), x.masked_scatter(x > 0, -x.flip(0)))
 
 
 def test_scans_and_indexing():
