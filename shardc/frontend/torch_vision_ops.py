@@ -25,8 +25,10 @@ def _tuple(v, n: int) -> list[int]:
 
 # ---------------------------------------------------------------------------------- convolution
 def _convolution(e, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    unbatched = x.rank == w.rank - 1  # [C, *S]: one sample
+    if unbatched:
+        x = e.expand_dims(x, 0)
     nsp = x.rank - 2
-    unbatched = False
     stride, dilation = _tuple(stride, nsp), _tuple(dilation, nsp)
     padding, output_padding = _tuple(padding, nsp), _tuple(output_padding, nsp)
     if transposed:
