@@ -8,6 +8,7 @@ from ..errors import ShardingError
 from ..ir import Graph, Op
 from .lower import lower
 from .mesh import DimSharding, Mesh, P, Sharding
+from .passes import run_passes
 from .plans import PLANS, idle_axes, plan_seeds
 from .program import CollectiveRecord, SpmdProgram
 from .propagate import USER, TensorSharding, block_layouts, propagate
@@ -15,18 +16,22 @@ from .specs import resolve
 
 
 def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None,
-              memory_budget: float | None = None, hardware="h200") -> SpmdProgram:
+              memory_budget: float | None = None, hardware="h200", passes="default") -> SpmdProgram:
     """Partition `g` over `mesh`: specs (names or globs → P) and/or a plan ("dp", "fsdp", or
     "auto": chosen by modeled step time on `hardware` within `memory_budget` bytes per device,
-    default the hardware's HBM less a margin; see partition/auto.py)."""
+    default the hardware's HBM less a margin; see partition/auto.py). Then the collective
+    passes (passes.py): "default", a list of names, or () for none; `prog.passes` says what
+    each changed."""
     if not isinstance(mesh, Mesh):
         raise ShardingError(f"partition needs a shardc.Mesh, got {type(mesh).__name__}")
     if plan == "auto":
         from .auto_plan import partition_auto
-        return partition_auto(g, mesh, specs, memory_budget, hardware)
-    if memory_budget is not None:
+        prog = partition_auto(g, mesh, specs, memory_budget, hardware)
+    elif memory_budget is not None:
         raise ShardingError("memory_budget= is for plan='auto' (the hand plans do not choose by memory)")
-    return _partition(g, mesh, specs, plan)
+    else:
+        prog = _partition(g, mesh, specs, plan)
+    return run_passes(prog, passes)
 
 
 def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None,

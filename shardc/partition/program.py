@@ -54,6 +54,7 @@ class SpmdProgram:
         self.output_shardings = output_shardings
         self.collectives = collectives
         self.notes: list[str] = []          # what the user should know: idle mesh axes, ...
+        self.passes: list = []              # what each collective pass changed (passes.PassReport)
 
     def sharding_of(self, name: str) -> Sharding:
         for i, p in enumerate(self.graph.inputs):

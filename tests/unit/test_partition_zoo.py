@@ -90,10 +90,13 @@ def test_tp_sp_gpt2_forward_is_all_gather_and_reduce_scatter_of_the_same_volume(
 def test_dp_gradient_all_reduces_add_up_to_the_parameter_bytes(name):
     m, g, _, _ = captured(name, True)
     psi = sum(p.nbytes for p in g.inputs if p.name.startswith("params["))
-    prog = partition(g, Mesh(dp=4), plan="dp")
+    prog = partition(g, Mesh(dp=4), plan="dp", passes=())
     grads = [c for c in prog.collectives if c.kind == "all_reduce" and c.bytes > 4]  # not the loss scalar
     assert sum(c.bytes for c in grads) == psi
     assert {c.kind for c in prog.collectives} == {"all_reduce"}
+    combined = partition(g, Mesh(dp=4), plan="dp")  # the combiner: one bucket, loss scalar included
+    assert [(c.kind, c.bytes) for c in combined.collectives] == [("all_reduce", psi + 4)]
+    assert combined.passes[0].before == len(prog.collectives) and combined.passes[0].after == 1
 
 
 @pytest.mark.parametrize("name", ZOO)
