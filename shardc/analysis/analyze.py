@@ -160,8 +160,16 @@ class _Pricer:
         if n.op is Op.DOT_GENERAL:
             moved = sum(i.nbytes for i in n.inputs) + n.nbytes
             return max(op_flops(n) / hw.flops_for(n.inputs[0].dtype), moved / hw.hbm_bw)
-        moved = n.nbytes + sum(i.nbytes for i in n.inputs if i.op in FROM_MEMORY)
+        moved = n.nbytes + sum(_read(n, i) for i in n.inputs if i.op in FROM_MEMORY)
         return max(op_flops(n) / hw.flops_for(n.dtype.compute), moved / hw.hbm_bw)
+
+
+def _read(n, i) -> int:
+    """Bytes op n reads of operand i: a slice or gather reads only what it returns (a bucketed
+    all-reduce's buffer is sliced once per gradient, not read whole each time)."""
+    if n.op in (Op.SLICE, Op.GATHER):
+        return min(i.nbytes, n.size * i.dtype.itemsize)
+    return i.nbytes
 
 
 class LiveProgram:
