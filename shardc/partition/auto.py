@@ -93,10 +93,10 @@ def _struct_sig(v: Node, grp: Group, leader: dict, free: set, saved: set, train_
     for i, (n, _) in enumerate(grp.followers):
         pos[n] = i + 1
     fl = tuple((n.op.value, n.shape, str(n.dtype), op, tuple(pos.get(x, -1 if x in free else -2) for x in n.inputs),
-                n in saved, tuple(sorted(batchy.get(n, ()))), tuple(sorted(str(kv) for kv in n.attrs.items())))
+                n in saved, tuple(sorted(batchy.get(n, {}).items())), tuple(sorted(str(kv) for kv in n.attrs.items())))
                for n, op in grp.followers)
     return (_signature(v, leader, 3), fl, v in saved, v in train_params,
-            tuple(tuple(sorted(batchy.get(x, ()))) for x in (v, *v.inputs)))
+            tuple(tuple(sorted(batchy.get(x, {}).items())) for x in (v, *v.inputs)))
 
 
 def _signature(n: Node, leader: dict, depth: int = 2) -> tuple:
@@ -109,7 +109,7 @@ def _signature(n: Node, leader: dict, depth: int = 2) -> tuple:
 
 
 def solve(g: Graph, mesh: Mesh, fixed: dict[Node, Sharding], hardware="h200", memory_budget=None,
-          time_limit: float = 30.0, tie_blocks: bool = True) -> AutoResult:
+          time_limit: float = 30.0, tie_blocks: bool = True, tie_state: bool = True) -> AutoResult:
     from ..analysis import hardware as hwmod
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
@@ -130,7 +130,7 @@ def solve(g: Graph, mesh: Mesh, fixed: dict[Node, Sharding], hardware="h200", me
     batchy = batch_dims(g, mesh) if model_axes or data_named else {}
     computed: dict = {}   # structure signature -> (representative, its strategies)
     for v, grp in groups.items():
-        sig = None if v in fixed else _struct_sig(v, grp, leader, free, saved, train_params, batchy)
+        sig = None if v in fixed or not tie_blocks else _struct_sig(v, grp, leader, free, saved, train_params, batchy)
         if sig is not None and sig in computed:   # the same layer again: copy, renaming followers
             rep, rstrats = computed[sig]
             rename = {rep: v, **{rn: n for (rn, _), (n, _) in zip(groups[rep].followers, grp.followers)}}
@@ -189,7 +189,7 @@ def solve(g: Graph, mesh: Mesh, fixed: dict[Node, Sharding], hardware="h200", me
     for v in state_groups:
         grp = groups[v]
         sig = None
-        if tie_blocks and v not in fixed:
+        if tie_blocks and tie_state and v not in fixed:
             members = [v] + [n for n, _ in grp.followers]
             feeds = tuple(sorted((cls_of[leader[u]], k, i) for k, t in enumerate(members) for u in users.get(t, ())
                                  if u in leader and leader[u] is not v for i, x in enumerate(u.inputs) if x is t))
@@ -344,18 +344,52 @@ def solve(g: Graph, mesh: Mesh, fixed: dict[Node, Sharding], hardware="h200", me
                       len(groups), len(classes), nvar, groups, edge_cost)
 
 
-def batch_dims(g: Graph, mesh: Mesh) -> dict[Node, set[int]]:
-    """Which dims of each value carry the batch: from every batch input's first dim, forward
-    through each op's factors (a dim holding a factor that holds the batch holds the batch)."""
+def _marked(rule, dims, info: dict) -> dict[int, int]:
+    """Factors of one tensor of an op that hold the batch, with the batch's extent in each: of
+    each batch dim, the major factors within its batch extent (a merged [b·s] dim split into
+    factors b and s: b only); a factor larger than what is left (one factor for all of [b·s])
+    holds the rest of the batch at its major end."""
+    out = {}
+    for d, ext in info.items():
+        for f in dims[d]:
+            size = rule.sizes[f]
+            if size == 1:
+                continue
+            if size >= ext:
+                out[f] = ext
+                break
+            out[f] = size
+            ext //= size
+    return out
+
+
+def batch_dims(g: Graph, mesh: Mesh) -> dict[Node, dict[int, int]]:
+    """Where each value carries the batch: dim -> the batch's extent at its major end. From every
+    batch input's first dim, forward through each op's factors."""
     from .rules import rule_for
-    out: dict[Node, set[int]] = {p: {0} for p in g.inputs if p.rank and not is_state(g, p) and p.shape[0] > 1}
+    out: dict[Node, dict[int, int]] = {p: {0: p.shape[0]} for p in g.inputs
+                                       if p.rank and not is_state(g, p) and p.shape[0] > 1}
     for n in g.nodes:
         if n.op is Op.PARAMETER or not any(x in out for x in n.inputs):
             continue
         rule = rule_for(n)
-        marked = {f for x, dims in zip(n.inputs, rule.operands) for d in out.get(x, ())
-                  for f in dims[d] if rule.sizes[f] > 1}
-        got = {d for d, fs in enumerate(rule.result) if marked & set(fs)}
+        marked: dict[int, int] = {}
+        for x, dims in zip(n.inputs, rule.operands):
+            if x in out:
+                marked.update(_marked(rule, dims, out[x]))
+        got = {}
+        for d, fs in enumerate(rule.result):
+            ext = 1
+            for f in fs:
+                if rule.sizes[f] == 1:
+                    continue
+                if f not in marked:
+                    break
+                ext *= marked[f]
+                if marked[f] < rule.sizes[f]:
+                    break
+            if ext > 1:
+                got[d] = ext
         if got:
             out[n] = got
     return out
@@ -372,8 +406,8 @@ def _veto(n: Node, batchy: dict, model_axes: tuple, data_named: tuple = ()):
     rule = rule_for(n)
     bad = set()
     for x, dims in zip(list(n.inputs) + [n], rule.tensors()):
-        for d in batchy.get(x, ()):
-            bad.update(f for f in dims[d] if rule.sizes[f] > 1)
+        if x in batchy:
+            bad |= set(_marked(rule, dims, batchy[x]))
     if not bad:
         return None
     return lambda f, a: not ((f in bad and a in model_axes) or (f not in bad and a in data_named))

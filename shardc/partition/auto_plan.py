@@ -78,9 +78,6 @@ def partition_auto(g, mesh, specs, memory_budget=None, hardware="h200", time_lim
         from .propagate import USER, TensorSharding
         user_seeds = {n: TensorSharding(s) for n, s in fixed.items()}
         for plan in HAND_PLANS:
-            if any(a in MODEL_AXIS_NAMES for a in data_axes(g, mesh, user_seeds)):
-                report.hand[plan] = "not compared: it would put the batch on a model axis"
-                continue
             try:
                 hp = _partition(g, mesh, specs, plan)
             except ShardingError as e:
@@ -93,12 +90,17 @@ def partition_auto(g, mesh, specs, memory_budget=None, hardware="h200", time_lim
                 best = (ha.step_s, (plan, hp, ha))
         if best[1] is not None:
             plan, hp, ha = best[1]
+            over = [x for x in data_axes(g, mesh, user_seeds) if x in MODEL_AXIS_NAMES]
+            why = (f"; it puts the batch on {', '.join(map(repr, over))} too, which the ILP keeps for model "
+                   f"parallelism by its name" if over else
+                   "; the ILP prices collectives before lowering merges and defers them")
             hp.notes.insert(0, f"plan 'auto' took plan {plan!r}: shardc.analyze models it at "
-                               f"{ha.step_s * 1e3:.4g} ms, the ILP's plan at {a.step_s * 1e3:.4g} ms once lowered "
-                               f"(the ILP prices collectives before lowering merges and defers them)")
+                               f"{ha.step_s * 1e3:.4g} ms, the ILP's plan at {a.step_s * 1e3:.4g} ms once lowered{why}")
             report.chosen, report.step_s, report.memory = plan, ha.step_s, modeled_memory(ha)
             prog = hp
     report.rejected = rejected_alternatives(g, mesh, res, hardware)
+    final = analyze(prog, hardware)    # priced again once every candidate is lowered (what a caller sees)
+    report.step_s, report.memory = final.step_s, modeled_memory(final)
     prog.auto = report
     return prog
 
