@@ -163,7 +163,12 @@ def test_peak_equals_tracked_peak():
     g, args = m.capture(train=True, batch=4, optimizer="adam")
     prog = partition(g, Mesh(dp=2, tp=2), m.tp_specs(), plan="dp")
     modeled, _ = liveness(g, LiveProgram(prog.local))
-    assert shardc.analyze(prog, "h100").memory["peak"] == modeled
+    a = shardc.analyze(prog, "h100")
+    assert a.memory["peak"] == modeled
+    ledger = {}
+    for c in prog.collectives:          # communication per mesh axis: the ledger's bytes
+        ledger[",".join(c.axes)] = ledger.get(",".join(c.axes), 0) + c.bytes
+    assert a.comm_bytes == ledger and set(ledger) == {"dp", "tp"}
     assert _tracked_peak(prog, g, args) == modeled
 
 
