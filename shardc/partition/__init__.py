@@ -78,12 +78,15 @@ def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None
 
 
 def _hint_holds(n, st, state, users) -> bool:
-    """An auto hint pins its value where propagation kept its axes and nothing around it is cut
-    into fused blocks (a block layout the hint does not know: pinning it would move data)."""
+    """An auto hint pins its value where propagation kept its axes and block layout, and nothing
+    around a plain hint is cut into fused blocks (a layout it does not know: pinning would move data)."""
     if [d.axes for d in state[n].sharding.dims] != [d.axes for d in st.sharding.dims]:
         return False
-    around = [n, *n.inputs, *users.get(n, ())]
-    return not any(d.strided for x in around for d in state[x].sharding.dims)
+    if [d.strided for d in state[n].sharding.dims] != [d.strided for d in st.sharding.dims]:
+        return False
+    if any(d.strided for d in st.sharding.dims):
+        return True   # the hint already has the block layout its users cut it in
+    return not any(d.strided for x in (*n.inputs, *users.get(n, ())) for d in state[x].sharding.dims)
 
 
 def _same_layout(want: Sharding, have: Sharding) -> Sharding:

@@ -424,6 +424,20 @@ def _held(n: Node, s: Sharding, mesh: Mesh, train_params: set, saved: set) -> fl
     return 0.0
 
 
+def _whole_blocks(v: Node, s: Sharding, mesh: Mesh, users) -> Sharding:
+    """A hinted value's split dims laid out as its users cut them (a fused QKV result split per
+    q/k/v block, as `block_layouts` lays out inputs): the layout the rest of the plan has."""
+    from .mesh import DimSharding
+    from .propagate import _blocks_downstream
+    dims = list(s.dims)
+    for d, ds in enumerate(dims):
+        if ds.axes and not ds.strided:
+            k = _blocks_downstream(v, d, users)
+            if k > 1 and v.shape[d] % (k * mesh.group_size(ds.axes)) == 0:
+                dims[d] = DimSharding(ds.axes, k)
+    return Sharding(tuple(dims), s.partial)
+
+
 def _drops_axes(have: Sharding, want: Sharding) -> bool:
     return any(a not in w.axes for h, w in zip(have.dims, want.dims) for a in h.axes)
 
@@ -459,7 +473,7 @@ def auto_seeds(g: Graph, mesh: Mesh, res: AutoResult, fixed_nodes) -> tuple[dict
     # the ILP's choices inside the graph: hints propagation may still refine (not pinned)
     for v, st in res.choice.items():
         if v.op in HINT_OPS and v not in fixed_nodes and not st.out.is_replicated:
-            seeds[v] = TensorSharding(st.out, PLAN, False, f"auto: {st.label}")
+            seeds[v] = TensorSharding(_whole_blocks(v, st.out, mesh, users), PLAN, False, f"auto: {st.label}")
     for j, i in donations(g).items():
         p = g.inputs[i]
         if p in seeds and not seeds[p].sharding.is_replicated:
