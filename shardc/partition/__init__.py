@@ -26,7 +26,7 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
         raise ShardingError(f"partition needs a shardc.Mesh, got {type(mesh).__name__}")
     if plan == "auto":
         from .auto_plan import partition_auto
-        prog = partition_auto(g, mesh, specs, memory_budget, hardware)
+        return partition_auto(g, mesh, specs, memory_budget, hardware, passes=passes)  # passes on every candidate
     elif memory_budget is not None:
         raise ShardingError("memory_budget= is for plan='auto' (the hand plans do not choose by memory)")
     else:

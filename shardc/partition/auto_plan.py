@@ -52,9 +52,15 @@ def modeled_memory(a) -> float:
 
 
 def partition_auto(g, mesh, specs, memory_budget=None, hardware="h200", time_limit: float = 30.0,
-                   compare: bool = True):
+                   compare: bool = True, passes=()):
+    """plan="auto" end to end; every candidate program gets the collective `passes` before it is
+    priced (as `shardc.partition` gives them to every plan)."""
     from ..analysis import analyze
-    from . import _partition
+    from . import _partition as _bare
+    from .passes import run_passes
+
+    def _partition(*args, **kw):
+        return run_passes(_bare(*args, **kw), passes)
 
     user, _ = resolve(g, mesh, specs)
     fixed = {n: s for n, (s, _, _) in user.items()}
