@@ -47,6 +47,7 @@ def _watch_parent():
 
 def _worker_main(rank: int, world: int, port: int, conn, status, pg_timeout_s: float, env: dict):
     os.environ.update(env)
+    os.environ.pop("SHARDC_DUMP_DIR", None)  # the parent writes each stage once; ranks add nothing to it
     _watch_parent()
     from datetime import timedelta
 
