@@ -42,6 +42,8 @@ HINTS = {
     "random_seed": "draw random values outside the function and pass them in",
     "threefry2x32": "draw random values outside the function and pass them in",
     "shard_map": "capture the function before shard_map; shardc partitions it itself",
+    **{p: "shardc's IR has no complex dtype; keep real and imaginary parts as two real arrays"
+       for p in ("complex", "conj", "real", "imag")},
 }
 
 
@@ -217,7 +219,7 @@ class _Converter:
                 with self.b.loc(self.loc):
                     out = fn(self, *inputs, **eqn.params)
             except IRError as e:
-                raise IRError(f"jax primitive {name!r} at {self.loc}: {e}") from e
+                raise IRError(f"jax primitive {name!r}{f' at {self.loc}' if self.loc else ''}: {e}") from e
             outs = list(out) if isinstance(out, (list, tuple)) else [out]
             self._check(outs)
             if narrow:
@@ -274,7 +276,7 @@ class _Converter:
             return from_numpy(dt)
         except Error:
             supported = ", ".join(d.np.name for d in DType)
-            prim = f"jax primitive {self.eqn.primitive.name!r} at {self.loc}: " if self.eqn is not None else ""
+            prim = f"jax primitive {self.eqn.primitive.name!r}{f' at {self.loc}' if self.loc else ''}: " if self.eqn is not None else ""
             raise UnsupportedOpError(f"{prim}{what} has dtype {dt}, which shardc does not support "
                                      f"(supported: {supported})") from None
 
