@@ -2,6 +2,7 @@
 from .errors import Error, IRError, ShardingError, UnsupportedOpError
 from .ir import DType, Graph, Op, parse_graph
 from .partition import CollectiveRecord, Mesh, P, Sharding, SpmdProgram, partition
+from .partition.pipeline import Pipeline, PipelineProgram
 from .version import __version__
 from .analysis import Analysis, analyze, hardware  # noqa: E402  (no framework imports)
 
@@ -40,6 +41,6 @@ def compile(prog, target: str = "triton"):
     return _impl(prog, target)
 
 
-__all__ = ["Analysis", "CollectiveRecord", "DType", "Error", "Graph", "IRError", "Mesh", "Op", "P", "Sharding",
+__all__ = ["Analysis", "CollectiveRecord", "DType", "Error", "Graph", "IRError", "Mesh", "Op", "P", "Pipeline", "PipelineProgram", "Sharding",
            "ShardingError", "SpmdProgram", "UnsupportedOpError", "analyze", "check", "compile", "constrain", "from_jax",
            "from_torch", "hardware", "parse_graph", "partition"]

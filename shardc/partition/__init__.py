@@ -16,14 +16,18 @@ from .specs import resolve
 
 
 def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None,
-              memory_budget: float | None = None, hardware="h200", passes="default") -> SpmdProgram:
+              memory_budget: float | None = None, hardware="h200", passes="default", pipeline=None):
     """Partition `g` over `mesh`: specs (names or globs → P) and/or a plan ("dp", "fsdp", or
     "auto": chosen by modeled step time on `hardware` within `memory_budget` bytes per device,
     default the hardware's HBM less a margin; see partition/auto.py). Then the collective
     passes (passes.py): "default", a list of names, or () for none; `prog.passes` says what
-    each changed."""
+    each changed. pipeline=Pipeline(axis, microbatches, schedule) splits the step into stages
+    over that axis (partition/pipeline.py) and returns a PipelineProgram."""
     if not isinstance(mesh, Mesh):
         raise ShardingError(f"partition needs a shardc.Mesh, got {type(mesh).__name__}")
+    if pipeline is not None:
+        from .pipeline import partition_pipeline
+        return partition_pipeline(g, mesh, specs, plan, pipeline, passes)
     if plan == "auto":
         from .auto_plan import partition_auto
         return partition_auto(g, mesh, specs, memory_budget, hardware, passes=passes)  # passes on every candidate

@@ -1,0 +1,348 @@
+"""Pipeline parallelism: a training step split into stages along its layers, run over microbatches.
+
+    prog = shardc.partition(g, Mesh({"pp": 4, "dp": 2, "tp": 2}), specs,
+                            pipeline=shardc.Pipeline(axis="pp", microbatches=8, schedule="1f1b"))
+    prog.simulate(*args)      # every stage, microbatch and device in one process, transfers exact
+    prog.transfers            # point-to-point sends: value, stages, phase, bytes per device per step
+
+How. Microbatching is data parallelism over a microbatch axis: the step is partitioned by the
+SPMD partitioner over the mesh with the pipeline axis replaced by an axis "mb" of m devices, the
+batch inputs split over it (after the axes their specs name). The per-device program is then one
+microbatch's step on one device of a stage; every all-reduce over "mb" that it holds is the
+gradient accumulation (and the loss sum) across microbatches. Its nodes fall in three phases:
+  - free: depends only on parameters and state (weight views, Adam's step count): each stage
+    computes the ones it needs once per step;
+  - microbatch: depends on the batch (or axis_index over "mb"): forward (ancestors of the loss,
+    output 0) and backward (the rest), run once per microbatch;
+  - step: after an accumulation (the optimizer update), run once after the last microbatch.
+Stages: parameters whose names hold a layer prefix ("h.3", "model.layers.3") belong to that
+layer; layers go to stages in order, balanced by the forward's modeled cost (partition/cost.py)
+or cut at `split_points`. A forward node runs on the latest stage among its inputs; a backward or
+step node on the latest stage among its users, outputs on their parameter's stage (the loss on the
+last). A value used on another stage is sent there: forward values with the forward, backward
+values and forward values needed lower down with the backward, step values after the last
+microbatch. Within a stage the other axes (dp, tp) are the SPMD partitioner's, as before.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import Error, ShardingError
+from ..ir import Graph, Node, Op
+from ..ir.ops import COLLECTIVES
+from .mesh import Mesh, P
+from .pipeline_schedule import SCHEDULES, schedule_slots
+from .specs import leaf_key
+
+MB = "mb"   # the microbatch axis of the inner (per-microbatch) partition
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A pipeline over mesh axis `axis`: `microbatches` per step, `schedule` in SCHEDULES,
+    `split_points` (optional) the layer prefixes that begin stages 1..p-1, e.g. ["h.2"]."""
+    axis: str = "pp"
+    microbatches: int = 1
+    schedule: str = "1f1b"
+    split_points: tuple | list | None = None
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One point-to-point send per microbatch (phase "F" or "B") or per step (phase "step")."""
+    node: Node
+    src: int
+    dst: int
+    phase: str
+    bytes: int          # per device per send
+    count: int          # sends per step (microbatches for F/B, 1 for step)
+
+    def __str__(self) -> str:
+        what = self.node.name or self.node.op.value
+        return (f"send {self.src}->{self.dst} ({self.phase}) {self.bytes} B x{self.count}  "
+                f"{what} {list(self.node.shape)}")
+
+
+@dataclass
+class Stage:
+    index: int
+    layers: list[str]
+    free: list[Node]        # computed once per step on this stage
+    forward: list[Node]
+    backward: list[Node]
+    step: list[Node]        # accumulations (all-reduces over "mb") and the update
+
+
+class PipelineProgram:
+    """The pipeline program: per-stage node lists of one per-microbatch SPMD program, the
+    transfers between stages, the schedule's slot lists; simulate() runs it all exactly."""
+
+    def __init__(self, graph, mesh, pipeline, inner, stages, stage_of, transfers, slots, notes, post=frozenset()):
+        self.post = post                       # values after an accumulation (per step, not per microbatch)
+        self.graph, self.mesh, self.pipeline, self.inner = graph, mesh, pipeline, inner
+        self.stages, self.stage_of, self.transfers, self.slots = stages, stage_of, transfers, slots
+        self.notes = notes
+        self.collectives = inner.collectives   # within-stage collectives (per microbatch) and accumulations
+        self.passes: list = []
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def p2p_bytes(self) -> int:
+        """Point-to-point bytes each device sends per step, all stages together."""
+        return sum(t.bytes * t.count for t in self.transfers)
+
+    def simulate(self, *args):
+        from .pipeline_sim import simulate_pipeline
+        return simulate_pipeline(self, self.graph.input_values(*args))[0]
+
+    def ledger(self) -> str:
+        return "\n".join([str(t) for t in self.transfers] + [str(c) for c in self.collectives])
+
+    def __repr__(self) -> str:
+        return (f"<PipelineProgram {self.mesh} {self.num_stages} stages x {self.pipeline.microbatches} microbatches "
+                f"({self.pipeline.schedule}), {len(self.transfers)} transfers, {self.p2p_bytes} B p2p>")
+
+
+def layer_prefix(name: str) -> str | None:
+    """'params['h.3.attn.c_attn.weight']' → 'h.3'; None for names outside numbered layers."""
+    mt = re.match(r"((?:[A-Za-z_]\w*\.)*?[A-Za-z_]\w*\.\d+)\.", leaf_key(name))
+    return mt.group(1) if mt else None
+
+
+def partition_pipeline(g: Graph, mesh: Mesh, specs, plan, pipeline: Pipeline, passes) -> PipelineProgram:
+    from . import _partition
+    pl = pipeline
+    if not isinstance(pl, Pipeline):
+        raise ShardingError(f"pipeline= takes a shardc.Pipeline, got {type(pl).__name__}")
+    if pl.axis not in mesh.axes:
+        raise ShardingError(f"pipeline axis {pl.axis!r} is not in {mesh}")
+    if MB in mesh.axes:
+        raise ShardingError(f"mesh axis name {MB!r} is reserved for a pipeline's microbatches")
+    if pl.schedule not in SCHEDULES:
+        raise ShardingError(f"pipeline schedule {pl.schedule!r} is not supported (supported: {', '.join(SCHEDULES)})")
+    if plan is not None:
+        raise ShardingError("a pipeline takes specs, not plan= (plans are not supported with pipeline= yet)")
+    if passes not in ("default", (), [], None):
+        raise ShardingError("a pipeline runs without the collective passes; pass passes='default' or ()")
+    if not isinstance(pl.microbatches, int) or pl.microbatches < 1:
+        raise ShardingError(f"pipeline microbatches must be a positive int, got {pl.microbatches!r}")
+    p, m = mesh.axes[pl.axis], pl.microbatches
+    inner_mesh = Mesh({(MB if a == pl.axis else a): (m if a == pl.axis else n) for a, n in mesh.axes.items()})
+    inner_specs = _microbatch_specs(g, mesh, inner_mesh, dict(specs or {}), pl.axis, m)
+    inner = _partition(g, inner_mesh, inner_specs, None)
+    return build(g, mesh, pl, inner, p)
+
+
+def _microbatch_specs(g, mesh, inner_mesh, specs, axis, m) -> dict:
+    """The user's specs with the batch inputs' first dim split over "mb" after their axes."""
+    from .specs import resolve
+    for k, s in specs.items():
+        flat = [a for e in P(*s) if e is not None for a in (e if isinstance(e, tuple) else (e,))]
+        if axis in flat:
+            raise ShardingError(f"spec {k!r} = {s!r} splits over the pipeline axis {axis!r}; stages split the "
+                                f"layers over it, specs name the other axes")
+    seeds, _ = resolve(g, inner_mesh, specs)
+    out_keys = {leaf_key(o) for o in g.output_names if re.search(r"\['[^']*'\]$", o)}
+    batch = [x for x in g.inputs if x.rank and not (re.search(r"\['[^']*'\]$", x.name) and leaf_key(x.name) in out_keys)]
+    if not batch:
+        raise ShardingError("a pipeline needs batch inputs (inputs without an updated output: ids, targets)")
+    for x in batch:
+        have = seeds[x][0].dims if x in seeds else None
+        first = tuple(have[0].axes) if have else ()
+        n = m * inner_mesh.group_size(first)
+        if x.shape[0] % n:
+            raise ShardingError(f"batch input {x.name!r} has {x.shape[0]} rows, not divisible into {m} microbatches "
+                                f"x {n // m} shards")
+        rest = [(d.axes if len(d.axes) > 1 else d.axes[0]) if d.axes else None for d in have[1:]] if have else \
+            [None] * (x.rank - 1)
+        specs[x.name] = P(first + (MB,), *rest)
+    return specs
+
+
+def build(g, mesh, pl, inner, p) -> PipelineProgram:
+    local = inner.local
+    users = local.users()
+    live = _ancestors(local.outputs)
+    in_names = {x: n for x, n in zip(local.inputs, g.input_names)}
+    # phases
+    mbdep, post, accs = set(), set(), []
+    batch_in = {x for x, s in zip(local.inputs, inner.input_shardings) if MB in s.used_axes}
+    for n in local.nodes:
+        if n not in live:
+            continue
+        if n in batch_in or (n.op is Op.AXIS_INDEX and n.attrs["axis"] == MB):
+            mbdep.add(n)
+        elif n.op in COLLECTIVES and MB in n.attrs.get("axes", ()):
+            if n.op is not Op.ALL_REDUCE or n.attrs["reduce"] != "sum" or n.inputs[0] not in mbdep:
+                raise Error(f"{n.describe()}: a {n.op.value} over the microbatch axis has no pipeline form "
+                            f"(only sums across microbatches: gradient accumulation)")
+            post.add(n)
+            accs.append(n)
+        else:
+            d, q = any(i in mbdep for i in n.inputs), any(i in post for i in n.inputs)
+            if d and q:
+                raise Error(f"{n.describe()}: needs a value summed over the whole batch inside a microbatch's "
+                            f"computation; a pipeline cannot split this step into microbatches")
+            (mbdep if d else post if q else set()).add(n)
+    for o, name in zip(local.outputs, g.output_names):
+        if o in mbdep:
+            raise Error(f"output {name!r} depends on one microbatch (not summed across microbatches); "
+                        f"a pipeline returns per-step values only")
+    forward = _ancestors([local.outputs[0]]) & mbdep
+    if not forward:
+        raise Error("a pipeline needs a training step whose first output is the loss of the batch")
+    # layers → stages
+    layer_names = sorted({lp for x in local.inputs if (lp := layer_prefix(in_names[x]))}, key=_layer_key)
+    index = {lp: i for i, lp in enumerate(layer_names)}
+    if len(layer_names) < p:
+        raise Error(f"{p} pipeline stages need at least {p} layers; the parameters name {len(layer_names)} "
+                    f"({', '.join(layer_names) or 'none'})")
+    layer = {}
+    for n in local.nodes:
+        if n.op is Op.PARAMETER:
+            lp = layer_prefix(in_names[n])
+            layer[n] = index[lp] if lp else -1
+        else:
+            layer[n] = max((layer[i] for i in n.inputs), default=-1)
+    if pl.split_points is not None:
+        cuts = _cuts_from_names(list(pl.split_points), layer_names, p)
+    else:
+        cost = [0.0] * len(layer_names)
+        from .cost import op_seconds
+        for n in local.nodes:
+            if n in forward:
+                cost[max(layer[n], 0)] += op_seconds(n, local.mesh_axes)
+        cuts = _balance(cost, p)
+    stage_of_layer = [sum(1 for c in cuts if c <= i) for i in range(len(layer_names))]
+
+    def lstage(n):
+        return stage_of_layer[max(layer[n], 0)]
+
+    stage: dict[Node, int] = {}
+    for n in local.nodes:
+        if n in forward:
+            stage[n] = lstage(n)
+    # A forward node that reads no parameter and whose users all run later moves to its users'
+    # first stage (a layer norm's statistics, the targets' one-hot): the stage boundary then
+    # sends its one activation input, not several values derived from it.
+    param_free = {}
+    for n in local.nodes:
+        param_free[n] = n.op is not Op.PARAMETER or n in batch_in
+        param_free[n] = param_free[n] and all(param_free[i] for i in n.inputs if i not in mbdep)
+    for n in reversed(local.nodes):
+        if n not in forward or n in batch_in or not param_free[n]:
+            continue
+        later = [stage[u] for u in users.get(n, ()) if u in forward]
+        if later and len(later) == len(users[n]) and min(later) > stage[n]:
+            stage[n] = min(later)
+    # parameter owners: a layer's stage, else the first stage that reads the parameter in the forward
+    owner = {}
+    for x in local.inputs:
+        key = leaf_key(in_names[x])
+        if layer_prefix(in_names[x]):
+            owner.setdefault(key, lstage(x))
+        else:
+            fs = [stage[u] for u in users.get(x, ()) if u in stage]
+            if fs:
+                owner[key] = min(fs) if key not in owner else min(owner[key], min(fs))
+    pins: dict[Node, int] = {}
+    for i, (o, name) in enumerate(zip(local.outputs, g.output_names)):
+        want = p - 1 if i == 0 else owner.get(leaf_key(name), 0)
+        pins[o] = max(pins.get(o, 0), want)
+    for n in reversed(local.nodes):
+        if n in stage or n not in live or not (n in mbdep or n in post):
+            continue
+        us = [stage[u] for u in users.get(n, ()) if u in stage]
+        if n in pins:
+            us.append(pins[n])
+        stage[n] = max(us) if us else lstage(n)
+    free = {n for n in local.nodes if n in live and n not in mbdep and n not in post}
+    # per-stage node lists, free closures, transfers
+    stages = [Stage(s, [lp for lp, i in index.items() if stage_of_layer[i] == s], [], [], [], []) for s in range(p)]
+    need_free: list[set] = [set() for _ in range(p)]
+    for n in local.nodes:
+        if n not in stage:
+            continue
+        st = stages[stage[n]]
+        (st.forward if n in forward else st.backward if n in mbdep else st.step).append(n)
+        for i in n.inputs:
+            if i in free:
+                need_free[stage[n]].add(i)
+    for o in local.outputs:
+        if o in free:
+            need_free[pins[o]].add(o)
+    for s in range(p):
+        closure = _ancestors(need_free[s]) & free
+        stages[s].free = [n for n in local.nodes if n in closure]
+    transfers, seen = [], set()
+    for n in local.nodes:
+        if n not in stage or n.op is Op.PARAMETER:   # inputs are read where they are used
+            continue
+        for u in users.get(n, ()):
+            if u not in stage or stage[u] == stage[n] or (n, stage[u]) in seen:
+                continue
+            seen.add((n, stage[u]))
+            a, b = stage[n], stage[u]
+            phase = "step" if n in post else "F" if (n in forward and b > a) else "B"
+            transfers.append(Transfer(n, a, b, phase, n.nbytes, 1 if phase == "step" else pl.microbatches))
+    notes = [f"stage {s.index}: layers {', '.join(s.layers)}; {len(s.forward)} forward, {len(s.backward)} backward, "
+             f"{len(s.step)} step nodes" for s in stages]
+    slots = schedule_slots(pl.schedule, p, pl.microbatches)
+    return PipelineProgram(g, mesh, pl, inner, stages, stage, transfers, slots, notes + inner.notes, frozenset(post))
+
+
+def _ancestors(roots) -> set:
+    seen, todo = set(), list(roots)
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        todo.extend(n.inputs)
+    return seen
+
+
+def _layer_key(lp: str):
+    base, _, i = lp.rpartition(".")
+    return (base, int(i))
+
+
+def _cuts_from_names(points, layer_names, p) -> list[int]:
+    if len(points) != p - 1:
+        raise ShardingError(f"{p} pipeline stages need {p - 1} split_points, got {len(points)}: {points}")
+    cuts = []
+    for sp in points:
+        hits = [i for i, lp in enumerate(layer_names) if lp == sp or lp.endswith("." + sp)]
+        if not hits:
+            raise ShardingError(f"split point {sp!r} names no layer (layers: {', '.join(layer_names)})")
+        cuts.append(hits[0])
+    if cuts != sorted(set(cuts)) or cuts[0] == 0:
+        raise ShardingError(f"split points {points} must name distinct layers after the first, in order")
+    return cuts
+
+
+def _balance(cost: list[float], p: int) -> list[int]:
+    """Cut points (first layer of stages 1..p-1) of contiguous groups minimizing the largest sum."""
+    L = len(cost)
+    pre = [0.0]
+    for c in cost:
+        pre.append(pre[-1] + c)
+    inf = float("inf")
+    best = [[inf] * (L + 1) for _ in range(p + 1)]
+    arg = [[0] * (L + 1) for _ in range(p + 1)]
+    best[0][0] = 0.0
+    for k in range(1, p + 1):
+        for j in range(k, L + 1):
+            for i in range(k - 1, j):
+                v = max(best[k - 1][i], pre[j] - pre[i])
+                if v < best[k][j]:
+                    best[k][j], arg[k][j] = v, i
+    cuts, j = [], L
+    for k in range(p, 0, -1):
+        j = arg[k][j]
+        cuts.append(j)
+    return sorted(cuts)[1:]
