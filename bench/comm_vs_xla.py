@@ -228,11 +228,32 @@ def closed_form(m, step: str, name: str, axes: dict, batch: int) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------- rows
-def capture(m, step: str, batch: int):
+def capture(m, step: str, batch: int, frontend: str = "jax"):
+    """(JAX fn, its args, shardc's graph, capture ms, the JAX graph): with --frontend torch the
+    graph is the torch twin's (from_torch) and XLA still runs the JAX twin of the same shapes."""
     fn, args = m.jax_step(step == "train", batch, lr=0.1)
     t0 = time.perf_counter()
-    g = shardc.from_jax(fn, *args)
-    return fn, args, g, (time.perf_counter() - t0) * 1e3
+    g_jax = shardc.from_jax(fn, *args)
+    if frontend == "jax":
+        return fn, args, g_jax, (time.perf_counter() - t0) * 1e3, g_jax
+    t0 = time.perf_counter()
+    g, _ = m.capture(step == "train", "torch", batch, lr=0.1)
+    return fn, args, g, (time.perf_counter() - t0) * 1e3, g_jax
+
+
+def same_order(names_from, shardings, names_to) -> list:
+    """`shardings` (of values named `names_from`) in the order of `names_to` (the JAX twin's):
+    parameters matched by name (the last pytree key: "params['wte.weight']" is "wte.weight"),
+    data arguments and unkeyed outputs in order."""
+    keys = {leaf_key(n) for n in names_to if leaf_key(n) != n}
+    by_key, rest = {}, []
+    for n, s in zip(names_from, shardings):
+        if leaf_key(n) in keys:
+            by_key[leaf_key(n)] = s
+        else:
+            rest.append(s)
+    return [by_key[leaf_key(n)] if leaf_key(n) in by_key and leaf_key(n) != n else rest.pop(0)
+            for n in names_to]
 
 
 def jax_mesh(axes: dict):
@@ -241,18 +262,22 @@ def jax_mesh(axes: dict):
                          devices=jax.devices()[:n])
 
 
-def xla_collectives(fn, args, prog, axes: dict) -> dict:
+def xla_collectives(fn, args, prog, axes: dict, g_jax=None) -> dict:
     mesh = jax_mesh(axes)
+    ins, outs = prog.input_shardings, prog.output_shardings
+    if g_jax is not None and g_jax is not prog.graph:  # a torch twin's program: match by name
+        ins = same_order([p.name for p in prog.graph.inputs], ins, [p.name for p in g_jax.inputs])
+        outs = same_order(prog.graph.output_names, outs, g_jax.output_names)
     leaves, in_tree = jax.tree_util.tree_flatten(args)
-    if len(leaves) != len(prog.input_shardings):
-        raise RuntimeError(f"{len(leaves)} argument leaves but {len(prog.input_shardings)} graph inputs")
+    if len(leaves) != len(ins):
+        raise RuntimeError(f"{len(leaves)} argument leaves but {len(ins)} graph inputs")
     # Sharding.spec() drops `outer` (strided fused-dim splits): XLA gets the plain spec of the same axes.
     named = lambda s: NamedSharding(mesh, PartitionSpec(*s.spec()))  # noqa: E731
-    in_sh = jax.tree_util.tree_unflatten(in_tree, [named(s) for s in prog.input_shardings])
+    in_sh = jax.tree_util.tree_unflatten(in_tree, [named(s) for s in ins])
     out_leaves, out_tree = jax.tree_util.tree_flatten(jax.eval_shape(fn, *args))
-    if len(out_leaves) != len(prog.output_shardings):
-        raise RuntimeError(f"{len(out_leaves)} output leaves but {len(prog.output_shardings)} graph outputs")
-    out_sh = jax.tree_util.tree_unflatten(out_tree, [named(s) for s in prog.output_shardings])
+    if len(out_leaves) != len(outs):
+        raise RuntimeError(f"{len(out_leaves)} output leaves but {len(outs)} graph outputs")
+    out_sh = jax.tree_util.tree_unflatten(out_tree, [named(s) for s in outs])
     jitted = jax.jit(fn, in_shardings=in_sh, out_shardings=out_sh)
     t0 = time.perf_counter()
     lowered = jitted.lower(*args)
@@ -266,9 +291,10 @@ def xla_collectives(fn, args, prog, axes: dict) -> dict:
 
 
 def run_row(m, step: str, lay: str, captured, batch: int) -> dict:
-    fn, args, g, capture_ms = captured
+    fn, args, g, capture_ms, g_jax = captured
     axes, tp, sp, plan = layout(m, lay)
     row = dict(model=m.name, size=m.size, step=step, layout=lay, mesh=axes, plan=plan,
+               frontend="jax" if g is g_jax else "torch",
                tp_specs=tp, sequence_parallel=sp, batch=batch, capture_ms=capture_ms)
     cf = closed_form(m, step, lay, axes, batch)
     row["closed_form"] = cf
@@ -289,7 +315,7 @@ def run_row(m, step: str, lay: str, captured, batch: int) -> dict:
     row["input_specs"] = {p.name: str(s) for p, s in zip(g.inputs, prog.input_shardings) if not s.is_replicated}
     row["output_specs"] = {n: str(s) for n, s in zip(g.output_names, prog.output_shardings) if not s.is_replicated}
     try:
-        x = xla_collectives(fn, args, prog, axes)
+        x = xla_collectives(fn, args, prog, axes, g_jax)
     except Exception as e:
         row["error"] = f"xla: {type(e).__name__}: {e}"
         return row
@@ -377,6 +403,8 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=8, help="global batch (a multiple of 4 for dp=4)")
     ap.add_argument("--kinds", action="store_true", help="also print per-kind counts and bytes")
     ap.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the figures")
+    ap.add_argument("--frontend", default="jax", choices=("jax", "torch"),
+                    help="capture shardc's graph from the JAX twins or the torch twins (XLA always runs the JAX twin)")
     a = ap.parse_args(argv)
     for opt, valid in (("models", ZOO), ("steps", STEPS), ("layouts", LAYOUTS)):
         chosen = [x.strip() for x in getattr(a, opt).split(",") if x.strip()]
@@ -399,7 +427,7 @@ def main(argv=None) -> int:
         m = models.get(f"{name}:{a.size}")
         for step in a.steps:
             try:
-                captured = capture(m, step, a.batch)
+                captured = capture(m, step, a.batch, a.frontend)
             except Exception as e:
                 for lay in a.layouts:
                     axes = layout(m, lay)[0]
@@ -409,7 +437,8 @@ def main(argv=None) -> int:
             for lay in a.layouts:
                 rows.append(run_row(m, step, lay, captured, a.batch))
     elapsed = time.perf_counter() - t_start
-    print_table(rows, f"communication per device per step: shardc vs XLA SPMD ({a.size}, batch {a.batch}, bytes)",
+    print_table(rows, f"communication per device per step: shardc ({a.frontend} twins) vs XLA SPMD "
+                      f"({a.size}, batch {a.batch}, bytes)",
                 a.kinds)
     over = [r for r in rows if ">XLA" in r.get("flags", ())]
     errors = [r for r in rows if "error" in r]
@@ -420,7 +449,7 @@ def main(argv=None) -> int:
           + (f" ({xla / part:.1f}x)" if part else ""))
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(bench="comm_vs_xla", size=a.size, batch=a.batch, jax=jax.__version__, shardc=shardc.__version__,
+    meta = dict(bench="comm_vs_xla", size=a.size, batch=a.batch, frontend=a.frontend, jax=jax.__version__, shardc=shardc.__version__,
                 python=platform.python_version(), machine=platform.machine(), cpus=os.cpu_count(),
                 n_jax_devices=len(jax.devices()), elapsed_s=elapsed,
                 tp_size={n: tp_size(models.get(f"{n}:{a.size}")) for n in a.models},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .mesh import DimSharding, Mesh, Sharding, restrict_dim, split_part
+from .mesh import DimSharding, Mesh, Sharding, extends_dim, restrict_dim, split_part
 from .rules import FactorRule
 
 
@@ -92,8 +92,10 @@ def merge(candidates: list[tuple[tuple, FactorAxes]], rule: FactorRule, mesh: Me
             if f in rule.replicated:
                 continue
             cur, new = chosen.get(f), fa.dim(f)
-            if cur is None or (len(new.axes) > len(cur.axes) and rank[f][0] == key[0]
-                               and restrict_dim(new, rule.sizes[f], set(cur.axes), mesh) == cur):
+            if cur is None or (rank[f][0] == key[0] and (
+                    (len(new.axes) > len(cur.axes) and extends_dim(cur, new, rule.sizes[f], mesh))
+                    # the same split cut into whole heads (padded): the one that keeps the heads
+                    or (new.axes == cur.axes and new.parts and not cur.strided))):
                 chosen[f] = new
                 rank.setdefault(f, key)
     used: set[str] = set()
@@ -122,3 +124,23 @@ def representable(fa: FactorAxes, rule: FactorRule, mesh: Mesh) -> FactorAxes:
         restricted = fa.restrict(keep)
         restricted.priority = {f: p for f, p in fa.priority.items() if f in keep}
         fa = restricted
+
+
+def unkept(x, have: Sharding, user, mesh: Mesh) -> str:
+    """Why `user` could not take x as it is: the dims whose split its factors cannot hold
+    ("" when every split has a factor to go to)."""
+    from .rules import rule_for
+    rule = rule_for(user)
+    out = []
+    for i, y in enumerate(user.inputs):
+        if y is not x:
+            continue
+        fa = project(have, rule.operands[i], rule, mesh)
+        for d, (ds, fs) in enumerate(zip(have.dims, rule.operands[i])):
+            kept = {a for f in fs for a in fa.get(f, ())}
+            lost = [a for a in ds.axes if a not in kept]
+            if lost:
+                sizes = [rule.sizes[f] for f in fs if rule.sizes[f] > 1]
+                out.append(f"dim {d} ({ds!r}) seen as factors {sizes}: no factor can hold {tuple(lost)}")
+        break
+    return f" ({'; '.join(out)})" if out else ""

@@ -16,7 +16,7 @@ from ..errors import ShardingError
 from ..ir import DType, Graph, Node, Op, verify
 from ..ir.emitter import Emitter
 from ..ir.ops import COLLECTIVES, ELEMENTWISE
-from .factors import merge, project, representable, unproject
+from .factors import merge, project, representable, unkept, unproject
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
 from .program import SpmdProgram
 from .propagate import WEAK
@@ -97,6 +97,8 @@ class Lowerer(Resharder):
         if key not in self.cache:
             name = n.name or n.op.value
             reason = f"{have} → {want}" + (f" for {user.op.value}" + (f" at {user.source}" if user.source else "") if user else why)
+            if user is not None:
+                reason += unkept(n, have, user, self.mesh)
             self.why = (name, n.source, reason)
             self.cache[key] = self.reshard(x, n.shape, have, want)
             self.moved.add(key)

@@ -95,7 +95,9 @@ class DimSharding:
     `parts` (compound layouts, as Shardy's compound factors) views the dim as factors
     (size, axes), major to minor, each split over its own axes and padded to a multiple on its
     own: a merged [b·h] dim with b over dp and h over tp is ((b, ('dp',)), (h, ('tp',))). Use
-    `compound`, which gives the plain or `outer` form wherever one says the same."""
+    `compound`, which gives the plain or `outer` form wherever one says the same. A compound
+    layout has `outer` 0 (no single stride), so code that only knows plain and strided splits
+    (`outer == 1` means one contiguous block per device) never mistakes it for a plain one."""
     axes: tuple[str, ...] = ()
     outer: int = 1
     parts: tuple[Part, ...] = ()
@@ -136,7 +138,7 @@ class DimSharding:
             return DimSharding(out[0][1])
         if len(out) == 2 and not out[0][1] and out[1][0] % mesh.group_size(out[1][1]) == 0:
             return DimSharding(out[1][1], out[0][0])
-        return DimSharding(tuple(a for _, ax in out for a in ax), 1, tuple(out))
+        return DimSharding(tuple(a for _, ax in out for a in ax), 0, tuple(out))
 
     def __repr__(self) -> str:
         if self.parts:
@@ -194,6 +196,14 @@ def align(a: DimSharding, b: DimSharding, size: int, mesh: "Mesh"):
             return None
         big[0:1] = [major, minor]
     return out if not pa and not pb else None
+
+
+def extends_dim(cur: DimSharding, new: DimSharding, size: int, mesh: "Mesh") -> bool:
+    """Is `new` the layout `cur` with more splits (each of its factors split further)?"""
+    if not cur.axes:
+        return True
+    common = align(cur, new, size, mesh)
+    return common is not None and all(nb[:len(ca)] == ca for _, ca, nb in common)
 
 
 REPLICATED_DIM = DimSharding()

@@ -4,11 +4,12 @@ priority number) overrides it, a compatible one only adds axes — so it ends.
 Pass-through ops run before dots and reductions, as in Shardy."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..ir import Graph, Node, Op
 from .factors import merge, project, unproject
-from .mesh import Mesh, Sharding, restrict_dim
+from .mesh import DimSharding, Mesh, Sharding, extends_dim
 from .rules import PASS_THROUGH, FactorRule, rule_for
 
 USER, PLAN, WEAK, DEFAULT = 0, 10, 11, 99  # user specs take 0 + their P's priority
@@ -24,7 +25,7 @@ class TensorSharding:
 
 def _extends(cur: Sharding, new: Sharding, shape, mesh: Mesh) -> bool:
     """Does `new` only add axes to `cur` (the same layout with more splits)?"""
-    return all(not c.axes or restrict_dim(n, size, set(c.axes), mesh) == c
+    return all(extends_dim(c, n, size, mesh) or (n.axes == c.axes and n.parts and not c.strided)
                for c, n, size in zip(cur.dims, new.dims, shape))
 
 
@@ -58,12 +59,18 @@ class Propagator:
         if not cands:
             return False
         fa = merge(cands, rule, self.mesh)
+        # what the values (not the inputs, whose block layout is shardc's choice) ask for
+        inputs = {i for i, t in enumerate(tensors) if t.op is Op.PARAMETER and self.state[t].fixed}
+        values = [c for c in cands if c[0][2] not in inputs]
+        asked = merge(values, rule, self.mesh) if inputs and values and len(values) < len(cands) else None
         changed = False
         for t, dims in zip(tensors, rule.tensors()):
             st = self.state[t]
             new = Sharding(unproject(fa, dims, rule, self.mesh))
             if st.fixed:
                 changed |= self._adopt_block_layout(t, new)
+                if asked is not None and t.op is Op.PARAMETER:
+                    changed |= self._adopt_block_layout(t, Sharding(unproject(asked, dims, rule, self.mesh)))
                 continue
             if new.is_replicated:
                 continue  # no information for this tensor: leave it open
@@ -85,7 +92,7 @@ class Propagator:
         """A spec fixes which axes split which dims; how a split dim is cut into blocks stays
         shardc's choice, so a fixed tensor takes the whole-block layout its ops ask for."""
         st = self.state[t]
-        dims = tuple(n if (n.axes == c.axes and n.outer > 1 and not n.parts and not c.strided) else c
+        dims = tuple(n if (n.axes == c.axes and ((n.outer > 1 and not c.strided) or (n.parts and not c.parts))) else c
                      for c, n in zip(st.sharding.dims, new.dims))
         if dims == st.sharding.dims:
             return False
@@ -132,6 +139,9 @@ def block_layouts(g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]) -> No
             n = mesh.group_size(ds.axes)
             if k > 1 and p.shape[d] % (k * n) == 0:
                 dims[d] = type(ds)(ds.axes, k)
+            heads = _padded_heads(p, d, k, ds, users, mesh)
+            if heads is not None:
+                dims[d] = heads
         if tuple(dims) != st.sharding.dims:
             seeds[p] = TensorSharding(Sharding(tuple(dims), st.sharding.partial), st.priority, st.fixed,
                                       st.origin + " (split per fused block)")
@@ -158,3 +168,51 @@ def _blocks_downstream(t: Node, d: int, users, depth: int = 12) -> int:
                     if k > 1:
                         return k
     return 1
+
+
+def _padded_heads(p: Node, d: int, k: int, ds: DimSharding, users, mesh: Mesh) -> DimSharding | None:
+    """Heads that do not divide over the devices (12 heads over 8): when the program views the
+    split dim (after its k fused blocks) as [heads, head_dim] and a plain split would cut heads
+    apart, split the head factor padded to a multiple instead (two head slots per device, the
+    last ones masked), so each device keeps whole heads."""
+    fac = _factors_downstream(p, d, users)
+    n = mesh.group_size(ds.axes)
+    if not fac or len(fac) < 2:
+        return None
+    lead = 1
+    while fac and lead < k:  # the fused blocks stay whole
+        lead *= fac.pop(0)
+    if lead != k or len(fac) < 2:
+        return None
+    heads, rest = fac[0], math.prod(fac[1:])
+    if heads % n == 0 or heads * rest % n == 0 and rest % (n // math.gcd(heads, n)) == 0 and False:
+        return None
+    if heads % n == 0 or -(-heads // n) * n > 2 * heads:
+        return None  # divides (the plain split keeps whole heads) or mostly padding
+    return DimSharding.compound([(k, ()), (heads, ds.axes), (rest, ())], mesh)
+
+
+def _factors_downstream(t: Node, d: int, users, depth: int = 12) -> list[int] | None:
+    """The sizes the program views dim d of t as (major first), following it through ops that
+    keep it whole: [3, 12, 64] for a fused QKV dim sliced into q, k, v and viewed as heads."""
+    if depth == 0:
+        return None
+    for u in users.get(t, ()):
+        rule = rule_for(u)
+        for i, x in enumerate(u.inputs):
+            if x is not t:
+                continue
+            real = [f for f in rule.operands[i][d] if rule.sizes[f] > 1]
+            whole = {f: e for e, fs in enumerate(rule.result)
+                     for f in fs if [g for g in fs if rule.sizes[g] > 1] == [f]}
+            if len(real) > 1:
+                out = []
+                for f in real:
+                    sub = _factors_downstream(u, whole[f], users, depth - 1) if f in whole else None
+                    out += sub or [rule.sizes[f]]
+                return out
+            if len(real) == 1 and real[0] in whole:
+                sub = _factors_downstream(u, whole[real[0]], users, depth - 1)
+                if sub:
+                    return sub
+    return None

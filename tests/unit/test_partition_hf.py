@@ -155,3 +155,33 @@ def test_compound_layout_indices_round_trip():
     blocks = [shard_array(x, s, mesh, i) for i in range(mesh.size)]
     assert all(b.shape == (4, 2) for b in blocks)
     np.testing.assert_array_equal(unshard_arrays(blocks, x.shape, s, mesh), x)
+
+
+UNEVEN = H.Cfg(d=48, n_head=12, n_kv_head=12, d_ff=192, n_layer=1, seq=8)  # GPT-2 small's 12 heads, narrow
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["forward", "train"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_twelve_heads_over_eight_devices_pad_the_head_factor(family, train):
+    """12 heads over tp=8: the head factor is padded to 16 (two head slots per device, the
+    last four masked) inside the fused QKV / projection dims, so Megatron's two all-reduces per
+    layer stay the whole story (a plain split would cut heads apart and gather q, k, v)."""
+    c, b = UNEVEN, 2
+    if train:
+        fn, args = H.sgd_step(family, c, b)
+        g = shardc.from_torch(fn, args, capture="make_fx")
+    else:
+        args = (H.ids(c, b),)
+        g = shardc.from_torch(H.build(family, c), args)
+    prog = shardc.partition(g, Mesh(tp=8), H.megatron_specs(family))
+    per_layer = b * c.seq * c.d * 4
+    ars = [r for r in prog.collectives if r.bytes >= per_layer]
+    assert [(r.kind, r.bytes) for r in ars] == [("all_reduce", per_layer)] * (2 * c.n_layer * (2 if train else 1))
+    assert not [r for r in prog.collectives if r.kind != "all_reduce"], prog.ledger()
+    assert sum(r.bytes for r in prog.collectives) - sum(r.bytes for r in ars) <= 8  # the loss's sum and count
+    qkv = "model.h.0.attn.c_attn.weight" if family == "gpt2" else "model.layers.0.self_attn.q_proj.weight"
+    name = [n for n in g.input_names if n.endswith(qkv) or n.endswith(qkv[len("model."):] + "']")
+            or n == qkv[len("model."):]][0]
+    assert (c.n_head, ("tp",)) in prog.sharding_of(name).dims[1 if family == "gpt2" else 0].parts
+    for x, y in zip(prog.simulate(*args), g.evaluate(*args)):
+        assert_close(x, y, tol=1e-5)
