@@ -22,8 +22,8 @@ HW = scaled_h200()
 
 
 @functools.lru_cache(maxsize=None)
-def captured(name: str, train: bool):
-    m = models.get(name + ":tiny")
+def captured(name: str, train: bool, n_layer: int = 1):
+    m = models.get(name + ":tiny", **({"n_layer": n_layer} if name in ("gpt2", "llama") else {}))
     g, args = m.capture(train, "jax", BATCH, lr=0.1)
     return m, g, args, g.evaluate(*args)
 
@@ -45,7 +45,7 @@ def test_tp_mesh_training_is_megatron_with_whole_heads():
     """GPT-2 training on tp=2: column-parallel c_attn (split per fused q/k/v block, whole heads)
     and c_fc, row-parallel c_proj; no worse than the zoo's Megatron specs."""
     m, g, args, want = captured("gpt2", True)
-    prog = partition_auto(g, Mesh(tp=2), None, None, HW, compare=False)     # the ILP's own plan
+    prog = partition_auto(g, Mesh(tp=2), None, None, HW, compare=False, passes="default")     # the ILP's own plan
     for i in range(m.config.n_layer):
         assert axes_of(prog, f"params['h.{i}.mlp.c_fc.weight']") == [("tp",), ()]
         assert axes_of(prog, f"params['h.{i}.mlp.c_proj.weight']") == [(), ("tp",)]
@@ -101,7 +101,7 @@ def test_infeasible_budget_names_the_smallest_that_fits():
 def test_2d_mesh_is_dp_times_tp_and_beats_the_hand_plans(name):
     m, g, args, want = captured(name, True)
     mesh = Mesh(dp=2, tp=2)
-    prog = partition_auto(g, mesh, None, None, HW, compare=False)            # the ILP's own plan
+    prog = partition_auto(g, mesh, None, None, HW, compare=False, passes="default")            # the ILP's own plan
     batch = [p for p in g.inputs if not p.name.startswith("params")]
     if name == "moe":   # experts over dp×tp (expert parallelism), tokens to them by all-to-all
         assert prog.sharding_of("params['layers.0.w_in']").dims[0].axes == ("dp", "tp")
@@ -143,7 +143,7 @@ def test_repeated_layers_share_their_choices():
 
 def test_explain_lists_rejected_alternatives():
     m, g, args, _ = captured("gpt2", True)
-    prog = partition_auto(g, Mesh(tp=2), None, None, HW, compare=False)
+    prog = partition_auto(g, Mesh(tp=2), None, None, HW, compare=False, passes="default")
     text = prog.auto.text()
     assert "rejected alternatives" in text and "params['wte.weight']" in text
     name, nbytes, chosen, alts = prog.auto.rejected[0]
@@ -154,11 +154,11 @@ def test_hugging_face_style_gpt2_training_on_tp_is_megatron():
     """HF's Conv1D weights are [in, out] and c_attn is fused: column-parallel is dim 1, split
     per q/k/v block; row-parallel c_proj is dim 0."""
     import hf_style as H
-    c = H.Cfg()
+    c = H.Cfg(n_layer=1)
     fn, args = H.sgd_step("gpt2", c, BATCH)
     g = shardc.from_torch(fn, args, capture="make_fx")
     want = g.evaluate(*args)
-    prog = partition_auto(g, Mesh(tp=2), None, None, HW, compare=False)
+    prog = partition_auto(g, Mesh(tp=2), None, None, HW, compare=False, passes="default")
     for i in range(c.n_layer):
         qkv = prog.sharding_of(f"params['model.h.{i}.attn.c_attn.weight']").dims[1]
         assert qkv.axes == ("tp",) and qkv.outer == 3
