@@ -27,6 +27,7 @@ ENGINES: dict[str, tuple[str, str]] = {
     "torch": ("torch_launch", "run_torch"),       # world=None, timeout_s=300, trace=None, fault=None; torch tensors
     "jax": ("jax_exec", "run_jax"),               # devices=None; jax arrays
     "interpreter": ("interpreter", "run_interpreter"),  # an Executable only; on_kernel=None; numpy arrays
+    "torch_pipeline": ("pipeline_exec", "run_pipeline_torch"),  # a PipelineProgram; trace=None; numpy arrays
 }
 
 

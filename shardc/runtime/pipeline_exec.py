@@ -1,0 +1,235 @@
+"""The torch.distributed pipeline engine: one gloo rank per (stage, device of the stage's mesh).
+
+    outs = shardc.runtime.run(pipeline_prog, *args, engine="torch_pipeline", trace=trace)
+
+Rank s·R + r runs stage s on device r of the other axes (dp, tp): its free values once, then the
+schedule's slot list in order — forward and backward of each microbatch op by op (torch_ops),
+collectives within the stage on process groups over the other axes, activations and gradients
+received with `recv` before the action that needs them and sent with `isend` after the action
+that makes them (one tag per transfer and microbatch) — then the accumulated gradients
+all-reduced over the stage's data axes and the optimizer step. `trace` (a list) receives each
+rank's executed actions: [(stage, r, [("F", 0), ...])]; `slot_bubble(trace)` counts the bubble
+fraction from them in schedule slots.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import time
+
+import numpy as np
+
+from ..errors import Error
+from ..partition.mesh import Mesh
+from .errors import RankError, RankTimeoutError
+from .wire import graph_from_wire, graph_to_wire
+
+
+def _rank_main(rank: int, world: int, port: int, payload: dict, results):
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    try:
+        import torch
+        import torch.distributed as dist
+
+        from ..ir import Op
+        from .torch_exec import RankGroups, _from_wire, _to_wire, start_collective
+        from .torch_ops import to_numpy, to_torch, torch_node
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        wmesh = Mesh(payload["world_axes"])
+        groups = RankGroups(wmesh, rank)
+        groups.prepare(payload["axes_list"])
+        local = graph_from_wire(payload["graph"])
+        N = local.nodes
+        coords = wmesh.coords(rank)
+        s, R, m = payload["stage"], payload["R"], payload["m"]
+        st = {k: [N[i] for i in v] for k, v in payload["lists"].items()}
+        accs = {N[i]: rest for i, rest in payload["accs"]}
+        inputs = {N[i]: v for i, v in payload["inputs"].items()}          # params / state
+        batch = {N[i]: v for i, v in payload["batch"].items()}            # per microbatch blocks
+        senv, menv, acc, pending = {}, [{} for _ in range(m)], {}, []
+
+        def get(n, j):
+            if n in inputs:
+                return inputs[n]
+            if n in batch:
+                return batch[n][j]
+            if j is not None and n in menv[j]:
+                return menv[j][n]
+            return senv[n]
+
+        def run(nodes, j, env):
+            for n in nodes:
+                if n.op is Op.PARAMETER:
+                    continue
+                if n.op is Op.AXIS_INDEX:
+                    v = j if n.attrs["axis"] == "mb" else int(coords[n.attrs["axis"]])
+                    env[n] = torch.tensor(v, dtype=torch.int32)
+                elif n in accs:
+                    continue
+                elif n.op.value in payload["collective_ops"]:
+                    env[n] = start_collective(n, get(n.inputs[0], j), groups).wait()
+                else:
+                    env[n] = torch_node(n, [get(i, j) for i in n.inputs])
+
+        def recv(phase, j, env):
+            for ti, pos, src in payload["recvs"].get(phase, ()):
+                n = N[pos]
+                buf = _to_wire(torch.empty(n.shape, dtype=to_torch(np.zeros((), n.dtype.np)).dtype))
+                dist.recv(buf, src=src, tag=ti * (m + 1) + (m if j is None else j))
+                env[n] = _from_wire(buf, n.dtype)
+
+        def send(phase, j, env):
+            for ti, pos, dst in payload["sends"].get(phase, ()):
+                pending.append(dist.isend(_to_wire(env[N[pos]]), dst=dst, tag=ti * (m + 1) + (m if j is None else j)))
+
+        inputs = {n: to_torch(v) for n, v in inputs.items()}
+        batch = {n: [to_torch(b) for b in v] for n, v in batch.items()}
+        run(st["free"], None, senv)
+        done = []
+        for kind, j in payload["slots"]:
+            recv(kind, j, menv[j])
+            run(st["forward" if kind == "F" else "backward"], j, menv[j])
+            for c in accs:
+                if c.inputs[0] in menv[j] and (c, j) not in acc:
+                    acc[(c, j)] = True
+                    v = menv[j][c.inputs[0]]
+                    acc[c] = v.clone() if c not in acc else acc[c] + v
+            send(kind, j, menv[j])
+            done.append((kind, j))
+        recv("step", None, senv)
+        for n in st["step"]:
+            if n in accs:
+                v = acc[n]
+                if accs[n]:
+                    pg, _ = groups.get(accs[n])
+                    v = _to_wire(v)
+                    dist.all_reduce(v, group=pg)
+                    v = _from_wire(v, n.dtype)
+                senv[n] = v
+            else:
+                run([n], None, senv)
+        send("step", None, senv)
+        for w in pending:
+            w.wait()
+        outs = {i: to_numpy(get(N[pos], 0)) for i, pos in payload["outputs"]}
+        results.put((rank, "ok", (outs, done)))
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException as e:  # report, never hang the parent
+        import traceback
+        results.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
+
+
+def _payloads(prog, values) -> tuple[list[dict], dict]:
+    from ..ir.ops import COLLECTIVES
+    from ..partition.pipeline import MB
+    from ..partition.pipeline_sim import StageDevices
+    inner, local = prog.inner, prog.inner.local
+    p, m = prog.num_stages, prog.pipeline.microbatches
+    devs = StageDevices(inner.mesh)
+    R = devs.sub.size
+    world_axes = {prog.pipeline.axis: p, **({a: n for a, n in devs.sub.axes.items()} if devs.rest else {})}
+    index = {n: i for i, n in enumerate(local.nodes)}
+    blocks = inner.input_blocks(values)
+    batch_in = {x for x, s in zip(local.inputs, inner.input_shardings) if MB in s.used_axes}
+    axes_list = sorted({tuple(a for a in n.attrs["axes"] if a != MB) for n in local.nodes if n.op in COLLECTIVES}
+                       - {()})
+    out_stage = {}
+    for i, o in enumerate(local.outputs):
+        out_stage[i] = prog.stage_of.get(o, next((k for k in range(p) if o in prog.stages[k].free), 0))
+    wire = graph_to_wire(local)
+    pays = []
+    for s in range(p):
+        st = prog.stages[s]
+        used = set()
+        for n in st.free + st.forward + st.backward + st.step:
+            used.update(n.inputs)
+        used.update(o for i, o in enumerate(local.outputs) if out_stage[i] == s)
+        sends, recvs = {}, {}
+        for ti, t in enumerate(prog.transfers):
+            if t.src == s:
+                sends.setdefault(t.phase, []).append((ti, index[t.node], t.dst * R))
+            if t.dst == s:
+                # received with the action that needs it: forward values with F, the others with B
+                recvs.setdefault(t.phase, []).append((ti, index[t.node], t.src * R))
+        for r in range(R):
+            pays.append({
+                "world_axes": world_axes, "axes_list": axes_list, "graph": wire, "stage": s, "R": R, "m": m,
+                "lists": {k: [index[n] for n in getattr(st, k)] for k in ("free", "forward", "backward", "step")},
+                "accs": [(index[n], tuple(a for a in n.attrs["axes"] if a != MB)) for n in st.step
+                         if n.op.value == "all_reduce" and MB in n.attrs["axes"]],
+                "inputs": {index[x]: blocks[devs.device(0, r)][k] for k, x in enumerate(local.inputs)
+                           if x in used and x not in batch_in},
+                "batch": {index[x]: [blocks[devs.device(j, r)][k] for j in range(m)]
+                          for k, x in enumerate(local.inputs) if x in used and x in batch_in},
+                "sends": {ph: [(ti, pos, d + r) for ti, pos, d in v] for ph, v in sends.items()},
+                "recvs": {ph: [(ti, pos, src + r) for ti, pos, src in v] for ph, v in recvs.items()},
+                "slots": prog.slots[s], "collective_ops": {op.value for op in COLLECTIVES},
+                "outputs": [(i, index[o]) for i, o in enumerate(local.outputs) if out_stage[i] == s],
+            })
+    return pays, {"R": R, "devs": devs, "m": m}
+
+
+def run_pipeline_torch(prog, *args, timeout_s: float = 300.0, trace: list | None = None) -> list[np.ndarray]:
+    """Global outputs (numpy) of a PipelineProgram run on pp·R gloo ranks in this machine."""
+    from ..partition.pipeline import PipelineProgram
+    from .torch_launch import _context, _free_port, _main_hidden
+    if not isinstance(prog, PipelineProgram):
+        raise Error(f"engine 'torch_pipeline' runs a PipelineProgram (partition(..., pipeline=...)), "
+                    f"got {type(prog).__name__}")
+    pays, info = _payloads(prog, prog.graph.input_values(*args))
+    world, port = len(pays), _free_port()
+    ctx = _context()
+    results = ctx.Queue()
+    with _main_hidden():
+        procs = [ctx.Process(target=_rank_main, args=(k, world, port, pays[k], results), daemon=True)
+                 for k in range(world)]
+        for pr in procs:
+            pr.start()
+    got, deadline = {}, time.monotonic() + timeout_s
+    try:
+        while len(got) < world:
+            try:
+                rank, status, body = results.get(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            except queue.Empty:
+                dead = [k for k, pr in enumerate(procs) if pr.exitcode not in (None, 0) and k not in got]
+                if dead:
+                    raise RankError(f"pipeline rank {dead[0]} died (exit {procs[dead[0]].exitcode})")
+                if time.monotonic() > deadline:
+                    raise RankTimeoutError(f"pipeline ranks {sorted(set(range(world)) - set(got))} "
+                                           f"did not finish within {timeout_s:.0f} s")
+                continue
+            if status != "ok":
+                raise RankError(f"pipeline rank {rank} (stage {rank // info['R']}) failed: {body}")
+            got[rank] = body
+        for pr in procs:
+            pr.join(timeout=10)
+    finally:
+        for pr in procs:
+            if pr.is_alive():
+                pr.kill()
+                pr.join(timeout=5)
+    R, devs, m = info["R"], info["devs"], info["m"]
+    inner = prog.inner
+    per_device = [None] * inner.mesh.size
+    for r in range(R):
+        row = {}
+        for k in range(prog.num_stages):
+            row.update(got[k * R + r][0])
+        for j in range(m):
+            per_device[devs.device(j, r)] = [row[i] for i in range(len(inner.local.outputs))]
+    if trace is not None:
+        trace.extend((k // R, k % R, got[k][1]) for k in range(world))
+    return inner.assemble(per_device)
+
+
+def slot_bubble(trace) -> float:
+    """Bubble fraction in schedule slots of an engine trace (each stage's order of actions as run,
+    one slot each, every action after those it waits on): idle slots over all slots."""
+    from ..partition.pipeline_schedule import bubble_fraction
+    stages = {}
+    for s, r, acts in trace:
+        if stages.setdefault(s, acts) != acts:
+            raise Error(f"pipeline stage {s}: its devices ran different orders")
+    return bubble_fraction([stages[s] for s in sorted(stages)])
