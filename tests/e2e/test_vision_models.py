@@ -1,8 +1,8 @@
 """Vision models end to end: a ResNet-18-style CNN and a ViT block (torch), a U-Net down/up block
 (JAX), each captured, partitioned over dp × tp (batch over dp, convolution output channels /
 attention heads and MLP columns over tp), simulated (== the framework's own result) and run as
-generated kernels on the interpreters (Triton for the torch models, Pallas for the JAX one).
-Small shapes; fresh random inputs each run."""
+generated kernels on the interpreters (Triton for the torch models, Pallas for the JAX one); and
+the special-function decompositions as kernels on both. Small shapes; fresh random inputs."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,3 +165,18 @@ def test_jax_unet_block():
     exe = shardc.compile(prog, "pallas")
     assert exe.kernels
     _close(exe.run_interpreted(params, x)[0], want, "pallas kernels (interpreted)")
+
+
+@pytest.mark.parametrize("target", ["triton", "pallas"])
+def test_numerics_decompositions_as_kernels(target):
+    """The special-function decompositions (select-heavy polynomials, scans) fuse into kernels that
+    agree with torch on the interpreters, batch split over two devices."""
+    x, y, p = torch.randn(4, 8), torch.randn(4, 8), torch.rand(4, 8) * 3 + 0.1
+
+    def f(x, y, p):
+        return (torch.atan2(x, y), torch.asinh(x), torch.lgamma(p), torch.digamma(p), torch.special.bessel_j0(5 * x),
+                torch.cumprod(x, 1), torch.cummax(x, 1)[0], torch.special.chebyshev_polynomial_t(x, 4 * p))
+    want = f(x, y, p)
+    prog = shardc.partition(shardc.from_torch(f, (x, y, p)), Mesh({"x": 2}), specs={"x": P("x", None)})
+    for got, w in zip(shardc.compile(prog, target).run_interpreted(x, y, p), want):
+        np.testing.assert_allclose(np.asarray(got), w.numpy(), rtol=1e-4, atol=1e-4)
