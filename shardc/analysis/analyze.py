@@ -195,6 +195,9 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
     `recompute` ("none", "selective", "full") prices activation recomputation (recompute.py):
     saved activations and the peak shrink by what is no longer kept, the recomputed ops' FLOPs
     and time are added to .flops, .compute_s and .step_s (not to .model_flops: MFU, not HFU)."""
+    if getattr(prog, "pipeline", None) is not None:    # a PipelineProgram: analysis/pipeline.py
+        from .pipeline import analyze_pipeline
+        return analyze_pipeline(prog, hardware, axis_order)
     from . import recompute as rc
     if recompute not in rc.MODES:
         from ..errors import Error

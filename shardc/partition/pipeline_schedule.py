@@ -35,9 +35,13 @@ def schedule_slots(schedule: str, stages: int, microbatches: int) -> list[list[t
     return out
 
 
-def timeline(slots: list[list[tuple[str, int]]]) -> dict[tuple[str, int, int], int]:
-    """Start slot of every action: each stage in its list's order, after the actions it depends on.
-    Raises shardc.Error if the lists deadlock (an action waits on one that never runs first)."""
+def timeline(slots: list[list[tuple[str, int]]], duration=None, latency=None) -> dict[tuple[str, int, int], float]:
+    """Start of every action: each stage in its list's order, after the actions it depends on.
+    In slots by default; `duration(kind, stage)` and `latency(kind, stage)` (the transfer an
+    action waits for from its neighbour) give modeled seconds instead. Raises shardc.Error if
+    the lists deadlock (an action waits on one that never runs first)."""
+    dur = duration or (lambda kind, s: 1)
+    lat = latency or (lambda kind, s: 0)
     p = len(slots)
     start: dict[tuple[str, int, int], int] = {}
     pos, free = [0] * p, [0] * p
@@ -52,9 +56,10 @@ def timeline(slots: list[list[tuple[str, int]]]) -> dict[tuple[str, int, int], i
                     deps = [("F", s, j)] + ([("B", s + 1, j)] if s < p - 1 else [])
                 if any(d not in start for d in deps):
                     break
-                t = max([free[s]] + [start[d] + 1 for d in deps])
+                t = max([free[s]] + [start[d] + dur(d[0], d[1]) + (lat(kind, s) if d[1] != s else 0)
+                                     for d in deps])
                 start[(kind, s, j)] = t
-                free[s] = t + 1
+                free[s] = t + dur(kind, s)
                 pos[s] += 1
                 progress = True
     if any(pos[s] < len(slots[s]) for s in range(p)):

@@ -102,3 +102,26 @@ def test_refusals(gpt2_sgd):
         shardc.partition(g, Mesh({"pp": 4}), {}, pipeline=shardc.Pipeline("pp", 2, split_points=["h.1"]))
     with pytest.raises(shardc.Error, match="layers"):
         shardc.partition(g, Mesh({"pp": 8}), {}, pipeline=shardc.Pipeline("pp", 2))
+
+
+def test_modeled_times_follow_from_slots():
+    for schedule in ("gpipe", "1f1b"):
+        slots = schedule_slots(schedule, 4, 8)
+        t = timeline(slots, duration=lambda k, s: 1.0 if k == "F" else 2.0)
+        span = max(v + (1.0 if k == "F" else 2.0) for (k, s, j), v in t.items())
+        assert span == pytest.approx(3.0 * (8 + 4 - 1))    # (m + p - 1) slots of F + B
+        assert 1 - 4 * 8 * 3.0 / (4 * span) == pytest.approx(3 / 11)
+
+
+def test_analyze_pipeline(gpt2_sgd):
+    m, g, args = gpt2_sgd
+    got = {}
+    for schedule in ("gpipe", "1f1b"):
+        prog = shardc.partition(g, Mesh({"pp": 4}), {}, pipeline=shardc.Pipeline("pp", 8, schedule))
+        a = got[schedule] = shardc.analyze(prog, hardware="h100")
+        assert a.bubble_fraction >= 3 / 11 - 1e-9        # imbalance and transfers only add to it
+        assert a.step_s >= 8 * max(f + b for f, b in zip(a.stage_forward_s, a.stage_backward_s))
+        assert a.p2p_bytes == prog.p2p_bytes
+    # 1F1B keeps p - s microbatches' activations on stage s, GPipe all m
+    for s in range(4):
+        assert got["1f1b"].activations_in_flight[s] * 8 == got["gpipe"].activations_in_flight[s] * (4 - s)
