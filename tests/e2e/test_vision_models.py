@@ -108,7 +108,8 @@ class ViTBlock(torch.nn.Module):
         return self.head(t[:, 0])
 
 
-VIT_SPECS = {"x": P("dp", None, None, None), "fc1.weight": P("tp", None), "fc2.weight": P(None, "tp")}
+VIT_SPECS = {"x": P("dp", None, None, None), "qkv.weight": P("tp", None), "proj.weight": P(None, "tp"),
+             "fc1.weight": P("tp", None), "fc2.weight": P(None, "tp")}
 
 
 @pytest.mark.parametrize("which", ["resnet", "vit"])
