@@ -29,7 +29,7 @@ class PipelineAnalysis:
     schedule: str
     microbatches: int
     stage_forward_s: list          # per stage, one microbatch
-    stage_backward_s: list
+    stage_backward_s: list         # zero-bubble: the input-gradient part (B); W below
     stage_step_s: list             # once per step: accumulation all-reduces and the update
     p2p_s: dict                    # (src, dst, phase) -> seconds per send
     span_s: float                  # first forward to last backward
@@ -38,6 +38,7 @@ class PipelineAnalysis:
     bubble_fraction: float
     activations_in_flight: list    # per stage, bytes per device at its peak
     p2p_bytes: int                 # per device per step
+    stage_weight_s: list = dataclasses.field(default_factory=list)   # zero-bubble's W per microbatch
 
     def table(self) -> str:
         rows = [f"pipeline {self.schedule}: {len(self.stage_forward_s)} stages x {self.microbatches} microbatches "
@@ -69,6 +70,7 @@ def analyze_pipeline(prog, hardware="h200", axis_order=None) -> PipelineAnalysis
 
     fwd = [seconds(st.forward) for st in prog.stages]
     bwd = [seconds(st.backward) for st in prog.stages]
+    wgt = [seconds(st.weight) for st in prog.stages]
     step = [seconds(st.step) + seconds(st.free) for st in prog.stages]
     pp_spans = price.group_spans((prog.pipeline.axis,))
     p2p, into = {}, {}
@@ -77,10 +79,10 @@ def analyze_pipeline(prog, hardware="h200", axis_order=None) -> PipelineAnalysis
         key = (t.src, t.dst, t.phase)
         p2p[key] = p2p.get(key, 0.0) + sec
         into[(t.phase, t.dst)] = into.get((t.phase, t.dst), 0.0) + sec
-    dur = {"F": fwd, "B": bwd}
+    dur = {"F": fwd, "B": bwd, "W": wgt}
     t = timeline(prog.slots, duration=lambda k, s: dur[k][s], latency=lambda k, s: into.get((k, s), 0.0))
     span = max(t[a] + dur[a[0]][a[1]] for a in t)
-    busy = sum(m * (f + b) for f, b in zip(fwd, bwd))
+    busy = sum(m * (f + b + w) for f, b, w in zip(fwd, bwd, wgt))
     bubble_fraction = (span * p - busy) / (span * p) if span else 0.0
     stash = _stash_bytes(prog)
     held = []
@@ -88,17 +90,18 @@ def analyze_pipeline(prog, hardware="h200", axis_order=None) -> PipelineAnalysis
         peak = 0
         for j in range(m):
             at = t[("F", s, j)]
-            peak = max(peak, sum(1 for k in range(m) if t[("F", s, k)] <= at < t[("B", s, k)]))
+            last = "W" if ("W", s, 0) in t else "B"
+            peak = max(peak, sum(1 for k in range(m) if t[("F", s, k)] <= at < t[(last, s, k)]))
         held.append(peak * stash[s])
     return PipelineAnalysis(hw, prog.mesh, prog.pipeline.schedule, m, fwd, bwd, step, p2p, span,
-                            span + max(step), bubble_fraction * span, bubble_fraction, held, prog.p2p_bytes)
+                            span + max(step), bubble_fraction * span, bubble_fraction, held, prog.p2p_bytes, wgt)
 
 
 def _stash_bytes(prog) -> list[int]:
     """Per stage, the bytes of forward values (made or received there) its backward reads."""
     out = []
     for st in prog.stages:
-        bwd = set(st.backward)
+        bwd = set(st.backward) | set(st.weight)
         fwd = set(st.forward) | {t.node for t in prog.transfers if t.dst == st.index and t.phase == "F"}
         read = {i for n in bwd for i in n.inputs if i in fwd}
         out.append(sum(n.nbytes for n in read))

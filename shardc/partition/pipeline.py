@@ -25,6 +25,7 @@ microbatch. Within a stage the other axes (dp, tp) are the SPMD partitioner's, a
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -72,6 +73,11 @@ class Stage:
     forward: list[Node]
     backward: list[Node]
     step: list[Node]        # accumulations (all-reduces over "mb") and the update
+    weight: list[Node] = dataclasses.field(default_factory=list)   # zero-bubble: W, split off backward
+
+    def nodes(self, kind: str) -> list[Node]:
+        """The nodes of one slot: "F" forward, "B" backward (input gradients under zero-bubble), "W"."""
+        return self.forward if kind == "F" else self.backward if kind == "B" else self.weight
 
 
 class PipelineProgram:
@@ -289,6 +295,12 @@ def build(g, mesh, pl, inner, p) -> PipelineProgram:
             a, b = stage[n], stage[u]
             phase = "step" if n in post else "F" if (n in forward and b > a) else "B"
             transfers.append(Transfer(n, a, b, phase, n.nbytes, 1 if phase == "step" else pl.microbatches))
+    if pl.schedule == "zero-bubble":   # W: backward nodes that feed only this stage's accumulations
+        for st in stages:
+            sent = [t.node for t in transfers if t.src == st.index and t.phase == "B"]
+            b = _ancestors(sent) & set(st.backward)
+            st.weight = [n for n in st.backward if n not in b]
+            st.backward = [n for n in st.backward if n in b]
     notes = [f"stage {s.index}: layers {', '.join(s.layers)}; {len(s.forward)} forward, {len(s.backward)} backward, "
              f"{len(s.step)} step nodes" for s in stages]
     slots = schedule_slots(pl.schedule, p, pl.microbatches)

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from ..errors import Error
 
-SCHEDULES = ("gpipe", "1f1b")
+SCHEDULES = ("gpipe", "1f1b", "zero-bubble")
 
 
 def schedule_slots(schedule: str, stages: int, microbatches: int) -> list[list[tuple[str, int]]]:
     p, m = stages, microbatches
     if schedule not in SCHEDULES:
         raise Error(f"pipeline schedule {schedule!r} is not supported (supported: {', '.join(SCHEDULES)})")
+    if schedule == "zero-bubble":
+        return _zero_bubble(p, m)
     out = []
     for s in range(p):
         if schedule == "gpipe":
@@ -51,9 +53,7 @@ def timeline(slots: list[list[tuple[str, int]]], duration=None, latency=None) ->
         for s in range(p):
             while pos[s] < len(slots[s]):
                 kind, j = slots[s][pos[s]]
-                deps = [("F", s - 1, j)] if kind == "F" and s > 0 else []
-                if kind == "B":
-                    deps = [("F", s, j)] + ([("B", s + 1, j)] if s < p - 1 else [])
+                deps = _deps(kind, s, j, p)
                 if any(d not in start for d in deps):
                     break
                 t = max([free[s]] + [start[d] + dur(d[0], d[1]) + (lat(kind, s) if d[1] != s else 0)
@@ -66,6 +66,46 @@ def timeline(slots: list[list[tuple[str, int]]], duration=None, latency=None) ->
         stuck = [f"stage {s}: {slots[s][pos[s]]}" for s in range(p) if pos[s] < len(slots[s])]
         raise Error(f"pipeline schedule deadlocks ({'; '.join(stuck)})")
     return start
+
+
+def _deps(kind, s, j, p):
+    if kind == "F":
+        return [("F", s - 1, j)] if s > 0 else []
+    if kind == "B":
+        return [("F", s, j)] + ([("B", s + 1, j)] if s < p - 1 else [])
+    return [("B", s, j)]    # W: the weight gradients after the input gradients
+
+
+def _zero_bubble(p: int, m: int) -> list[list[tuple[str, int]]]:
+    """ZB-H1 (Qi et al., 2023): the backward split into B (input gradients, on the critical path)
+    and W (weight gradients, deferred into the bubbles). Built by running the stages slot by slot:
+    each takes a ready B first, else a F while fewer than p - s microbatches are in flight (1F1B's
+    memory), else a deferred W."""
+    slots = [[] for _ in range(p)]
+    done: dict = {}
+    nf, nb, nw = [0] * p, [0] * p, [0] * p
+    t = 0
+    while any(nw[s] < m for s in range(p)):
+        now = []
+        for s in range(p):
+            ready = lambda k, j: all(done.get(d, t + 1) <= t for d in _deps(k, s, j, p))
+            if nb[s] < nf[s] and ready("B", nb[s]):
+                now.append((s, "B", nb[s]))
+            elif nf[s] < m and nf[s] - nb[s] < p - s and ready("F", nf[s]):
+                now.append((s, "F", nf[s]))
+            elif nw[s] < nb[s]:
+                now.append((s, "W", nw[s]))
+        for s, k, j in now:
+            slots[s].append((k, j))
+            done[(k, s, j)] = t + 1
+            if k == "F":
+                nf[s] += 1
+            elif k == "B":
+                nb[s] += 1
+            else:
+                nw[s] += 1
+        t += 1
+    return slots
 
 
 def bubble_fraction(slots: list[list[tuple[str, int]]]) -> float:

@@ -89,7 +89,7 @@ def simulate_pipeline(prog, inputs: dict) -> tuple[list[np.ndarray], list[tuple[
     done = []
     for s, kind, j in order(prog.slots):
         st = prog.stages[s]
-        nodes = st.forward if kind == "F" else st.backward
+        nodes = st.nodes(kind)
         run(s, j, nodes, menv[s][j])
         computed = set(nodes)
         for c in st.step:

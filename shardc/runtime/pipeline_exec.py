@@ -89,7 +89,7 @@ def _rank_main(rank: int, world: int, port: int, payload: dict, results):
         done = []
         for kind, j in payload["slots"]:
             recv(kind, j, menv[j])
-            run(st["forward" if kind == "F" else "backward"], j, menv[j])
+            run(st[{"F": "forward", "B": "backward", "W": "weight"}[kind]], j, menv[j])
             for c in accs:
                 if c.inputs[0] in menv[j] and (c, j) not in acc:
                     acc[(c, j)] = True
@@ -143,7 +143,7 @@ def _payloads(prog, values) -> tuple[list[dict], dict]:
     for s in range(p):
         st = prog.stages[s]
         used = set()
-        for n in st.free + st.forward + st.backward + st.step:
+        for n in st.free + st.forward + st.backward + st.weight + st.step:
             used.update(n.inputs)
         used.update(o for i, o in enumerate(local.outputs) if out_stage[i] == s)
         sends, recvs = {}, {}
@@ -156,7 +156,7 @@ def _payloads(prog, values) -> tuple[list[dict], dict]:
         for r in range(R):
             pays.append({
                 "world_axes": world_axes, "axes_list": axes_list, "graph": wire, "stage": s, "R": R, "m": m,
-                "lists": {k: [index[n] for n in getattr(st, k)] for k in ("free", "forward", "backward", "step")},
+                "lists": {k: [index[n] for n in getattr(st, k)] for k in ("free", "forward", "backward", "weight", "step")},
                 "accs": [(index[n], tuple(a for a in n.attrs["axes"] if a != MB)) for n in st.step
                          if n.op.value == "all_reduce" and MB in n.attrs["axes"]],
                 "inputs": {index[x]: blocks[devs.device(0, r)][k] for k, x in enumerate(local.inputs)

@@ -40,14 +40,17 @@ def gpt2_sgd():
     return m, *m.capture(train=True, batch=8)
 
 
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "zero-bubble"])
 def test_gpt2_sgd_pp4(gpt2_sgd, schedule):
     m, g, args = gpt2_sgd
     prog = shardc.partition(g, Mesh({"pp": 4}), {}, pipeline=shardc.Pipeline("pp", 8, schedule))
     assert [s.layers for s in prog.stages] == [["h.0"], ["h.1"], ["h.2"], ["h.3"]]
     err, order = _run(g, _fresh_args(g, args, 1), prog)
     assert err < 1e-5
-    assert len(order) == 2 * 4 * 8
+    assert len(order) == (3 if schedule == "zero-bubble" else 2) * 4 * 8
+    if schedule == "zero-bubble":   # W holds weight gradients only: nothing it makes is sent
+        assert all(st.weight for st in prog.stages)
+        assert not any(t.node in st.weight for st in prog.stages for t in prog.transfers)
     # activations forward and their gradients backward between neighbours: one [mb, seq, d] f32 each way
     act = 1 * 16 * 32 * 4
     for s in range(3):
@@ -125,3 +128,11 @@ def test_analyze_pipeline(gpt2_sgd):
     # 1F1B keeps p - s microbatches' activations on stage s, GPipe all m
     for s in range(4):
         assert got["1f1b"].activations_in_flight[s] * 8 == got["gpipe"].activations_in_flight[s] * (4 - s)
+
+
+def test_zero_bubble_schedule():
+    # ZB-H1 with F = B = W = one slot: (p - 1) idle slots per stage against 1F1B's 3(p - 1) (B + W in one)
+    zb = schedule_slots("zero-bubble", 4, 8)
+    assert all(sorted(a) == sorted([(k, j) for k in "FBW" for j in range(8)]) for a in zb)
+    assert bubble_fraction(zb) == pytest.approx(3 / (3 * 8 + 3))
+    assert bubble_fraction(zb) < bubble_fraction(schedule_slots("1f1b", 4, 8)) / 2
