@@ -286,6 +286,31 @@ def _diagonal_scatter(e, x, src, offset=0, dim1=0, dim2=1):
     return e.transpose(e.reshape(flat, xt.shape), list(np.argsort(perm)))
 
 
+def erfcx(e, x):
+    """exp(x²)·erfc(x): directly below 1.5, Laplace's continued fraction (20 terms) above."""
+    direct = e.binary(Op.MUL, e.unary(Op.EXP, e.binary(Op.MUL, x, x)), e.binary(Op.SUB, 1.0, e.unary(Op.ERF, x)))
+    safe = e.binary(Op.MAX, x, 1.5)
+    t = e.const(0.0, x.dtype, x.shape)
+    for k in range(20, 0, -1):
+        t = e.binary(Op.DIV, k / 2, e.binary(Op.ADD, safe, t))
+    frac = e.binary(Op.DIV, 1 / math.sqrt(math.pi), e.binary(Op.ADD, safe, t))
+    return e.select(e.binary(Op.LT, x, 1.5), direct, frac)
+
+
+def _erfcx(e, x):
+    (x,) = _f(e, x)
+    return erfcx(e, x)
+
+
+def _log_ndtr(e, x):
+    """log Φ(x): through erfcx in the lower tail (no underflow), log1p(-Φ(-x)) above."""
+    (x,) = _f(e, x)
+    t = e.binary(Op.MUL, x, -1 / math.sqrt(2.0))
+    lower = e.binary(Op.SUB, e.unary(Op.LOG, e.binary(Op.MUL, erfcx(e, t), 0.5)), e.binary(Op.MUL, t, t))
+    upper = e.unary(Op.LOG1P, e.binary(Op.MUL, e.binary(Op.SUB, 1.0, e.unary(Op.ERF, e.unary(Op.NEG, t))), -0.5))
+    return e.select(e.binary(Op.LT, x, -1.0), lower, upper)
+
+
 def _ndtri(e, p):
     (p,) = _f(e, p)
     return e.binary(Op.MUL, e.erf_inv(e.binary(Op.SUB, e.binary(Op.MUL, p, 2.0), 1.0)), math.sqrt(2.0))
@@ -361,6 +386,7 @@ def rules(A, scatter_reduce, index_put) -> dict:
         A.index_reduce: _index_reduce(scatter_reduce), A.as_strided: _as_strided, A.addbmm: _addbmm,
         A._cdist_forward: _cdist, A._trilinear: _trilinear, A.put: _put(index_put),
         A.diagonal_scatter: _diagonal_scatter, A.special_ndtri: _ndtri, A.masked_scatter: _masked_scatter,
+        A.special_erfcx: _erfcx, A.special_log_ndtr: _log_ndtr,
         A.special_bessel_j0: _bessel(bessel.j0), A.special_bessel_j1: _bessel(bessel.j1),
         A.special_bessel_y0: _bessel(bessel.y0), A.special_bessel_y1: _bessel(bessel.y1),
         **{getattr(A, f"special_{'scaled_' if scaled else ''}modified_bessel_k{order}"):

@@ -112,6 +112,7 @@ def test_chebyshev_and_friends():
     _check(lambda x, n: (sp.chebyshev_polynomial_t(x, n), sp.chebyshev_polynomial_u(x, n),
                          sp.chebyshev_polynomial_v(x, n), sp.chebyshev_polynomial_w(x, n),
                          sp.shifted_chebyshev_polynomial_t(x / 2 + 0.5, n), sp.ndtri(torch.sigmoid(x)),
+                         sp.erfcx(4 * x), sp.log_ndtr(4 * x),
                          torch.diagonal_scatter(x[:16].reshape(4, 4), x[:3], 1)), x, n)
 
 
