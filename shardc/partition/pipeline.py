@@ -137,6 +137,12 @@ def partition_pipeline(g: Graph, mesh: Mesh, specs, plan, pipeline: Pipeline, pa
     if not isinstance(pl.microbatches, int) or pl.microbatches < 1:
         raise ShardingError(f"pipeline microbatches must be a positive int, got {pl.microbatches!r}")
     p, m = mesh.axes[pl.axis], pl.microbatches
+    layer_names = sorted({lp for n in g.input_names if (lp := layer_prefix(n))}, key=_layer_key)
+    if len(layer_names) < p:
+        raise Error(f"{p} pipeline stages need at least {p} layers; the parameters name {len(layer_names)} "
+                    f"({', '.join(layer_names) or 'none'})")
+    if pl.split_points is not None:
+        _cuts_from_names(list(pl.split_points), layer_names, p)
     inner_mesh = Mesh({(MB if a == pl.axis else a): (m if a == pl.axis else n) for a, n in mesh.axes.items()})
     inner_specs = _microbatch_specs(g, mesh, inner_mesh, dict(specs or {}), pl.axis, m)
     inner = _partition(g, inner_mesh, inner_specs, None)

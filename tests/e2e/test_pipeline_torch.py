@@ -1,5 +1,6 @@
 """The pipeline on torch.distributed (gloo ranks): two training steps == the unsharded reference;
 the bubble counted in schedule slots from the ranks' traces."""
+import functools
 import re
 
 import numpy as np
@@ -9,6 +10,22 @@ import shardc
 from shardc import Mesh, P, models, runtime
 from shardc.runtime.pipeline_exec import slot_bubble
 from shardc.testing import rel_err
+
+
+@functools.lru_cache(maxsize=None)
+def _capture(model, optimizer):
+    m = models.get(f"{model}:tiny", n_layer=4)
+    return m, *m.capture(train=True, batch=8, optimizer=optimizer)
+
+
+@functools.lru_cache(maxsize=None)
+def _pp4(schedule):
+    from shardc.partition.pipeline import build
+    m, g, args = _capture("gpt2", "sgd")
+    if schedule == "1f1b":
+        return shardc.partition(g, Mesh({"pp": 4}), {}, pipeline=shardc.Pipeline("pp", 8, schedule))
+    first = _pp4("1f1b")
+    return build(g, first.mesh, shardc.Pipeline("pp", 8, schedule), first.inner, 4)
 
 
 def _next_args(g, outs, args):
@@ -42,8 +59,7 @@ def _steps(g, args, run, steps=2):
     ("llama", "adam", {"pp": 4, "dp": 2}, "dp", "1f1b", 1),
 ])
 def test_steps_match_reference(model, optimizer, mesh, specs, schedule, steps):
-    m = models.get(f"{model}:tiny", n_layer=4)
-    g, args = m.capture(train=True, batch=8, optimizer=optimizer)
+    m, g, args = _capture(model, optimizer)
     data = {n: P("dp") for n in g.input_names if n.startswith("args")}
     specs = {**data, **(m.tp_specs() if specs == "megatron" else {})}
     prog = shardc.partition(g, Mesh(mesh), specs, pipeline=shardc.Pipeline("pp", 4, schedule))
@@ -62,9 +78,8 @@ def test_steps_match_reference(model, optimizer, mesh, specs, schedule, steps):
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "zero-bubble"])
 def test_bubble_from_trace(schedule):
-    m = models.get("gpt2:tiny", n_layer=4)
-    g, args = m.capture(train=True, batch=8)
-    prog = shardc.partition(g, Mesh({"pp": 4}), {}, pipeline=shardc.Pipeline("pp", 8, schedule))
+    m, g, args = _capture("gpt2", "sgd")
+    prog = _pp4(schedule)
     trace = []
     out = runtime.run(prog, *args, engine="torch_pipeline", trace=trace)
     assert max(rel_err(a, b) for a, b in zip(out, g.evaluate(*args))) < 1e-5

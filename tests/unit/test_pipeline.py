@@ -40,10 +40,24 @@ def gpt2_sgd():
     return m, *m.capture(train=True, batch=8)
 
 
+_PP4 = {}
+
+
+def _pp4(g, schedule):
+    """GPT-2 over pp=4, 8 microbatches: partitioned once, the other schedules built on that."""
+    from shardc.partition.pipeline import build
+    if not _PP4:
+        _PP4["1f1b"] = shardc.partition(g, Mesh({"pp": 4}), {}, pipeline=shardc.Pipeline("pp", 8, "1f1b"))
+    if schedule not in _PP4:
+        first = _PP4["1f1b"]
+        _PP4[schedule] = build(g, first.mesh, shardc.Pipeline("pp", 8, schedule), first.inner, 4)
+    return _PP4[schedule]
+
+
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "zero-bubble"])
 def test_gpt2_sgd_pp4(gpt2_sgd, schedule):
     m, g, args = gpt2_sgd
-    prog = shardc.partition(g, Mesh({"pp": 4}), {}, pipeline=shardc.Pipeline("pp", 8, schedule))
+    prog = _pp4(g, schedule)
     assert [s.layers for s in prog.stages] == [["h.0"], ["h.1"], ["h.2"], ["h.3"]]
     err, order = _run(g, _fresh_args(g, args, 1), prog)
     assert err < 1e-5
@@ -120,7 +134,7 @@ def test_analyze_pipeline(gpt2_sgd):
     m, g, args = gpt2_sgd
     got = {}
     for schedule in ("gpipe", "1f1b"):
-        prog = shardc.partition(g, Mesh({"pp": 4}), {}, pipeline=shardc.Pipeline("pp", 8, schedule))
+        prog = _pp4(g, schedule)
         a = got[schedule] = shardc.analyze(prog, hardware="h100")
         assert a.bubble_fraction >= 3 / 11 - 1e-9        # imbalance and transfers only add to it
         assert a.step_s >= 8 * max(f + b for f, b in zip(a.stage_forward_s, a.stage_backward_s))
