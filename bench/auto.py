@@ -2,7 +2,8 @@
 the hand plans (dp, fsdp, Megatron + dp), all priced by shardc.analyze on the same hardware.
 
     .venv/bin/python bench/auto.py [--model gpt2:small] [--depths 1,2,4,8,12] [--mesh dp=2,tp=4]
-                                   [--batch 8] [--forward] [--hardware h200] [--no-plans] [--json PATH]
+                                   [--batch 8] [--forward] [--hardware h200] [--memory-budget BYTES]
+                                   [--no-plans] [--json PATH]
 
 Shape-only captures (bf16 parameters, f32 optimizer state): nothing is evaluated. Solve time is
 `shardc.partition.auto.solve` (strategies, grouping, the ILP and HiGHS), not the propagation and
@@ -30,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--forward", action="store_true", help="the forward pass instead of an SGD training step")
     ap.add_argument("--hardware", default="h200")
+    ap.add_argument("--memory-budget", type=float, default=None, help="bytes per device (default: the HBM less 10%%)")
     ap.add_argument("--no-plans", action="store_true", help="solve times only (no partition of the hand plans)")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "auto.json"))
     a = ap.parse_args(argv)
@@ -48,7 +50,7 @@ def main(argv=None):
         m = models.get(a.model, n_layer=depth)
         g, _ = m.capture(train, "jax", a.batch, shape_only=True)
         t = time.perf_counter()
-        res = solve(g, mesh, {}, a.hardware)
+        res = solve(g, mesh, {}, a.hardware, a.memory_budget)
         total = time.perf_counter() - t
         row = {"layers": depth, "nodes": len(g.nodes), "groups": res.n_groups, "classes": res.n_classes,
                "variables": res.n_vars, "build_s": res.build_s, "solve_s": res.solve_s, "total_s": total,
@@ -66,7 +68,7 @@ def main(argv=None):
             cands["megatron+dp"] = (m.tp_specs(), "dp")
         for label, (specs, plan) in cands.items():
             t = time.perf_counter()
-            kw = {"hardware": a.hardware} if plan == "auto" else {}
+            kw = {"hardware": a.hardware, "memory_budget": a.memory_budget} if plan == "auto" else {}
             prog = partition(g, mesh, specs, plan, **kw)
             dt = time.perf_counter() - t
             an = analyze(prog, a.hardware)
@@ -84,7 +86,7 @@ def main(argv=None):
                   f"comm {sum(an.comm_bytes.values()) / 1e9:7.3f} GB  peak {mem['peak'] / 1e9:7.2f} GB  "
                   f"(partition {dt:.1f} s)", flush=True)
         print("\n" + plans["auto"]["report"])
-    out = {"model": a.model, "train": train, "batch": a.batch, "mesh": dict(mesh.axes), "hardware": a.hardware,
+    out = {"model": a.model, "train": train, "memory_budget": a.memory_budget, "batch": a.batch, "mesh": dict(mesh.axes), "hardware": a.hardware,
            "solve_by_depth": rows, "plans": plans}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=1, default=str))
