@@ -11,8 +11,14 @@ budget, as an integer linear program (Alpa's intra-op pass, over shardc's factor
    linearization: the edge variables sum to the producer's choice along one side and the
    consumer's along the other); minimize compute + collectives + resharding, subject to state
    plus saved activations fitting the budget. A time limit returns the best plan found and its gap.
-4. The chosen shardings of the inputs become seeds (origin "auto: ...") and go through the normal
-   propagate → lower path, so correctness comes from the same machinery as every other plan.
+4. The chosen shardings of the inputs become seeds (origin "auto: ..."), those of dot, gather and
+   scatter results hints (pinned where propagation keeps them), and everything goes through the
+   normal propagate → lower path, so correctness comes from the same machinery as every other
+   plan. auto_plan.py prices the program with shardc.analyze against the hand plans.
+
+Memory is state (parameters with their gradients when trained, optimizer state, batch inputs)
+plus the forward values the backward reads, at each value's local size: not the liveness peak of
+the schedule, which `shardc.analyze` reports after lowering.
 """
 from __future__ import annotations
 
@@ -23,8 +29,8 @@ import numpy as np
 
 from ..errors import ShardingError
 from ..ir import Graph, Node, Op
-from .auto_strategies import (DATA_AXIS_NAMES, FOLLOW_OPS, MODEL_AXIS_NAMES, Pricer, Strategy, axes_key, enumerate_strategies, follow,
-                              follower_cost, saved_nodes, trivial_nodes)
+from .auto_strategies import (DATA_AXIS_NAMES, FOLLOW_OPS, MODEL_AXIS_NAMES, Pricer, Strategy, axes_key,
+                              enumerate_strategies, follow, follower_cost, saved_nodes, trivial_nodes)
 from .mesh import Mesh, Sharding, local_shape
 from .plans import is_state
 

@@ -166,8 +166,7 @@ def _strategies_of(n: Node, rule: FactorRule, fa: FactorAxes, mesh: Mesh, pricer
     label = ",".join(f"{_fname(n, rule, f)}:{'+'.join(a)}" for f, a in sorted(fa.items())) or "replicated"
     if not partial:
         return [Strategy(fa, dims, operands, base, 0.0, label)]
-    kind = "all_reduce"
-    out = [Strategy(fa, dims, operands, base + pricer.collective(kind, local, partial), 0.0,
+    out = [Strategy(fa, dims, operands, base + pricer.collective("all_reduce", local, partial), 0.0,
                     label + f" all_reduce({'+'.join(partial)})")]
     # reduce-scatter onto a result dim that is not split yet
     group = mesh.group_size(partial)
@@ -175,7 +174,7 @@ def _strategies_of(n: Node, rule: FactorRule, fa: FactorAxes, mesh: Mesh, pricer
         if not ds.axes and n.shape[d] >= group:
             nd = list(dims.dims)
             nd[d] = DimSharding(partial)
-            cost = base + pricer.collective("reduce_scatter", local, partial) - 0.0
+            cost = base + pricer.collective("reduce_scatter", local, partial)
             out.append(Strategy(fa, Sharding(tuple(nd)), operands, cost, 0.0,
                                 label + f" reduce_scatter({'+'.join(partial)}→dim {d})"))
     return out
