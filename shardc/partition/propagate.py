@@ -139,8 +139,8 @@ def block_layouts(g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]) -> No
             n = mesh.group_size(ds.axes)
             if k > 1 and p.shape[d] % (k * n) == 0:
                 dims[d] = type(ds)(ds.axes, k)
-            heads = _padded_heads(p, d, k, ds, users, mesh)
-            if heads is not None:
+            heads = _padded_heads(p, d, k, ds, users, mesh) if st.priority < WEAK else None
+            if heads is not None:  # (not for state a plan splits only to store it: gathered whole)
                 dims[d] = heads
         if tuple(dims) != st.sharding.dims:
             seeds[p] = TensorSharding(Sharding(tuple(dims), st.sharding.partial), st.priority, st.fixed,
@@ -185,10 +185,8 @@ def _padded_heads(p: Node, d: int, k: int, ds: DimSharding, users, mesh: Mesh) -
     if lead != k or len(fac) < 2:
         return None
     heads, rest = fac[0], math.prod(fac[1:])
-    if heads % n == 0 or heads * rest % n == 0 and rest % (n // math.gcd(heads, n)) == 0 and False:
-        return None
-    if heads % n == 0 or -(-heads // n) * n > 2 * heads:
-        return None  # divides (the plain split keeps whole heads) or mostly padding
+    if heads % n == 0 or heads < n:
+        return None  # divides (the plain split keeps whole heads), or fewer heads than devices
     return DimSharding.compound([(k, ()), (heads, ds.axes), (rest, ())], mesh)
 
 

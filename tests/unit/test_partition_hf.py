@@ -185,3 +185,20 @@ def test_twelve_heads_over_eight_devices_pad_the_head_factor(family, train):
     assert (c.n_head, ("tp",)) in prog.sharding_of(name).dims[1 if family == "gpt2" else 0].parts
     for x, y in zip(prog.simulate(*args), g.evaluate(*args)):
         assert_close(x, y, tol=1e-5)
+
+
+def test_a_split_no_factor_can_hold_is_named_in_the_ledger():
+    """[8] split 4 ways viewed as [2, 4]: 4 devices cannot split a factor of 2 and the factor of
+    4 is minor to it, so the reshape gathers, and the reason says which dim and factors."""
+    import torch
+
+    class View(torch.nn.Module):
+        def forward(self, x):
+            return (x.reshape(2, 4) * 2).sum(1)
+
+    x = torch.arange(8.0)
+    g = shardc.from_torch(View(), (x,))
+    prog = shardc.partition(g, Mesh(x=4), {"x": P("x")})
+    (rec,) = prog.collectives
+    assert rec.kind == "all_gather" and "seen as factors [2, 4]: no factor can hold ('x',)" in rec.reason
+    np.testing.assert_array_equal(prog.simulate(x)[0], g.evaluate(x)[0])
