@@ -83,7 +83,8 @@ def analyze_pipeline(prog, hardware="h200", axis_order=None) -> PipelineAnalysis
     t = timeline(prog.slots, duration=lambda k, s: dur[k][s], latency=lambda k, s: into.get((k, s), 0.0))
     span = max(t[a] + dur[a[0]][a[1]] for a in t)
     busy = sum(m * (f + b + w) for f, b, w in zip(fwd, bwd, wgt))
-    bubble_fraction = (span * p - busy) / (span * p) if span else 0.0
+    devices = len(prog.slots)
+    bubble_fraction = (span * devices - busy) / (span * devices) if span else 0.0
     stash = _stash_bytes(prog)
     held = []
     for s in range(p):

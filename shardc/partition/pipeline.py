@@ -47,6 +47,7 @@ class Pipeline:
     microbatches: int = 1
     schedule: str = "1f1b"
     split_points: tuple | list | None = None
+    chunks: int = 2         # interleaved-1f1b: stages per device
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,11 @@ def partition_pipeline(g: Graph, mesh: Mesh, specs, plan, pipeline: Pipeline, pa
         raise ShardingError("a pipeline runs without the collective passes; pass passes='default' or ()")
     if not isinstance(pl.microbatches, int) or pl.microbatches < 1:
         raise ShardingError(f"pipeline microbatches must be a positive int, got {pl.microbatches!r}")
-    p, m = mesh.axes[pl.axis], pl.microbatches
+    m = pl.microbatches
+    p = mesh.axes[pl.axis] * (pl.chunks if pl.schedule == "interleaved-1f1b" else 1)   # stages
+    if pl.schedule == "interleaved-1f1b" and m % mesh.axes[pl.axis]:
+        raise ShardingError(f"interleaved-1f1b needs microbatches divisible by the pipeline size "
+                            f"({m} over {mesh.axes[pl.axis]})")
     layer_names = sorted({lp for n in g.input_names if (lp := layer_prefix(n))}, key=_layer_key)
     if len(layer_names) < p:
         raise Error(f"{p} pipeline stages need at least {p} layers; the parameters name {len(layer_names)} "
@@ -309,7 +314,7 @@ def build(g, mesh, pl, inner, p) -> PipelineProgram:
             st.backward = [n for n in st.backward if n in b]
     notes = [f"stage {s.index}: layers {', '.join(s.layers)}; {len(s.forward)} forward, {len(s.backward)} backward, "
              f"{len(s.step)} step nodes" for s in stages]
-    slots = schedule_slots(pl.schedule, p, pl.microbatches)
+    slots = schedule_slots(pl.schedule, mesh.axes[pl.axis], pl.microbatches, pl.chunks)
     return PipelineProgram(g, mesh, pl, inner, stages, stage, transfers, slots, notes + inner.notes, frozenset(post))
 
 

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 from ..errors import Error
 
-SCHEDULES = ("gpipe", "1f1b", "zero-bubble")
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble")
 
 
-def schedule_slots(schedule: str, stages: int, microbatches: int) -> list[list[tuple[str, int]]]:
+def schedule_slots(schedule: str, stages: int, microbatches: int, chunks: int = 2) -> list[list[tuple]]:
+    """Per-device slot lists; `stages` is the number of devices along the pipeline axis (for
+    interleaved-1f1b each holds `chunks` stages: device d runs stages d, d+p, ...)."""
     p, m = stages, microbatches
     if schedule not in SCHEDULES:
         raise Error(f"pipeline schedule {schedule!r} is not supported (supported: {', '.join(SCHEDULES)})")
     if schedule == "zero-bubble":
         return _zero_bubble(p, m)
+    if schedule == "interleaved-1f1b":
+        return _interleaved(p, m, chunks)
     out = []
     for s in range(p):
         if schedule == "gpipe":
@@ -45,6 +49,7 @@ def timeline(slots: list[list[tuple[str, int]]], duration=None, latency=None) ->
     dur = duration or (lambda kind, s: 1)
     lat = latency or (lambda kind, s: 0)
     p = len(slots)
+    nstages = p * (1 + max((a[2] for acts in slots for a in acts if len(a) > 2), default=0))
     start: dict[tuple[str, int, int], int] = {}
     pos, free = [0] * p, [0] * p
     progress = True
@@ -52,20 +57,49 @@ def timeline(slots: list[list[tuple[str, int]]], duration=None, latency=None) ->
         progress = False
         for s in range(p):
             while pos[s] < len(slots[s]):
-                kind, j = slots[s][pos[s]]
-                deps = _deps(kind, s, j, p)
+                a = slots[s][pos[s]]
+                kind, j, k = a[0], a[1], stage_of(a, s, p)
+                deps = _deps(kind, k, j, nstages)
                 if any(d not in start for d in deps):
                     break
-                t = max([free[s]] + [start[d] + dur(d[0], d[1]) + (lat(kind, s) if d[1] != s else 0)
+                t = max([free[s]] + [start[d] + dur(d[0], d[1]) + (lat(kind, k) if d[1] % p != s else 0)
                                      for d in deps])
-                start[(kind, s, j)] = t
-                free[s] = t + dur(kind, s)
+                start[(kind, k, j)] = t
+                free[s] = t + dur(kind, k)
                 pos[s] += 1
                 progress = True
     if any(pos[s] < len(slots[s]) for s in range(p)):
         stuck = [f"stage {s}: {slots[s][pos[s]]}" for s in range(p) if pos[s] < len(slots[s])]
         raise Error(f"pipeline schedule deadlocks ({'; '.join(stuck)})")
     return start
+
+
+def stage_of(action: tuple, device: int, p: int) -> int:
+    """The stage an action of `device`'s slot list runs: (kind, j) its own; (kind, j, c) chunk c's."""
+    return device + p * (action[2] if len(action) > 2 else 0)
+
+
+def _interleaved(p: int, m: int, v: int) -> list[list[tuple]]:
+    """Megatron's interleaved 1F1B (Narayanan et al., SC'21): device d holds stages d + c·p for
+    chunks c < v; microbatches go through in groups of p, each group through every chunk in turn
+    (backwards through the chunks in reverse); warm-up 2(p-d-1) + (v-1)p forwards, then 1F1B."""
+    if m % p:
+        raise Error(f"interleaved-1f1b needs microbatches divisible by the pipeline size ({m} over {p})")
+
+    def action(kind, i):
+        c = (i % (p * v)) // p
+        return (kind, (i // (p * v)) * p + i % p, c if kind == "F" else v - 1 - c)
+
+    out = []
+    for d in range(p):
+        total = m * v
+        warm = min(2 * (p - d - 1) + (v - 1) * p, total)
+        acts = [action("F", i) for i in range(warm)]
+        for i in range(total - warm):
+            acts += [action("F", warm + i), action("B", i)]
+        acts += [action("B", i) for i in range(total - warm, total)]
+        out.append(acts)
+    return out
 
 
 def _deps(kind, s, j, p):

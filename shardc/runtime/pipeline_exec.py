@@ -32,6 +32,7 @@ def _rank_main(rank: int, world: int, port: int, payload: dict, results):
         import torch.distributed as dist
 
         from ..ir import Op
+        from ..partition.pipeline_schedule import stage_of
         from .torch_exec import RankGroups, _from_wire, _to_wire, start_collective
         from .torch_ops import to_numpy, to_torch, torch_node
         torch.set_num_threads(1)
@@ -42,77 +43,76 @@ def _rank_main(rank: int, world: int, port: int, payload: dict, results):
         local = graph_from_wire(payload["graph"])
         N = local.nodes
         coords = wmesh.coords(rank)
-        s, R, m = payload["stage"], payload["R"], payload["m"]
-        st = {k: [N[i] for i in v] for k, v in payload["lists"].items()}
-        accs = {N[i]: rest for i, rest in payload["accs"]}
-        inputs = {N[i]: v for i, v in payload["inputs"].items()}          # params / state
-        batch = {N[i]: v for i, v in payload["batch"].items()}            # per microbatch blocks
-        senv, menv, acc, pending = {}, [{} for _ in range(m)], {}, []
+        m, p = payload["m"], payload["p"]
+        stages = {k: _StageState(sp, N, m, to_torch) for k, sp in payload["stages"].items()}
+        pending, mailbox = [], {}      # mailbox: sends between two stages of this rank
 
-        def get(n, j):
-            if n in inputs:
-                return inputs[n]
-            if n in batch:
-                return batch[n][j]
-            if j is not None and n in menv[j]:
-                return menv[j][n]
-            return senv[n]
-
-        def run(nodes, j, env):
+        def run(st, nodes, j, env):
             for n in nodes:
-                if n.op is Op.PARAMETER:
+                if n.op is Op.PARAMETER or n in st.accs:
                     continue
                 if n.op is Op.AXIS_INDEX:
                     v = j if n.attrs["axis"] == "mb" else int(coords[n.attrs["axis"]])
                     env[n] = torch.tensor(v, dtype=torch.int32)
-                elif n in accs:
-                    continue
                 elif n.op.value in payload["collective_ops"]:
-                    env[n] = start_collective(n, get(n.inputs[0], j), groups).wait()
+                    env[n] = start_collective(n, st.get(n.inputs[0], j), groups).wait()
                 else:
-                    env[n] = torch_node(n, [get(i, j) for i in n.inputs])
+                    env[n] = torch_node(n, [st.get(i, j) for i in n.inputs])
 
-        def recv(phase, j, env):
-            for ti, pos, src in payload["recvs"].get(phase, ()):
+        def tag(ti, j):
+            return ti * (m + 1) + (m if j is None else j)
+
+        def recv(st, phase, j, env):
+            for ti, pos, src in st.recvs.get(phase, ()):
                 n = N[pos]
+                if src == rank:
+                    env[n] = mailbox.pop((ti, j))
+                    continue
                 buf = _to_wire(torch.empty(n.shape, dtype=to_torch(np.zeros((), n.dtype.np)).dtype))
-                dist.recv(buf, src=src, tag=ti * (m + 1) + (m if j is None else j))
+                dist.recv(buf, src=src, tag=tag(ti, j))
                 env[n] = _from_wire(buf, n.dtype)
 
-        def send(phase, j, env):
-            for ti, pos, dst in payload["sends"].get(phase, ()):
-                pending.append(dist.isend(_to_wire(env[N[pos]]), dst=dst, tag=ti * (m + 1) + (m if j is None else j)))
+        def send(st, phase, j, env):
+            for ti, pos, dst in st.sends.get(phase, ()):
+                if dst == rank:
+                    mailbox[(ti, j)] = env[N[pos]]
+                else:
+                    pending.append(dist.isend(_to_wire(env[N[pos]]), dst=dst, tag=tag(ti, j)))
 
-        inputs = {n: to_torch(v) for n, v in inputs.items()}
-        batch = {n: [to_torch(b) for b in v] for n, v in batch.items()}
-        run(st["free"], None, senv)
+        for st in stages.values():
+            run(st, st.lists["free"], None, st.senv)
         done = []
-        for kind, j in payload["slots"]:
-            recv(kind, j, menv[j])
-            run(st[{"F": "forward", "B": "backward", "W": "weight"}[kind]], j, menv[j])
-            for c in accs:
-                if c.inputs[0] in menv[j] and (c, j) not in acc:
-                    acc[(c, j)] = True
-                    v = menv[j][c.inputs[0]]
-                    acc[c] = v.clone() if c not in acc else acc[c] + v
-            send(kind, j, menv[j])
-            done.append((kind, j))
-        recv("step", None, senv)
-        for n in st["step"]:
-            if n in accs:
-                v = acc[n]
-                if accs[n]:
-                    pg, _ = groups.get(accs[n])
-                    v = _to_wire(v)
-                    dist.all_reduce(v, group=pg)
-                    v = _from_wire(v, n.dtype)
-                senv[n] = v
-            else:
-                run([n], None, senv)
-        send("step", None, senv)
+        for action in payload["slots"]:
+            kind, j = action[0], action[1]
+            st = stages[stage_of(action, payload["device"], p)]
+            recv(st, kind, j, st.menv[j])
+            run(st, st.lists[{"F": "forward", "B": "backward", "W": "weight"}[kind]], j, st.menv[j])
+            for c in st.accs:
+                if c.inputs[0] in st.menv[j] and (c, j) not in st.acc:
+                    st.acc[(c, j)] = True
+                    v = st.menv[j][c.inputs[0]]
+                    st.acc[c] = v.clone() if c not in st.acc else st.acc[c] + v
+            send(st, kind, j, st.menv[j])
+            done.append(tuple(action))
+        outs = {}
+        for k in sorted(stages, reverse=True):     # step values go to lower stages
+            st = stages[k]
+            recv(st, "step", None, st.senv)
+            for n in st.lists["step"]:
+                if n in st.accs:
+                    v = st.acc[n]
+                    if st.accs[n]:
+                        pg, _ = groups.get(st.accs[n])
+                        v = _to_wire(v)
+                        dist.all_reduce(v, group=pg)
+                        v = _from_wire(v, n.dtype)
+                    st.senv[n] = v
+                else:
+                    run(st, [n], None, st.senv)
+            send(st, "step", None, st.senv)
+            outs.update({i: to_numpy(st.get(N[pos], 0)) for i, pos in st.outputs})
         for w in pending:
             w.wait()
-        outs = {i: to_numpy(get(N[pos], 0)) for i, pos in payload["outputs"]}
         results.put((rank, "ok", (outs, done)))
         dist.barrier()
         dist.destroy_process_group()
@@ -121,12 +121,33 @@ def _rank_main(rank: int, world: int, port: int, payload: dict, results):
         results.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
 
 
+class _StageState:
+    """One stage on a rank: its node lists, inputs, transfers and values (per step, per microbatch)."""
+
+    def __init__(self, sp: dict, N, m: int, to_torch):
+        self.lists = {k: [N[i] for i in v] for k, v in sp["lists"].items()}
+        self.accs = {N[i]: rest for i, rest in sp["accs"]}
+        self.inputs = {N[i]: to_torch(v) for i, v in sp["inputs"].items()}          # params / state
+        self.batch = {N[i]: [to_torch(b) for b in v] for i, v in sp["batch"].items()}   # per microbatch
+        self.sends, self.recvs, self.outputs = sp["sends"], sp["recvs"], sp["outputs"]
+        self.senv, self.menv, self.acc = {}, [{} for _ in range(m)], {}
+
+    def get(self, n, j):
+        if n in self.inputs:
+            return self.inputs[n]
+        if n in self.batch:
+            return self.batch[n][j]
+        if j is not None and n in self.menv[j]:
+            return self.menv[j][n]
+        return self.senv[n]
+
+
 def _payloads(prog, values) -> tuple[list[dict], dict]:
     from ..ir.ops import COLLECTIVES
     from ..partition.pipeline import MB
     from ..partition.pipeline_sim import StageDevices
     inner, local = prog.inner, prog.inner.local
-    p, m = prog.num_stages, prog.pipeline.microbatches
+    S, m, p = prog.num_stages, prog.pipeline.microbatches, len(prog.slots)
     devs = StageDevices(inner.mesh)
     R = devs.sub.size
     world_axes = {prog.pipeline.axis: p, **({a: n for a, n in devs.sub.axes.items()} if devs.rest else {})}
@@ -137,37 +158,38 @@ def _payloads(prog, values) -> tuple[list[dict], dict]:
                        - {()})
     out_stage = {}
     for i, o in enumerate(local.outputs):
-        out_stage[i] = prog.stage_of.get(o, next((k for k in range(p) if o in prog.stages[k].free), 0))
-    wire = graph_to_wire(local)
+        out_stage[i] = prog.stage_of.get(o, next((k for k in range(S) if o in prog.stages[k].free), 0))
+    common = {"world_axes": world_axes, "axes_list": axes_list, "graph": graph_to_wire(local), "m": m, "p": p,
+              "collective_ops": {op.value for op in COLLECTIVES}}
     pays = []
-    for s in range(p):
-        st = prog.stages[s]
-        used = set()
-        for n in st.free + st.forward + st.backward + st.weight + st.step:
-            used.update(n.inputs)
-        used.update(o for i, o in enumerate(local.outputs) if out_stage[i] == s)
-        sends, recvs = {}, {}
-        for ti, t in enumerate(prog.transfers):
-            if t.src == s:
-                sends.setdefault(t.phase, []).append((ti, index[t.node], t.dst * R))
-            if t.dst == s:
-                # received with the action that needs it: forward values with F, the others with B
-                recvs.setdefault(t.phase, []).append((ti, index[t.node], t.src * R))
+    for d in range(p):
         for r in range(R):
-            pays.append({
-                "world_axes": world_axes, "axes_list": axes_list, "graph": wire, "stage": s, "R": R, "m": m,
-                "lists": {k: [index[n] for n in getattr(st, k)] for k in ("free", "forward", "backward", "weight", "step")},
-                "accs": [(index[n], tuple(a for a in n.attrs["axes"] if a != MB)) for n in st.step
-                         if n.op.value == "all_reduce" and MB in n.attrs["axes"]],
-                "inputs": {index[x]: blocks[devs.device(0, r)][k] for k, x in enumerate(local.inputs)
-                           if x in used and x not in batch_in},
-                "batch": {index[x]: [blocks[devs.device(j, r)][k] for j in range(m)]
-                          for k, x in enumerate(local.inputs) if x in used and x in batch_in},
-                "sends": {ph: [(ti, pos, d + r) for ti, pos, d in v] for ph, v in sends.items()},
-                "recvs": {ph: [(ti, pos, src + r) for ti, pos, src in v] for ph, v in recvs.items()},
-                "slots": prog.slots[s], "collective_ops": {op.value for op in COLLECTIVES},
-                "outputs": [(i, index[o]) for i, o in enumerate(local.outputs) if out_stage[i] == s],
-            })
+            stages = {}
+            for k in range(d, S, p):
+                st = prog.stages[k]
+                used = set()
+                for n in st.free + st.forward + st.backward + st.weight + st.step:
+                    used.update(n.inputs)
+                used.update(o for i, o in enumerate(local.outputs) if out_stage[i] == k)
+                sends, recvs = {}, {}
+                for ti, t in enumerate(prog.transfers):
+                    if t.src == k:
+                        sends.setdefault(t.phase, []).append((ti, index[t.node], (t.dst % p) * R + r))
+                    if t.dst == k:
+                        recvs.setdefault(t.phase, []).append((ti, index[t.node], (t.src % p) * R + r))
+                stages[k] = {
+                    "lists": {n: [index[x] for x in getattr(st, n)] for n in ("free", "forward", "backward", "weight",
+                                                                               "step")},
+                    "accs": [(index[n], tuple(a for a in n.attrs["axes"] if a != MB)) for n in st.step
+                             if n.op.value == "all_reduce" and MB in n.attrs["axes"]],
+                    "inputs": {index[x]: blocks[devs.device(0, r)][i] for i, x in enumerate(local.inputs)
+                               if x in used and x not in batch_in},
+                    "batch": {index[x]: [blocks[devs.device(j, r)][i] for j in range(m)]
+                              for i, x in enumerate(local.inputs) if x in used and x in batch_in},
+                    "sends": sends, "recvs": recvs,
+                    "outputs": [(i, index[o]) for i, o in enumerate(local.outputs) if out_stage[i] == k],
+                }
+            pays.append({**common, "device": d, "stages": stages, "slots": prog.slots[d]})
     return pays, {"R": R, "devs": devs, "m": m}
 
 
@@ -201,7 +223,7 @@ def run_pipeline_torch(prog, *args, timeout_s: float = 300.0, trace: list | None
                                            f"did not finish within {timeout_s:.0f} s")
                 continue
             if status != "ok":
-                raise RankError(f"pipeline rank {rank} (stage {rank // info['R']}) failed: {body}")
+                raise RankError(f"pipeline rank {rank} (device {rank // info['R']} of the pipeline axis) failed: {body}")
             got[rank] = body
         for pr in procs:
             pr.join(timeout=10)
@@ -215,8 +237,8 @@ def run_pipeline_torch(prog, *args, timeout_s: float = 300.0, trace: list | None
     per_device = [None] * inner.mesh.size
     for r in range(R):
         row = {}
-        for k in range(prog.num_stages):
-            row.update(got[k * R + r][0])
+        for d in range(len(prog.slots)):
+            row.update(got[d * R + r][0])
         for j in range(m):
             per_device[devs.device(j, r)] = [row[i] for i in range(len(inner.local.outputs))]
     if trace is not None:

@@ -86,3 +86,13 @@ def test_bubble_from_trace(schedule):
     assert [acts for _, _, acts in sorted(trace)] == prog.slots
     # (p-1)/(m+p-1) at p=4, m=8; ZB-H1: p-1 idle slots of 3m+p-1
     assert slot_bubble(trace) == pytest.approx(3 / 27 if schedule == "zero-bubble" else 3 / 11)
+
+
+def test_interleaved_engine():
+    m, g, args = _capture("gpt2", "sgd")
+    prog = shardc.partition(g, Mesh({"pp": 2, "dp": 2}), {"args[0]": P("dp"), "args[1]": P("dp")},
+                            pipeline=shardc.Pipeline("pp", 4, "interleaved-1f1b", chunks=2))
+    trace = []
+    out = runtime.run(prog, *args, engine="torch_pipeline", trace=trace)
+    assert max(rel_err(a, b) for a, b in zip(out, g.evaluate(*args))) < 1e-5
+    assert slot_bubble(trace) == pytest.approx(1 / 9)     # (p-1)/(v·m + p - 1) at p=2, v=2, m=4

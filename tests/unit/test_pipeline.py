@@ -150,3 +150,15 @@ def test_zero_bubble_schedule():
     assert all(sorted(a) == sorted([(k, j) for k in "FBW" for j in range(8)]) for a in zb)
     assert bubble_fraction(zb) == pytest.approx(3 / (3 * 8 + 3))
     assert bubble_fraction(zb) < bubble_fraction(schedule_slots("1f1b", 4, 8)) / 2
+
+
+def test_interleaved_pp2_dp2(gpt2_sgd):
+    m, g, args = gpt2_sgd
+    prog = shardc.partition(g, Mesh({"pp": 2, "dp": 2}), {"args[0]": P("dp"), "args[1]": P("dp")},
+                            pipeline=shardc.Pipeline("pp", 4, "interleaved-1f1b", chunks=2))
+    assert [s.layers for s in prog.stages] == [["h.0"], ["h.1"], ["h.2"], ["h.3"]]   # device d: stages d, d + 2
+    err, order = _run(g, _fresh_args(g, args, 4), prog)
+    assert err < 1e-5
+    assert bubble_fraction(prog.slots) == pytest.approx(1 / (2 * 4 + 1))   # (p-1)/(v·m + p - 1)
+    for p, m in [(4, 8), (4, 16)]:
+        assert bubble_fraction(schedule_slots("interleaved-1f1b", p, m, 2)) == pytest.approx((p - 1) / (2 * m + p - 1))
