@@ -31,10 +31,10 @@ def captured(name: str, train: bool, frontend: str = "jax"):
 
 
 @functools.lru_cache(maxsize=None)
-def program(name: str, train: bool, layout: str, frontend: str = "jax"):
+def program(name: str, train: bool, layout: str, frontend: str = "jax", passes="default"):
     m, g, args = captured(name, train, frontend)
     axes, tp, sp, plan = LAYOUTS[layout]
     specs = dict(m.tp_specs()) if tp else {}
     if sp:
         specs.update(sequence_parallel_specs(g))
-    return partition(g, Mesh(axes), specs, plan), args
+    return partition(g, Mesh(axes), specs, plan, passes=passes), args

@@ -99,7 +99,8 @@ def test_worker_killed_from_outside_between_runs(torch_pool):
 
 
 def test_independent_ops_run_while_a_collective_is_in_flight(torch_pool):
-    prog, args = program("mlp", True, "dp4")  # DP: gradient all-reduces start during backprop
+    # DP: gradient all-reduces start during backprop (uncombined: one per gradient to overlap)
+    prog, args = program("mlp", True, "dp4", passes=())
     trace = []
     run_torch(prog, *args, world=torch_pool, trace=trace)
     assert len(trace) == 4
