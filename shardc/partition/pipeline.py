@@ -92,6 +92,7 @@ class PipelineProgram:
         self.notes = notes
         self.collectives = inner.collectives   # within-stage collectives (per microbatch) and accumulations
         self.passes: list = []
+        self.pre: dict = {}   # whole-batch sums of batch-only values → the per-microbatch nodes they sum
 
     @property
     def num_stages(self) -> int:
@@ -186,8 +187,11 @@ def build(g, mesh, pl, inner, p) -> PipelineProgram:
     live = _ancestors(local.outputs)
     in_names = {x: n for x, n in zip(local.inputs, g.input_names)}
     # phases
-    mbdep, post, accs = set(), set(), []
+    mbdep, post, accs, pre = set(), set(), [], {}
     batch_in = {x for x, s in zip(local.inputs, inner.input_shardings) if MB in s.used_axes}
+    dataonly = {}        # computed from the batch inputs and constants alone
+    for n in local.nodes:
+        dataonly[n] = n in batch_in if n.op is Op.PARAMETER else all(dataonly[i] for i in n.inputs)
     for n in local.nodes:
         if n not in live:
             continue
@@ -197,6 +201,9 @@ def build(g, mesh, pl, inner, p) -> PipelineProgram:
             if n.op is not Op.ALL_REDUCE or n.attrs["reduce"] != "sum" or n.inputs[0] not in mbdep:
                 raise Error(f"{n.describe()}: a {n.op.value} over the microbatch axis has no pipeline form "
                             f"(only sums across microbatches: gradient accumulation)")
+            if dataonly[n.inputs[0]]:   # a sum over the whole batch of the batch alone (a token count):
+                pre[n] = [x for x in local.nodes if x in _ancestors([n.inputs[0]]) and x in mbdep]
+                continue                # each stage that needs it sums it over the microbatches first
             post.add(n)
             accs.append(n)
         else:
@@ -315,7 +322,9 @@ def build(g, mesh, pl, inner, p) -> PipelineProgram:
     notes = [f"stage {s.index}: layers {', '.join(s.layers)}; {len(s.forward)} forward, {len(s.backward)} backward, "
              f"{len(s.step)} step nodes" for s in stages]
     slots = schedule_slots(pl.schedule, mesh.axes[pl.axis], pl.microbatches, pl.chunks)
-    return PipelineProgram(g, mesh, pl, inner, stages, stage, transfers, slots, notes + inner.notes, frozenset(post))
+    prog = PipelineProgram(g, mesh, pl, inner, stages, stage, transfers, slots, notes + inner.notes, frozenset(post))
+    prog.pre = pre
+    return prog
 
 
 def _ancestors(roots) -> set:

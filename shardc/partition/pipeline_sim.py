@@ -76,6 +76,15 @@ def simulate_pipeline(prog, inputs: dict) -> tuple[list[np.ndarray], list[tuple[
                 for r in range(R):
                     v = j if n.attrs["axis"] == MB else devs.sub.coords(r)[n.attrs["axis"]]
                     env[r][n] = np.asarray(v, dtype=np.int32)
+            elif n in prog.pre:      # a whole-batch sum of batch-only values, before any microbatch
+                total = [0] * R
+                for k in range(m):
+                    run(s, k, prog.pre[n], menv[s][k])
+                    total = [t + menv[s][k][r][n.inputs[0]] for r, t in enumerate(total)]
+                rest = tuple(a for a in n.attrs["axes"] if a != MB)
+                for group in (devs.sub.groups(rest) if rest else [[r] for r in range(R)]):
+                    for r in group:
+                        env[r][n] = np.asarray(sum(total[q] for q in group)).astype(n.dtype.np)
             elif n.op in COLLECTIVES:
                 vals = run_collective(n, devs.sub, [get(s, j, r, n.inputs[0]) for r in range(R)])
                 for r in range(R):

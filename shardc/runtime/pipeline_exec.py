@@ -54,6 +54,17 @@ def _rank_main(rank: int, world: int, port: int, payload: dict, results):
                 if n.op is Op.AXIS_INDEX:
                     v = j if n.attrs["axis"] == "mb" else int(coords[n.attrs["axis"]])
                     env[n] = torch.tensor(v, dtype=torch.int32)
+                elif n in st.pre:        # a whole-batch sum of batch-only values, before any microbatch
+                    nodes, rest = st.pre[n]
+                    total = 0
+                    for k in range(m):
+                        run(st, nodes, k, st.menv[k])
+                        total = total + st.menv[k][n.inputs[0]]
+                    if rest:
+                        total = _to_wire(total)
+                        dist.all_reduce(total, group=groups.get(rest)[0])
+                        total = _from_wire(total, n.dtype)
+                    env[n] = total
                 elif n.op.value in payload["collective_ops"]:
                     env[n] = start_collective(n, st.get(n.inputs[0], j), groups).wait()
                 else:
@@ -130,6 +141,7 @@ class _StageState:
         self.inputs = {N[i]: to_torch(v) for i, v in sp["inputs"].items()}          # params / state
         self.batch = {N[i]: [to_torch(b) for b in v] for i, v in sp["batch"].items()}   # per microbatch
         self.sends, self.recvs, self.outputs = sp["sends"], sp["recvs"], sp["outputs"]
+        self.pre = {N[c]: ([N[i] for i in nodes], rest) for c, (nodes, rest) in sp["pre"].items()}
         self.senv, self.menv, self.acc = {}, [{} for _ in range(m)], {}
 
     def get(self, n, j):
@@ -168,7 +180,8 @@ def _payloads(prog, values) -> tuple[list[dict], dict]:
             for k in range(d, S, p):
                 st = prog.stages[k]
                 used = set()
-                for n in st.free + st.forward + st.backward + st.weight + st.step:
+                for n in st.free + st.forward + st.backward + st.weight + st.step + \
+                        [x for c, nodes in prog.pre.items() if c in st.free for x in nodes]:
                     used.update(n.inputs)
                 used.update(o for i, o in enumerate(local.outputs) if out_stage[i] == k)
                 sends, recvs = {}, {}
@@ -187,6 +200,8 @@ def _payloads(prog, values) -> tuple[list[dict], dict]:
                     "batch": {index[x]: [blocks[devs.device(j, r)][i] for j in range(m)]
                               for i, x in enumerate(local.inputs) if x in used and x in batch_in},
                     "sends": sends, "recvs": recvs,
+                    "pre": {index[c]: ([index[x] for x in nodes], tuple(a for a in c.attrs["axes"] if a != MB))
+                            for c, nodes in prog.pre.items() if c in st.free},
                     "outputs": [(i, index[o]) for i, o in enumerate(local.outputs) if out_stage[i] == k],
                 }
             pays.append({**common, "device": d, "stages": stages, "slots": prog.slots[d]})

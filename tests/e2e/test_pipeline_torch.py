@@ -13,9 +13,22 @@ from shardc.testing import rel_err
 
 
 @functools.lru_cache(maxsize=None)
-def _capture(model, optimizer):
+def _capture(model, optimizer, frontend="jax"):
     m = models.get(f"{model}:tiny", n_layer=4)
-    return m, *m.capture(train=True, batch=8, optimizer=optimizer)
+    g, args = m.capture(train=True, batch=8, optimizer=optimizer, frontend=frontend)
+    return m, g, _fresh(args, np.random.default_rng(7))
+
+
+def _fresh(args, rng):
+    """Fresh random parameters and batch of the captured arguments' shapes (optimizer state kept)."""
+    def new(x, key=""):
+        if isinstance(x, dict):
+            return x if key == "state" else {k: new(v) for k, v in x.items()}
+        a = np.asarray(x)
+        if a.dtype.kind in "iu":
+            return rng.integers(0, int(a.max()) + 1, a.shape).astype(a.dtype)
+        return (rng.standard_normal(a.shape) * 0.15).astype(a.dtype)
+    return tuple(new(a, "state" if i == 1 and isinstance(a, dict) and "step" in a else "") for i, a in enumerate(args))
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,16 +66,18 @@ def _steps(g, args, run, steps=2):
 
 # Adam runs one step: after two, f32 Adam amplifies summation-order differences in near-zero
 # gradients (m/sqrt(v) flips sign) past 1e-5 already without a pipeline (dp=2 SPMD: 6e-5).
-@pytest.mark.parametrize("model,optimizer,mesh,specs,schedule,steps", [
-    ("gpt2", "sgd", {"pp": 2, "dp": 2, "tp": 2}, "megatron", "1f1b", 2),
-    ("llama", "sgd", {"pp": 4, "dp": 2}, "dp", "gpipe", 2),
-    ("llama", "adam", {"pp": 4, "dp": 2}, "dp", "1f1b", 1),
+@pytest.mark.parametrize("model,optimizer,mesh,specs,schedule,steps,frontend", [
+    ("gpt2", "sgd", {"pp": 2, "dp": 2, "tp": 2}, "megatron", "1f1b", 2, "jax"),
+    ("llama", "sgd", {"pp": 4, "dp": 2}, "dp", "gpipe", 2, "jax"),
+    ("llama", "adam", {"pp": 4, "dp": 2}, "dp", "1f1b", 1, "jax"),
+    ("gpt2", "sgd", {"pp": 2, "dp": 2}, "dp", "zero-bubble", 2, "torch"),   # loss / token count over the batch
 ])
-def test_steps_match_reference(model, optimizer, mesh, specs, schedule, steps):
-    m, g, args = _capture(model, optimizer)
+def test_steps_match_reference(model, optimizer, mesh, specs, schedule, steps, frontend):
+    m, g, args = _capture(model, optimizer, frontend)
     data = {n: P("dp") for n in g.input_names if n.startswith("args")}
     specs = {**data, **(m.tp_specs() if specs == "megatron" else {})}
     prog = shardc.partition(g, Mesh(mesh), specs, pipeline=shardc.Pipeline("pp", 4, schedule))
+    assert max(rel_err(a, b) for a, b in zip(prog.simulate(*args), g.evaluate(*args))) < 1e-5
     got, got_loss = _steps(g, args, lambda *a: runtime.run(prog, *a, engine="torch_pipeline"), steps)
     want, want_loss = _steps(g, args, g.evaluate, steps)
     assert max(rel_err(a, b) for a, b in zip(got_loss, want_loss)) < 1e-5
