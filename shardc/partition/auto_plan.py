@@ -42,7 +42,8 @@ class AutoReport:
         for name, nbytes, label, alts in self.rejected:
             lines.append(f"    {name} ({nbytes / 1e6:.3g} MB): chose {label}")
             for alabel, extra, mem in alts:
-                lines.append(f"      {alabel:<40} +{extra * 1e6:.4g} us, {mem / 1e6:.4g} MB held")
+                why = "  (faster alone, but the plan then misses the memory budget)" if extra < 0 else ""
+                lines.append(f"      {alabel:<40} {extra * 1e6:+.4g} us, {mem / 1e6:.4g} MB held{why}")
         return "\n".join(lines)
 
 
