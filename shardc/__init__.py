@@ -34,6 +34,13 @@ def constrain(x, spec):
     return Constrain.apply(x, encode(P(*spec) if not isinstance(spec, P) else spec))
 
 
+def pipeline_split(x):
+    """Begin a pipeline stage at value `x` inside a torch model's forward: `h = shardc.pipeline_split(h)`.
+    An identity that torch.export keeps; partition(..., pipeline=...) cuts the stages there."""
+    from .frontend.torch_pipeline_split import PipelineSplit
+    return PipelineSplit.apply(x)
+
+
 def compile(prog, target: str = "triton"):
     """SpmdProgram → Executable: fused kernels (Triton source) and each device's launch plan;
     codegen makes it, the runtime gives it `run` and `run_interpreted`."""
@@ -43,4 +50,4 @@ def compile(prog, target: str = "triton"):
 
 __all__ = ["Analysis", "CollectiveRecord", "DType", "Error", "Graph", "IRError", "Mesh", "Op", "P", "Pipeline", "PipelineProgram", "Sharding",
            "ShardingError", "SpmdProgram", "UnsupportedOpError", "analyze", "check", "compile", "constrain", "from_jax",
-           "from_torch", "hardware", "parse_graph", "partition"]
+           "from_torch", "hardware", "parse_graph", "partition", "pipeline_split"]

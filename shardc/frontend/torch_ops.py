@@ -21,6 +21,7 @@ from ..ir import DType, Node, Op
 from . import torch_layout, torch_nn, torch_special_ops, torch_vision_ops
 from .torch_constrain import constraint_rule
 from .torch_emitter import HALF
+from .torch_pipeline_split import pipeline_split_rule
 
 
 # ---------------------------------------------------------------------------------- elementwise
@@ -339,6 +340,7 @@ def _build_rules():
         A.randint: _random, A.bernoulli: _random, A.uniform: _random, A.normal: _random,
     }
     rules[torch.ops.shardc.constrain] = constraint_rule
+    rules[torch.ops.shardc.pipeline_split] = pipeline_split_rule
     rules.update(torch_layout.rules(A))
     rules.update(torch_nn.rules(A))
     rules.update(torch_vision_ops.rules(A, torch_layout.rules(A)[A.scatter_reduce]))

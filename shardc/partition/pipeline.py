@@ -143,7 +143,11 @@ def partition_pipeline(g: Graph, mesh: Mesh, specs, plan, pipeline: Pipeline, pa
     if pl.schedule == "interleaved-1f1b" and m % mesh.axes[pl.axis]:
         raise ShardingError(f"interleaved-1f1b needs microbatches divisible by the pipeline size "
                             f"({m} over {mesh.axes[pl.axis]})")
-    layer_names = sorted({lp for n in g.input_names if (lp := layer_prefix(n))}, key=_layer_key)
+    marks = _marks(g)
+    layer_names = [f"segment {i}" for i in range(len(marks) + 1)] if marks else \
+        sorted({lp for n in g.input_names if (lp := layer_prefix(n))}, key=_layer_key)
+    if marks and pl.split_points is not None:
+        raise ShardingError("the model marks its stages with shardc.pipeline_split(); split_points= would cut them again")
     if len(layer_names) < p:
         raise Error(f"{p} pipeline stages need at least {p} layers; the parameters name {len(layer_names)} "
                     f"({', '.join(layer_names) or 'none'})")
@@ -219,8 +223,12 @@ def build(g, mesh, pl, inner, p) -> PipelineProgram:
     forward = _ancestors([local.outputs[0]]) & mbdep
     if not forward:
         raise Error("a pipeline needs a training step whose first output is the loss of the batch")
-    # layers → stages
-    layer_names = sorted({lp for x in local.inputs if (lp := layer_prefix(in_names[x]))}, key=_layer_key)
+    # layers (or the segments between pipeline_split marks) → stages
+    marks = {inner.value_map[n][0] for n in _marks(g) if n in inner.value_map}
+    if marks:
+        layer_names = [f"segment {i}" for i in range(len(marks) + 1)]
+    else:
+        layer_names = sorted({lp for x in local.inputs if (lp := layer_prefix(in_names[x]))}, key=_layer_key)
     index = {lp: i for i, lp in enumerate(layer_names)}
     if len(layer_names) < p:
         raise Error(f"{p} pipeline stages need at least {p} layers; the parameters name {len(layer_names)} "
@@ -228,10 +236,12 @@ def build(g, mesh, pl, inner, p) -> PipelineProgram:
     layer = {}
     for n in local.nodes:
         if n.op is Op.PARAMETER:
-            lp = layer_prefix(in_names[n])
+            lp = None if marks else layer_prefix(in_names[n])
             layer[n] = index[lp] if lp else -1
         else:
             layer[n] = max((layer[i] for i in n.inputs), default=-1)
+            if n in marks:
+                layer[n] = max(layer[n], 0) + 1
     if pl.split_points is not None:
         cuts = _cuts_from_names(list(pl.split_points), layer_names, p)
     else:
@@ -264,15 +274,20 @@ def build(g, mesh, pl, inner, p) -> PipelineProgram:
         if later and len(later) == len(users[n]) and min(later) > stage[n]:
             stage[n] = min(later)
     # parameter owners: a layer's stage, else the first stage that reads the parameter in the forward
-    owner = {}
+    owner, first_use = {}, {}      # first_use: the first forward stage reading a value (through weight views)
+    for n in reversed(local.nodes):
+        us = [stage[u] if u in forward else first_use.get(u) for u in users.get(n, ())
+              if u in forward or not (u in mbdep or u in post)]
+        us = [u for u in us if u is not None]
+        if us:
+            first_use[n] = min(us)
     for x in local.inputs:
         key = leaf_key(in_names[x])
-        if layer_prefix(in_names[x]):
+        if layer_prefix(in_names[x]) and not marks:
             owner.setdefault(key, lstage(x))
         else:
-            fs = [stage[u] for u in users.get(x, ()) if u in stage]
-            if fs:
-                owner[key] = min(fs) if key not in owner else min(owner[key], min(fs))
+            if x in first_use:
+                owner[key] = min(owner.get(key, first_use[x]), first_use[x])
     pins: dict[Node, int] = {}
     for i, (o, name) in enumerate(zip(local.outputs, g.output_names)):
         want = p - 1 if i == 0 else owner.get(leaf_key(name), 0)
@@ -325,6 +340,11 @@ def build(g, mesh, pl, inner, p) -> PipelineProgram:
     prog = PipelineProgram(g, mesh, pl, inner, stages, stage, transfers, slots, notes + inner.notes, frozenset(post))
     prog.pre = pre
     return prog
+
+
+def _marks(g) -> list:
+    """The values a torch forward marked with shardc.pipeline_split(), in order."""
+    return [n for n in g.nodes if (n.name or "").startswith("pipeline_split_")]
 
 
 def _ancestors(roots) -> set:

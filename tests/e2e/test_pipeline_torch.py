@@ -111,3 +111,15 @@ def test_interleaved_engine():
     out = runtime.run(prog, *args, engine="torch_pipeline", trace=trace)
     assert max(rel_err(a, b) for a, b in zip(out, g.evaluate(*args))) < 1e-5
     assert slot_bubble(trace) == pytest.approx(1 / 9)     # (p-1)/(v·m + p - 1) at p=2, v=2, m=4
+
+
+def test_pipeline_split_marks_engine():
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "unit"))
+    from test_pipeline import marked_mlp_step
+    g, args = marked_mlp_step()
+    prog = shardc.partition(g, Mesh({"pp": 4, "dp": 2}), {"x": P("dp"), "y": P("dp")},
+                            pipeline=shardc.Pipeline("pp", 2, "1f1b"))
+    got, _ = _steps(g, args, lambda *a: runtime.run(prog, *a, engine="torch_pipeline"))
+    want, _ = _steps(g, args, g.evaluate)
+    assert max(rel_err(a, b) for a, b in zip(got, want)) < 1e-5

@@ -162,3 +162,43 @@ def test_interleaved_pp2_dp2(gpt2_sgd):
     assert bubble_fraction(prog.slots) == pytest.approx(1 / (2 * 4 + 1))   # (p-1)/(v·m + p - 1)
     for p, m in [(4, 8), (4, 16)]:
         assert bubble_fraction(schedule_slots("interleaved-1f1b", p, m, 2)) == pytest.approx((p - 1) / (2 * m + p - 1))
+
+
+def marked_mlp_step(batch=8, blocks=4, seed=0):
+    """A torch MLP whose forward marks its stages with shardc.pipeline_split(), and its SGD step."""
+    import torch
+    from torch.func import functional_call, grad_and_value
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(blocks))
+
+        def forward(self, x):
+            for i, b in enumerate(self.blocks):
+                x = torch.tanh(b(shardc.pipeline_split(x) if i else x))
+            return x
+
+    torch.manual_seed(seed)
+    net = Net()
+
+    def step(params, x, y):
+        g, loss = grad_and_value(lambda p: ((functional_call(net, p, (x,)) - y) ** 2).mean())(params)
+        return loss, {k: params[k] - 0.1 * g[k] for k in params}
+
+    args = ({k: v.detach().clone() for k, v in net.named_parameters()}, torch.randn(batch, 16), torch.randn(batch, 16))
+    return shardc.from_torch(step, args, capture="make_fx"), args
+
+
+def test_pipeline_split_marks():
+    g, args = marked_mlp_step()
+    prog = shardc.partition(g, Mesh({"pp": 4, "dp": 2}), {"x": P("dp"), "y": P("dp")},
+                            pipeline=shardc.Pipeline("pp", 2, "1f1b"))
+    # one activation forward and its gradient backward per boundary, each stage updating its own block
+    assert sorted((t.src, t.dst) for t in prog.transfers) == [(0, 1), (1, 0), (1, 2), (2, 1), (2, 3), (3, 2)]
+    assert all(t.bytes == 2 * 16 * 4 for t in prog.transfers)    # 8 rows over dp=2 and 2 microbatches
+    assert all(st.step for st in prog.stages)
+    err, _ = _run(g, _fresh_args(g, args, 5), prog)
+    assert err < 1e-5
+    with pytest.raises(shardc.Error, match="split_points"):
+        shardc.partition(g, Mesh({"pp": 2}), {}, pipeline=shardc.Pipeline("pp", 2, split_points=["blocks.2"]))
