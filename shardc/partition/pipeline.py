@@ -85,6 +85,8 @@ class PipelineProgram:
     """The pipeline program: per-stage node lists of one per-microbatch SPMD program, the
     transfers between stages, the schedule's slot lists; simulate() runs it all exactly."""
 
+    engine = "torch_pipeline"     # shardc.check(prog) runs it there (runtime/pipeline_exec.py)
+
     def __init__(self, graph, mesh, pipeline, inner, stages, stage_of, transfers, slots, notes, post=frozenset()):
         self.post = post                       # values after an accumulation (per step, not per microbatch)
         self.graph, self.mesh, self.pipeline, self.inner = graph, mesh, pipeline, inner

@@ -57,7 +57,7 @@ def check(prog, *args, engine: str = "torch", tol: float | None = None, **kw) ->
     shardc.Error) with the table when any output is off by more than its dtype's tolerance."""
     from . import run
     from .common import as_program
-    p = as_program(prog)
+    p = prog if getattr(prog, "pipeline", None) is not None else as_program(prog)   # a PipelineProgram
     got = run(prog, *args, engine=engine, **kw)
     want = p.graph.evaluate(*args)
     if len(got) != len(want):

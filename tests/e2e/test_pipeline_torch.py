@@ -108,8 +108,8 @@ def test_interleaved_engine():
     prog = shardc.partition(g, Mesh({"pp": 2, "dp": 2}), {"args[0]": P("dp"), "args[1]": P("dp")},
                             pipeline=shardc.Pipeline("pp", 4, "interleaved-1f1b", chunks=2))
     trace = []
-    out = runtime.run(prog, *args, engine="torch_pipeline", trace=trace)
-    assert max(rel_err(a, b) for a, b in zip(out, g.evaluate(*args))) < 1e-5
+    report = shardc.check(prog, *args, trace=trace)          # engine torch_pipeline, against evaluate
+    assert all(r.ok for r in report)
     assert slot_bubble(trace) == pytest.approx(1 / 9)     # (p-1)/(v·m + p - 1) at p=2, v=2, m=4
 
 
