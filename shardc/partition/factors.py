@@ -106,6 +106,14 @@ def merge(candidates: list[tuple[tuple, FactorAxes]], rule: FactorRule, mesh: Me
             out.set(f, d)
             out.priority[f] = rank[f][0]
             used.update(d.axes)
+    # a factor with a strided layout of its own stays a whole dim of every tensor (merged into a
+    # bigger dim, a strided split would spread over it: MoE routing's [k·tokens] stays whole)
+    for f in list(out.layouts):
+        if out.layouts[f].outer > 1 and any(f in fs and sum(rule.sizes[g] > 1 for g in fs) > 1
+                                            for t in rule.tensors() for fs in t):
+            out.pop(f, None)
+            out.layouts.pop(f, None)
+            out.priority.pop(f, None)
     return representable(out, rule, mesh)
 
 
