@@ -1,6 +1,6 @@
 """Pictures and a self-contained HTML report of a partitioned program: a sharding map (which
 device holds which block of each tensor) and a per-device timeline of ops and collectives
-(modeled with partition/cost.py until a run measures one)."""
+(modeled with analysis/cost.py until a run measures one)."""
 from __future__ import annotations
 
 import base64
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .partition.cost import timeline
+from .analysis.cost import timeline
 from .partition.mesh import global_indices
 
 

@@ -6,7 +6,7 @@ a reduction one per input element, a scatter one per update element; moves (resh
 broadcast, slice, pad, concatenate, gather) and collectives none. `model_flops` counts the
 unpartitioned graph the same way (what MFU divides by: no redundant replicated compute).
 
-Time is a roofline per op on the device (`partition/cost.py`'s timeline, priced here):
+Time is a roofline per op on the device (`cost.py`'s timeline, priced here):
 - a dot_general takes the longer of its FLOPs at the dtype's peak and its operands and result
   at HBM bandwidth;
 - other ops are assumed fused into chains (as shardc's fusion planner and XLA do): each writes
@@ -26,7 +26,7 @@ import math
 
 from ..ir import Op
 from ..ir.ops import COLLECTIVES, REDUCE
-from ..partition.cost import timeline
+from .cost import timeline
 from . import collectives as coll
 from . import hardware as hwmod
 from .memory import memory as memory_of
@@ -195,9 +195,8 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
     `recompute` ("none", "selective", "full") prices activation recomputation (recompute.py):
     saved activations and the peak shrink by what is no longer kept, the recomputed ops' FLOPs
     and time are added to .flops, .compute_s and .step_s (not to .model_flops: MFU, not HFU)."""
-    if getattr(prog, "pipeline", None) is not None:    # a PipelineProgram: analysis/pipeline.py
-        from .pipeline import analyze_pipeline
-        return analyze_pipeline(prog, hardware, axis_order)
+    if getattr(prog, "pipeline", None) is not None:    # a PipelineProgram models itself
+        return prog.analyze(hardware, axis_order)      # (partition/pipeline_analysis.py)
     from . import recompute as rc
     if recompute not in rc.MODES:
         from ..errors import Error

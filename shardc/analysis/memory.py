@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 
 from ..ir import Graph, Op
-from ..partition.plans import is_state
+from ..ir.graph import is_state
 
 _ROOT = re.compile(r"^([^\[]*)")
 _OUT = re.compile(r"^out\[\d+\]")

@@ -133,6 +133,12 @@ class Graph:
         return f"<Graph {self.name} {len(self.inputs)} inputs, {len(self.nodes)} nodes, {len(self.outputs)} outputs>"
 
 
+def is_state(g: Graph, p: Node) -> bool:
+    """Model-owned tensors, or leaves of dict arguments ("params['w']"); list entries
+    ("inputs[0]") and plain arguments are batch data."""
+    return p.name in g.bound or "['" in p.name or '["' in p.name
+
+
 def _kind(dt: np.dtype) -> str:
     """float, int or bool (bf16 is a float though numpy calls it a void-like kind)."""
     if dt.kind in "fV" or dt.name == "bfloat16":

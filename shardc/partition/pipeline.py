@@ -16,7 +16,7 @@ gradient accumulation (and the loss sum) across microbatches. Its nodes fall in 
     output 0) and backward (the rest), run once per microbatch;
   - step: after an accumulation (the optimizer update), run once after the last microbatch.
 Stages: parameters whose names hold a layer prefix ("h.3", "model.layers.3") belong to that
-layer; layers go to stages in order, balanced by the forward's modeled cost (partition/cost.py)
+layer; layers go to stages in order, balanced by the forward's modeled cost (analysis/cost.py)
 or cut at `split_points`. A forward node runs on the latest stage among its inputs; a backward or
 step node on the latest stage among its users, outputs on their parameter's stage (the loss on the
 last). A value used on another stage is sent there: forward values with the forward, backward
@@ -104,6 +104,11 @@ class PipelineProgram:
     def p2p_bytes(self) -> int:
         """Point-to-point bytes each device sends per step, all stages together."""
         return sum(t.bytes * t.count for t in self.transfers)
+
+    def analyze(self, hardware="h200", axis_order=None):
+        """Modeled bubble, step time and memory per stage (what shardc.analyze returns for it)."""
+        from .pipeline_analysis import analyze_pipeline
+        return analyze_pipeline(self, hardware, axis_order)
 
     def simulate(self, *args):
         from .pipeline_sim import simulate_pipeline
@@ -248,7 +253,7 @@ def build(g, mesh, pl, inner, p) -> PipelineProgram:
         cuts = _cuts_from_names(list(pl.split_points), layer_names, p)
     else:
         cost = [0.0] * len(layer_names)
-        from .cost import op_seconds
+        from ..analysis.cost import op_seconds
         for n in local.nodes:
             if n in forward:
                 cost[max(layer[n], 0)] += op_seconds(n, local.mesh_axes)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import collectives as coll
-from . import hardware as hwmod
+from ..analysis import collectives as coll
+from ..analysis import hardware as hwmod
 
 
 @dataclasses.dataclass
@@ -51,9 +51,9 @@ class PipelineAnalysis:
 
 
 def analyze_pipeline(prog, hardware="h200", axis_order=None) -> PipelineAnalysis:
-    from ..partition.pipeline import MB
-    from ..partition.pipeline_schedule import timeline
-    from .analyze import _Pricer
+    from ..analysis.analyze import _Pricer
+    from .pipeline import MB
+    from .pipeline_schedule import timeline
     hw = hwmod.get(hardware)
     price = _Pricer(hw, prog.mesh, axis_order)
     p, m = prog.num_stages, prog.pipeline.microbatches

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..errors import ShardingError
 from ..ir import Graph, Node, Op
+from ..ir.graph import is_state
 from .mesh import DimSharding, Mesh, Sharding
 from .propagate import PLAN, WEAK, TensorSharding
 from .specs import leaf_key
@@ -21,12 +22,6 @@ def data_axes(g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]) -> tuple[
     model = {a for p, st in seeds.items() if p.op is Op.PARAMETER and is_state(g, p) and st.sharding
              for d in st.sharding.dims for a in d.axes}
     return tuple(a for a in mesh.axis_names if a not in model)
-
-
-def is_state(g: Graph, p: Node) -> bool:
-    """Model-owned tensors, or leaves of dict arguments ("params['w']"); list entries
-    ("inputs[0]") and plain arguments are batch data."""
-    return p.name in g.bound or "['" in p.name or '["' in p.name
 
 
 def _split_first_dim(shape, axes: tuple[str, ...], mesh: Mesh) -> Sharding:

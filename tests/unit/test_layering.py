@@ -85,20 +85,20 @@ def test_partition_imports_neither_codegen_nor_runtime():
     assert _offending("partition", {"codegen", "runtime", "cli", "shardc"}) == []
 
 
+def test_analysis_models_programs_without_importing_their_makers():
+    """The cost, memory and hardware models sit below partition (auto-sharding prices with them)."""
+    assert _offending("analysis", {"partition", "codegen", "runtime", "cli", "shardc"}) == []
+
+
 def test_ir_imports_nothing_above_it():
     units = {_unit(_module_name(p)) for p in ROOT.rglob("*.py")}
     assert _offending("ir", units - BASE - {"ir"}) == []
 
 
-# Import edges that close a cycle and are owned by open work, each with why. Any other cycle fails
-# test_no_cycle_between_subpackages; test_no_cycle_at_all (strict xfail) fails as soon as these are
-# gone, so that the list is emptied.
-KNOWN_CYCLES = {
-    ("partition", "analysis"):
-        "plan='auto' (issue 16) scores strategies with analysis (hardware, memory, op_flops, "
-        "collectives), while analysis reads partition.cost.timeline and partition.plans.is_state: "
-        "the shared models belong in one layer below partition",
-}
+# Import edges that close a cycle and are owned by open work, each with why (none today: analysis
+# models what partition produces without importing it; partition's auto-sharding and pipeline
+# analysis use its models). Any other cycle fails test_no_cycle_between_subpackages.
+KNOWN_CYCLES: dict[tuple[str, str], str] = {}
 
 
 def _cycles(allowed=frozenset()) -> list[str]:
@@ -127,6 +127,5 @@ def test_no_cycle_between_subpackages():
     assert not cycles, f"import cycles between subpackages: {cycles[:10]}\n{detail}"
 
 
-@pytest.mark.xfail(strict=True, reason="the cycles in KNOWN_CYCLES are still there")
 def test_no_cycle_at_all():
     assert _cycles() == []
