@@ -15,6 +15,18 @@ LINK_BW = 450e9          # bytes/s per device (one direction)
 LAUNCH_S = 2e-6          # fixed cost per op (kernel launch or collective start)
 
 
+def wire_bytes(kind: str, nbytes: int, n: int) -> int:
+    """What each of `n` devices sends for a collective of `nbytes` (HLO-buffer bytes, as the
+    ledger counts them) with ring algorithms."""
+    if n <= 1:
+        return 0
+    if kind == "all_reduce":
+        return 2 * (n - 1) * nbytes // n
+    if kind in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (n - 1) * nbytes // n
+    return nbytes  # collective_permute sends its whole buffer
+
+
 @dataclass(frozen=True)
 class Event:
     node: Node
@@ -35,7 +47,6 @@ def flops(n: Node) -> int:
 
 def op_seconds(n: Node, mesh_axes: dict[str, int]) -> float:
     if n.op in COLLECTIVES:
-        from .program import wire_bytes
         group = math.prod(mesh_axes[a] for a in n.attrs["axes"])
         nbytes = n.nbytes if n.op is Op.ALL_GATHER else n.inputs[0].nbytes
         return LAUNCH_S + wire_bytes(n.op.value, nbytes, group) / LINK_BW

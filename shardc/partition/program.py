@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..analysis.cost import wire_bytes  # noqa: F401  (the ring model; partition's records use it)
 from ..ir import Graph, Node
 from .mesh import Mesh, Sharding
 
@@ -27,16 +28,6 @@ class CollectiveRecord:
     def __str__(self) -> str:
         where = f" at {self.source}" if self.source else ""
         return (f"{self.kind}({','.join(self.axes)}) {self.bytes} B  {self.tensor}{where}: {self.reason}")
-
-
-def wire_bytes(kind: str, nbytes: int, n: int) -> int:
-    if n <= 1:
-        return 0
-    if kind == "all_reduce":
-        return 2 * (n - 1) * nbytes // n
-    if kind in ("all_gather", "reduce_scatter", "all_to_all"):
-        return (n - 1) * nbytes // n
-    return nbytes  # collective_permute sends its whole buffer
 
 
 class SpmdProgram:
