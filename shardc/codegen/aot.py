@@ -3,26 +3,33 @@ through Triton's own compiler: PTX, cubin and shared-memory use, with no driver 
 
 Triton binds `@triton.jit` functions (its own tl.sum, tl.max, … too) to the interpreter or the
 compiler when they are imported, so a process running kernels on the interpreter cannot also
-compile them: `compile_for_gpu` compiles in a fresh Python process without TRITON_INTERPRET."""
+compile them: `compile_for_gpu` compiles in a fresh Python process without TRITON_INTERPRET.
+
+Registers and spills come from the cubin through `cuobjdump --dump-resource-usage` (shipped with
+Triton's NVIDIA backend); where it is missing they are None."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 
 HOPPER = ("cuda", 90, 32)
 SHARED_MEMORY_LIMIT = 227 * 1024  # bytes per block on H100 / H200
 
 
-def compile_for_gpu(kernels, target=HOPPER, configs=None, timeout: float = 600) -> list[dict]:
+def compile_for_gpu(kernels, target=HOPPER, configs=None, timeout: float = 600, errors: str = "raise") -> list[dict]:
     """For each kernel: {"name", "shared" (bytes), "wgmma" (in the PTX), "ptx", "cubin_bytes",
-    "num_warps"}. `configs` (one per kernel) default to each kernel's own GPU launch choice."""
+    "num_warps", "regs" (per thread), "spill_bytes" (local memory per thread)}. `configs` (one per
+    kernel) default to each kernel's own GPU launch choice. errors="return": a kernel that does
+    not compile gets {"name", "error"} instead of failing the whole batch."""
     jobs = []
     for i, k in enumerate(kernels):
         cfg = dict(configs[i] if configs else k.config(interpret=False))
         jobs.append({"path": str(k.path), "name": k.path.stem, "signature": k.signature, "config": cfg,
-                     "target": list(target)})
+                     "target": list(target), "errors": errors})
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "shardc.codegen.aot"], input=json.dumps(jobs),
                           capture_output=True, text=True, env=env, timeout=timeout)
@@ -47,13 +54,38 @@ def _compile_one(job: dict) -> dict:
     c = triton.compile(triton.compiler.ASTSource(fn, signature, constexprs), target=GPUTarget(*job["target"]),
                        options=opts)
     ptx = c.asm["ptx"]
+    cubin = c.asm.get("cubin", b"")
     return {"name": job["name"], "shared": int(c.metadata.shared), "wgmma": "wgmma" in ptx,
-            "ptx": ptx, "cubin_bytes": len(c.asm.get("cubin", b"")), "num_warps": c.metadata.num_warps}
+            "ptx": ptx, "cubin_bytes": len(cubin), "num_warps": c.metadata.num_warps,
+            **_resource_usage(cubin)}
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    """{"regs", "spill_bytes"} of the cubin's kernel (None each where cuobjdump is not there)."""
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not cubin or not os.path.exists(tool):
+        return {"regs": None, "spill_bytes": None}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    regs, local = re.search(r"REG:(\d+)", out), re.search(r"LOCAL:(\d+)", out)
+    return {"regs": int(regs.group(1)) if regs else None, "spill_bytes": int(local.group(1)) if local else None}
+
+
+def _compile_or_error(job: dict) -> dict:
+    if job.get("errors") != "return":
+        return _compile_one(job)
+    try:
+        return _compile_one(job)
+    except Exception as e:  # noqa: BLE001  (the caller asked for failures as data)
+        return {"name": job["name"], "error": f"{type(e).__name__}: {e}"[:500]}
 
 
 if __name__ == "__main__":
     import warnings
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    results = [_compile_one(j) for j in json.loads(sys.stdin.read())]
+    results = [_compile_or_error(j) for j in json.loads(sys.stdin.read())]
     print(json.dumps(results))

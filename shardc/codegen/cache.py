@@ -15,7 +15,7 @@ import numpy as np
 
 from ..version import __version__
 
-CODEGEN_VERSION = "2"  # bump when generated text changes for the same IR
+CODEGEN_VERSION = "3"  # bump when generated text changes for the same IR
 
 
 def cache_root() -> Path:

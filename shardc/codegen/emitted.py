@@ -26,6 +26,7 @@ class EmittedKernel:
     choose: object = no_config                     # interpret: bool -> launch config
     tuning: list = field(default_factory=list)     # the kernels/ template's tuning space
     grid: tuple = ()                               # Pallas: the grid of the pallas_call
+    dims: dict = field(default_factory=dict)       # Triton: the problem sizes its grid covers (the tuner's model)
 
 
 class KernelValue:

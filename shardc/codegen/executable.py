@@ -27,7 +27,8 @@ class Kernel:
 
     def __init__(self, name: str, kind: str, source: str, ops: list[Node], inputs: list[Node],
                  outputs: list[Node], axes: list[str], reason: str, path, key: str, choose,
-                 signature: dict | None = None, tuning: list | None = None, group: FusionGroup | None = None):
+                 signature: dict | None = None, tuning: list | None = None, group: FusionGroup | None = None,
+                 dims: dict | None = None):
         self.name, self.kind, self.source, self.reason = name, kind, source, reason
         self.ops: list[Node] = list(ops)
         self.inputs: list[Node] = list(inputs)
@@ -36,6 +37,7 @@ class Kernel:
         self.path, self.key = path, key
         self.signature = signature or {}
         self.tuning = tuning or []
+        self.dims = dims or {}       # problem sizes the launch grid covers (autotune's roofline model)
         self.group = group           # the fusion group it was emitted from (None on a rank that loaded it)
         self._choose = choose        # interpret: bool -> launch config
         self._modules: dict[bool, object] = {}
@@ -45,7 +47,7 @@ class Kernel:
         """The kernel an emitter wrote for `group`, stored in the kernel cache at `path`."""
         return cls(name, emitted.kind, emitted.source, group.nodes, emitted.inputs, emitted.outputs,
                    emitted.axes, group.reason, path, key, emitted.choose, emitted.signature,
-                   emitted.tuning, group)
+                   emitted.tuning, group, emitted.dims)
 
     def config(self, interpret: bool) -> dict:
         return self._choose(interpret)
@@ -61,11 +63,12 @@ class Kernel:
         """The kernel as a triton JITFunction (compiler mode), e.g. for ASTSource."""
         return getattr(self.module(False), self.path.stem)
 
-    def launch(self, args: list, config: dict | None = None):
-        """Run on the Triton interpreter: args are torch tensors (inputs, outputs) then axis indices."""
-        mod = self.module(True)
-        with interpret_mode(True):
-            mod.launch(args, config or self.config(True))
+    def launch(self, args: list, config: dict | None = None, interpret: bool = True):
+        """Run on the Triton interpreter (CPU tensors), or compiled for the GPU (interpret=False,
+        CUDA tensors): args are the inputs, the outputs, then the axis indices."""
+        mod = self.module(interpret)
+        with interpret_mode(interpret):
+            mod.launch(args, config or self.config(interpret))
 
     def reference(self, values: dict[Node, np.ndarray], coords: dict[str, int]) -> list[np.ndarray]:
         """The numpy evaluation of the IR nodes this kernel fuses, from its input values."""

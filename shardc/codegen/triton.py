@@ -64,7 +64,9 @@ class _Common:
                           **{v: PTR_TYPE[r.dtype] for r, v in self.outs.items()},
                           **{f"axis_{a}": "i32" for a in self.axes}}
 
-    def finish(self, kind: str, body: str, choose, tuning) -> EmittedKernel:
+    def finish(self, kind: str, body: str, choose, tuning, dims: dict | None = None) -> EmittedKernel:
+        """The emitted kernel; `dims`: the sizes its grid covers (B, M, N, K of a matmul; rows and
+        cols of a row kernel; ...), which the autotuner's roofline model reads."""
         ops = ", ".join(f"%{n.op.value}" + (f" {n.name!r}" if n.name else "") for n in self.grp.nodes)
         head = PRELUDE.format(kind=kind, name=self.name, reason=self.grp.reason.replace("\n", " "),
                               ops=ops[:2000])
@@ -72,7 +74,7 @@ class _Common:
         if self.name != "probe":  # the planner's feasibility probes are never launched
             choose = autotune.tuned_choose(choose, source, self.grp.inputs, self.grp.roots)
         return EmittedKernel(self.name, kind, source, list(self.grp.inputs), list(self.grp.roots),
-                             self.axes, self.signature, choose, tuning)
+                             self.axes, self.signature, choose, tuning, dims=dims or {})
 
 
 def _root_index(r: Node, full_idx, full_shape, row_idx=None, row_shape=None):
@@ -138,7 +140,7 @@ def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> EmittedKerne
     kind = "reduction" if reduce is not None else "pointwise"
     src = rows_t.TEMPLATE.format(name=name, params=c.params, rows=rows, cols=cols, body=body)
     choose = lambda interpret: rows_t.choose(rows, cols, reduce is not None, interpret)
-    return c.finish(kind, src, choose, rows_t.TUNING[kind])
+    return c.finish(kind, src, choose, rows_t.TUNING[kind], dict(rows=rows, cols=cols))
 
 
 def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full_shape, row_idx, row_shape,
@@ -164,7 +166,7 @@ def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full
                                         pre=_indent(em.lines, 4), body=_indent(body.lines, 8),
                                         post=_indent(post, 4) if post else "")
     choose = lambda interpret: rows_t.choose_looped(rows, cols, interpret)
-    return c.finish("reduction", src, choose, rows_t.TUNING["looped"])
+    return c.finish("reduction", src, choose, rows_t.TUNING["looped"], dict(rows=rows, cols=cols, looped=True))
 
 
 def _operand_index(x_rank, batch_dims, batch_idx, free_dims, free_idx, contract_dims, contract_idx):
@@ -228,7 +230,7 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
             ridx = _root_index(r, lhs_idx, lhs.shape)  # once, by the first column of programs
             if ridx is None:
                 raise CannotFuse(f"{r.describe()} does not match the dot's operand tile", r)
-            em.lines.append(em.store_text(r, c.outs[r], ridx, em.value(r, ridx), when="(tl.program_id(1) + tl.zeros([1, 1], tl.int32) == 0)"))
+            em.lines.append(em.store_text(r, c.outs[r], ridx, em.value(r, ridx), when="(pid_n + tl.zeros([1, 1], tl.int32) == 0)"))
     prologue = list(em.lines)
     em.lines.clear()
     if d.dtype in (DType.f16, DType.bf16):  # the dot's result is stored rounded: round it here too
@@ -250,7 +252,7 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
                                    dot=dot, prologue=_indent(prologue, 4), load_a=_indent(loop.lines, 8),
                                    load_b="", a=a_text, b=b_text, epilogue=_indent(em.lines + stores, 4))
     choose = lambda interpret: matmul_t.choose(M, N, K, dtype, interpret)
-    return c.finish("matmul", src, choose, matmul_t.TUNING)
+    return c.finish("matmul", src, choose, matmul_t.TUNING, dict(B=B, M=M, N=N, K=K, dtype=dtype))
 
 
 def _computed_from(grp: FusionGroup, d: Node) -> set:
@@ -313,7 +315,8 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
         scores=_indent(sblock.lines, 8), t=t_text, p_round=f"        p = {round_half('p', pv.dtype)}" if half else "", load_v=_indent(vblock.lines, 8), v=v_text,
         epilogue=_indent(em.lines + [store], 4))
     choose = lambda interpret: attention_t.choose(nq, nkv, hd, dv, dtype, interpret)
-    return c.finish("attention", src, choose, attention_t.TUNING)
+    return c.finish("attention", src, choose, attention_t.TUNING,
+                    dict(B=math.prod(bshape), NQ=nq, NKV=nkv, D=hd, DV=dv, dtype=dtype))
 
 
 def emit_scatter(grp: FusionGroup, name: str) -> EmittedKernel:
@@ -349,7 +352,7 @@ def emit_scatter(grp: FusionGroup, name: str) -> EmittedKernel:
     src = scatter_t.TEMPLATE.format(name=name, params=c.params, rows=rows, cols=cols, body=_indent(em.lines, 4),
                                     init=_scatter_init(grp, x), out_pos=len(grp.inputs), half=half)
     choose = lambda interpret: scatter_t.choose(rows, cols, interpret)
-    return c.finish("scatter", src, choose, scatter_t.TUNING)
+    return c.finish("scatter", src, choose, scatter_t.TUNING, dict(rows=rows, cols=cols))
 
 
 def _scatter_init(grp: FusionGroup, x: Node) -> str:
