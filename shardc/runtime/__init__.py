@@ -10,6 +10,8 @@ jax_exec.py tables, which mirror ir/evaluate.py). Given an Executable (shardc.co
 its launch plan instead: every torch rank launches the Triton kernels, the JAX shard_map program
 calls the Pallas kernels (interpreters on CPU), with collectives and views between them; the
 interpreter engine (interpreter.py) runs every device's plan in one process, collectives exact.
+With GPUs, the torch engine runs a compiled plan's kernels on them (devices.py decides: one rank
+per GPU over NCCL, or with a single GPU every device's kernels on it in turn, serial.py).
 torch and jax are imported only by the engine that runs. An engine is one module here and one
 entry in `ENGINES` below; every engine walks the launch plan through the steps' `.step`,
 `.reads` and `.writes`, and splits inputs / assembles outputs with SpmdProgram.input_blocks /
@@ -24,7 +26,7 @@ from .executable import Executable
 # engine name → (module in runtime/, its entry point (prog_or_exe, *args, **options) → outputs).
 # An engine is its module and its line here.
 ENGINES: dict[str, tuple[str, str]] = {
-    "torch": ("torch_launch", "run_torch"),       # world=None, timeout_s=300, trace=None, fault=None; torch tensors
+    "torch": ("torch_launch", "run_torch"),       # world=None, timeout_s=300, trace=None, fault=None, device=None; torch tensors
     "jax": ("jax_exec", "run_jax"),               # devices=None; jax arrays
     "interpreter": ("interpreter", "run_interpreter"),  # an Executable only; on_kernel=None; numpy arrays
     "torch_pipeline": ("pipeline_exec", "run_pipeline_torch"),  # a PipelineProgram; trace=None; numpy arrays

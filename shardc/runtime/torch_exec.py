@@ -148,7 +148,7 @@ def start_collective(n: Node, x: torch.Tensor, groups: RankGroups) -> Pending:
         return Pending([dist.all_reduce(buf, op=red, group=pg, async_op=True)], done(buf))
     if n.op is Op.ALL_GATHER:
         d = n.attrs["dim"]
-        out = torch.empty((k * x.shape[0], *x.shape[1:]), dtype=x.dtype)  # blocks concatenated on dim 0
+        out = torch.empty((k * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)  # blocks on dim 0
         work = _all_gather_single(out, x, group=pg, async_op=True)
         return Pending([work], lambda: _from_wire(torch.cat(out.reshape(k, *x.shape).unbind(0), dim=d), n.dtype))
     if n.op is Op.REDUCE_SCATTER:
@@ -156,7 +156,7 @@ def start_collective(n: Node, x: torch.Tensor, groups: RankGroups) -> Pending:
         backend = dist.get_backend(pg)
         if backend not in _RS_BROKEN:
             stacked = torch.stack(x.chunk(k, dim=d))  # piece j (for group rank j) first on dim 0
-            out = torch.empty(stacked.shape[1:], dtype=x.dtype)
+            out = torch.empty(stacked.shape[1:], dtype=x.dtype, device=x.device)
             stacked = stacked.reshape(k * out.shape[0], *out.shape[1:]).contiguous()
             try:
                 work = _reduce_scatter_single(out, stacked, group=pg, async_op=True)
@@ -284,20 +284,23 @@ _COLLECTIVE_NAMES = {"all_reduce", "all_gather", "reduce_scatter", "all_to_all",
 class PlanExecutor(RankExecutor):
     """Runs a compiled launch plan (an Executable's `.plan`, target "triton", of the per-device
     program `local`; on a pool rank, the plan it received) as rank `rank`: each
-    KernelLaunch launches the generated kernel (Triton interpreter on CPU tensors: outputs freshly
-    allocated, floats poisoned with NaN so an unwritten element shows), each CollectiveStep goes
-    through `start_collective` (async, scheduled by schedule_plan), each ViewStep is a reshape."""
+    KernelLaunch launches the generated kernel (outputs freshly allocated, floats poisoned with
+    NaN so an unwritten element shows; on `device` "cpu" the Triton interpreter, on "cuda:i" the
+    kernel compiled for that GPU, inputs moved there), each CollectiveStep goes through
+    `start_collective` (async, scheduled by schedule_plan), each ViewStep is a reshape."""
 
     def __init__(self, plan: list, local: Graph, mesh: Mesh, rank: int, groups: RankGroups | None = None,
-                 status=None):
+                 status=None, device: str = "cpu"):
         from .schedule import schedule_plan
+        self.device = torch.device(device)
+        self.interpret = self.device.type == "cpu"
         self.plan, self.local, self.mesh, self.rank = plan, local, mesh, rank
         self.steps = schedule_plan(plan, local)
         self.groups = groups or RankGroups(mesh, rank)
         self.groups.prepare([s.node.attrs["axes"] for s in self.steps if s.kind == "start"])
         self.status = status or (lambda index, phase: None)
         self.coords = mesh.coords(rank)
-        self._consts = {n: to_torch(n.attrs["value"]) for n in local.nodes
+        self._consts = {n: to_torch(n.attrs["value"]).to(self.device) for n in local.nodes
                         if n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray)}
         self._count_uses()
         self.current = None
@@ -305,6 +308,9 @@ class PlanExecutor(RankExecutor):
 
     def _seed(self) -> dict:
         return dict(self._consts)
+
+    def run(self, inputs: list[torch.Tensor], trace: list | None = None, fault: Fault | None = None):
+        return super().run([x.to(self.device) for x in inputs], trace, fault)
 
     def _exec(self, step, env: dict, inflight: dict):
         if step.kind in ("start", "wait"):
@@ -316,11 +322,11 @@ class PlanExecutor(RankExecutor):
         ins = [env[x].contiguous() for x in k.inputs]
         outs = []
         for o in k.outputs:
-            t = torch.empty(o.shape, dtype=TORCH_DTYPE[o.dtype])
+            t = torch.empty(o.shape, dtype=TORCH_DTYPE[o.dtype], device=self.device)
             if t.is_floating_point():
                 t.fill_(float("nan"))
             outs.append(t)
-        k.launch(ins + outs + [int(self.coords[a]) for a in k.axes])
+        k.launch(ins + outs + [int(self.coords[a]) for a in k.axes], interpret=self.interpret)
         self.launches += 1
         for o, t in zip(k.outputs, outs):
             env[o] = t

@@ -2,7 +2,12 @@
 worker processes (one gloo process group on 127.0.0.1, reused by many runs, since starting one
 takes seconds). A rank that raises, dies or hangs ends the run within its time limit with a
 RankError naming the rank and the op or collective (and model source line) it was at; the pool's
-processes are then all killed and reaped, and the next run starts a fresh pool."""
+processes are then all killed and reaped, and the next run starts a fresh pool.
+
+Where the ranks run is devices.choose_placement's decision: gloo ranks with interpreted kernels on
+a CPU machine; with GPUs, a compiled Executable runs one rank per GPU over NCCL (a pool of
+device "cuda"), or, with fewer GPUs than devices, every device's kernels on one GPU in this
+process (serial.DevicePlan)."""
 from __future__ import annotations
 
 import atexit
@@ -45,7 +50,8 @@ def _watch_parent():
     threading.Thread(target=loop, daemon=True).start()
 
 
-def _worker_main(rank: int, world: int, port: int, conn, status, pg_timeout_s: float, env: dict):
+def _worker_main(rank: int, world: int, port: int, conn, status, pg_timeout_s: float, env: dict,
+                 device: str = "cpu"):
     os.environ.update(env)
     os.environ.pop("SHARDC_DUMP_DIR", None)  # the parent writes each stage once; ranks add nothing to it
     _watch_parent()
@@ -57,8 +63,11 @@ def _worker_main(rank: int, world: int, port: int, conn, status, pg_timeout_s: f
     from .torch_exec import PHASES, RankExecutor, RankGroups
     from .torch_ops import to_numpy, to_torch
     torch.set_num_threads(1)
+    if device == "cuda":  # one GPU per rank
+        torch.cuda.set_device(rank)
+    rank_device = f"cuda:{rank}" if device == "cuda" else "cpu"
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                 world_size=world, timeout=timedelta(seconds=pg_timeout_s))
     except BaseException:
         conn.send(("error", -1, rank, -1, 0, traceback.format_exc()))
@@ -91,8 +100,8 @@ def _worker_main(rank: int, world: int, port: int, conn, status, pg_timeout_s: f
                 local = graph_from_wire(wire)
                 if "plan" in opts:
                     from .torch_exec import PlanExecutor
-                    plan = _received_plan(local, opts["plan"])
-                    ex = executors[key] = PlanExecutor(plan, local, mesh, rank, grp, set_status)
+                    plan = _received_plan(local, opts["plan"], interpret=device == "cpu")
+                    ex = executors[key] = PlanExecutor(plan, local, mesh, rank, grp, set_status, rank_device)
                 else:
                     ex = executors[key] = RankExecutor(local, mesh, rank, grp, set_status)
             trace = [] if opts.get("trace") else None
@@ -113,12 +122,12 @@ def _worker_main(rank: int, world: int, port: int, conn, status, pg_timeout_s: f
     os._exit(0)
 
 
-def _received_plan(local: Graph, spec: dict) -> list:
+def _received_plan(local: Graph, spec: dict, interpret: bool = True) -> list:
     """The parent's compiled launch plan on a rank: the kernels it was sent, loaded from their
-    source through this rank's kernel cache (nothing is compiled here). Kernels run on the Triton
-    interpreter, which Triton binds when it is imported: set before that."""
+    source through this rank's kernel cache (nothing is compiled here). On a CPU rank kernels run
+    on the Triton interpreter, which Triton binds when it is imported: set before that."""
     if "triton" not in sys.modules:
-        os.environ["TRITON_INTERPRET"] = "1"
+        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
     if spec.get("cache_dir"):
         os.environ["SHARDC_CACHE_DIR"] = spec["cache_dir"]
     return plan_from_wire(spec, local)
@@ -190,8 +199,12 @@ class LocalPool:
     Start is lazy (first run) and takes seconds; after a failed run the pool kills and reaps every
     worker and the next run starts a fresh one. Use as a context manager, or close()."""
 
-    def __init__(self, world: int, pg_timeout_s: float = 1800.0, start_timeout_s: float = START_TIMEOUT_S):
+    def __init__(self, world: int, pg_timeout_s: float = 1800.0, start_timeout_s: float = START_TIMEOUT_S,
+                 device: str = "cpu"):
+        if device not in ("cpu", "cuda"):
+            raise Error(f"LocalPool(device={device!r}): expected 'cpu' (gloo) or 'cuda' (one GPU per rank, NCCL)")
         self.world = int(world)
+        self.device = device
         self.pg_timeout_s = pg_timeout_s
         self.start_timeout_s = start_timeout_s
         self.procs: list = []
@@ -219,15 +232,16 @@ class LocalPool:
             return
         ctx = _context()
         self.status = ctx.RawArray("q", 3 * self.world)
-        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-               "TRITON_INTERPRET": "1"}  # ranks are CPU processes: generated kernels run interpreted
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # CPU ranks interpret kernels
+               "TRITON_INTERPRET": "1" if self.device == "cpu" else "0"}
         if "GLOO_SOCKET_IFNAME" not in os.environ and os.path.exists("/sys/class/net/lo"):
             env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo's traffic on the loopback interface
         port = _free_port()
         for r in range(self.world):
             parent_end, child_end = ctx.Pipe(duplex=True)
             p = ctx.Process(target=_worker_main, name=f"shardc-rank{r}", daemon=True,
-                            args=(r, self.world, port, child_end, self.status, self.pg_timeout_s, env))
+                            args=(r, self.world, port, child_end, self.status, self.pg_timeout_s, env,
+                                  self.device))
             with _main_hidden():
                 p.start()
             child_end.close()
@@ -305,6 +319,9 @@ class LocalPool:
         Triton Executable of `local`) the ranks launch its kernels instead of running op by op."""
         if mesh.size != self.world:
             raise Error(f"{mesh} has {mesh.size} devices but the pool has {self.world} ranks")
+        if self.device == "cuda" and exe is None:
+            raise Error("a CUDA pool runs compiled executables (shardc.compile(prog)); programs run op by op "
+                        "on a CPU pool")
         with self._lock:
             self.start()
             key = self._key(local if exe is None else exe)
@@ -415,14 +432,14 @@ class LocalPool:
                                details="\n".join(lines))
 
 
-_POOLS: dict[int, LocalPool] = {}
+_POOLS: dict[tuple[int, str], LocalPool] = {}
 
 
-def default_pool(world: int) -> LocalPool:
-    """The process-wide pool of `world` ranks (made on first use, closed at exit)."""
-    if world not in _POOLS:
-        _POOLS[world] = LocalPool(world)
-    return _POOLS[world]
+def default_pool(world: int, device: str = "cpu") -> LocalPool:
+    """The process-wide pool of `world` ranks on `device` (made on first use, closed at exit)."""
+    if (world, device) not in _POOLS:
+        _POOLS[(world, device)] = LocalPool(world, device=device)
+    return _POOLS[(world, device)]
 
 
 @atexit.register
@@ -445,28 +462,38 @@ def in_distributed_job(mesh: Mesh) -> bool:
 
 
 def run_torch(prog, *args, world=None, timeout_s: float = 300.0, trace: list | None = None,
-              fault: Fault | None = None) -> list:
+              fault: Fault | None = None, device: str | None = None) -> list:
     """Run the partitioned program on torch.distributed ranks; the global outputs as torch tensors.
 
     Inside a torch.distributed job (torchrun: RANK/WORLD_SIZE set, world size == mesh size) this
-    process runs its own rank (a gloo group is started if none is) and every rank returns the
+    process runs its own rank (a gloo group is started if none is; NCCL where its kernels run on
+    GPUs) and every rank returns the
     global outputs (gathered to all ranks). Otherwise `world` picks the local ranks: None → the
     shared default pool of mesh.size processes, a LocalPool → that pool. `timeout_s` bounds the
     whole run (a rank that hangs, dies or raises ends it with a RankError); `trace`, a list, gets
-    each rank's TraceEvents; `fault` injects a failure (tests)."""
+    each rank's TraceEvents; `fault` injects a failure (tests). `device`: "auto" (None), "cpu" or
+    "cuda": where a compiled executable runs (devices.choose_placement decides)."""
+    from .devices import choose_placement, gpu_count
     from .torch_ops import to_torch
     exe = as_kernel_executable(prog)
     prog = as_program(prog)
     check_layouts(prog)
     mesh = prog.mesh
+    place = choose_placement(mesh.size, gpu_count() if exe is not None else 0, exe is not None, device)
+    if world is not None and not isinstance(world, LocalPool) and int(world) != mesh.size:
+        raise Error(f"run_torch: world={world} but {mesh} has {mesh.size} devices (one rank per device)")
+    in_job = not isinstance(world, LocalPool) and in_distributed_job(mesh)
+    if place.kind == "cuda-serial" and not isinstance(world, LocalPool) and not in_job:
+        if trace is not None or fault is not None:
+            raise Error(f"run_torch: trace= and fault= need ranks; here {place.why}")
+        from .serial import DevicePlan
+        return [to_torch(o) for o in DevicePlan(exe, "cuda").run(*args)]
     if isinstance(world, LocalPool):
         pool = world
-    elif world is None or int(world) == mesh.size:
-        pool = None if in_distributed_job(mesh) else default_pool(mesh.size)
     else:
-        raise Error(f"run_torch: world={world} but {mesh} has {mesh.size} devices (one rank per device)")
+        pool = None if in_job else default_pool(mesh.size, "cuda" if place.on_gpu else "cpu")
     if pool is None:
-        outs = _run_in_job(prog, args, trace, fault, exe)
+        outs = _run_in_job(prog, args, trace, fault, exe, place.on_gpu)
     else:
         blocks = local_blocks(prog, args)
         per_rank = pool.run(prog.local, mesh, blocks, timeout_s=timeout_s, trace=trace is not None, fault=fault,
@@ -482,15 +509,21 @@ _JOB_GROUPS: dict = {}
 _JOB_WORLD = None
 
 
-def _run_in_job(prog, args, trace, fault, exe=None) -> list[np.ndarray]:
+def _run_in_job(prog, args, trace, fault, exe=None, on_gpu: bool = False) -> list[np.ndarray]:
     """This process's rank of a torch.distributed job; outputs all-gathered to every rank. With
-    `exe` this rank launches its kernels (on the Triton interpreter: CPU tensors)."""
+    `exe` this rank launches its kernels: on the GPU of its LOCAL_RANK (NCCL) where `on_gpu`,
+    else on the Triton interpreter (CPU tensors, gloo)."""
+    import torch
     import torch.distributed as dist
 
     from .torch_exec import PlanExecutor, RankExecutor, RankGroups
     from .torch_ops import to_numpy, to_torch
+    device = "cpu"
+    if on_gpu:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if on_gpu else "gloo")
     global _JOB_WORLD
     if _JOB_WORLD is not dist.group.WORLD:  # a new process group: groups made for the old are stale
         _JOB_EXECUTORS.clear()
@@ -503,7 +536,7 @@ def _run_in_job(prog, args, trace, fault, exe=None) -> list[np.ndarray]:
     if ex is None:
         groups = _JOB_GROUPS.setdefault(mesh, RankGroups(mesh, rank))
         ex = _JOB_EXECUTORS[what] = (RankExecutor(prog.local, mesh, rank, groups) if exe is None
-                                     else PlanExecutor(exe.plan, prog.local, mesh, rank, groups))
+                                     else PlanExecutor(exe.plan, prog.local, mesh, rank, groups, device=device))
     mine = [] if trace is not None else None
     outs = [to_numpy(o) for o in ex.run([to_torch(b) for b in blocks[rank]], trace=mine, fault=fault)]
     every: list = [None] * mesh.size
