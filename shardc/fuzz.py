@@ -124,21 +124,30 @@ def specs_for(draw, g: Graph, mesh: Mesh) -> dict:
     return specs
 
 
+@st.composite
+def pass_sets(draw):
+    """No passes, one pass alone, the default set, or every pass (in registry order)."""
+    from .partition.passes import DEFAULT, PASSES
+    return draw(st.sampled_from([(), *((p,) for p in PASSES), DEFAULT, tuple(PASSES)]))
+
+
 def random_inputs(g: Graph, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(p.shape).astype(p.dtype.np) for p in g.free_inputs]
 
 
-def check_case(g: Graph, mesh: Mesh, specs: dict, seed: int, targets: tuple[str, ...] = ()) -> None:
+def check_case(g: Graph, mesh: Mesh, specs: dict, seed: int, targets: tuple[str, ...] = (),
+               passes="default") -> None:
     """evaluate == simulate (== the generated kernels of each target, on the interpreters) for one
-    drawn case; a mismatch names the stage and the first output that differs."""
+    drawn case, after the collective `passes`; a mismatch names the stage and the first output
+    that differs."""
     from . import compile as compile_kernels
     from .ir import to_numpy
     from .partition import partition
     from .testing import assert_close
     args = random_inputs(g, seed)
     want = g.evaluate(*args)
-    prog = partition(g, mesh, specs)
+    prog = partition(g, mesh, specs, passes=passes)
     stages = [("simulate", prog.simulate)]
     stages += [(t, lambda *a, t=t: compile_kernels(prog, target=t).run_interpreted(*a)) for t in targets]
     for stage, run in stages:
@@ -177,8 +186,9 @@ def main(argv=None) -> int:
         g = data.draw(graphs(max_ops=opts.max_ops))
         mesh = data.draw(meshes())
         specs = data.draw(specs_for(g, mesh))
-        note(f"{g}\nmesh={mesh} specs={specs}")
-        check_case(g, mesh, specs, data.draw(st.integers(0, 2**31)), targets)
+        passes = data.draw(pass_sets())
+        note(f"{g}\nmesh={mesh} specs={specs} passes={passes}")
+        check_case(g, mesh, specs, data.draw(st.integers(0, 2**31)), targets, passes)
         count[0] += 1
 
     while time.monotonic() < stop:  # fresh batches of 100 until the time is up

@@ -1,38 +1,31 @@
 """Collective passes over the per-device program: each rewrites `prog.local` and the ledger, keeps
 what the program computes (the simulator checks it), and says what it changed in `prog.passes`.
 
-    combine   independent all-reduces of one kind (axes, dtype, reduction) merged into buckets of
-              at most `threshold` bytes, as XLA's all-reduce combiner and DDP's gradient buckets:
-              operands flattened and concatenated, one all-reduce, the results sliced back out.
-              A bucket is emitted where its last member was; what reads an earlier member waits
-              for it (a stable topological order keeps everything else where it was).
+    cse             identical values (all-gathers of one value above all) merged (passes_cse.py)
+    reduce_scatter  an all-reduce whose readers each keep one block becomes a reduce-scatter
+                    (passes_scatter.py)
+    combine         independent all-reduces of one kind (axes, dtype, reduction) merged into
+                    buckets of at most `threshold` bytes, as XLA's all-reduce combiner and DDP's
+                    gradient buckets: operands flattened and concatenated, one all-reduce, the
+                    results sliced back out. A bucket is emitted where its last member was; what
+                    reads an earlier member waits for it (a stable topological order keeps
+                    everything else where it was).
 
 Passes are named in PASSES; `partition(..., passes="default")` runs DEFAULT, `passes=()` none.
 """
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 
 from .. import flags
 from ..errors import ShardingError
 from ..ir import Graph, Node, Op
-from ..ir.shapes import infer
+from .passes_common import PassReport, make_node as _node
+from .passes_cse import eliminate_common_collectives
+from .passes_scatter import create_reduce_scatters
 from .program import CollectiveRecord, SpmdProgram, wire_bytes
 
 XLA_COMBINE_THRESHOLD = 30 * 2 ** 20  # bytes: XLA's default all-reduce combine threshold
-
-
-@dataclass(frozen=True)
-class PassReport:
-    """What one pass changed: collectives before and after, and a line for people."""
-    name: str
-    before: int
-    after: int
-    summary: str
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.summary} ({self.before} → {self.after} collectives)"
 
 
 def _ancestor_masks(nodes: list[Node], bit: dict[Node, int]) -> dict[Node, int]:
@@ -63,11 +56,6 @@ def _buckets(g: Graph, threshold: int) -> list[list[Node]]:
         open_[key] = (members + [n], bits | bit[n], size + n.nbytes)
     done.extend(m for m, _, _ in open_.values())
     return [b for b in done if len(b) > 1]
-
-
-def _node(op: Op, inputs, source=None, name=None, mesh_axes=None, **attrs) -> Node:
-    shape, dtype = infer(op, inputs, attrs, mesh_axes=mesh_axes)
-    return Node(op, inputs, attrs, shape, dtype, source, name)
 
 
 def _combined(members: list[Node], operand: dict[Node, Node], mesh_axes: dict) -> tuple[list[Node], dict[Node, Node]]:
@@ -164,8 +152,9 @@ def _ledger(prog: SpmdProgram, buckets, combined: dict[int, Node], new: dict[Nod
     return out
 
 
-PASSES = {"combine": combine_all_reduces}
-DEFAULT = ("combine",)
+PASSES = {"cse": eliminate_common_collectives, "reduce_scatter": create_reduce_scatters,
+          "combine": combine_all_reduces}
+DEFAULT = ("cse", "reduce_scatter", "combine")
 
 
 def run_passes(prog: SpmdProgram, passes="default") -> SpmdProgram:

@@ -20,6 +20,11 @@ def partwise(c: DimSharding, t: DimSharding, size: int, mesh: Mesh):
     t)] where each factor only gathers a suffix of its axes or splits further, evenly; else None."""
     if not (c.parts or t.parts) or c == t:
         return None
+    return factorwise(c, t, size, mesh)
+
+
+def factorwise(c: DimSharding, t: DimSharding, size: int, mesh: Mesh):
+    """partwise for any two layouts of a dim, plain and strided (`outer`) ones included."""
     common = align(c, t, size, mesh)
     if common is None:
         return None
@@ -35,8 +40,9 @@ def partwise(c: DimSharding, t: DimSharding, size: int, mesh: Mesh):
 
 def scatter_part(c: DimSharding, t: DimSharding, size: int, pending, mesh: Mesh):
     """(the common factors, the factor index, the pending axes to scatter it over) where a
-    pending sum can be reduce-scattered straight into one factor of a compound target."""
-    common = partwise(c, t, size, mesh) if (c.parts or t.parts) else None
+    pending sum can be reduce-scattered straight into one factor of a compound or strided target
+    (a fused-QKV bias gradient into its 'dp'/3 layout: a reduce-scatter, not all-reduce + cut)."""
+    common = factorwise(c, t, size, mesh) if (c.strided or t.strided) and c != t else None
     for i, (s, ca, ta) in enumerate(common or ()):
         take = ta[len(ca):]
         if ta[:len(ca)] == ca and take and all(a in pending for a in take[:1]):

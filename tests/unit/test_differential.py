@@ -9,7 +9,7 @@ import shardc
 import shardc.testing
 from shardc import P
 from shardc import models
-from shardc.fuzz import check_case, graphs, meshes, random_inputs, specs_for
+from shardc.fuzz import check_case, graphs, meshes, pass_sets, random_inputs, specs_for
 from shardc.ir import DType, GraphBuilder, Op
 
 
@@ -20,8 +20,9 @@ def test_kernels_agree_with_simulation_and_evaluation(data):
     mesh = data.draw(meshes())
     specs = data.draw(specs_for(g, mesh))
     target = data.draw(st.sampled_from(["triton", "pallas"]))
-    note(f"{g}\nmesh={mesh} specs={specs} target={target}")
-    check_case(g, mesh, specs, data.draw(st.integers(0, 2**31)), (target,))
+    passes = data.draw(pass_sets())
+    note(f"{g}\nmesh={mesh} specs={specs} target={target} passes={passes}")
+    check_case(g, mesh, specs, data.draw(st.integers(0, 2**31)), (target,), passes)
 
 
 def _round_trip_graph(shape):

@@ -8,6 +8,8 @@ import shardc
 from shardc import Mesh, ShardingError, models
 from shardc.ir import DType, GraphBuilder, Op
 from shardc.partition.passes import combine_all_reduces
+from shardc.partition.passes_cse import eliminate_common_collectives
+from shardc.partition.passes_scatter import create_reduce_scatters
 from shardc.testing import assert_close
 
 LAYOUTS = {"dp": (dict(dp=4), False, "dp"), "fsdp": (dict(dp=4), False, "fsdp"),
@@ -30,8 +32,9 @@ def test_combined_program_is_exact_and_moves_the_same_bytes(name, layout):
     plain = shardc.partition(g, Mesh(axes), specs, plan, passes=())
     prog = shardc.partition(g, Mesh(axes), specs, plan)
     assert sum(c.bytes for c in prog.collectives) == sum(c.bytes for c in plain.collectives)
-    report = prog.passes[0]
-    assert report.name == "combine" and report.before == len(plain.collectives) == len(plain.collectives)
+    assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "combine"]
+    report = prog.passes[-1]
+    assert report.before == len(plain.collectives)  # the zoo has no duplicate or block-read all-reduce
     assert report.after == len(prog.collectives) <= report.before
     if plan == "dp":  # the data-parallel gradients become one bucket
         assert sum(c.kind == "all_reduce" and c.axes == ("dp",) for c in prog.collectives) == 1
@@ -101,3 +104,116 @@ def test_unknown_pass_is_a_clear_error():
         shardc.partition(g, Mesh(dp=2), plan="dp", passes=["fuse-everything"])
     prog = shardc.partition(g, Mesh(dp=2), plan="dp", passes=["combine"])
     assert str(prog.passes[0]).startswith("combine: ")
+
+
+# ---- reduce-scatter creation and CSE -------------------------------------------------------------
+
+def _program(b, outs, mesh, names=None):
+    """An SpmdProgram of hand-built per-device nodes with a record for each collective."""
+    from shardc.ir.graph import Graph
+    from shardc.ir.ops import COLLECTIVES
+    from shardc.partition.program import CollectiveRecord, SpmdProgram
+    local = Graph(b.nodes, b.inputs, outs, names or [f"o{i}" for i in range(len(outs))], "hand", dict(mesh.axes))
+    recs = [CollectiveRecord(n.op.value, tuple(n.attrs["axes"]), n.nbytes, n.nbytes, f"t{i}", None, "test", n)
+            for i, n in enumerate(local.nodes) if n.op in COLLECTIVES]
+    return SpmdProgram(local, mesh, local, {}, {}, [], [], recs)
+
+
+def _per_device(local, mesh, seed=0):
+    """Every device's outputs of a per-device program, each device with its own random inputs
+    (as a pending partial sum has), collectives exact."""
+    from shardc.ir.evaluate import eval_node
+    from shardc.ir.ops import COLLECTIVES
+    from shardc.partition.simulate import run_collective
+    rng = np.random.default_rng(seed)
+    env = [{p: rng.standard_normal(p.shape).astype(np.float32) for p in local.inputs} for _ in range(mesh.size)]
+    for n in local.nodes:
+        if n.op is Op.PARAMETER:
+            continue
+        if n.op in COLLECTIVES:
+            for d, v in enumerate(run_collective(n, mesh, [e[n.inputs[0]] for e in env])):
+                env[d][n] = v
+        for d, e in enumerate(env):
+            if n.op is Op.AXIS_INDEX:
+                e[n] = np.asarray(mesh.coords(d)[n.attrs["axis"]], np.int32)
+            elif n.op not in COLLECTIVES:
+                e[n] = eval_node(n, [e[i] for i in n.inputs])
+    return [[e[o] for o in local.outputs] for e in env]
+
+
+def _block_program(mesh, axes, outer, reversed_blocks=False, users=1):
+    """y = all_reduce(x) over `axes`; each reader gathers this device's block of dim 0 (viewed as
+    [outer, inner]), built with the resharder's own index arithmetic."""
+    from shardc.ir.emitter import Emitter
+    from shardc.partition.mesh import DimSharding
+    from shardc.partition.reshard import Resharder
+    b = Emitter("blocks", dict(mesh.axes))
+    x = b.parameter("x", (12, 5), DType.f32)
+    r = b.add(Op.ALL_REDUCE, [x], axes=axes, reduce="sum")
+    rs = Resharder(b, mesh)
+    idx = rs.global_index(12, DimSharding(axes, outer))
+    if reversed_blocks:
+        idx = b.binary(Op.SUB, b.const(11, DType.i32), idx)
+    outs = [b.binary(Op.MUL, b.add(Op.GATHER, [r, idx], axis=0), float(i + 2)) for i in range(users)]
+    return b, outs
+
+
+@pytest.mark.parametrize("axes,outer,users", [(("x",), 1, 1), (("y", "x"), 1, 2), (("x",), 3, 1), (("y",), 2, 2)])
+def test_all_reduce_whose_readers_keep_one_block_becomes_a_reduce_scatter(axes, outer, users):
+    mesh = Mesh(x=2, y=2)
+    b, outs = _block_program(mesh, axes, outer, users=users)
+    prog = _program(b, outs, mesh)
+    want = _per_device(prog.local, mesh)
+    report = create_reduce_scatters(prog)
+    kinds = [n.op for n in prog.local.nodes if n.op in (Op.ALL_REDUCE, Op.REDUCE_SCATTER, Op.GATHER)]
+    assert kinds == [Op.REDUCE_SCATTER], kinds  # the gathers went with the all-reduce
+    assert [c.kind for c in prog.collectives] == ["reduce_scatter"] and report.after == 1
+    rec = prog.collectives[0]
+    assert rec.wire_bytes == (mesh.group_size(axes) - 1) * 12 * 5 * 4 // mesh.group_size(axes)
+    got = _per_device(prog.local, mesh)
+    for g_dev, w_dev in zip(got, want):
+        for a, w in zip(g_dev, w_dev):
+            assert_close(a, w, 1e-6)
+
+
+@pytest.mark.parametrize("case", ["reversed", "other_reader", "max"])
+def test_all_reduce_is_kept_where_a_reader_needs_more_than_its_block(case):
+    mesh = Mesh(x=2, y=2)
+    b, outs = _block_program(mesh, ("x",), 1, reversed_blocks=case == "reversed")
+    if case == "other_reader":
+        r = next(n for n in b.nodes if n.op is Op.ALL_REDUCE)
+        outs.append(b.add(Op.NEG, [r]))  # needs the whole sum
+    if case == "max":
+        next(n for n in b.nodes if n.op is Op.ALL_REDUCE).attrs["reduce"] = "max"
+    prog = _program(b, outs, mesh)
+    report = create_reduce_scatters(prog)
+    assert report.after == report.before == 1 and prog.collectives[0].kind == "all_reduce"
+
+
+def test_identical_all_gathers_through_separate_reshapes_merge():
+    mesh = Mesh(x=4)
+    b = GraphBuilder("twice", {"x": 4})
+    x = b.parameter("x", (2, 6), DType.f32)
+    g1 = b.add(Op.ALL_GATHER, [b.add(Op.RESHAPE, [x], shape=(12,))], axes=("x",), dim=0)
+    g2 = b.add(Op.ALL_GATHER, [b.add(Op.RESHAPE, [x], shape=(12,))], axes=("x",), dim=0)
+    g3 = b.add(Op.ALL_GATHER, [b.add(Op.NEG, [x])], axes=("x",), dim=0)  # another value: kept
+    outs = [b.add(Op.MUL, [g1, g2]), g3]
+    prog = _program(b, outs, mesh)
+    want = _per_device(prog.local, mesh)
+    report = eliminate_common_collectives(prog)
+    assert report.before == 3 and report.after == 2 and "all_gather 1" in report.summary
+    assert sum(n.op is Op.ALL_GATHER for n in prog.local.nodes) == 2
+    assert sum(c.bytes for c in prog.collectives) == 2 * 48 * 4
+    for g_dev, w_dev in zip(_per_device(prog.local, mesh), want):
+        for a, w in zip(g_dev, w_dev):
+            assert_close(a, w, 0)
+
+
+def test_fused_qkv_bias_gradients_reduce_scatter_into_their_strided_layout():
+    """FSDP over a fused QKV weight keeps whole heads ('dp'/3): its gradient, a pending sum,
+    goes straight to that layout by reduce-scatter; no all-reduce is left but the loss's."""
+    m, g, args, ref = captured("gpt2")
+    prog = shardc.partition(g, Mesh(dp=4), {}, "fsdp", passes=())
+    assert [c.bytes for c in prog.collectives if c.kind == "all_reduce"] == [4]  # the scalar loss
+    for got, want in zip(prog.simulate(*args), ref):
+        assert_close(got, want, 1e-5)
