@@ -25,6 +25,7 @@ import numpy as np
 
 from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES, ELEMENTWISE, REDUCE
+from . import fused_recompute
 
 VIEW_OPS = frozenset({Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE})
 INLINE_OPS = ELEMENTWISE | VIEW_OPS | REDUCE | {Op.PAD, Op.CONCATENATE, Op.GATHER, Op.IOTA,
@@ -100,6 +101,8 @@ def is_buffer_leaf(n: Node) -> bool:
 
 
 def inlinable(n: Node) -> bool:
+    if n.op in (Op.DOT_GENERAL, Op.SCATTER):  # recomputed scores/logits, one-hot scatters
+        return fused_recompute.is_recomputed(n) or fused_recompute.onehot_scatter(n)
     return n.op in INLINE_OPS and not is_buffer_leaf(n)
 
 
@@ -276,13 +279,19 @@ class Planner:
                         and not (m["internal"] & set(g.outputs)):
                     self.attention[n] = m
         internal = set().union(*(m["internal"] for m in self.attention.values())) if self.attention else set()
+        fused_recompute.mark_recomputed(g, self.users, internal)
         for n in g.nodes:
-            if n.op in COLLECTIVES or n.op is Op.SCATTER:
+            if n.op in COLLECTIVES or (n.op is Op.SCATTER and not inlinable(n)):
                 self._materialize(n.inputs[0])
-            if n.op in (Op.DOT_GENERAL, Op.SCATTER) and n not in internal:
+            if n.op in (Op.DOT_GENERAL, Op.SCATTER) and n not in internal and not inlinable(n):
                 self.roots.add(n)
             if n.op is Op.DOT_GENERAL and n not in internal and n not in self.attention:
                 for x in n.inputs:
+                    stats = fused_recompute.recomputed_operand_stats(x, inlinable, lambda n: False)
+                    if stats is not None:  # rebuilt per tile from a recomputed dot: store its statistics
+                        for r in stats:
+                            self._materialize(r)
+                        continue
                     if cheap_prologue(x):
                         continue
                     s = norm_source(x, self.order)
@@ -311,13 +320,14 @@ class Planner:
                 internal = set().union(*(m["internal"] for m in self.attention.values())) if self.attention else set()
                 self.roots |= {grp.pattern["qk"], grp.anchor}
             elif n is not None and inlinable(n) and n not in self.roots:
-                self.roots.add(n)
+                self._materialize(n)
             else:
                 raise e
         raise RuntimeError("fusion planner did not converge")
 
     def _materialize(self, n: Node):
         if inlinable(n):
+            fused_recompute.unmark(n)  # a recomputed dot that must be stored is a plain matmul
             self.roots.add(n)
 
     def _stop(self, n: Node) -> bool:
@@ -341,7 +351,7 @@ class Planner:
                       and self._load_weight(n) > 1 + 1 / len(rs) + 1e-9]
             if not costly:
                 break
-            self.roots.add(max(costly, key=self.order.get))
+            self._materialize(max(costly, key=self.order.get))
         leaves_of = {r: set(self._root_leaves(r)) for r in self.roots}
         dots = sorted((r for r in self.roots if r.op is Op.DOT_GENERAL and r not in self.attention), key=self.order.get)
         absorbed: dict[Node, Node] = {}  # epilogue root → its dot
@@ -385,7 +395,7 @@ class Planner:
             groups.append(self._group("attention", [pv], nodes, leaves,
                                       "flash attention: QKᵀ, score ops, online softmax and ·V in one pass; "
                                       "scores stay on chip", pv, m))
-        for s in sorted((r for r in self.roots if r.op is Op.SCATTER), key=self.order.get):
+        for s in sorted((r for r in self.roots if r.op is Op.SCATTER and not inlinable(r)), key=self.order.get):
             nodes, leaves = [s], [s.inputs[0]]
             for x in s.inputs[1:]:
                 self._add_tree(x, nodes, leaves)

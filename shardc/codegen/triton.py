@@ -15,6 +15,7 @@ from ..kernels import rows as rows_t
 from ..kernels import scatter as scatter_t
 from . import autotune
 from .emitted import EmittedKernel
+from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
 from .indexing import Ix, flatten, reshape_index, unflatten
 from .triton_expr import TL_COMPUTE, ExprEmitter, Tile, Val, round_half
@@ -51,7 +52,7 @@ class _Common:
     def __init__(self, grp: FusionGroup, name: str):
         self.grp, self.name = grp, name
         for n in grp.nodes:
-            if n.op in (Op.SCATTER,) and n is not grp.anchor:
+            if n.op is Op.SCATTER and n is not grp.anchor and not onehot_scatter(n):
                 raise CannotFuse(f"{n.describe()} needs its own kernel", n)
         self.buffers = {x: f"in{i}" for i, x in enumerate(grp.inputs)}
         axis_nodes = [n for n in grp.nodes if n.op is Op.AXIS_INDEX]

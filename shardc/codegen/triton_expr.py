@@ -21,6 +21,7 @@ from ..ir import DType, Node, Op
 from ..ir.evaluate import EVAL
 from ..ir.ops import BINARY, COMPARE, ELEMENTWISE, REDUCE, UNARY
 from .emitted import KernelValue, literal
+from . import fused_triton
 from .fusion import CannotFuse
 from .indexing import Ix, flatten, reshape_index, unflatten
 
@@ -476,6 +477,8 @@ _INDEX_OPS = {
     Op.CONCATENATE: ExprEmitter._concatenate, Op.GATHER: ExprEmitter._gather,
     **{op: ExprEmitter._reduce for op in REDUCE},
 }
+_INDEX_OPS[Op.DOT_GENERAL] = fused_triton.tile_dot  # only recomputed dots reach a value rule
+_INDEX_OPS[Op.SCATTER] = fused_triton.onehot_scatter  # only one-hot scatters are inlined
 # ops whose result is representable in the operands' half type: no rounding needed
 _EXACT_IN_HALF = frozenset({Op.CAST, Op.SELECT, Op.MAX, Op.MIN, Op.NEG, Op.ABS, Op.SIGN, Op.FLOOR, Op.CEIL,
                             Op.ROUND, Op.IOTA, Op.BROADCAST, Op.TRANSPOSE, Op.SLICE, Op.RESHAPE, Op.PAD,

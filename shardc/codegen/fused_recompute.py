@@ -1,0 +1,119 @@
+"""Recomputed dots: the fusion planner's rule for scores and logits that never reach memory.
+
+A dot_general whose rows are normalized over its right-hand free dims (softmax, log-sum-exp: a
+row reduction of elementwise ops of the dot) and whose result is larger than its operands
+(attention scores QKᵀ, a language-model head's logits x·Wᵀ) is not stored: every kernel that
+reads it recomputes the tile it needs from the operands (a `tl.dot` / `jnp.dot` over the
+contraction, which fits on chip). Its row statistics (max, Σexp) are the only values stored, as
+flash attention stores its log-sum-exp and Liger Kernel's fused linear cross-entropy never writes
+the logits: the loss, dlogits·W and dlogitsᵀ·x each rebuild their tiles from x, W and the
+statistics. The backward of such a softmax (attention's dP = dO·Vᵀ, normalized by the same rule)
+is recomputed alike, so a dQ or dK kernel holds S and dP tiles at once.
+
+A one-hot scatter-add (x + updates at one index per row: the transpose of a label gather, the
+one-hot of cross-entropy's backward) is elementwise too: x + where(iota == index, update, 0), so
+it is computed inside its readers instead of being its own kernel and buffer.
+
+The planner records its decision in `RECOMPUTED` (the set of recomputed dots of the graph being
+planned), which `fusion.inlinable` consults, so the shared tree walks treat those dots like any
+other inlinable node; a dot the emitter cannot rebuild (CannotFuse) leaves the set and is stored.
+"""
+from __future__ import annotations
+
+import math
+
+from ..ir import DType, Graph, Node, Op
+from ..ir.ops import ELEMENTWISE, REDUCE
+
+MAX_RECOMPUTE_K = 4096  # contraction elements a kernel loops over to rebuild one tile
+_THROUGH = ELEMENTWISE | {Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE}
+
+RECOMPUTED: set[Node] = set()  # of the graph planned last (cleared by each planning)
+
+
+def is_recomputed(n: Node) -> bool:
+    return n.op is Op.DOT_GENERAL and n in RECOMPUTED
+
+
+def onehot_scatter(n: Node) -> bool:
+    """A scatter-add with one index per (batch) row: x + where(iota == index, update, 0)."""
+    if n.op is not Op.SCATTER or n.dtype is DType.bool:
+        return False
+    ind = n.inputs[1]
+    b = n.attrs.get("batch_dims", 0)
+    return math.prod(ind.shape[b:]) == 1
+
+
+def _free_dims(d: Node) -> tuple[list[int], list[int]]:
+    lhs, rhs = d.inputs
+    a = d.attrs
+    lf = [i for i in range(lhs.rank) if i not in a["lhs_batch"] + a["lhs_contract"]]
+    rf = [i for i in range(rhs.rank) if i not in a["rhs_batch"] + a["rhs_contract"]]
+    return lf, rf
+
+
+def _normalized_rows(d: Node, users: dict) -> bool:
+    """Whether a reduction over exactly d's right-hand free dims reads d through elementwise ops
+    (a softmax's max or Σexp, a log-sum-exp)."""
+    lf, rf = _free_dims(d)
+    nb = len(d.attrs["lhs_batch"])
+    axes = tuple(range(nb + len(lf), nb + len(lf) + len(rf)))
+    seen, stack = set(), [d]
+    while stack:
+        n = stack.pop()
+        for u in users.get(n, ()):
+            if u in seen:
+                continue
+            seen.add(u)
+            if u.op in REDUCE and u.inputs[0].shape == d.shape and tuple(u.attrs["axes"]) == axes:
+                return True
+            if u.op in ELEMENTWISE and u.shape == d.shape:
+                stack.append(u)
+    return False
+
+
+def recomputable(d: Node, users: dict, outputs: set) -> bool:
+    if d.op is not Op.DOT_GENERAL or d in outputs or not d.dtype.is_float:
+        return False
+    lhs, rhs = d.inputs
+    k = math.prod(lhs.shape[i] for i in d.attrs["lhs_contract"])
+    if k > MAX_RECOMPUTE_K or d.size < lhs.size + rhs.size:
+        return False
+    if any(u.op not in _THROUGH and u.op not in REDUCE and u.op is not Op.DOT_GENERAL and u.op is not Op.GATHER
+           for u in users.get(d, ())):
+        return False
+    return _normalized_rows(d, users)
+
+
+def mark_recomputed(g: Graph, users: dict, exclude: set) -> set:
+    """Choose the graph's recomputed dots (not those in `exclude`: flash-attention internals)."""
+    RECOMPUTED.clear()
+    outputs = set(g.outputs)
+    chosen = {n for n in g.nodes if n not in exclude and recomputable(n, users, outputs)}
+    RECOMPUTED.update(chosen)
+    return chosen
+
+
+def unmark(n: Node) -> None:
+    RECOMPUTED.discard(n)
+
+
+def recomputed_operand_stats(x: Node, inlinable, stop) -> list[Node] | None:
+    """For a dot operand computed from a recomputed dot (dlogits, dS, P): the reductions in its
+    tree (the row statistics), which are stored while the rest is rebuilt per tile; None when
+    the operand reads no recomputed dot."""
+    seen, stack, reds, found = set(), [x], [], False
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n is not x and (stop(n) or not inlinable(n)):
+            continue
+        if is_recomputed(n):
+            found = True
+        if n.op in REDUCE:
+            reds.append(n)
+            continue  # a stored statistic: what it reads is its own kernel's business
+        stack.extend(n.inputs)
+    return reds if found else None

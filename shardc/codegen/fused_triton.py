@@ -1,0 +1,115 @@
+"""Triton expressions for the planner's recomputed values (codegen/fused_recompute.py): a
+dot_general rebuilt tile by tile inside the kernel that reads it, and a one-hot scatter-add.
+
+`tile_dot` gives a dot's value at the kernel's current index by looping over its contraction
+in blocks of `BK_RECOMPUTE` (masked to its extent):
+- where the index's left-hand free dims follow one tile axis and its right-hand free dims the
+  other (scores S[rm, rn] in a row kernel, a dlogits tile inside dlogits·W or dlogitsᵀ·x), the
+  block is one `tl.dot` of a [rows, k] and a [k, cols] tile (operands swapped when the tile is Sᵀ);
+- where every free index follows one tile axis (the logit at a row's label: a gathered column),
+  it is a row-wise product summed over k along the other axis.
+Batch dims must be the same for the whole tile (the program's batch index). Anything else raises
+CannotFuse and the planner stores the dot."""
+from __future__ import annotations
+
+import math
+
+from ..ir import DType, Node
+from ..kernels import next_pow2
+from .fusion import CannotFuse
+from .indexing import Ix, unflatten
+
+BK_RECOMPUTE = 64  # contraction elements per block (a head dim or a d_model chunk)
+
+
+def _positions(em, ixs) -> set:
+    return {em.tile.axes[v][1] for i in ixs for v in i.deps if v in em.tile.axes}
+
+
+def _operand_idx(rank: int, batch, bidx, free, fidx, contract, kidx) -> tuple:
+    idx = [Ix(0)] * rank
+    for dims, vals in ((batch, bidx), (free, fidx), (contract, kidx)):
+        for d, v in zip(dims, vals):
+            idx[d] = v
+    return tuple(idx)
+
+
+def tile_dot(em, n: Node, idx: tuple, masks: tuple):
+    from .triton_expr import TL_STORAGE, Val
+    lhs, rhs = n.inputs
+    a = n.attrs
+    lb, rb, lc, rc = list(a["lhs_batch"]), list(a["rhs_batch"]), list(a["lhs_contract"]), list(a["rhs_contract"])
+    lf = [i for i in range(lhs.rank) if i not in lb + lc]
+    rf = [i for i in range(rhs.rank) if i not in rb + rc]
+    if not n.dtype.is_float or not lhs.dtype.is_float:
+        raise CannotFuse(f"{n.describe()}: only float dots are recomputed inside a kernel", n)
+    nb = len(lb)
+    bidx, lidx, ridx = idx[:nb], idx[nb:nb + len(lf)], idx[nb + len(lf):]
+    bpos, lpos, rpos = _positions(em, bidx), _positions(em, lidx), _positions(em, ridx)
+    kshape = [lhs.shape[i] for i in lc]
+    K = math.prod(kshape)
+    bk = max(16, min(next_pow2(K), BK_RECOMPUTE))
+    em.count += 1
+    c = em.count
+    kv, kt = f"rk{c}", f"rkt{c}"  # the contraction as a tile column / a tile row
+    if not bpos and lpos == {0} and rpos == {1}:
+        mode = "dot"
+        first, second = (lhs, lb, lf, lc, lidx), (rhs, rb, rf, rc, ridx)
+    elif not bpos and lpos == {1} and rpos == {0}:
+        mode = "dot"
+        first, second = (rhs, rb, rf, rc, ridx), (lhs, lb, lf, lc, lidx)
+    elif len(bpos | lpos | rpos) <= 1:
+        mode = "rowdot"
+        p = next(iter(bpos | lpos | rpos), 0)
+    else:
+        raise CannotFuse(f"{n.describe()}: its tile is not a product of two operand tiles", n)
+    em.tile.axes[kv] = (f"mask_{kv}", 1, str(bk))
+    em.tile.axes[kt] = (f"mask_{kt}", 0, str(bk))
+    out_deps = frozenset().union(*(i.deps for i in idx))
+    acc = f"acc{c}"
+    try:
+        with em.block() as body:
+            if mode == "dot":
+                (x0, b0, f0, c0, i0), (x1, b1, f1, c1, i1) = first, second
+                v0 = em.value(x0, _operand_idx(x0.rank, b0, bidx, f0, i0, c0, unflatten(Ix(kv, {kv}), kshape)), masks)
+                v1 = em.value(x1, _operand_idx(x1.rank, b1, bidx, f1, i1, c1, unflatten(Ix(kt, {kt}), kshape)), masks)
+                t0 = em.full(v0, {v for v in out_deps if em.tile.axes.get(v, (0, 1))[1] == 0} | {kv})
+                t1 = em.full(v1, {v for v in out_deps if em.tile.axes.get(v, (0, 0))[1] == 1} | {kt})
+                if lhs.dtype in (DType.f16, DType.bf16):  # exact: the values are half numbers
+                    step = f"tl.dot(({t0}).to({TL_STORAGE[lhs.dtype]}), ({t1}).to({TL_STORAGE[lhs.dtype]}))"
+                else:
+                    step = f"tl.dot({t0}, {t1}, input_precision=\"ieee\")"
+            else:
+                k = kt if p == 1 else kv
+                kix = unflatten(Ix(k, {k}), kshape)
+                vl = em.value(lhs, _operand_idx(lhs.rank, lb, bidx, lf, lidx, lc, kix), masks)
+                vr = em.value(rhs, _operand_idx(rhs.rank, rb, bidx, rf, ridx, rc, kix), masks)
+                prod = em.full(em.emit(f"({vl.text} * {vr.text})", vl.deps | vr.deps, DType.f32), out_deps | {k})
+                step = f"tl.sum({prod}, axis={1 - p})" + ("[:, None]" if p == 0 else "[None, :]")
+        em.lines.append(f"{acc} = tl.zeros({em.tile.shape(out_deps)}, tl.float32)")
+        em.lines.append(f"for {kv}0 in range(0, {K}, {bk}):")
+        em.lines.append(f"    {kv} = {kv}0 + tl.arange(0, {bk})[None, :]")
+        em.lines.append(f"    {kt} = {kv}0 + tl.arange(0, {bk})[:, None]")
+        em.lines.append(f"    mask_{kv} = {kv} < {K}")
+        em.lines.append(f"    mask_{kt} = {kt} < {K}")
+        em.lines.extend("    " + line for line in body.lines)
+        em.lines.append(f"    {acc} += {step}")
+    finally:
+        del em.tile.axes[kv], em.tile.axes[kt]
+    em.computed.add(n)
+    return Val(acc, out_deps, n.dtype)
+
+
+def onehot_scatter(em, n: Node, idx: tuple, masks: tuple):
+    """x + where(index == this element's position along the axis, update, 0)."""
+    from .triton_expr import Val
+    x, ind, upd = n.inputs
+    axis, b = n.attrs["axis"], n.attrs.get("batch_dims", 0)
+    ni = ind.rank - b
+    j = em.value(ind, tuple(idx[:b]) + (Ix(0),) * ni, masks)
+    u = em.value(upd, tuple(idx[:axis]) + (Ix(0),) * ni + tuple(idx[axis + 1:]), masks)
+    xv = em.value(x, idx, masks)
+    deps = j.deps | u.deps | xv.deps | idx[axis].deps
+    em.computed.add(n)
+    v = em.emit(f"tl.where({j.text} == {idx[axis].text}, {xv.text} + {u.text}, {xv.text})", deps, n.dtype)
+    return Val(v.text, deps, n.dtype)
