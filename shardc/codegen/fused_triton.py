@@ -113,3 +113,30 @@ def onehot_scatter(em, n: Node, idx: tuple, masks: tuple):
     em.computed.add(n)
     v = em.emit(f"tl.where({j.text} == {idx[axis].text}, {xv.text} + {u.text}, {xv.text})", deps, n.dtype)
     return Val(v.text, deps, n.dtype)
+
+
+def batch_rows(grp, x: Node, axes) -> int:
+    """Leading dims of a row kernel's reduced value `x` to put on the grid: the batch dims of
+    the recomputed dots the group rebuilds (0 when it rebuilds none), when they lead x's kept dims."""
+    from .fused_recompute import is_recomputed
+    nb = max((len(n.attrs["lhs_batch"]) for n in grp.nodes if is_recomputed(n)), default=0)
+    return nb if nb and all(a >= nb for a in axes) and nb < x.rank else 0
+
+
+def batch_grid(batch: int, looped: bool) -> dict:
+    """The row templates' batch holes: a third grid axis of `batch` programs, or nothing."""
+    if batch == 1:
+        return {"pid_b": "", "grid_b": ""}
+    return {"pid_b": "    pid_b = tl.program_id(2)\n", "grid_b": f" 1, {batch}" if looped else f", {batch}"}
+
+
+def dot_rows(grp, choose):
+    """A row kernel that rebuilds a dot runs `tl.dot` on its row block: at least 16 rows on a GPU."""
+    from .fused_recompute import is_recomputed
+    if not any(is_recomputed(n) for n in grp.nodes):
+        return choose
+
+    def chosen(interpret):
+        cfg = choose(interpret)
+        return cfg if interpret else {**cfg, "BM": max(16, cfg["BM"])}
+    return chosen

@@ -27,6 +27,7 @@ from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
 from ..kernels import pallas_templates as tpl
 from .emitted import EmittedKernel
+from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
 from .pallas_expr import HALF, JNP_COMPUTE, JNP_STORAGE, DimClasses, Val, ValueEmitter, constrain, round_half
 
@@ -172,7 +173,7 @@ def _check_dtypes(grp: FusionGroup):
     for n in grp.nodes:
         if n.op is Op.DOT_GENERAL and n.inputs[0].dtype is DType.bool:
             raise UnsupportedOpError(f"{n.describe()}: bool dot_general has no pallas kernel")
-        if n.op is Op.SCATTER and n is not grp.anchor:
+        if n.op is Op.SCATTER and n is not grp.anchor and not onehot_scatter(n):
             raise CannotFuse(f"{n.describe()} needs its own kernel", n)
 
 

@@ -24,6 +24,7 @@ from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
 from ..ir.evaluate import EVAL
 from ..ir.ops import ELEMENTWISE, REDUCE
+from . import fused_pallas
 from .emitted import KernelValue
 from .emitted import literal as shared_literal
 from .fusion import CannotFuse
@@ -186,6 +187,7 @@ def constrain(dc: DimClasses, n: Node) -> None:
             out += 1
         for i, j in zip(lc, rc):
             dc.union((lhs, i), (rhs, j))
+        fused_pallas.constrain_dot(dc, n)
 
 
 # ------------------------------------------------------------------------------- values
@@ -473,4 +475,5 @@ _OPS = {
     Op.RESHAPE: ValueEmitter._reshape, Op.SLICE: ValueEmitter._slice, Op.PAD: ValueEmitter._pad,
     Op.CONCATENATE: ValueEmitter._concatenate, Op.GATHER: ValueEmitter._gather, Op.SCATTER: ValueEmitter._scatter,
     **{op: ValueEmitter._reduce for op in REDUCE},
+    Op.DOT_GENERAL: fused_pallas.dot_value,  # only recomputed dots reach a value rule
 }

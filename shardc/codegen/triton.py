@@ -15,6 +15,7 @@ from ..kernels import rows as rows_t
 from ..kernels import scatter as scatter_t
 from . import autotune
 from .emitted import EmittedKernel
+from . import fused_triton
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
 from .indexing import Ix, flatten, reshape_index, unflatten
@@ -109,14 +110,17 @@ def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> EmittedKerne
     c = _Common(grp, name)
     rm, rn = Ix("rm", {"rm"}), Ix("rn", {"rn"})
     row_idx = row_shape = None
+    batch = 1
     if reduce is not None:
         x, axes = reduce.inputs[0], reduce.attrs["axes"]
         row_shape = [x.shape[d] for d in range(x.rank) if d not in axes]
         red_shape = [x.shape[d] for d in axes]
-        rows, cols = math.prod(row_shape), math.prod(red_shape)
-        row_idx, red_idx = iter(unflatten(rm, row_shape)), iter(unflatten(rn, red_shape))
-        full_idx = tuple(next(red_idx) if d in axes else next(row_idx) for d in range(x.rank))
-        row_idx = unflatten(rm, row_shape)
+        nb = fused_triton.batch_rows(grp, x, axes)  # a recomputed dot's batch dims: on the grid
+        batch = math.prod(row_shape[:nb])
+        rows, cols = math.prod(row_shape[nb:]), math.prod(red_shape)
+        row_idx = unflatten(Ix("pid_b"), row_shape[:nb]) + unflatten(rm, row_shape[nb:])
+        kept, red_idx = iter(row_idx), iter(unflatten(rn, red_shape))
+        full_idx = tuple(next(red_idx) if d in axes else next(kept) for d in range(x.rank))
         full_shape = x.shape
     else:
         full_shape = max(grp.roots, key=lambda r: r.size).shape
@@ -127,7 +131,7 @@ def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> EmittedKerne
         rows = math.prod(full_shape[:k])
         full_idx = unflatten(rm, full_shape[:k]) + unflatten(rn, full_shape[k:])
     if reduce is not None and not rows_t.fits_one_tile(cols):
-        return _emit_rows_looped(c, grp, rows, cols, full_idx, full_shape, row_idx, row_shape, reduce)
+        return _emit_rows_looped(c, grp, rows, cols, full_idx, full_shape, row_idx, row_shape, reduce, batch)
     tile = Tile(rm=("mask_rm", 0, "BM"), rn=("mask_rn", 1, "BN"))
     em = ExprEmitter(tile, c.buffers, c.scalars, reduce_axis=("rn", cols) if reduce is not None else None)
     stores = []
@@ -139,13 +143,14 @@ def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> EmittedKerne
         stores.append(em.store_text(r, c.outs[r], idx, em.value(r, idx)))
     body = _indent(em.lines + stores, 4)
     kind = "reduction" if reduce is not None else "pointwise"
-    src = rows_t.TEMPLATE.format(name=name, params=c.params, rows=rows, cols=cols, body=body)
-    choose = lambda interpret: rows_t.choose(rows, cols, reduce is not None, interpret)
-    return c.finish(kind, src, choose, rows_t.TUNING[kind], dict(rows=rows, cols=cols))
+    src = rows_t.TEMPLATE.format(name=name, params=c.params, rows=rows, cols=cols, body=body,
+                                 **fused_triton.batch_grid(batch, looped=False))
+    choose = fused_triton.dot_rows(grp, lambda interpret: rows_t.choose(rows, cols, reduce is not None, interpret))
+    return c.finish(kind, src, choose, rows_t.TUNING[kind], dict(rows=rows * batch, cols=cols))
 
 
 def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full_shape, row_idx, row_shape,
-                      reduce: Node) -> EmittedKernel:
+                      reduce: Node, batch: int = 1) -> EmittedKernel:
     """Rows longer than one tile: each reduction loops over the row (hoisted before the output
     loop, in dependency order), then the outputs are computed and stored BN elements at a time."""
     tile = Tile(rm=("mask_rm", 0, "BM"), rn=("mask_rn", 1, "BN"), rr=("mask_rr", 1, "BN"))
@@ -165,9 +170,10 @@ def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full
                 em.lines.append(line)
     src = rows_t.LOOPED_TEMPLATE.format(name=c.name, params=c.params, rows=rows, cols=cols,
                                         pre=_indent(em.lines, 4), body=_indent(body.lines, 8),
-                                        post=_indent(post, 4) if post else "")
-    choose = lambda interpret: rows_t.choose_looped(rows, cols, interpret)
-    return c.finish("reduction", src, choose, rows_t.TUNING["looped"], dict(rows=rows, cols=cols, looped=True))
+                                        post=_indent(post, 4) if post else "",
+                                        **fused_triton.batch_grid(batch, looped=True))
+    choose = fused_triton.dot_rows(grp, lambda interpret: rows_t.choose_looped(rows, cols, interpret))
+    return c.finish("reduction", src, choose, rows_t.TUNING["looped"], dict(rows=rows * batch, cols=cols, looped=True))
 
 
 def _operand_index(x_rank, batch_dims, batch_idx, free_dims, free_idx, contract_dims, contract_idx):

@@ -5,7 +5,11 @@ Rows of up to `MAX_ROW_TILE` elements: one tile holds whole rows (cols = the red
 every reduction of the group is computed on chip from one load. Longer rows (large vocabularies)
 use `LOOPED_TEMPLATE`: each program owns BM rows; every reduction is its own loop over the row in
 BN-element chunks (a reduction that needs another's result, as a variance needs the mean, loops
-after it), then one more loop computes and stores the outputs chunk by chunk."""
+after it), then one more loop computes and stores the outputs chunk by chunk.
+
+Rows that rebuild a recomputed dot with batch dims (attention scores per batch·head) put those
+dims on the grid's last axis (`pid_b`): every program's rows then share one batch index, so the
+scores tile is one `tl.dot` of a query block and a key block."""
 
 # the longest row one tile holds (elements); longer rows loop. Tests lower it to force the loop.
 MAX_ROW_TILE = 8192
@@ -13,7 +17,7 @@ MAX_ROW_TILE = 8192
 TEMPLATE = '''
 @triton.jit
 def {name}({params}BM: tl.constexpr, BN: tl.constexpr):
-    rm = tl.program_id(0) * BM + tl.arange(0, BM)[:, None]
+{pid_b}    rm = tl.program_id(0) * BM + tl.arange(0, BM)[:, None]
     rn = tl.program_id(1) * BN + tl.arange(0, BN)[None, :]
     mask_rm = rm < {rows}
     mask_rn = rn < {cols}
@@ -21,14 +25,14 @@ def {name}({params}BM: tl.constexpr, BN: tl.constexpr):
 
 
 def launch(args, cfg):
-    grid = (triton.cdiv({rows}, cfg["BM"]), triton.cdiv({cols}, cfg["BN"]))
+    grid = (triton.cdiv({rows}, cfg["BM"]), triton.cdiv({cols}, cfg["BN"]){grid_b})
     {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], num_warps=cfg.get("num_warps", 4))
 '''
 
 LOOPED_TEMPLATE = '''
 @triton.jit
 def {name}({params}BM: tl.constexpr, BN: tl.constexpr):
-    rm = tl.program_id(0) * BM + tl.arange(0, BM)[:, None]
+{pid_b}    rm = tl.program_id(0) * BM + tl.arange(0, BM)[:, None]
     mask_rm = rm < {rows}
 {pre}
     for rn0 in range(0, {cols}, BN):
@@ -39,7 +43,7 @@ def {name}({params}BM: tl.constexpr, BN: tl.constexpr):
 
 
 def launch(args, cfg):
-    grid = (triton.cdiv({rows}, cfg["BM"]),)
+    grid = (triton.cdiv({rows}, cfg["BM"]),{grid_b})
     {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], num_warps=cfg.get("num_warps", 4))
 '''
 

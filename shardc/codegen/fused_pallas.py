@@ -1,0 +1,47 @@
+"""Pallas expressions for the planner's recomputed dots (codegen/fused_recompute.py): the dot's
+block is rebuilt from its operands' blocks inside the kernel that reads it (its contraction dims
+stay whole in every block; the free and batch dims follow the reader's tiling), so scores and
+logits never leave VMEM. One-hot scatter-adds need no rule of their own: the ROWS scatter value
+(a select-and-sum over the one-hot) already computes them inline."""
+from __future__ import annotations
+
+from ..ir import DType, Node
+from .fused_recompute import is_recomputed
+
+
+def constrain_dot(dc, n: Node) -> None:
+    """A recomputed dot's contraction is summed in one block: its dims are never tiled."""
+    if not is_recomputed(n):
+        return
+    lhs, rhs = n.inputs
+    for i, j in zip(n.attrs["lhs_contract"], n.attrs["rhs_contract"]):
+        dc.need_whole((lhs, i))
+        dc.need_whole((rhs, j))
+
+
+def dot_value(em, n: Node, shape):
+    """lax.dot_general of the operand blocks, accumulated in f32: half operands (exact half
+    values held in f32) multiply in their own type, f32 at full precision, as the oracle does."""
+    lhs, rhs = n.inputs
+    a = n.attrs
+    lb, rb, lc, rc = (tuple(a[k]) for k in ("lhs_batch", "rhs_batch", "lhs_contract", "rhs_contract"))
+    lv, rv = em.value(lhs), em.value(rhs)
+    lt, rt = em.array(lv), em.array(rv)
+    nb = len(lb)
+    if nb > 1 and lb == rb == tuple(range(nb)):  # Mosaic's matmul takes one batch dim: merge them
+        bsz = 1
+        for s in lv.shape[:nb]:
+            bsz *= s
+        lt = f"{lt}.reshape({(bsz,) + tuple(lv.shape[nb:])})"
+        rt = f"{rt}.reshape({(bsz,) + tuple(rv.shape[nb:])})"
+        lc, rc = tuple(i - nb + 1 for i in lc), tuple(i - nb + 1 for i in rc)
+        lb = rb = (0,)
+    dims = f"(({lc}, {rc}), ({lb}, {rb}))"
+    if lhs.dtype in (DType.f16, DType.bf16):
+        half = "jnp.bfloat16" if lhs.dtype is DType.bf16 else "jnp.float16"
+        text = (f"lax.dot_general({lt}.astype({half}), {rt}.astype({half}), {dims}, "
+                f"preferred_element_type=jnp.float32)")
+    else:
+        text = (f"lax.dot_general({lt}, {rt}, {dims}, precision=lax.Precision.HIGHEST, "
+                f"preferred_element_type=jnp.float32)")
+    return em.emit(f"{text}.reshape({tuple(shape)})", shape, n.dtype, "d")
