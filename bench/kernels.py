@@ -208,9 +208,10 @@ def time_ms(fn, device: str, reps: int = 3) -> float:
     return best * 1e3
 
 
-def machine() -> Machine:
+def machine(cpu: bool = False) -> Machine:
+    """This machine's GPU (or the CPU where there is none, or `cpu`) with its copy bandwidth."""
     import torch
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not cpu:
         from shardc.codegen.autotune_space import hardware_for
         name = torch.cuda.get_device_name()
         hw = hardware_for(name)
@@ -299,12 +300,12 @@ def _f(v, fmt) -> str:
 
 def table(rows: list[dict], m: Machine) -> str:
     head = (f"{'case':<18}{'kern':>5}{'err':>9}{'shardc ms':>11}{'eager ms':>10}{'compile ms':>11}"
-            f"{'TFLOP/s':>9}{'GB/s':>8}{'roofline':>9}{'x eager':>8}{'x compile':>10}{'x matmul':>9}")
+            f"{'TFLOP/s':>10}{'GB/s':>10}{'roofline':>10}{'x eager':>8}{'x compile':>10}{'x matmul':>9}")
     lines = [f"times: {m.label}; copy bandwidth {m.copy_bw / 1e9:.1f} GB/s", head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['case']:<18}{r['kernels']:>5}{r['max_rel_err']:>9.1e}{r['shardc_ms']:>11.3f}"
-                     f"{r['eager_ms']:>10.3f}{_f(r['compile_ms'], '.3f'):>11}{r['tflops']:>9.3g}{r['gbps']:>8.3g}"
-                     f"{r['roofline']:>9.3g}{r['vs_eager']:>8.2f}{_f(r['vs_compile'], '.2f'):>10}"
+                     f"{r['eager_ms']:>10.3f}{_f(r['compile_ms'], '.3f'):>11}{r['tflops']:>10.3g}{r['gbps']:>10.3g}"
+                     f"{r['roofline']:>10.3g}{r['vs_eager']:>8.2f}{_f(r['vs_compile'], '.2f'):>10}"
                      f"{_f(r['vs_matmul'], '.2f'):>9}" + ("" if r["ok"] else "  WRONG"))
     lines.append("x eager / x compile / x matmul: the torch time over shardc's (above 1: shardc is faster)")
     return "\n".join(lines)
