@@ -30,6 +30,7 @@ ENGINES: dict[str, tuple[str, str]] = {
     "jax": ("jax_exec", "run_jax"),               # devices=None; jax arrays
     "interpreter": ("interpreter", "run_interpreter"),  # an Executable only; on_kernel=None; numpy arrays
     "torch_pipeline": ("pipeline_exec", "run_pipeline_torch"),  # a PipelineProgram; trace=None; numpy arrays
+    "jax_pipeline": ("pipeline_jax", "run_pipeline_jax"),       # a PipelineProgram; devices=None, trace=None; numpy
 }
 
 

@@ -13,8 +13,8 @@ split over all mesh axes on dim 0; the body drops the leading dim. Outputs likew
 ones come back as global jax.Arrays with their NamedSharding, the rest as stacked blocks that the
 host reassembles with unshard_arrays. Arrays are built with make_array_from_callback (each process
 supplies only its addressable devices' blocks), so nothing assumes a single process; with
-jax.distributed on many hosts, pass a global device list in mesh order (`devices=`) and note that
-host reassembly of stacked outputs needs every block addressable (gather them first)."""
+jax.distributed on many hosts the default device list is jax.devices() (global, in mesh order);
+outputs that span other processes' devices are gathered to every process (process_allgather)."""
 from __future__ import annotations
 
 import math
@@ -350,6 +350,9 @@ class JaxProgram:
         result = []
         for o, go, s, name, direct in zip(outs, prog.graph.outputs, prog.output_shardings,
                                           prog.graph.output_names, self.out_direct):
+            if not o.is_fully_addressable and not o.is_fully_replicated:   # jax.distributed: gather
+                from jax.experimental import multihost_utils
+                o = jnp.asarray(multihost_utils.process_allgather(o, tiled=True))
             if direct:
                 result.append(o)
             else:

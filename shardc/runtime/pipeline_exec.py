@@ -30,106 +30,124 @@ def _rank_main(rank: int, world: int, port: int, payload: dict, results):
     try:
         import torch
         import torch.distributed as dist
-
-        from ..ir import Op
-        from ..partition.pipeline_schedule import stage_of
-        from .torch_exec import RankGroups, _from_wire, _to_wire, start_collective
-        from .torch_ops import to_numpy, to_torch, torch_node
         torch.set_num_threads(1)
         dist.init_process_group("gloo", rank=rank, world_size=world)
-        wmesh = Mesh(payload["world_axes"])
-        groups = RankGroups(wmesh, rank)
-        groups.prepare(payload["axes_list"])
-        local = graph_from_wire(payload["graph"])
-        N = local.nodes
-        coords = wmesh.coords(rank)
-        m, p = payload["m"], payload["p"]
-        stages = {k: _StageState(sp, N, m, to_torch) for k, sp in payload["stages"].items()}
-        pending, mailbox = [], {}      # mailbox: sends between two stages of this rank
-
-        def run(st, nodes, j, env):
-            for n in nodes:
-                if n.op is Op.PARAMETER or n in st.accs:
-                    continue
-                if n.op is Op.AXIS_INDEX:
-                    v = j if n.attrs["axis"] == "mb" else int(coords[n.attrs["axis"]])
-                    env[n] = torch.tensor(v, dtype=torch.int32)
-                elif n in st.pre:        # a whole-batch sum of batch-only values, before any microbatch
-                    nodes, rest = st.pre[n]
-                    total = 0
-                    for k in range(m):
-                        run(st, nodes, k, st.menv[k])
-                        total = total + st.menv[k][n.inputs[0]]
-                    if rest:
-                        total = _to_wire(total)
-                        dist.all_reduce(total, group=groups.get(rest)[0])
-                        total = _from_wire(total, n.dtype)
-                    env[n] = total
-                elif n.op.value in payload["collective_ops"]:
-                    env[n] = start_collective(n, st.get(n.inputs[0], j), groups).wait()
-                else:
-                    env[n] = torch_node(n, [st.get(i, j) for i in n.inputs])
-
-        def tag(ti, j):
-            return ti * (m + 1) + (m if j is None else j)
-
-        def recv(st, phase, j, env):
-            for ti, pos, src in st.recvs.get(phase, ()):
-                n = N[pos]
-                if src == rank:
-                    env[n] = mailbox.pop((ti, j))
-                    continue
-                buf = _to_wire(torch.empty(n.shape, dtype=to_torch(np.zeros((), n.dtype.np)).dtype))
-                dist.recv(buf, src=src, tag=tag(ti, j))
-                env[n] = _from_wire(buf, n.dtype)
-
-        def send(st, phase, j, env):
-            for ti, pos, dst in st.sends.get(phase, ()):
-                if dst == rank:
-                    mailbox[(ti, j)] = env[N[pos]]
-                else:
-                    pending.append(dist.isend(_to_wire(env[N[pos]]), dst=dst, tag=tag(ti, j)))
-
-        for st in stages.values():
-            run(st, st.lists["free"], None, st.senv)
-        done = []
-        for action in payload["slots"]:
-            kind, j = action[0], action[1]
-            st = stages[stage_of(action, payload["device"], p)]
-            recv(st, kind, j, st.menv[j])
-            run(st, st.lists[{"F": "forward", "B": "backward", "W": "weight"}[kind]], j, st.menv[j])
-            for c in st.accs:
-                if c.inputs[0] in st.menv[j] and (c, j) not in st.acc:
-                    st.acc[(c, j)] = True
-                    v = st.menv[j][c.inputs[0]]
-                    st.acc[c] = v.clone() if c not in st.acc else st.acc[c] + v
-            send(st, kind, j, st.menv[j])
-            done.append(tuple(action))
-        outs = {}
-        for k in sorted(stages, reverse=True):     # step values go to lower stages
-            st = stages[k]
-            recv(st, "step", None, st.senv)
-            for n in st.lists["step"]:
-                if n in st.accs:
-                    v = st.acc[n]
-                    if st.accs[n]:
-                        pg, _ = groups.get(st.accs[n])
-                        v = _to_wire(v)
-                        dist.all_reduce(v, group=pg)
-                        v = _from_wire(v, n.dtype)
-                    st.senv[n] = v
-                else:
-                    run(st, [n], None, st.senv)
-            send(st, "step", None, st.senv)
-            outs.update({i: to_numpy(st.get(N[pos], 0)) for i, pos in st.outputs})
-        for w in pending:
-            w.wait()
-        results.put((rank, "ok", (outs, done)))
+        results.put((rank, "ok", _run_rank(rank, payload, {})))
         dist.barrier()
         dist.destroy_process_group()
     except BaseException as e:  # report, never hang the parent
         import traceback
         results.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
+
+
+def _run_rank(rank: int, payload: dict, doing: dict) -> tuple[dict, list]:
+    """This rank's stages over the schedule on the current process group: (outputs by index,
+    actions run). `doing` is kept up to date with the transfer or collective under way (and its
+    peer ranks), for the report if a peer dies."""
+    import torch
+    import torch.distributed as dist
+
+    from ..ir import Op
+    from ..partition.pipeline_schedule import stage_of
+    from .torch_exec import RankGroups, _from_wire, _to_wire, start_collective
+    from .torch_ops import to_numpy, to_torch, torch_node
+    wmesh = Mesh(payload["world_axes"])
+    groups = RankGroups(wmesh, rank)
+    groups.prepare(payload["axes_list"])
+    local = graph_from_wire(payload["graph"])
+    N = local.nodes
+    coords = wmesh.coords(rank)
+    m, p = payload["m"], payload["p"]
+    stages = {k: _StageState(sp, N, m, to_torch) for k, sp in payload["stages"].items()}
+    pending, mailbox = [], {}      # mailbox: sends between two stages of this rank
+
+    def all_reduce(v, axes, what):
+        pg, ranks = groups.get(axes)
+        doing.update(what=f"all_reduce of {what} over {'/'.join(axes)}", peers=[q for q in ranks if q != rank])
+        dist.all_reduce(v, group=pg)
+
+    def run(st, nodes, j, env):
+        for n in nodes:
+            if n.op is Op.PARAMETER or n in st.accs:
+                continue
+            if n.op is Op.AXIS_INDEX:
+                v = j if n.attrs["axis"] == "mb" else int(coords[n.attrs["axis"]])
+                env[n] = torch.tensor(v, dtype=torch.int32)
+            elif n in st.pre:        # a whole-batch sum of batch-only values, before any microbatch
+                nodes, rest = st.pre[n]
+                total = 0
+                for k in range(m):
+                    run(st, nodes, k, st.menv[k])
+                    total = total + st.menv[k][n.inputs[0]]
+                if rest:
+                    total = _to_wire(total)
+                    all_reduce(total, rest, n.describe())
+                    total = _from_wire(total, n.dtype)
+                env[n] = total
+            elif n.op.value in payload["collective_ops"]:
+                axes = tuple(n.attrs["axes"])
+                doing.update(what=n.describe(), peers=[q for q in groups.get(axes)[1] if q != rank])
+                env[n] = start_collective(n, st.get(n.inputs[0], j), groups).wait()
+            else:
+                env[n] = torch_node(n, [st.get(i, j) for i in n.inputs])
+
+    def tag(ti, j):
+        return ti * (m + 1) + (m if j is None else j)
+
+    def recv(st, phase, j, env):
+        for ti, pos, src in st.recvs.get(phase, ()):
+            n = N[pos]
+            if src == rank:
+                env[n] = mailbox.pop((ti, j))
+                continue
+            buf = _to_wire(torch.empty(n.shape, dtype=to_torch(np.zeros((), n.dtype.np)).dtype))
+            doing.update(what=f"recv of {n.describe()} (microbatch {j}) from rank {src}", peers=[src])
+            dist.recv(buf, src=src, tag=tag(ti, j))
+            env[n] = _from_wire(buf, n.dtype)
+
+    def send(st, phase, j, env):
+        for ti, pos, dst in st.sends.get(phase, ()):
+            if dst == rank:
+                mailbox[(ti, j)] = env[N[pos]]
+            else:
+                pending.append((dist.isend(_to_wire(env[N[pos]]), dst=dst, tag=tag(ti, j)), dst))
+
+    for st in stages.values():
+        run(st, st.lists["free"], None, st.senv)
+    done = []
+    for action in payload["slots"]:
+        kind, j = action[0], action[1]
+        st = stages[stage_of(action, payload["device"], p)]
+        recv(st, kind, j, st.menv[j])
+        run(st, st.lists[{"F": "forward", "B": "backward", "W": "weight"}[kind]], j, st.menv[j])
+        for c in st.accs:
+            if c.inputs[0] in st.menv[j] and (c, j) not in st.acc:
+                st.acc[(c, j)] = True
+                v = st.menv[j][c.inputs[0]]
+                st.acc[c] = v.clone() if c not in st.acc else st.acc[c] + v
+        send(st, kind, j, st.menv[j])
+        done.append(tuple(action))
+    outs = {}
+    for k in sorted(stages, reverse=True):     # step values go to lower stages
+        st = stages[k]
+        recv(st, "step", None, st.senv)
+        for n in st.lists["step"]:
+            if n in st.accs:
+                v = st.acc[n]
+                if st.accs[n]:
+                    v = _to_wire(v)
+                    all_reduce(v, st.accs[n], n.describe())
+                    v = _from_wire(v, n.dtype)
+                st.senv[n] = v
+            else:
+                run(st, [n], None, st.senv)
+        send(st, "step", None, st.senv)
+        outs.update({i: to_numpy(st.get(N[pos], 0)) for i, pos in st.outputs})
+    for w, dst in pending:
+        doing.update(what=f"send to rank {dst}", peers=[dst])
+        w.wait()
+    doing.update(what="done", peers=[])
+    return outs, done
 
 
 class _StageState:
@@ -209,13 +227,37 @@ def _payloads(prog, values) -> tuple[list[dict], dict]:
 
 
 def run_pipeline_torch(prog, *args, timeout_s: float = 300.0, trace: list | None = None) -> list[np.ndarray]:
-    """Global outputs (numpy) of a PipelineProgram run on pp·R gloo ranks in this machine."""
+    """Global outputs (numpy) of a PipelineProgram on pp·R gloo ranks: inside a torch.distributed
+    job of that world size (torchrun, one or many hosts) this process runs its own rank and every
+    rank returns the global outputs; otherwise on local processes."""
     from ..partition.pipeline import PipelineProgram
-    from .torch_launch import _context, _free_port, _main_hidden
+    from .torch_launch import in_distributed_job
     if not isinstance(prog, PipelineProgram):
         raise Error(f"engine 'torch_pipeline' runs a PipelineProgram (partition(..., pipeline=...)), "
                     f"got {type(prog).__name__}")
     pays, info = _payloads(prog, prog.graph.input_values(*args))
+    if in_distributed_job(prog.mesh):
+        from .pipeline_job import run_in_job
+        got = run_in_job(pays, timeout_s)
+    else:
+        got = _run_local(pays, info, timeout_s)
+    R, devs, m = info["R"], info["devs"], info["m"]
+    inner = prog.inner
+    per_device = [None] * inner.mesh.size
+    for r in range(R):
+        row = {}
+        for d in range(len(prog.slots)):
+            row.update(got[d * R + r][0])
+        for j in range(m):
+            per_device[devs.device(j, r)] = [row[i] for i in range(len(inner.local.outputs))]
+    if trace is not None:
+        trace.extend((k // R, k % R, got[k][1]) for k in range(len(pays)))
+    return inner.assemble(per_device)
+
+
+def _run_local(pays, info, timeout_s: float) -> dict:
+    """{rank: (outputs, actions)} from one gloo process per rank on this machine."""
+    from .torch_launch import _context, _free_port, _main_hidden
     world, port = len(pays), _free_port()
     ctx = _context()
     results = ctx.Queue()
@@ -247,18 +289,7 @@ def run_pipeline_torch(prog, *args, timeout_s: float = 300.0, trace: list | None
             if pr.is_alive():
                 pr.kill()
                 pr.join(timeout=5)
-    R, devs, m = info["R"], info["devs"], info["m"]
-    inner = prog.inner
-    per_device = [None] * inner.mesh.size
-    for r in range(R):
-        row = {}
-        for d in range(len(prog.slots)):
-            row.update(got[d * R + r][0])
-        for j in range(m):
-            per_device[devs.device(j, r)] = [row[i] for i in range(len(inner.local.outputs))]
-    if trace is not None:
-        trace.extend((k // R, k % R, got[k][1]) for k in range(world))
-    return inner.assemble(per_device)
+    return got
 
 
 def slot_bubble(trace) -> float:
