@@ -64,31 +64,47 @@ def _steps(g, args, run, steps=2):
     return outs, losses
 
 
-# Adam runs one step: after two, f32 Adam amplifies summation-order differences in near-zero
-# gradients (m/sqrt(v) flips sign) past 1e-5 already without a pipeline (dp=2 SPMD: 6e-5).
-@pytest.mark.parametrize("model,optimizer,mesh,specs,schedule,steps,frontend", [
-    ("gpt2", "sgd", {"pp": 2, "dp": 2, "tp": 2}, "megatron", "1f1b", 2, "jax"),
-    ("llama", "sgd", {"pp": 4, "dp": 2}, "dp", "gpipe", 2, "jax"),
-    ("llama", "adam", {"pp": 4, "dp": 2}, "dp", "1f1b", 1, "jax"),
-    ("gpt2", "sgd", {"pp": 2, "dp": 2}, "dp", "zero-bubble", 2, "torch"),   # loss / token count over the batch
+def assert_steps_match(m, g, got, want, optimizer):
+    """A step's outputs == the reference's (f32 rel. error < 1e-5). GPT-2 under Adam leaves out
+    the key third of each c_attn.bias: its exact gradient is 0 (softmax ignores a shift shared by
+    a query's scores; float64 gives ~1e-20), so its f32 gradients are rounding noise in any
+    summation order (the unsharded f32 reference is as far from float64 there) and Adam turns
+    that noise into steps of up to lr. There the parameters must agree within 2·lr per step."""
+    if optimizer == "sgd" or m.name.split(":")[0] != "gpt2":
+        assert max(rel_err(a, b) for a, b in zip(got, want)) < 1e-5
+        return
+    d = m.config.d_model
+
+    def masked(outs):
+        out = []
+        for n, a in zip(g.output_names, outs):
+            a = np.array(a, dtype=np.float64)
+            if "c_attn.bias" in n:
+                a[..., d:2 * d] = 0.0
+            out.append(a)
+        return out
+    assert max(rel_err(a, b) for a, b in zip(masked(got), masked(want))) < 1e-5
+    kb = [(a, b) for a, b, n in zip(got, want, g.output_names) if n.startswith("out[1]") and "c_attn.bias" in n]
+    assert kb and max(np.abs(np.asarray(a) - np.asarray(b))[d:2 * d].max() for a, b in kb) <= 2 * 2 * 1e-3
+
+
+@pytest.mark.parametrize("model,optimizer,mesh,specs,schedule,frontend", [
+    ("gpt2", "sgd", {"pp": 2, "dp": 2, "tp": 2}, "megatron", "1f1b", "jax"),
+    ("llama", "sgd", {"pp": 4, "dp": 2}, "dp", "gpipe", "jax"),
+    ("llama", "adam", {"pp": 4, "dp": 2}, "dp", "1f1b", "jax"),
+    ("gpt2", "adam", {"pp": 2, "dp": 2, "tp": 2}, "megatron", "interleaved-1f1b", "jax"),
+    ("gpt2", "sgd", {"pp": 2, "dp": 2}, "dp", "zero-bubble", "torch"),   # loss / token count over the batch
 ])
-def test_steps_match_reference(model, optimizer, mesh, specs, schedule, steps, frontend):
+def test_steps_match_reference(model, optimizer, mesh, specs, schedule, frontend):
     m, g, args = _capture(model, optimizer, frontend)
     data = {n: P("dp") for n in g.input_names if n.startswith("args")}
     specs = {**data, **(m.tp_specs() if specs == "megatron" else {})}
     prog = shardc.partition(g, Mesh(mesh), specs, pipeline=shardc.Pipeline("pp", 4, schedule))
-    assert max(rel_err(a, b) for a, b in zip(prog.simulate(*args), g.evaluate(*args))) < 1e-5
-    got, got_loss = _steps(g, args, lambda *a: runtime.run(prog, *a, engine="torch_pipeline"), steps)
-    want, want_loss = _steps(g, args, g.evaluate, steps)
+    assert_steps_match(m, g, prog.simulate(*args), g.evaluate(*args), optimizer)
+    got, got_loss = _steps(g, args, lambda *a: runtime.run(prog, *a, engine="torch_pipeline"))
+    want, want_loss = _steps(g, args, g.evaluate)
     assert max(rel_err(a, b) for a, b in zip(got_loss, want_loss)) < 1e-5
-    if optimizer == "sgd":
-        assert max(rel_err(a, b) for a, b in zip(got, want)) < 1e-5
-        return
-    # Adam's first step moves each parameter by lr·sign(g): gradients within rounding of zero may
-    # flip (torch vs numpy summation order). The moments carry the gradients themselves.
-    moments = [(a, b) for a, b, n in zip(got, want, g.output_names) if "['m']" in n or "['v']" in n]
-    assert max(rel_err(a, b) for a, b in moments) < 1e-5
-    assert max(np.abs(a - b).max() for a, b in zip(got[1:], want[1:])) <= 2e-3 + 1e-6
+    assert_steps_match(m, g, got, want, optimizer)
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "zero-bubble"])
