@@ -1,14 +1,13 @@
 """Recomputed dots: the fusion planner's rule for scores and logits that never reach memory.
 
 A dot_general whose rows are normalized over its right-hand free dims (softmax, log-sum-exp: a
-row reduction of elementwise ops of the dot) and whose result is larger than its operands
-(attention scores QKᵀ, a language-model head's logits x·Wᵀ) is not stored: every kernel that
+row max of elementwise ops of the dot) and whose result is at least as large as its
+operands together (attention scores QKᵀ, a language-model head's logits x·Wᵀ) is not stored: every kernel that
 reads it recomputes the tile it needs from the operands (a `tl.dot` / `jnp.dot` over the
 contraction, which fits on chip). Its row statistics (max, Σexp) are the only values stored, as
 flash attention stores its log-sum-exp and Liger Kernel's fused linear cross-entropy never writes
 the logits: the loss, dlogits·W and dlogitsᵀ·x each rebuild their tiles from x, W and the
-statistics. The backward of such a softmax (attention's dP = dO·Vᵀ, normalized by the same rule)
-is recomputed alike, so a dQ or dK kernel holds S and dP tiles at once.
+statistics. The backward's dP = dO·Vᵀ has no row max of its own and is stored.
 
 A one-hot scatter-add (x + updates at one index per row: the transpose of a label gather, the
 one-hot of cross-entropy's backward) is elementwise too: x + where(iota == index, update, 0), so
@@ -53,8 +52,8 @@ def _free_dims(d: Node) -> tuple[list[int], list[int]]:
 
 
 def _normalized_rows(d: Node, users: dict) -> bool:
-    """Whether a reduction over exactly d's right-hand free dims reads d through elementwise ops
-    (a softmax's max or Σexp, a log-sum-exp)."""
+    """Whether a max over exactly d's right-hand free dims reads d through elementwise ops: the
+    stabilizing max of a softmax or log-sum-exp over the rows of d."""
     lf, rf = _free_dims(d)
     nb = len(d.attrs["lhs_batch"])
     axes = tuple(range(nb + len(lf), nb + len(lf) + len(rf)))
@@ -65,7 +64,7 @@ def _normalized_rows(d: Node, users: dict) -> bool:
             if u in seen:
                 continue
             seen.add(u)
-            if u.op in REDUCE and u.inputs[0].shape == d.shape and tuple(u.attrs["axes"]) == axes:
+            if u.op is Op.REDUCE_MAX and u.inputs[0].shape == d.shape and tuple(u.attrs["axes"]) == axes:
                 return True
             if u.op in ELEMENTWISE and u.shape == d.shape:
                 stack.append(u)

@@ -1,0 +1,108 @@
+"""Recomputed dots (codegen/fused_recompute.py): scores and logits rebuilt per tile inside the
+kernels that read them, never stored. Each such kernel equals numpy of its IR nodes on the Triton
+interpreter and in Pallas interpret mode, compiles for sm_90 and lowers for TPU; whole programs
+equal Graph.evaluate; the language-model heads of GPT-2 and Llama training steps never write
+their logits."""
+import numpy as np
+import pytest
+
+import shardc
+from shardc import Mesh, models, partition
+from shardc.codegen.aot import SHARED_MEMORY_LIMIT, compile_for_gpu
+from shardc.codegen.fused_recompute import is_recomputed
+from shardc.testing import rel_err
+from test_codegen_pallas import export_all, run_and_check
+from test_codegen_zoo import LAYOUTS, run_and_check_kernels
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SHARDC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernel-cache"))
+
+
+def _lse_graph(bf16=False):
+    """Σ logsumexp(q kᵀ) over batch·head rows and its gradients: statistics over scores with
+    batch dims (a row kernel with pid_b), dq = P·k (scores rebuilt in a matmul's A tile) and
+    dk = Pᵀ·q (rebuilt transposed)."""
+    import jax
+    import jax.numpy as jnp
+    dt = jnp.bfloat16 if bf16 else jnp.float32
+    rng = np.random.default_rng(3)
+    q = jnp.asarray(rng.standard_normal((2, 2, 32, 16)), dt)
+    k = jnp.asarray(rng.standard_normal((2, 2, 48, 16)), dt)
+
+    def f(q, k):
+        return jax.value_and_grad(lambda q, k: jax.nn.logsumexp(
+            jnp.einsum("bhqd,bhkd->bhqk", q, k), axis=-1).sum(), argnums=(0, 1))(q, k)
+    return shardc.from_jax(f, q, k), (q, k)
+
+
+def _rebuilders(exe):
+    return [k for k in exe.kernels if any(is_recomputed(n) for n in k.ops)]
+
+
+@pytest.mark.parametrize("target", ["triton", "pallas"])
+def test_scores_rebuilt_per_tile_equal_numpy_and_never_stored(target):
+    g, args = _lse_graph()
+    prog = partition(g, Mesh(dp=1))
+    check = run_and_check_kernels if target == "triton" else run_and_check
+    exe, got = check(prog, args, 1e-5)
+    for a, b in zip(got, g.evaluate(*args)):
+        assert rel_err(a, b) <= 1e-5
+    assert len(_rebuilders(exe)) >= 3, exe.plan_text()  # statistics, dq, dk
+    for k in exe.kernels:  # no [.., 32, 48] scores buffer in or out of any kernel
+        for x in k.inputs + k.outputs:
+            assert x.shape[-2:] != (32, 48), f"{k.name} moves {x.describe()}"
+    if target == "pallas":
+        export_all(exe.kernels)
+
+
+def test_scores_rebuilt_kernels_compile_for_hopper():
+    for bf16 in (False, True):
+        g, args = _lse_graph(bf16)
+        kernels = _rebuilders(shardc.compile(partition(g, Mesh(dp=1))))
+        assert kernels
+        for k, r in zip(kernels, compile_for_gpu(kernels)):
+            assert ".target sm_90" in r["ptx"] and r["cubin_bytes"] > 0, k.name
+            assert 0 <= r["shared"] <= SHARED_MEMORY_LIMIT, (k.name, r["shared"])
+
+
+def _lm_head(g):
+    """The training step's LM-head dot: the [batch, seq, vocab] dot_general whose rows a
+    log-softmax normalizes (the one recomputed dot without batch dims)."""
+    return [n for n in g.nodes if is_recomputed(n) and not n.attrs["lhs_batch"]]
+
+
+@pytest.mark.parametrize("layout", ["single", pytest.param("tp", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_training_steps_never_store_logits(name, layout):
+    m = models.get(f"{name}:tiny")
+    g, _ = m.capture(True, "jax", 4, lr=0.1)  # bench/fusion.py's batch (at 2, tiny logits are cheaper stored)
+    axes, tp, plan = LAYOUTS[layout]
+    prog = partition(g, Mesh(axes), m.tp_specs() if tp else {}, plan)
+    for target in ("triton", "pallas"):
+        exe = shardc.compile(prog, target=target)
+        heads = _lm_head(prog.local)
+        assert len(heads) == 1, target
+        head = heads[0]
+        after, stack = set(), [head]  # every value computed from the logits at their full size
+        users = prog.local.users()
+        while stack:
+            n = stack.pop()
+            if n in after:
+                continue
+            after.add(n)
+            stack += [u for u in users.get(n, ()) if u.size >= head.size]
+        for k in exe.kernels:
+            for x in k.inputs + k.outputs:
+                assert x not in after, f"{target}: {k.name} moves {x.describe()} computed from the logits"
+
+
+@pytest.mark.slow
+def test_training_step_rebuilders_compile_for_hopper():
+    m = models.get("gpt2:tiny")
+    g, _ = m.capture(True, "jax", 4, lr=0.1, dtype="bf16")
+    kernels = _rebuilders(shardc.compile(partition(g, Mesh(dp=1))))
+    assert kernels
+    for k, r in zip(kernels, compile_for_gpu(kernels)):
+        assert ".target sm_90" in r["ptx"] and r["cubin_bytes"] > 0, k.name
