@@ -24,6 +24,8 @@ def wire_bytes(kind: str, nbytes: int, n: int) -> int:
         return 2 * (n - 1) * nbytes // n
     if kind in ("all_gather", "reduce_scatter", "all_to_all"):
         return (n - 1) * nbytes // n
+    if kind == "ragged_all_to_all":  # `nbytes`: the padded buffer, n times what routing sends on average
+        return (n - 1) * nbytes // (n * n)  # uniform routing: each device sends 1/n of the buffer, (n-1)/n away
     return nbytes  # collective_permute sends its whole buffer
 
 
@@ -48,7 +50,8 @@ def flops(n: Node) -> int:
 def op_seconds(n: Node, mesh_axes: dict[str, int]) -> float:
     if n.op in COLLECTIVES:
         group = math.prod(mesh_axes[a] for a in n.attrs["axes"])
-        nbytes = n.nbytes if n.op is Op.ALL_GATHER else n.inputs[0].nbytes
+        nbytes = max(n.nbytes, n.inputs[0].nbytes) if n.op is Op.RAGGED_ALL_TO_ALL else \
+            n.nbytes if n.op is Op.ALL_GATHER else n.inputs[0].nbytes
         return LAUNCH_S + wire_bytes(n.op.value, nbytes, group) / LINK_BW
     moved = sum(i.nbytes for i in n.inputs) + n.nbytes
     return LAUNCH_S + max(flops(n) / PEAK_FLOPS, moved / MEMORY_BW)

@@ -73,7 +73,7 @@ class CollectiveStep:
 
     @property
     def reads(self) -> list[Node]:
-        return [self.node.inputs[0]]
+        return list(dict.fromkeys(self.node.inputs))
 
     @property
     def writes(self) -> list[Node]:
@@ -282,7 +282,8 @@ class Planner:
         fused_recompute.mark_recomputed(g, self.users, internal)
         for n in g.nodes:
             if n.op in COLLECTIVES or (n.op is Op.SCATTER and not inlinable(n)):
-                self._materialize(n.inputs[0])
+                for x in (n.inputs if n.op in COLLECTIVES else n.inputs[:1]):
+                    self._materialize(x)
             if n.op in (Op.DOT_GENERAL, Op.SCATTER) and n not in internal and not inlinable(n):
                 self.roots.add(n)
             if n.op is Op.DOT_GENERAL and n not in internal and n not in self.attention:

@@ -101,6 +101,30 @@ def _dot_general(n: Node, a, b):
     return np.matmul(a3, b3).reshape(n.shape)
 
 
+def group_bounds(sizes, offset=0, groups=None, limit=None):
+    """[(start, end)] of groups offset..offset+groups of a dim cut by `sizes` (clipped to limit)."""
+    sizes = np.maximum(np.asarray(sizes).astype(np.int64), 0)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    if limit is not None:
+        starts, ends = np.minimum(starts, limit), np.minimum(ends, limit)
+    o = int(offset)
+    groups = len(sizes) - o if groups is None else groups
+    return [(int(starts[o + j]), int(ends[o + j])) if 0 <= o + j < len(sizes) else (0, 0) for j in range(groups)]
+
+
+def ragged_dot(n: Node, a, b, sizes, offset=0):
+    if n.attrs["mode"] == "rows":
+        out = np.zeros(n.shape, dtype=a.dtype)
+        for j, (s, e) in enumerate(group_bounds(sizes, offset, b.shape[0], a.shape[0])):
+            out[s:e] = a[s:e] @ b[j]
+        return out
+    out = np.zeros(n.shape, dtype=a.dtype)
+    for j, (s, e) in enumerate(group_bounds(sizes, offset, n.shape[0], a.shape[1])):
+        out[j] = a[:, s:e] @ b[s:e]
+    return out
+
+
 _UNARY: dict[Op, Callable] = {
     Op.NEG: np.negative, Op.ABS: np.abs, Op.SIGN: np.sign, Op.EXP: np.exp, Op.LOG: np.log,
     Op.LOG1P: np.log1p, Op.SQRT: np.sqrt, Op.RSQRT: _rsqrt, Op.TANH: np.tanh, Op.LOGISTIC: _logistic,
@@ -145,6 +169,7 @@ EVAL: dict[Op, Callable] = {
     Op.REDUCE_MAX: lambda n, x: np.max(x, axis=n.attrs["axes"]),
     Op.REDUCE_MIN: lambda n, x: np.min(x, axis=n.attrs["axes"]),
     Op.DOT_GENERAL: _dot_general,
+    Op.RAGGED_DOT: ragged_dot,
     Op.AXIS_INDEX: _no_axis_index,
     **{op: _no_collective for op in COLLECTIVES},
 }

@@ -68,6 +68,7 @@ class Op(enum.Enum):
     REDUCE_MIN = "reduce_min"
     # contraction
     DOT_GENERAL = "dot_general"
+    RAGGED_DOT = "ragged_dot"   # grouped matmul: rows (or the contraction) in value-sized groups
     # SPMD
     AXIS_INDEX = "axis_index"
     ALL_REDUCE = "all_reduce"
@@ -75,6 +76,7 @@ class Op(enum.Enum):
     REDUCE_SCATTER = "reduce_scatter"
     ALL_TO_ALL = "all_to_all"
     COLLECTIVE_PERMUTE = "collective_permute"
+    RAGGED_ALL_TO_ALL = "ragged_all_to_all"   # value-sized row segments in a static buffer
 
     def __repr__(self) -> str:
         return self.value
@@ -88,7 +90,7 @@ COMPARE = frozenset({Op.EQ, Op.NE, Op.LT, Op.LE, Op.GT, Op.GE})
 ELEMENTWISE = UNARY | BINARY | COMPARE | {Op.SELECT, Op.CAST}
 REDUCE = frozenset({Op.REDUCE_SUM, Op.REDUCE_MAX, Op.REDUCE_MIN})
 COLLECTIVES = frozenset({Op.ALL_REDUCE, Op.ALL_GATHER, Op.REDUCE_SCATTER, Op.ALL_TO_ALL,
-                         Op.COLLECTIVE_PERMUTE})
+                         Op.COLLECTIVE_PERMUTE, Op.RAGGED_ALL_TO_ALL})
 # ops whose operands must be floats / integers-or-bool
 FLOAT_ONLY = frozenset({Op.EXP, Op.LOG, Op.LOG1P, Op.SQRT, Op.RSQRT, Op.TANH, Op.LOGISTIC, Op.ERF,
                         Op.SIN, Op.COS, Op.FLOOR, Op.CEIL, Op.ROUND, Op.POW})

@@ -225,6 +225,33 @@ def _dot_general(c: _Ctx):
     return tuple([a.shape[d] for d in lb] + [a.shape[d] for d in lfree] + [b.shape[d] for d in rfree]), a.dtype
 
 
+def _ragged_dot(c: _Ctx):
+    """Grouped matmul (jax.lax.ragged_dot, torch._grouped_mm): `sizes` [g] cuts a dim into
+    contiguous groups whose sizes are values. mode "rows": lhs [m, k] rows in groups, rhs [gl, k, n]
+    one matrix per group → [m, n] (rows past the groups are 0). mode "contract": lhs [m, k] and
+    rhs [k, n] with k in groups → [gl, m, n] (a weight gradient). An optional scalar
+    `group_offset` o makes the op cover groups o..o+gl of the g (expert-parallel local op)."""
+    c.need(len(c.inputs) in (3, 4), "takes (lhs, rhs, group_sizes[, group_offset])")
+    a, b, sizes = c.inputs[:3]
+    mode = c.attrs.setdefault("mode", "rows")
+    c.need(a.dtype == b.dtype and a.dtype.is_float, f"lhs/rhs must be the same float dtype, got {a.dtype}, {b.dtype}")
+    c.need(sizes.rank == 1 and sizes.dtype.is_int, f"group_sizes must be a 1-d int array, got {sizes.dtype}{list(sizes.shape)}")
+    if len(c.inputs) == 4:
+        c.need(c.inputs[3].rank == 0 and c.inputs[3].dtype.is_int, "group_offset must be an int scalar")
+    c.need(a.rank == 2, f"lhs must be [m, k], got {list(a.shape)}")
+    g = sizes.shape[0]
+    if mode == "rows":
+        c.need(b.rank == 3 and b.shape[1] == a.shape[1], f"rows mode: rhs must be [groups, {a.shape[1]}, n], got {list(b.shape)}")
+        c.need(b.shape[0] == g or (len(c.inputs) == 4 and b.shape[0] <= g),
+               f"rhs has {b.shape[0]} groups, group_sizes {g}")
+        return (a.shape[0], b.shape[2]), a.dtype
+    c.need(mode == "contract", f"mode must be 'rows' or 'contract', got {mode!r}")
+    c.need(b.rank == 2 and b.shape[0] == a.shape[1], f"contract mode: rhs must be [{a.shape[1]}, n], got {list(b.shape)}")
+    gl = int(c.attrs.setdefault("groups", g))
+    c.need(0 < gl <= g and (gl == g or len(c.inputs) == 4), f"groups={gl} must be the {g} groups (or fewer with an offset)")
+    return (gl, a.shape[0], b.shape[1]), a.dtype
+
+
 def _axis_index(c: _Ctx):
     c.need(not c.inputs, "takes no operands")
     ax = c.attrs.get("axis")
@@ -233,6 +260,8 @@ def _axis_index(c: _Ctx):
 
 
 def _collective(c: _Ctx):
+    if c.op is Op.RAGGED_ALL_TO_ALL:
+        return _ragged_all_to_all(c)
     c.need(len(c.inputs) == 1, "takes one operand")
     x = c.inputs[0]
     n = c.mesh_group()
@@ -258,6 +287,21 @@ def _collective(c: _Ctx):
     return tuple(shape), x.dtype
 
 
+def _ragged_all_to_all(c: _Ctx):
+    """Each device's x [N, ...] holds, in group-rank order, one contiguous row segment per peer
+    (send_sizes [P], values); peer j's result [rows, ...] is the segments sent to it, in sender
+    order, then zeros: a statically sized buffer holding value-sized segments."""
+    c.need(len(c.inputs) == 2, "takes (operand, send_sizes)")
+    x, sizes = c.inputs
+    n = c.mesh_group()
+    c.need(x.rank >= 1, "operand needs a row dim")
+    c.need(sizes.shape == (n,) and sizes.dtype.is_int, f"send_sizes must be int[{n}], got {sizes.dtype}{list(sizes.shape)}")
+    rows = c.attrs.setdefault("rows", x.shape[0])
+    c.need(isinstance(rows, (int, np.integer)) and rows >= 0, f"rows={rows!r} must be a size")
+    c.attrs["rows"] = int(rows)
+    return (int(rows),) + x.shape[1:], x.dtype
+
+
 RULES: dict[Op, Callable[[_Ctx], tuple]] = {
     Op.PARAMETER: _leaf, Op.CONSTANT: _leaf, Op.IOTA: _leaf,
     **{op: _elementwise for op in UNARY | BINARY | COMPARE},
@@ -265,7 +309,7 @@ RULES: dict[Op, Callable[[_Ctx], tuple]] = {
     Op.BROADCAST: _broadcast, Op.RESHAPE: _reshape, Op.TRANSPOSE: _transpose, Op.SLICE: _slice,
     Op.CONCATENATE: _concatenate, Op.PAD: _pad, Op.GATHER: _gather, Op.SCATTER: _scatter,
     Op.REDUCE_SUM: _reduce, Op.REDUCE_MAX: _reduce, Op.REDUCE_MIN: _reduce,
-    Op.DOT_GENERAL: _dot_general, Op.AXIS_INDEX: _axis_index,
+    Op.DOT_GENERAL: _dot_general, Op.RAGGED_DOT: _ragged_dot, Op.AXIS_INDEX: _axis_index,
     **{op: _collective for op in COLLECTIVES},
 }
 

@@ -16,6 +16,7 @@ from ..errors import ShardingError
 from ..ir import DType, Graph, Node, Op, verify
 from ..ir.emitter import Emitter
 from ..ir.ops import COLLECTIVES, ELEMENTWISE
+from .expert import lower_ragged_dot
 from .factors import merge, project, representable, unkept, unproject
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
 from .program import SpmdProgram
@@ -26,7 +27,7 @@ from .rules import FactorRule, rule_for
 # ops linear in (each of) their operands: a pending partial sum passes through them
 _LINEAR_ALL = frozenset({Op.ADD, Op.SUB, Op.CONCATENATE})
 _LINEAR_FIRST = frozenset({Op.NEG, Op.TRANSPOSE, Op.RESHAPE, Op.BROADCAST, Op.SLICE, Op.REDUCE_SUM, Op.GATHER})
-_LINEAR_ONE = frozenset({Op.MUL, Op.DOT_GENERAL})
+_LINEAR_ONE = frozenset({Op.MUL, Op.DOT_GENERAL, Op.RAGGED_DOT})
 
 
 def _is_zero(n: Node) -> bool:
@@ -373,6 +374,8 @@ class Lowerer(Resharder):
             return self._gather(n, args, reqs, red)
         elif op is Op.SCATTER:
             return self._scatter(n, args, reqs, red, natural)
+        elif op is Op.RAGGED_DOT:
+            return lower_ragged_dot(self, n, args, reqs, natural, rule, red)
         return b.add(op, args, name=n.name, **attrs)
 
     def _local_slice_attrs(self, n: Node, req: Sharding, x: Node) -> dict:

@@ -86,7 +86,8 @@ def simulate_pipeline(prog, inputs: dict) -> tuple[list[np.ndarray], list[tuple[
                     for r in group:
                         env[r][n] = np.asarray(sum(total[q] for q in group)).astype(n.dtype.np)
             elif n.op in COLLECTIVES:
-                vals = run_collective(n, devs.sub, [get(s, j, r, n.inputs[0]) for r in range(R)])
+                vals = run_collective(n, devs.sub, [get(s, j, r, n.inputs[0]) for r in range(R)],
+                                      [[get(s, j, r, i) for i in n.inputs[1:]] for r in range(R)])
                 for r in range(R):
                     env[r][n] = vals[r]
             else:

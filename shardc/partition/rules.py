@@ -253,13 +253,38 @@ def _dot_general(n: Node) -> FactorRule:
     return r
 
 
+def _ragged_dot(n: Node) -> FactorRule:
+    """rows: `m k, g k n -> m n`; contract: `m k, k n -> g m n`. The grouped dim (m, or k) may
+    split like any dim: each device counts how many of its rows fall in each group. The group
+    dim g splits the experts: in rows mode it is a sum factor (a device computes the rows of its
+    groups, zeros elsewhere); in contract mode each device makes its groups' blocks. The group
+    sizes stay whole (the sizes operand carries g only so that the factor can be chosen)."""
+    r = FactorRule()
+    a, b, sizes = n.inputs[:3]
+    m, k = r.new(a.shape[0]), r.new(a.shape[1])
+    r.reduction[k] = "sum"
+    if n.attrs["mode"] == "rows":
+        g, nn = r.new(b.shape[0]), r.new(b.shape[2])
+        r.reduction[g] = "sum"
+        r.operands = [[[m], [k]], [[g], [k], [nn]], [[g] if b.shape[0] == sizes.shape[0] else [r.new(sizes.shape[0], True)]]]
+        r.result = [[m], [nn]]
+    else:
+        g, nn = r.new(n.shape[0]), r.new(b.shape[1])
+        r.operands = [[[m], [k]], [[k], [nn]], [[g] if n.shape[0] == sizes.shape[0] else [r.new(sizes.shape[0], True)]]]
+        r.result = [[g], [m], [nn]]
+    if len(n.inputs) == 4:  # a local op with its group offset: the groups stay whole
+        r.replicated.add(g)
+        r.operands.append([])
+    return r
+
+
 RULES: dict[Op, Callable[[Node], FactorRule]] = {
     Op.PARAMETER: _leaf, Op.CONSTANT: _leaf, Op.IOTA: _leaf, Op.AXIS_INDEX: _leaf,
     **{op: _elementwise for op in ELEMENTWISE},
     Op.BROADCAST: _broadcast, Op.RESHAPE: _reshape, Op.TRANSPOSE: _transpose, Op.SLICE: _slice,
     Op.CONCATENATE: _concatenate, Op.PAD: _pad, Op.GATHER: _gather, Op.SCATTER: _scatter,
     Op.REDUCE_SUM: _reduce, Op.REDUCE_MAX: _reduce, Op.REDUCE_MIN: _reduce,
-    Op.DOT_GENERAL: _dot_general,
+    Op.DOT_GENERAL: _dot_general, Op.RAGGED_DOT: _ragged_dot,
     **{op: _collective for op in COLLECTIVES},
 }
 

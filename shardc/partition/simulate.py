@@ -11,8 +11,32 @@ from ..ir.ops import COLLECTIVES
 from .mesh import Mesh
 
 
-def run_collective(n: Node, mesh: Mesh, vals: list[np.ndarray]) -> list[np.ndarray]:
-    """Every device's result of collective `n`, given every device's operand."""
+def ragged_exchange(xs: list[np.ndarray], sizes: list[np.ndarray], rows: int, what: str = "") -> list[np.ndarray]:
+    """ragged_all_to_all over one group: xs[i] holds its segment for each peer j in order
+    (sizes[i][j] rows); peer j gets the segments sent to it in sender order, then zeros."""
+    k = len(xs)
+    sizes = [np.maximum(np.asarray(s).astype(np.int64), 0) for s in sizes]
+    res = []
+    for dst in range(k):
+        parts = []
+        for src in range(k):
+            off = int(sizes[src][:dst].sum())
+            seg = xs[src][off:off + int(sizes[src][dst])]
+            if off + int(sizes[src][dst]) > len(xs[src]):
+                raise ShardingError(f"{what}: device {src} sends rows past its {len(xs[src])}-row buffer")
+            parts.append(seg)
+        got = np.concatenate(parts, axis=0) if parts else xs[0][:0]
+        if len(got) > rows:
+            raise ShardingError(f"{what}: {len(got)} rows arrive at device {dst}, the buffer holds {rows}")
+        out = np.zeros((rows,) + xs[0].shape[1:], dtype=xs[0].dtype)
+        out[:len(got)] = got
+        res.append(out)
+    return res
+
+
+def run_collective(n: Node, mesh: Mesh, vals: list[np.ndarray], rest: list | None = None) -> list[np.ndarray]:
+    """Every device's result of collective `n`, given every device's operand (`rest`: every
+    device's further operands, for the ragged all-to-all's send sizes)."""
     out: list = [None] * mesh.size
     axes = n.attrs["axes"]
     for group in mesh.groups(axes):
@@ -33,6 +57,8 @@ def run_collective(n: Node, mesh: Mesh, vals: list[np.ndarray]) -> list[np.ndarr
             s, c = n.attrs["split_dim"], n.attrs["concat_dim"]
             pieces = [np.split(x, k, axis=s) for x in xs]
             res = [np.concatenate([pieces[src][dst] for src in range(k)], axis=c) for dst in range(k)]
+        elif n.op is Op.RAGGED_ALL_TO_ALL:
+            res = ragged_exchange(xs, [rest[d][0] for d in group], n.attrs["rows"], n.describe())
         elif n.op is Op.COLLECTIVE_PERMUTE:
             res = [np.zeros_like(xs[0]) for _ in range(k)]
             for src, dst in n.attrs["pairs"]:
@@ -66,7 +92,8 @@ def run_devices(prog, inputs: dict[str, np.ndarray], keep_all: bool = False) -> 
             for d in devices:
                 env[d][n] = np.asarray(mesh.coords(d)[n.attrs["axis"]], dtype=np.int32)
         elif n.op in COLLECTIVES:
-            outs = run_collective(n, mesh, [env[d][n.inputs[0]] for d in devices])
+            outs = run_collective(n, mesh, [env[d][n.inputs[0]] for d in devices],
+                                  [[env[d][i] for i in n.inputs[1:]] for d in devices])
             for d in devices:
                 env[d][n] = outs[d]
         else:

@@ -77,7 +77,8 @@ def run_plan(exe, inputs: dict[str, np.ndarray], on_kernel=None) -> list[np.ndar
 
     def collective(s):
         n = s.node
-        res = run_collective(n, mesh, [buf.to_numpy(env[d][n.inputs[0]]) for d in devices])
+        res = run_collective(n, mesh, [buf.to_numpy(env[d][n.inputs[0]]) for d in devices],
+                             [[buf.to_numpy(env[d][i]) for i in n.inputs[1:]] for d in devices])
         for d in devices:
             env[d][n] = buf.to_buffer(res[d])
 

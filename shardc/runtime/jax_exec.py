@@ -115,6 +115,29 @@ def _dot_general(n: Node, a, b):
     return lax.dot_general(a, b, dims, precision=lax.Precision.HIGHEST)  # (halves arrive as f32)
 
 
+def _group_masks(sizes, offset, groups: int, length: int):
+    """[groups, length] bools: which positions of the grouped dim belong to group offset+j."""
+    sizes = jnp.maximum(sizes.astype(jnp.int32), 0)
+    ends = jnp.cumsum(sizes)
+    starts = ends - sizes
+    j = jnp.arange(groups) + (0 if offset is None else offset.astype(jnp.int32))
+    jc = jnp.clip(j, 0, sizes.shape[0] - 1)
+    ok = (j >= 0) & (j < sizes.shape[0])
+    pos = jnp.arange(length)[None, :]
+    return ok[:, None] & (pos >= starts[jc][:, None]) & (pos < ends[jc][:, None])
+
+
+def _ragged_dot(n: Node, a, b, sizes, offset=None):
+    """Static shapes: each group's product masked to its rows (or its slice of k)."""
+    hi = lax.Precision.HIGHEST
+    if n.attrs["mode"] == "rows":
+        masks = _group_masks(sizes, offset, b.shape[0], a.shape[0])
+        outs = jnp.einsum("mk,gkn->gmn", a, b, precision=hi)
+        return jnp.sum(jnp.where(masks[:, :, None], outs, 0), axis=0)
+    masks = _group_masks(sizes, offset, n.shape[0], a.shape[1])
+    return jnp.einsum("gmk,kn->gmn", jnp.where(masks[:, None, :], a[None], 0), b, precision=hi)
+
+
 def _pad(n: Node, x):
     cfg = [(int(lo), int(hi), 0) for lo, hi in zip(n.attrs["low"], n.attrs["high"])]
     return lax.pad(x, jnp.asarray(n.attrs["value"], dtype=x.dtype), cfg)
@@ -155,6 +178,7 @@ JAX_OPS: dict[Op, Callable] = {
     Op.REDUCE_MAX: _reduce("max"),
     Op.REDUCE_MIN: _reduce("min"),
     Op.DOT_GENERAL: _dot_general,
+    Op.RAGGED_DOT: _ragged_dot,
 }
 NEEDS_MESH = frozenset({Op.PARAMETER, Op.AXIS_INDEX}) | COLLECTIVES
 
@@ -185,7 +209,28 @@ def _ppermute(x, axes: tuple, pairs, mesh_axes: dict):
     return lax.ppermute(x, name, perm=[(int(a), int(b)) for a, b in pairs])
 
 
-def _collective(n: Node, x, mesh_axes: dict):
+def _ragged_all_to_all(n: Node, x, send, name, k: int):
+    """XLA:CPU has no ragged-all-to-all: each peer's segment goes in a slot of the whole buffer's
+    rows, a dense all-to-all moves the slots, and each device packs what it got in sender order."""
+    rows_in = x.shape[0]
+    send = jnp.maximum(send.astype(jnp.int32), 0)
+    off = jnp.cumsum(send) - send
+    r = jnp.arange(rows_in)
+    idx = jnp.clip(off[:, None] + r[None, :], 0, rows_in - 1)
+    valid = (r[None, :] < send[:, None]).reshape((k, rows_in) + (1,) * (x.ndim - 1))
+    slots = jnp.where(valid, x[idx], 0)                            # [k, rows_in, ...]
+    got = lax.all_to_all(slots, name, 0, 0, tiled=True)            # slot i: from sender i
+    cnt = lax.all_to_all(send.reshape(k, 1), name, 0, 0, tiled=True).reshape(k)
+    ends = jnp.cumsum(cnt)
+    t = jnp.arange(n.attrs["rows"])
+    src = jnp.sum(t[:, None] >= ends[None, :], axis=1)
+    srcc = jnp.minimum(src, k - 1)
+    within = jnp.clip(t - (ends - cnt)[srcc], 0, rows_in - 1)
+    keep = (src < k).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, got[srcc, within], 0)
+
+
+def _collective(n: Node, x, mesh_axes: dict, *rest):
     axes = tuple(n.attrs["axes"])
     name = axes[0] if len(axes) == 1 else axes  # a tuple: the group rank is row-major in this order
     dt = x.dtype
@@ -203,6 +248,8 @@ def _collective(n: Node, x, mesh_axes: dict):
         out = lax.all_to_all(x, name, n.attrs["split_dim"], n.attrs["concat_dim"], tiled=True)
     elif n.op is Op.COLLECTIVE_PERMUTE:
         out = _ppermute(x, axes, n.attrs["pairs"], mesh_axes)
+    elif n.op is Op.RAGGED_ALL_TO_ALL:
+        out = _ragged_all_to_all(n, x, rest[0], name, int(np.prod([mesh_axes[a] for a in axes])))
     else:
         raise Error(f"{n.describe()}: not a collective")
     return (out != 0) if n.dtype is DType.bool else out.astype(JNP_DTYPE[n.dtype])
@@ -216,7 +263,7 @@ def run_local(g: Graph, inputs: list, mesh_axes: dict) -> list:
             continue
         try:
             if n.op in COLLECTIVES:
-                env[n] = _collective(n, env[n.inputs[0]], mesh_axes)
+                env[n] = _collective(n, env[n.inputs[0]], mesh_axes, *[env[i] for i in n.inputs[1:]])
             elif n.op is Op.AXIS_INDEX:
                 env[n] = lax.axis_index(n.attrs["axis"]).astype(jnp.int32)
             else:
@@ -253,7 +300,8 @@ def run_plan_local(exe, inputs: list, mesh_axes: dict, launched: list | None = N
             launched.append(k.name)
 
     def collective(step):
-        env[step.node] = _collective(step.node, env[step.node.inputs[0]], mesh_axes)
+        n = step.node
+        env[n] = _collective(n, env[n.inputs[0]], mesh_axes, *[env[i] for i in n.inputs[1:]])
 
     def view(step):
         env[step.node] = env[step.source].reshape(step.node.shape)

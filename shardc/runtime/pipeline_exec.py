@@ -87,7 +87,8 @@ def _run_rank(rank: int, payload: dict, doing: dict) -> tuple[dict, list]:
             elif n.op.value in payload["collective_ops"]:
                 axes = tuple(n.attrs["axes"])
                 doing.update(what=n.describe(), peers=[q for q in groups.get(axes)[1] if q != rank])
-                env[n] = start_collective(n, st.get(n.inputs[0], j), groups).wait()
+                env[n] = start_collective(n, st.get(n.inputs[0], j), groups,
+                                          *[st.get(i, j) for i in n.inputs[1:]]).wait()
             else:
                 env[n] = torch_node(n, [st.get(i, j) for i in n.inputs])
 

@@ -40,13 +40,14 @@ def schedule(g: Graph) -> list[Step]:
     readers: dict[Node, list[Node]] = {}
     for n in g.nodes:
         if n.op in COLLECTIVES:
-            readers.setdefault(n.inputs[0], []).append(n)
+            for i in dict.fromkeys(n.inputs):
+                readers.setdefault(i, []).append(n)
 
     def have(v: Node):
-        """v's value exists: start every collective that reads it, right away."""
+        """v's value exists: start every collective that reads it (all it reads exists), right away."""
         done.add(v)
         for c in readers.get(v, ()):
-            if c not in pending and c not in done:
+            if c not in pending and c not in done and all(i in done for i in c.inputs):
                 steps.append(Step("start", c, index[c]))
                 pending.add(c)
 
@@ -54,7 +55,8 @@ def schedule(g: Graph) -> list[Step]:
         if v in done:
             return
         if v not in pending:  # (only collectives can be missing here)
-            need(v.inputs[0])  # (when that was a collective, waiting on it started v)
+            for i in dict.fromkeys(v.inputs):
+                need(i)  # (when that was a collective, waiting on it started v)
         if v not in pending:
             steps.append(Step("start", v, index[v]))
             pending.add(v)

@@ -133,11 +133,13 @@ class Pending:
         return self.finish()
 
 
-def start_collective(n: Node, x: torch.Tensor, groups: RankGroups) -> Pending:
+def start_collective(n: Node, x: torch.Tensor, groups: RankGroups, *rest: torch.Tensor) -> Pending:
     pg, ranks = groups.get(n.attrs["axes"])
     k, pos = len(ranks), ranks.index(groups.rank)
     x = _to_wire(x)
     done = lambda t: (lambda: _from_wire(t, n.dtype))
+    if n.op is Op.RAGGED_ALL_TO_ALL:
+        return _start_ragged(n, x, rest[0], pg, k, done)
     if n.op is Op.COLLECTIVE_PERMUTE:
         return _start_permute(n, x, ranks, pos, done)
     if k == 1:
@@ -175,6 +177,34 @@ def start_collective(n: Node, x: torch.Tensor, groups: RankGroups) -> Pending:
         work = dist.all_to_all_single(out, stacked, group=pg, async_op=True)
         return Pending([work], lambda: _from_wire(torch.cat(out.unbind(0), dim=c), n.dtype))
     raise Error(f"{n.describe()}: not a collective")
+
+
+def _start_ragged(n: Node, x, send, pg, k: int, done) -> Pending:
+    """The send sizes are exchanged first (the receive splits must be known), then the
+    value-sized segments move in one all_to_all_single; the result is padded to its rows."""
+    send = send.to(torch.int64).clamp(min=0)
+    if k == 1:
+        recv = send.clone()
+    else:
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=pg)
+    s_list, r_list = send.tolist(), recv.tolist()
+    rows = n.attrs["rows"]
+    if sum(s_list) > x.shape[0] or sum(r_list) > rows:
+        raise Error(f"{n.describe()}: sends {sum(s_list)} of {x.shape[0]} rows, receives {sum(r_list)} into {rows}")
+    out = torch.zeros((rows, *x.shape[1:]), dtype=x.dtype)
+    got = out[:sum(r_list)]
+    if k == 1:
+        got.copy_(x[:sum(s_list)])
+        return Pending([], done(out))
+    recv_buf = torch.empty_like(got)
+    work = dist.all_to_all_single(recv_buf, x[:sum(s_list)].contiguous(), output_split_sizes=r_list,
+                                  input_split_sizes=s_list, group=pg, async_op=True)
+
+    def finish():
+        got.copy_(recv_buf)
+        return _from_wire(out, n.dtype)
+    return Pending([work], finish)
 
 
 def _start_permute(n: Node, x, ranks, pos, done) -> Pending:
@@ -220,7 +250,7 @@ class RankExecutor:
         if step.kind == "wait":
             env[n] = inflight.pop(n).wait()
         elif step.kind == "start":
-            inflight[n] = start_collective(n, env[n.inputs[0]], self.groups)
+            inflight[n] = start_collective(n, env[n.inputs[0]], self.groups, *[env[i] for i in n.inputs[1:]])
         elif n.op is Op.AXIS_INDEX:
             env[n] = torch.tensor(int(self.coords[n.attrs["axis"]]), dtype=torch.int32)
         elif n.op is Op.CONSTANT:
@@ -278,7 +308,8 @@ class RankExecutor:
         return [env[o] for o in g.outputs]
 
 
-_COLLECTIVE_NAMES = {"all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute"}
+_COLLECTIVE_NAMES = {"all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute",
+                     "ragged_all_to_all"}
 
 
 class PlanExecutor(RankExecutor):

@@ -153,6 +153,20 @@ def _dot_general(n: Node, a, b):
     return torch.bmm(a3, b3).reshape(n.shape)  # halves arrive as f32: f32 accumulation
 
 
+def _ragged_dot(n: Node, a, b, sizes, offset=None):
+    """Group by group, as the numpy evaluator (the bounds are values: read them once)."""
+    from ..ir.evaluate import group_bounds
+    o = 0 if offset is None else int(offset)
+    out = torch.zeros(n.shape, dtype=a.dtype)
+    if n.attrs["mode"] == "rows":
+        for j, (s, e) in enumerate(group_bounds(sizes.tolist(), o, b.shape[0], a.shape[0])):
+            out[s:e] = a[s:e] @ b[j]
+    else:
+        for j, (s, e) in enumerate(group_bounds(sizes.tolist(), o, n.shape[0], a.shape[1])):
+            out[j] = a[:, s:e] @ b[s:e]
+    return out
+
+
 _UNARY: dict[Op, Callable] = {
     Op.NEG: torch.neg, Op.ABS: torch.abs, Op.SIGN: _sign, Op.EXP: torch.exp, Op.LOG: torch.log,
     Op.LOG1P: torch.log1p, Op.SQRT: torch.sqrt, Op.RSQRT: torch.rsqrt, Op.TANH: torch.tanh,
@@ -197,6 +211,7 @@ TORCH_OPS: dict[Op, Callable] = {
     Op.REDUCE_MAX: _reduce("max"),
     Op.REDUCE_MIN: _reduce("min"),
     Op.DOT_GENERAL: _dot_general,
+    Op.RAGGED_DOT: _ragged_dot,
 }
 # Not in the table: PARAMETER (a value the executor binds), AXIS_INDEX and the collectives (they
 # need the rank and its process groups: torch_exec.py).

@@ -82,6 +82,20 @@ def cases(mesh: Mesh):
     out.append(("axis_index", (2 * n, 3), f32, Sharding((split(a0, a1), REP)), (2 * n, 3),
                 Sharding((split(a0, a1), REP)), with_index))
 
+    def ragged(axes):  # value-sized segments per peer (an empty one, a whole buffer), packed at the receiver
+        k = mesh.group_size(axes)
+        table = np.array([[(r + 2 * j) % 3 if (r + j) % 4 else 0 for j in range(k)] for r in range(n)], np.int32)
+        table[:, -1] = np.minimum(table[:, -1], 4 * k - table[:, :-1].sum(1))  # sends fit its 4k rows
+
+        def body(b, x):
+            me = b.add(Op.ADD, [b.add(Op.MUL, [b.add(Op.AXIS_INDEX, [], axis=a0), b.constant(n1, DType.i32)]),
+                                b.add(Op.AXIS_INDEX, [], axis=a1)])
+            sizes = b.add(Op.GATHER, [b.constant(table, DType.i32), b.add(Op.RESHAPE, [me], shape=(1,))], axis=0)
+            return b.add(Op.RAGGED_ALL_TO_ALL, [x, b.add(Op.RESHAPE, [sizes], shape=(k,))], axes=axes, rows=4 * k * k)
+        return (f"ragged_all_to_all{axes}", (4 * k * n, 3), f32, Sharding((split(a0, a1), REP)), (4 * k * k * n, 3),
+                Sharding((split(a0, a1), REP)), body)
+    out += [ragged((a1,)), ragged((a1, a0))]
+
     def chain(b, x):  # a collective feeding a collective, and one nobody else reads first
         g = b.add(Op.ALL_GATHER, [x], axes=(a1,), dim=0)
         return b.add(Op.ALL_REDUCE, [g], axes=(a0,), reduce="sum")

@@ -85,6 +85,16 @@ def cases():
         ("dot-bf16", Op.DOT_GENERAL, [arr(bf16, (4, 8)), arr(bf16, (8, 3))],
          {"lhs_contract": (1,), "rhs_contract": (0,)}),
         ("dot-i32", Op.DOT_GENERAL, [arr(i32, (4, 8)), arr(i32, (8, 3))], {"lhs_contract": (1,), "rhs_contract": (0,)}),
+        # grouped matmul: an empty group, rows past the groups, a sum past the rows, an offset
+        ("ragged-rows", Op.RAGGED_DOT, [arr(f32, (7, 4)), arr(f32, (3, 4, 5)), np.array([2, 0, 3], np.int32)], {}),
+        ("ragged-rows-over", Op.RAGGED_DOT, [arr(f32, (5, 4)), arr(f32, (3, 4, 2)), np.array([4, 0, 3], np.int64)], {}),
+        ("ragged-rows-bf16", Op.RAGGED_DOT, [arr(bf16, (6, 4)), arr(bf16, (2, 4, 3)), np.array([1, 5], np.int32)], {}),
+        ("ragged-rows-offset", Op.RAGGED_DOT, [arr(f32, (8, 4)), arr(f32, (2, 4, 3)), np.array([1, 2, 3, 1], np.int32),
+                                              np.array(1, np.int32)], {}),
+        ("ragged-contract", Op.RAGGED_DOT, [arr(f32, (3, 7)), arr(f32, (7, 4)), np.array([2, 0, 4], np.int32)],
+         {"mode": "contract"}),
+        ("ragged-contract-offset", Op.RAGGED_DOT, [arr(f32, (3, 7)), arr(f32, (7, 4)), np.array([2, 1, 3, 1], np.int32),
+                                                  np.array(2, np.int32)], {"mode": "contract", "groups": 2}),
     ]
     for op in (Op.REDUCE_SUM, Op.REDUCE_MAX, Op.REDUCE_MIN):
         for dt in (f32, bf16, i32, b):

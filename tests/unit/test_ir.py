@@ -48,6 +48,11 @@ def sample(op: Op):
         x = b.add(op, [f], axes=(1,))
     elif op is Op.DOT_GENERAL:
         x = b.add(op, [f, f], lhs_contract=(1,), rhs_contract=(1,))
+    elif op is Op.RAGGED_DOT:
+        w = b.add(Op.RESHAPE, [b.add(Op.CONCATENATE, [f, f], axis=0)], shape=(2, 8, 4))
+        x = b.add(op, [f, w, b.constant(np.array([1, 2]), DType.i32)])
+    elif op is Op.RAGGED_ALL_TO_ALL:
+        x = b.add(op, [f, b.constant(np.array([1, 0, 2, 1]), DType.i32)], axes=("tp",), rows=16)
     elif op is Op.AXIS_INDEX:
         x = b.add(op, [], axis="tp")
     elif op is Op.ALL_REDUCE:
