@@ -30,7 +30,7 @@ from ..ir.dtypes import from_numpy
 from ..ir.evaluate import eval_node
 from ..ir.ops import COLLECTIVES
 from ..ir.emitter import Emitter
-from . import jax_vision_ops  # noqa: F401  (registers its rules)
+from . import jax_moe_ops, jax_vision_ops  # noqa: F401  (registers their rules)
 from .jax_ops import RULES, rule
 
 MAX_UNROLL = 4096  # scan/while iterations unrolled before giving up
@@ -42,6 +42,8 @@ HINTS = {
     "random_seed": "draw random values outside the function and pass them in",
     "threefry2x32": "draw random values outside the function and pass them in",
     "shard_map": "capture the function before shard_map; shardc partitions it itself",
+    "ragged_all_to_all": "it belongs inside shard_map: capture the layer before shard_map, with ragged_dot over all "
+                         "experts, and split the experts dim with a spec; shardc moves the tokens itself",
     **{p: "shardc's IR has no complex dtype; keep real and imaginary parts as two real arrays"
        for p in ("complex", "conj", "real", "imag")},
 }

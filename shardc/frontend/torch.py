@@ -44,6 +44,7 @@ from ..errors import Error, UnsupportedOpError
 from ..ir import Graph, Node, Op, to_numpy
 from . import torch_decomp
 from .torch_emitter import TORCH_TO_IR, TorchEmitter
+from .torch_moe_ops import STATIC_INSTEAD, data_dependent_refusal, grouped_mm_any_float
 from .torch_ops import KEEP_WHOLE, lookup
 
 # Lifted tensor constants up to this many elements become constant nodes; larger ones become
@@ -112,15 +113,20 @@ def _capture(fn, args, kwargs, leaves, names, how: str, decompose: bool) -> _Cap
         del attempts["torch.export"]
     elif how == "export":
         del attempts["make_fx"]
-    failures = []
+    failures, errors = [], []
     for what, attempt in attempts.items():
         try:
-            return attempt()
+            with grouped_mm_any_float():
+                return attempt()
         except UnsupportedOpError:
             raise
         except Exception as err:  # torch's own errors: reported with the next attempt's
             failures.append(f"{what} failed with {_first_line(err)}")
+            errors.append(err)
             last = err
+    refusal = data_dependent_refusal(_graph_name(fn), errors)
+    if refusal is not None:
+        raise UnsupportedOpError(refusal) from last
     raise UnsupportedOpError(f"shardc could not capture {_graph_name(fn)}: {'; '.join(failures)}") from last
 
 
@@ -443,10 +449,10 @@ class _Converter:
             with e.loc(source):
                 return self.named(_conform(e, out, e.val), n)
         with e.loc(source):
+            _check_static(e, e.val)  # (a data-dependent shape is the reason, rule or not)
             if rule is None:
                 raise UnsupportedOpError(f"{e.op_name}{_at(source)} is not supported by shardc; it has no rule "
                                          "in shardc/frontend/torch_ops.py")
-            _check_static(e, e.val)
             if inplace:
                 self.check_inplace(n)
             try:
@@ -523,7 +529,8 @@ def _is_view(n) -> bool:
 def _check_static(e, val):
     if isinstance(val, torch.Tensor):
         if any(not isinstance(s, int) for s in val.shape):
-            raise e.unsupported(f"dynamic shape {list(val.shape)} (shardc needs static shapes)")
+            hint = STATIC_INSTEAD.get(e.op_name.split(".")[1] if e.op_name.count(".") else e.op_name, "")
+            raise e.unsupported(f"dynamic shape {list(val.shape)} (shardc needs static shapes{hint})")
     elif isinstance(val, (list, tuple)):
         for v in val:
             _check_static(e, v)

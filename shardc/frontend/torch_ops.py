@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..ir import DType, Node, Op
-from . import torch_layout, torch_nn, torch_special_ops, torch_vision_ops
+from . import torch_layout, torch_moe_ops, torch_nn, torch_special_ops, torch_vision_ops
 from .torch_constrain import constraint_rule
 from .torch_emitter import HALF
 from .torch_pipeline_split import pipeline_split_rule
@@ -343,6 +343,7 @@ def _build_rules():
     rules[torch.ops.shardc.pipeline_split] = pipeline_split_rule
     rules.update(torch_layout.rules(A))
     rules.update(torch_nn.rules(A))
+    rules.update(torch_moe_ops.rules(A))
     rules.update(torch_vision_ops.rules(A, torch_layout.rules(A)[A.scatter_reduce]))
     rules.update(torch_special_ops.rules(A, rules[A.scatter_reduce], rules[A.index_put]))
     # functionalized graphs may name view ops view_copy, permute_copy, ...: same values

@@ -54,3 +54,66 @@ def test_grouped_matmul_partitions_exactly(axes, specs):
     for got, want in zip(prog.simulate(*vals), g.evaluate(*vals)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert not any(c.kind == "all_gather" and c.tensor == "w" for c in prog.collectives), prog.ledger()
+
+
+# ---------------------------------------------------------------------------------- frontends
+torch = pytest.importorskip("torch")
+from moe_models import DeepseekV3MoE, MixtralSparseMoeBlock, MoeConfig, sgd_step  # noqa: E402
+
+
+@pytest.mark.parametrize("impl", ["grouped_mm", "batched_mm"])
+@pytest.mark.parametrize("cls", [MixtralSparseMoeBlock, DeepseekV3MoE], ids=["mixtral", "deepseek"])
+def test_hf_style_moe_layers_capture_exactly(cls, impl):
+    torch.manual_seed(1)
+    m = cls(MoeConfig(experts_implementation=impl))
+    x = torch.randn(2, 3, 16)
+    g = shardc.from_torch(m, (x,))
+    assert (sum(n.op is Op.RAGGED_DOT for n in g.nodes) == 2) == (impl == "grouped_mm")
+    np.testing.assert_allclose(g.evaluate(x)[0], m(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_hf_eager_experts_loop_is_refused_in_one_line():
+    m = MixtralSparseMoeBlock(MoeConfig(experts_implementation="eager"))
+    with pytest.raises(shardc.Error) as err:
+        shardc.from_torch(m, (torch.randn(2, 3, 16),))
+    msg = str(err.value)
+    assert "\n" not in msg and "grouped_mm" in msg and "batched_mm" in msg and "moe_models.py:" in msg, msg
+
+
+def test_grouped_mm_forms_histc_and_bincount():
+    class Forms(torch.nn.Module):
+        def forward(self, a2, b3, a3, b2, dy, ids, offs):
+            return (torch._grouped_mm(a2, b3, offs=offs),        # rows in groups (the forward)
+                    torch._grouped_mm(a2.t(), dy, offs=offs),    # contraction in groups (a weight gradient)
+                    torch._grouped_mm(a3, b2, offs=offs),        # columns in groups
+                    torch.histc(ids.float(), bins=3, min=0, max=2))
+    offs = torch.tensor([4, 4, 12], dtype=torch.int32)           # an empty group; the last ends at 12
+    args = (torch.randn(12, 8), torch.randn(3, 8, 4), torch.randn(3, 8, 8), torch.randn(8, 12),
+            torch.randn(12, 4), torch.tensor([2, 0, 2, 2, 1]), offs)
+    g = shardc.from_torch(Forms(), args)
+    for got, want in zip(g.evaluate(*args), Forms()(*args)):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+    class Count(torch.nn.Module):
+        def forward(self, ids):
+            return torch.bincount(ids, minlength=3)
+    with pytest.raises(shardc.Error, match="bincount.*histc"):
+        shardc.from_torch(Count(), (torch.tensor([0, 2, 2]),))
+
+
+def test_jax_ragged_dot_sort_and_bincount():
+    jax = pytest.importorskip("jax")
+    from jax import lax
+    import jax.numpy as jnp
+
+    def moe(x, ids, w):
+        order = jnp.argsort(ids)
+        y = lax.ragged_dot(x[order], w, jnp.bincount(ids, length=3))
+        return y[jnp.argsort(order)]
+    x, w = R.standard_normal((10, 8)).astype(np.float32), R.standard_normal((3, 8, 5)).astype(np.float32)
+    ids = np.array([2, 0, 1, 1, 0, 2, 2, 0, 1, 1], np.int32)
+    step = jax.grad(lambda x, ids, w: (moe(x, ids, w) ** 2).sum(), argnums=(0, 2))  # both gradient forms
+    for fn in (moe, step):
+        g = shardc.from_jax(fn, x, ids, w)
+        for got, want in zip(g.evaluate(x, ids, w), jax.tree.leaves(fn(x, ids, w))):
+            np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
