@@ -273,6 +273,8 @@ CASES = [
                                                           "reduce_or", "argmax", "argmin", "reduce_prod"}),
     ("scans", _scans, [f32(4, 5)], {"cumsum", "cummax", "cummin", "cumprod"}),
     ("sorts", _sorts, [f32(4, 6)], {"top_k", "sort"}),
+    ("ragged_dot", lambda x, w, gs: jax.grad(lambda x, w: (lax.ragged_dot(x, w, gs) ** 2).sum(), (0, 1))(x, w),
+     [f32(7, 4), f32(3, 4, 5), lambda r: np.array([2, 0, 4], np.int32)], {"ragged_dot_general"}),
     ("dots", _dots, [f32(3, 4), f32(4, 5), f32(2, 3, 4)], {"dot_general"}),
     ("dynamic", _dynamic, [f32(4, 6), ints(lo=-2, hi=5)], {"dynamic_slice", "dynamic_update_slice"}),
     ("take", lambda x, i: (jnp.take(x, i, axis=0), x[i], x[:, i % 4], jnp.take(x, -1 - i % 3, axis=0)),
@@ -303,7 +305,7 @@ def test_every_rule_has_a_case():
     """Each primitive in the table appears in some case (aliases of other JAX versions aside)."""
     covered = set().union(*(c[3] for c in CASES)) | {"sharding_constraint"}
     aliases = {"pjit", "checkpoint", "closed_call", "core_call", "custom_vjp_call_jaxpr", "copy_p",
-               "scatter_add", "scatter_sub", "debug_callback", "scatter_mul", "scatter_min", "scatter_max"}
+               "scatter_add", "scatter_sub", "debug_callback", "ragged_dot", "scatter_mul", "scatter_min", "scatter_max"}
     assert set(RULES) - covered - aliases == set()
 
 
