@@ -68,7 +68,7 @@ class _Segment:
                     rest = sums[n]
                     env[n] = env[n] if not rest else lax.psum(env[n], rest[0] if len(rest) == 1 else rest)
                 elif n.op in COLLECTIVES:
-                    env[n] = _collective(n, env[n.inputs[0]], mesh_axes)
+                    env[n] = _collective(n, env[n.inputs[0]], mesh_axes, *[env[i] for i in n.inputs[1:]])
                 elif n.op is Op.AXIS_INDEX:
                     env[n] = j if n.attrs["axis"] == "mb" else lax.axis_index(n.attrs["axis"]).astype(jnp.int32)
                 else:
