@@ -5,7 +5,8 @@ Triton binds `@triton.jit` functions (its own tl.sum, tl.max, … too) to the in
 compiler when they are imported, so a process running kernels on the interpreter cannot also
 compile them: `compile_for_gpu` compiles in a fresh Python process without TRITON_INTERPRET.
 
-Registers and spills come from the cubin through `cuobjdump --dump-resource-usage` (shipped with
+Pointer arguments are compiled as 16-byte aligned (what the JIT sees on a GPU), so shared memory
+counts every pipeline stage. Registers and spills come from the cubin through `cuobjdump --dump-resource-usage` (shipped with
 Triton's NVIDIA backend); where it is missing they are None."""
 from __future__ import annotations
 
@@ -50,9 +51,13 @@ def _compile_one(job: dict) -> dict:
     dts = {"fp32": triton.language.float32, "bf16": triton.language.bfloat16, "fp16": triton.language.float16}
     constexprs = {k: (dts[v] if k == "DT" else v) for k, v in cfg.items()}
     signature = dict(job["signature"])
+    # pointers 16-byte aligned, as the GPU's JIT specializes torch's allocations: without it the
+    # loads cannot become cp.async/TMA copies and a pipelined matmul would show a single stage's
+    # shared memory instead of num_stages' worth
+    attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, t in signature.items() if t.startswith("*")}
     signature.update({k: "constexpr" for k in constexprs})
-    c = triton.compile(triton.compiler.ASTSource(fn, signature, constexprs), target=GPUTarget(*job["target"]),
-                       options=opts)
+    c = triton.compile(triton.compiler.ASTSource(fn, signature, constexprs, attrs),
+                       target=GPUTarget(*job["target"]), options=opts)
     ptx = c.asm["ptx"]
     cubin = c.asm.get("cubin", b"")
     return {"name": job["name"], "shared": int(c.metadata.shared), "wgmma": "wgmma" in ptx,
@@ -69,7 +74,8 @@ def _resource_usage(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                             timeout=60).stdout
     regs, local = re.search(r"REG:(\d+)", out), re.search(r"LOCAL:(\d+)", out)
     return {"regs": int(regs.group(1)) if regs else None, "spill_bytes": int(local.group(1)) if local else None}
 

@@ -64,8 +64,9 @@ def min_bytes(kernel) -> int:
 def model_s(kernel, cfg: dict, hw) -> float | None:
     """Seconds the roofline gives `kernel` under `cfg` on `hw`, or None (no model for its kind)."""
     d, kind = kernel.dims, kernel.kind
-    if not d:
-        return None
+    need = {"matmul": ("B", "M", "N", "K", "dtype"), "attention": ("B", "NQ", "NKV", "D", "DV", "dtype")}
+    if not d or "BM" not in cfg or not all(k in d for k in need.get(kind, ("rows", "cols"))):
+        return None  # a kind the model does not know (its configs are all timed)
     sms = SMS.get(hw.name, 132)
     nbytes = min_bytes(kernel)
     if kind == "matmul":

@@ -179,10 +179,12 @@ def test_resources_from_the_sm90_compile_prune_configs_over_shared_memory():
     from shardc.codegen.aot import SHARED_MEMORY_LIMIT
     (k,) = _compile(m=256, k=1024, n=256, dtype=DType.bf16).kernels
     default = autotune.default_config(k, False)
-    fits, too_big = {**default, "BM": 64, "BN": 64, "BK": 32}, {**default, "BK": 512}  # 2 x 128 x 512 x 2 B
+    # a pipelined stage holds a 128x128 tile of A and of B in bf16: 64 KiB; 3 stages fit in 227 KiB, 4 do not
+    fits, too_big = {**default, "BK": 128, "num_stages": 3}, {**default, "BK": 128, "num_stages": 4}
     kept, dropped, results = autotune_space.prune_by_resources(k, [default, too_big, fits])
     assert kept == [default, fits]
     assert [c for c, _ in dropped] == [too_big] and "shared memory 262144 B" in dropped[0][1]
+    assert results[2]["shared"] == 3 * 65536 and results[0]["shared"] == 3 * 32768  # every stage counted
     assert results[1]["shared"] > SHARED_MEMORY_LIMIT >= max(results[0]["shared"], results[2]["shared"])
     assert all(r["wgmma"] for r in results)
     assert all(0 < r["regs"] <= 255 and r["spill_bytes"] == 0 for r in (results[0], results[2]))
