@@ -196,7 +196,7 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
     saved activations and the peak shrink by what is no longer kept, the recomputed ops' FLOPs
     and time are added to .flops, .compute_s and .step_s (not to .model_flops: MFU, not HFU)."""
     if getattr(prog, "pipeline", None) is not None:    # a PipelineProgram models itself
-        return prog.analyze(hardware, axis_order)      # (partition/pipeline_analysis.py)
+        return prog.analyze(hardware, axis_order, recompute)    # (partition/pipeline_analysis.py)
     from . import recompute as rc
     if recompute not in rc.MODES:
         from ..errors import Error

@@ -105,10 +105,10 @@ class PipelineProgram:
         """Point-to-point bytes each device sends per step, all stages together."""
         return sum(t.bytes * t.count for t in self.transfers)
 
-    def analyze(self, hardware="h200", axis_order=None):
+    def analyze(self, hardware="h200", axis_order=None, recompute: str = "none"):
         """Modeled bubble, step time and memory per stage (what shardc.analyze returns for it)."""
         from .pipeline_analysis import analyze_pipeline
-        return analyze_pipeline(self, hardware, axis_order)
+        return analyze_pipeline(self, hardware, axis_order, recompute)
 
     def simulate(self, *args):
         from .pipeline_sim import simulate_pipeline

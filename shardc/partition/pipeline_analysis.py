@@ -39,6 +39,9 @@ class PipelineAnalysis:
     activations_in_flight: list    # per stage, bytes per device at its peak
     p2p_bytes: int                 # per device per step
     stage_weight_s: list = dataclasses.field(default_factory=list)   # zero-bubble's W per microbatch
+    p2p_into_s: dict = dataclasses.field(default_factory=dict)        # (phase, dst) -> seconds an action waits
+    recompute: str = "none"
+    extrapolated: tuple | None = None      # (layers analyzed, layers modeled) when read off a smaller pipeline
 
     def table(self) -> str:
         rows = [f"pipeline {self.schedule}: {len(self.stage_forward_s)} stages x {self.microbatches} microbatches "
@@ -50,8 +53,13 @@ class PipelineAnalysis:
         return "\n".join(rows)
 
 
-def analyze_pipeline(prog, hardware="h200", axis_order=None) -> PipelineAnalysis:
+def analyze_pipeline(prog, hardware="h200", axis_order=None, recompute: str = "none") -> PipelineAnalysis:
+    """`recompute="full"`: every backward first runs its stage's forward again (activation
+    checkpointing at stage-layer boundaries, as Megatron-LM's full recomputation)."""
     from ..analysis.analyze import _Pricer
+    if recompute not in ("none", "full"):
+        from ..errors import Error
+        raise Error(f"pipeline analysis: recompute={recompute!r}; valid: none, full")
     from .pipeline import MB
     from .pipeline_schedule import timeline
     hw = hwmod.get(hardware)
@@ -69,7 +77,7 @@ def analyze_pipeline(prog, hardware="h200", axis_order=None) -> PipelineAnalysis
         return total
 
     fwd = [seconds(st.forward) for st in prog.stages]
-    bwd = [seconds(st.backward) for st in prog.stages]
+    bwd = [seconds(st.backward) + (f if recompute == "full" else 0.0) for st, f in zip(prog.stages, fwd)]
     wgt = [seconds(st.weight) for st in prog.stages]
     step = [seconds(st.step) + seconds(st.free) for st in prog.stages]
     pp_spans = price.group_spans((prog.pipeline.axis,))
@@ -95,7 +103,53 @@ def analyze_pipeline(prog, hardware="h200", axis_order=None) -> PipelineAnalysis
             peak = max(peak, sum(1 for k in range(m) if t[("F", s, k)] <= at < t[(last, s, k)]))
         held.append(peak * stash[s])
     return PipelineAnalysis(hw, prog.mesh, prog.pipeline.schedule, m, fwd, bwd, step, p2p, span,
-                            span + max(step), bubble_fraction * span, bubble_fraction, held, prog.p2p_bytes, wgt)
+                            span + max(step), bubble_fraction * span, bubble_fraction, held, prog.p2p_bytes, wgt,
+                            into, recompute)
+
+
+def at_depth(a: PipelineAnalysis, layers: int, stages: int, microbatches: int | None = None,
+             schedule: str | None = None, chunks: int = 1) -> PipelineAnalysis:
+    """A production pipeline read off a small one, as a production model is modeled without
+    capturing every layer: `a` analyzes the same model with one layer per stage over >= 3 stages
+    (`extrapolated` layers: first, middle ones, last). Each stage's forward, backward, W and step
+    times are affine in its layers: a middle stage of `layers` layers costs `layers` times a middle
+    stage of one; the first and the last stage add their own constant parts (embedding; head and
+    loss). Transfers into a stage cost what they cost in `a`. The schedule's slot lists then run
+    again with those times: `stages` pipeline devices, `microbatches` (default a's), `schedule`
+    (default a's; "interleaved-1f1b" puts `chunks` stages of `layers` layers on each device).
+    Memory is not extrapolated (activations_in_flight is empty)."""
+    from .pipeline_schedule import schedule_slots, timeline
+    if len(a.stage_forward_s) < 3:
+        raise ValueError("at_depth needs an analysis of >= 3 stages of one layer each")
+    m, schedule = microbatches or a.microbatches, schedule or a.schedule
+    devices = stages
+    stages = devices * (chunks if schedule == "interleaved-1f1b" else 1)
+
+    def per_stage(times):
+        if not times:
+            return []
+        unit = times[1]                      # a middle stage: one layer
+        return [times[0] + (layers - 1) * unit] + [layers * unit] * (stages - 2) + [times[-1] + (layers - 1) * unit]
+
+    fwd, bwd = per_stage(a.stage_forward_s), per_stage(a.stage_backward_s)
+    wgt, step = per_stage(a.stage_weight_s), per_stage(a.stage_step_s)
+    into, n = a.p2p_into_s, len(a.stage_forward_s)
+
+    def latency(kind, s):        # what the analyzed first / middle / last stage waits for
+        like = 0 if s == 0 else n - 1 if s == stages - 1 else 1
+        return into.get((kind, like), 0.0)
+
+    slots = schedule_slots(schedule, devices, m, chunks)
+    dur = {"F": fwd, "B": bwd, "W": wgt or [0.0] * stages}
+    t = timeline(slots, duration=lambda kd, s: dur[kd][s], latency=latency)
+    span = max(t[x] + dur[x[0]][x[1]] for x in t)
+    busy = sum(m * (f + b + (wgt[s] if wgt else 0.0)) for s, (f, b) in enumerate(zip(fwd, bwd)))
+    bubble = (span * devices - busy) / (span * devices) if span else 0.0
+    return dataclasses.replace(
+        a, schedule=schedule, microbatches=m, stage_forward_s=fwd, stage_backward_s=bwd, stage_step_s=step,
+        stage_weight_s=wgt, p2p_s={}, span_s=span, step_s=span + max(step), bubble_s=bubble * span,
+        bubble_fraction=bubble, activations_in_flight=[], p2p_bytes=0, p2p_into_s={},
+        extrapolated=(len(a.stage_forward_s), layers * stages))
 
 
 def _stash_bytes(prog) -> list[int]:

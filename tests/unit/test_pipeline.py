@@ -144,6 +144,26 @@ def test_analyze_pipeline(gpt2_sgd):
         assert got["1f1b"].activations_in_flight[s] * 8 == got["gpipe"].activations_in_flight[s] * (4 - s)
 
 
+def test_at_depth_reads_a_deeper_pipeline_off_a_shallow_one(gpt2_sgd):
+    """at_depth(a, 1, p) is `a` itself; more layers per stage scale each stage's times (middle
+    stages by their layers, first and last keep their constants); recompute adds a forward."""
+    from shardc.partition.pipeline_analysis import at_depth
+    m, g, args = gpt2_sgd
+    prog = _pp4(g, "1f1b")
+    a = shardc.analyze(prog, hardware="h100")
+    same = at_depth(a, 1, 4)
+    assert same.step_s == pytest.approx(a.step_s, rel=1e-12)
+    assert same.bubble_fraction == pytest.approx(a.bubble_fraction, rel=1e-9)
+    deep = at_depth(a, 3, 8, microbatches=16)
+    f = a.stage_forward_s
+    assert deep.stage_forward_s == pytest.approx([f[0] + 2 * f[1]] + [3 * f[1]] * 6 + [f[3] + 2 * f[1]])
+    assert deep.step_s > a.step_s and deep.extrapolated == (4, 24)
+    full = shardc.analyze(prog, hardware="h100", recompute="full")
+    assert full.stage_backward_s == pytest.approx([b + f for b, f in zip(a.stage_backward_s, f)])
+    with pytest.raises(shardc.Error, match="recompute"):
+        shardc.analyze(prog, hardware="h100", recompute="selective")
+
+
 def test_zero_bubble_schedule():
     # ZB-H1 with F = B = W = one slot: (p - 1) idle slots per stage against 1F1B's 3(p - 1) (B + W in one)
     zb = schedule_slots("zero-bubble", 4, 8)
