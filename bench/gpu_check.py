@@ -1,7 +1,7 @@
 """One call on a machine with a GPU: compile, check and time shardc's kernels and a zoo model's
 partitioned training step, in under 8 minutes, and print the issue's bars last.
 
-    .venv/bin/python bench/gpu_check.py [--budget-s 450] [--tune-s 3] [--no-torch-compile] [--json PATH]
+    .venv/bin/python bench/gpu_check.py [--budget-s 400] [--tune-s 3] [--no-torch-compile] [--json PATH]
     .venv/bin/python bench/gpu_check.py --rehearse     # every step on the CPU at small sizes (~2 min)
 
 Without a GPU it says so and exits 0. With one (GPU 0 is used):
@@ -123,7 +123,7 @@ def summary(rows: list[dict], checks: list[dict], m) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting new steps after this long")
+    ap.add_argument("--budget-s", type=float, default=400.0, help="start no new step after this long")
     ap.add_argument("--tune-s", type=float, default=3.0, help="autotuning seconds per kernel (0: no tuning)")
     ap.add_argument("--torch-compile", action=argparse.BooleanOptionalAction, default=None,
                     help="time torch.compile too (default: yes on a GPU, no in a rehearsal)")

@@ -19,6 +19,15 @@ import tempfile
 
 HOPPER = ("cuda", 90, 32)
 SHARED_MEMORY_LIMIT = 227 * 1024  # bytes per block on H100 / H200
+# opt-in shared memory per block by compute capability (CUDA C Programming Guide, "Technical
+# Specifications per Compute Capability"): 8.0 A100 163 KB, 8.6/8.9 99 KB, 9.0 and 10.0 227 KB
+SHARED_MEMORY_BY_ARCH = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: SHARED_MEMORY_LIMIT,
+                         100: SHARED_MEMORY_LIMIT}
+
+
+def shared_memory_limit(target=HOPPER) -> int:
+    """Bytes of shared memory one block may use on `target` ("cuda", capability, warp size)."""
+    return SHARED_MEMORY_BY_ARCH.get(int(target[1]), 99 * 1024)
 
 
 def compile_for_gpu(kernels, target=HOPPER, configs=None, timeout: float = 600, errors: str = "raise") -> list[dict]:

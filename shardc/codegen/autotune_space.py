@@ -109,11 +109,12 @@ def prune_by_resources(kernel, configs: list[dict], target=None) -> tuple[list[d
     """(kept, [(dropped, why)], compile results): each config compiled ahead of time for `target`
     (default sm_90); dropped where it does not compile, needs more shared memory than a block may
     have, or spills registers to local memory. The first config (the default) is always kept."""
-    from .aot import HOPPER, SHARED_MEMORY_LIMIT, compile_for_gpu
-    results = compile_for_gpu([kernel] * len(configs), target or HOPPER, configs=configs, errors="return")
+    from .aot import HOPPER, compile_for_gpu, shared_memory_limit
+    target = target or HOPPER
+    results = compile_for_gpu([kernel] * len(configs), target, configs=configs, errors="return")
     kept, dropped = [], []
     for i, (c, r) in enumerate(zip(configs, results)):
-        why = resource_problem(r, SHARED_MEMORY_LIMIT)
+        why = resource_problem(r, shared_memory_limit(target))
         if why and i > 0:
             dropped.append((c, why))
         else:

@@ -186,6 +186,8 @@ def test_resources_from_the_sm90_compile_prune_configs_over_shared_memory():
     assert [c for c, _ in dropped] == [too_big] and "shared memory 262144 B" in dropped[0][1]
     assert results[2]["shared"] == 3 * 65536 and results[0]["shared"] == 3 * 32768  # every stage counted
     assert results[1]["shared"] > SHARED_MEMORY_LIMIT >= max(results[0]["shared"], results[2]["shared"])
+    from shardc.codegen.aot import shared_memory_limit
+    assert shared_memory_limit(("cuda", 90, 32)) == SHARED_MEMORY_LIMIT and shared_memory_limit(("cuda", 80, 32)) == 163 * 1024
     assert all(r["wgmma"] for r in results)
     assert all(0 < r["regs"] <= 255 and r["spill_bytes"] == 0 for r in (results[0], results[2]))
 
