@@ -118,6 +118,11 @@ def summary(rows: list[dict], checks: list[dict], m) -> str:
         lines.append(f"{r['case']:<18}{'ok' if r['ok'] else 'WRONG':<8}{r['max_rel_err']:>9.1e}{r['shardc_ms']:>11.3f}"
                      f"{(torch_ms or 0):>10.3f}  {bar}")
     lines.append("torch ms: torch.compile (gpt2_layer), torch.matmul (matmuls), else torch eager")
+    tuned = [r["tuning"] for r in rows if r.get("tuning")]
+    if tuned:
+        total = {k: sum(t[k] for t in tuned) for k in tuned[0]}
+        lines.append(f"autotune: {total['kernels']} kernels ({total['warm']} from the database), {total['timed']} "
+                     f"configs timed, {total['pruned']} pruned by the roofline, {total['changed']} better than the default")
     return "\n".join(lines)
 
 

@@ -244,6 +244,23 @@ def compile_case(case: Case, fn, args):
     return shardc.compile(partition(g, Mesh(dp=1)))
 
 
+def tune(exe, seconds: float) -> dict:
+    """Autotune each distinct kernel on this GPU (roofline-pruned, `seconds` each; the GPU's own
+    compile refuses configs over its resources): what was warm, timed, pruned and changed."""
+    from shardc.codegen import autotune
+    db, out = autotune.TuningDB(), {"kernels": 0, "warm": 0, "timed": 0, "pruned": 0, "changed": 0}
+    for k in {k.name: k for k in exe.kernels}.values():
+        key = autotune.kernel_key(k, autotune.gpu_name())
+        out["warm"] += db.get(key) is not None
+        best = autotune.tune(k, interpret=False, budget_s=seconds, resources=False)
+        entry = db.get(key) or {}
+        out["kernels"] += 1
+        out["timed"] += sum(c["ms"] is not None for c in entry.get("candidates", []))
+        out["pruned"] += len(entry.get("pruned", []))
+        out["changed"] += best != autotune.default_config(k, False)
+    return out
+
+
 def measure(case: Case, m: Machine, torch_compile: bool, tune_s: float | None = None) -> dict:
     """One row: kernels, error against torch eager, times and rates. `tune_s`: autotune each of
     the case's kernels on the GPU first (that many seconds per kernel), then compile again."""
@@ -254,9 +271,9 @@ def measure(case: Case, m: Machine, torch_compile: bool, tune_s: float | None = 
     dt = torch.bfloat16 if m.scale == "gpu" else torch.float32
     fn, args = case.setup(m.scale, dt)
     exe = compile_case(case, fn, args)
+    tuning = None
     if tune_s is not None and m.device == "cuda":
-        from shardc.codegen import autotune
-        autotune.tune_all(exe, interpret=False, budget_s=tune_s, resources=False)
+        tuning = tune(exe, tune_s)
         exe = compile_case(case, fn, args)  # compile() reads the tuned configs
     dev_fn = fn.to(m.device) if isinstance(fn, torch.nn.Module) else fn
     dev_args = tuple(a.to(m.device) for a in args)
@@ -266,7 +283,7 @@ def measure(case: Case, m: Machine, torch_compile: bool, tune_s: float | None = 
         want = [t.detach().float().cpu().numpy() for t in _flat(dev_fn(*dev_args))]
     got = exe.prog.assemble([[t.float().cpu().numpy() for t in per] for per in plan.step(blocks)])
     err = max(rel_err(g, w) for g, w in zip(got, want))
-    row = {"case": case.name, "kind": case.kind, "kernels": len(exe.kernels),
+    row = {"case": case.name, "kind": case.kind, "kernels": len(exe.kernels), "tuning": tuning,
            "kernel_kinds": [k.kind for k in exe.kernels], "shapes": [list(a.shape) for a in args],
            "dtype": str(dt).replace("torch.", ""), "max_rel_err": err, "ok": bool(err <= (2e-2 if dt != torch.float32 else 1e-4))}
     with torch.no_grad():

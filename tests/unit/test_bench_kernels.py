@@ -51,6 +51,21 @@ def test_gpu_check_bars_read_each_rows_figure():
             {"case": "gpt2_layer", "kind": "layer", "vs_compile": 1.05, "ok": True},
             {"case": "train_step", "kind": "step", "ok": True},
             {"case": "rms_norm", "kind": "memory", "skipped": True}]
-    got = {c["case"]: (c["bar"], c["pass"]) for c in gc.bars(rows, None)}
+    checks = gc.bars(rows, None)
+    got = {c["case"]: (c["bar"], c["pass"]) for c in checks}
     assert got == {"layer_norm": (0.80, True), "softmax": (0.80, False), "matmul": (0.85, True),
                    "gpt2_layer": (1.10, False)}
+    # the summary printed last: one line per step, the bar beside it, the tuner's totals
+    for r in rows:
+        r.update(max_rel_err=1e-3, shardc_ms=1.0, eager_ms=2.0, compile_ms=1.05, matmul_ms=0.9)
+    rows[0]["tuning"] = {"kernels": 1, "warm": 0, "timed": 4, "pruned": 2, "changed": 1}
+    rows[2]["tuning"] = {"kernels": 1, "warm": 1, "timed": 9, "pruned": 1, "changed": 0}
+    m = type("M", (), {"label": "NVIDIA H100 80GB HBM3", "copy_bw": 3.0e12, "peak_flops": 989e12})()
+    text = gc.summary(rows, checks, m)
+    lines = text.splitlines()
+    assert "copy 3000.0 GB/s, bf16 peak 989 TFLOP/s" in lines[0]
+    assert any(l.startswith("softmax") and "0.50 (>= 0.80) FAIL" in l for l in lines)
+    assert any(l.startswith("gpt2_layer") and "speed over torch.compile's 1.05 (>= 1.10) FAIL" in l for l in lines)
+    assert any(l.startswith("rms_norm") and "skipped" in l for l in lines)
+    assert lines[-1] == (
+        "autotune: 2 kernels (1 from the database), 13 configs timed, 3 pruned by the roofline, 1 better than the default")
