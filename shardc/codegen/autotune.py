@@ -219,7 +219,7 @@ def default_config(kernel, interpret: bool) -> dict:
 # ------------------------------------------------------------------------------ candidates
 def candidates(kernel, interpret: bool, limit: int | None = None) -> list[dict]:
     """The kernel's default config, then each point of its template's space laid over it."""
-    out = autotune_space.space(kernel, interpret, default_config(kernel, interpret))
+    out = autotune_space.space(kernel, default_config(kernel, interpret))
     return out[:limit] if limit else out
 
 

@@ -1,6 +1,6 @@
 """What the autotuner times, decided before anything runs: a kernel's tuning space and two prunes.
 
-    space(kernel, interpret)          the default config, then each point of its template's TUNING
+    space(kernel, default)            the default config, then each point of its template's TUNING
                                       (block sizes, warps, stages, a matmul's grid order GM) over it
     model_s(kernel, cfg, hw)          the roofline time of one config on `hw`
     prune_by_roofline(kernel, cfgs)   drops configs the model puts more than SLACK x the best
@@ -25,7 +25,7 @@ BLOCKS_PER_SM = {"matmul": 1, "attention": 1}                # large tiles: one 
 ROW_BLOCKS_PER_SM = 8                                         # row kernels: small programs, many per SM
 
 
-def space(kernel, interpret: bool, default: dict) -> list[dict]:
+def space(kernel, default: dict) -> list[dict]:
     """The default config first, then each point of the template's tuning space laid over it."""
     out = [dict(default)]
     for point in kernel.tuning:
