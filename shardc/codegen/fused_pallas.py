@@ -1,22 +1,12 @@
 """Pallas expressions for the planner's recomputed dots (codegen/fused_recompute.py): the dot's
 block is rebuilt from its operands' blocks inside the kernel that reads it (its contraction dims
-stay whole in every block; the free and batch dims follow the reader's tiling), so scores and
+stay whole in every block, as pallas_expr.constrain keeps every reduction factor of an op the
+kernel does not accumulate over; the free and batch dims follow the reader's tiling), so scores and
 logits never leave VMEM. One-hot scatter-adds need no rule of their own: the ROWS scatter value
 (a select-and-sum over the one-hot) already computes them inline."""
 from __future__ import annotations
 
 from ..ir import DType, Node
-from .fused_recompute import is_recomputed
-
-
-def constrain_dot(dc, n: Node) -> None:
-    """A recomputed dot's contraction is summed in one block: its dims are never tiled."""
-    if not is_recomputed(n):
-        return
-    lhs, rhs = n.inputs
-    for i, j in zip(n.attrs["lhs_contract"], n.attrs["rhs_contract"]):
-        dc.need_whole((lhs, i))
-        dc.need_whole((rhs, j))
 
 
 def dot_value(em, n: Node, shape):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from ..ir.shapes import reshape_groups
+
 
 class Ix:
     """One index expression: source text, and the tile variables it depends on."""
@@ -115,24 +117,6 @@ def unflatten(flat: Ix, shape: Sequence[int]) -> Index:
             e = e % size
         out.append(e)
     return tuple(out)
-
-
-def reshape_groups(src: Sequence[int], dst: Sequence[int]) -> list[tuple[list[int], list[int]]]:
-    """Pairs (src dims, dst dims) of consecutive dims whose sizes multiply to the same product."""
-    groups, i, j = [], 0, 0
-    while i < len(src) or j < len(dst):
-        gi, gj, pi, pj = [], [], 1, 1
-        if i < len(src):
-            gi.append(i); pi *= src[i]; i += 1
-        if j < len(dst):
-            gj.append(j); pj *= dst[j]; j += 1
-        while pi != pj:
-            if pi < pj:
-                gi.append(i); pi *= src[i]; i += 1
-            else:
-                gj.append(j); pj *= dst[j]; j += 1
-        groups.append((gi, gj))
-    return groups
 
 
 def reshape_index(idx: Sequence[Ix], out_shape: Sequence[int], in_shape: Sequence[int]) -> Index:

@@ -64,10 +64,12 @@ class _Builder:
             for d in range(n.rank):
                 self.dc.find((n, d))
 
-    def constrain(self, nodes):
+    def constrain(self, nodes, accumulating: Node | None = None):
+        """The dim classes of the nodes the kernel computes (`accumulating`: the dot whose
+        contraction the kernel sums over its grid)."""
         for n in nodes:
             if n.op is not Op.AXIS_INDEX and n not in self.loads:
-                constrain(self.dc, n)
+                constrain(self.dc, n, accumulates=n is accumulating)
 
     def block(self, n: Node) -> tuple:
         return tuple(self.tiles[(n, d)][1] if (n, d) in self.tiles else n.shape[d] for d in range(n.rank))
@@ -246,7 +248,7 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     _check_dtypes(grp)
     d = grp.anchor
     b = _Builder(grp, name, "matmul")
-    b.constrain(grp.nodes)
+    b.constrain(grp.nodes, accumulating=d)
     prologue = _upstream(d.inputs, grp.nodes) | {x for x in grp.inputs}
     epilogue = set(grp.nodes) - prologue - {d}
     shared = {x for n in epilogue for x in n.inputs} & prologue

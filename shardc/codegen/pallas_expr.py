@@ -4,13 +4,13 @@ The Triton emitter works in index space (each value is an expression at a symbol
 Pallas works on blocks, so this emitter works in value space: each IR node of a fusion group
 becomes one jnp/lax expression on the *block* of that node that the current grid step holds.
 Which dims of which node are split across the grid is decided by `DimClasses`: a union-find
-over (node, dim) pairs, joined where an op carries a dim through unchanged (elementwise ops,
-broadcasts of full dims, transposes, 1:1 reshape groups, untouched dims of slices / pads /
-concatenates, the kept dims of reductions, gather / scatter batch and window dims, a
-dot_general's batch, free and contracting dims). Dims an op needs whole (reduced dims, sliced or
-padded dims, a gather's indexed axis, a reshape that merges or splits a dim) are marked whole: a
-class holding one of them is never tiled. A class holding two dims of one node is never tiled
-either (one value, one block). Everything else is a legal grid axis.
+over (node, dim) pairs, joined where an op's factor rule (partition/rules.py) gives two dims the
+same factor (elementwise ops, broadcasts of full dims, transposes, 1:1 reshape groups, untouched
+dims of slices / pads / concatenates, the kept dims of reductions, gather / scatter batch and
+window dims, a dot_general's batch, free and contracting dims). Dims an op needs whole (reduced
+dims, sliced or padded dims, a gather's indexed axis, a reshape that merges or splits a dim) are
+marked whole: a class holding one of them is never tiled. A class holding two dims of one node is
+never tiled either (one value, one block). Everything else is a legal grid axis.
 
 Values compute in f32 for bf16/f16 (upcast after load, rounded to the half type after each op
 that the oracle rounds, cast before store), i64 computes as i32 (TPUs have no 64-bit vectors;
@@ -24,11 +24,11 @@ from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
 from ..ir.evaluate import EVAL
 from ..ir.ops import ELEMENTWISE, REDUCE
+from ..partition.rules import rule_for
 from . import fused_pallas
 from .emitted import KernelValue
 from .emitted import literal as shared_literal
 from .fusion import CannotFuse
-from .indexing import reshape_groups
 
 JNP_STORAGE = {DType.f32: "jnp.float32", DType.f16: "jnp.float16", DType.bf16: "jnp.bfloat16",
                DType.i32: "jnp.int32", DType.i64: "jnp.int32", DType.bool: "jnp.bool_"}
@@ -76,118 +76,35 @@ class DimClasses:
         return len({n.shape[d] for n, d in members}) == 1 and members[0][0].shape[members[0][1]] > 1
 
 
-def constrain(dc: DimClasses, n: Node) -> None:
-    """Record how `n` (computed in the kernel) relates its dims to its operands' dims."""
-    op = n.op
-    for d in range(n.rank):
-        dc.find((n, d))
-    same = lambda x, dx, d: dc.union((x, dx), (n, d))
-    if op in ELEMENTWISE:
-        for x in n.inputs:
-            if x.shape == n.shape:
-                for d in range(n.rank):
-                    same(x, d, d)
-    elif op is Op.BROADCAST:
-        x = n.inputs[0]
-        for i, d in enumerate(n.attrs["dims"]):
-            if x.shape[i] == n.shape[d]:
-                same(x, i, d)
-    elif op is Op.TRANSPOSE:
-        for i, p in enumerate(n.attrs["perm"]):
-            same(n.inputs[0], p, i)
-    elif op is Op.RESHAPE:
-        x = n.inputs[0]
-        for gi, gj in reshape_groups(x.shape, n.shape):
-            gi = [i for i in gi if x.shape[i] != 1]
-            gj = [j for j in gj if n.shape[j] != 1]
-            if len(gi) == 1 and len(gj) == 1:
-                same(x, gi[0], gj[0])
-            else:
-                for i in gi:
-                    dc.need_whole((x, i))
-                for j in gj:
-                    dc.need_whole((n, j))
-    elif op is Op.SLICE:
-        x = n.inputs[0]
-        a = n.attrs
-        for d in range(n.rank):
-            if a["start"][d] == 0 and a["limit"][d] == x.shape[d] and a["stride"][d] == 1:
-                same(x, d, d)
-            else:
-                dc.need_whole((x, d))
-                dc.need_whole((n, d))
-    elif op is Op.PAD:
-        x = n.inputs[0]
-        for d in range(n.rank):
-            if n.attrs["low"][d] == 0 and n.attrs["high"][d] == 0:
-                same(x, d, d)
-            else:
-                dc.need_whole((x, d))
-                dc.need_whole((n, d))
-    elif op is Op.CONCATENATE:
-        ax = n.attrs["axis"]
-        dc.need_whole((n, ax))
-        for x in n.inputs:
-            dc.need_whole((x, ax))
-            for d in range(n.rank):
-                if d != ax:
-                    same(x, d, d)
-    elif op in REDUCE:
-        x, axes = n.inputs[0], n.attrs["axes"]
-        kept = [d for d in range(x.rank) if d not in axes]
-        for d in axes:
-            dc.need_whole((x, d))
-        for j, d in enumerate(kept):
-            same(x, d, j)
-    elif op is Op.GATHER:
-        x, ind = n.inputs
-        axis, b = n.attrs["axis"], n.attrs.get("batch_dims", 0)
-        ni = ind.rank - b
-        dc.need_whole((x, axis))
-        for d in range(axis):
-            same(x, d, d)
-        for d in range(b):
-            same(ind, d, d)
-        for q in range(ni):
-            same(ind, b + q, axis + q)
-        for d in range(axis + 1, x.rank):
-            same(x, d, d - 1 + ni)
-    elif op is Op.SCATTER:
-        x, ind, upd = n.inputs
-        axis, b = n.attrs["axis"], n.attrs.get("batch_dims", 0)
-        ni = ind.rank - b
-        for d in range(n.rank):
-            same(x, d, d)
-        dc.need_whole((n, axis))
-        for d in range(axis):
-            same(upd, d, d)
-        for d in range(b):
-            same(ind, d, d)
-        for q in range(ni):
-            dc.need_whole((ind, b + q))
-            dc.need_whole((upd, axis + q))
-        for d in range(axis + 1, n.rank):
-            same(upd, d - 1 + ni, d)
-    elif op is Op.DOT_GENERAL:
-        lhs, rhs = n.inputs
-        a = n.attrs
-        lb, rb, lc, rc = a["lhs_batch"], a["rhs_batch"], a["lhs_contract"], a["rhs_contract"]
-        lf = [i for i in range(lhs.rank) if i not in lb + lc]
-        rf = [i for i in range(rhs.rank) if i not in rb + rc]
-        out = 0
-        for i, j in zip(lb, rb):
-            same(lhs, i, out)
-            same(rhs, j, out)
-            out += 1
-        for i in lf:
-            same(lhs, i, out)
-            out += 1
-        for j in rf:
-            same(rhs, j, out)
-            out += 1
-        for i, j in zip(lc, rc):
-            dc.union((lhs, i), (rhs, j))
-        fused_pallas.constrain_dot(dc, n)
+def constrain(dc: DimClasses, n: Node, accumulates: bool = False) -> None:
+    """Record how `n` (computed in the kernel) relates its dims to its operands' dims, as its
+    factor rule (partition/rules.py) has it: dims that are one factor move together. A dim is
+    whole where the kernel needs all of it: a dim of several factors (a reshape that merges or
+    splits, a block slice or concatenate) and every dim sharing one of those factors, a factor
+    sharding must keep whole too, a reduction factor (unless the kernel `accumulates` over its
+    grid axis: a matmul's K), and a result dim no operand has (a slice's, pad's or concatenate's
+    cut), unless the op makes any block of its result itself (broadcast, iota). A scatter's
+    table dim stays whole: its one-hot compares global row indices."""
+    rule = rule_for(n)
+    places: dict[int, list] = {}
+    whole = set(rule.replicated) | (set() if accumulates else set(rule.reduction))
+    for x, dims in zip([*n.inputs, n], rule.tensors()):
+        for d, fs in enumerate(dims):
+            dc.find((x, d))
+            for f in fs:
+                places.setdefault(f, []).append((x, d))
+            if len(fs) > 1:
+                whole.update(fs)
+    if not rule.splits_result:
+        whole |= {f for fs in rule.result for f in fs} - {f for t in rule.operands for fs in t for f in fs}
+    for f, dims in places.items():
+        for k in dims[1:]:
+            dc.union(dims[0], k)
+        if f in whole:
+            for k in dims:
+                dc.need_whole(k)
+    if n.op is Op.SCATTER:
+        dc.need_whole((n, n.attrs["axis"]))
 
 
 # ------------------------------------------------------------------------------- values

@@ -2,7 +2,7 @@
 returns the result's (shape, dtype); the builder and the verifier both call `infer`."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -53,6 +53,24 @@ class _Ctx:
         self.need(not missing, f"mesh axes {missing} not in the graph's mesh {self.mesh_axes}")
         self.need(len(set(axes)) == len(axes), f"mesh axis repeated in {axes}")
         return int(np.prod([self.mesh_axes[a] for a in axes]))
+
+
+def reshape_groups(src: Sequence[int], dst: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """Pairs (src dims, dst dims) of consecutive dims whose sizes multiply to the same product."""
+    groups, i, j = [], 0, 0
+    while i < len(src) or j < len(dst):
+        gi, gj, pi, pj = [], [], 1, 1
+        if i < len(src):
+            gi.append(i); pi *= src[i]; i += 1
+        if j < len(dst):
+            gj.append(j); pj *= dst[j]; j += 1
+        while pi != pj:
+            if pi < pj:
+                gi.append(i); pi *= src[i]; i += 1
+            else:
+                gj.append(j); pj *= dst[j]; j += 1
+        groups.append((gi, gj))
+    return groups
 
 
 def _same_operands(c: _Ctx, n: int):

@@ -33,9 +33,9 @@ def local_group_sizes(lw, sizes: Node, size: int, ds) -> Node:
     return b.reduce(Op.REDUCE_SUM, b.cast(inside, DType.i32), 1)
 
 
-def lower_ragged_dot(lw, n: Node, args: list[Node], reqs: list[Sharding], natural: Sharding, rule, red) -> Node:
+def lower_ragged_dot(lw, n: Node, args: list[Node], reqs: list[Sharding], natural: Sharding, red) -> Node:
     """The local ragged_dot for the factor sharding the lowerer chose (see the module doc)."""
-    b = lw.b
+    b, rule = lw.b, lw.rule(n)
     lhs, rhs = args[0], args[1]
     rows = n.attrs["mode"] == "rows"
     # the k contraction (rows mode) may be padded where split unevenly: zero its padding

@@ -15,46 +15,14 @@ import numpy as np
 from ..errors import ShardingError
 from ..ir import DType, Graph, Node, Op, verify
 from ..ir.emitter import Emitter
-from ..ir.ops import COLLECTIVES, ELEMENTWISE
+from ..ir.ops import COLLECTIVES
 from .expert import lower_ragged_dot
 from .factors import merge, project, representable, unkept, unproject
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
 from .program import SpmdProgram
 from .propagate import WEAK
 from .reshard import Resharder, reshard_cost
-from .rules import FactorRule, rule_for
-
-# ops linear in (each of) their operands: a pending partial sum passes through them
-_LINEAR_ALL = frozenset({Op.ADD, Op.SUB, Op.CONCATENATE})
-_LINEAR_FIRST = frozenset({Op.NEG, Op.TRANSPOSE, Op.RESHAPE, Op.BROADCAST, Op.SLICE, Op.REDUCE_SUM, Op.GATHER})
-_LINEAR_ONE = frozenset({Op.MUL, Op.DOT_GENERAL, Op.RAGGED_DOT})
-
-
-def _is_zero(n: Node) -> bool:
-    """A constant zero, possibly broadcast, reshaped or cast (jnp.zeros, torch.zeros)."""
-    while n.op in (Op.BROADCAST, Op.RESHAPE, Op.CAST):
-        n = n.inputs[0]
-    return n.op is Op.CONSTANT and not isinstance(n.attrs["value"], np.ndarray) and n.attrs["value"] == 0
-
-
-def _linear_in(n: Node, pending: list[int]) -> bool:
-    """Is `n` linear jointly in the operands listed (so partial sums may flow through it)?"""
-    if n.op in _LINEAR_ALL:
-        return len(pending) == len(n.inputs)
-    if n.op in _LINEAR_FIRST or (n.op is Op.PAD and n.attrs["value"] == 0):
-        return pending == [0]
-    if n.op in _LINEAR_ONE:
-        return len(pending) == 1
-    if n.op is Op.SCATTER:  # x + scatter(0, idx, upd): linear in (x, upd); a zero x may stay whole
-        return pending == [0, 2] or (pending == [2] and _is_zero(n.inputs[0]))
-    return False
-
-
-# cheap ops worth recomputing in another sharding instead of moving their result
-_REMAKEABLE = frozenset(ELEMENTWISE | {Op.BROADCAST, Op.IOTA, Op.CONSTANT, Op.RESHAPE, Op.TRANSPOSE})
-# ops that can produce any split of their result's own dims directly
-_MADE_LOCALLY = frozenset({Op.BROADCAST, Op.IOTA, Op.CONSTANT})
-
+from .rules import FactorRule, is_zero, rule_for
 
 def _identity(kind: str, dtype: DType):
     if kind == "sum":
@@ -83,6 +51,12 @@ class Lowerer(Resharder):
         self.moved: set[tuple[Node, Sharding]] = set()   # resharded (not recomputed) for a user
         self.memo = {} if memo is None else memo  # pure answers, shared by the lowering rounds
         self.move_costs: dict[tuple, int] = {}  # valid while the cache stays as it is
+        self.rules: dict[Node, FactorRule] = {}
+
+    def rule(self, n: Node) -> FactorRule:
+        if n not in self.rules:
+            self.rules[n] = rule_for(n)
+        return self.rules[n]
 
     def value(self, n: Node, want: Sharding, user: Node | None, why: str = "") -> Node:
         x, have = self.local[n]
@@ -90,7 +64,7 @@ class Lowerer(Resharder):
             self.used_natural.add(n)
             return x
         key = (n, want)
-        if key not in self.cache and n.op in _REMAKEABLE and not want.partial:
+        if key not in self.cache and self.rule(n).cheap and not want.partial:
             remade = self.remake(n, want, have)  # cheap values may be redone rather than moved
             if remade is not None:
                 self.cache[key] = remade
@@ -132,7 +106,7 @@ class Lowerer(Resharder):
         if plan is None:
             return None
         rule, fa, reqs = plan
-        if n.op not in _MADE_LOCALLY:
+        if not rule.splits_result:
             moved = sum(self.move_cost(x, r) for x, r in zip(n.inputs, reqs))
             direct = reshard_cost(n.shape, n.dtype.itemsize, have, want, self.mesh)
             # a tie where the operands feed twins of n (q, k and v each view the same input):
@@ -147,9 +121,7 @@ class Lowerer(Resharder):
 
     def _remake_plan(self, n: Node, want: Sharding):
         """(rule, factor sharding, operand shardings) computing n directly in `want`, or None."""
-        if n.op not in _REMAKEABLE or want.partial:
-            return None
-        if n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray):
+        if not self.rule(n).cheap or want.partial:
             return None
         key = ("remake", n, want)
         if key not in self.memo:
@@ -157,7 +129,7 @@ class Lowerer(Resharder):
         return self.memo[key]
 
     def _find_remake_plan(self, n: Node, want: Sharding):
-        rule = rule_for(n)
+        rule = self.rule(n)
         fa = representable(project(want, rule.result, rule, self.mesh), rule, self.mesh)
         if Sharding(unproject(fa, rule.result, rule, self.mesh)) != want:
             return None
@@ -180,7 +152,7 @@ class Lowerer(Resharder):
         if plan is None:
             return direct
         remade = sum(self.move_cost(y, r, depth - 1) for y, r in zip(x.inputs, plan[2]))
-        return remade if x.op in _MADE_LOCALLY else min(direct, remade)  # as `remake` decides
+        return remade if plan[0].splits_result else min(direct, remade)  # as `remake` decides
 
     def lower_node(self, n: Node):
         b = self.b
@@ -191,13 +163,13 @@ class Lowerer(Resharder):
                 return
             if n.op is Op.AXIS_INDEX or n.op in COLLECTIVES:
                 raise ShardingError(f"{n.describe()}: the graph is already partitioned (it has {n.op.value})")
-            rule = rule_for(n)
+            rule = self.rule(n)
             plan = self.plan_partial_linear(n, rule)
             if plan is None:  # the cheapest of a few ways to place the op
                 orders = [(True, True, "propagated"), (False, True, "propagated")]
                 if any(self.priorities.get(x, 0) >= WEAK for x in n.inputs):
                     orders += [(True, False, "propagated"), (False, False, "propagated")]  # ZeRO state: bytes decide
-                if n.op is Op.GATHER:  # a lookup may also gather its table rather than reduce its rows
+                if rule.may_gather_operands:  # a lookup may gather its table rather than reduce its rows
                     orders.append((True, True, "none"))
                 # last, and winning ties: compute where the operands already are, so the
                 # result's move is deferred to its users (maybe none needs it)
@@ -223,7 +195,7 @@ class Lowerer(Resharder):
         tokens), so one collective serves where each operand would have needed its own."""
         nats = [self.local[x][1] for x in n.inputs]
         pend = [i for i, s in enumerate(nats) if s.partial]
-        if not pend or not _linear_in(n, pend):
+        if not pend or tuple(pend) not in rule.linear:
             return None
         if any(len(self.users[n.inputs[i]]) > 1 for i in pend):
             return None  # another user needs the sum anyway: reduce it once, at the source
@@ -279,7 +251,7 @@ class Lowerer(Resharder):
         cands = [(key, project(s, rule.result if i is None else rule.operands[i], rule, self.mesh))
                  for key, s, i in sources]
         fa = merge(cands, rule, self.mesh)
-        if n.op not in _MADE_LOCALLY:  # a factor only the result has cannot be computed split
+        if not rule.splits_result:  # a factor only the result has cannot be computed split
             fa = representable(fa.restrict({f for t in rule.operands for fs in t for f in fs}), rule, self.mesh)
         reqs = [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]
         red = {f: k for f, k in rule.reduction.items() if fa.get(f)}
@@ -298,7 +270,7 @@ class Lowerer(Resharder):
             pending = Sharding(Sharding.replicated(scatter.rank).dims, natural.partial)
             return total + reshard_cost(scatter.shape, scatter.dtype.itemsize, pending,
                                         self.shardings[scatter], self.mesh)
-        if n.op in _REMAKEABLE and not natural.partial:
+        if self.rule(n).cheap and not natural.partial:
             return total  # a cheap value: its users may compute it again where they need it
         return total + reshard_cost(n.shape, n.dtype.itemsize, natural, self.shardings[n], self.mesh)
 
@@ -324,9 +296,9 @@ class Lowerer(Resharder):
             pos = [i for i, x in enumerate(u.inputs) if x is cur]
             if len(pos) != 1:
                 return None
-            if u.op is Op.SCATTER and pos == [2] and _is_zero(u.inputs[0]):
+            if u.op is Op.SCATTER and pos == [2] and is_zero(u.inputs[0]):
                 return u
-            if not (u.op in _LINEAR_ONE | _LINEAR_FIRST and _linear_in(u, pos) and u.size <= cur.size):
+            if not (tuple(pos) in self.rule(u).linear and u.size <= cur.size):
                 return None
             cur = u
         return None
@@ -340,43 +312,48 @@ class Lowerer(Resharder):
         return x
 
     def compute(self, n: Node, args, reqs, natural: Sharding, rule, fa, red) -> Node:
-        b, mesh = self.b, self.mesh
-        loc_shape = local_shape(n.shape, natural, mesh)
-        attrs = dict(n.attrs)
-        op = n.op
-        if op is Op.CONSTANT:
-            if isinstance(attrs["value"], np.ndarray):  # whole array, then this device's block
-                full = b.add(op, [], out_shape=n.shape, out_dtype=n.dtype, value=attrs["value"])
-                self.why = (n.name or "constant", n.source, "local block of a constant")
-                return self.reshard(full, n.shape, Sharding.replicated(n.rank), natural)
-            return b.add(op, [], name=n.name, out_shape=loc_shape, out_dtype=n.dtype, value=attrs["value"])
-        if op is Op.IOTA:
-            d = attrs["dimension"]
-            if not natural.dims[d].axes:
-                return b.add(op, [], name=n.name, out_shape=loc_shape, out_dtype=n.dtype, dimension=d)
-            g = b.cast(self.global_index(n.shape[d], natural.dims[d]), n.dtype)
-            return b.add(Op.BROADCAST, [g], name=n.name, shape=loc_shape, dims=[d])
-        if red and op in (Op.REDUCE_SUM, Op.REDUCE_MAX, Op.REDUCE_MIN, Op.DOT_GENERAL):
+        """n on this device's blocks: the same op on the local operands, their split reduction
+        dims masked to the reduction's identity and a `shape` attr naming the local shape; the
+        ops in _LOCAL_FORMS need index arithmetic of their own."""
+        form = _LOCAL_FORMS.get(n.op)
+        if form is not None:
+            return form(self, n, args, reqs, natural, red)
+        if red:
             args = [self._mask_reduced(a, dims, r, x.shape, rule, red)
                     for a, dims, r, x in zip(args, rule.operands, reqs, n.inputs)]
-        if op in (Op.BROADCAST, Op.RESHAPE):
-            attrs["shape"] = loc_shape
-        elif op is Op.SLICE:
-            attrs = self._local_slice_attrs(n, reqs[0], args[0])
-        elif op is Op.PAD:  # a whole block of k: the same block of the local dim
-            low, high = list(attrs["low"]), list(attrs["high"])
-            for d, ds in enumerate(reqs[0].dims):
-                if ds.axes:
-                    s, s_loc = n.inputs[0].shape[d], args[0].shape[d]
-                    low[d], high[d] = low[d] // s * s_loc, high[d] // s * s_loc
-            attrs["low"], attrs["high"] = low, high
-        elif op is Op.GATHER:
-            return self._gather(n, args, reqs, red)
-        elif op is Op.SCATTER:
-            return self._scatter(n, args, reqs, red, natural)
-        elif op is Op.RAGGED_DOT:
-            return lower_ragged_dot(self, n, args, reqs, natural, rule, red)
-        return b.add(op, args, name=n.name, **attrs)
+        attrs = dict(n.attrs)
+        if "shape" in attrs:
+            attrs["shape"] = local_shape(n.shape, natural, self.mesh)
+        return self.b.add(n.op, args, name=n.name, **attrs)
+
+    def _constant(self, n: Node, args, reqs, natural: Sharding, red) -> Node:
+        b, value = self.b, n.attrs["value"]
+        if isinstance(value, np.ndarray):  # whole array, then this device's block
+            full = b.add(Op.CONSTANT, [], out_shape=n.shape, out_dtype=n.dtype, value=value)
+            self.why = (n.name or "constant", n.source, "local block of a constant")
+            return self.reshard(full, n.shape, Sharding.replicated(n.rank), natural)
+        loc_shape = local_shape(n.shape, natural, self.mesh)
+        return b.add(Op.CONSTANT, [], name=n.name, out_shape=loc_shape, out_dtype=n.dtype, value=value)
+
+    def _iota(self, n: Node, args, reqs, natural: Sharding, red) -> Node:
+        b, d = self.b, n.attrs["dimension"]
+        loc_shape = local_shape(n.shape, natural, self.mesh)
+        if not natural.dims[d].axes:
+            return b.add(Op.IOTA, [], name=n.name, out_shape=loc_shape, out_dtype=n.dtype, dimension=d)
+        g = b.cast(self.global_index(n.shape[d], natural.dims[d]), n.dtype)
+        return b.add(Op.BROADCAST, [g], name=n.name, shape=loc_shape, dims=[d])
+
+    def _pad(self, n: Node, args, reqs, natural: Sharding, red) -> Node:
+        """A whole block of k: the same block of the local dim."""
+        low, high = list(n.attrs["low"]), list(n.attrs["high"])
+        for d, ds in enumerate(reqs[0].dims):
+            if ds.axes:
+                s, s_loc = n.inputs[0].shape[d], args[0].shape[d]
+                low[d], high[d] = low[d] // s * s_loc, high[d] // s * s_loc
+        return self.b.add(Op.PAD, args, name=n.name, **{**n.attrs, "low": low, "high": high})
+
+    def _slice(self, n: Node, args, reqs, natural: Sharding, red) -> Node:
+        return self.b.add(Op.SLICE, args, name=n.name, **self._local_slice_attrs(n, reqs[0], args[0]))
 
     def _local_slice_attrs(self, n: Node, req: Sharding, x: Node) -> dict:
         start, limit, stride = list(n.attrs["start"]), list(n.attrs["limit"]), list(n.attrs["stride"])
@@ -435,7 +412,7 @@ class Lowerer(Resharder):
             local = term if local is None else b.binary(Op.ADD, local, term)
         return local, ok
 
-    def _gather(self, n: Node, args, reqs, red) -> Node:
+    def _gather(self, n: Node, args, reqs, natural: Sharding, red) -> Node:
         """Vocab-parallel lookup when the table dim is split: local rows only, zeros elsewhere."""
         b = self.b
         x, idx = args
@@ -450,7 +427,7 @@ class Lowerer(Resharder):
         ok = b.add(Op.BROADCAST, [ok], shape=got.shape, dims=dims)
         return b.add(Op.SELECT, [ok, got, b.const(0, got.dtype, got.shape)], name=n.name)
 
-    def _scatter(self, n: Node, args, reqs, red, natural: Sharding) -> Node:
+    def _scatter(self, n: Node, args, reqs, natural: Sharding, red) -> Node:
         """Each device applies the updates it holds to the rows it holds; with split updates the
         result is a partial sum, so only the first device of those axes contributes the operand."""
         b = self.b
@@ -461,10 +438,10 @@ class Lowerer(Resharder):
             li, ok = self._table_rows(n, idx, n.inputs[0].shape[axis], ds)
             idx = b.select(ok, li, b.const(-1, DType.i32))
         if red:
-            rule = rule_for(n)
+            rule = self.rule(n)
             upd = self._mask_reduced(upd, rule.operands[2], reqs[2], n.inputs[2].shape, rule, red)
         fresh = tuple(a for a in natural.partial if a not in reqs[0].partial)
-        if fresh and not _is_zero(n.inputs[0]):
+        if fresh and not is_zero(n.inputs[0]):
             # over axes the operand is not itself pending on, only the first device adds it
             first = b.binary(Op.EQ, self.group_rank(fresh), 0)
             x = b.add(Op.SELECT, [b.add(Op.BROADCAST, [first], shape=x.shape, dims=[]), x,
@@ -479,6 +456,12 @@ class Lowerer(Resharder):
             outs.append(self.value(o, want, None, f" for output {name!r}"))
         local = self.b.build(outs, self.g.output_names)
         return verify(local), output_shardings
+
+
+# ops whose local form is more than the same op on the local blocks
+_LOCAL_FORMS = {Op.CONSTANT: Lowerer._constant, Op.IOTA: Lowerer._iota, Op.PAD: Lowerer._pad,
+                Op.SLICE: Lowerer._slice, Op.GATHER: Lowerer._gather, Op.SCATTER: Lowerer._scatter,
+                Op.RAGGED_DOT: lower_ragged_dot}
 
 
 def lower(g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], origins: dict[Node, str],

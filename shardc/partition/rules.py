@@ -1,14 +1,19 @@
 """Sharding rules as factor einsums: one entry per op. Each op's dims are mapped to factors
 (dot_general is `b m k, b k n -> b m n`); a factor shared by tensors is sharded alike in all of
-them. Propagation and lowering only ever look at these rules, never at op types."""
+them. The rule also carries what lowering needs to know about the op (which operands a pending
+partial sum may pass through, whether it is cheap to recompute), so propagation and lowering
+only ever look at these rules, never at op types: adding an op adds its rule here, nothing there."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from ..ir import Node, Op
 from ..ir.ops import COLLECTIVES, ELEMENTWISE
+from ..ir.shapes import reshape_groups
 
 
 @dataclass
@@ -18,6 +23,12 @@ class FactorRule:
     result: list[list[int]] = field(default_factory=list)          # result dim → factors
     reduction: dict[int, str] = field(default_factory=dict)        # factor → "sum" | "max" | "min"
     replicated: set[int] = field(default_factory=set)              # factors that must stay whole
+    # operand index sets the op is jointly linear in: a pending partial sum over exactly those
+    # operands passes through it (sums commute with linear maps)
+    linear: tuple[tuple[int, ...], ...] = ()
+    cheap: bool = False          # computed again where a user needs it rather than moved (XLA's remat)
+    splits_result: bool = False  # makes any split of its result-only factors directly (splat, iota, broadcast)
+    may_gather_operands: bool = False  # also try placing it by its result alone (a lookup may gather its table)
 
     def new(self, size: int, replicated: bool = False) -> int:
         self.sizes.append(int(size))
@@ -30,17 +41,38 @@ class FactorRule:
         return self.operands + [self.result]
 
 
+# elementwise ops linear in all their operands together / in any one operand alone / in the first
+_LINEAR_JOINTLY = frozenset({Op.ADD, Op.SUB})
+_LINEAR_IN_EACH = frozenset({Op.MUL})
+_LINEAR_IN_FIRST = frozenset({Op.NEG})
+
+
 def _elementwise(n: Node) -> FactorRule:
-    r = FactorRule()
+    r = FactorRule(cheap=True)
     fs = [r.new(s) for s in n.shape]
     r.operands = [[[f] for f in fs] for _ in n.inputs]
     r.result = [[f] for f in fs]
+    if n.op in _LINEAR_JOINTLY:
+        r.linear = (tuple(range(len(n.inputs))),)
+    elif n.op in _LINEAR_IN_EACH:
+        r.linear = tuple((i,) for i in range(len(n.inputs)))
+    elif n.op in _LINEAR_IN_FIRST:
+        r.linear = ((0,),)
     return r
 
 
 def _leaf(n: Node) -> FactorRule:
     r = FactorRule()
     r.result = [[r.new(s)] for s in n.shape]
+    return r
+
+
+def _made_here(n: Node) -> FactorRule:
+    """Splats and iotas: any block of them is made directly, so they are never moved (an array
+    constant is cut from the whole array instead, and moved like any other value)."""
+    r = _leaf(n)
+    r.cheap = not (n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray))
+    r.splits_result = True
     return r
 
 
@@ -59,11 +91,12 @@ def _broadcast(n: Node) -> FactorRule:
     for i, d in enumerate(n.attrs["dims"]):
         ops.append(r.result[d] if x.shape[i] == n.shape[d] else [r.new(x.shape[i])])
     r.operands = [ops]
+    r.linear, r.cheap, r.splits_result = ((0,),), True, True
     return r
 
 
 def _transpose(n: Node) -> FactorRule:
-    r = FactorRule()
+    r = FactorRule(linear=((0,),), cheap=True)
     (x,) = n.inputs
     fs = [r.new(s) for s in x.shape]
     r.operands = [[[f] for f in fs]]
@@ -72,9 +105,17 @@ def _transpose(n: Node) -> FactorRule:
 
 
 def reshape_factors(a: tuple[int, ...], b: tuple[int, ...], r: FactorRule):
-    """Common factorization of two shapes with equal size (compound factors): walk both from
-    the major end splitting off gcd-sized factors; a part that does not factor must stay whole."""
+    """Common factorization of two shapes with equal size (compound factors): in each group of
+    consecutive dims with equal products, walk both from the major end splitting off gcd-sized
+    factors; a part that does not factor must stay whole (and only that group's)."""
     ins, outs = [[] for _ in a], [[] for _ in b]
+    groups = reshape_groups(a, b) if 0 not in a and 0 not in b else [(range(len(a)), range(len(b)))]
+    for gi, gj in groups:
+        _factor_group([a[i] for i in gi], [b[j] for j in gj], [ins[i] for i in gi], [outs[j] for j in gj], r)
+    return ins, outs
+
+
+def _factor_group(a: list[int], b: list[int], ins: list[list[int]], outs: list[list[int]], r: FactorRule):
     i = j = 0
     ra = a[0] if a else 1
     rb = b[0] if b else 1
@@ -110,11 +151,10 @@ def reshape_factors(a: tuple[int, ...], b: tuple[int, ...], r: FactorRule):
             outs[j].append(r.new(rb, replicated=rb > 1))
         j += 1
         rb = b[j] if j < len(b) else 1
-    return ins, outs
 
 
 def _reshape(n: Node) -> FactorRule:
-    r = FactorRule()
+    r = FactorRule(linear=((0,),), cheap=True)
     ins, outs = reshape_factors(n.inputs[0].shape, n.shape, r)
     r.operands, r.result = [ins], outs
     return r
@@ -123,7 +163,7 @@ def _reshape(n: Node) -> FactorRule:
 def _slice(n: Node) -> FactorRule:
     """A dim cut into equal blocks where the slice takes one whole block (QKV split) keeps the
     block factor: the operand dim is (blocks, size) and only the block index must stay whole."""
-    r = FactorRule()
+    r = FactorRule(linear=((0,),))
     (x,) = n.inputs
     ops, res = [], []
     for d, size in enumerate(x.shape):
@@ -163,8 +203,10 @@ def _concatenate(n: Node) -> FactorRule:
         for ops in r.operands:
             ops[axis] = [inner]
         r.result[axis] = [r.new(len(n.inputs), replicated=True), inner]
-        return r
-    return _along_axis(n, axis, lambda d: d == axis)
+    else:
+        r = _along_axis(n, axis, lambda d: d == axis)
+    r.linear = (tuple(range(len(n.inputs))),)
+    return r
 
 
 def _pad(n: Node) -> FactorRule:
@@ -177,6 +219,8 @@ def _pad(n: Node) -> FactorRule:
             inner = r.new(s)  # x becomes one whole block of k (the adjoint of a block slice)
             r.operands[0][d] = [inner]
             r.result[d] = [r.new(size // s, replicated=True), inner]
+    if n.attrs["value"] == 0:
+        r.linear = ((0,),)
     return r
 
 
@@ -184,7 +228,7 @@ def _gather(n: Node) -> FactorRule:
     """out[b, pre, i, post] = x[b, pre, idx[b, i], post]. The table dim is a reduction factor:
     a device holding rows [lo, hi) looks up what it has, zeros the rest, and partial sums
     complete the lookup (Megatron's vocab-parallel embedding)."""
-    r = FactorRule()
+    r = FactorRule(linear=((0,),), may_gather_operands=True)
     x, idx = n.inputs
     axis, b = n.attrs["axis"], n.attrs.get("batch_dims", 0)
     batch = [r.new(s) for s in x.shape[:b]]
@@ -200,8 +244,9 @@ def _gather(n: Node) -> FactorRule:
 
 def _scatter(n: Node) -> FactorRule:
     """The adjoint: the table dim is shared with the result (each device applies the updates
-    that land in its rows); the update dims are reduction factors (partial sums of updates)."""
-    r = FactorRule()
+    that land in its rows); the update dims are reduction factors (partial sums of updates).
+    x + scatter(0, idx, upd) is linear in (x, upd); with a zero x, in upd alone."""
+    r = FactorRule(linear=((0, 2), (2,)) if is_zero(n.inputs[0]) else ((0, 2),))
     x, idx, upd = n.inputs
     axis, b = n.attrs["axis"], n.attrs.get("batch_dims", 0)
     batch = [r.new(s) for s in x.shape[:b]]
@@ -221,6 +266,8 @@ def _reduce(n: Node) -> FactorRule:
     r = FactorRule()
     (x,) = n.inputs
     kind = {Op.REDUCE_SUM: "sum", Op.REDUCE_MAX: "max", Op.REDUCE_MIN: "min"}[n.op]
+    if kind == "sum":
+        r.linear = ((0,),)
     fs = [r.new(s) for s in x.shape]
     for d in n.attrs["axes"]:
         r.reduction[fs[d]] = kind
@@ -230,7 +277,7 @@ def _reduce(n: Node) -> FactorRule:
 
 
 def _dot_general(n: Node) -> FactorRule:
-    r = FactorRule()
+    r = FactorRule(linear=((0,), (1,)))
     a, b = n.inputs
     at = n.attrs
     lhs: list = [None] * a.rank
@@ -258,8 +305,9 @@ def _ragged_dot(n: Node) -> FactorRule:
     split like any dim: each device counts how many of its rows fall in each group. The group
     dim g splits the experts: in rows mode it is a sum factor (a device computes the rows of its
     groups, zeros elsewhere); in contract mode each device makes its groups' blocks. The group
-    sizes stay whole (the sizes operand carries g only so that the factor can be chosen)."""
-    r = FactorRule()
+    sizes stay whole (the sizes operand carries g only so that the factor can be chosen). Linear
+    in either matrix alone (not in the group sizes)."""
+    r = FactorRule(linear=((0,), (1,)))
     a, b, sizes = n.inputs[:3]
     m, k = r.new(a.shape[0]), r.new(a.shape[1])
     r.reduction[k] = "sum"
@@ -279,7 +327,7 @@ def _ragged_dot(n: Node) -> FactorRule:
 
 
 RULES: dict[Op, Callable[[Node], FactorRule]] = {
-    Op.PARAMETER: _leaf, Op.CONSTANT: _leaf, Op.IOTA: _leaf, Op.AXIS_INDEX: _leaf,
+    Op.PARAMETER: _leaf, Op.CONSTANT: _made_here, Op.IOTA: _made_here, Op.AXIS_INDEX: _leaf,
     **{op: _elementwise for op in ELEMENTWISE},
     Op.BROADCAST: _broadcast, Op.RESHAPE: _reshape, Op.TRANSPOSE: _transpose, Op.SLICE: _slice,
     Op.CONCATENATE: _concatenate, Op.PAD: _pad, Op.GATHER: _gather, Op.SCATTER: _scatter,
@@ -291,6 +339,13 @@ RULES: dict[Op, Callable[[Node], FactorRule]] = {
 # ops that only move or map elements: propagation runs through these first
 PASS_THROUGH = frozenset(ELEMENTWISE | {Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE,
                                         Op.CONCATENATE, Op.PAD})
+
+
+def is_zero(n: Node) -> bool:
+    """A constant zero, possibly broadcast, reshaped or cast (jnp.zeros, torch.zeros)."""
+    while n.op in (Op.BROADCAST, Op.RESHAPE, Op.CAST):
+        n = n.inputs[0]
+    return n.op is Op.CONSTANT and not isinstance(n.attrs["value"], np.ndarray) and n.attrs["value"] == 0
 
 
 def rule_for(n: Node) -> FactorRule:

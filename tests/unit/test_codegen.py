@@ -1,4 +1,4 @@
-"""Codegen pieces: the op table on every elementwise op, layout ops as views, the kernel cache
+"""Codegen pieces: every elementwise op of the enum (Triton and Pallas), layout ops as views, the kernel cache
 (SHARDC_CACHE_DIR, atomic files, corrupt entries regenerated), errors for what cannot be
 generated, debug output and dumps, and ahead-of-time compiles for Hopper (sm_90) without a GPU."""
 import numpy as np
@@ -8,7 +8,9 @@ import shardc
 from shardc import DType, Mesh, Op, partition
 from shardc.codegen import cache
 from shardc.codegen.aot import SHARED_MEMORY_LIMIT, compile_for_gpu
-from shardc.ir import GraphBuilder
+from shardc.ir import EVAL, GraphBuilder
+from shardc.ir.dtypes import from_numpy
+from shardc.ir.ops import BINARY, COMPARE, ELEMENTWISE, FLOAT_ONLY, INT_OR_BOOL_ONLY, UNARY
 from shardc.testing import rel_err
 
 
@@ -30,34 +32,56 @@ def _check(g, *args, tol=1e-5):
     return exe
 
 
-UNARY_F = [Op.NEG, Op.ABS, Op.SIGN, Op.EXP, Op.LOG, Op.LOG1P, Op.SQRT, Op.RSQRT, Op.TANH, Op.LOGISTIC,
-           Op.ERF, Op.SIN, Op.COS, Op.FLOOR, Op.CEIL, Op.ROUND]
-BINARY_F = [Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.REM, Op.POW, Op.MAX, Op.MIN]
-BINARY_I = [Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.REM, Op.MAX, Op.MIN, Op.AND, Op.OR, Op.XOR]
-
-
-def test_every_elementwise_op_in_one_kernel(rng):
-    b = GraphBuilder()
-    x = b.parameter("x", (8, 40), DType.f32)
-    y = b.parameter("y", (8, 40), DType.f32)
-    i = b.parameter("i", (8, 40), DType.i32)
-    j = b.parameter("j", (8, 40), DType.i32)
-    pos = b.add(Op.ADD, [b.add(Op.ABS, [x]), b.constant(0.5, DType.f32, (8, 40))])
-    outs = [b.add(op, [pos if op in (Op.LOG, Op.LOG1P, Op.SQRT, Op.RSQRT) else x]) for op in UNARY_F]
-    outs += [b.add(op, [pos if op is Op.POW else x, y]) for op in BINARY_F]
-    outs += [b.add(op, [i, j]) for op in BINARY_I]
-    outs += [b.add(op, [x, y]) for op in (Op.LT, Op.LE, Op.EQ, Op.NE, Op.GT, Op.GE)]
-    outs += [b.add(Op.SELECT, [b.add(Op.LT, [x, y]), x, y]), b.add(Op.CAST, [x], to=DType.i32),
-             b.add(Op.CAST, [i], to=DType.f32), b.add(Op.CAST, [x], to=DType.bf16),
-             b.add(Op.NOT, [b.add(Op.GT, [x, y])])]
-    g = b.build(outs)
+def every_elementwise_op(rng):
+    """One graph computing every elementwise op of the enum (ir/ops.py's categories) on fresh
+    inputs: floats for all but the integer-or-bool ops, integers for all but the float-only
+    ones, bools for those that take them. An op undefined on part of x (log, sqrt, pow's base)
+    gets |x| + 0.5 instead. Returns the graph and its arguments."""
     xs = rng.standard_normal((8, 40)).astype(np.float32) * 3
     xs[0, :4] = [0.5, 1.5, -2.5, 2.5]  # round half to even
     ys = rng.standard_normal((8, 40)).astype(np.float32)
     js = rng.integers(-9, 9, (8, 40)).astype(np.int32)
     js[js == 0] = 3
-    exe = _check(g, xs, ys, rng.integers(-50, 50, (8, 40)).astype(np.int32), js)
-    assert len(exe.kernels) <= 2  # 45 outputs of 4 inputs: merged into few kernels
+    args = [xs, ys, rng.integers(-50, 50, (8, 40)).astype(np.int32), js,
+            rng.integers(0, 8, (8, 40)).astype(np.int32)]
+    b = GraphBuilder()
+    x, y, i, j, k = (b.parameter(n, a.shape, from_numpy(a.dtype)) for n, a in zip("xyijk", args))
+    pos = b.add(Op.ADD, [b.add(Op.ABS, [x]), b.constant(0.5, DType.f32, (8, 40))])
+    bools = b.add(Op.GT, [x, y])
+
+    def defined_on_x(op, *rest):
+        with np.errstate(all="ignore"):
+            return not np.isnan(EVAL[op](None, xs, *rest)).any()
+    outs = []
+    for op in sorted(UNARY, key=lambda o: o.value):
+        if op in INT_OR_BOOL_ONLY:
+            outs += [b.add(op, [i]), b.add(op, [bools])]
+        else:
+            outs.append(b.add(op, [x if defined_on_x(op) else pos]))
+            if op not in FLOAT_ONLY:
+                outs.append(b.add(op, [i]))
+    for op in sorted(BINARY, key=lambda o: o.value):
+        if op not in INT_OR_BOOL_ONLY:
+            outs.append(b.add(op, [x if defined_on_x(op, ys) else pos, y]))
+        if op not in FLOAT_ONLY:  # shifts by 0..7 (a negative or too wide shift is undefined)
+            outs.append(b.add(op, [i, k if op in (Op.SHL, Op.SHR) else j]))
+    outs += [b.add(op, [x, y]) for op in sorted(COMPARE, key=lambda o: o.value)]
+    outs += [b.add(Op.SELECT, [bools, x, y]), b.add(Op.CAST, [x], to=DType.i32),
+             b.add(Op.CAST, [i], to=DType.f32), b.add(Op.CAST, [x], to=DType.bf16)]
+    g = b.build(outs)
+    assert {n.op for n in g.nodes} >= ELEMENTWISE
+    return g, args
+
+
+@pytest.mark.parametrize("target", ["triton", "pallas"])
+def test_every_elementwise_op(target, rng):
+    g, args = every_elementwise_op(rng)
+    if target == "pallas":
+        from test_codegen_pallas import _check as check_pallas
+        check_pallas(g, *args)
+    else:
+        exe = _check(g, *args)
+        assert len(exe.kernels) <= 2  # ~55 outputs of 5 inputs: merged into few kernels
 
 
 def test_layout_ops_are_index_math_and_reshape_outputs_are_views(rng):

@@ -93,35 +93,7 @@ def _check(g, *args, tol=1e-5):
 
 
 # ---------------------------------------------------------------------------------- small graphs
-UNARY_F = [Op.NEG, Op.ABS, Op.SIGN, Op.EXP, Op.LOG, Op.LOG1P, Op.SQRT, Op.RSQRT, Op.TANH, Op.LOGISTIC,
-           Op.ERF, Op.SIN, Op.COS, Op.FLOOR, Op.CEIL, Op.ROUND]
-BINARY_F = [Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.REM, Op.POW, Op.MAX, Op.MIN]
-BINARY_I = [Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.REM, Op.MAX, Op.MIN, Op.AND, Op.OR, Op.XOR]
-
-
-def test_every_elementwise_op(rng):
-    b = GraphBuilder()
-    x = b.parameter("x", (8, 40), DType.f32)
-    y = b.parameter("y", (8, 40), DType.f32)
-    i = b.parameter("i", (8, 40), DType.i32)
-    j = b.parameter("j", (8, 40), DType.i32)
-    pos = b.add(Op.ADD, [b.add(Op.ABS, [x]), b.constant(0.5, DType.f32, (8, 40))])
-    outs = [b.add(op, [pos if op in (Op.LOG, Op.LOG1P, Op.SQRT, Op.RSQRT) else x]) for op in UNARY_F]
-    outs += [b.add(op, [pos if op is Op.POW else x, y]) for op in BINARY_F]
-    outs += [b.add(op, [i, j]) for op in BINARY_I]
-    outs += [b.add(op, [x, y]) for op in (Op.LT, Op.LE, Op.EQ, Op.NE, Op.GT, Op.GE)]
-    outs += [b.add(Op.SELECT, [b.add(Op.LT, [x, y]), x, y]), b.add(Op.CAST, [x], to=DType.i32),
-             b.add(Op.CAST, [i], to=DType.f32), b.add(Op.CAST, [x], to=DType.bf16),
-             b.add(Op.NOT, [b.add(Op.GT, [x, y])])]
-    g = b.build(outs)
-    xs = rng.standard_normal((8, 40)).astype(np.float32) * 3
-    xs[0, :4] = [0.5, 1.5, -2.5, 2.5]  # round half to even
-    js = rng.integers(-9, 9, (8, 40)).astype(np.int32)
-    js[js == 0] = 3
-    _check(g, xs, rng.standard_normal((8, 40)).astype(np.float32),
-           rng.integers(-50, 50, (8, 40)).astype(np.int32), js)
-
-
+# (every elementwise op: test_codegen.py test_every_elementwise_op[pallas])
 def test_layout_ops_and_reshape_views(rng):
     b = GraphBuilder()
     x = b.parameter("x", (4, 6, 8), DType.f32)
