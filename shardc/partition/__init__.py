@@ -46,23 +46,27 @@ def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None
         seeds.setdefault(n, st)
     for i, s in (extra_outs or {}).items():
         out_specs.setdefault(i, s)
+    stored = {}
     if plan is not None:
-        plan_nodes, plan_outs = plan_seeds(g, mesh, plan, seeds)
+        plan_nodes, plan_outs, stored = plan_seeds(g, mesh, plan, seeds, out_specs)
         seeds.update(plan_nodes)
-        for i, s in plan_outs.items():
-            out_specs.setdefault(i, s)
+        out_specs.update(plan_outs)   # (only where no spec names the output, or fsdp extends its spec)
     block_layouts(g, mesh, seeds)
     users = g.users() if extra_seeds else {}
     t0 = time.perf_counter()
     state = propagate(g, mesh, seeds)
     t1 = time.perf_counter()
     shardings = {n: st.sharding for n, st in state.items()}
+    gathered = {p: shardings[p] for p in stored}
+    for p, s in stored.items():  # fsdp × tp: stored split over the data axes too, gathered for use
+        shardings[p] = _stored_layout(s, shardings[p])
     origins = {n: st.origin for n, st in state.items()}
     outs = [_same_layout(out_specs.get(i, shardings[o]), shardings[o]) for i, o in enumerate(g.outputs)]
     # sharding constraints inside the model, and the values auto's hints fixed where propagation kept them
     pinned = frozenset(n for n, st in seeds.items() if n.op is not Op.PARAMETER and
                        (st.fixed or _hint_holds(n, st, state, users)))
-    prog = lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()}, pinned)
+    prog = lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()}, pinned,
+                 gathered=gathered)
     t2 = time.perf_counter()
     prog.notes = list(notes) + [f"mesh axis {a!r} is idle: no spec{' or plan' if plan else ''} splits a value over it, so its "
                   f"{mesh.axes[a]} devices compute the same thing" for a in idle_axes(prog)]
@@ -91,6 +95,12 @@ def _hint_holds(n, st, state, users) -> bool:
     if any(d.strided for d in st.sharding.dims):
         return True   # the hint already has the block layout its users cut it in
     return not any(d.strided for x in (*n.inputs, *users.get(n, ())) for d in state[x].sharding.dims)
+
+
+def _stored_layout(stored: Sharding, used: Sharding) -> Sharding:
+    """The stored split with the block layout (fused blocks, padded heads) propagation chose."""
+    return Sharding(tuple(u if s.axes == u.axes else s for s, u in zip(stored.dims, used.dims)),
+                    stored.partial, stored.partial_op)
 
 
 def _same_layout(want: Sharding, have: Sharding) -> Sharding:

@@ -96,6 +96,17 @@ class Lowerer(Resharder):
             size = math.prod(local_shape(n.shape, want, self.mesh))
             if n not in out or size > math.prod(local_shape(n.shape, out[n], self.mesh)):
                 out[n] = want
+        # a pending sum that users read in several shardings: reduce it once, to the one the
+        # others slice for free (all-reduce then slice, not a reduce-scatter and an all-reduce)
+        wants: dict[Node, list[Sharding]] = {}
+        for n, want in self.moved:
+            if self.local[n][1].partial and not want.partial and n not in self.pinned:
+                wants.setdefault(n, []).append(want)
+        for n, ws in wants.items():
+            for w in ws:
+                if len(ws) > 1 and not any(reshard_cost(n.shape, n.dtype.itemsize, w, o, self.mesh) for o in ws):
+                    out[n] = w
+                    break
         return out
 
     def remake(self, n: Node, want: Sharding, have: Sharding) -> Node | None:
@@ -160,6 +171,9 @@ class Lowerer(Resharder):
             if n.op is Op.PARAMETER:
                 s = self.shardings[n]
                 self.local[n] = (b.parameter(n.name, local_shape(n.shape, s, self.mesh), n.dtype), s)
+                use = self.hoist.get(n)  # state stored split further than it is used (fsdp × tp)
+                if use is not None and use != s:
+                    self.local[n] = (self.value(n, use, None, ": gathered for use, as stored (plan 'fsdp')"), use)
                 return
             if n.op is Op.AXIS_INDEX or n.op in COLLECTIVES:
                 raise ShardingError(f"{n.describe()}: the graph is already partitioned (it has {n.op.value})")
@@ -466,10 +480,11 @@ _LOCAL_FORMS = {Op.CONSTANT: Lowerer._constant, Op.IOTA: Lowerer._iota, Op.PAD: 
 
 def lower(g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], origins: dict[Node, str],
           output_shardings: list[Sharding], priorities: dict[Node, int], pinned: frozenset = frozenset(),
-          rounds: int = 3) -> SpmdProgram:
+          rounds: int = 3, gathered: dict[Node, Sharding] | None = None) -> SpmdProgram:
     """Greedy lowering, then up to `rounds` - 1 more in which the values that were gathered for
-    some users move once where they are made; the program sending the fewest bytes wins."""
-    best, hoist, memo = None, {}, {}
+    some users move once where they are made; the program sending the fewest bytes wins.
+    `gathered`: inputs stored as `shardings` says but used in this layout, moved once on entry."""
+    best, hoist, memo = None, dict(gathered or {}), {}
     for _ in range(rounds):
         lw = Lowerer(g, mesh, shardings, priorities, hoist, pinned, memo)
         local, outs = lw.run(output_shardings)

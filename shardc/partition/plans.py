@@ -33,19 +33,46 @@ def _split_first_dim(shape, axes: tuple[str, ...], mesh: Mesh) -> Sharding:
     return Sharding(tuple(dims))
 
 
-def plan_seeds(g: Graph, mesh: Mesh, plan: str, seeds: dict[Node, TensorSharding]
-               ) -> tuple[dict[Node, TensorSharding], dict[int, Sharding]]:
-    """Seeds for the inputs the user's `seeds` leave open, and output shardings for updated state."""
+def _also_split(s: Sharding, shape, axes: tuple[str, ...], mesh: Mesh) -> Sharding | None:
+    """FSDP × tp: a state tensor a spec splits over tp is also split over the data axes, on the
+    largest dim the spec leaves whole that they divide (None when no dim can take them)."""
+    n = mesh.group_size(axes)
+    free = [d for d, ds in enumerate(s.dims) if not ds.axes and shape[d] % n == 0 and shape[d] >= n]
+    if not free or set(axes) & set(s.used_axes):
+        return None
+    d = max(free, key=lambda d: (shape[d], -d))
+    return Sharding(s.dims[:d] + (DimSharding(axes),) + s.dims[d + 1:], s.partial, s.partial_op)
+
+
+def _same_or_extended(spec: Sharding | None, s: Sharding, shape, axes, mesh: Mesh) -> bool:
+    return spec is None or _also_split(spec, shape, axes, mesh) == s
+
+
+def plan_seeds(g: Graph, mesh: Mesh, plan: str, seeds: dict[Node, TensorSharding],
+               out_specs: dict[int, Sharding] | None = None
+               ) -> tuple[dict[Node, TensorSharding], dict[int, Sharding], dict[Node, Sharding]]:
+    """Seeds for the inputs the user's `seeds` leave open, output shardings for updated state,
+    and (fsdp × tp) how state that specs split over other axes is stored: also split over the
+    data axes. Those specs still say how the state is used (propagation sees them as given);
+    the stored split is gathered before use, as every fsdp state is."""
     if plan not in PLANS:
         raise ShardingError(f"unknown plan {plan!r} (plans: {', '.join(PLANS)})")
     axes = data_axes(g, mesh, seeds)
     if not axes:  # every axis holds model state: nothing is left for data parallelism
-        return {}, {}
+        return {}, {}, {}
     named = repr(axes[0]) if len(axes) == 1 else repr(axes)
     out: dict[Node, TensorSharding] = {}
     outputs: dict[int, Sharding] = {}
     state_by_key: dict[str, Sharding] = {}
+    stored: dict[Node, Sharding] = {}
+    out_specs = out_specs or {}
     for p in g.inputs:
+        if plan == "fsdp" and p in seeds and p.rank and is_state(g, p):
+            s = _also_split(seeds[p].sharding, p.shape, axes, mesh)
+            if s is not None:
+                stored[p] = s
+                state_by_key.setdefault(leaf_key(p.name) + str(p.shape), s)
+            continue
         if p in seeds or not p.rank:
             continue
         if not is_state(g, p):
@@ -59,10 +86,14 @@ def plan_seeds(g: Graph, mesh: Mesh, plan: str, seeds: dict[Node, TensorSharding
         for i, (o, name) in enumerate(zip(g.outputs, g.output_names)):
             s = state_by_key.get(leaf_key(name) + str(o.shape))
             if s is not None and "[" in name:
+                # where a spec names it, the plan's extension of that spec (fsdp × tp)
+                if not _same_or_extended(out_specs.get(i), s, o.shape, axes, mesh):
+                    continue
                 outputs[i] = s
-                if o not in seeds and o not in out:
+                st = seeds.get(o)
+                if o not in out and (st is None or _same_or_extended(st.sharding, s, o.shape, axes, mesh)):
                     out[o] = TensorSharding(s, WEAK, True, f"plan 'fsdp': updated state split over {named}")
-    return out, outputs
+    return out, outputs, stored
 
 
 def idle_axes(prog) -> list[str]:
