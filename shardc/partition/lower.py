@@ -235,8 +235,9 @@ class Lowerer(Resharder):
         everything = tuple(a for a in self.mesh.axis_names if a in axes or a in extra)
         natural = Sharding(unproject(fa, rule.result, rule, self.mesh), everything)
         biggest = max(math.prod(local_shape(n.inputs[i].shape, nats[i], self.mesh)) for i in pend)
-        if math.prod(local_shape(n.shape, natural, self.mesh)) > biggest:
-            return None  # the sum would grow: reducing it now is cheaper
+        if not extra and math.prod(local_shape(n.shape, natural, self.mesh)) > biggest:
+            return None  # the sum would grow: reducing it now is cheaper (unless the op's own
+            # reduction leaves its result pending anyway: one reduction over every axis then)
         return fa, reqs, natural, red
 
     def plan_op(self, n: Node, rule: FactorRule, result_first: bool, by_priority: bool = True,
