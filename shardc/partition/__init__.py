@@ -13,6 +13,7 @@ from .plans import PLANS, idle_axes, plan_seeds
 from .program import CollectiveRecord, SpmdProgram
 from .propagate import USER, TensorSharding, block_layouts, propagate
 from .specs import resolve
+from .subaxes import refine_for_kv_heads
 
 
 def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None,
@@ -41,6 +42,9 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
 def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None,
                extra_seeds: dict | None = None, extra_outs: dict | None = None, notes=()) -> SpmdProgram:
     user, out_specs = resolve(g, mesh, specs)
+    if not extra_seeds:  # GQA with fewer KV heads than devices: the mesh with sub-axes
+        mesh, user, out_specs, note = refine_for_kv_heads(g, mesh, user, out_specs)
+        notes = list(notes) + ([note] if note else [])
     seeds = {n: TensorSharding(s, USER + prio, True, origin) for n, (s, origin, prio) in user.items()}
     for n, st in (extra_seeds or {}).items():
         seeds.setdefault(n, st)
