@@ -12,6 +12,7 @@ names the sub-axes, and its collectives may run over one of them."""
 from __future__ import annotations
 
 from ..ir import Graph, Node, Op
+from ..ir.graph import is_state
 from .mesh import DimSharding, Mesh, Sharding
 from .propagate import _blocks_downstream, _factors_downstream
 from .specs import leaf_key
@@ -42,8 +43,8 @@ def refine_for_kv_heads(g: Graph, mesh: Mesh, seeds: dict, outputs: dict[int, Sh
     users = g.users()
     kv: dict[tuple[str, str], tuple[int, str, int]] = {}  # (leaf key, shape) → (dim, axis, heads)
     for p, (s, _, _) in seeds.items():
-        if p.op is not Op.PARAMETER:
-            continue
+        if p.op is not Op.PARAMETER or not is_state(g, p):
+            continue  # (only model state: its block layout is shardc's choice, a batch's is not)
         for d, ds in enumerate(s.dims):
             if len(ds.axes) == 1 and not ds.strided:
                 heads = _kv_heads(p, d, mesh.axes[ds.axes[0]], users)
