@@ -16,7 +16,10 @@ Time is a roofline per op on the device (`cost.py`'s timeline, priced here):
 `compute_s` sums the device ops. Collectives run on their own stream from when their operand is
 ready and their users wait for them (the timeline's overlap model: FSDP's gathers prefetch,
 Megatron's all-reduces sit on the critical path); `step_s` is when the last op ends and
-`exposed_comm_s = step_s - compute_s`, the communication that overlap does not hide.
+`exposed_comm_s = step_s - compute_s`, the communication that overlap does not hide. A program
+the latency-hiding scheduler ordered (`scheduled`) starts each collective at its place instead.
+`exposed_comm_s_before_passes` and `step_s_before_passes` time the program as partitioned,
+before the collective passes (None when none ran).
 `mfu` = model FLOPs per device / (step_s · the device's bf16 peak).
 """
 from __future__ import annotations
@@ -79,6 +82,8 @@ class Analysis:
     extrapolated: tuple | None = None   # (d1, d2, depth): read off the line through two depths
     recompute: str = "none"             # activation recomputation priced (recompute.py)
     recompute_flops: int = 0            # FLOPs it adds per device (in .flops, not in .model_flops)
+    exposed_comm_s_before_passes: float | None = None   # the program as partitioned (None: no passes ran)
+    step_s_before_passes: float | None = None
 
     @property
     def fits(self) -> bool:
@@ -111,7 +116,9 @@ class Analysis:
         for axes, b in self.comm_bytes.items():
             rows.append((f"comm {axes}", f"{_gb(b)}   {self.comm_s_by_axes.get(axes, 0) * 1e3:.3f} ms"))
         rows.append(("compute", f"{self.compute_s * 1e3:.3f} ms"))
-        rows.append(("comm", f"{self.comm_s * 1e3:.3f} ms  (exposed {self.exposed_comm_s * 1e3:.3f} ms)"))
+        before = ("" if self.exposed_comm_s_before_passes is None
+                  else f"; {self.exposed_comm_s_before_passes * 1e3:.3f} ms without the passes")
+        rows.append(("comm", f"{self.comm_s * 1e3:.3f} ms  (exposed {self.exposed_comm_s * 1e3:.3f} ms{before})"))
         rows.append(("step", f"{self.step_s * 1e3:.3f} ms"))
         rows.append(("MFU", f"{self.mfu * 100:.1f}%"))
         if verdict:
@@ -128,7 +135,9 @@ class Analysis:
                 "exposed_comm_s": self.exposed_comm_s, "step_s": self.step_s, "mfu": self.mfu,
                 "fits": self.fits, "headroom_bytes": self.headroom,
                 "axis_levels": dict(self.axis_levels), "extrapolated": self.extrapolated,
-                "recompute": self.recompute, "recompute_flops": self.recompute_flops}
+                "recompute": self.recompute, "recompute_flops": self.recompute_flops,
+                "exposed_comm_s_before_passes": self.exposed_comm_s_before_passes,
+                "step_s_before_passes": self.step_s_before_passes}
 
 
 def _gb(b: float) -> str:
@@ -164,6 +173,12 @@ class _Pricer:
         return max(op_flops(n) / hw.flops_for(n.dtype.compute), moved / hw.hbm_bw)
 
 
+def op_pricer(hardware, mesh, axis_order=None):
+    """seconds(node) of one op of a per-device program on `hardware` (a preset name or a
+    Hardware) over `mesh`: what `analyze` times with and the scheduler plans with."""
+    return _Pricer(hwmod.get(hardware), mesh, axis_order)
+
+
 def _read(n, i) -> int:
     """Bytes op n reads of operand i: a slice or gather reads only what it returns (a bucketed
     all-reduce's buffer is sliced once per gradient, not read whole each time)."""
@@ -186,6 +201,7 @@ class LiveProgram:
         self.nodes = [n for n in local.nodes if n in live or n.op is Op.PARAMETER]
         self.inputs, self.outputs, self.output_names = local.inputs, local.outputs, local.output_names
         self.mesh_axes = local.mesh_axes
+        self.scheduled = getattr(local, "scheduled", False)
 
 
 def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recompute: str = "none") -> Analysis:
@@ -215,7 +231,7 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
             comm_bytes[key] = comm_bytes.get(key, 0) + collective_bytes(n)
             comm_s_by_axes[key] = comm_s_by_axes.get(key, 0.0) + price.collective(n)
     model_flops = graph_flops(prog.graph)
-    memory, flops, extra_flops = memory_of(prog.graph, local), graph_flops(local), 0
+    memory, flops, extra_flops, extra_s = memory_of(prog.graph, local), graph_flops(local), 0, 0.0
     if recompute != "none":
         forward, batch, saved = saved_values(prog.graph, local)
         kept, extra_flops, nodes = rc.plan(prog.graph, local, forward, batch, saved, op_flops)[recompute]
@@ -225,6 +241,13 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
         flops, compute_s, step_s = flops + extra_flops, compute_s + extra_s, step_s + extra_s
     mfu = (model_flops / mesh.size) / (step_s * hw.flops_for("bf16")) if step_s else 0.0
     levels = {a: " x ".join(f"{lv.name} x{f}" for lv, f in sp) for a, sp in price.spans.items()}
-    return Analysis(hw, mesh, flops, model_flops, memory, comm_bytes, compute_s, comm_s,
-                    max(0.0, step_s - compute_s), step_s, mfu, levels, comm_s_by_axes, events,
-                    recompute=recompute, recompute_flops=extra_flops)
+    a = Analysis(hw, mesh, flops, model_flops, memory, comm_bytes, compute_s, comm_s,
+                 max(0.0, step_s - compute_s), step_s, mfu, levels, comm_s_by_axes, events,
+                 recompute=recompute, recompute_flops=extra_flops)
+    raw = getattr(prog, "before_passes", None)
+    if raw is not None and raw is not prog.local and overlap:  # the same model, the program as partitioned
+        ev = timeline(LiveProgram(raw), overlap=True, seconds=price)
+        end = max((e.start + e.duration for e in ev), default=0.0)
+        a.step_s_before_passes = end + extra_s
+        a.exposed_comm_s_before_passes = max(0.0, end - sum(e.duration for e in ev if e.kind == "compute"))
+    return a

@@ -57,22 +57,27 @@ def op_seconds(n: Node, mesh_axes: dict[str, int]) -> float:
     return LAUNCH_S + max(flops(n) / PEAK_FLOPS, moved / MEMORY_BW)
 
 
+PASS_THROUGH = frozenset({Op.PARAMETER, Op.CONSTANT, Op.IOTA, Op.AXIS_INDEX, Op.RESHAPE})  # no time, no stream
+
+
 def timeline(local: Graph, overlap: bool = True, seconds=None) -> list[Event]:
     """Modeled schedule of one device: compute in program order on one stream; with `overlap`,
-    a collective runs on its own stream from when its operand is ready, and its users wait.
+    a collective runs on its own stream from when its operand is ready (in a `scheduled` program,
+    not before the compute stream reaches its place in the order), and its users wait.
     `seconds(node)` prices an op (default: `op_seconds`, this file's flat roofline; shardc.analysis
     passes its hardware- and topology-aware model)."""
     ready: dict[Node, float] = {}
+    in_place = getattr(local, "scheduled", False)
     compute_t = comm_t = 0.0
     events = []
     for n in local.nodes:
-        if n.op in (Op.PARAMETER, Op.CONSTANT, Op.IOTA, Op.AXIS_INDEX) or n.op is Op.RESHAPE:
+        if n.op in PASS_THROUGH:
             ready[n] = max((ready.get(i, 0.0) for i in n.inputs), default=0.0)
             continue
         deps = max((ready.get(i, 0.0) for i in n.inputs), default=0.0)
         d = op_seconds(n, local.mesh_axes) if seconds is None else seconds(n)
         if n.op in COLLECTIVES and overlap:
-            start = max(deps, comm_t)
+            start = max(deps, comm_t, compute_t if in_place else 0.0)
             comm_t = start + d
             events.append(Event(n, "collective", start, d))
         else:

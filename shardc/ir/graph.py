@@ -61,6 +61,9 @@ class Graph:
     """
 
     shape_only = False
+    # A scheduled per-device program (partition/passes_schedule.py): each collective starts at its
+    # place in the order, not as soon as its operand exists; the engines and the cost model follow.
+    scheduled = False
 
     def __init__(self, nodes: list[Node], inputs: list[Node], outputs: list[Node],
                  output_names: list[str], name: str = "main",

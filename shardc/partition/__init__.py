@@ -36,7 +36,7 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
         raise ShardingError("memory_budget= is for plan='auto' (the hand plans do not choose by memory)")
     else:
         prog = _partition(g, mesh, specs, plan)
-    return run_passes(prog, passes)
+    return run_passes(prog, passes, hardware)
 
 
 def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None,

@@ -61,7 +61,7 @@ def partition_auto(g, mesh, specs, memory_budget=None, hardware="h200", time_lim
     from .passes import run_passes
 
     def _partition(*args, **kw):
-        return run_passes(_bare(*args, **kw), passes)
+        return run_passes(_bare(*args, **kw), passes, hardware)
 
     user, _ = resolve(g, mesh, specs)
     fixed = {n: s for n, (s, _, _) in user.items()}

@@ -1,6 +1,8 @@
 """Collective passes over the per-device program: each rewrites `prog.local` and the ledger, keeps
 what the program computes (the simulator checks it), and says what it changed in `prog.passes`.
 
+    schedule        the latency-hiding scheduler: collectives started where they overlap compute,
+                    critical path first, under a per-device memory limit (passes_schedule.py)
     cse             identical values (all-gathers of one value above all) merged (passes_cse.py)
     reduce_scatter  an all-reduce whose readers each keep one block becomes a reduce-scatter
                     (passes_scatter.py)
@@ -23,6 +25,7 @@ from ..ir import Graph, Node, Op
 from .passes_common import PassReport, make_node as _node
 from .passes_cse import eliminate_common_collectives
 from .passes_scatter import create_reduce_scatters
+from .passes_schedule import schedule
 from .program import CollectiveRecord, SpmdProgram, wire_bytes
 
 XLA_COMBINE_THRESHOLD = 30 * 2 ** 20  # bytes: XLA's default all-reduce combine threshold
@@ -153,13 +156,15 @@ def _ledger(prog: SpmdProgram, buckets, combined: dict[int, Node], new: dict[Nod
 
 
 PASSES = {"cse": eliminate_common_collectives, "reduce_scatter": create_reduce_scatters,
-          "combine": combine_all_reduces}
-DEFAULT = ("cse", "reduce_scatter", "combine")
+          "combine": combine_all_reduces, "schedule": schedule}
+DEFAULT = ("cse", "reduce_scatter", "combine", "schedule")
 
 
-def run_passes(prog: SpmdProgram, passes="default") -> SpmdProgram:
-    """Run the named passes (a name list, "default", or () for none) in order; `prog.passes` says
-    what each changed."""
+def run_passes(prog: SpmdProgram, passes="default", hardware="h200") -> SpmdProgram:
+    """Run the named passes (a name list, "default", or () for none) in order, planning for
+    `hardware` (the cost model the scheduler orders by); `prog.passes` says what each changed."""
+    prog.hardware = hardware
+    prog.before_passes = prog.local
     names = DEFAULT if passes == "default" else (passes,) if isinstance(passes, str) else tuple(passes or ())
     unknown = [p for p in names if p not in PASSES]
     if unknown:

@@ -1,8 +1,13 @@
 """Common-subexpression elimination over the per-device program, aimed at collectives: two
 all-gathers (or any two collectives) of one value with the same attributes are one collective,
-as XLA's all-gather CSE. Every op of the IR is pure, so identical nodes (same op, inputs and
-attributes) merge whatever they are; merging the index arithmetic and reshapes first is what lets
-two gathers of one value, reached through separate reshapes, be seen as the same."""
+as XLA's all-gather CSE. Every op of the IR is pure, so values are numbered as a whole CSE would
+(same op, same numbered inputs, same attributes: two gathers of one value reached through
+separate reshapes are the same), but only two kinds of value are merged:
+- collectives (the point: communication saved);
+- values computed from nothing but the device and constants (index arithmetic: tiny).
+Merging everything else would lengthen lives for nothing on the wire: a training step's backward
+that recomputes a forward value (softmax's exp) would keep the forward's copy alive instead,
+adding saved activations (GPT-3 175B at tp=8: +13%)."""
 from __future__ import annotations
 
 import numpy as np
@@ -42,12 +47,15 @@ def eliminate_common_collectives(prog: SpmdProgram) -> PassReport:
     before = len(prog.collectives)
     canon: dict[Node, Node] = {}
     seen: dict = {}
+    data_free: set[Node] = set()  # computed from the device and constants alone
     for n in g.nodes:
         if n.op is Op.PARAMETER:
             canon[n] = n
             continue
         canon[n] = seen.setdefault(_key(n, canon), n)
-    merged = [n for n in g.nodes if canon[n] is not n]
+        if n.op not in COLLECTIVES and all(i in data_free for i in n.inputs):
+            data_free.add(n)
+    merged = [n for n in g.nodes if canon[n] is not n and (n.op in COLLECTIVES or n in data_free)]
     if not merged:
         return PassReport("cse", before, before, "no identical values")
     prog.local, new = rewrite(g, {n: (lambda new, n=n: ([], new[canon[n]])) for n in merged})

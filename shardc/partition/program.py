@@ -46,6 +46,8 @@ class SpmdProgram:
         self.collectives = collectives
         self.notes: list[str] = []          # what the user should know: idle mesh axes, ...
         self.passes: list = []              # what each collective pass changed (passes.PassReport)
+        self.hardware = None                # what the passes planned for (a preset name or Hardware)
+        self.before_passes: Graph | None = None  # the per-device program as partitioned, before the passes
 
     def sharding_of(self, name: str) -> Sharding:
         for i, p in enumerate(self.graph.inputs):

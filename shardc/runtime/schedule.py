@@ -1,7 +1,10 @@
 """The per-device step list every engine runs: ops in program order, each collective started as
 soon as its operand exists and waited on only just before its first use, so that independent ops
-run while it is in flight. Every rank derives the same list from the same program, so all ranks
-issue collectives in one global order (no deadlock with asynchronous collectives).
+run while it is in flight. In a scheduled program (`g.scheduled`, by the latency-hiding scheduler
+of partition/passes_schedule.py) a collective starts at its own place in the order instead: the
+scheduler chose that place (to bound memory, to queue the link in critical-path order). Every
+rank derives the same list from the same program, so all ranks issue collectives in one global
+order (no deadlock with asynchronous collectives).
 
 A compiled launch plan (codegen) is scheduled the same way by `schedule_plan`: "kernel" and
 "view" steps in plan order, collectives started early and waited late."""
@@ -44,9 +47,10 @@ def schedule(g: Graph) -> list[Step]:
                 readers.setdefault(i, []).append(n)
 
     def have(v: Node):
-        """v's value exists: start every collective that reads it (all it reads exists), right away."""
+        """v's value exists: start every collective that reads it (all it reads exists), right away
+        (unscheduled programs)."""
         done.add(v)
-        for c in readers.get(v, ()):
+        for c in () if g.scheduled else readers.get(v, ()):
             if c not in pending and c not in done and all(i in done for i in c.inputs):
                 steps.append(Step("start", c, index[c]))
                 pending.add(c)
@@ -67,8 +71,13 @@ def schedule(g: Graph) -> list[Step]:
     for p in g.inputs:
         have(p)
     for n in g.nodes:
+        if g.scheduled and n.op in COLLECTIVES and n not in pending and n not in done:
+            for i in dict.fromkeys(n.inputs):
+                need(i)
+            steps.append(Step("start", n, index[n]))  # a scheduled collective starts at its place
+            pending.add(n)
         if n.op is Op.PARAMETER or n.op in COLLECTIVES:
-            continue  # collectives start as soon as their operand exists
+            continue  # (unscheduled) collectives start as soon as their operands exist
         for i in dict.fromkeys(n.inputs):
             need(i)
         steps.append(Step("op", n, index[n]))
@@ -116,7 +125,7 @@ def schedule_plan(plan: list, g: Graph) -> list[PlanStep]:
 
     def have(v: Node):
         done.add(v)
-        for c in readers.get(v, ()):
+        for c in () if g.scheduled else readers.get(v, ()):
             if c not in pending and c not in done:
                 steps.append(PlanStep("start", c, index[c], colls[c]))
                 pending.add(c)
@@ -140,7 +149,13 @@ def schedule_plan(plan: list, g: Graph) -> list[PlanStep]:
             have(n)  # buffer leaves (codegen's is_buffer_leaf): there before any step
     for s in plan:
         if s.step == "collective":
-            continue  # started by have(), waited by need()
+            c = s.node
+            if g.scheduled and c not in pending and c not in done:  # starts at its place
+                for i in dict.fromkeys(c.inputs):
+                    need(i)
+                steps.append(PlanStep("start", c, index[c], s))
+                pending.add(c)
+            continue  # (unscheduled: started by have()); waited by need()
         for r in dict.fromkeys(s.reads):
             need(r)
         out = s.writes

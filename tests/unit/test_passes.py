@@ -32,8 +32,8 @@ def test_combined_program_is_exact_and_moves_the_same_bytes(name, layout):
     plain = shardc.partition(g, Mesh(axes), specs, plan, passes=())
     prog = shardc.partition(g, Mesh(axes), specs, plan)
     assert sum(c.bytes for c in prog.collectives) == sum(c.bytes for c in plain.collectives)
-    assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "combine"]
-    report = prog.passes[-1]
+    assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "combine", "schedule"]
+    report = prog.passes[2]
     assert report.before == len(plain.collectives)  # the zoo has no duplicate or block-read all-reduce
     assert report.after == len(prog.collectives) <= report.before
     if plan == "dp":  # the data-parallel gradients become one bucket
@@ -217,3 +217,74 @@ def test_fused_qkv_bias_gradients_reduce_scatter_into_their_strided_layout():
     assert [c.bytes for c in prog.collectives if c.kind == "all_reduce"] == [4]  # the scalar loss
     for got, want in zip(prog.simulate(*args), ref):
         assert_close(got, want, 1e-5)
+
+
+# ---- the latency-hiding scheduler ----------------------------------------------------------------
+
+def _fsdp_program(passes=("cse", "reduce_scatter", "combine")):
+    m, g, args, ref = captured("gpt2")
+    return shardc.partition(g, Mesh(dp=2, tp=2), m.tp_specs(), "fsdp", passes=passes), args, ref
+
+
+def test_scheduler_model_is_the_timeline_and_the_memory_model_of_its_order():
+    """The scheduler's modeled step is analyze's timeline of the order it returns, its peak is
+    analyze's liveness peak of that order, and the order only moves collectives earlier in
+    modeled time: the step does not grow."""
+    from shardc.analysis.analyze import op_pricer
+    from shardc.analysis.cost import timeline
+    from shardc.analysis.memory import donations, liveness
+    from shardc.ir.graph import Graph
+    from shardc.partition.passes_schedule import list_schedule
+    prog, args, ref = _fsdp_program()
+    local, price = prog.local, op_pricer("h200", prog.mesh)
+    donated = {local.inputs[i] for i in donations(prog.graph).values()}
+    before = max(e.start + e.duration for e in timeline(local, seconds=price))
+    for limit in (1e12, 0.0):
+        order, step, peak = list_schedule(local, price, limit, donated)
+        assert sorted(map(id, order)) == sorted(map(id, local.nodes))
+        pos = {n: i for i, n in enumerate(order)}
+        assert all(pos[i] < pos[n] for n in order for i in n.inputs)
+        new = Graph(order, local.inputs, local.outputs, local.output_names, "s", local.mesh_axes)
+        new.scheduled = True
+        assert step == pytest.approx(max(e.start + e.duration for e in timeline(new, seconds=price)), rel=1e-12)
+        assert peak == liveness(prog.graph, new)[0]
+        if limit:  # (with no memory to spare, starts wait for their place: a later step is the price)
+            assert step <= before * (1 + 1e-9)
+    assert order == local.nodes  # no memory to spare: the program order itself
+
+
+def test_scheduler_keeps_the_peak_under_the_memory_limit():
+    from shardc.analysis.memory import liveness
+    from shardc.partition.passes_schedule import schedule
+    prog, args, ref = _fsdp_program()
+    in_order = liveness(prog.graph, prog.local)[0]
+    free = _fsdp_program()[0]
+    schedule(free, limit=1e12)
+    unbounded = liveness(free.graph, free.local)[0]
+    assert unbounded > in_order  # with memory to spare, the gathers start early and stay live
+    limit = (in_order + unbounded) / 2
+    report = schedule(prog, limit=limit)
+    assert liveness(prog.graph, prog.local)[0] <= limit and "over the limit" not in report.summary
+    assert prog.local.scheduled
+    for got, want in zip(prog.simulate(*args), ref):
+        assert_close(got, want, 1e-5)
+
+
+def test_engines_start_a_scheduled_collective_at_its_place():
+    """Unscheduled: a collective starts as soon as its operand exists. Scheduled: where the
+    scheduler put it (here after the two negations); its wait stays just before its reader."""
+    from shardc.ir.graph import Graph
+    from shardc.runtime.schedule import schedule as steps_of
+    b = GraphBuilder("place", {"x": 2})
+    x = b.parameter("x", (4,), DType.f32)
+    n1 = b.add(Op.NEG, [x])
+    n2 = b.add(Op.NEG, [n1])
+    ag = b.add(Op.ALL_GATHER, [x], axes=("x",), dim=0)
+    out = b.add(Op.MUL, [ag, b.add(Op.CONCATENATE, [n2, n2], axis=0)])
+    g = b.build([out])
+    plain = [(s.kind, s.node.op.value) for s in steps_of(g)]
+    assert plain[:2] == [("start", "all_gather"), ("op", "neg")]
+    g.scheduled = True
+    placed = [(s.kind, s.node.op.value) for s in steps_of(g)]
+    assert placed[:4] == [("op", "neg"), ("op", "neg"), ("start", "all_gather"), ("op", "concatenate")]
+    assert placed[4:] == [("wait", "all_gather"), ("op", "mul")]

@@ -1,0 +1,193 @@
+"""The latency-hiding scheduler: orders the per-device program so that collectives run while
+independent compute does, as XLA's latency-hiding scheduler, under a per-device memory limit.
+
+A collective is split into its start (its place in the scheduled order) and its done (just
+before its first reader). The scheduler is a list scheduler over the cost model (the hardware-
+and topology-aware pricing of shardc.analysis): one compute stream, one stream of collectives;
+a modeled clock for each.
+
+- A collective starts as soon as its operand is ready (critical ones first), unless its result
+  would push live memory past the limit: then it waits until memory is freed (an FSDP
+  all-gather of a later layer's parameters starts as early as memory allows: prefetch).
+- Compute picks, among the ops whose operands are ready now, the one with the longest path to
+  the end (critical path first; collective times count on that path, so the ops whose results
+  feed a long collective go first); when every ready op waits on a collective, the one whose
+  operands arrive first. An op that would pass the memory limit yields to the earliest op of
+  the original order.
+
+The scheduled program is marked `scheduled`: every engine (runtime/schedule.py) and the
+analysis timeline start each collective at its place in the order instead of as soon as its
+operand exists, so the order (and the memory bound) is what runs.
+"""
+from __future__ import annotations
+
+import heapq
+
+from ..ir import Graph, Node, Op
+from ..analysis.cost import PASS_THROUGH
+from ..ir.ops import COLLECTIVES
+from .passes_common import PassReport
+from .program import SpmdProgram
+
+MEMORY_MARGIN = 0.10  # of the device's HBM, left for what the model does not count (workspace, fragmentation)
+
+
+def _bottom_levels(g: Graph, users, seconds) -> dict[Node, float]:
+    """Longest modeled time from each node's start to the end of the program."""
+    bottom: dict[Node, float] = {}
+    for n in reversed(g.nodes):
+        bottom[n] = seconds(n) + max((bottom[u] for u in users[n]), default=0.0)
+    return bottom
+
+
+def memory_limit(hardware) -> float:
+    from ..analysis import hardware as hwmod
+    return hwmod.get(hardware).hbm_bytes * (1 - MEMORY_MARGIN)
+
+
+def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple[list[Node], float, int]:
+    """(order, modeled makespan, peak live bytes) of `g` under the policy above. Live bytes count
+    as analysis/memory.py's liveness does (inputs live from the start, `donated` ones freed after
+    their last reader, outputs held), so the peak is what `analyze` reports for the order."""
+    index = {n: i for i, n in enumerate(g.nodes)}
+    users: dict[Node, list[Node]] = {n: [] for n in g.nodes}
+    for n in g.nodes:
+        for i in dict.fromkeys(n.inputs):
+            users[i].append(n)
+    bottom = _bottom_levels(g, users, seconds)
+    left = {n: len(set(n.inputs)) for n in g.nodes}
+    readers_left = {n: len(users[n]) for n in g.nodes}
+    held = (set(g.inputs) - set(donated)) | set(g.outputs)
+    done_at: dict[Node, float] = {}
+    live = peak = sum(p.nbytes for p in g.inputs)
+    order: list[Node] = []
+    placed: set[Node] = set()
+    t_compute = t_comm = 0.0
+    colls: list = []   # ready collectives: (-bottom, index, node)
+    now: list = []     # compute whose operands are ready by t_compute: (-bottom, index, node)
+    later: list = []   # compute waiting on operands: (ready time, index, node)
+    first: list = []   # every ready op by original index (what goes when memory is short)
+
+    def top(heap):
+        """The heap's first entry not yet placed (placed ones are dropped lazily)."""
+        while heap and heap[0][-1] in placed:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def place(n: Node, start: float, duration: float):
+        nonlocal live, peak
+        order.append(n)
+        placed.add(n)
+        done_at[n] = start + duration
+        if n.op is not Op.PARAMETER:
+            live += n.nbytes
+            peak = max(peak, live)
+        for i in set(n.inputs):  # operands whose last reader this was are freed
+            readers_left[i] -= 1
+            if readers_left[i] == 0 and i not in held:
+                live -= i.nbytes
+        if not users[n] and n not in held and n.op is not Op.PARAMETER:
+            live -= n.nbytes
+        for u in users[n]:
+            left[u] -= 1
+            if left[u] == 0:
+                ready(u)
+
+    def ready(u: Node):
+        heapq.heappush(first, (index[u], u))
+        if u.op in COLLECTIVES:
+            heapq.heappush(colls, (-bottom[u], index[u], u))
+        else:
+            heapq.heappush(later, (max((done_at[i] for i in u.inputs), default=0.0), index[u], u))
+
+    def start_collective(c: Node):
+        nonlocal t_comm
+        start = max(done_at[c.inputs[0]], t_comm, t_compute)
+        t_comm = start + seconds(c)
+        place(c, start, seconds(c))
+
+    def run(n: Node):
+        nonlocal t_compute
+        ready_at = max((done_at[x] for x in n.inputs), default=0.0)
+        if n.op in PASS_THROUGH:  # a view or a leaf: takes no time on the stream (as the timeline)
+            place(n, ready_at, 0.0)
+            return
+        start = max(ready_at, t_compute)
+        t_compute = start + seconds(n)
+        place(n, start, seconds(n))
+
+    for p in g.inputs:
+        place(p, 0.0, 0.0)
+    for n in g.nodes:
+        if not n.inputs and n.op is not Op.PARAMETER:
+            ready(n)
+    while len(order) < len(g.nodes):
+        # collectives first: each starts once its operand is ready, if its result fits in memory
+        deferred = []
+        while top(colls):
+            item = heapq.heappop(colls)
+            if live + item[-1].nbytes > limit:
+                deferred.append(item)
+            else:
+                start_collective(item[-1])
+        for item in deferred:
+            heapq.heappush(colls, item)
+        while top(later) and later[0][0] <= t_compute:
+            _, i, n = heapq.heappop(later)
+            heapq.heappush(now, (-bottom[n], i, n))
+        if not top(now) and top(later):  # every ready op waits on a collective: the first able to go
+            _, i, n = heapq.heappop(later)
+            heapq.heappush(now, (-bottom[n], i, n))
+        n = top(now)[-1] if top(now) else None
+        if n is None or live + n.nbytes > limit:
+            # memory is short (or only held-back collectives are left): the original order decides
+            if top(first) is None:
+                break  # nothing is ready: a cycle (reported below)
+            n = top(first)[-1]
+            if n.op in COLLECTIVES:
+                start_collective(n)
+                continue
+        run(n)
+    if len(order) != len(g.nodes):
+        from ..errors import ShardingError
+        raise ShardingError(f"schedule: placed {len(order)} of {len(g.nodes)} nodes (a dependency cycle?)")
+    return order, max(done_at.values(), default=0.0), peak
+
+
+def schedule(prog: SpmdProgram, hardware=None, limit: float | None = None) -> PassReport:
+    """Reorder `prog.local` by `list_schedule` on `hardware` (default: the one `partition` was
+    given) within `limit` bytes per device (default: its HBM less MEMORY_MARGIN)."""
+    from ..analysis.analyze import op_pricer
+    from ..analysis.cost import timeline
+    from ..analysis.memory import donations
+    hardware = hardware or getattr(prog, "hardware", None) or "h200"
+    limit = memory_limit(hardware) if limit is None else limit
+    g = prog.local
+    donated = {g.inputs[i] for i in donations(prog.graph).values()}
+    pricer, memo = op_pricer(hardware, prog.mesh), {}
+
+    def price(n: Node) -> float:
+        if n not in memo:
+            memo[n] = pricer(n)
+        return memo[n]
+
+    before = _makespan(timeline(g, seconds=price))
+    budget = limit
+    for _ in range(6):  # what went early can pile up later: lower the budget by the overshoot
+        order, after, peak = list_schedule(g, price, budget, donated)  # after == the new order's timeline
+        if peak <= limit or budget == 0:
+            break
+        budget = max(0.0, budget - (peak - limit) * 1.5)
+    if peak > limit and budget > 0:  # program order (a budget of 0) is the fallback
+        order, after, peak = list_schedule(g, price, 0.0, donated)
+    fits = "" if peak <= limit else "; over the limit even in program order"
+    new = Graph(order, g.inputs, g.outputs, g.output_names, g.name, g.mesh_axes, g.bound, g.flatten_args)
+    new.scheduled = True
+    prog.local = new
+    n = len(prog.collectives)
+    return PassReport("schedule", n, n, f"modeled step {before * 1e6:.1f} → {after * 1e6:.1f} µs on {hardware}, "
+                                        f"peak live {peak / 1e6:.4g} MB (limit {limit / 1e6:.4g} MB{fits})")
+
+
+def _makespan(events) -> float:
+    return max((e.start + e.duration for e in events), default=0.0)
