@@ -11,12 +11,14 @@ what the program computes (the simulator checks it), and says what it changed in
                     gradient buckets: operands flattened and concatenated, one all-reduce, the
                     results sliced back out. A bucket is emitted where its last member was; what
                     reads an earlier member waits for it (a stable topological order keeps
-                    everything else where it was).
+                    everything else where it was). The threshold is the cost model's choice
+                    (`choose_threshold`: smaller buckets where they overlap the backward).
 
 Passes are named in PASSES; `partition(..., passes="default")` runs DEFAULT, `passes=()` none.
 """
 from __future__ import annotations
 
+import copy
 import heapq
 
 from .. import flags
@@ -77,12 +79,53 @@ def _combined(members: list[Node], operand: dict[Node, Node], mesh_axes: dict) -
     return made, results
 
 
-def combine_all_reduces(prog: SpmdProgram, threshold: int = XLA_COMBINE_THRESHOLD) -> PassReport:
+def choose_threshold(prog: SpmdProgram) -> tuple[int, str]:
+    """The bucket threshold the cost model prefers, and why: XLA's 30 MiB, or a fraction of the
+    largest kind's all-reduce bytes (1/2 ... 1/16) when smaller buckets, started while the
+    backward still runs, give a shorter modeled step under the scheduler (the last bucket is all
+    that must wait for the end). Not searched where splitting cannot pay: where the extra start-up
+    of a second bucket costs more than the most it could hide (small, latency-bound steps)."""
+    from ..analysis.analyze import op_pricer
+    from .passes_schedule import list_schedule
+    groups: dict[tuple, list[Node]] = {}
+    for n in prog.local.nodes:
+        if n.op is Op.ALL_REDUCE:
+            groups.setdefault((tuple(n.attrs["axes"]), n.dtype, n.attrs.get("reduce", "sum")), []).append(n)
+    if not groups:
+        return XLA_COMBINE_THRESHOLD, "XLA's default"
+    members = max(groups.values(), key=lambda ms: sum(m.nbytes for m in ms))
+    total = sum(m.nbytes for m in members)
+    price = op_pricer(prog.hardware or "h200", prog.mesh)
+    def flat(nbytes: int) -> Node:  # an all-reduce of `nbytes`, to price
+        x = Node(Op.PARAMETER, [], {}, (nbytes // members[0].dtype.itemsize,), members[0].dtype)
+        return Node(Op.ALL_REDUCE, [x], members[0].attrs, x.shape, x.dtype)
+
+    whole, half = price(flat(total)), price(flat(total // 2))
+    if 2 * half - whole >= whole - half:
+        return XLA_COMBINE_THRESHOLD, "XLA's default (latency-bound: smaller buckets cannot pay)"
+    cands = sorted({min(XLA_COMBINE_THRESHOLD, -(-total // k)) for k in (1, 2, 4, 8, 16)} | {XLA_COMBINE_THRESHOLD},
+                   reverse=True)
+    best = None
+    for t in cands:
+        trial = copy.copy(prog)
+        combine_all_reduces(trial, t)
+        step = list_schedule(trial.local, price, float("inf"))[1]
+        if best is None or step < best[0] * (1 - 1e-3):  # a smaller bucket must pay for itself
+            best = (step, t)
+    return best[1], f"chosen by the cost model ({best[0] * 1e6:.4g} µs modeled)"
+
+
+def combine_all_reduces(prog: SpmdProgram, threshold: int | None = XLA_COMBINE_THRESHOLD) -> PassReport:
+    """Combine with `threshold` bytes per bucket (None: `choose_threshold`'s)."""
+    why = ""
+    if threshold is None:
+        threshold, why = choose_threshold(prog)
+        why = f"; threshold {threshold} B: {why}"
     g = prog.local
     before = len(prog.collectives)
     buckets = _buckets(g, threshold)
     if not buckets:
-        return PassReport("combine", before, before, "nothing to combine")
+        return PassReport("combine", before, before, "nothing to combine" + why)
     index = {n: i for i, n in enumerate(g.nodes)}
     bucket_of = {m: b for b, members in enumerate(buckets) for m in members}
     # items to order: every node outside a bucket, and each bucket as one item at its last member
@@ -129,7 +172,7 @@ def combine_all_reduces(prog: SpmdProgram, threshold: int = XLA_COMBINE_THRESHOL
     after = len(prog.collectives)
     sizes = ", ".join(str(sum(m.nbytes for m in b)) for b in buckets)
     return PassReport("combine", before, after,
-                      f"{sum(len(b) for b in buckets)} all-reduces into {len(buckets)} buckets of {sizes} B")
+                      f"{sum(len(b) for b in buckets)} all-reduces into {len(buckets)} buckets of {sizes} B{why}")
 
 
 def _ledger(prog: SpmdProgram, buckets, combined: dict[int, Node], new: dict[Node, Node]) -> list[CollectiveRecord]:
@@ -156,7 +199,7 @@ def _ledger(prog: SpmdProgram, buckets, combined: dict[int, Node], new: dict[Nod
 
 
 PASSES = {"cse": eliminate_common_collectives, "reduce_scatter": create_reduce_scatters,
-          "combine": combine_all_reduces, "schedule": schedule}
+          "combine": lambda prog: combine_all_reduces(prog, None), "schedule": schedule}
 DEFAULT = ("cse", "reduce_scatter", "combine", "schedule")
 
 
