@@ -102,7 +102,7 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
 
     def start_collective(c: Node):
         nonlocal t_comm
-        start = max(done_at[c.inputs[0]], t_comm, t_compute)
+        start = max(max(done_at[i] for i in c.inputs), t_comm, t_compute)
         t_comm = start + seconds(c)
         place(c, start, seconds(c))
 
