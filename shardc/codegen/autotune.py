@@ -330,6 +330,10 @@ def tune(kernel, interpret: bool | None = None, configs: list[dict] | None = Non
     under SHARDC_TUNE=pinned nothing is timed and a kernel without a pin is an error. On a GPU
     the space is pruned first (prune=False: not at all; resources=False: by the roofline only,
     leaving shared memory and registers to the GPU's own compile, which refuses what does not fit)."""
+    if Path(kernel.path).parent.name == "pallas":
+        raise Error(f"autotune: {kernel.name} is a Pallas kernel: its block shapes are fixed in its source "
+                    "(autotune_space.pallas_space lists the candidates, each lowered for a TPU); timing "
+                    "them needs a TPU")
     if interpret is None:
         interpret = gpu_name() is None
     device = device_for(interpret)

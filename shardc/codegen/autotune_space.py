@@ -7,13 +7,17 @@
     prune_by_resources(kernel, cfgs)  compiles each config ahead of time (sm_90, no GPU needed) and
                                       drops those over the shared-memory limit or spilling registers
 
+    pallas_space(kernel)              a Pallas kernel's block shapes: its group emitted within each
+                                      VMEM budget of kernels/pallas_templates.TUNING_VMEM, one per grid
+    prune_pallas_by_lowering(cands)   drops block shapes Mosaic refuses when lowering for a TPU
+
 The roofline model is deliberately coarse: it sees what a config changes and a GPU cannot hide,
 namely tiles that overhang the problem (padded work), programs too few to fill the machine, and
 the last partial wave of programs. It never measures; it only keeps the timer off configs that
 cannot win. The default config is never dropped (the tuner compares against it).
-Pallas kernels have no space here: their block shapes are fixed when their source is written
-(codegen/pallas.py picks the largest legal blocks within the VMEM budget), and there is no TPU to
-time them on.
+A Pallas kernel's block shapes are fixed when its source is written (codegen/pallas.py picks the
+largest legal blocks within a VMEM budget), so its candidates are whole kernels, one per budget;
+timing them needs a TPU (the interpreter says nothing about one), so none is chosen here.
 """
 from __future__ import annotations
 
@@ -142,3 +146,40 @@ def ideal_s(kernel, hw) -> float:
     elif kernel.kind == "attention" and d:
         t = max(t, 2.0 * d["B"] * d["NQ"] * d["NKV"] * (d["D"] + d["DV"]) / hw.flops_for(d["dtype"]))
     return t
+
+
+def pallas_space(kernel) -> list[dict]:
+    """A Pallas kernel's block-shape candidates: its fusion group emitted within each VMEM budget
+    of the template space, one per distinct grid, the default (first budget) first. Each is
+    {"vmem_budget", "grid", "kernel"}: a Kernel written to the kernel cache (launchable,
+    lowerable), under the original's function name."""
+    from ..kernels import pallas_templates as tpl
+    from . import pallas
+    from .cache import cache_key, load_kernel_file
+    from .executable import Kernel
+    if kernel.group is None:
+        raise ValueError(f"{kernel.name}: no fusion group to re-emit (a kernel loaded on a rank)")
+    out, grids = [], set()
+    for budget in tpl.TUNING_VMEM:
+        with pallas.vmem_budget(budget):
+            em = pallas.emit(kernel.group, kernel.name)
+        if em.grid in grids:
+            continue
+        grids.add(em.grid)
+        key = cache_key(em.source, "pallas")
+        path = load_kernel_file(key, f"{kernel.name}_vmem{budget}", em.source, "pallas")
+        out.append({"vmem_budget": budget, "grid": em.grid, "kernel": Kernel.emitted(kernel.name, em, kernel.group, path, key)})
+    return out
+
+
+def prune_pallas_by_lowering(candidates: list[dict]) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """(kept, [(dropped, why)]): each candidate lowered for a TPU (Mosaic, no TPU needed)."""
+    from .pallas import export_for_tpu
+    kept, dropped = [], []
+    for c in candidates:
+        try:
+            export_for_tpu(c["kernel"])
+            kept.append(c)
+        except Exception as e:  # noqa: BLE001  (Mosaic's refusal is the answer)
+            dropped.append((c, f"Mosaic lowering: {type(e).__name__}: {e}"[:300]))
+    return kept, dropped

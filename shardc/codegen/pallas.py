@@ -19,6 +19,8 @@ UnsupportedOpError naming the op (bool dot_general, bool scatter, integer pow, i
 beyond 32 bits)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
@@ -35,6 +37,20 @@ from .pallas_expr import HALF, JNP_COMPUTE, JNP_STORAGE, DimClasses, Val, ValueE
 def key_text() -> str:
     """What besides the group's IR decides the generated text (cache key salt)."""
     return f"pallas vmem_budget={tpl.VMEM_BUDGET}"
+
+
+_VMEM_BUDGET: contextvars.ContextVar = contextvars.ContextVar("shardc_pallas_vmem_budget", default=None)
+
+
+@contextlib.contextmanager
+def vmem_budget(nbytes: int):
+    """Emit kernels whose blocks are chosen within `nbytes` of VMEM instead of tpl.VMEM_BUDGET
+    (the autotuner's Pallas block-shape space, codegen/autotune_space.py)."""
+    token = _VMEM_BUDGET.set(int(nbytes))
+    try:
+        yield
+    finally:
+        _VMEM_BUDGET.reset(token)
 
 
 def _indent(lines: list[str], n: int) -> str:
@@ -117,7 +133,8 @@ class _Builder:
             return total + scratch_bytes(lambda n: tuple(blocks[index[(n, d)]] if (n, d) in index else n.shape[d]
                                                          for d in range(n.rank)))
 
-        blocks = tpl.choose_blocks([(size, legal) for _, size, legal, _ in chosen], nbytes, tpl.VMEM_BUDGET)
+        budget = _VMEM_BUDGET.get() or tpl.VMEM_BUDGET
+        blocks = tpl.choose_blocks([(size, legal) for _, size, legal, _ in chosen], nbytes, budget)
         tiled = [(c, b) for c, b in zip(chosen, blocks) if b < c[1]]
         tiled.sort(key=lambda t: t[0][3] == "arbitrary")  # reduction axes last
         for axis, ((members, size, _, sem), b) in enumerate(tiled):

@@ -96,6 +96,8 @@ def {name}({params}):
 '''
 
 VMEM_BUDGET = 4 << 20  # bytes of blocks per grid step (double-buffered by the pipeline: x2)
+# the block-shape tuning space: blocks chosen within each budget (smaller: more, smaller grid steps)
+TUNING_VMEM = (VMEM_BUDGET, VMEM_BUDGET // 4, VMEM_BUDGET // 16)
 
 
 def legal_blocks(size: int, positions: list[tuple[int, int]]) -> list[int]:

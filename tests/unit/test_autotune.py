@@ -243,3 +243,24 @@ def test_pinned_configs_are_reproduced(timer_calls, monkeypatch):
     monkeypatch.setenv("SHARDC_TUNE", "sometimes")
     with pytest.raises(shardc.Error, match="SHARDC_TUNE='sometimes'"):
         autotune.mode()
+
+
+def test_pallas_block_shapes_are_candidates_that_lower_for_tpu(rng):
+    from shardc.codegen import autotune_space, pallas
+    from shardc.kernels import pallas_templates as tpl
+    (k,) = shardc.compile(partition(_graph(m=64, k=1024, n=512), Mesh(dp=1)), "pallas").kernels
+    cands = autotune_space.pallas_space(k)
+    assert cands[0]["vmem_budget"] == tpl.VMEM_BUDGET and cands[0]["kernel"].source == k.source  # the default first
+    grids = [c["grid"] for c in cands]
+    assert len(grids) == len(set(grids)) >= 2  # smaller budgets: more, smaller blocks
+    steps = [int(np.prod(g)) for g in grids]
+    assert steps[0] == 1 and steps == sorted(steps)  # 64x1024 @ 1024x512 f32 whole in 4 MiB, then tiled
+    kept, dropped = autotune_space.prune_pallas_by_lowering(cands)
+    assert dropped == [] and kept == cands  # every legal block shape lowers for a TPU
+    x = rng.standard_normal((64, 1024)).astype(np.float32)
+    w = rng.standard_normal((1024, 512)).astype(np.float32)
+    outs = [pallas.launch(c["kernel"], [x, w], [])[0] for c in cands]
+    for c, got in zip(cands, outs):  # each candidate computes the same kernel (f32 sums of 1024 terms)
+        assert rel_err(got, np.tanh(x.astype(np.float64) @ w)) <= 1e-4, c["grid"]
+    with pytest.raises(shardc.Error, match="Pallas kernel"):
+        autotune.tune(k, interpret=True)
