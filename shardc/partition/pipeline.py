@@ -163,7 +163,10 @@ def partition_pipeline(g: Graph, mesh: Mesh, specs, plan, pipeline: Pipeline, pa
     inner_mesh = Mesh({(MB if a == pl.axis else a): (m if a == pl.axis else n) for a, n in mesh.axes.items()})
     inner_specs = _microbatch_specs(g, mesh, inner_mesh, dict(specs or {}), pl.axis, m)
     inner = _partition(g, inner_mesh, inner_specs, None)
-    return build(g, mesh, pl, inner, p)
+    prog = build(g, mesh, pl, inner, p)
+    if passes == "default":
+        prog.notes.append("collective passes: not run inside pipeline stages (a bucket would span stages)")
+    return prog
 
 
 def _microbatch_specs(g, mesh, inner_mesh, specs, axis, m) -> dict:
@@ -193,6 +196,18 @@ def _microbatch_specs(g, mesh, inner_mesh, specs, axis, m) -> dict:
 
 
 def build(g, mesh, pl, inner, p) -> PipelineProgram:
+    """The pipeline program of `inner` (the per-microbatch SPMD program) over p stages; gradients
+    of a parameter used on several stages are then accumulated on each (pipeline_shared.py)."""
+    from .pipeline_shared import split_shared_gradients
+    inner = getattr(inner, "unsplit", inner)      # a program's inner, rebuilt for other stages
+    prog = _build(g, mesh, pl, inner, p)
+    split = split_shared_gradients(prog)
+    return prog if split is None else _build(g, mesh, pl, split[0], p, split[1])
+
+
+def _build(g, mesh, pl, inner, p, fixed=None) -> PipelineProgram:
+    """`fixed`: {node: stage} for backward and step nodes placed by pipeline_shared."""
+    fixed = fixed or {}
     local = inner.local
     users = local.users()
     live = _ancestors(local.outputs)
@@ -301,6 +316,9 @@ def build(g, mesh, pl, inner, p) -> PipelineProgram:
         pins[o] = max(pins.get(o, 0), want)
     for n in reversed(local.nodes):
         if n in stage or n not in live or not (n in mbdep or n in post):
+            continue
+        if n in fixed:
+            stage[n] = fixed[n]
             continue
         us = [stage[u] for u in users.get(n, ()) if u in stage]
         if n in pins:

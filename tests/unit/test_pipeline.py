@@ -71,6 +71,10 @@ def test_gpt2_sgd_pp4(gpt2_sgd, schedule):
         assert any(t.src == s and t.dst == s + 1 and t.phase == "F" and t.bytes == act for t in prog.transfers)
         assert any(t.src == s + 1 and t.dst == s and t.phase == "B" and t.bytes == act for t in prog.transfers)
     assert all(t.count == 8 for t in prog.transfers if t.phase != "step")
+    # the tied head's share of the embedding gradient: accumulated on the last stage, sent once per
+    # step (not the [mb, seq, vocab] logits' gradient every microbatch)
+    tied = [t for t in prog.transfers if t.src == 3 and t.dst == 0]
+    assert [(t.phase, t.count, t.node.shape) for t in tied] == [("step", 1, (m.config.vocab_size, 32))]
 
 
 def test_gpt2_sgd_pp2_dp2_tp2_split_points(gpt2_sgd):
