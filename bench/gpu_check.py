@@ -19,7 +19,8 @@ memory-bound kernels at least 80% of the measured copy bandwidth, matmuls at lea
 torch.matmul's speed, the GPT-2 layer at least 1.1x torch.compile's. Exit code: 0 when every
 result is right and every bar is met, 1 when a result is wrong or a step failed, 2 when only a
 bar is missed. Writes bench/results/gpu_check.json. --rehearse runs the same steps on a CPU
-machine (interpreter, small sizes, no tuning) to check the script itself before a GPU is lent.
+machine (interpreter, small sizes, no tuning) to check the script itself before a GPU is lent
+(exit 0 when every result is right: interpreter times cannot meet a GPU's bars).
 """
 from __future__ import annotations
 
@@ -174,6 +175,9 @@ def main(argv=None) -> int:
     print(summary(rows, checks, m))
     if any("error" in r or not r.get("ok", True) for r in rows):
         return 1
+    if a.rehearse:  # interpreter times: the bars say nothing about a GPU
+        print("rehearsal: every step ran and every result is right; the bars above are interpreter figures")
+        return 0
     return 0 if all(c["pass"] for c in checks) else 2
 
 
