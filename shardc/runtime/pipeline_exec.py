@@ -238,7 +238,7 @@ def run_pipeline_torch(prog, *args, timeout_s: float = 300.0, trace: list | None
                     f"got {type(prog).__name__}")
     pays, info = _payloads(prog, prog.graph.input_values(*args))
     if in_distributed_job(prog.mesh):
-        from .pipeline_job import run_in_job
+        from .job import run_in_job
         got = run_in_job(pays, timeout_s)
     else:
         got = _run_local(pays, info, timeout_s)

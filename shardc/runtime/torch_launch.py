@@ -516,7 +516,7 @@ def _run_in_job(prog, args, trace, fault, exe=None, on_gpu: bool = False) -> lis
     import torch
     import torch.distributed as dist
 
-    from .torch_exec import PlanExecutor, RankExecutor, RankGroups
+    from .torch_exec import InjectedFault, PlanExecutor, RankExecutor, RankGroups
     from .torch_ops import to_numpy, to_torch
     device = "cpu"
     if on_gpu:
@@ -538,9 +538,19 @@ def _run_in_job(prog, args, trace, fault, exe=None, on_gpu: bool = False) -> lis
         ex = _JOB_EXECUTORS[what] = (RankExecutor(prog.local, mesh, rank, groups) if exe is None
                                      else PlanExecutor(exe.plan, prog.local, mesh, rank, groups, device=device))
     mine = [] if trace is not None else None
-    outs = [to_numpy(o) for o in ex.run([to_torch(b) for b in blocks[rank]], trace=mine, fault=fault)]
-    every: list = [None] * mesh.size
-    dist.all_gather_object(every, outs)
+    from .job import failure, job_state
+    roster, beat = job_state()       # who each rank is, and heartbeats: a dead peer is named (job.py)
+    try:
+        outs = [to_numpy(o) for o in ex.run([to_torch(b) for b in blocks[rank]], trace=mine, fault=fault)]
+        every: list = [None] * mesh.size
+        dist.all_gather_object(every, outs)
+    except Exception as e:
+        cause = e.__cause__ if isinstance(e, RankError) else e
+        if isinstance(cause, (Error, InjectedFault)):     # this rank's own error, not a lost peer
+            raise
+        doing = {"what": getattr(e, "doing", None) or "gathering the outputs",
+                 "peers": [r for r in range(mesh.size) if r != rank]}
+        raise failure(rank, roster, doing, cause or e, beat) from e
     if trace is not None:
         traces: list = [None] * mesh.size
         dist.all_gather_object(traces, mine)

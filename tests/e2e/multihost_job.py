@@ -3,6 +3,8 @@
     torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d ... multihost_job.py torch [die]
     multihost_job.py jax PROCESS_ID COORDINATOR [die]      (2 processes x 4 CPU devices)
 
+(`die-spmd` for torch: the second host dies in a step of the plain SPMD program instead.)
+
 Every process builds the same training step and pipeline program (a host per stage) and runs
 shardc.check on the job's engine (torch_pipeline / jax_pipeline; on JAX also the plain SPMD
 program on the jax engine). With `die`, the processes of the second host announce
@@ -49,7 +51,7 @@ def pipeline_program(g, tp: int = 1):
                             pipeline=shardc.Pipeline("pp", 2, "1f1b"))
 
 
-def torch_main(die: bool):
+def torch_main(die: bool, spmd: bool = False):
     import torch.distributed as dist
 
     import shardc
@@ -58,14 +60,17 @@ def torch_main(die: bool):
     prog = pipeline_program(g)
     shardc.check(prog, *args, engine="torch_pipeline", timeout_s=60)
     tp = {n: shardc.P(None, "tp") for n in g.input_names if "layers." in n}
-    spmd = shardc.partition(g, shardc.Mesh({"dp": 2, "tp": 2}), {"x": shardc.P("dp"), "y": shardc.P("dp"), **tp})
-    shardc.check(spmd, *args, engine="torch")
+    spmd_prog = shardc.partition(g, shardc.Mesh({"dp": 2, "tp": 2}), {"x": shardc.P("dp"), "y": shardc.P("dp"), **tp})
+    shardc.check(spmd_prog, *args, engine="torch")
     print(f"rank {rank} node {node} check ok", flush=True)
     if die:    # a second step: the second host stops in it, then the test kills it (the host "dies")
         print(f"rank {rank} node {node} pid {os.getpid()} ready", flush=True)
         if node == 1:
             time.sleep(600)
-        shardc.check(prog, *args, engine="torch_pipeline", timeout_s=60)
+        if spmd:
+            shardc.check(spmd_prog, *args, engine="torch")
+        else:
+            shardc.check(prog, *args, engine="torch_pipeline", timeout_s=60)
     print(f"rank {rank} of {dist.get_world_size()} node {node} ok", flush=True)
     dist.barrier()
     dist.destroy_process_group()
@@ -96,7 +101,7 @@ def jax_main(process_id: int, coordinator: str, die: bool):
 
 if __name__ == "__main__":
     if sys.argv[1] == "torch":
-        torch_main("die" in sys.argv[2:])
+        torch_main("die" in sys.argv[2:] or "die-spmd" in sys.argv[2:], "die-spmd" in sys.argv[2:])
     else:
         from shardc.runtime import RankError
         try:

@@ -63,6 +63,29 @@ def _finish(procs, timeout_s):
             raise AssertionError(f"process {p.pid} did not exit within {timeout_s} s after the host died")
 
 
+def test_failure_report_names_the_dead_ranks():
+    """The report a surviving rank raises (runtime/job.py), from the roster and the heartbeats."""
+    from shardc.runtime import RankError, RankTimeoutError
+    from shardc.runtime.job import failure
+
+    class Beat:
+        def __init__(self, dead):
+            self._dead = dead
+
+        def dead(self):
+            return self._dead
+    roster = [{"host": "a", "node": 0, "pid": 10}, {"host": "a", "node": 0, "pid": 11},
+              {"host": "b", "node": 1, "pid": 20}, {"host": "b", "node": 1, "pid": 21}]
+    doing = {"what": "recv of x from rank 2", "peers": [2]}
+    e = failure(0, roster, doing, RuntimeError("Connection closed by peer"), Beat([2, 3]))
+    assert type(e) is RankError and e.rank == 2 and e.kind == "died"
+    assert str(e).startswith("rank 0 (node 0, host a, pid 10): recv of x from rank 2 failed; the peer stopped: "
+                             "rank 2 (node 1, host b, pid 20), rank 3 (node 1, host b, pid 21)")
+    e = failure(1, roster, doing, RuntimeError("Timed out waiting 60000ms"), Beat(None))   # the store died too
+    assert isinstance(e, RankTimeoutError) and e.rank == 2 and e.kind == "raised"
+    assert "cannot reach the job's store" in str(e) and "its peers: rank 2 (node 1, host b, pid 20)" in str(e)
+
+
 @pytest.mark.slow
 def test_torchrun_two_nodes_and_a_dead_host(tmp_path):
     port = _port()

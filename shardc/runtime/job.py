@@ -1,5 +1,6 @@
-"""The torch pipeline engine inside a torch.distributed job of many hosts (torchrun --nnodes N,
-SLURM + torchrun): this process runs its own rank's stages, every rank gets the global outputs.
+"""Runs inside a torch.distributed job of many hosts (torchrun --nnodes N, SLURM + torchrun): the
+pipeline engine's `run_in_job` (this process runs its own rank's stages, every rank gets the global
+outputs), and for it and the SPMD engine (torch_launch) the report of a peer that died.
 
 A peer that dies is reported by name. On the first run every rank publishes who it is (host,
 node, pid) to all others, and a heartbeat thread bumps a counter in the job's c10d store for the
@@ -112,11 +113,12 @@ def run_in_job(pays: list[dict], timeout_s: float) -> dict:
         doing.update(what="gathering the outputs", peers=[r for r in range(world) if r != rank])
         dist.all_gather_object(every, mine)
     except Exception as e:
-        raise _failure(rank, roster, doing, e, beat) from e
+        raise failure(rank, roster, doing, e, beat) from e
     return dict(enumerate(every))
 
 
-def _failure(rank, roster, doing, err, beat) -> RankError:
+def failure(rank, roster, doing, err, beat) -> RankError:
+    """The RankError for an operation that raised: names the ranks whose heartbeat stopped."""
     dead = beat.dead()
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     me = name(rank, roster[rank])
