@@ -140,3 +140,34 @@ def dot_rows(grp, choose):
         cfg = choose(interpret)
         return cfg if interpret else {**cfg, "BM": max(16, cfg["BM"])}
     return chosen
+
+
+def epilogue_index(r: Node, d: Node, d_idx: tuple) -> tuple | None:
+    """The index of epilogue root `r` at which it reads dot `d` at `d_idx`, where `r` reaches `d`
+    through same-shape elementwise ops and transposes only (an optimizer update of a weight whose
+    gradient is the transpose of the dot's result); None otherwise."""
+    from ..ir import Op
+    from ..ir.ops import ELEMENTWISE
+    found, stack, seen = set(), [(r, tuple(range(r.rank)))], set()
+    while stack:
+        n, dims = stack.pop()
+        if (n, dims) in seen:
+            continue
+        seen.add((n, dims))
+        if n is d:
+            found.add(dims)
+            continue
+        if n.op is Op.TRANSPOSE:
+            sub = [0] * n.rank
+            for j, p in enumerate(n.attrs["perm"]):
+                sub[p] = dims[j]
+            stack.append((n.inputs[0], tuple(sub)))
+        elif n.op in ELEMENTWISE:
+            stack += [(x, dims) for x in n.inputs if x.shape == n.shape]
+    if len(found) != 1 or r.rank != d.rank:
+        return None
+    (dims,) = found
+    idx = [None] * r.rank
+    for k, j in enumerate(dims):
+        idx[j] = d_idx[k]
+    return tuple(idx)

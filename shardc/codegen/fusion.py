@@ -281,9 +281,9 @@ class Planner:
         internal = set().union(*(m["internal"] for m in self.attention.values())) if self.attention else set()
         fused_recompute.mark_recomputed(g, self.users, internal)
         for n in g.nodes:
-            if n.op in COLLECTIVES or (n.op is Op.SCATTER and not inlinable(n)):
+            if n.op in COLLECTIVES or (n.op is Op.SCATTER and not inlinable(n) and not _is_splat(n.inputs[0])):
                 for x in (n.inputs if n.op in COLLECTIVES else n.inputs[:1]):
-                    self._materialize(x)
+                    self._materialize(x)  # (a scatter into a splat fills its output instead)
             if n.op in (Op.DOT_GENERAL, Op.SCATTER) and n not in internal and not inlinable(n):
                 self.roots.add(n)
             if n.op is Op.DOT_GENERAL and n not in internal and n not in self.attention:
@@ -397,8 +397,8 @@ class Planner:
                                       "flash attention: QKᵀ, score ops, online softmax and ·V in one pass; "
                                       "scores stay on chip", pv, m))
         for s in sorted((r for r in self.roots if r.op is Op.SCATTER and not inlinable(r)), key=self.order.get):
-            nodes, leaves = [s], [s.inputs[0]]
-            for x in s.inputs[1:]:
+            nodes, leaves = [s], []
+            for x in s.inputs:
                 self._add_tree(x, nodes, leaves)
             groups.append(self._group("scatter", [s], nodes, leaves, "scatter-add with its index and update math", s))
         for r in sorted(self.roots, key=self.order.get):

@@ -247,7 +247,7 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     for r in grp.roots:
         if r in operand_roots:
             continue
-        idx = _root_index(r, d_idx, d.shape)
+        idx = fused_triton.epilogue_index(r, d, d_idx) or _root_index(r, d_idx, d.shape)
         if idx is None:
             raise CannotFuse(f"{r.describe()} does not match the dot's tile", d)
         stores.append(em.store_text(r, c.outs[r], idx, em.value(r, idx)))
@@ -367,6 +367,8 @@ def _scatter_init(grp: FusionGroup, x: Node) -> str:
     splat constant (no buffer: the planner inlines those)."""
     if x in grp.inputs:
         return f"copy_(args[{grp.inputs.index(x)}])"
+    while x.op in (Op.BROADCAST, Op.RESHAPE):  # a broadcast scalar: the planner stores no buffer
+        x = x.inputs[0]
     value = x.attrs.get("value") if x.op is Op.CONSTANT else None
     if value is None or getattr(value, "ndim", 0) != 0:
         raise CannotFuse(f"{x.describe()}: a scatter operand that is neither a buffer nor a splat constant")
