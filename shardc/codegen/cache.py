@@ -47,7 +47,8 @@ def group_ir_text(grp) -> str:
         lines.append("anchor " + names.get(grp.anchor, "?"))
     for k in sorted(grp.pattern):
         if k != "internal":
-            lines.append(f"{k} {names.get(grp.pattern[k], '?')}")
+            v = grp.pattern[k]
+            lines.append(f"{k} " + (" ".join(names.get(x, "?") for x in v) if isinstance(v, list) else names.get(v, "?")))
     return "\n".join(lines)
 
 

@@ -171,3 +171,28 @@ def epilogue_index(r: Node, d: Node, d_idx: tuple) -> tuple | None:
     for k, j in enumerate(dims):
         idx[j] = d_idx[k]
     return tuple(idx)
+
+
+def operand_sums(em, grp, lhs_idx: tuple, a_text: str) -> tuple[list[str], list]:
+    """A matmul's K-loop sums of its left operand (codegen/fused_sums.py): accumulate each one
+    from the A tile inside the loop (lines appended to the loop), and return (lines that
+    zero the accumulators before the loop, [(sum node, its index, its accumulator)])."""
+    from .triton_expr import Val
+    init, out = [], []
+    lhs = grp.anchor.inputs[0]
+    for s in grp.pattern.get("ksum", ()):
+        em.count += 1
+        acc = f"ks{em.count}"
+        init.append(f"{acc} = tl.zeros([BM, 1], tl.float32)")
+        em.lines.append(f"{acc} += tl.sum(tl.where(mask_rka & mask_rm, {a_text}, 0.0), axis=1)[:, None]")
+        kept = tuple(lhs_idx[i] for i in range(lhs.rank) if i not in s.attrs["axes"])
+        out.append((s, kept, Val(acc, {"rm"}, s.dtype)))
+    return init, out
+
+
+def computed_from(grp, sources) -> set:
+    out = set(sources)
+    for n in grp.nodes:
+        if any(i in out for i in n.inputs):
+            out.add(n)
+    return out

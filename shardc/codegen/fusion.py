@@ -25,7 +25,7 @@ import numpy as np
 
 from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES, ELEMENTWISE, REDUCE
-from . import fused_recompute
+from . import fused_recompute, fused_sums
 
 VIEW_OPS = frozenset({Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE})
 INLINE_OPS = ELEMENTWISE | VIEW_OPS | REDUCE | {Op.PAD, Op.CONCATENATE, Op.GATHER, Op.IOTA,
@@ -488,7 +488,8 @@ class Planner:
     # ------------------------------------------------------------------------------ merging
     def _merge(self, groups: list) -> list:
         """Order steps by program position; merge row-compatible pointwise/reduction groups."""
-        groups = self._into_operands(groups)
+        groups = fused_sums.into_matmuls(self._into_operands(groups), self.order, self.feasible, CannotFuse,
+                                          self._depends)
         steps = []
         for grp in groups:
             pos = max(self.order[r] for r in grp.roots) if isinstance(grp, FusionGroup) else self.order[grp.node]

@@ -224,7 +224,8 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     # K loop; reductions there loop over their row RB elements at a time
     em = ExprEmitter(tile, c.buffers, c.scalars, hoist={"rm", "rn"}, loop_reduce=("rr", "RB"))
     from_d = _computed_from(grp, d)
-    operand_roots = [r for r in grp.roots if r is not d and r not in from_d]
+    from_sums = fused_triton.computed_from(grp, grp.pattern.get("ksum", ()))  # bias gradients
+    operand_roots = [r for r in grp.roots if r is not d and r not in from_d and r not in from_sums]
     with em.block() as loop:
         lhs_idx = _operand_index(lhs.rank, lb, bidx, lf, unflatten(rm, mshape), lc,
                                  unflatten(Ix("rka", {"rka"}), kshape))
@@ -233,18 +234,30 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
         bv = em.value(rhs, _operand_index(rhs.rank, rb, bidx, rf, unflatten(rn, nshape), rc,
                                           unflatten(Ix("rkb", {"rkb"}), kshape)))
         b_text = em.full(bv, {"rkb", "rn"})
+        sums_init, sums = fused_triton.operand_sums(em, grp, lhs_idx, a_text)
         for r in operand_roots:  # a value the A tile is computed from (a residual sum): stored
             ridx = _root_index(r, lhs_idx, lhs.shape)  # once, by the first column of programs
             if ridx is None:
                 raise CannotFuse(f"{r.describe()} does not match the dot's operand tile", r)
             em.lines.append(em.store_text(r, c.outs[r], ridx, em.value(r, ridx), when="(pid_n + tl.zeros([1, 1], tl.int32) == 0)"))
-    prologue = list(em.lines)
+    prologue = list(em.lines) + sums_init
     em.lines.clear()
     if d.dtype in (DType.f16, DType.bf16):  # the dot's result is stored rounded: round it here too
         acc = em.emit(round_half("acc", d.dtype), {"rm", "rn"}, d.dtype)
     em.bound[d] = _bind(d, d_idx, acc)
     stores = []
+    for s_node, s_idx, s_val in sums:
+        if s_node.dtype in (DType.f16, DType.bf16):
+            s_val = em.emit(round_half(s_val.text, s_node.dtype), s_val.deps, s_node.dtype)
+        em.bound[s_node] = _bind(s_node, s_idx, s_val)
     for r in grp.roots:
+        if r in from_sums:  # one value per row of A: stored by the first column of programs
+            ridx = _root_index(r, sums[0][1], sums[0][0].shape)
+            if ridx is None:
+                raise CannotFuse(f"{r.describe()} does not match the operand sums' rows", r)
+            stores.append(em.store_text(r, c.outs[r], ridx, em.value(r, ridx),
+                                        when="(pid_n + tl.zeros([1, 1], tl.int32) == 0)"))
+            continue
         if r in operand_roots:
             continue
         idx = fused_triton.epilogue_index(r, d, d_idx) or _root_index(r, d_idx, d.shape)

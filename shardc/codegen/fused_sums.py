@@ -1,0 +1,73 @@
+"""Operand sums in a matmul: a bias gradient Σ_rows dY (and what an optimizer computes from it)
+is read in the same tiles as the weight gradient dYᵀ·X that contracts those rows, so it is
+summed in that matmul's K loop instead of a reduction kernel rereading dY.
+
+`into_matmuls` merges a reduction group into a matmul group when every reduction it makes of the
+matmul's left operand sums exactly over the dot's contraction dims (any further reductions only
+over size-1 dims), and its outputs have the size of the dot's left free dims. The merged group
+records those sums as `pattern["ksum"]`; the emitter accumulates them per row block beside the
+dot and stores them (with whatever elementwise ops follow) after the loop."""
+from __future__ import annotations
+
+from ..ir import Op
+from ..ir.ops import REDUCE
+
+
+def _operand_sums(m, g) -> list | None:
+    d = m.anchor
+    lhs = d.inputs[0]
+    lc = sorted(d.attrs["lhs_contract"])
+    m_size = lhs.size // max(1, _prod(lhs.shape[i] for i in lc))
+    sums, from_sums = [], set()
+    for n in g.nodes:
+        if n.op is Op.REDUCE_SUM and n.inputs[0] is lhs and sorted(n.attrs["axes"]) == lc:
+            sums.append(n)
+            from_sums.add(n)
+        elif any(i in from_sums for i in n.inputs):
+            if n.op in REDUCE and any(n.inputs[0].shape[a] != 1 for a in n.attrs["axes"]):
+                return None
+            from_sums.add(n)
+        elif n.op in REDUCE:
+            return None
+    if not sums or any(r not in from_sums or r.size != m_size for r in g.roots):
+        return None
+    return sums
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+def into_matmuls(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
+    """`depends(x, y)`: whether value x is computed from y (a merge must not make a cycle)."""
+    from .fusion import FusionGroup
+    groups = list(groups)
+    mats = [g for g in groups if isinstance(g, FusionGroup) and g.kind == "matmul" and g.anchor is not None
+            and g.anchor.op is Op.DOT_GENERAL and "qk" not in g.pattern]
+    for g in [g for g in groups if isinstance(g, FusionGroup) and g.kind == "reduction"]:
+        for m in mats:
+            if m not in groups or m.pattern.get("ksum"):
+                continue
+            sums = _operand_sums(m, g)
+            inside = set(m.nodes)  # what m computes (an operand it stores) g may read from it
+            if sums is None or any(depends(x, r) for x in g.inputs if x not in inside for r in m.roots) \
+                    or any(depends(x, r) for x in m.inputs for r in g.roots):
+                continue
+            nodes = {n: None for n in m.nodes + g.nodes}
+            ins = [x for x in dict.fromkeys(m.inputs + g.inputs) if x not in nodes]
+            merged = FusionGroup("matmul", m.roots + g.roots, sorted(nodes, key=order.get),
+                                 sorted(ins, key=order.get),
+                                 f"{m.reason}; sums its left operand over K for {g.reason.split(': ', 1)[-1]}",
+                                 m.anchor, {**m.pattern, "ksum": sums})
+            try:
+                feasible(merged)
+            except cannot_fuse:
+                continue
+            groups[groups.index(m)] = merged
+            mats[mats.index(m)] = merged
+            groups.remove(g)
+            break
+    return groups
