@@ -71,3 +71,39 @@ def into_matmuls(groups: list, order: dict, feasible, cannot_fuse, depends) -> l
             groups.remove(g)
             break
     return groups
+
+
+def into_epilogues(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
+    """A row or column sum of a matmul's epilogue value (a norm backward's Σ_d dy·γ·x̂ per row,
+    its Σ_rows dy·x̂ for dγ) is computed where the value is: each program adds its tile's partial
+    sums to the zeroed output (`pattern["rsum"]`), instead of a reduction kernel rereading it."""
+    from .fusion import FusionGroup
+    groups = list(groups)
+    mats = [g for g in groups if isinstance(g, FusionGroup) and g.kind == "matmul" and g.anchor is not None
+            and g.anchor.op is Op.DOT_GENERAL and "qk" not in g.pattern]
+    for g in [g for g in groups if isinstance(g, FusionGroup) and g.kind == "reduction"]:
+        if len(g.roots) != 1 or g.roots[0].op is not Op.REDUCE_SUM or not g.roots[0].dtype.is_float \
+                or sum(n.op in REDUCE for n in g.nodes) != 1:
+            continue
+        for m in mats:
+            if m not in groups or not set(m.roots) & set(g.inputs):
+                continue
+            inside = set(m.nodes)
+            if any(depends(x, r) for x in g.inputs if x not in inside for r in m.roots) \
+                    or any(depends(x, r) for x in m.inputs for r in g.roots):
+                continue
+            nodes = {n: None for n in m.nodes + g.nodes}
+            ins = [x for x in dict.fromkeys(m.inputs + g.inputs) if x not in nodes]
+            merged = FusionGroup("matmul", m.roots + g.roots, sorted(nodes, key=order.get),
+                                 sorted(ins, key=order.get),
+                                 f"{m.reason}; adds its tiles' partial sums for {g.reason.split(': ', 1)[-1]}",
+                                 m.anchor, {**m.pattern, "rsum": m.pattern.get("rsum", []) + list(g.roots)})
+            try:
+                feasible(merged)
+            except cannot_fuse:
+                continue
+            groups[groups.index(m)] = merged
+            mats[mats.index(m)] = merged
+            groups.remove(g)
+            break
+    return groups

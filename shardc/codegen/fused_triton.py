@@ -196,3 +196,31 @@ def computed_from(grp, sources) -> set:
         if any(i in out for i in n.inputs):
             out.add(n)
     return out
+
+
+def partial_sum(em, r: Node, d: Node, d_idx: tuple, ptr: str) -> str:
+    """The line adding this program's partial sums of a row or column reduction `r` of an
+    epilogue value to its (zeroed) output: codegen/fused_sums.py's `rsum`."""
+    from ..ir import DType
+    from .indexing import flatten, reshape_index
+    x, axes = r.inputs[0], r.attrs["axes"]
+    if r.dtype is not DType.f32:
+        raise CannotFuse(f"{r.describe()}: partial sums are added atomically in f32 only", r)
+    x_idx = epilogue_index(x, d, d_idx)
+    if x_idx is None and x.size == d.size:
+        x_idx = tuple(d_idx) if x.shape == d.shape else reshape_index(d_idx, d.shape, x.shape)
+    if x_idx is None:
+        raise CannotFuse(f"{r.describe()} does not sum the dot's tile", r)
+    red = frozenset().union(*(x_idx[a].deps for a in axes))
+    kept_idx = tuple(x_idx[i] for i in range(x.rank) if i not in axes)
+    kept = frozenset().union(*(i.deps for i in kept_idx))
+    if red == {"rm"} and kept == {"rn"}:
+        part_axis, keep = 0, "[None, :]"
+    elif red == {"rn"} and kept == {"rm"}:
+        part_axis, keep = 1, "[:, None]"
+    else:
+        raise CannotFuse(f"{r.describe()}: not a sum over the rows or the columns of the dot's tile", r)
+    v = em.value(x, x_idx)
+    part = f"tl.sum(tl.where(mask_rm & mask_rn, {em.full(v, {'rm', 'rn'})}, 0.0), axis={part_axis}){keep}"
+    off = flatten(kept_idx, r.shape)
+    return f"tl.atomic_add({ptr} + {off.text}, {part}, mask={em.tile.mask(kept)})"

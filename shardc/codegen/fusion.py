@@ -490,6 +490,7 @@ class Planner:
         """Order steps by program position; merge row-compatible pointwise/reduction groups."""
         groups = fused_sums.into_matmuls(self._into_operands(groups), self.order, self.feasible, CannotFuse,
                                           self._depends)
+        groups = fused_sums.into_epilogues(groups, self.order, self.feasible, CannotFuse, self._depends)
         steps = []
         for grp in groups:
             pos = max(self.order[r] for r in grp.roots) if isinstance(grp, FusionGroup) else self.order[grp.node]

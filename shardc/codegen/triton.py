@@ -250,7 +250,12 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
         if s_node.dtype in (DType.f16, DType.bf16):
             s_val = em.emit(round_half(s_val.text, s_node.dtype), s_val.deps, s_node.dtype)
         em.bound[s_node] = _bind(s_node, s_idx, s_val)
+    rsum = grp.pattern.get("rsum", [])
+    for r in rsum:  # row or column sums of the epilogue: each program adds its partial sums
+        stores.append(fused_triton.partial_sum(em, r, d, d_idx, c.outs[r]))
     for r in grp.roots:
+        if r in rsum:
+            continue
         if r in from_sums:  # one value per row of A: stored by the first column of programs
             ridx = _root_index(r, sums[0][1], sums[0][0].shape)
             if ridx is None:
@@ -270,7 +275,9 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
         acc_t, zero, dot = "tl.float32", "0.0", "acc += tl.dot(a.to(DT), b.to(DT), input_precision=PREC)"
     src = matmul_t.TEMPLATE.format(name=name, params=c.params, M=M, N=N, K=K, B=B, acc_t=acc_t, zero=zero,
                                    dot=dot, prologue=_indent(prologue, 4), load_a=_indent(loop.lines, 8),
-                                   load_b="", a=a_text, b=b_text, epilogue=_indent(em.lines + stores, 4))
+                                   load_b="", a=a_text, b=b_text, epilogue=_indent(em.lines + stores, 4),
+                                   init="".join(f"    args[{len(grp.inputs) + grp.roots.index(r)}].zero_()\n"
+                                                for r in rsum))
     choose = lambda interpret: matmul_t.choose(M, N, K, dtype, interpret)
     return c.finish("matmul", src, choose, matmul_t.TUNING, dict(B=B, M=M, N=N, K=K, dtype=dtype))
 

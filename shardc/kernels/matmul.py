@@ -43,7 +43,7 @@ def {name}({params}BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.
 
 
 def launch(args, cfg):
-    grid = (triton.cdiv({M}, cfg["BM"]) * triton.cdiv({N}, cfg["BN"]), {B})
+{init}    grid = (triton.cdiv({M}, cfg["BM"]) * triton.cdiv({N}, cfg["BN"]), {B})
     {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], RB=cfg.get("RB", 64), DT=_DT[cfg["DT"]], PREC=cfg["PREC"],
                  GM=cfg.get("GM", 1),
                  num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
