@@ -1,8 +1,6 @@
 """Collective passes over the per-device program: each rewrites `prog.local` and the ledger, keeps
 what the program computes (the simulator checks it), and says what it changed in `prog.passes`.
 
-    schedule        the latency-hiding scheduler: collectives started where they overlap compute,
-                    critical path first, under a per-device memory limit (passes_schedule.py)
     cse             identical values (all-gathers of one value above all) merged (passes_cse.py)
     reduce_scatter  an all-reduce whose readers each keep one block becomes a reduce-scatter
                     (passes_scatter.py)
@@ -13,6 +11,10 @@ what the program computes (the simulator checks it), and says what it changed in
                     reads an earlier member waits for it (a stable topological order keeps
                     everything else where it was). The threshold is the cost model's choice
                     (`choose_threshold`: smaller buckets where they overlap the backward).
+    collective_matmul  all-gather → matmul and matmul → reduce-scatter as rings of permutes with
+                    partial matmuls, where the cost model says it pays (passes_collective_matmul.py)
+    schedule        the latency-hiding scheduler: collectives started where they overlap compute,
+                    critical path first, under a per-device memory limit (passes_schedule.py)
 
 Passes are named in PASSES; `partition(..., passes="default")` runs DEFAULT, `passes=()` none.
 """
@@ -24,6 +26,7 @@ import heapq
 from .. import flags
 from ..errors import ShardingError
 from ..ir import Graph, Node, Op
+from .passes_collective_matmul import collective_matmul
 from .passes_common import PassReport, make_node as _node
 from .passes_cse import eliminate_common_collectives
 from .passes_scatter import create_reduce_scatters
@@ -199,8 +202,9 @@ def _ledger(prog: SpmdProgram, buckets, combined: dict[int, Node], new: dict[Nod
 
 
 PASSES = {"cse": eliminate_common_collectives, "reduce_scatter": create_reduce_scatters,
-          "combine": lambda prog: combine_all_reduces(prog, None), "schedule": schedule}
-DEFAULT = ("cse", "reduce_scatter", "combine", "schedule")
+          "combine": lambda prog: combine_all_reduces(prog, None), "collective_matmul": collective_matmul,
+          "schedule": schedule}
+DEFAULT = ("cse", "reduce_scatter", "combine", "collective_matmul", "schedule")
 
 
 def run_passes(prog: SpmdProgram, passes="default", hardware="h200") -> SpmdProgram:
