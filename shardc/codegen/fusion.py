@@ -48,7 +48,7 @@ class CannotFuse(Exception):
 # planner, the scheduler and every engine use these instead of asking for the step's type.
 @dataclass
 class FusionGroup:
-    kind: str                # "pointwise" | "reduction" | "matmul" | "attention" | "scatter"
+    kind: str                # "pointwise" | "reduction" | "matmul" | "attention" | "scatter" | "grouped_matmul"
     roots: list[Node]        # the values it writes to memory
     nodes: list[Node]        # every IR node it computes, in program order
     inputs: list[Node]       # the materialized values it reads
@@ -286,6 +286,10 @@ class Planner:
                     self._materialize(x)  # (a scatter into a splat fills its output instead)
             if n.op in (Op.DOT_GENERAL, Op.SCATTER) and n not in internal and not inlinable(n):
                 self.roots.add(n)
+            if n.op is Op.RAGGED_DOT:  # a grouped matmul reads its operands from memory
+                self.roots.add(n)
+                for x in n.inputs:
+                    self._materialize(x)
             if n.op is Op.DOT_GENERAL and n not in internal and n not in self.attention:
                 for x in n.inputs:
                     stats = fused_recompute.recomputed_operand_stats(x, inlinable, lambda n: False)
@@ -401,6 +405,9 @@ class Planner:
             for x in s.inputs:
                 self._add_tree(x, nodes, leaves)
             groups.append(self._group("scatter", [s], nodes, leaves, "scatter-add with its index and update math", s))
+        for r in sorted((r for r in self.roots if r.op is Op.RAGGED_DOT), key=self.order.get):
+            groups.append(FusionGroup("grouped_matmul", [r], [r], list(r.inputs),  # operand order: the kernel's
+                                      "grouped matmul (ragged_dot): value-sized groups of rows, one matrix each", r))
         for r in sorted(self.roots, key=self.order.get):
             if not inlinable(r) or r in absorbed:
                 continue

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
 from ..kernels import pallas_templates as tpl
+from . import grouped
 from .emitted import EmittedKernel
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
@@ -354,7 +355,7 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
 
 
 EMITTERS = {"pointwise": emit_rows, "reduction": emit_rows, "scatter": emit_rows, "matmul": emit_matmul,
-            "attention": emit_attention}
+            "attention": emit_attention, "grouped_matmul": grouped.emit_pallas}
 
 
 def emit(grp: FusionGroup, name: str) -> EmittedKernel:

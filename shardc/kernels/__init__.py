@@ -7,9 +7,9 @@ Each module also names its tuning parameters: `TUNING` (the space an autotuner s
 and `choose(..., interpret)` (one good point: on the CPU interpreter, the largest tiles that fit,
 since interpreter cost grows with grid size × loop trips).
 """
-from . import attention, matmul, rows, scatter
+from . import attention, grouped_matmul, matmul, rows, scatter
 
-__all__ = ["attention", "matmul", "rows", "scatter", "next_pow2"]
+__all__ = ["attention", "grouped_matmul", "matmul", "rows", "scatter", "next_pow2"]
 
 
 def next_pow2(n: int) -> int:

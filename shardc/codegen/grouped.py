@@ -1,0 +1,68 @@
+"""Grouped-matmul kernels (ragged_dot), Triton and Pallas: a fusion group of kind
+"grouped_matmul" is one ragged_dot whose operands (lhs, rhs, group sizes, group offset) are
+materialized; the kernels/grouped_matmul.py templates are filled with its static shapes."""
+from __future__ import annotations
+
+from ..errors import UnsupportedOpError
+from ..ir import DType
+from ..kernels import grouped_matmul as gm_t
+from ..kernels import next_pow2
+from .emitted import EmittedKernel
+from .fusion import FusionGroup
+
+_FLOAT = (DType.f32, DType.bf16, DType.f16)
+
+
+def _parts(grp: FusionGroup):
+    d = grp.anchor
+    if d.dtype not in _FLOAT:
+        raise UnsupportedOpError(f"{d.describe()}: a grouped matmul of {d.dtype} has no kernel")
+    lhs, rhs, sizes = d.inputs[:3]
+    rows = d.attrs["mode"] == "rows"
+    M, K = lhs.shape
+    N = rhs.shape[2] if rows else rhs.shape[1]
+    G = rhs.shape[0] if rows else d.shape[0]
+    return d, rows, M, K, N, G, sizes.shape[0]
+
+
+def emit_triton(grp: FusionGroup, name: str) -> EmittedKernel:
+    from . import autotune
+    from .triton import PRELUDE, PTR_TYPE
+    d, rows, M, K, N, G, GT = _parts(grp)
+    has_off = len(d.inputs) == 4
+    assert list(grp.inputs) == list(d.inputs), "a grouped matmul reads its materialized operands"
+    rnd = "        acc = _round_bf16(acc)" if d.dtype is DType.bf16 else ""
+    tmpl = gm_t.TRITON_ROWS if rows else gm_t.TRITON_CONTRACT
+    body = tmpl.format(name=name, off_param="off, " if has_off else "", offset="tl.load(off)" if has_off else "0",
+                       GP=next_pow2(GT), GT=GT, M=M, N=N, K=K, G=G, KN=K * N, MN=M * N,
+                       round=rnd if rows else rnd[4:])
+    ops = f"%ragged_dot {d.name!r}" if d.name else "%ragged_dot"
+    source = PRELUDE.format(kind="grouped_matmul", name=name, reason=grp.reason, ops=ops) + body
+    names = ["lhs", "rhs", "sizes"] + (["off"] if has_off else [])
+    signature = {**{a: PTR_TYPE[x.dtype] for a, x in zip(names, d.inputs)}, "out": PTR_TYPE[d.dtype]}
+    dtype = d.inputs[0].dtype.value
+    choose = lambda interpret: gm_t.choose(M, N, K, dtype, interpret)
+    if name != "probe":
+        choose = autotune.tuned_choose(choose, source, grp.inputs, grp.roots)
+    return EmittedKernel(name, "grouped_matmul", source, list(grp.inputs), [d], [], signature, choose,
+                         gm_t.TUNING, dims=dict(B=G, M=M, N=N, K=K, dtype=dtype))
+
+
+def emit_pallas(grp: FusionGroup, name: str) -> EmittedKernel:
+    from ..kernels import pallas_templates as tpl
+    from .pallas_expr import JNP_STORAGE
+    d, rows, M, K, N, G, GT = _parts(grp)
+    in_shapes = [tuple(x.shape) if x.rank else (1,) for x in d.inputs]
+    if rows:
+        body = gm_t.PALLAS_ROWS_BODY.format(M=M)
+        rhs_block, rhs_index, out_block, out_index = (1, K, N), "(g, 0, 0)", (M, N), "(0, 0)"
+    else:
+        body = gm_t.PALLAS_CONTRACT_BODY.format(K=K)
+        rhs_block, rhs_index, out_block, out_index = (K, N), "(0, 0)", (1, M, N), "(g, 0, 0)"
+    src = gm_t.PALLAS.format(name=name, GT=GT, G=G, body=body, in_shapes=", ".join(map(str, in_shapes)),
+                             out_shape=tuple(d.shape), out_dtype=JNP_STORAGE[d.dtype], lhs_block=(M, K),
+                             lhs_index="(0, 0)", rhs_block=rhs_block, rhs_index=rhs_index,
+                             out_block=out_block, out_index=out_index)
+    ops = f"%ragged_dot {d.name!r}" if d.name else "%ragged_dot"
+    head = tpl.PRELUDE.format(kind="grouped_matmul", name=name, reason=grp.reason, ops=ops)
+    return EmittedKernel(name, "grouped_matmul", head + src, list(grp.inputs), [d], [], grid=(G,))

@@ -1,0 +1,147 @@
+"""Grouped matmul (ragged_dot: mixture-of-experts layers) over value-sized groups, Triton and
+Pallas. The group sizes are read in the kernel; each group's start is the sum of the sizes
+before it.
+
+rows mode (the forward: lhs [M, K] with its rows in groups, rhs [G, K, N]): a 3-D grid of
+(row tile, column tile, group); each program multiplies the rows of its group that fall in its
+row tile by that group's matrix. A group has at most M rows, so cdiv(M, BM) row tiles per group
+cover it; tiles past a group's end do nothing (on a GPU a persistent kernel would schedule only
+the live tiles). Rows in no group stay as the launcher zeroed them.
+
+contract mode (a weight gradient: lhs [M, K], rhs [K, N] with K in groups → [G, M, N]): one
+program per output tile and group, its K loop over that group's rows only.
+
+An optional group offset (an expert-parallel device's first expert) shifts which of the sizes
+the G local groups are."""
+
+TRITON_ROWS = '''
+@triton.jit
+def {name}(lhs, rhs, sizes, {off_param}out, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    gi = g + {offset}
+    ids = tl.arange(0, {GP})
+    sz = tl.maximum(tl.load(sizes + ids, mask=ids < {GT}, other=0).to(tl.int32), 0)
+    start = tl.minimum(tl.sum(tl.where(ids < gi, sz, 0)), {M})
+    end = tl.minimum(start + tl.sum(tl.where(ids == gi, sz, 0)), {M})
+    if start + pid_m * BM < end:
+        rm = start + pid_m * BM + tl.arange(0, BM)[:, None]
+        rn = pid_n * BN + tl.arange(0, BN)[None, :]
+        mask_rm = rm < end
+        mask_rn = rn < {N}
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, {K}, BK):
+            rka = k0 + tl.arange(0, BK)[None, :]
+            rkb = k0 + tl.arange(0, BK)[:, None]
+            a = tl.load(lhs + rm * {K} + rka, mask=mask_rm & (rka < {K}), other=0.0).to(tl.float32)
+            b = tl.load(rhs + g * {KN} + rkb * {N} + rn, mask=(rkb < {K}) & mask_rn, other=0.0).to(tl.float32)
+            acc += tl.dot(a.to(DT), b.to(DT), input_precision=PREC)
+{round}
+        tl.store(out + rm * {N} + rn, acc.to(out.dtype.element_ty), mask=mask_rm & mask_rn)
+
+
+def launch(args, cfg):
+    args[-1].zero_()  # rows in no group
+    grid = (triton.cdiv({M}, cfg["BM"]), triton.cdiv({N}, cfg["BN"]), {G})
+    {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], DT=_DT[cfg["DT"]], PREC=cfg["PREC"],
+                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
+'''
+
+TRITON_CONTRACT = '''
+@triton.jit
+def {name}(lhs, rhs, sizes, {off_param}out, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    gi = g + {offset}
+    ids = tl.arange(0, {GP})
+    sz = tl.maximum(tl.load(sizes + ids, mask=ids < {GT}, other=0).to(tl.int32), 0)
+    start = tl.minimum(tl.sum(tl.where(ids < gi, sz, 0)), {K})
+    end = tl.minimum(start + tl.sum(tl.where(ids == gi, sz, 0)), {K})
+    rm = pid_m * BM + tl.arange(0, BM)[:, None]
+    rn = pid_n * BN + tl.arange(0, BN)[None, :]
+    mask_rm = rm < {M}
+    mask_rn = rn < {N}
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, {K}, BK):
+        if start < end:
+            rka = start + k0 + tl.arange(0, BK)[None, :]
+            rkb = start + k0 + tl.arange(0, BK)[:, None]
+            a = tl.load(lhs + rm * {K} + rka, mask=mask_rm & (rka < end), other=0.0).to(tl.float32)
+            b = tl.load(rhs + rkb * {N} + rn, mask=(rkb < end) & mask_rn, other=0.0).to(tl.float32)
+            acc += tl.dot(a.to(DT), b.to(DT), input_precision=PREC)
+{round}
+    tl.store(out + g * {MN} + rm * {N} + rn, acc.to(out.dtype.element_ty), mask=mask_rm & mask_rn)
+
+
+def launch(args, cfg):
+    grid = (triton.cdiv({M}, cfg["BM"]), triton.cdiv({N}, cfg["BN"]), {G})
+    {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], DT=_DT[cfg["DT"]], PREC=cfg["PREC"],
+                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
+'''
+
+TUNING = [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=s) for bm, bn, bk, w, s in
+          [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 32, 4, 4)]]
+
+
+def choose(m: int, n: int, k: int, dtype: str, interpret: bool) -> dict:
+    from .matmul import choose as matmul_choose
+    cfg = matmul_choose(m, n, k, dtype, interpret)
+    return {key: cfg[key] for key in ("BM", "BN", "BK", "DT", "PREC", "num_warps", "num_stages") if key in cfg}
+
+
+# Pallas (TPU): one grid step per group; the group's rows (or its slice of K) are picked with
+# masks over whole blocks, which fit VMEM at MoE layer sizes per device. The sizes and the offset
+# are scalar-prefetched into SMEM and summed with a scalar loop (SMEM has no vector loads).
+PALLAS = '''
+def {name}_kernel(sizes_ref, off_ref, lhs_ref, rhs_ref, out_ref):
+    g = pl.program_id(0)
+    gi = g + off_ref[0]
+
+    def count(i, carry):
+        before, size = carry
+        v = jnp.maximum(sizes_ref[i], 0)
+        return before + jnp.where(i < gi, v, 0), size + jnp.where(i == gi, v, 0)
+    start, size = lax.fori_loop(0, {GT}, count, (jnp.int32(0), jnp.int32(0)))
+    end = start + size
+{body}
+
+
+GRID = ({G},)
+IN_SHAPES = [{in_shapes}]
+OUT_SHAPES = [{out_shape}]
+
+
+def build(interpret=False):
+    """The pallas_call; args: lhs, rhs, group sizes[, group offset] at IN_SHAPES."""
+    call = pl.pallas_call(
+        {name}_kernel,
+        out_shape=jax.ShapeDtypeStruct({out_shape}, {out_dtype}),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=2, grid=GRID,
+            in_specs=[pl.BlockSpec({lhs_block}, lambda g, s, o: {lhs_index}),
+                      pl.BlockSpec({rhs_block}, lambda g, s, o: {rhs_index})],
+            out_specs=pl.BlockSpec({out_block}, lambda g, s, o: {out_index})),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
+        interpret=interpret, name="{name}")
+
+    def run(lhs, rhs, sizes, off=None):
+        off = jnp.zeros((1,), jnp.int32) if off is None else off.reshape(1).astype(jnp.int32)
+        return [call(sizes.reshape(-1).astype(jnp.int32), off, lhs, rhs)]
+    return run
+'''
+
+PALLAS_ROWS_BODY = '''    rows = lax.broadcasted_iota(jnp.int32, ({M}, 1), 0)
+    mine = (rows >= jnp.minimum(start, {M})) & (rows < jnp.minimum(end, {M}))
+    part = jnp.dot(lhs_ref[...].astype(jnp.float32), rhs_ref[0].astype(jnp.float32), preferred_element_type=jnp.float32)
+
+    @pl.when(g == 0)
+    def _zero():
+        out_ref[...] = jnp.zeros(out_ref.shape, out_ref.dtype)
+    out_ref[...] = jnp.where(mine, part.astype(out_ref.dtype), out_ref[...])'''
+
+PALLAS_CONTRACT_BODY = '''    ks = lax.broadcasted_iota(jnp.int32, (1, {K}), 1)
+    mine = (ks >= jnp.minimum(start, {K})) & (ks < jnp.minimum(end, {K}))
+    a = jnp.where(mine, lhs_ref[...].astype(jnp.float32), 0.0)
+    out_ref[0] = jnp.dot(a, rhs_ref[...].astype(jnp.float32), preferred_element_type=jnp.float32).astype(out_ref.dtype)'''
