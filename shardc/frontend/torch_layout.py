@@ -287,7 +287,8 @@ def _index_plan(e, x, indices):
 
 def _index(e, x, indices):
     xm, lin, axis, _, _ = _index_plan(e, x, indices)
-    return e.add(Op.GATHER, [xm, lin], axis=axis)
+    from .torch_moe_ops import repeated_rows
+    return repeated_rows(e, xm, lin, axis) or e.add(Op.GATHER, [xm, lin], axis=axis)
 
 
 def _index_put(e, x, indices, values, accumulate=False):

@@ -57,6 +57,44 @@ def _histc(e, x, bins=100, min=0, max=0):
     return e.cast(e.reduce(Op.REDUCE_SUM, e.cast(hit, DType.i64), 0), dt)
 
 
+def static_value(n, limit: int = 1 << 20):
+    """The value of a node computed from constants and iotas alone (no inputs), else None."""
+    import numpy as np
+
+    from ..ir.evaluate import eval_node
+    memo, stack = {}, [n]
+    while stack:
+        x = stack[-1]
+        if x in memo:
+            stack.pop()
+            continue
+        if x.op is Op.PARAMETER or x.size > limit:
+            return None
+        todo = [i for i in x.inputs if i not in memo]
+        if todo:
+            stack += todo
+            continue
+        memo[x] = np.asarray(eval_node(x, [memo[i] for i in x.inputs]))
+        stack.pop()
+    return memo[n]
+
+
+def repeated_rows(e, x, idx, axis: int):
+    """x indexed along `axis` by a static index that repeats each position k times in order
+    (transformers' token_idx = arange(T).unsqueeze(1).expand(-1, k).reshape(-1)): a broadcast and
+    a reshape, which the partitioner splits with the tokens (a gather by data it cannot)."""
+    import numpy as np
+    if idx.rank != 1 or idx.size % max(x.shape[axis], 1) or idx.size == x.shape[axis]:
+        return None
+    v = static_value(idx)
+    k = idx.size // x.shape[axis]
+    if v is None or not np.array_equal(v, np.repeat(np.arange(x.shape[axis]), k)):
+        return None
+    shape = x.shape[:axis + 1] + (k,) + x.shape[axis + 1:]
+    wide = e.add(Op.BROADCAST, [x], shape=shape, dims=[d for d in range(len(shape)) if d != axis + 1])
+    return e.reshape(wide, x.shape[:axis] + (idx.size,) + x.shape[axis + 1:])
+
+
 # ops whose result shape comes from the data, and the static way MoE code writes them
 STATIC_INSTEAD = {
     "bincount": "; count expert ids with torch.histc(ids.float(), bins=E, min=0, max=E - 1) as transformers "

@@ -17,6 +17,7 @@ from ..ir import DType, Graph, Node, Op, verify
 from ..ir.emitter import Emitter
 from ..ir.ops import COLLECTIVES
 from .expert import lower_ragged_dot
+from .routing import find_regions, routed_lowerings
 from .factors import merge, project, representable, unkept, unproject
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
 from .program import SpmdProgram
@@ -36,7 +37,7 @@ def _identity(kind: str, dtype: DType):
 class Lowerer(Resharder):
     def __init__(self, g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], priorities: dict[Node, int],
                  hoist: dict[Node, Sharding] | None = None, pinned: frozenset = frozenset(),
-                 memo: dict | None = None):
+                 memo: dict | None = None, regions: list | None = None):
         super().__init__(Emitter(g.name, mesh.axes), mesh)
         self.g = g
         self.shardings = shardings
@@ -50,6 +51,7 @@ class Lowerer(Resharder):
         self.used_natural: set[Node] = set()             # read as computed by some user
         self.moved: set[tuple[Node, Sharding]] = set()   # resharded (not recomputed) for a user
         self.memo = {} if memo is None else memo  # pure answers, shared by the lowering rounds
+        self.routed, self.skip = routed_lowerings(self, regions or [])  # expert parallelism (routing.py)
         self.move_costs: dict[tuple, int] = {}  # valid while the cache stays as it is
         self.rules: dict[Node, FactorRule] = {}
 
@@ -167,6 +169,12 @@ class Lowerer(Resharder):
 
     def lower_node(self, n: Node):
         b = self.b
+        if n in self.skip:
+            return
+        if n in self.routed:  # routed to the experts' devices: exits only, the rest on demand
+            if n in self.routed[n].reg.exits:
+                self.local[n] = self.routed[n].exit(n)
+            return
         with b.loc(n.source):
             if n.op is Op.PARAMETER:
                 s = self.shardings[n]
@@ -486,8 +494,9 @@ def lower(g: Graph, mesh: Mesh, shardings: dict[Node, Sharding], origins: dict[N
     some users move once where they are made; the program sending the fewest bytes wins.
     `gathered`: inputs stored as `shardings` says but used in this layout, moved once on entry."""
     best, hoist, memo = None, dict(gathered or {}), {}
+    regions = find_regions(g, mesh, shardings)
     for _ in range(rounds):
-        lw = Lowerer(g, mesh, shardings, priorities, hoist, pinned, memo)
+        lw = Lowerer(g, mesh, shardings, priorities, hoist, pinned, memo, regions)
         local, outs = lw.run(output_shardings)
         score = (sum(c.wire_bytes for c in lw.ledger), sum(c.bytes for c in lw.ledger))
         if best is not None and score >= best[0]:

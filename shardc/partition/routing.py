@@ -1,0 +1,631 @@
+"""Expert parallelism: routed tokens travel to their experts (dropless, exact).
+
+A mixture-of-experts layer as Hugging Face and MaxText write it sorts its token-slots by expert
+(perm = argsort(expert ids)), runs grouped matmuls on the sorted rows (ragged_dot, the group
+sizes counted from the ids) and puts the rows back (gather by argsort(perm)). Globally that sort
+mixes every device's tokens; when a spec splits the experts dim of the grouped matmul's weights
+over an axis, this module lowers the sorted region per device instead:
+
+- token coordinates: each device keeps its own token-slots, in their order (the rows a
+  `gather(x, perm)` entry reads, the rows a `gather(y, argsort(perm))` exit writes);
+- dispatch: each device works out where its slots sit in the global sorted order (from the
+  expert ids, all-gathered: 4 bytes a slot) and so which expert the original graph gives each of
+  them (from the group sizes), sorts its slots by expert and sends each expert device its segment
+  with one ragged_all_to_all over the experts axis, into a buffer sized for the worst case (every
+  slot of the experts axis' group to one device); the receiver regroups the segments by expert;
+- expert coordinates: the grouped matmuls run there on the device's own experts (group sizes:
+  the counts, all-gathered over the experts axis), with the ops between them (activation, gating);
+- combine: the reverse regrouping, ragged_all_to_all back, and the device's own order.
+
+Values convert lazily (each once, cached), and a row-wise op whose operands sit in different
+coordinates runs in expert coordinates only when a grouped matmul needs its result. Reductions
+over the rows (the group-size histogram, gradients of routing weights) reduce locally into a
+pending sum over the token axes. Weight gradients (ragged_dot "contract" mode) are made on the
+expert's device: split over the experts axis, pending sums over the other token axes.
+
+A region is lowered this way only when everything reading its values is understood (else the
+factor rules lower the graph as written: exact, with the tokens all-gathered)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .. import flags
+from ..ir import DType, Node, Op
+from ..ir.ops import ELEMENTWISE
+from .mesh import DimSharding, Mesh, Sharding
+
+_ROWWISE = ELEMENTWISE | {Op.BROADCAST, Op.RESHAPE, Op.SLICE, Op.CONCATENATE, Op.REDUCE_SUM, Op.REDUCE_MAX,
+                          Op.REDUCE_MIN, Op.TRANSPOSE, Op.PAD}
+
+
+def _strip(n: Node, ops=(Op.RESHAPE, Op.BROADCAST, Op.CAST, Op.TRANSPOSE)) -> Node:
+    while n.op in ops and n.inputs:
+        n = n.inputs[0]
+    return n
+
+
+def argsort_key(order: Node) -> Node | None:
+    """The 1-d key whose stable argsort `order` is, when `order` is the frontends' sort (ranks
+    from pairwise comparisons, then the source of each rank), else None."""
+    n = order
+    if n.op is Op.GATHER and _strip(n.inputs[0]).op is Op.IOTA:  # jax: take_along_axis(iota, order)
+        n = n.inputs[1]
+    n = _strip(n, (Op.RESHAPE, Op.TRANSPOSE, Op.CAST))
+    if n.op is not Op.REDUCE_SUM or n.rank != 1 or n.attrs["axes"] != (1,):
+        return None
+    sel = n.inputs[0]
+    if sel.op is not Op.SELECT or sel.inputs[0].op is not Op.EQ:
+        return None
+    rank = _strip(sel.inputs[0].inputs[0])
+    if rank.op is not Op.REDUCE_SUM or rank.attrs["axes"] != (1,):
+        return None
+    before = _strip(rank.inputs[0], (Op.CAST,))
+    if before.op is not Op.OR or before.inputs[0].op is not Op.LT:
+        return None
+    kj, ki = before.inputs[0].inputs
+    if ki.op is not Op.BROADCAST or ki.attrs["dims"] != (0,) or kj.op is not Op.BROADCAST or kj.attrs["dims"] != (1,):
+        return None
+    key = _vector(ki.inputs[0])
+    if key is None or _vector(kj.inputs[0]) is not key:
+        return None
+    return key
+
+
+def _vector(n: Node) -> Node | None:
+    """The furthest 1-d value a chain of reshapes starts from (view(-1) of top-k ids)."""
+    found = n if n.rank == 1 else None
+    while n.op is Op.RESHAPE:
+        n = n.inputs[0]
+        if n.rank == 1:
+            found = n
+    return found
+
+
+def index_of(n: Node) -> Node:
+    """An index with torch's negative-index wrap (select(i < 0, i + n, i)) and casts taken off."""
+    n = _strip(n, (Op.CAST,))
+    if n.op is Op.SELECT and n.inputs[0].op is Op.LT and n.inputs[1].op is Op.ADD:
+        i = _strip(n.inputs[2], (Op.CAST,))
+        if _strip(n.inputs[0].inputs[0], (Op.CAST,)) is i and _strip(n.inputs[1].inputs[0], (Op.CAST,)) is i:
+            return i
+    return n
+
+
+def _same_value(a: Node, b: Node, memo: dict) -> bool:
+    """Structurally the same computation (two group-size nodes made from one offsets tensor)."""
+    if a is b:
+        return True
+    key = (id(a), id(b))
+    if key not in memo:
+        memo[key] = (a.op is b.op and a.shape == b.shape and a.dtype == b.dtype and a.op is not Op.PARAMETER
+                     and _attrs_equal(a.attrs, b.attrs) and len(a.inputs) == len(b.inputs)
+                     and all(_same_value(x, y, memo) for x, y in zip(a.inputs, b.inputs)))
+    return memo[key]
+
+
+def _attrs_equal(a: dict, b: dict) -> bool:
+    import numpy as np
+    if a.keys() != b.keys():
+        return False
+    return all(np.array_equal(a[k], b[k]) if hasattr(a[k], "shape") else a[k] == b[k] for k in a)
+
+
+@dataclass
+class Region:
+    perm: Node                   # argsort(key): token-slot of each sorted row
+    inverse: Node | None         # argsort(perm)
+    key: Node                    # the expert ids the rows are sorted by
+    sizes: Node                  # the group sizes every grouped matmul of the region uses
+    experts: tuple[str, ...]     # the mesh axes the experts are split over
+    rows: int                    # S: token-slots
+    nodes: set = field(default_factory=set)      # values in sorted coordinates
+    exits: set = field(default_factory=set)      # nodes that leave them (token rows, expert blocks, sums)
+
+
+def find_regions(g, mesh: Mesh, shardings: dict) -> list[Region]:
+    users = g.users()
+    orders = {n: k for n in g.nodes if n.rank == 1 and (k := argsort_key(n)) is not None}
+    inverse_of = {orders[n]: n for n in orders if orders[n] in orders}   # perm -> argsort(perm)
+    regions = []
+    for n in g.nodes:
+        if n.op is not Op.RAGGED_DOT or n.attrs["mode"] != "rows" or len(n.inputs) != 3:
+            continue
+        axes = shardings[n.inputs[1]].dims[0].axes
+        entry = _strip(n.inputs[0], (Op.CAST,))
+        if not axes or entry.op is not Op.GATHER or index_of(entry.inputs[1]) not in orders or entry.attrs["axis"] != 0:
+            continue
+        perm = index_of(entry.inputs[1])
+        if any(r.perm is perm for r in regions):
+            continue
+        reg = Region(perm, inverse_of.get(perm), orders[perm], n.inputs[2], axes, perm.shape[0])
+        why = _grow(reg, g, users, shardings, mesh)
+        if why is None:
+            regions.append(reg)
+        else:
+            flags.log(2, f"expert parallelism: {n.describe()} keeps the factor rules: {why}")
+    return regions
+
+
+def _grow(reg: Region, g, users, shardings, mesh: Mesh) -> str | None:
+    """Collects the region's nodes and exits; says why not when something reads them that this
+    lowering does not understand (or the split does not fit)."""
+    S, memo = reg.rows, {}
+    n_exp = mesh.group_size(reg.experts)
+    if reg.sizes.shape[0] % n_exp:
+        return f"{reg.sizes.shape[0]} experts do not divide over {n_exp} devices"
+    inside = reg.nodes
+
+    def by(n, which):
+        return which is not None and n.attrs["axis"] == 0 and not n.attrs.get("batch_dims") \
+            and index_of(n.inputs[1]) is which
+
+    def is_entry(n):
+        if n.op is Op.GATHER and by(n, reg.perm):
+            return True
+        return n.op is Op.SCATTER and by(n, reg.inverse) and _zero(n.inputs[0])
+
+    def is_exit(n):
+        if n.op is Op.GATHER and by(n, reg.inverse) and n.inputs[0] in inside:
+            return True
+        return n.op is Op.SCATTER and by(n, reg.perm) and _zero(n.inputs[0]) and n.inputs[2] in inside
+
+    for n in g.nodes:
+        if n in inside or n.rank == 0:
+            continue
+        if is_entry(n):
+            inside.add(n)
+        elif is_exit(n):
+            reg.exits.add(n)
+        elif n.op is Op.RAGGED_DOT and n.inputs[0] in inside:
+            if n.attrs["mode"] != "rows" or len(n.inputs) != 3 or not _same_value(n.inputs[2], reg.sizes, memo):
+                return f"{n.describe()} groups the rows otherwise"
+            if shardings[n.inputs[1]].dims[0].axes != reg.experts:
+                return f"{n.describe()}: its experts are not split over {reg.experts}"
+            inside.add(n)
+        elif n.op is Op.RAGGED_DOT and n.attrs["mode"] == "contract" and n.inputs[0].op is Op.TRANSPOSE \
+                and n.inputs[0].inputs[0] in inside and n.inputs[1] in inside and len(n.inputs) == 3:
+            if not _same_value(n.inputs[2], reg.sizes, memo):
+                return f"{n.describe()} groups the rows otherwise"
+            reg.exits.add(n)
+        elif n.op in (Op.REDUCE_SUM,) and 0 in n.attrs["axes"] and n.inputs[0] in inside:
+            reg.exits.add(n)
+        elif n.op is Op.TRANSPOSE and n.inputs[0] in inside and all(
+                u.op is Op.RAGGED_DOT and u.attrs["mode"] == "contract" and u.inputs[0] is n for u in users[n]):
+            continue  # read through the weight gradients it feeds
+        elif any(x in inside for x in n.inputs):
+            if not _rowwise(n, S) or not all(x in inside or _row_free(x, S) for x in n.inputs):
+                return f"{n.describe()} reads the sorted rows"
+            inside.add(n)
+    # everything reading a region value must be handled here (a transpose feeding a weight
+    # gradient is read through that gradient)
+    for n in inside:
+        for u in users[n]:
+            if u in inside or u in reg.exits:
+                continue
+            if u.op is Op.TRANSPOSE and all(w in reg.exits for w in users[u]):
+                continue
+            return f"{u.describe()} reads the sorted rows"
+    return None
+
+
+def _zero(n: Node) -> bool:
+    n = _strip(n, (Op.BROADCAST, Op.RESHAPE, Op.CAST))
+    return n.op is Op.CONSTANT and not hasattr(n.attrs["value"], "shape") and n.attrs["value"] == 0
+
+
+def _rowwise(n: Node, S: int) -> bool:
+    """An op that maps each row (dim 0, size S) on its own and keeps it as dim 0."""
+    if n.op not in _ROWWISE or n.rank == 0 or n.shape[0] != S:
+        return False
+    a = n.attrs
+    if n.op is Op.BROADCAST:
+        return bool(a["dims"]) and a["dims"][0] == 0 and n.inputs[0].shape[0] == S
+    if n.op is Op.RESHAPE:
+        return n.inputs[0].rank >= 1 and n.inputs[0].shape[0] == S
+    if n.op is Op.SLICE:
+        return a["start"][0] == 0 and a["limit"][0] == S and a["stride"][0] == 1
+    if n.op is Op.CONCATENATE:
+        return a["axis"] != 0
+    if n.op in (Op.REDUCE_SUM, Op.REDUCE_MAX, Op.REDUCE_MIN):
+        return 0 not in a["axes"]
+    if n.op is Op.TRANSPOSE:
+        return a["perm"][0] == 0
+    if n.op is Op.PAD:
+        return a["low"][0] == 0 and a["high"][0] == 0
+    return True
+
+
+def _row_free(n: Node, S: int) -> bool:
+    """The same for every row: a splat, an iota along another dim, a broadcast along the rows."""
+    if n.rank == 0 or n.shape[0] != S:
+        return n.rank == 0
+    if n.op is Op.CONSTANT:
+        return not hasattr(n.attrs["value"], "shape")
+    if n.op is Op.IOTA:
+        return n.attrs["dimension"] != 0
+    if n.op is Op.BROADCAST:
+        return 0 not in n.attrs["dims"]
+    if n.op in ELEMENTWISE:
+        return all(_row_free(x, S) for x in n.inputs)
+    return False
+
+
+def token_axes(reg: Region, shardings: dict) -> tuple[str, ...] | None:
+    """The axes the token-slots are split over in the region (those of the entries' rows, with
+    the experts axes added: a device's slots stay with it)."""
+    entry = next(n for n in reg.nodes if n.op in (Op.GATHER, Op.SCATTER))
+    src = entry.inputs[0] if entry.op is Op.GATHER else entry.inputs[2]
+    ds = shardings[src].dims[0]
+    if ds.strided:
+        return None
+    return tuple(ds.axes) + tuple(a for a in reg.experts if a not in ds.axes)
+
+
+
+TOK, EXP = "token", "expert"
+
+
+def routed_lowerings(lw, regions: list[Region]) -> tuple[dict, set]:
+    """node -> its region's RoutedLowering (region values and exits), and the nodes nothing needs
+    any more (the global sorts, the global gathers) that the Lowerer skips."""
+    routed = {}
+    for reg in regions:
+        tokens = token_axes(reg, lw.shardings)
+        mesh = lw.mesh
+        if tokens is None or reg.rows % mesh.group_size(tokens) or any(
+                n.name in lw.g.output_names for n in reg.nodes) or any(n in reg.nodes for n in lw.g.outputs):
+            continue
+        rl = RoutedLowering(lw, reg, tokens)
+        for n in reg.nodes | reg.exits:
+            routed[n] = rl
+    if not routed:
+        return {}, set()
+    needed, stack = set(), list(lw.g.outputs)
+    while stack:
+        n = stack.pop()
+        if n in needed:
+            continue
+        needed.add(n)
+        rl = routed.get(n)
+        if rl is None:
+            stack.extend(n.inputs)
+            continue
+        stack += [rl.reg.key, rl.reg.sizes]
+        if n.op in (Op.GATHER, Op.SCATTER) and n in rl.reg.nodes:
+            stack.append(n.inputs[0] if n.op is Op.GATHER else n.inputs[2])
+        elif n.op is Op.RAGGED_DOT and n.attrs["mode"] == "contract":
+            stack += [n.inputs[0].inputs[0], n.inputs[1]]
+        elif n.op is Op.GATHER or (n.op is Op.SCATTER and n in rl.reg.exits):
+            stack.append(n.inputs[0] if n.op is Op.GATHER else n.inputs[2])
+        else:
+            for x in n.inputs:
+                if x in rl.reg.nodes or x.op is not Op.BROADCAST:
+                    stack.append(x)
+                else:
+                    stack.extend(x.inputs)
+    return routed, {n for n in lw.g.nodes if n not in needed}
+
+
+class RoutedLowering:
+    """The per-device lowering of one region (see the module doc), driven by the Lowerer: `exit(n)`
+    gives an exit's local value and natural sharding; region values are made on demand."""
+
+    def __init__(self, lw, reg: Region, tokens: tuple[str, ...]):
+        self.lw, self.reg, self.tokens = lw, reg, tokens
+        mesh = lw.mesh
+        self.n_exp, self.n_tok = mesh.group_size(reg.experts), mesh.group_size(tokens)
+        self.E = reg.sizes.shape[0]
+        self.E_l = self.E // self.n_exp
+        self.S_l = reg.rows // self.n_tok
+        self.R = self.n_exp * self.S_l  # the worst case: every slot of the experts group to one device
+        self.vals: dict = {}           # (node, coords) -> (local node, Sharding over (rows, *dims))
+        self._plan = None
+
+    # ---- values ---------------------------------------------------------------------------
+    def have(self, n: Node, coords: str) -> bool:
+        return (n, coords) in self.vals
+
+    def value(self, n: Node, coords: str):
+        if (n, coords) not in self.vals:
+            natural = self._natural(n)
+            if (n, natural) not in self.vals:
+                self.vals[(n, natural)] = self._compute(n, natural)
+            if coords != natural:
+                x, sh = self.vals[(n, natural)]
+                self.vals[(n, coords)] = (self._convert(x, n, natural, coords), sh)
+        return self.vals[(n, coords)]
+
+    def _natural(self, n: Node) -> str:
+        if n.op is Op.RAGGED_DOT:
+            return EXP
+        if n.op in (Op.GATHER, Op.SCATTER) and index_of(n.inputs[1]) in (self.reg.perm, self.reg.inverse):
+            return TOK
+        ins = [x for x in n.inputs if x in self.reg.nodes]
+        coords = {self._natural(x) for x in ins}
+        if len(coords) == 1:
+            return coords.pop()
+        if all(self.have(x, EXP) for x in ins):
+            return EXP
+        if all(self.have(x, TOK) for x in ins):
+            return TOK
+        return EXP if self._feeds_grouped(n) else TOK
+
+    def _feeds_grouped(self, n: Node, depth: int = 8) -> bool:
+        """Does a grouped matmul (rows lhs, or a weight gradient) read n, through row-wise ops?"""
+        for u in self.lw.users[n]:
+            if u.op is Op.RAGGED_DOT or (u.op is Op.TRANSPOSE and u in self.lw.users and
+                                          any(w.op is Op.RAGGED_DOT for w in self.lw.users[u])):
+                return True
+            if depth and u in self.reg.nodes and self._feeds_grouped(u, depth - 1):
+                return True
+        return False
+
+    def _rows(self, coords: str) -> int:
+        return self.S_l if coords == TOK else self.R
+
+    def _fake(self, n: Node, coords: str) -> tuple[int, ...]:
+        return (self._rows(coords),) + tuple(n.shape[1:])
+
+    def _reshard(self, x: Node, n: Node, coords: str, have: Sharding, want: Sharding) -> Node:
+        if have == want:
+            return x
+        self.lw.why = (n.name or n.op.value, n.source, f"{have} → {want} inside routed experts")
+        return self.lw.reshard(x, self._fake(n, coords), have, want)
+
+    def _compute(self, n: Node, coords: str):
+        lw, b = self.lw, self.lw.b
+        with b.loc(n.source):
+            if n.op in (Op.GATHER, Op.SCATTER):  # an entry: the source's own token-slots
+                src = n.inputs[0] if n.op is Op.GATHER else n.inputs[2]
+                want = Sharding((DimSharding(self.tokens),) + tuple(DimSharding() for _ in src.shape[1:]))
+                x = lw.value(src, want, n)
+                return x, Sharding((DimSharding(),) + want.dims[1:])
+            if n.op is Op.RAGGED_DOT:
+                return self._grouped(n)
+            return self._rowwise(n, coords)
+
+    def _operand(self, x: Node, coords: str, like: Node):
+        """A row-wise op's operand in `coords`: a region value, or a row-free one made locally."""
+        if x in self.reg.nodes:
+            return self.value(x, coords)
+        return self._row_free(x, coords), Sharding.replicated(x.rank)
+
+    def _row_free(self, x: Node, coords: str) -> Node:
+        b, rows = self.lw.b, self._rows(coords)
+        if x.rank == 0:
+            return self.lw.value(x, Sharding.replicated(0), None, " (a scalar inside routed experts)")
+        shape = (rows,) + tuple(x.shape[1:])
+        if x.op is Op.CONSTANT:
+            return b.add(Op.CONSTANT, [], out_shape=shape, out_dtype=x.dtype, value=x.attrs["value"])
+        if x.op is Op.IOTA:
+            return b.add(Op.IOTA, [], out_shape=shape, out_dtype=x.dtype, dimension=x.attrs["dimension"])
+        if x.op is Op.BROADCAST:
+            v = self.lw.value(x.inputs[0], Sharding.replicated(x.inputs[0].rank), None, " (broadcast inside routed experts)")
+            return b.add(Op.BROADCAST, [v], shape=shape, dims=x.attrs["dims"])
+        return b.add(x.op, [self._row_free(i, coords) for i in x.inputs], **x.attrs)
+
+    def _rowwise(self, n: Node, coords: str):
+        from .rules import rule_for
+        b = self.lw.b
+        ops = [self._operand(x, coords, n) for x in n.inputs]
+        lead = next((sh for x, (_, sh) in zip(n.inputs, ops) if x in self.reg.nodes), ops[0][1])
+        pending = [i for i, (_, sh) in enumerate(ops) if sh.partial]
+        keep_partial = bool(pending) and tuple(pending) in rule_for(n).linear and \
+            len({ops[i][1].partial for i in pending}) == 1
+        args, shs = [], []
+        for x, (v, sh) in zip(n.inputs, ops):
+            want = sh if keep_partial or not sh.partial else sh.without_partial()
+            if n.op in ELEMENTWISE and x.rank == n.rank:  # operands share the lead's dims
+                want = Sharding(lead.without_partial().dims, want.partial)
+            elif n.op in (Op.RESHAPE, Op.CONCATENATE, Op.PAD) or (n.op in (Op.REDUCE_MAX, Op.REDUCE_MIN)):
+                want = Sharding(Sharding.replicated(x.rank).dims, want.partial)  # layout changes: whole dims
+            elif n.op is Op.SLICE:  # a split dim sliced: one whole block of a fused (strided) dim, or gathered
+                want = Sharding(tuple(ds if not ds.axes or _block_slice(n, d, ds) or (n.attrs["start"][d], n.attrs["limit"][d],
+                                                                                      n.attrs["stride"][d]) == (0, x.shape[d], 1)
+                                      else DimSharding() for d, ds in enumerate(want.dims)), want.partial)
+            v = self._reshard(v, x, coords, sh, want) if x.rank else v
+            args.append(v)
+            shs.append(want)
+        partial = shs[pending[0]].partial if keep_partial else ()
+        rows = self._rows(coords)
+        attrs = dict(n.attrs)
+        sh0 = shs[0]
+        if n.op is Op.BROADCAST:
+            dims = [DimSharding()] * n.rank
+            for i, d in enumerate(attrs["dims"]):
+                dims[d] = sh0.dims[i]
+            attrs["shape"] = (rows,) + tuple(self._local(n, Sharding(tuple(dims)))[1:])
+            out_sh = Sharding(tuple(dims), partial)
+        elif n.op is Op.RESHAPE:
+            attrs["shape"] = (rows,) + tuple(n.shape[1:])
+            out_sh = Sharding(Sharding.replicated(n.rank).dims, partial)
+        elif n.op is Op.SLICE:
+            attrs = self._slice_attrs(n, sh0, args[0], rows)
+            out_sh = Sharding(tuple(DimSharding(ds.axes) if _block_slice(n, d, ds) else ds
+                                    for d, ds in enumerate(sh0.dims)), partial)
+        elif n.op is Op.TRANSPOSE:
+            out_sh = Sharding(tuple(sh0.dims[p] for p in attrs["perm"]), partial)
+        elif n.op in (Op.REDUCE_SUM, Op.REDUCE_MAX, Op.REDUCE_MIN):
+            red = tuple(a for d in attrs["axes"] for a in sh0.dims[d].axes)
+            out_sh = Sharding(tuple(ds for d, ds in enumerate(sh0.dims) if d not in attrs["axes"]), partial + red)
+            for d in attrs["axes"]:
+                args[0] = self.lw.mask(args[0], d, n.inputs[0].shape[d], sh0.dims[d], 0) if sh0.dims[d].axes else args[0]
+        else:
+            out_sh = Sharding(lead.without_partial().dims if n.op in ELEMENTWISE else sh0.dims, partial)
+        return b.add(n.op, args, **attrs), out_sh
+
+    def _local(self, n: Node, sh: Sharding) -> tuple[int, ...]:
+        from .mesh import local_shape
+        return local_shape(n.shape, sh, self.lw.mesh)
+
+    def _slice_attrs(self, n: Node, sh: Sharding, x: Node, rows: int) -> dict:
+        start, limit, stride = list(n.attrs["start"]), list(n.attrs["limit"]), list(n.attrs["stride"])
+        for d, ds in enumerate(sh.dims):
+            if d == 0:
+                start[0], limit[0], stride[0] = 0, rows, 1
+            elif ds.axes:
+                k, size = limit[d] - start[d], n.inputs[0].shape[d]
+                if ds.strided and k < size:  # one whole block of a fused dim: the same local block
+                    per = x.shape[d] // (size // k)
+                    blk = start[d] // k
+                    start[d], limit[d], stride[d] = blk * per, (blk + 1) * per, 1
+                else:
+                    start[d], limit[d], stride[d] = 0, x.shape[d], 1
+        return {"start": start, "limit": limit, "stride": stride}
+
+    # ---- grouped matmuls ------------------------------------------------------------------
+    def _grouped(self, n: Node):
+        lw, b = self.lw, self.lw.b
+        lhs, lsh = self.value(n.inputs[0], EXP)
+        w = n.inputs[1]
+        wsh = lw.shardings[w]
+        wsh = Sharding((DimSharding(self.reg.experts),) + wsh.dims[1:])
+        if any(a in self.tokens and a not in self.reg.experts for a in wsh.used_axes):
+            wsh = Sharding((wsh.dims[0], DimSharding(), DimSharding()))
+        rhs = lw.value(w, wsh, n)
+        want = Sharding((DimSharding(), wsh.dims[1]), () if set(lsh.partial) & set(wsh.used_axes) else lsh.partial)
+        lhs = self._reshard(lhs, n.inputs[0], EXP, lsh, want)
+        plan = self.plan()
+        out = b.add(Op.RAGGED_DOT, [lhs, rhs, plan["tot"]], name=n.name)
+        return out, Sharding((DimSharding(), wsh.dims[2]), want.partial + tuple(wsh.dims[1].axes))
+
+    # ---- exits ----------------------------------------------------------------------------
+    def exit(self, n: Node) -> tuple[Node, Sharding]:
+        lw, b = self.lw, self.lw.b
+        with b.loc(n.source):
+            if n.op is Op.RAGGED_DOT:  # a weight gradient, on the experts' devices
+                bt, csrc = n.inputs[0].inputs[0], n.inputs[1]
+                x, xsh = self.value(bt, EXP)
+                y, ysh = self.value(csrc, EXP)
+                if xsh.partial and ysh.partial:
+                    x, xsh = self._reshard(x, bt, EXP, xsh, xsh.without_partial()), xsh.without_partial()
+                if set(xsh.dims[1].axes) & set(ysh.dims[1].axes):
+                    nsh = Sharding((DimSharding(), DimSharding()), ysh.partial)
+                    y, ysh = self._reshard(y, csrc, EXP, ysh, nsh), nsh
+                out = b.add(Op.RAGGED_DOT, [b.transpose(x, [1, 0]), y, self.plan()["tot"]], name=n.name,
+                            mode="contract")
+                rest = tuple(a for a in self.tokens if a not in self.reg.experts)
+                return out, Sharding((DimSharding(self.reg.experts), xsh.dims[1], ysh.dims[1]),
+                                     _axes(lw.mesh, rest + xsh.partial + ysh.partial))
+            if n.op is Op.REDUCE_SUM:  # a sum over the rows: local rows, pending over the token axes
+                src = n.inputs[0]
+                coords = TOK if self.have(src, TOK) or not self.have(src, EXP) else EXP
+                x, sh = self.value(src, coords)
+                axes = n.attrs["axes"]
+                for d in axes:
+                    if d and sh.dims[d].axes:
+                        x = lw.mask(x, d, src.shape[d], sh.dims[d], 0)
+                red = tuple(a for d in axes for a in sh.dims[d].axes)
+                out = b.add(Op.REDUCE_SUM, [x], name=n.name, axes=axes)
+                dims = tuple(ds for d, ds in enumerate(sh.dims) if d not in axes)
+                return out, Sharding(dims, _axes(lw.mesh, self.tokens + sh.partial + red))
+            src = n.inputs[0] if n.op is Op.GATHER else n.inputs[2]  # back to token-slots
+            x, sh = self.value(src, TOK)
+            out = b.add(Op.RESHAPE, [x], name=n.name, shape=x.shape)
+            return out, Sharding((DimSharding(self.tokens),) + sh.dims[1:], sh.partial)
+
+    # ---- dispatch and combine ---------------------------------------------------------------
+    def _convert(self, x: Node, n: Node, have: str, want: str) -> Node:
+        p = self.plan()
+        b = self.lw.b
+        with b.loc(n.source):
+            if want == EXP:
+                sent = b.add(Op.GATHER, [x, p["order"]], axis=0)
+                got = self._exchange(sent, p["send"], self.R, n, "dispatch to the experts' devices")
+                return b.add(Op.GATHER, [got, p["p_of_q"]], axis=0)
+            back = b.add(Op.GATHER, [x, p["q_of_p"]], axis=0)
+            got = self._exchange(back, p["recv"], self.S_l, n, "combine: back to the tokens' devices")
+            return b.add(Op.GATHER, [got, p["inv_order"]], axis=0)
+
+    def _exchange(self, x: Node, sizes: Node, rows: int, n: Node, why: str) -> Node:
+        from ..analysis.cost import wire_bytes
+        from .program import CollectiveRecord
+        lw = self.lw
+        out = lw.b.add(Op.RAGGED_ALL_TO_ALL, [x, sizes], axes=self.reg.experts, rows=rows)
+        nbytes = max(x.nbytes, out.nbytes)
+        lw.ledger.append(CollectiveRecord("ragged_all_to_all", self.reg.experts, nbytes,
+                                          wire_bytes("ragged_all_to_all", nbytes, self.n_exp),
+                                          n.name or n.op.value, n.source,
+                                          f"{why} (rows of {self.R} padded for any routing)", out))
+        return out
+
+    def plan(self) -> dict:
+        """Where each of this device's token-slots goes, and how received rows regroup by expert."""
+        if self._plan is None:
+            self._plan = self._make_plan()
+        return self._plan
+
+    def _make_plan(self) -> dict:
+        lw, b, reg = self.lw, self.lw.b, self.reg
+        i32 = DType.i32
+        S, S_l, E, E_l, P, R = reg.rows, self.S_l, self.E, self.E_l, self.n_exp, self.R
+        lw.why = (reg.key.name or "expert ids", reg.key.source, "routing: every slot's place in the sorted order")
+        key_l = b.cast(lw.value(reg.key, Sharding((DimSharding(self.tokens),)), None, " (routing: this device's slots)"), i32)
+        key_all = b.cast(lw.value(reg.key, Sharding.replicated(1), None, " (routing: the sorted order)"), i32)
+        sizes = b.binary(Op.MAX, b.cast(lw.value(reg.sizes, Sharding.replicated(1), None, " (routing: group sizes)"), i32), 0)
+        t = lw.global_index(S, DimSharding(self.tokens))                               # [S_l]
+        kt = b.add(Op.BROADCAST, [key_l], shape=(S_l, S), dims=[0])
+        ka = b.add(Op.BROADCAST, [key_all], shape=(S_l, S), dims=[1])
+        tt = b.add(Op.BROADCAST, [t], shape=(S_l, S), dims=[0])
+        before = b.binary(Op.OR, b.binary(Op.LT, ka, kt),
+                          b.binary(Op.AND, b.binary(Op.EQ, ka, kt), b.binary(Op.LT, b.iota((S_l, S), 1, i32), tt)))
+        pos = b.reduce(Op.REDUCE_SUM, b.cast(before, i32), 1)                          # sorted row of each slot
+        ends = b.cast(b.cumsum(sizes, 0), i32)
+        e = b.reduce(Op.REDUCE_SUM, b.cast(b.binary(Op.LE, b.add(Op.BROADCAST, [ends], shape=(S_l, E), dims=[1]),
+                                                    b.add(Op.BROADCAST, [pos], shape=(S_l, E), dims=[0])), i32), 1)
+        order = b.cast(b.sort(e, 0)[1], i32)                                            # slots by expert (E: none)
+        inv_order = b.add(Op.SCATTER, [b.const(0, i32, (S_l,)), order, b.iota((S_l,), 0, i32)], axis=0)
+        dest = b.floor_div(e, E_l)
+        send = self._count(dest, P)                                                      # [P]
+        counts = self._count(e, E)                                                       # [E]
+        lw.why = (reg.key.name or "expert ids", reg.key.source, "routing: slots per expert on each device")
+        table = b.reshape(lw.collective(Op.ALL_GATHER, counts, reg.experts, dim=0), (P, E))
+        first = b.binary(Op.MUL, lw.group_rank(reg.experts), b.const(E_l, i32))
+        mine = b.add(Op.GATHER, [table, b.binary(Op.ADD, b.iota((E_l,), 0, i32), b.add(Op.BROADCAST, [first], shape=(E_l,), dims=[]))],
+                     axis=1)                                                              # [P, E_l]
+        recv = b.reduce(Op.REDUCE_SUM, mine, 1)
+        tot = b.reduce(Op.REDUCE_SUM, mine, 0)
+        src_start = b.binary(Op.ADD, b.add(Op.BROADCAST, [_exclusive(b, recv, 0)], shape=(P, E_l), dims=[0]),
+                             _exclusive(b, mine, 1))
+        dst_start = b.binary(Op.ADD, b.add(Op.BROADCAST, [_exclusive(b, tot, 0)], shape=(P, E_l), dims=[1]),
+                             _exclusive(b, mine, 0))
+        flat = lambda x: b.reshape(x, (P * E_l,))
+        p_of_q = _remap(b, flat(dst_start), flat(src_start), flat(mine), R)
+        q_of_p = _remap(b, flat(src_start), flat(dst_start), flat(mine), R)
+        return {"order": order, "inv_order": inv_order, "send": send, "recv": recv, "tot": tot,
+                "p_of_q": p_of_q, "q_of_p": q_of_p}
+
+    def _count(self, x: Node, n: int) -> Node:
+        b = self.lw.b
+        hit = b.binary(Op.EQ, b.add(Op.BROADCAST, [x], shape=(x.shape[0], n), dims=[0]), b.iota((x.shape[0], n), 1, DType.i32))
+        return b.reduce(Op.REDUCE_SUM, b.cast(hit, DType.i32), 0)
+
+
+def _block_slice(n: Node, d: int, ds: DimSharding) -> bool:
+    """Does slice n take one whole block of dim d, split in the strided layout of such blocks?"""
+    start, limit, stride = n.attrs["start"][d], n.attrs["limit"][d], n.attrs["stride"][d]
+    size, k = n.inputs[0].shape[d], limit - start
+    return bool(ds.axes) and ds.outer > 1 and not ds.parts and stride == 1 and 0 < k < size \
+        and size % k == 0 and start % k == 0 and ds.outer == size // k
+
+
+def _exclusive(b, x: Node, axis: int) -> Node:
+    return b.binary(Op.SUB, b.cast(b.cumsum(x, axis), DType.i32), x)
+
+
+def _remap(b, start: Node, other: Node, count: Node, rows: int) -> Node:
+    """For each position q < rows: other + (q - start) of the block [start, start + count) that
+    holds q (0 where none does: padding, read by no group)."""
+    nb = start.shape[0]
+    q = b.iota((rows, nb), 0, DType.i32)
+    st = b.add(Op.BROADCAST, [start], shape=(rows, nb), dims=[1])
+    inside = b.binary(Op.AND, b.binary(Op.GE, q, st),
+                      b.binary(Op.LT, q, b.binary(Op.ADD, st, b.add(Op.BROADCAST, [count], shape=(rows, nb), dims=[1]))))
+    at = b.binary(Op.ADD, b.add(Op.BROADCAST, [other], shape=(rows, nb), dims=[1]), b.binary(Op.SUB, q, st))
+    return b.reduce(Op.REDUCE_SUM, b.select(inside, at, b.const(0, DType.i32, (rows, nb))), 1)
+
+
+def _axes(mesh: Mesh, axes) -> tuple[str, ...]:
+    """Distinct axes in mesh order."""
+    return tuple(a for a in mesh.axis_names if a in set(axes))
