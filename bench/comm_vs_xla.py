@@ -4,7 +4,8 @@
         [--steps forward,train] [--layouts dp,fsdp,tp,tp+sp,2d] [--batch 8] [--kinds] [--json PATH]
 
 For each zoo model, step (forward; SGD training step) and layout (DP, FSDP, Megatron TP, TP +
-sequence parallel, 2-D dp×tp), the same JAX function goes through
+sequence parallel, 2-D dp×tp), the same JAX function goes through (expert parallelism, model
+"moe-ep": ep, dp×ep, ep×tp rows of a dropless MoE layer, see bench/comm_moe.py)
   1. shardc: from_jax → partition; bytes = Σ ledger `bytes` (XLA's HLO-shape convention);
   2. XLA: jax.jit(fn, in_shardings, out_shardings) with the input and output shardings shardc
      settled on (a strided fused-QKV split becomes the plain spec of the same axes: what the user
@@ -50,6 +51,7 @@ from shardc.partition.program import wire_bytes  # noqa: E402
 from shardc.partition.specs import leaf_key  # noqa: E402
 
 ZOO = ("mlp", "gpt2", "llama", "moe")
+EXPERT_PARALLEL = "moe-ep"  # bench/comm_moe.py: a dropless MoE layer, experts over 'ep' (JAX twin; XLA: GShard form)
 STEPS = ("forward", "train")
 LAYOUTS = ("dp", "fsdp", "tp", "tp+sp", "2d")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "comm_vs_xla.json"
@@ -396,7 +398,8 @@ def print_table(rows, title: str, with_kinds: bool) -> None:
 # ------------------------------------------------------------------------------------- main
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=",".join(ZOO), help="comma-separated subset of " + ",".join(ZOO))
+    ap.add_argument("--models", default=",".join(ZOO + (EXPERT_PARALLEL,)),
+                    help="comma-separated subset of " + ",".join(ZOO + (EXPERT_PARALLEL,)))
     ap.add_argument("--size", default="tiny", choices=("tiny", "mini"))
     ap.add_argument("--steps", default=",".join(STEPS), help="forward,train")
     ap.add_argument("--layouts", default=",".join(LAYOUTS), help="subset of " + ",".join(LAYOUTS))
@@ -406,7 +409,7 @@ def parse_args(argv=None):
     ap.add_argument("--frontend", default="jax", choices=("jax", "torch"),
                     help="capture shardc's graph from the JAX twins or the torch twins (XLA always runs the JAX twin)")
     a = ap.parse_args(argv)
-    for opt, valid in (("models", ZOO), ("steps", STEPS), ("layouts", LAYOUTS)):
+    for opt, valid in (("models", ZOO + (EXPERT_PARALLEL,)), ("steps", STEPS), ("layouts", LAYOUTS)):
         chosen = [x.strip() for x in getattr(a, opt).split(",") if x.strip()]
         bad = [x for x in chosen if x not in valid]
         if bad or not chosen:
@@ -424,6 +427,10 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     rows = []
     for name in a.models:
+        if name == EXPERT_PARALLEL:
+            import comm_moe
+            rows += comm_moe.rows(a.steps, a.batch, jax_mesh, hlo_collectives, by_kind)
+            continue
         m = models.get(f"{name}:{a.size}")
         for step in a.steps:
             try:
@@ -452,7 +459,7 @@ def main(argv=None) -> int:
     meta = dict(bench="comm_vs_xla", size=a.size, batch=a.batch, frontend=a.frontend, jax=jax.__version__, shardc=shardc.__version__,
                 python=platform.python_version(), machine=platform.machine(), cpus=os.cpu_count(),
                 n_jax_devices=len(jax.devices()), elapsed_s=elapsed,
-                tp_size={n: tp_size(models.get(f"{n}:{a.size}")) for n in a.models},
+                tp_size={n: tp_size(models.get(f"{n}:{a.size}")) for n in a.models if n != EXPERT_PARALLEL},
                 convention="bytes per device per step; all-gather: result, reduce-scatter: operand, "
                            "all-reduce/all-to-all/collective-permute: buffer (XLA HLO shapes)")
     out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1, default=str))

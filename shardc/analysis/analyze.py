@@ -49,6 +49,9 @@ def op_flops(n) -> int:
         return n.inputs[0].size
     if n.op is Op.SCATTER:
         return n.inputs[-1].size
+    if n.op is Op.RAGGED_DOT:  # every row (or K element) in some group: the worst case
+        a, b = n.inputs[0], n.inputs[1]
+        return 2 * a.size * (b.shape[-1] if n.attrs["mode"] == "rows" else b.shape[1])
     if n.op in NO_FLOPS:
         return 0
     return n.size
@@ -59,8 +62,18 @@ def graph_flops(g) -> int:
 
 
 def collective_bytes(n) -> int:
-    """A collective node's bytes as the ledger counts them (all-gather: its result)."""
+    """A collective node's bytes as the ledger counts them (all-gather: its result; a ragged
+    all-to-all: its larger buffer, padded for any routing)."""
+    if n.op is Op.RAGGED_ALL_TO_ALL:
+        return max(n.nbytes, n.inputs[0].nbytes)
     return n.nbytes if n.op is Op.ALL_GATHER else n.inputs[0].nbytes
+
+
+def routed_bytes(n, group: int, case: str) -> float:
+    """What a ragged all-to-all moves: its padded buffer in the worst case (every routed row to
+    or from one device); with uniform routing, 1/group of it (each device's own rows)."""
+    full = collective_bytes(n)
+    return full if case == "worst" else full / group
 
 
 @dataclasses.dataclass
@@ -84,6 +97,7 @@ class Analysis:
     recompute_flops: int = 0            # FLOPs it adds per device (in .flops, not in .model_flops)
     exposed_comm_s_before_passes: float | None = None   # the program as partitioned (None: no passes ran)
     step_s_before_passes: float | None = None
+    routed: dict = dataclasses.field(default_factory=dict)  # ragged all-to-alls: bytes and s, worst and expected
 
     @property
     def fits(self) -> bool:
@@ -115,6 +129,10 @@ class Analysis:
             rows.append((f"memory {k}", _gb(m[k])))
         for axes, b in self.comm_bytes.items():
             rows.append((f"comm {axes}", f"{_gb(b)}   {self.comm_s_by_axes.get(axes, 0) * 1e3:.3f} ms"))
+        if self.routed:
+            r = self.routed
+            rows.append(("routed tokens", f"worst {_gb(r['worst_bytes'])} {r['worst_s'] * 1e3:.3f} ms, uniform routing "
+                                          f"{_gb(r['expected_bytes'])} {r['expected_s'] * 1e3:.3f} ms (step uses uniform)"))
         rows.append(("compute", f"{self.compute_s * 1e3:.3f} ms"))
         before = ("" if self.exposed_comm_s_before_passes is None
                   else f"; {self.exposed_comm_s_before_passes * 1e3:.3f} ms without the passes")
@@ -137,7 +155,7 @@ class Analysis:
                 "axis_levels": dict(self.axis_levels), "extrapolated": self.extrapolated,
                 "recompute": self.recompute, "recompute_flops": self.recompute_flops,
                 "exposed_comm_s_before_passes": self.exposed_comm_s_before_passes,
-                "step_s_before_passes": self.step_s_before_passes}
+                "step_s_before_passes": self.step_s_before_passes, "routed": dict(self.routed)}
 
 
 def _gb(b: float) -> str:
@@ -157,8 +175,12 @@ class _Pricer:
     def group_spans(self, axes):
         return [s for a in axes for s in self.spans[a]]
 
-    def collective(self, n) -> float:
-        return coll.seconds(n.op.value, collective_bytes(n), self.group_spans(n.attrs["axes"]))
+    def collective(self, n, case: str = "expected") -> float:
+        spans = self.group_spans(n.attrs["axes"])
+        if n.op is Op.RAGGED_ALL_TO_ALL:  # an all-to-all of what routing sends (see routed_bytes)
+            group = math.prod(f for _, f in spans)
+            return coll.seconds("all_to_all", routed_bytes(n, group, case), spans)
+        return coll.seconds(n.op.value, collective_bytes(n), spans)
 
     def __call__(self, n) -> float:
         if n.op in COLLECTIVES:
@@ -230,6 +252,13 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
             key = ",".join(n.attrs["axes"])
             comm_bytes[key] = comm_bytes.get(key, 0) + collective_bytes(n)
             comm_s_by_axes[key] = comm_s_by_axes.get(key, 0.0) + price.collective(n)
+    routed = {}
+    for n in local.nodes:
+        if n.op is Op.RAGGED_ALL_TO_ALL:
+            group = math.prod(mesh.axes[a] for a in n.attrs["axes"])
+            for case in ("worst", "expected"):
+                routed[f"{case}_bytes"] = routed.get(f"{case}_bytes", 0) + routed_bytes(n, group, case)
+                routed[f"{case}_s"] = routed.get(f"{case}_s", 0.0) + price.collective(n, case)
     model_flops = graph_flops(prog.graph)
     memory, flops, extra_flops, extra_s = memory_of(prog.graph, local), graph_flops(local), 0, 0.0
     if recompute != "none":
@@ -243,7 +272,7 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
     levels = {a: " x ".join(f"{lv.name} x{f}" for lv, f in sp) for a, sp in price.spans.items()}
     a = Analysis(hw, mesh, flops, model_flops, memory, comm_bytes, compute_s, comm_s,
                  max(0.0, step_s - compute_s), step_s, mfu, levels, comm_s_by_axes, events,
-                 recompute=recompute, recompute_flops=extra_flops)
+                 recompute=recompute, recompute_flops=extra_flops, routed=routed)
     raw = getattr(prog, "before_passes", None)
     if raw is not None and raw is not prog.local and overlap:  # the same model, the program as partitioned
         ev = timeline(LiveProgram(raw), overlap=True, seconds=price)

@@ -42,6 +42,9 @@ def flops(n: Node) -> int:
         a = n.inputs[0]
         contract = math.prod(a.shape[d] for d in n.attrs["lhs_contract"])
         return 2 * n.size * contract
+    if n.op is Op.RAGGED_DOT:  # every row in some group: the worst case
+        a, b = n.inputs[0], n.inputs[1]
+        return 2 * a.size * (b.shape[-1] if n.attrs["mode"] == "rows" else b.shape[1])
     if n.op in (Op.REDUCE_SUM, Op.REDUCE_MAX, Op.REDUCE_MIN):
         return n.inputs[0].size
     return n.size

@@ -82,12 +82,20 @@ def _vector(n: Node) -> Node | None:
     return found
 
 
+def _same_elements(n: Node) -> Node:
+    """Through casts, reshapes and broadcasts that only add size-1 dims (the same vector)."""
+    while n.op in (Op.CAST, Op.RESHAPE, Op.BROADCAST) and n.inputs and n.inputs[0].size == n.size:
+        n = n.inputs[0]
+    return n
+
+
 def index_of(n: Node) -> Node:
-    """An index with torch's negative-index wrap (select(i < 0, i + n, i)) and casts taken off."""
-    n = _strip(n, (Op.CAST,))
+    """An index with the frontends' negative-index wrap (select(i < 0, i + n, i)), casts and
+    size-1 dims taken off."""
+    n = _same_elements(n)
     if n.op is Op.SELECT and n.inputs[0].op is Op.LT and n.inputs[1].op is Op.ADD:
-        i = _strip(n.inputs[2], (Op.CAST,))
-        if _strip(n.inputs[0].inputs[0], (Op.CAST,)) is i and _strip(n.inputs[1].inputs[0], (Op.CAST,)) is i:
+        i = _same_elements(n.inputs[2])
+        if _same_elements(n.inputs[0].inputs[0]) is i and _same_elements(n.inputs[1].inputs[0]) is i:
             return i
     return n
 

@@ -172,3 +172,14 @@ def test_expert_parallel_tokens_travel_dropless_and_exact(layout, cls, train):
         tp_bytes = B * S * D * 4 // axes["ep"] if tp else 0
         assert sum(c.bytes for c in small if c.axes == ("tp",)) == tp_bytes, prog.ledger()
         assert all(c.bytes <= K * B * S * 8 for c in small if c.axes != ("tp",)), prog.ledger()
+
+
+def test_analysis_models_routed_tokens_worst_and_uniform():
+    g, args, x_name, other = _captured(MixtralSparseMoeBlock, False)
+    axes, tokens, experts = MESHES["ep4"]
+    prog = shardc.partition(g, Mesh(axes), {x_name: tokens, other: tokens, **_expert_specs(g, experts)})
+    a = shardc.analyze(prog, hardware="h100")
+    buffer = K * B * S * D * 4
+    assert a.routed["worst_bytes"] == 2 * buffer and a.routed["expected_bytes"] == 2 * buffer / 4
+    assert 0 < a.routed["expected_s"] < a.routed["worst_s"]
+    assert "routed tokens" in a.table()
