@@ -61,13 +61,39 @@ torch = pytest.importorskip("torch")
 from moe_models import DeepseekV3MoE, MixtralSparseMoeBlock, MoeConfig, sgd_step  # noqa: E402
 
 
+# ------------------------------------------------------------------------- expert parallelism
+import functools  # noqa: E402
+
+EP = {"gate_up_proj": P("ep", None, None), "down_proj": P("ep", None, None)}
+MESHES = {"ep4": ({"ep": 4}, P("ep", None, None), EP),
+          "dp2xep2": ({"dp": 2, "ep": 2}, P(("dp", "ep"), None, None), EP),
+          "ep2xtp2": ({"ep": 2, "tp": 2}, P("ep", None, None), {"gate_up_proj": P("ep", "tp", None),
+                                                                 "down_proj": P("ep", None, "tp")})}
+
+
+def _expert_specs(g, by_weight: dict) -> dict:
+    """The routed experts' weights (and their updates), not the shared expert's."""
+    return {name: spec for name in g.input_names + g.output_names for w, spec in by_weight.items()
+            if name.replace("'", "").replace("[", ".").endswith(f".experts.{w}]") or name == f"experts.{w}"}
+B, S, D, K = 8, 2, 16, 2  # batch, sequence, hidden, experts per token
+
+
+@functools.lru_cache(maxsize=None)
+def _captured(cls, train: bool, impl: str = "grouped_mm"):
+    """(graph, args, token input name, token output/target name, module): captured once per module."""
+    torch.manual_seed(5)
+    m = cls(MoeConfig(experts_implementation=impl))
+    x, t = torch.randn(B, S, D), torch.randn(B, S, D)
+    if not train:
+        return shardc.from_torch(m, (x,)), (x,), "hidden_states", "out", m
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    return shardc.from_torch(sgd_step(m), (params, x, t)), (params, x, t), "x", "target", m
+
+
 @pytest.mark.parametrize("impl", ["grouped_mm", "batched_mm"])
 @pytest.mark.parametrize("cls", [MixtralSparseMoeBlock, DeepseekV3MoE], ids=["mixtral", "deepseek"])
 def test_hf_style_moe_layers_capture_exactly(cls, impl):
-    torch.manual_seed(1)
-    m = cls(MoeConfig(experts_implementation=impl))
-    x = torch.randn(2, 3, 16)
-    g = shardc.from_torch(m, (x,))
+    g, (x,), _, _, m = _captured(cls, False, impl)
     assert (sum(n.op is Op.RAGGED_DOT for n in g.nodes) == 2) == (impl == "grouped_mm")
     np.testing.assert_allclose(g.evaluate(x)[0], m(x).detach().numpy(), rtol=1e-5, atol=1e-5)
 
@@ -119,39 +145,11 @@ def test_jax_ragged_dot_sort_and_bincount():
             np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-# ------------------------------------------------------------------------- expert parallelism
-import functools  # noqa: E402
-
-EP = {"gate_up_proj": P("ep", None, None), "down_proj": P("ep", None, None)}
-MESHES = {"ep4": ({"ep": 4}, P("ep", None, None), EP),
-          "dp2xep2": ({"dp": 2, "ep": 2}, P(("dp", "ep"), None, None), EP),
-          "ep2xtp2": ({"ep": 2, "tp": 2}, P("ep", None, None), {"gate_up_proj": P("ep", "tp", None),
-                                                                 "down_proj": P("ep", None, "tp")})}
-
-
-def _expert_specs(g, by_weight: dict) -> dict:
-    """The routed experts' weights (and their updates), not the shared expert's."""
-    return {name: spec for name in g.input_names + g.output_names for w, spec in by_weight.items()
-            if name.replace("'", "").replace("[", ".").endswith(f".experts.{w}]") or name == f"experts.{w}"}
-B, S, D, K = 8, 2, 16, 2  # batch, sequence, hidden, experts per token
-
-
-@functools.lru_cache(maxsize=None)
-def _captured(cls, train: bool):
-    torch.manual_seed(5)
-    m = cls(MoeConfig(experts_implementation="grouped_mm"))
-    x, t = torch.randn(B, S, D), torch.randn(B, S, D)
-    if not train:
-        return shardc.from_torch(m, (x,)), (x,), "hidden_states", "out"
-    params = {k: v.detach() for k, v in m.named_parameters()}
-    return shardc.from_torch(sgd_step(m), (params, x, t)), (params, x, t), "x", "target"
-
-
 @pytest.mark.parametrize("train", [False, True], ids=["forward", "sgd"])
 @pytest.mark.parametrize("cls", [MixtralSparseMoeBlock, DeepseekV3MoE], ids=["mixtral", "deepseek"])
 @pytest.mark.parametrize("layout", list(MESHES))
 def test_expert_parallel_tokens_travel_dropless_and_exact(layout, cls, train):
-    g, args, x_name, other = _captured(cls, train)
+    g, args, x_name, other, _ = _captured(cls, train)
     axes, tokens, experts = MESHES[layout]
     prog = shardc.partition(g, Mesh(axes), {x_name: tokens, other: tokens, **_expert_specs(g, experts)})
     tp = "tp" in axes
@@ -175,7 +173,7 @@ def test_expert_parallel_tokens_travel_dropless_and_exact(layout, cls, train):
 
 
 def test_analysis_models_routed_tokens_worst_and_uniform():
-    g, args, x_name, other = _captured(MixtralSparseMoeBlock, False)
+    g, args, x_name, other, _ = _captured(MixtralSparseMoeBlock, False)
     axes, tokens, experts = MESHES["ep4"]
     prog = shardc.partition(g, Mesh(axes), {x_name: tokens, other: tokens, **_expert_specs(g, experts)})
     a = shardc.analyze(prog, hardware="h100")
