@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from zoo_cases import ZOO
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "comm_vs_xla.py"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("size", ["tiny", "mini"])
-@pytest.mark.parametrize("model", ["mlp", "gpt2", "llama", "moe"])
+@pytest.mark.parametrize("model", ZOO)
 def test_no_more_bytes_than_xla(model, size, tmp_path):
     out = tmp_path / "comm.json"
     p = subprocess.run([sys.executable, str(BENCH), "--models", model, "--size", size, "--json", str(out)],

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import shardc
+import zoo_cases
 from shardc import DType, Mesh, Op, partition
 from shardc.codegen import pallas
 from shardc.ir import GraphBuilder
@@ -193,23 +194,11 @@ def test_source_lives_in_the_cache_and_is_a_pallas_call(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------- zoo
-CASES = [(name, train, bf16, layout)
-         for name in ["mlp", "gpt2", "llama", "moe"]
-         for train in (False, True)
-         for bf16 in (False, True)
-         for layout in ("tp", "dp")]
 FAST = {("mlp", True, False, "dp"), ("gpt2", False, False, "tp"), ("gpt2", True, True, "dp"),
         ("llama", False, True, "tp"), ("moe", False, False, "dp"), ("moe", True, True, "tp")}
 
 
-def _param(c):
-    name, train, bf16, layout = c
-    marks = () if c in FAST else (pytest.mark.slow,)
-    return pytest.param(*c, id=f"{name}-{'train' if train else 'forward'}-{'bf16' if bf16 else 'f32'}-{layout}",
-                        marks=marks)
-
-
-@pytest.mark.parametrize("name,train,bf16,layout", [_param(c) for c in CASES])
+@pytest.mark.parametrize("name,train,bf16,layout", zoo_cases.kernel_cases(FAST))
 def test_zoo_kernels_equal_numpy_and_lower_for_tpu(name, train, bf16, layout):
     m, g, args, want = captured(name, train, bf16)
     axes, tp, plan = LAYOUTS[layout]

@@ -9,18 +9,15 @@ import numpy as np
 import pytest
 
 import shardc
+import zoo_cases
 from shardc import Mesh, models, partition
 from shardc.codegen.stats import summary
 from shardc.testing import rel_err
 
 BATCH = 2
-LAYOUTS = {
-    "single": (dict(dp=1), False, None),
-    "dp": (dict(dp=2), False, "dp"),
-    "tp": (dict(tp=2), True, None),
-    "fsdp": (dict(dp=2), False, "fsdp"),
-    "2d": (dict(dp=2, tp=2), True, "dp"),
-}
+# name: (mesh axes, Megatron TP specs?, plan), rows of tests/zoo_cases.py's table
+LAYOUTS = {name: (axes, tp, plan) for name, (axes, tp, _, plan)
+           in zoo_cases.layouts(single="dp1", dp="dp2", tp="tp2", fsdp="fsdp2", **{"2d": "2x2"}).items()}
 
 
 @pytest.fixture(autouse=True)
@@ -62,24 +59,12 @@ def run_and_check_kernels(prog, args, tol):
     return exe, got
 
 
-CASES = [(name, train, bf16, layout)
-         for name in ["mlp", "gpt2", "llama", "moe"]
-         for train in (False, True)
-         for bf16 in (False, True)
-         for layout in ("tp", "dp")]
 FAST = {("mlp", True, False, "dp"), ("gpt2", False, False, "tp"), ("gpt2", True, True, "dp"),
         ("llama", False, True, "tp"), ("llama", True, False, "tp"), ("moe", False, False, "dp"),
         ("moe", True, True, "dp")}
 
 
-def _param(c):
-    name, train, bf16, layout = c
-    marks = () if c in FAST else (pytest.mark.slow,)
-    return pytest.param(*c, id=f"{name}-{'train' if train else 'forward'}-{'bf16' if bf16 else 'f32'}-{layout}",
-                        marks=marks)
-
-
-@pytest.mark.parametrize("name,train,bf16,layout", [_param(c) for c in CASES])
+@pytest.mark.parametrize("name,train,bf16,layout", zoo_cases.kernel_cases(FAST))
 def test_every_kernel_equals_numpy_of_its_nodes(name, train, bf16, layout):
     m, g, args, want = captured(name, train, bf16)
     axes, tp, plan = LAYOUTS[layout]

@@ -13,6 +13,7 @@ from shardc import models
 from shardc.frontend.jax_ops import RULES
 from shardc.ir import Op, parse_graph, verify
 from shardc.testing import assert_close, tolerance
+from zoo_cases import ZOO
 
 BF16 = jnp.bfloat16
 
@@ -367,9 +368,6 @@ def random_adam_state(args, rng):
     m = {k: jnp.asarray(rng.standard_normal(p.shape) * 1e-2, p.dtype) for k, p in params.items()}
     v = {k: jnp.asarray(rng.uniform(1e-5, 1e-4, p.shape), p.dtype) for k, p in params.items()}
     return (params, {"step": jnp.float32(3.0), "m": m, "v": v}) + tuple(args[2:])
-
-
-ZOO = ["mlp", "gpt2", "llama", "moe"]
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, BF16], ids=["f32", "bf16"])

@@ -13,6 +13,7 @@ import shardc
 from shardc import UnsupportedOpError, models
 from shardc.ir import Op, parse_graph, to_numpy, verify
 from shardc.testing import assert_close
+from zoo_cases import ZOO
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -411,7 +412,6 @@ def test_grad_of_closed_over_module(rng):
     check(step, (randn(2, 4)(rng),))
 
 
-ZOO = ["mlp", "gpt2", "llama", "moe"]
 DTYPES = {"f32": None, "bf16": torch.bfloat16}
 
 

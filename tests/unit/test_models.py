@@ -13,8 +13,7 @@ import torch
 
 from shardc import models
 from shardc.errors import Error
-
-NAMES = ["mlp", "gpt2", "llama", "moe"]
+from zoo_cases import ZOO as NAMES
 
 
 def rel_err(got, want) -> float:

@@ -2,40 +2,19 @@
 parallel and 2-D meshes (uneven dims too): simulate == evaluate; and the ledgers the closed forms
 predict (Megatron: 2 all-reduces of b·s·h per layer; DP: gradient all-reduces add up to Ψ;
 FSDP: at most 3Ψ)."""
-import functools
-
-import numpy as np
 import pytest
 
+import zoo_cases
 from shardc import Mesh, models, partition
-from shardc.partition.plans import sequence_parallel_specs
 from shardc.testing import assert_close
+from zoo_cases import BATCH, ZOO, partitioned, specs_for
 
-BATCH = 4
-ZOO = ["mlp", "gpt2", "llama", "moe"]
-LAYOUTS = {
-    "dp": (dict(dp=2), False, False, "dp"),
-    "dp-uneven": (dict(dp=3), False, False, "dp"),
-    "fsdp": (dict(dp=4), False, False, "fsdp"),
-    "tp": (dict(tp=2), True, False, None),
-    "tp+sp": (dict(tp=4), True, True, None),
-    "2d": (dict(dp=2, tp=2), True, False, "dp"),
-    "2d-fsdp": (dict(dp=2, tp=2), True, False, "fsdp"),
-}
+LAYOUTS = zoo_cases.layouts(**{"dp": "dp2", "dp-uneven": "dp3", "fsdp": "fsdp4", "tp": "tp2", "tp+sp": "tp4+sp",
+                               "2d": "2x2", "2d-fsdp": "2x2-fsdp"})
 
 
-@functools.lru_cache(maxsize=None)
 def captured(name: str, train: bool, frontend: str = "jax"):
-    m = models.get(name + ":tiny")
-    g, args = m.capture(train, frontend, BATCH, lr=0.1)
-    return m, g, args, g.evaluate(*args)
-
-
-def specs_for(m, g, tp: bool, sp: bool):
-    specs = dict(m.tp_specs()) if tp else {}
-    if sp:
-        specs.update(sequence_parallel_specs(g))
-    return specs
+    return (*zoo_cases.captured(name, train, frontend), zoo_cases.reference(name, train, frontend))
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -43,8 +22,7 @@ def specs_for(m, g, tp: bool, sp: bool):
 @pytest.mark.parametrize("name", ZOO)
 def test_simulate_equals_evaluate(name, train, layout):
     m, g, args, want = captured(name, train)
-    axes, tp, sp, plan = LAYOUTS[layout]
-    prog = partition(g, Mesh(axes), specs_for(m, g, tp, sp), plan)
+    prog = partitioned(m, g, LAYOUTS[layout])
     got = prog.simulate(*args)
     for i, (a, b) in enumerate(zip(got, want)):
         assert_close(a, b, tol=1e-5, what=f"{g.output_names[i]} ({name} {layout})")
@@ -55,8 +33,7 @@ def test_simulate_equals_evaluate(name, train, layout):
 @pytest.mark.parametrize("name", ZOO)
 def test_torch_twins_too(name, train, layout):
     m, g, args, want = captured(name, train, "torch")
-    axes, tp, sp, plan = LAYOUTS[layout]
-    prog = partition(g, Mesh(axes), specs_for(m, g, tp, sp), plan)
+    prog = partitioned(m, g, LAYOUTS[layout])
     for i, (a, b) in enumerate(zip(prog.simulate(*args), want)):
         assert_close(a, b, tol=1e-5, what=f"{g.output_names[i]} ({name} {layout}, torch)")
 
@@ -81,7 +58,7 @@ def test_megatron_gpt2_forward_is_two_all_reduces_per_layer():
 
 def test_tp_sp_gpt2_forward_is_all_gather_and_reduce_scatter_of_the_same_volume():
     m, g, _, _ = captured("gpt2", False)
-    prog = partition(g, Mesh(tp=4), specs_for(m, g, True, True))
+    prog = partition(g, Mesh(tp=4), specs_for(m, g, LAYOUTS["tp+sp"]))
     kinds = [(c.kind, c.bytes) for c in prog.collectives]
     assert kinds == [("all_gather", _layer_bytes(m)), ("reduce_scatter", _layer_bytes(m))] * (2 * m.config.n_layer)
 
@@ -137,7 +114,7 @@ def test_moe_tp_sp_gathers_the_tokens_once_where_they_are_made():
     (no gathers of expert choices, no reduce-scatter of a partial dispatch buffer); the expert
     outputs are gathered for the combine. As XLA partitions it."""
     m, g, args, want = captured("moe", False)
-    prog = partition(g, Mesh(tp=4), specs_for(m, g, True, True))
+    prog = partition(g, Mesh(tp=4), specs_for(m, g, LAYOUTS["tp+sp"]))
     c = m.config
     tokens = BATCH * c.seq_len * c.d_model * 4
     slots = c.n_experts * c.capacity(BATCH * c.seq_len) * c.d_model * 4

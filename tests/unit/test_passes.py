@@ -1,33 +1,29 @@
 """Collective passes: each keeps simulate == evaluate, moves the same bytes, and says what it did."""
-import functools
-
 import numpy as np
 import pytest
 
 import shardc
-from shardc import Mesh, ShardingError, models
+import zoo_cases
+from shardc import Mesh, ShardingError
 from shardc.ir import DType, GraphBuilder, Op
 from shardc.partition.passes import combine_all_reduces
 from shardc.partition.passes_cse import eliminate_common_collectives
 from shardc.partition.passes_scatter import create_reduce_scatters
 from shardc.testing import assert_close
 
-LAYOUTS = {"dp": (dict(dp=4), False, "dp"), "fsdp": (dict(dp=4), False, "fsdp"),
-           "2d": (dict(dp=2, tp=2), True, "dp")}
+LAYOUTS = zoo_cases.layouts(dp="dp4", fsdp="fsdp4", **{"2d": "2x2"})
 
 
-@functools.lru_cache(maxsize=None)
-def captured(name):
-    m = models.get(name + ":tiny")
-    g, args = m.capture(True, "jax", 4, lr=0.1)
-    return m, g, args, g.evaluate(*args)
+def captured(name, train=True):
+    """A zoo model's training step (or forward) and its evaluation (tests/zoo_cases.py)."""
+    return (*zoo_cases.captured(name, train), zoo_cases.reference(name, train))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("name", ["mlp", "gpt2", "llama", "moe"])
+@pytest.mark.parametrize("name", zoo_cases.ZOO)
 def test_combined_program_is_exact_and_moves_the_same_bytes(name, layout):
     m, g, args, ref = captured(name)
-    axes, tp, plan = LAYOUTS[layout]
+    axes, tp, _, plan = LAYOUTS[layout]
     specs = m.tp_specs() if tp else {}
     plain = shardc.partition(g, Mesh(axes), specs, plan, passes=())
     prog = shardc.partition(g, Mesh(axes), specs, plan)
@@ -300,7 +296,7 @@ def test_collective_matmul_rings_are_exact(name, train):
     tiny zoo the cost model keeps them as they are (latency-bound: the loop does not pay)."""
     from shardc.partition.passes_collective_matmul import collective_matmul
     from shardc.partition.plans import sequence_parallel_specs
-    m, g, args, ref = captured(name) if train else (models.get(name + ":tiny"), *_forward(name))
+    m, g, args, ref = captured(name, train)
     specs = dict(m.tp_specs())
     specs.update(sequence_parallel_specs(g))
     auto = shardc.partition(g, Mesh(tp=4), specs)
@@ -318,8 +314,3 @@ def test_collective_matmul_rings_are_exact(name, train):
     with pytest.raises(ShardingError, match="mode"):
         collective_matmul(prog, "sometimes")
 
-
-@functools.lru_cache(maxsize=None)
-def _forward(name):
-    g, args = models.get(name + ":tiny").capture(False, "jax", 4)
-    return g, args, g.evaluate(*args)
