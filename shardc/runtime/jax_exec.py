@@ -412,7 +412,16 @@ class JaxProgram:
         import contextlib
         with jax.enable_x64(True) if self.x64 else contextlib.nullcontext():  # i64 values need x64
             values = self.prog.graph.input_values(*args)
-            return self.outputs(self.fn(*self.inputs(values)))
+            if jax.process_count() == 1:
+                return self.outputs(self.fn(*self.inputs(values)))
+            from . import jax_job       # jax.distributed: a peer process that dies is named
+            jax_job.start()
+            what = f"the program of {self.prog.graph.name!r} over {self.prog.mesh}"
+            try:
+                with jax_job.watch(what):
+                    return self.outputs(jax.block_until_ready(self.fn(*self.inputs(values))))
+            except Exception as e:
+                raise jax_job.failure(what, e) from e
 
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

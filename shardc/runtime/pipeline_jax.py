@@ -22,8 +22,6 @@ then exchanged with multihost_utils.process_allgather so that every process retu
 """
 from __future__ import annotations
 
-import os
-import socket
 import weakref
 
 import numpy as np
@@ -31,7 +29,6 @@ import numpy as np
 from ..errors import Error
 from ..ir import Op
 from ..ir.ops import COLLECTIVES
-from .errors import RankError
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -219,7 +216,8 @@ def run_pipeline_jax(prog, *args, devices=None, trace: list | None = None) -> li
     R = devs.sub.size
     stages, wire, rows = _compiled(prog, list(jax.devices() if devices is None else devices))
     if jax.process_count() > 1:
-        roster()               # collectively, on the first run: who each process is, for reports
+        from . import jax_job
+        jax_job.start()        # collectively, on the first run: who each process is, heartbeats
     blocks = inner.input_blocks(prog.graph.input_values(*args),
                                 devices=[devs.device(j, r) for j in range(m) for r in range(R)])
     pos = {x: i for i, x in enumerate(local.inputs)}
@@ -230,6 +228,7 @@ def run_pipeline_jax(prog, *args, devices=None, trace: list | None = None) -> li
     sends: dict = {}
     for t in prog.transfers:
         sends.setdefault((t.src, t.phase), []).append(t)
+    from .jax_job import watch
 
     def deliver(src_stage, phase, j, env_of):
         for t in sends.get((src_stage.k, phase), ()):
@@ -238,7 +237,8 @@ def run_pipeline_jax(prog, *args, devices=None, trace: list | None = None) -> li
                 continue
             x = env_of(src_stage).get(t.node) if src_stage.own else None
             try:
-                y = wire.send(x, src_stage.d, dst.d, t.node.shape, _jnp_dtype(t.node), dst.sharding)
+                with watch(f"transfer of {t.node.describe()} from stage {t.src} to stage {t.dst}"):
+                    y = wire.send(x, src_stage.d, dst.d, t.node.shape, _jnp_dtype(t.node), dst.sharding)
             except Exception as e:     # a peer process died (gloo: connection closed) or hung
                 raise _transfer_failed(t, j, rows, e) from e
             if dst.own:
@@ -290,33 +290,14 @@ def run_pipeline_jax(prog, *args, devices=None, trace: list | None = None) -> li
     return inner.assemble(per_device)
 
 
-_ROSTER: list = []
-
-
-def roster() -> list[tuple[str, str]]:
-    """(host, pid) of every jax.distributed process, gathered once (a collective: every process
-    calls it at the same point)."""
-    if not _ROSTER:
-        from jax.experimental import multihost_utils
-        me = f"{socket.gethostname()}|{os.getpid()}".encode()[:127].ljust(128, b"\0")
-        rows = multihost_utils.process_allgather(np.frombuffer(me, np.uint8))
-        _ROSTER.extend(tuple(bytes(r).rstrip(b"\0").decode().split("|")) for r in np.asarray(rows))
-    return _ROSTER
-
-
-def _transfer_failed(t, j, rows, err) -> RankError:
+def _transfer_failed(t, j, rows, err):
     """The RankError for a transfer that raised: names this process and the peer's (host, pid)."""
+    from . import jax_job
     me = jax.process_index()
     ends = [rows[t.src % len(rows)][0].process_index, rows[t.dst % len(rows)][0].process_index]
-    peer = next((q for q in ends if q != me), me)
-    who = roster() if _ROSTER else []
-    def name(q):
-        return f"process {q}" + (f" (host {who[q][0]}, pid {who[q][1]})" if q < len(who) else "")
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return RankError(f"{name(me)}: transfer of {t.node.describe()} from stage {t.src} to stage {t.dst}"
-                     f"{'' if j is None else f' (microbatch {j})'} failed; its peer {name(peer)} is gone or "
-                     f"unreachable ({type(err).__name__}: {first})", rank=peer, kind="died",
-                     doing=f"transfer {t.src}->{t.dst}", details=str(err))
+    what = (f"transfer of {t.node.describe()} from stage {t.src} to stage {t.dst}"
+            f"{'' if j is None else f' (microbatch {j})'}")
+    return jax_job.failure(what, err, peers=[q for q in ends if q != me] or None)
 
 
 def _jnp_dtype(n):

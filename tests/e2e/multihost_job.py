@@ -3,7 +3,7 @@
     torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d ... multihost_job.py torch [die]
     multihost_job.py jax PROCESS_ID COORDINATOR [die]      (2 processes x 4 CPU devices)
 
-(`die-spmd` for torch: the second host dies in a step of the plain SPMD program instead.)
+(`die-spmd`: the second host dies in a step of the plain SPMD program instead.)
 
 Every process builds the same training step and pipeline program (a host per stage) and runs
 shardc.check on the job's engine (torch_pipeline / jax_pipeline; on JAX also the plain SPMD
@@ -76,7 +76,7 @@ def torch_main(die: bool, spmd: bool = False):
     dist.destroy_process_group()
 
 
-def jax_main(process_id: int, coordinator: str, die: bool):
+def jax_main(process_id: int, coordinator: str, die: bool, spmd_dies: bool = False):
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes=2, process_id=process_id, heartbeat_timeout_seconds=10)
@@ -94,7 +94,7 @@ def jax_main(process_id: int, coordinator: str, die: bool):
         print(f"process {process_id} pid {os.getpid()} ready", flush=True)
         if process_id == 1:
             time.sleep(600)
-        shardc.check(prog, *args, engine="jax_pipeline")
+        shardc.check(spmd if spmd_dies else prog, *args, engine="jax" if spmd_dies else "jax_pipeline")
     print(f"process {process_id} of {jax.process_count()} ok", flush=True)
     jax.distributed.shutdown()
 
@@ -105,7 +105,8 @@ if __name__ == "__main__":
     else:
         from shardc.runtime import RankError
         try:
-            jax_main(int(sys.argv[2]), sys.argv[3], "die" in sys.argv[4:])
+            jax_main(int(sys.argv[2]), sys.argv[3], bool({"die", "die-spmd"} & set(sys.argv[4:])),
+                     "die-spmd" in sys.argv[4:])
         except RankError as e:     # exit at once: jax.distributed's shutdown would wait for the dead peer
             print(f"RankError: {e}", flush=True)
             os._exit(1)
