@@ -6,6 +6,7 @@ import time
 from .. import flags
 from ..errors import ShardingError
 from ..ir import Graph, Op
+from .batched_experts import rewrite_batched_experts
 from .lower import lower
 from .mesh import DimSharding, Mesh, P, Sharding
 from .passes import run_passes
@@ -42,6 +43,10 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
 def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None,
                extra_seeds: dict | None = None, extra_outs: dict | None = None, notes=()) -> SpmdProgram:
     user, out_specs = resolve(g, mesh, specs)
+    split = {n for n, (s, _, _) in user.items() if n.op is Op.PARAMETER and s.dims and s.dims[0].axes}
+    if split and (routed := rewrite_batched_experts(g, split)) is not g:  # batched_mm experts: route the tokens
+        g = routed
+        user, out_specs = resolve(g, mesh, specs)
     if not extra_seeds:  # GQA with fewer KV heads than devices: the mesh with sub-axes
         mesh, user, out_specs, note = refine_for_kv_heads(g, mesh, user, out_specs)
         notes = list(notes) + ([note] if note else [])
