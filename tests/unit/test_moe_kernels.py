@@ -1,6 +1,7 @@
 """Grouped-matmul kernels (ragged_dot: rows and contraction forms, with and without an expert
 offset) against numpy of their IR nodes on the Triton interpreter and in Pallas interpret mode;
-the Triton kernels compile for sm_90 and the Pallas kernels lower for TPU."""
+the Triton kernels compile for sm_90 and the Pallas kernels lower for TPU (slow: the compiles);
+a whole expert-parallel program compiles and runs on the interpreters."""
 import numpy as np
 import pytest
 
@@ -61,6 +62,7 @@ CASES = [(DType.f32, Mesh(ep=2), {"w": P("ep", None, None), "out[1]": P("ep", No
          (DType.bf16, Mesh(dp=1), {})]
 
 
+@pytest.mark.slow
 def test_grouped_matmul_triton_kernels_equal_numpy_and_compile_for_hopper():
     kernels = [k for dt, mesh, specs in CASES for k in _run("triton", dt, mesh, specs)]
     for k, r in zip(kernels, compile_for_gpu(kernels)):
@@ -70,7 +72,34 @@ def test_grouped_matmul_triton_kernels_equal_numpy_and_compile_for_hopper():
             assert r["wgmma"], f"{k.name}: tl.dot did not become wgmma"
 
 
+@pytest.mark.slow
 def test_grouped_matmul_pallas_kernels_equal_numpy_and_lower_for_tpu():
     for dt, mesh, specs in CASES:
         for k in _run("pallas", dt, mesh, specs):
             pallas.export_for_tpu(k)
+
+
+@pytest.mark.parametrize("target", ["triton", pytest.param("pallas", marks=pytest.mark.slow)])
+def test_expert_parallel_program_compiles_and_runs_on_the_interpreters(target):
+    """The whole routed program (local sorts, ragged all-to-alls, grouped matmuls) as kernels."""
+    jax = pytest.importorskip("jax")
+    from jax import lax
+    import jax.numpy as jnp
+
+    def moe(params, x):
+        xt = x.reshape(-1, x.shape[-1])
+        w, ids = lax.top_k(jax.nn.softmax(xt @ params["router"].T, axis=-1), 2)
+        ids, w = ids.reshape(-1), (w / w.sum(-1, keepdims=True)).reshape(-1)
+        order = jnp.argsort(ids)
+        y = lax.ragged_dot(jnp.repeat(xt, 2, axis=0)[order], params["w"], jnp.bincount(ids, length=4))
+        return (y[jnp.argsort(order)] * w[:, None]).reshape(-1, 2, x.shape[-1]).sum(1)
+    params = {"router": R.standard_normal((4, 16)).astype(np.float32),
+              "w": (R.standard_normal((4, 16, 16)) / 4).astype(np.float32)}
+    x = R.standard_normal((8, 16)).astype(np.float32)
+    g = shardc.from_jax(moe, params, x)
+    prog = shardc.partition(g, Mesh(ep=4), {"x": P("ep", None), "out": P("ep", None), "params['w']": P("ep", None, None)})
+    assert "ragged_all_to_all" in prog.bytes_by_kind()
+    exe = shardc.compile(prog, target=target)
+    assert any(k.kind == "grouped_matmul" for k in exe.kernels)
+    got = exe.run_interpreted(params, x)[0]
+    assert rel_err(np.asarray(got), g.evaluate(params, x)[0]) <= 1e-5
