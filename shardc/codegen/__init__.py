@@ -10,13 +10,14 @@ codegen makes plain data; shardc.compile wraps it as runtime.Executable, whose `
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 
 from ..errors import Error
 from ..flags import debug_level, dump, log
 from .cache import cache_key, group_ir_text, load_kernel_file
 from .executable import Executable, Kernel, KernelLaunch
-from .fusion import CollectiveStep, FusionGroup, ViewStep, plan_fusion
+from .fusion import CollectiveStep, FusionGroup, ViewStep, canonical_nodes, plan_fusion
 
 __all__ = ["compile", "Executable", "Kernel", "KernelLaunch", "CollectiveStep", "ViewStep", "FusionGroup"]
 
@@ -31,21 +32,29 @@ def compile(prog, target: str = "triton") -> Executable:
         from . import pallas as emitter
     else:
         from . import triton as emitter
-    steps = plan_fusion(prog.local, emitter.feasible)
+    steps = plan_fusion(prog.local, emitter.feasible, getattr(emitter, "epilogue_fits", None))
     plan = []
+    salt = emitter.key_text() if hasattr(emitter, "key_text") else ""
+    emitted_for: dict[str, tuple] = {}  # cache key → (the group first emitted, its kernel, its file)
     for step in steps:
         if step.step != "kernel":  # collectives and views pass through
             plan.append(step)
             continue
-        salt = emitter.key_text() if hasattr(emitter, "key_text") else ""
         key = cache_key(group_ir_text(step) + salt, target)
         name = f"{step.kind}_{key[:12]}"
-        emitted = emitter.emit(step, name)
-        path = load_kernel_file(key, name, emitted.source, target)
+        emitted = None
+        if key in emitted_for:  # the same computation (an identical layer's): written once, reused
+            first, emitted, path = emitted_for[key]
+            emitted = _rebind(emitted, first, step)
+        if emitted is None:
+            emitted = emitter.emit(step, name)
+            path = load_kernel_file(key, name, emitted.source, target)
+            emitted_for[key] = (step, emitted, path)
         plan.append(KernelLaunch(Kernel.emitted(name, emitted, step, path, key)))
     plan = _topological(plan)
     exe = Executable(prog, plan, target)
-    log(1, f"codegen: {len(exe.kernels)} kernels, {len(plan) - len(exe.kernels)} other steps per device")
+    log(1, f"codegen: {len(exe.kernels)} kernel launches ({len(emitted_for)} distinct kernels written), "
+           f"{len(plan) - len(exe.kernels)} other steps per device")
     if debug_level() >= 4:
         for k in exe.kernels:
             log(4, f"kernel {k.name} ({k.reason}):\n{k.source}")
@@ -53,6 +62,16 @@ def compile(prog, target: str = "triton") -> Executable:
     for i, k in enumerate(exe.kernels):
         dump(31, f"kernel-{i:03d}-{k.name}", k.source)
     return exe
+
+
+def _rebind(emitted, first, step):
+    """`emitted` (written for group `first`) for `step`, a group with the same canonical IR: the
+    values it reads and writes are `step`'s, matched by their place in that text."""
+    here = dict(zip(canonical_nodes(first), canonical_nodes(step)))
+    if not all(x in here for x in (*emitted.inputs, *emitted.outputs)):
+        return None
+    return dataclasses.replace(emitted, inputs=[here[x] for x in emitted.inputs],
+                               outputs=[here[x] for x in emitted.outputs])
 
 
 def _topological(plan: list) -> list:

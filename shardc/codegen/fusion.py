@@ -96,14 +96,20 @@ class ViewStep:
         return [self.node]
 
 
+_PARAMETER, _CONSTANT, _DOT, _SCATTER = Op.PARAMETER, Op.CONSTANT, Op.DOT_GENERAL, Op.SCATTER
+_INLINE_IDS = frozenset(id(op) for op in INLINE_OPS)  # by identity: Enum's __hash__ is slow Python
+
+
 def is_buffer_leaf(n: Node) -> bool:
-    return n.op is Op.PARAMETER or (n.op is Op.CONSTANT and isinstance(n.attrs["value"], np.ndarray))
+    op = n.op
+    return op is _PARAMETER or (op is _CONSTANT and isinstance(n.attrs["value"], np.ndarray))
 
 
 def inlinable(n: Node) -> bool:
-    if n.op in (Op.DOT_GENERAL, Op.SCATTER):  # recomputed scores/logits, one-hot scatters
+    op = n.op
+    if op is _DOT or op is _SCATTER:  # recomputed scores/logits, one-hot scatters
         return fused_recompute.is_recomputed(n) or fused_recompute.onehot_scatter(n)
-    return n.op in INLINE_OPS and not is_buffer_leaf(n)
+    return id(op) in _INLINE_IDS and not (op is _CONSTANT and isinstance(n.attrs["value"], np.ndarray))
 
 
 def tree(root: Node, stop: Callable[[Node], bool]) -> tuple[list[Node], list[Node]]:
@@ -260,14 +266,18 @@ def _depends_on(nodes: list[Node], target: Node) -> list[Node]:
 
 # ------------------------------------------------------------------------------- planner
 class Planner:
-    def __init__(self, g: Graph, feasible: Callable[[FusionGroup], None]):
+    def __init__(self, g: Graph, feasible: Callable[[FusionGroup], None],
+                 epilogue_fits: Callable[[Node, Node], bool] | None = None):
         self.g = g
         self.feasible = feasible
+        self.epilogue_fits = epilogue_fits
         self.order = {n: i for i, n in enumerate(g.nodes)}
         self.users = g.users()
         self.roots: set[Node] = set()
         self.no_epilogue: set[Node] = set()
         self.attention: dict[Node, dict] = {}
+        self.answers: dict[str, tuple | None] = {}   # group IR text → None or (message, failing node's position)
+        self.asked: dict[tuple, CannotFuse | None] = {}  # group (its nodes themselves) → answer
 
     def plan(self) -> list:
         g = self.g
@@ -305,30 +315,88 @@ class Planner:
             self._materialize(o)
         for _ in range(len(g.nodes)):
             groups = self._groups(internal)
-            failed = None
+            # every group that fails is fixed in the same round unless it overlaps one fixed
+            # before it (that one may change it): rounds do not grow with the number of layers
+            failures, touched = [], set()
             for grp in groups:
                 if not isinstance(grp, FusionGroup):
                     continue
-                try:
-                    self.feasible(grp)
-                except CannotFuse as e:
-                    failed = (grp, e)
-                    break
-            if failed is None:
+                e = self._probe(grp)
+                if e is None:
+                    continue
+                footprint = set(grp.nodes) | set(grp.inputs)
+                if failures and footprint & touched:
+                    continue
+                failures.append((grp, e))
+                touched |= footprint
+            if not failures:
                 return self._merge(groups)
-            grp, e = failed
-            n = e.node
-            if grp.kind == "matmul" and (n is grp.anchor or n in grp.roots or n is None) and grp.anchor not in self.no_epilogue:
-                self.no_epilogue.add(grp.anchor)
-            elif grp.kind == "attention" and grp.anchor in self.attention:
-                self.attention.pop(grp.anchor)  # unfusable attention: plain kernels
-                internal = set().union(*(m["internal"] for m in self.attention.values())) if self.attention else set()
-                self.roots |= {grp.pattern["qk"], grp.anchor}
-            elif n is not None and inlinable(n) and n not in self.roots:
-                self._materialize(n)
-            else:
-                raise e
+            for grp, e in failures:
+                internal = self._fix(grp, e, internal)
+                self._settle(grp)
         raise RuntimeError("fusion planner did not converge")
+
+    def _fix(self, grp: FusionGroup, e: CannotFuse, internal: set) -> set:
+        """Change the plan so that `grp` no longer fails with `e`; returns the attention-internal set."""
+        n = e.node
+        if grp.kind == "matmul" and (n is grp.anchor or n in grp.roots or n is None) and grp.anchor not in self.no_epilogue:
+            self.no_epilogue.add(grp.anchor)
+        elif grp.kind == "attention" and grp.anchor in self.attention:
+            self.attention.pop(grp.anchor)  # unfusable attention: plain kernels
+            internal = set().union(*(m["internal"] for m in self.attention.values())) if self.attention else set()
+            self.roots |= {grp.pattern["qk"], grp.anchor}
+        elif n is not None and inlinable(n) and n not in self.roots:
+            self._materialize(n)
+        else:
+            raise e
+        return internal
+
+    def _settle(self, grp: FusionGroup):
+        """After a root was added to a row group (one root, no dot), rebuild that group alone and
+        fix it until it passes: a group that fails at one value after another (a concatenation of
+        every layer's gradients) needs one planner round, not one per value."""
+        if grp.kind not in ("pointwise", "reduction") or len(grp.roots) != 1 or grp.anchor is not None:
+            return
+        r = grp.roots[0]
+        for _ in range(len(grp.nodes)):
+            nodes, leaves = tree(r, self._stop_at_roots(r))
+            kind = "reduction" if any(n.op in REDUCE for n in nodes) else "pointwise"
+            e = self._probe(self._group(kind, [r], nodes, leaves, ""))
+            if e is None or e.node is None or not inlinable(e.node) or e.node in self.roots:
+                return
+            self._materialize(e.node)
+
+    def _probe(self, grp: FusionGroup) -> CannotFuse | None:
+        """The target's answer for `grp` (None: it can be one kernel), asked once per distinct
+        computation: the answer is a function of the group's canonical IR text (what the kernel
+        cache keys on), so the same group in every identical layer, and every round that leaves a
+        group as it was, reuses it instead of emitting a trial kernel again."""
+        same = (grp.kind, grp.anchor, tuple(grp.roots), tuple(grp.nodes), tuple(grp.inputs))
+        if same in self.asked:  # this very group, unchanged since an earlier round
+            return self.asked[same]
+        self.asked[same] = e = self._probe_text(grp)
+        return e
+
+    def _probe_text(self, grp: FusionGroup) -> CannotFuse | None:
+        from .cache import group_ir_text
+        text = group_ir_text(grp)
+        if text in self.answers:
+            ans = self.answers[text]
+            if ans is None:
+                return None
+            msg, pos = ans
+            return CannotFuse(msg, None if pos is None else canonical_nodes(grp)[pos])
+        try:
+            self.feasible(grp)
+        except CannotFuse as e:
+            canon = canonical_nodes(grp)
+            pos = None if e.node is None else next((i for i, x in enumerate(canon) if x is e.node), -1)
+            if pos != -1 and "?" not in text:  # a node outside the group's text: ask again next time
+                self.answers[text] = (str(e), pos)
+            return e
+        if "?" not in text:
+            self.answers[text] = None
+        return None
 
     def _materialize(self, n: Node):
         if inlinable(n):
@@ -364,6 +432,10 @@ class Planner:
             if d in self.no_epilogue or d in self.g.outputs or any(not inlinable(u) for u in self.users[d]):
                 continue
             readers_of_d = [r for r in self.roots if r is not d and d in leaves_of[r]]
+            # the target's quick answer first (Triton: a reader of another size, such as a
+            # concatenation of every gradient, is never stored by the dot's kernel)
+            if self.epilogue_fits and not all(self.epilogue_fits(d, r) for r in readers_of_d):
+                continue
             if not readers_of_d or any(not inlinable(r) or r in absorbed for r in readers_of_d):
                 continue
             if any(any(n.op in REDUCE for n in tree(r, self._stop_at_roots(r))[0]) for r in readers_of_d):
@@ -520,9 +592,7 @@ class Planner:
                     if any(set(cand.roots) & set(b.reads) for b in between):
                         continue
                     m = self._combine(cand, s)
-                    try:
-                        self.feasible(m)
-                    except CannotFuse:
+                    if self._probe(m) is not None:
                         continue
                     merged.pop(i)
                     s = m
@@ -556,9 +626,7 @@ class Planner:
                                      sorted(nodes, key=self.order.get), sorted(ins, key=self.order.get),
                                      f"{m.reason}; computes {gp.reason.split(': ', 1)[-1]} in its operand loads"
                                      + (" and stores it" if needed else ""), m.anchor, m.pattern)
-                try:
-                    self.feasible(merged)
-                except CannotFuse:
+                if self._probe(merged) is not None:
                     continue
                 groups[groups.index(m)] = merged
                 groups.remove(gp)
@@ -573,6 +641,14 @@ class Planner:
                            f"{a.reason}; merged with {b.reason} (same rows, shared inputs)")
 
 
-def plan_fusion(g: Graph, feasible: Callable[[FusionGroup], None]) -> list:
-    """The per-device program as steps: FusionGroups, CollectiveSteps and ViewSteps, in order."""
-    return Planner(g, feasible).plan()
+def canonical_nodes(grp: FusionGroup) -> list[Node]:
+    """The group's inputs then its other nodes: the order its canonical IR text names them in."""
+    return list(dict.fromkeys([*grp.inputs, *grp.nodes]))
+
+
+def plan_fusion(g: Graph, feasible: Callable[[FusionGroup], None],
+                epilogue_fits: Callable[[Node, Node], bool] | None = None) -> list:
+    """The per-device program as steps: FusionGroups, CollectiveSteps and ViewSteps, in order.
+    `epilogue_fits(dot, root)`, when the target has it, says without emitting anything whether a
+    value computed from a dot's result could be stored by the dot's kernel (False: never)."""
+    return Planner(g, feasible, epilogue_fits).plan()

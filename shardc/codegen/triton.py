@@ -403,6 +403,12 @@ def emit(grp: FusionGroup, name: str) -> EmittedKernel:
     return EMITTERS[grp.kind](grp, name)
 
 
+def epilogue_fits(dot: Node, root: Node) -> bool:
+    """Whether a matmul kernel could store `root` from its output tile (emit_matmul indexes an
+    epilogue root by the dot's own tile: it must have the dot's size)."""
+    return root.size == dot.size
+
+
 def feasible(grp: FusionGroup) -> None:
     """The planner's question: can this group be one Triton kernel? (raises CannotFuse)"""
     emit(grp, "probe")
