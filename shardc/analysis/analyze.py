@@ -33,7 +33,7 @@ from .cost import timeline
 from . import collectives as coll
 from . import hardware as hwmod
 from .memory import memory as memory_of
-from .memory import saved_values
+from .memory import kept_values, saved_values
 
 NO_FLOPS = frozenset({Op.PARAMETER, Op.CONSTANT, Op.IOTA, Op.AXIS_INDEX, Op.BROADCAST, Op.RESHAPE,
                       Op.TRANSPOSE, Op.SLICE, Op.CONCATENATE, Op.PAD, Op.GATHER}) | COLLECTIVES
@@ -263,6 +263,7 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
     memory, flops, extra_flops, extra_s = memory_of(prog.graph, local), graph_flops(local), 0, 0.0
     if recompute != "none":
         forward, batch, saved = saved_values(prog.graph, local)
+        saved = kept_values(local, forward, batch, saved)
         kept, extra_flops, nodes = rc.plan(prog.graph, local, forward, batch, saved, op_flops)[recompute]
         memory["peak"] -= memory["activations"] - kept     # the values no longer kept were live at the peak
         memory["activations"] = kept

@@ -10,8 +10,11 @@ step, the input is donated (freed after its last use, as a donated buffer in XLA
 update in torch) and its gradients count as one more copy of each parameter in its own dtype and
 sharding (the sharding the update consumes them in).
 
-Saved activations are the batch-dependent forward values the backward reads (see
-`saved_activations`).
+Saved activations are the batch-dependent forward values the backward reads (`saved_values`),
+counted as a fusing implementation keeps them (`kept_values`): the captured program's backward
+reads more values than Megatron's or XLA's keeps, because autodiff of decomposed ops saves
+intermediates that those recompute inside the backward's kernels at no memory cost (layer norm's
+x−μ twice and (x−μ)·rstd, GELU's tanh and x³ terms, softmax's exp next to its output).
 
 Liveness, in program order (the schedule the runtimes follow): every input is live at the start;
 batch inputs and state that no output updates stay live to the end (the caller holds them);
@@ -24,8 +27,11 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from ..ir import Graph, Op
 from ..ir.graph import is_state
+from ..ir.ops import ELEMENTWISE
 
 _ROOT = re.compile(r"^([^\[]*)")
 _OUT = re.compile(r"^out\[\d+\]")
@@ -148,13 +154,97 @@ def saved_values(g: Graph, local: Graph):
     return forward, batch, saved
 
 
+_VIEWS = frozenset({Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE})
+_RECOMPUTABLE = ELEMENTWISE | _VIEWS | {Op.CONSTANT, Op.IOTA}
+
+
+def _cse_key(n, rep: dict):
+    attrs = tuple(sorted((k, id(v) if isinstance(v, np.ndarray) else repr(v)) for k, v in n.attrs.items()))
+    return (n.op, attrs, n.shape, n.dtype, tuple(rep[i] for i in n.inputs))
+
+
+def kept_values(local: Graph, forward: set, batch: set, saved: set) -> set:
+    """The saved values a fusing implementation keeps for the backward (Korthikanti et al.'s
+    count: each matmul's inputs, each nonlinearity's input, norms' inputs), from what the
+    captured backward reads:
+    - one copy of values computed twice the same way (x−μ in a decomposed layer norm);
+    - every value a backward matmul reads (through views) is kept; one it reads all-gathered is
+      kept as the gather's operand and gathered again in the backward (Megatron's sequence
+      parallelism keeps the norm's sequence-split output);
+    - any other value is dropped when elementwise ops and views compute it from kept values,
+      state and row statistics (values at most 1/8 its size): the backward's kernels recompute
+      it (GELU's tanh from its input, (x−μ)·rstd from x−μ);
+    - a value whose kept user divides or multiplies it by a row statistic is that user undone
+      (softmax's exp = output · Σ: PyTorch's and jax.nn.softmax's own backward read the output).
+    Only the captured program's own values are counted, in its own dtypes."""
+    rep: dict = {}
+    seen: dict = {}
+    for n in local.nodes:
+        if n in forward:
+            rep[n] = seen.setdefault(_cse_key(n, rep), n)
+        else:
+            rep[n] = n
+    kept = {rep[n] for n in saved}
+    protected = set()
+    for n in local.nodes:
+        if n.op is not Op.DOT_GENERAL or n in forward:
+            continue
+        for x in n.inputs:
+            while x not in forward and x.op in _VIEWS | {Op.CAST}:
+                x = x.inputs[0]
+            x = rep.get(x, x)
+            if x in kept:
+                if x.op is Op.ALL_GATHER and x.inputs[0] in batch:
+                    kept.discard(x)
+                    x = rep[x.inputs[0]]
+                    kept.add(x)
+                protected.add(x)
+
+    def small(x, n) -> bool:
+        while x.op in _VIEWS | {Op.CAST}:
+            x = x.inputs[0]
+        return 8 * x.size <= n.size
+
+    memo: dict = {}
+
+    def free(x, n) -> bool:
+        """`x` is at hand for recomputing `n` without keeping anything more."""
+        x = rep.get(x, x)
+        if x in kept or x not in batch or small(x, n):
+            return True
+        key = (x, n.size)
+        if key not in memo:
+            memo[key] = False
+            memo[key] = x.op in _RECOMPUTABLE and all(free(i, n) for i in x.inputs)
+        return memo[key]
+
+    users, position = {}, {}
+    for k, v in enumerate(local.nodes):
+        position[v] = k
+        for i in v.inputs:
+            users.setdefault(i, []).append(v)
+    def held(u) -> bool:  # kept, or kept reshaped (a softmax output read by a batched matmul)
+        return u in kept or any(v.op in (Op.RESHAPE, Op.TRANSPOSE, Op.CAST) and held(v) for v in users.get(u, ()))
+
+    for n in sorted(kept - protected, key=position.get, reverse=True):  # later values first
+        kept.discard(n)
+        if n.op in _RECOMPUTABLE and all(free(i, n) for i in n.inputs):
+            continue
+        undone = any(held(u) and (u.op is Op.DIV and u.inputs[0] is n or u.op is Op.MUL)
+                     and all(i not in batch or small(i, n) for i in u.inputs if i is not n)
+                     for u in users.get(n, ()))
+        if not undone:
+            kept.add(n)
+    return kept
+
+
 def saved_activations(g: Graph, local: Graph) -> int:
     """Bytes of forward values the backward reads: values that depend on the batch and that the
     loss depends on, with a user that the loss does not depend on. Values computed from state
     alone (a transposed weight, a cast, a causal mask) are not activations: they do not grow
     with the batch, and a compiler folds most of them into the ops that use them (the peak
     still counts them where they are live). 0 when the program updates no state (no backward)."""
-    return sum(n.nbytes for n in saved_values(g, local)[2])
+    return sum(n.nbytes for n in kept_values(local, *saved_values(g, local)))
 
 
 def memory(g: Graph, local: Graph) -> dict[str, int]:
