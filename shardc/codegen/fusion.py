@@ -366,6 +366,12 @@ class Planner:
                 return
             self._materialize(e.node)
 
+    def _ask(self, grp: FusionGroup) -> None:
+        """`feasible` through the kept answers (raises CannotFuse)."""
+        e = self._probe(grp)
+        if e is not None:
+            raise e
+
     def _probe(self, grp: FusionGroup) -> CannotFuse | None:
         """The target's answer for `grp` (None: it can be one kernel), asked once per distinct
         computation: the answer is a function of the group's canonical IR text (what the kernel
@@ -567,9 +573,9 @@ class Planner:
     # ------------------------------------------------------------------------------ merging
     def _merge(self, groups: list) -> list:
         """Order steps by program position; merge row-compatible pointwise/reduction groups."""
-        groups = fused_sums.into_matmuls(self._into_operands(groups), self.order, self.feasible, CannotFuse,
+        groups = fused_sums.into_matmuls(self._into_operands(groups), self.order, self._ask, CannotFuse,
                                           self._depends)
-        groups = fused_sums.into_epilogues(groups, self.order, self.feasible, CannotFuse, self._depends)
+        groups = fused_sums.into_epilogues(groups, self.order, self._ask, CannotFuse, self._depends)
         steps = []
         for grp in groups:
             pos = max(self.order[r] for r in grp.roots) if isinstance(grp, FusionGroup) else self.order[grp.node]
