@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..ir import DType, Graph, Node, Op
 from ..ir.emitter import Emitter
 from .passes_common import rewrite
-from .routing import index_of
+from .routed_regions import index_of
 
 
 def _gathered_experts(d: Node, split: set) -> tuple[Node, Node, Node] | None:

@@ -17,7 +17,8 @@ from ..ir import DType, Graph, Node, Op, verify
 from ..ir.emitter import Emitter
 from ..ir.ops import COLLECTIVES
 from .expert import lower_ragged_dot
-from .routing import find_regions, routed_lowerings
+from .routed_regions import find_regions
+from .routing import routed_lowerings
 from .factors import merge, project, representable, unkept, unproject
 from .mesh import DimSharding, Mesh, Sharding, local_dim, local_shape
 from .program import SpmdProgram
