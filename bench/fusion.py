@@ -15,6 +15,9 @@ The layer's budget (issue: ≤ 1.2× the matmul bound, < 0.4× unfused, ≤ 8 ke
 for every layout: under Megatron TP the bound shrinks with the shards while the residual stream
 stays full size per device, so layer norms are matmul prologues (statistics per row block, the
 normalized rows never stored) and each residual sum is computed in the next matmul's operand loads.
+Training steps (issue #17's budget: <= 1.3x the matmul bound) are printed against it: their
+logits and attention scores are rebuilt per tile (codegen/fused_recompute.py), bias gradients and
+norm-backward sums computed in the matmuls that read their inputs (codegen/fused_sums.py).
 Writes a table and bench/results/fusion.json.
 """
 from __future__ import annotations
@@ -89,6 +92,12 @@ def main(argv=None):
             print(f"gpt2 layer {r['layout']}: {r['bytes'] / r['matmul_bound_bytes']:.3f}x matmul bound, "
                   f"{r['bytes'] / r['unfused_bytes']:.3f}x unfused, {r['kernels']} kernels: "
                   f"{'within' if ok else 'OVER'} budget (<=1.2x, <0.4x, <=8)")
+    for r in rows:  # training steps: logits, scores and norm statistics fused (issue #17: <= 1.3x)
+        if r["step"] == "train" and r["model"] != "mlp":
+            ratio = r["bytes"] / r["matmul_bound_bytes"]
+            r["within_train_budget"] = ratio <= 1.3
+            print(f"{r['model']} train {r['layout']}: {ratio:.3f}x matmul bound: "
+                  f"{'within' if ratio <= 1.3 else 'OVER'} the training budget (<=1.3x)")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"size": a.size, "batch": a.batch, "rows": rows}, indent=1))
     return rows

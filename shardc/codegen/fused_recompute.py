@@ -116,3 +116,22 @@ def recomputed_operand_stats(x: Node, inlinable, stop) -> list[Node] | None:
             continue  # a stored statistic: what it reads is its own kernel's business
         stack.extend(n.inputs)
     return reds if found else None
+
+
+def reads_recomputed(n: Node, stop) -> bool:
+    """Whether `n` is computed from a recomputed dot (not through a stored value): scores and
+    their softmax are rebuilt in each reader by design, whatever rereading the operands costs."""
+    seen, stack = set(), [n]
+    while stack:
+        x = stack.pop()
+        if x in seen:
+            continue
+        seen.add(x)
+        if is_recomputed(x):
+            return True
+        if x is not n and stop(x):
+            continue
+        if x.op in (Op.DOT_GENERAL, Op.SCATTER, Op.PARAMETER) or x.op in REDUCE:
+            continue
+        stack.extend(x.inputs)
+    return False

@@ -35,7 +35,7 @@ def _operand_idx(rank: int, batch, bidx, free, fidx, contract, kidx) -> tuple:
 
 
 def tile_dot(em, n: Node, idx: tuple, masks: tuple):
-    from .triton_expr import TL_STORAGE, Val
+    from .triton_expr import Val
     lhs, rhs = n.inputs
     a = n.attrs
     lb, rb, lc, rc = list(a["lhs_batch"]), list(a["rhs_batch"]), list(a["lhs_contract"]), list(a["rhs_contract"])
@@ -75,10 +75,10 @@ def tile_dot(em, n: Node, idx: tuple, masks: tuple):
                 v1 = em.value(x1, _operand_idx(x1.rank, b1, bidx, f1, i1, c1, unflatten(Ix(kt, {kt}), kshape)), masks)
                 t0 = em.full(v0, {v for v in out_deps if em.tile.axes.get(v, (0, 1))[1] == 0} | {kv})
                 t1 = em.full(v1, {v for v in out_deps if em.tile.axes.get(v, (0, 0))[1] == 1} | {kt})
-                if lhs.dtype in (DType.f16, DType.bf16):  # exact: the values are half numbers
-                    step = f"tl.dot(({t0}).to({TL_STORAGE[lhs.dtype]}), ({t1}).to({TL_STORAGE[lhs.dtype]}))"
-                else:
-                    step = f"tl.dot({t0}, {t1}, input_precision=\"ieee\")"
+                # f32 tiles (the interpreter computes half types on raw bits); bf16 values are
+                # exact in tf32 (8 mantissa bits of 10), f16 and f32 values need full precision
+                prec = "tf32" if lhs.dtype is DType.bf16 else "ieee"
+                step = f"tl.dot({t0}, {t1}, input_precision=\"{prec}\")"
             else:
                 k = kt if p == 1 else kv
                 kix = unflatten(Ix(k, {k}), kshape)
@@ -202,8 +202,8 @@ def partial_sum(em, r: Node, d: Node, d_idx: tuple, ptr: str) -> str:
     """The line adding this program's partial sums of a row or column reduction `r` of an
     epilogue value to its (zeroed) output: codegen/fused_sums.py's `rsum`."""
     from ..ir import DType
-    from .indexing import flatten, reshape_index
-    x, axes = r.inputs[0], r.attrs["axes"]
+    from .indexing import reshape_index
+    x = r.inputs[0]
     if r.dtype is not DType.f32:
         raise CannotFuse(f"{r.describe()}: partial sums are added atomically in f32 only", r)
     x_idx = epilogue_index(x, d, d_idx)
@@ -211,6 +211,30 @@ def partial_sum(em, r: Node, d: Node, d_idx: tuple, ptr: str) -> str:
         x_idx = tuple(d_idx) if x.shape == d.shape else reshape_index(d_idx, d.shape, x.shape)
     if x_idx is None:
         raise CannotFuse(f"{r.describe()} does not sum the dot's tile", r)
+    return _partial(em, r, x_idx, ptr)
+
+
+def column_sum(em, r: Node, full_idx: tuple, full_shape, ptr: str) -> str | None:
+    """In a row kernel: the atomic partial-sum line of a root that sums the tile's values over
+    its rows (dγ beside a norm backward's row sums), or None when `r` is not one."""
+    from ..ir import DType, Op
+    from .indexing import reshape_index
+    if r.op is not Op.REDUCE_SUM or r.dtype is not DType.f32 or r.inputs[0].size != math.prod(full_shape):
+        return None
+    x = r.inputs[0]
+    x_idx = tuple(full_idx) if x.shape == tuple(full_shape) else reshape_index(full_idx, full_shape, x.shape)
+    red = frozenset().union(*(x_idx[a].deps for a in r.attrs["axes"]))
+    if red != {"rm"}:
+        return None
+    try:
+        return _partial(em, r, x_idx, ptr)
+    except CannotFuse:
+        return None
+
+
+def _partial(em, r: Node, x_idx: tuple, ptr: str) -> str:
+    from .indexing import flatten
+    x, axes = r.inputs[0], r.attrs["axes"]
     red = frozenset().union(*(x_idx[a].deps for a in axes))
     kept_idx = tuple(x_idx[i] for i in range(x.rank) if i not in axes)
     kept = frozenset().union(*(i.deps for i in kept_idx))
@@ -219,7 +243,7 @@ def partial_sum(em, r: Node, d: Node, d_idx: tuple, ptr: str) -> str:
     elif red == {"rn"} and kept == {"rm"}:
         part_axis, keep = 1, "[:, None]"
     else:
-        raise CannotFuse(f"{r.describe()}: not a sum over the rows or the columns of the dot's tile", r)
+        raise CannotFuse(f"{r.describe()}: not a sum over the rows or the columns of the tile", r)
     v = em.value(x, x_idx)
     part = f"tl.sum(tl.where(mask_rm & mask_rn, {em.full(v, {'rm', 'rn'})}, 0.0), axis={part_axis}){keep}"
     off = flatten(kept_idx, r.shape)

@@ -427,7 +427,8 @@ class Planner:
             # a value k groups recompute, each reading W elements per element, costs k·W; stored
             # once it costs 1 + k: store the latest such value (the end of a residual chain) first
             costly = [n for n, rs in readers.items() if len(rs) > 1 and n not in self.roots
-                      and self._load_weight(n) > 1 + 1 / len(rs) + 1e-9]
+                      and self._load_weight(n) > 1 + 1 / len(rs) + 1e-9
+                      and not fused_recompute.reads_recomputed(n, self._stop)]
             if not costly:
                 break
             self._materialize(max(costly, key=self.order.get))

@@ -134,9 +134,14 @@ def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> EmittedKerne
         return _emit_rows_looped(c, grp, rows, cols, full_idx, full_shape, row_idx, row_shape, reduce, batch)
     tile = Tile(rm=("mask_rm", 0, "BM"), rn=("mask_rn", 1, "BN"))
     em = ExprEmitter(tile, c.buffers, c.scalars, reduce_axis=("rn", cols) if reduce is not None else None)
-    stores = []
+    stores, zeroed = [], []
     for r in grp.roots:
         idx = _root_index(r, full_idx, full_shape, row_idx, row_shape)
+        col = fused_triton.column_sum(em, r, full_idx, full_shape, c.outs[r]) if idx is None and batch == 1 else None
+        if col is not None:  # a sum over the tile's rows: each program adds its partial sums
+            stores.append(col)
+            zeroed.append(len(grp.inputs) + grp.roots.index(r))
+            continue
         if idx is None:
             raise CannotFuse(f"{r.describe()} does not fit the kernel's {rows}x{cols} tile",
                              reduce if reduce is not None and reduce is not r else r)
@@ -144,6 +149,7 @@ def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> EmittedKerne
     body = _indent(em.lines + stores, 4)
     kind = "reduction" if reduce is not None else "pointwise"
     src = rows_t.TEMPLATE.format(name=name, params=c.params, rows=rows, cols=cols, body=body,
+                                 init="".join(f"    args[{i}].zero_()\n" for i in zeroed),
                                  **fused_triton.batch_grid(batch, looped=False))
     choose = fused_triton.dot_rows(grp, lambda interpret: rows_t.choose(rows, cols, reduce is not None, interpret))
     return c.finish(kind, src, choose, rows_t.TUNING[kind], dict(rows=rows * batch, cols=cols))

@@ -25,7 +25,7 @@ def {name}({params}BM: tl.constexpr, BN: tl.constexpr):
 
 
 def launch(args, cfg):
-    grid = (triton.cdiv({rows}, cfg["BM"]), triton.cdiv({cols}, cfg["BN"]){grid_b})
+{init}    grid = (triton.cdiv({rows}, cfg["BM"]), triton.cdiv({cols}, cfg["BN"]){grid_b})
     {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], num_warps=cfg.get("num_warps", 4))
 '''
 
