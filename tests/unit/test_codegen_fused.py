@@ -57,6 +57,7 @@ def test_scores_rebuilt_per_tile_equal_numpy_and_never_stored(target):
         export_all(exe.kernels)
 
 
+@pytest.mark.slow
 def test_scores_rebuilt_kernels_compile_for_hopper():
     for bf16 in (False, True):
         g, args = _lse_graph(bf16)
