@@ -105,6 +105,8 @@ class Region:
     rows: int                    # S: token-slots
     nodes: set = field(default_factory=set)      # values in sorted coordinates
     exits: set = field(default_factory=set)      # nodes that leave them (token rows, expert blocks, sums)
+    alias: dict = field(default_factory=dict)    # node -> the region value it is, row for row
+    entries: list = field(default_factory=list)  # token rows put in sorted order, in program order
 
 
 def find_regions(g, mesh: Mesh, shardings: dict) -> list[Region]:
@@ -159,6 +161,7 @@ def _grow(reg: Region, g, users, shardings, mesh: Mesh) -> str | None:
             continue
         if is_entry(n):
             inside.add(n)
+            reg.entries.append(n)
         elif is_exit(n):
             reg.exits.add(n)
         elif n.op is Op.RAGGED_DOT and n.inputs[0] in inside:
@@ -181,6 +184,7 @@ def _grow(reg: Region, g, users, shardings, mesh: Mesh) -> str | None:
             if not _rowwise(n, S) or not all(x in inside or _row_free(x, S) for x in n.inputs):
                 return f"{n.describe()} reads the sorted rows"
             inside.add(n)
+    _absorb(reg, g, users, S)
     # everything reading a region value must be handled here (a transpose feeding a weight
     # gradient is read through that gradient)
     for n in inside:
@@ -191,6 +195,30 @@ def _grow(reg: Region, g, users, shardings, mesh: Mesh) -> str | None:
                 continue
             return f"{u.describe()} reads the sorted rows"
     return None
+
+
+def _absorb(reg: Region, g, users, S: int):
+    """Rows that leave sorted order only to come back (transformers' batched_mm: each bmm's result
+    unsorted, an activation on the token-slots, the next bmm's rows sorted again) stay inside: the
+    exit, the row-wise ops after it and the re-entry are the same rows as the region's value."""
+    for e in [x for x in reg.exits if x.op is Op.GATHER]:
+        chain = {e}
+        for n in g.nodes:  # program order: every operand is classified before its readers
+            if n not in chain and any(i in chain for i in n.inputs) and _rowwise(n, S) and all(
+                    i in chain or i in reg.nodes or _row_free(i, S) for i in n.inputs) and n not in reg.nodes:
+                chain.add(n)
+        entries = {u for x in chain for u in users[x] if u in reg.nodes and u.op is Op.GATHER
+                   and index_of(u.inputs[1]) is reg.perm and u.inputs[0] in chain}
+        leaks = [u for x in chain for u in users[x] if u not in chain and u not in entries]
+        if leaks or not entries:
+            if entries:
+                flags.log(2, f"expert parallelism: rows leave sorted order for good at {leaks[0].describe()}")
+            continue
+        reg.exits.discard(e)
+        reg.nodes.update(chain)
+        reg.alias[e] = e.inputs[0]
+        for u in entries:
+            reg.alias[u] = u.inputs[0]
 
 
 def _zero(n: Node) -> bool:
@@ -238,7 +266,7 @@ def _row_free(n: Node, S: int) -> bool:
 def token_axes(reg: Region, shardings: dict) -> tuple[str, ...] | None:
     """The axes the token-slots are split over in the region (those of the entries' rows, with
     the experts axes added: a device's slots stay with it)."""
-    entry = next(n for n in reg.nodes if n.op in (Op.GATHER, Op.SCATTER))
+    entry = next(n for n in reg.entries if n not in reg.alias)
     src = entry.inputs[0] if entry.op is Op.GATHER else entry.inputs[2]
     ds = shardings[src].dims[0]
     if ds.strided:

@@ -94,9 +94,13 @@ class RoutedLowering:
 
     # ---- values ---------------------------------------------------------------------------
     def have(self, n: Node, coords: str) -> bool:
+        while n in self.reg.alias:
+            n = self.reg.alias[n]
         return (n, coords) in self.vals
 
     def value(self, n: Node, coords: str):
+        if n in self.reg.alias:
+            return self.value(self.reg.alias[n], coords)
         if (n, coords) not in self.vals:
             natural = self._natural(n)
             if (n, natural) not in self.vals:
@@ -107,6 +111,8 @@ class RoutedLowering:
         return self.vals[(n, coords)]
 
     def _natural(self, n: Node) -> str:
+        if n in self.reg.alias:
+            return self._natural(self.reg.alias[n])
         if n.op is Op.RAGGED_DOT:
             return EXP
         if n.op in (Op.GATHER, Op.SCATTER) and index_of(n.inputs[1]) in (self.reg.perm, self.reg.inverse):
