@@ -11,6 +11,9 @@ reduce-scatter, the buffer of an all-reduce, all-to-all or permute. On one level
     all_to_all                   (n-1)·α + (n-1)/n · B / β
     collective_permute           α + B / β
 
+plus, once per collective, the launch cost of the slowest level it spans (starting the kernel and
+synchronizing the devices: what small-message nccl-tests bottom out at); β is the level's
+bandwidth for a message of that size (`Level.bw_for`: NCCL reaches full bandwidth from ~64 MB).
 Across levels the collective is hierarchical, as NCCL's and XLA's multi-level collectives are:
 a reduce-scatter runs on the fastest level first and each slower level sees the buffer already
 divided by the levels below it (an all-gather runs the same stages in reverse; an all-reduce is
@@ -35,7 +38,7 @@ def merge(spans) -> list:
 def _ring(kind: str, nbytes: float, n: int, level) -> float:
     if n <= 1:
         return 0.0
-    a, b = level.alpha, level.bw
+    a, b = level.alpha, level.bw_for(nbytes)
     if kind in ("all_gather", "reduce_scatter", "all_to_all"):
         return (n - 1) * a + (n - 1) / n * nbytes / b
     if kind == "all_reduce":
@@ -46,10 +49,15 @@ def _ring(kind: str, nbytes: float, n: int, level) -> float:
 
 
 def seconds(kind: str, nbytes: float, spans) -> float:
-    """Modeled time of one collective of `nbytes` (ledger convention) over `spans`."""
+    """Modeled time of one collective of `nbytes` (ledger convention) over `spans`: the slowest
+    spanned level's launch cost, then the α-β time of its stages."""
     spans = merge(spans)
     if not spans or nbytes <= 0:
         return 0.0
+    return max(level.launch for level, _ in spans) + _transfer(kind, nbytes, spans)
+
+
+def _transfer(kind: str, nbytes: float, spans) -> float:
     if len(spans) == 1:
         (level, n), = spans
         return _ring(kind, nbytes, n, level)
@@ -58,7 +66,7 @@ def seconds(kind: str, nbytes: float, spans) -> float:
     if kind == "all_to_all":
         total, below, n_all = 0.0, 1, math.prod(f for _, f in spans)
         for level, f in spans:
-            total += (f - 1) * level.alpha + (n_all - below) / n_all * nbytes / level.bw
+            total += (f - 1) * level.alpha + (n_all - below) / n_all * nbytes / level.bw_for(nbytes)
             below *= f
         return total
     # reduce_scatter / all_gather / all_reduce: stages fastest first, buffer shrinking by each level

@@ -14,8 +14,8 @@ what is left of a level spans the next one too (its collectives then run hierarc
 Every constant cites where it comes from. Bandwidths are per device, one direction, in bytes/s,
 as a ring collective sees them: a GPU's NVLink bandwidth is half the datasheet's bidirectional
 figure; a TPU torus axis with wraparound gives a ring both of its links (scaling book, part 3).
-Latencies (α) are not datasheet numbers: they are the per-step costs that small-message
-nccl-tests and the scaling book's ICI hop latency suggest, to an order of magnitude.
+Latencies (α per ring step, and a launch cost per collective) are not datasheet numbers: they
+come from small-message nccl-tests and the scaling book's ICI measurements, as cited below.
 """
 from __future__ import annotations
 
@@ -28,11 +28,21 @@ from ..errors import Error
 @dataclasses.dataclass(frozen=True)
 class Level:
     """One level of the interconnect: `size` devices (of the level below each) joined by links of
-    `bw` bytes/s per device per direction, with `alpha` seconds per ring step."""
+    `bw` bytes/s per device per direction, with `alpha` seconds per ring step and `launch`
+    seconds once per collective (starting it and synchronizing its devices)."""
     name: str
     size: int            # devices this level joins (math.inf-like large for the outermost level)
-    bw: float            # bytes/s per device, one direction, as a ring uses it
+    bw: float            # bytes/s per device, one direction, as a ring achieves it
     alpha: float         # seconds of latency per ring step
+    launch: float = 0.0  # seconds per collective, whatever its size
+    full_at: float = 0.0  # bytes from which a collective gets all of `bw` (below: √(B / full_at) of it)
+
+    def bw_for(self, nbytes: float) -> float:
+        """Bandwidth a collective of `nbytes` gets: NCCL spreads a message over more channels and
+        a deeper pipeline as it grows, so mid-size messages see a fraction of the links."""
+        if nbytes >= self.full_at:
+            return self.bw
+        return self.bw * math.sqrt(max(nbytes, 1.0) / self.full_at)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +100,21 @@ BIG = 1 << 40   # the outermost level's size: it joins every node or slice
 # (without sparsity) BF16/FP16 989 TFLOPS (the datasheet's 1,979 is with 2:4 sparsity), FP8
 # 1,979, TF32 495, FP32 67; 80 GB HBM3 at 3.35 TB/s; NVLink 4: 900 GB/s bidirectional per GPU.
 _H100_FLOPS = {"bf16": 989e12, "f16": 989e12, "fp8": 1979e12, "tf32": 495e12, "f32": 67e12}
-# NVLink α: nccl-tests all_reduce on 8 GPUs bottoms out near ~10 µs for 8 B over 2·7 ring steps,
-# i.e. roughly 1 µs a step (an estimate, not a datasheet number).
-_NVLINK4 = Level("nvlink", 8, 450e9, 1e-6)
+# NVLink bandwidth as NCCL achieves it: ~20% of the 450 GB/s line rate goes to protocol overhead,
+# "NCCL can get an effective NVLink bandwidth of 370GB/s" (NCCL's maintainer, NVIDIA/nccl-tests
+# issue 212; the all-reduce's ~480 GB/s busbw there is NVLink SHARP, in-switch reduction, which
+# the ring model does not have). α ≈ 1 µs a ring step (an estimate). Launch: ~25 µs per collective,
+# what nccl-tests' all_reduce_perf -g 8 shows for 8 B to 32 KB on an 8-GPU NVLink node (A100 table
+# below; the same NCCL kernels launch and synchronize on Hopper).
+# Full bandwidth from 64 MB: below it nccl-tests' busbw grows about 2x per 4x of message size
+# (the A100 table below: 1 MB 23.9, 4 MB 54.6, 16 MB 120, 64 MB 199 GB/s).
+NCCL_EFFICIENCY = 370 / 450
+NCCL_FULL_AT = 64 << 20
+_NVLINK4 = Level("nvlink", 8, 450e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT)
 # DGX H100/H200 and HGX reference designs: one ConnectX-7 400 Gb/s NDR InfiniBand NIC per GPU
 # (nvidia.com DGX H100 datasheet: "8x NVIDIA ConnectX-7 ... 400 Gb/s") = 50 GB/s per direction.
 # α ≈ 5 µs a step: IB switch hops plus NCCL's proxy (an estimate from small-message nccl-tests).
-_IB_NDR = Level("infiniband", BIG, 50e9, 5e-6)
+_IB_NDR = Level("infiniband", BIG, 50e9, 5e-6, 25e-6)
 
 H100 = Hardware("h100", _H100_FLOPS, 80e9, 3.35e12, (_NVLINK4, _IB_NDR),
                 "NVIDIA H100 Tensor Core GPU datasheet (SXM5)")
@@ -109,12 +127,16 @@ H200 = Hardware("h200", dict(_H100_FLOPS), 141e9, 4.8e12, (_NVLINK4, _IB_NDR),
 # at 8 TB/s (DGX B200: 1,440 GB and 64 TB/s total); NVLink 5: 1.8 TB/s bidirectional per GPU;
 # ConnectX-7 400 Gb/s per GPU in DGX B200.
 B200 = Hardware("b200", {"bf16": 2.25e15, "f16": 2.25e15, "fp8": 4.5e15, "tf32": 1.1e15, "f32": 75e12},
-                180e9, 8e12, (Level("nvlink", 8, 900e9, 1e-6), _IB_NDR),
+                180e9, 8e12, (Level("nvlink", 8, 900e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT), _IB_NDR),
                 "NVIDIA DGX B200 datasheet (per GPU)")
 # NVIDIA A100 datasheet (80GB SXM): BF16 312 TFLOPS dense, TF32 156, FP32 19.5; 80 GB HBM2e at
 # 2,039 GB/s; NVLink 3: 600 GB/s bidirectional; DGX A100: 8x ConnectX-6 200 Gb/s HDR per GPU.
+# nccl-tests all_reduce_perf -g 8 on one 8x A100-SXM4-40GB node (oracle-japan/ocitutorials, the
+# OCI GPU cluster tutorial's single-node run): 8 KB 32.2 µs (busbw 0.44 GB/s), 1 MB 76.7 µs
+# (23.9 GB/s), 1 GB 8.17 ms (230 GB/s); tests/unit/test_collective_model.py holds these points.
 A100 = Hardware("a100", {"bf16": 312e12, "f16": 312e12, "tf32": 156e12, "f32": 19.5e12}, 80e9, 2.039e12,
-                (Level("nvlink", 8, 300e9, 1e-6), Level("infiniband", BIG, 25e9, 5e-6)),
+                (Level("nvlink", 8, 300e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT),
+                 Level("infiniband", BIG, 25e9, 5e-6, 25e-6)),
                 "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)")
 
 
@@ -128,10 +150,13 @@ A100 = Hardware("a100", {"bf16": 312e12, "f16": 312e12, "tf32": 156e12, "f32": 1
 # DCN per chip, Google Cloud TPU docs: v5p "Data center network bandwidth per chip 50 Gbps"
 # (6.25e9 B/s); v5e 2 x 100 Gbps NICs per 8-chip host (25 Gbps = 3.125e9 B/s per chip); v6e
 # 4 x 200 Gbps NICs per 8-chip host (100 Gbps = 1.25e10 B/s per chip). DCN α ≈ 10 µs (estimate).
+# Launch ≈ 3 µs per collective: the scaling book (part 3, pop quiz 2) measures ~8 µs for a 32 kB-
+# per-shard all-gather over 4 v5e chips that its hop model puts at ~3 µs (3 hops of ~1 µs) plus
+# ~2 µs of transfer.
 def _tpu_levels(slice_shape, link_bw, wrap, dcn_bw):
-    levels = [Level(f"ici-{'xyz'[i]}", n, link_bw * (2 if w else 1), 1e-6)
+    levels = [Level(f"ici-{'xyz'[i]}", n, link_bw * (2 if w else 1), 1e-6, 3e-6)
               for i, (n, w) in enumerate(zip(slice_shape, wrap))]
-    return tuple(levels) + (Level("dcn", BIG, dcn_bw, 10e-6),)
+    return tuple(levels) + (Level("dcn", BIG, dcn_bw, 10e-6, 10e-6),)
 
 
 # Cloud TPU v5e docs: 197 TFLOPS bf16, 394 int8; 16 GB HBM2 at 819 GB/s; 2D torus, 256-chip pod.

@@ -10,6 +10,6 @@ from shardc import hardware
 
 def scaled_h200(flops: float = 1e-5, bw: float = 3e-4):
     hw = hardware.get("h200")
-    levels = tuple(dataclasses.replace(l, bw=l.bw * bw, alpha=0.0) for l in hw.levels)
+    levels = tuple(dataclasses.replace(l, bw=l.bw * bw, alpha=0.0, launch=0.0, full_at=0.0) for l in hw.levels)
     return dataclasses.replace(hw, name="h200-scaled", peak_flops={k: v * flops for k, v in hw.peak_flops.items()},
                                hbm_bw=hw.hbm_bw * bw, levels=levels)
