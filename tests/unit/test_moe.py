@@ -147,7 +147,7 @@ def test_jax_ragged_dot_sort_and_bincount():
             np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("train", [False, True], ids=["forward", "sgd"])
+@pytest.mark.parametrize("train", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["forward", "sgd"])
 @pytest.mark.parametrize("cls", [MixtralSparseMoeBlock, DeepseekV3MoE], ids=["mixtral", "deepseek"])
 @pytest.mark.parametrize("layout", list(MESHES))
 def test_expert_parallel_tokens_travel_dropless_and_exact(layout, cls, train):
