@@ -1,6 +1,7 @@
 """Pictures and a self-contained HTML report of a partitioned program: a sharding map (which
-device holds which block of each tensor) and a per-device timeline of ops and collectives
-(modeled with analysis/cost.py until a run measures one)."""
+device holds which block of each tensor), a per-device timeline of ops and collectives modeled
+with analysis/cost.py, and beside it the timeline a run measured (the torch engine's per-rank
+trace: each op or kernel, and each collective from its start to the end of its wait)."""
 from __future__ import annotations
 
 import base64
@@ -92,18 +93,72 @@ def timeline_picture(prog, path: Path, events=None) -> Path:
     return path
 
 
+def collective_overlap(events) -> dict:
+    """From one rank's measured trace (TraceEvents): each collective's time in flight (its start
+    step's beginning to its wait's end), the part of it the rank spent blocked (issuing it and
+    waiting on it), and the fraction hidden behind the rank's own work. (What a trace can see: a
+    collective that finished early counts as in flight until its wait.)"""
+    start, blocked, flight = {}, 0.0, 0.0
+    for e in events:
+        if e.kind == "start":
+            start[e.index] = e
+        elif e.kind == "wait" and e.index in start:
+            s = start.pop(e.index)
+            flight += e.t1 - s.t0
+            blocked += (s.t1 - s.t0) + (e.t1 - e.t0)
+    return {"in_flight_s": flight, "blocked_s": blocked,
+            "hidden_fraction": (flight - blocked) / flight if flight > 0 else 0.0}
+
+
+def measured_picture(trace, path: Path) -> Path:
+    """One row per rank from a measured trace (trace[rank] = TraceEvents): ops and kernels on one
+    lane, collectives on their own lane below (in flight light, blocked waiting dark)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = min((e.t0 for events in trace for e in events), default=0.0)
+    fig, ax = plt.subplots(figsize=(12, 0.9 * len(trace) + 1.5))
+    for rank, events in enumerate(trace):
+        start = {}
+        for e in events:
+            a, w = (e.t0 - t0) * 1e6, max((e.t1 - e.t0) * 1e6, 1e-3)
+            if e.kind in ("op", "kernel", "view"):
+                ax.broken_barh([(a, w)], (rank - 0.45, 0.4), color="tab:blue", edgecolor="white", linewidth=0.2)
+            elif e.kind == "start":
+                start[e.index] = e
+            elif e.kind == "wait" and e.index in start:
+                s = start.pop(e.index)
+                ax.broken_barh([((s.t0 - t0) * 1e6, (e.t1 - s.t0) * 1e6)], (rank + 0.05, 0.4), color="navajowhite")
+                ax.broken_barh([(a, w)], (rank + 0.05, 0.4), color="tab:orange")
+    ax.set_yticks(range(len(trace)), [f"rank {r}" for r in range(len(trace))])
+    ax.set_xlabel("measured time (µs): blue ops/kernels; below, collectives in flight (light) and waited on (dark)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
-def write_report(prog, out_dir, title: str = "shardc report") -> Path:
-    """Write sharding_map.png, timeline.png and a self-contained index.html into out_dir."""
+def write_report(prog, out_dir, title: str = "shardc report", trace=None) -> Path:
+    """Write sharding_map.png, timeline.png and a self-contained index.html into out_dir; with a
+    measured `trace` (run_torch's trace=, one event list per rank) also measured.png beside the
+    modeled timeline, and the fraction of collective time each rank hid."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     events = timeline(prog.local)
     smap = sharding_map(prog, out / "sharding_map.png")
     tl = timeline_picture(prog, out / "timeline.png", events)
+    measured = ""
+    if trace:
+        mp = measured_picture(trace, out / "measured.png")
+        hid = ", ".join(f"rank {r}: {collective_overlap(ev)['hidden_fraction'] * 100:.0f}%" for r, ev in enumerate(trace))
+        measured = f"<h2>Timeline (measured)</h2><p>collective time hidden behind work: {hid}</p>{_img(mp)}"
     total = sum(c.bytes for c in prog.collectives)
     step = max((e.start + e.duration for e in events), default=0.0)
     ledger = "".join(f"<tr><td>{html.escape(c.kind)}</td><td>{','.join(c.axes)}</td><td>{c.bytes}</td>"
@@ -120,6 +175,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}} img{{max-width:10
 {len(prog.collectives)} collectives moving {total} bytes per device; modeled step {step * 1e6:.1f} µs.</p>
 <h2>Sharding map</h2>{_img(smap)}
 <h2>Timeline (modeled)</h2>{_img(tl)}
+{measured}
 <h2>Collectives</h2><table><tr><th>kind</th><th>axes</th><th>bytes</th><th>tensor</th><th>source</th><th>reason</th></tr>{ledger}</table>
 <h2>Input shardings</h2><table><tr><th>input</th><th>shape</th><th>sharding</th><th>origin</th></tr>{shard}</table>
 </body></html>"""

@@ -10,6 +10,7 @@ from shardc import Mesh
 from shardc.partition.passes import run_passes
 from shardc.partition.passes_collective_matmul import collective_matmul
 from shardc.partition.plans import sequence_parallel_specs
+from shardc.report import collective_overlap, write_report
 
 
 def _collective_matmul_program(mesh: Mesh, bidirectional: bool):
@@ -25,7 +26,8 @@ def _collective_matmul_program(mesh: Mesh, bidirectional: bool):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_collective_matmul_on_gloo_ranks_overlaps_permutes_with_partial_matmuls(torch_pool, bidirectional):
+def test_collective_matmul_on_gloo_ranks_overlaps_permutes_with_partial_matmuls(torch_pool, bidirectional,
+                                                                                 tmp_path):
     prog, args = _collective_matmul_program(Mesh(tp=4), bidirectional)
     trace: list = []
     report = shardc.runtime.check(prog, *args, engine="torch", world=torch_pool, trace=trace)
@@ -41,6 +43,10 @@ def test_collective_matmul_on_gloo_ranks_overlaps_permutes_with_partial_matmuls(
             elif e.kind == "op" and e.op == "dot_general" and in_flight:
                 overlapped += not any(local[i] in local[e.index].inputs for i in in_flight)
         assert overlapped >= 4
+        stats = collective_overlap(events)
+        assert 0 < stats["blocked_s"] < stats["in_flight_s"] and 0 < stats["hidden_fraction"] < 1
+    page = write_report(prog, tmp_path, "collective matmul", trace=trace).read_text()
+    assert (tmp_path / "measured.png").stat().st_size > 0 and "Timeline (measured)" in page
 
 
 def test_collective_matmul_on_8_jax_devices():
