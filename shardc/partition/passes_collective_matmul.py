@@ -170,12 +170,14 @@ def collective_matmul(prog: SpmdProgram, mode: str = "auto", bidirectional: bool
     pricer = op_pricer(prog.hardware or "h200", prog.mesh)
     gathers, scatters = {}, {}
     for n in g.nodes:
-        if n.op is Op.ALL_GATHER and n not in outputs and users[n]:
-            dots = users[n]
+        if n.op is Op.ALL_GATHER:
+            dots = [u for u in users[n] if u.op is Op.DOT_GENERAL and u.inputs[0] is n and u.inputs[1] is not n
+                    and _lhs_out_dim(u, n.attrs["dim"]) is not None]
             k = prog.mesh.group_size(n.attrs["axes"])
-            if k > 1 and all(u.op is Op.DOT_GENERAL and u.inputs[0] is n and u.inputs[1] is not n
-                             and _lhs_out_dim(u, n.attrs["dim"]) is not None for u in dots):
+            if k > 1 and dots:
                 moved = 2 * sum(d.nbytes for d in dots)  # partial results concatenated, then reordered
+                if len(dots) < len(users[n]) or n in outputs:  # the others read the blocks put together
+                    moved += 2 * n.nbytes
                 if mode == "always" or _seconds_pay(pricer, n, k, dots, n.inputs[0].nbytes, moved):
                     gathers[n] = dots
         if n.op is Op.REDUCE_SCATTER and n.inputs[0].op is Op.DOT_GENERAL:
@@ -189,17 +191,20 @@ def collective_matmul(prog: SpmdProgram, mode: str = "auto", bidirectional: bool
         return PassReport("collective_matmul", before, before, "no all-gather → matmul or matmul → reduce-scatter pays")
     replace_at, rings, permutes = {}, {}, {}
     for ag, dots in gathers.items():
-        def at_dot(new, ag=ag, dot=None):
-            if ag not in rings:  # the first reader's place (users_of lists them in order)
-                rings[ag] = ring_blocks(ag, new, prog.mesh, bidirectional)
-                permutes[ag] = [n for n in rings[ag][0] if n.op is Op.COLLECTIVE_PERMUTE]
-                made = list(rings[ag][0])
-            else:
-                made = []
-            made += gathered_dot(dot, ag.attrs["dim"], rings[ag][1], rings[ag][2], new)
-            return made, made[-1]
+        def at_ag(new, ag=ag):
+            """The ring at the all-gather's place; its value (for readers other than the dots: the
+            weight gradient's matmul contracts over the gathered dim) is the blocks put together
+            (dropped when nothing reads it)."""
+            made, entries, idx = rings[ag] = ring_blocks(ag, new, prog.mesh, bidirectional)
+            permutes[ag] = [n for n in made if n.op is Op.COLLECTIVE_PERMUTE]
+            d = ag.attrs["dim"]
+            cat = make_node(Op.CONCATENATE, [b for b, _ in entries], ag.source, None, None, axis=d)
+            whole = make_node(Op.GATHER, [cat, idx], ag.source, ag.name, None, axis=d)
+            return made + [cat, whole], whole
+        replace_at[ag] = at_ag
         for dot in dots:
-            replace_at[dot] = lambda new, at_dot=at_dot, dot=dot: at_dot(new, dot=dot)
+            replace_at[dot] = lambda new, ag=ag, dot=dot: (lambda made: (made, made[-1]))(
+                gathered_dot(dot, ag.attrs["dim"], rings[ag][1], rings[ag][2], new))
     for rs, dot in scatters.items():
         def at_rs(new, rs=rs, dot=dot):
             made, res = matmul_scatter(rs, dot, new, prog.mesh)
