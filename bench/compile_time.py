@@ -47,10 +47,13 @@ def measure(name: str, depth: int, batch: int, xla: bool) -> dict:
     t1 = time.perf_counter()
     prog = shardc.partition(g, Mesh(MESH), specs=m.tp_specs(), plan="dp")
     t2 = time.perf_counter()
-    exe = shardc.codegen.compile(prog, "triton")
+    try:
+        exe = shardc.codegen.compile(prog, "triton")
+    except shardc.Error as e:  # reported in the row; partition and XLA are still measured
+        exe, row["codegen_error"] = None, str(e)
     t3 = time.perf_counter()
-    row.update(nodes=len(g.nodes), local_nodes=len(prog.local.nodes), kernels=len(exe.kernels),
-               distinct_kernels=len({k.key for k in exe.kernels}),
+    row.update(nodes=len(g.nodes), local_nodes=len(prog.local.nodes),
+               kernels=len(exe.kernels) if exe else 0, distinct_kernels=len({k.key for k in exe.kernels}) if exe else 0,
                capture_s=t1 - t0, partition_s=t2 - t1, codegen_s=t3 - t2, shardc_s=t3 - t1)
     if xla:
         x = xla_collectives(fn, args, prog, MESH)
@@ -81,7 +84,8 @@ def main(argv=None) -> int:
             xla = (f"{r['xla_lower_s']:9.2f} {r['xla_compile_s']:11.2f} {r['shardc_over_xla']:10.2f}"
                    if "xla_s" in r else f"{'-':>9} {'-':>11} {'-':>10}")
             print(f"{name:6} {d:5d} {r['nodes']:6d} {r['kernels']:8d} {r['distinct_kernels']:8d} {r['capture_s']:8.2f} "
-                  f"{r['partition_s']:9.2f} {r['codegen_s']:8.2f} {r['shardc_s']:7.2f} {xla}", flush=True)
+                  f"{r['partition_s']:9.2f} {r['codegen_s']:8.2f} {r['shardc_s']:7.2f} {xla}"
+                  + (f"  codegen failed: {r['codegen_error']}" if "codegen_error" in r else ""), flush=True)
     summary = {}
     for name in a.models.split(","):
         by = {r["depth"]: r for r in rows if r["model"] == name}
@@ -97,7 +101,7 @@ def main(argv=None) -> int:
                 machine=platform.machine(), cpus=os.cpu_count(), load=os.getloadavg())
     out.write_text(json.dumps(dict(meta=meta, rows=rows, summary=summary), indent=1, default=str))
     print(f"wrote {out}")
-    return 0
+    return 1 if any("codegen_error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":
