@@ -304,7 +304,9 @@ def loss(cfg, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean squared error (mlp, moe) or mean next-token cross entropy over all B*S positions."""
     if LOSS_KIND[cfg.family] == "mse":
         return F.mse_loss(out, targets)
-    return F.cross_entropy(out.reshape(-1, out.shape[-1]), targets.reshape(-1))
+    # as the JAX twin: the mean over all positions (F.cross_entropy divides by the count of
+    # targets other than ignore_index, a data-dependent sum that a data-parallel step reduces too)
+    return -F.log_softmax(out, dim=-1).gather(-1, targets[..., None]).mean()
 
 
 def to_jax(module: nn.Module) -> dict:

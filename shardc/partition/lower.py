@@ -187,7 +187,10 @@ class Lowerer(Resharder):
             if n.op is Op.AXIS_INDEX or n.op in COLLECTIVES:
                 raise ShardingError(f"{n.describe()}: the graph is already partitioned (it has {n.op.value})")
             rule = self.rule(n)
-            plan = self.plan_partial_linear(n, rule)
+            pending = plan = self.plan_partial_linear(n, rule)
+            if pending is not None and any(self.move_cost(x, r) for x, r in zip(n.inputs, pending[1])
+                                           if not self.local[x][1].partial):
+                plan = None  # keeping the sum pending moves the other operands: weigh it against reducing now
             if plan is None:  # the cheapest of a few ways to place the op
                 orders = [(True, True, "propagated"), (False, True, "propagated")]
                 if any(self.priorities.get(x, 0) >= WEAK for x in n.inputs):
@@ -197,7 +200,7 @@ class Lowerer(Resharder):
                 # last, and winning ties: compute where the operands already are, so the
                 # result's move is deferred to its users (maybe none needs it)
                 orders.append((False, True, "as_they_are"))
-                plans = [self.plan_op(n, rule, *order) for order in orders]
+                plans = [self.plan_op(n, rule, *order) for order in orders] + [pending] * (pending is not None)
                 costs = [self.cost(n, *p[1:3]) for p in plans]
                 plan = plans[min(range(len(plans)), key=lambda i: (costs[i], i != len(plans) - 1))]
             fa, reqs, natural, red = plan
@@ -302,9 +305,13 @@ class Lowerer(Resharder):
         """Is n's only use a sum with another contribution (gradient accumulation), where pending
         sums can be added first and reduced together?"""
         users = self.users[n]
+        while len(users) == 1 and users[0].op in (Op.RESHAPE, Op.TRANSPOSE):  # (torch views [b·s, d] as [b, s, d])
+            n, users = users[0], self.users[users[0]]
         if len(users) != 1 or users[0].op not in (Op.ADD, Op.SUB):
             return False
         others = [x for x in users[0].inputs if x is not n]
+        while len(others) == 1 and others[0].op in (Op.RESHAPE, Op.TRANSPOSE):
+            others = [others[0].inputs[0]]
         return len(others) == 1 and others[0].op in (Op.DOT_GENERAL, Op.ADD, Op.SUB, Op.REDUCE_SUM)
 
     def _feeds_scatter_add(self, n: Node, hops: int = 4) -> Node | None:
