@@ -1,7 +1,8 @@
 """Communication per device per step: shardc's ledger against XLA's SPMD partitioner and closed forms.
 
-    cd /work/main && .venv/bin/python bench/comm_vs_xla.py [--models gpt2,llama] [--size tiny|mini]
-        [--steps forward,train] [--layouts dp,fsdp,tp,tp+sp,2d] [--batch 8] [--kinds] [--json PATH]
+    cd /work/main && .venv/bin/python bench/comm_vs_xla.py [--models gpt2,llama] [--size tiny|mini|small]
+        [--steps forward,train] [--layouts dp,fsdp,tp,tp+sp,2d,tp8,dp2xtp4] [--batch 8] [--seq N]
+        [--frontend jax,torch,hf] [--kinds] [--json PATH]
 
 For each zoo model, step (forward; SGD training step) and layout (DP, FSDP, Megatron TP, TP +
 sequence parallel, 2-D dp×tp), the same JAX function goes through (expert parallelism, model
@@ -11,6 +12,10 @@ sequence parallel, 2-D dp×tp), the same JAX function goes through (expert paral
      settled on (a strided fused-QKV split becomes the plain spec of the same axes: what the user
      wrote), lowered and compiled on 8 JAX CPU devices; bytes counted in the compiled HLO text;
   3. a closed form where one is clean (Megatron: 2 all-reduces of b·s·h per layer forward, ...).
+--frontend picks shardc's graph: the JAX twin (jax), the zoo's torch twin (torch), or Hugging
+Face-style modules with SDPA attention (hf: shardc/models/hf_style.py, HF's names, Conv1D and
+fused QKV, at the zoo config's shapes, specs for HF's layouts); XLA always runs the JAX twin (for
+hf rows with the shardings shardc settles on the JAX twin). Several frontends give one table.
 Both byte counts use the same convention (all-gather: result buffer; reduce-scatter: operand;
 all-reduce, all-to-all, collective-permute: the buffer). XLA on CPU emits all-reduce +
 dynamic-slice where GPUs get a reduce-scatter: the bytes are equal, the kinds differ.
@@ -49,11 +54,14 @@ from shardc import Mesh, models  # noqa: E402
 from shardc.partition.plans import sequence_parallel_specs  # noqa: E402
 from shardc.partition.program import wire_bytes  # noqa: E402
 from shardc.partition.specs import leaf_key  # noqa: E402
+from shardc.models import hf_style  # noqa: E402
 
 ZOO = ("mlp", "gpt2", "llama", "moe")
 EXPERT_PARALLEL = "moe-ep"  # bench/comm_moe.py: a dropless MoE layer, experts over 'ep' (JAX twin; XLA: GShard form)
 STEPS = ("forward", "train")
 LAYOUTS = ("dp", "fsdp", "tp", "tp+sp", "2d")
+EXTRA_LAYOUTS = ("tp8", "dp2xtp4")  # GPT-2 small's rows (12 heads over 8 devices)
+FRONTENDS = ("jax", "torch", "hf")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "comm_vs_xla.json"
 
 
@@ -73,11 +81,16 @@ def layout(m, name: str) -> tuple[dict, bool, bool, str | None]:
             "fsdp": (dict(dp=4), False, False, "fsdp"),
             "tp": (dict(tp=t), True, False, None),
             "tp+sp": (dict(tp=t), True, True, None),
-            "2d": (dict(dp=2, tp=2), True, False, "dp")}[name]
+            "2d": (dict(dp=2, tp=2), True, False, "dp"),
+            "tp8": (dict(tp=8), True, False, None),
+            "dp2xtp4": (dict(dp=2, tp=4), True, False, "dp")}[name]
 
 
-def specs_for(m, g, tp: bool, sp: bool) -> dict:
-    specs = dict(m.tp_specs()) if tp else {}
+CLOSED_FORM_KIND = {"tp8": "tp", "dp2xtp4": "2d"}  # extra layouts: the closed form of their kind
+
+
+def specs_for(m, g, tp: bool, sp: bool, hf: bool = False) -> dict:
+    specs = (dict(hf_style.megatron_specs(m.name)) if hf else dict(m.tp_specs())) if tp else {}
     if sp:
         specs.update(sequence_parallel_specs(g))
     return specs
@@ -196,6 +209,7 @@ def tp_activation_bytes(m, b: int, train: bool) -> tuple[int, str] | None:
 def closed_form(m, step: str, name: str, axes: dict, batch: int) -> dict | None:
     """{"bytes", "rel" ("=" exact, "≤" upper bound), "formula"} or None."""
     train = step == "train"
+    name = CLOSED_FORM_KIND.get(name, name)
     psi, split = param_bytes(m)
     rep = psi - split
     dp, tp = axes.get("dp", 1), axes.get("tp", 1)
@@ -239,7 +253,16 @@ def capture(m, step: str, batch: int, frontend: str = "jax"):
     if frontend == "jax":
         return fn, args, g_jax, (time.perf_counter() - t0) * 1e3, g_jax
     t0 = time.perf_counter()
-    g, _ = m.capture(step == "train", "torch", batch, lr=0.1)
+    if frontend == "hf":  # (the training step's loss: the mean over all positions, as the JAX twin's)
+        c = hf_style.Cfg.of(m.config)
+        if step == "train":
+            hfn, hargs = hf_style.sgd_step(m.name, c, batch, lr=0.1, loss="mean")
+            g = shardc.from_torch(hfn, hargs, capture="make_fx")
+        else:
+            g = shardc.from_torch(hf_style.build(m.name, c), (hf_style.ids(c, batch),))
+        g.hf_style = True
+    else:
+        g, _ = m.capture(step == "train", "torch", batch, lr=0.1)
     return fn, args, g, (time.perf_counter() - t0) * 1e3, g_jax
 
 
@@ -265,7 +288,7 @@ def jax_mesh(axes: dict):
 
 
 def xla_collectives(fn, args, prog, axes: dict, g_jax=None) -> dict:
-    mesh = jax_mesh(axes)
+    mesh = jax_mesh(dict(prog.mesh.axes))  # (the program's mesh: sub-axes where KV heads are replicated)
     ins, outs = prog.input_shardings, prog.output_shardings
     if g_jax is not None and g_jax is not prog.graph:  # a torch twin's program: match by name
         ins = same_order([p.name for p in prog.graph.inputs], ins, [p.name for p in g_jax.inputs])
@@ -295,15 +318,18 @@ def xla_collectives(fn, args, prog, axes: dict, g_jax=None) -> dict:
 def run_row(m, step: str, lay: str, captured, batch: int) -> dict:
     fn, args, g, capture_ms, g_jax = captured
     axes, tp, sp, plan = layout(m, lay)
+    hf = getattr(g, "hf_style", False)
     row = dict(model=m.name, size=m.size, step=step, layout=lay, mesh=axes, plan=plan,
-               frontend="jax" if g is g_jax else "torch",
+               frontend="jax" if g is g_jax else "hf" if hf else "torch",
                tp_specs=tp, sequence_parallel=sp, batch=batch, capture_ms=capture_ms)
     cf = closed_form(m, step, lay, axes, batch)
     row["closed_form"] = cf
     try:
         t0 = time.perf_counter()
-        prog = shardc.partition(g, Mesh(axes), specs_for(m, g, tp, sp), plan)
+        prog = shardc.partition(g, Mesh(axes), specs_for(m, g, tp, sp, hf), plan)
         row["shardc_partition_ms"] = (time.perf_counter() - t0) * 1e3
+        # XLA gets the shardings shardc settles on, of the JAX twin (hf: its own names and layouts)
+        xla_prog = shardc.partition(g_jax, Mesh(axes), specs_for(m, g_jax, tp, sp), plan) if hf else prog
     except Exception as e:  # a benchmark reports failures as rows
         row["error"] = f"shardc: {type(e).__name__}: {e}"
         return row
@@ -317,7 +343,7 @@ def run_row(m, step: str, lay: str, captured, batch: int) -> dict:
     row["input_specs"] = {p.name: str(s) for p, s in zip(g.inputs, prog.input_shardings) if not s.is_replicated}
     row["output_specs"] = {n: str(s) for n, s in zip(g.output_names, prog.output_shardings) if not s.is_replicated}
     try:
-        x = xla_collectives(fn, args, prog, axes, g_jax)
+        x = xla_collectives(fn, args, xla_prog, axes, g_jax)
     except Exception as e:
         row["error"] = f"xla: {type(e).__name__}: {e}"
         return row
@@ -349,7 +375,7 @@ def kinds_text(kinds: dict | None) -> str:
 
 
 def table_rows(rows, with_kinds: bool):
-    head = ["model", "step", "layout", "mesh", "shardc B", "XLA B", "closed form", "shardc/XLA",
+    head = ["model", "frontend", "step", "layout", "mesh", "shardc B", "XLA B", "closed form", "shardc/XLA",
             "shardc wire", "XLA wire", "shardc part ms", "XLA compile ms", "flag"]
     if with_kinds:
         head += ["shardc kinds", "XLA kinds"]
@@ -359,12 +385,12 @@ def table_rows(rows, with_kinds: bool):
         cf = r.get("closed_form")
         cf_text = "-" if cf is None else f"{cf['rel'] if cf['rel'] != '=' else ''}{cf['bytes']:,}"
         if "error" in r:
-            line = [r["model"], r["step"], r["layout"], mesh, f"{r.get('shardc_bytes', '-')}", "-", cf_text, "-",
+            line = [r["model"], r.get("frontend", "-"), r["step"], r["layout"], mesh, f"{r.get('shardc_bytes', '-')}", "-", cf_text, "-",
                     f"{r.get('shardc_wire_bytes', '-')}", "-",
                     f"{r.get('shardc_partition_ms', 0):.0f}" if "shardc_partition_ms" in r else "-", "-",
                     "ERROR " + r["error"][:60]]
         else:
-            line = [r["model"], r["step"], r["layout"], mesh, f"{r['shardc_bytes']:,}", f"{r['xla_bytes']:,}",
+            line = [r["model"], r.get("frontend", "-"), r["step"], r["layout"], mesh, f"{r['shardc_bytes']:,}", f"{r['xla_bytes']:,}",
                     cf_text, f"{r['ratio']:.2f}" if math.isfinite(r["ratio"]) else "inf",
                     f"{r['shardc_wire_bytes']:,}", f"{r['xla_wire_bytes']:,}",
                     f"{r['shardc_partition_ms']:.0f}", f"{r['xla_lower_compile_ms']:.0f}", " ".join(r["flags"])]
@@ -384,7 +410,7 @@ def print_table(rows, title: str, with_kinds: bool) -> None:
     if Console is not None:
         t = Table(title=title)
         for i, h in enumerate(head):
-            t.add_column(h, justify="right" if 4 <= i <= 11 else "left", no_wrap=i < 13)
+            t.add_column(h, justify="right" if 5 <= i <= 12 else "left", no_wrap=i < 14)
         for line, r in zip(body, rows):
             t.add_row(*line, style="red" if ("error" in r or ">XLA" in r.get("flags", ())) else None)
         Console(width=max(200, 40 * with_kinds + 200)).print(t)
@@ -392,7 +418,7 @@ def print_table(rows, title: str, with_kinds: bool) -> None:
     widths = [max(len(h), *(len(line[i]) for line in body)) for i, h in enumerate(head)]
     print(title)
     for line in [head, ["-" * w for w in widths], *body]:
-        print("  ".join(c.rjust(w) if 4 <= i <= 11 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        print("  ".join(c.rjust(w) if 5 <= i <= 12 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))))
 
 
 # ------------------------------------------------------------------------------------- main
@@ -400,21 +426,26 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(ZOO + (EXPERT_PARALLEL,)),
                     help="comma-separated subset of " + ",".join(ZOO + (EXPERT_PARALLEL,)))
-    ap.add_argument("--size", default="tiny", choices=("tiny", "mini"))
+    ap.add_argument("--size", default="tiny", choices=("tiny", "mini", "small"))
+    ap.add_argument("--seq", type=int, default=None, help="override the config's sequence length (GPT-2 small rows: 128)")
     ap.add_argument("--steps", default=",".join(STEPS), help="forward,train")
-    ap.add_argument("--layouts", default=",".join(LAYOUTS), help="subset of " + ",".join(LAYOUTS))
+    ap.add_argument("--layouts", default=",".join(LAYOUTS), help="subset of " + ",".join(LAYOUTS + EXTRA_LAYOUTS))
     ap.add_argument("--batch", type=int, default=8, help="global batch (a multiple of 4 for dp=4)")
     ap.add_argument("--kinds", action="store_true", help="also print per-kind counts and bytes")
     ap.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the figures")
-    ap.add_argument("--frontend", default="jax", choices=("jax", "torch"),
-                    help="capture shardc's graph from the JAX twins or the torch twins (XLA always runs the JAX twin)")
+    ap.add_argument("--frontend", default="jax",
+                    help="comma-separated: capture shardc's graph from the JAX twins (jax), the torch twins (torch) "
+                         "or Hugging Face-style modules (hf: gpt2 and llama); XLA always runs the JAX twin")
     a = ap.parse_args(argv)
-    for opt, valid in (("models", ZOO + (EXPERT_PARALLEL,)), ("steps", STEPS), ("layouts", LAYOUTS)):
+    for opt, valid in (("models", ZOO + (EXPERT_PARALLEL,)), ("steps", STEPS), ("layouts", LAYOUTS + EXTRA_LAYOUTS),
+                       ("frontend", FRONTENDS)):
         chosen = [x.strip() for x in getattr(a, opt).split(",") if x.strip()]
         bad = [x for x in chosen if x not in valid]
         if bad or not chosen:
             ap.error(f"--{opt}: {bad or 'empty'} not in {', '.join(valid)}")
         setattr(a, opt, chosen)
+    if "hf" in a.frontend and not set(a.models) & {"gpt2", "llama"}:
+        ap.error("--frontend hf: Hugging Face-style modules exist for gpt2 and llama only")
     return a
 
 
@@ -426,25 +457,29 @@ def main(argv=None) -> int:
         return 2
     t_start = time.perf_counter()
     rows = []
-    for name in a.models:
-        if name == EXPERT_PARALLEL:
-            import comm_moe
-            rows += comm_moe.rows(a.steps, a.batch, jax_mesh, hlo_collectives, by_kind)
-            continue
-        m = models.get(f"{name}:{a.size}")
-        for step in a.steps:
-            try:
-                captured = capture(m, step, a.batch, a.frontend)
-            except Exception as e:
-                for lay in a.layouts:
-                    axes = layout(m, lay)[0]
-                    rows.append(dict(model=name, size=a.size, step=step, layout=lay, mesh=axes,
-                                     error=f"capture: {type(e).__name__}: {e}"))
+    for frontend in a.frontend:
+        for name in a.models:
+            if name == EXPERT_PARALLEL:
+                if frontend == "jax":  # (a JAX function only)
+                    import comm_moe
+                    rows += comm_moe.rows(a.steps, a.batch, jax_mesh, hlo_collectives, by_kind)
                 continue
-            for lay in a.layouts:
-                rows.append(run_row(m, step, lay, captured, a.batch))
+            if frontend == "hf" and name not in ("gpt2", "llama"):
+                continue
+            m = models.get(f"{name}:{a.size}", **({"seq_len": a.seq} if a.seq else {}))
+            for step in a.steps:
+                try:
+                    captured = capture(m, step, a.batch, frontend)
+                except Exception as e:
+                    for lay in a.layouts:
+                        axes = layout(m, lay)[0]
+                        rows.append(dict(model=name, size=a.size, step=step, layout=lay, mesh=axes, frontend=frontend,
+                                         error=f"capture: {type(e).__name__}: {e}"))
+                    continue
+                for lay in a.layouts:
+                    rows.append(run_row(m, step, lay, captured, a.batch))
     elapsed = time.perf_counter() - t_start
-    print_table(rows, f"communication per device per step: shardc ({a.frontend} twins) vs XLA SPMD "
+    print_table(rows, f"communication per device per step: shardc ({', '.join(a.frontend)}) vs XLA SPMD on the JAX twins "
                       f"({a.size}, batch {a.batch}, bytes)",
                 a.kinds)
     over = [r for r in rows if ">XLA" in r.get("flags", ())]
@@ -456,7 +491,7 @@ def main(argv=None) -> int:
           + (f" ({xla / part:.1f}x)" if part else ""))
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(bench="comm_vs_xla", size=a.size, batch=a.batch, frontend=a.frontend, jax=jax.__version__, shardc=shardc.__version__,
+    meta = dict(bench="comm_vs_xla", size=a.size, batch=a.batch, seq=a.seq, frontend=a.frontend, jax=jax.__version__, shardc=shardc.__version__,
                 python=platform.python_version(), machine=platform.machine(), cpus=os.cpu_count(),
                 n_jax_devices=len(jax.devices()), elapsed_s=elapsed,
                 tp_size={n: tp_size(models.get(f"{n}:{a.size}")) for n in a.models if n != EXPERT_PARALLEL},

@@ -153,7 +153,7 @@ def test_explain_lists_rejected_alternatives():
 def test_hugging_face_style_gpt2_training_on_tp_is_megatron():
     """HF's Conv1D weights are [in, out] and c_attn is fused: column-parallel is dim 1, split
     per q/k/v block; row-parallel c_proj is dim 0."""
-    import hf_style as H
+    from shardc.models import hf_style as H
     c = H.Cfg()
     fn, args = H.sgd_step("gpt2", c, BATCH)
     g = shardc.from_torch(fn, args, capture="make_fx")

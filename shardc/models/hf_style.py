@@ -1,5 +1,6 @@
 """Hugging Face-style GPT-2 and Llama modules, written here so the tests do not depend on the
-transformers package: the same op patterns HF's GPT2Model and LlamaModel produce under
+transformers package (tests/unit/test_partition_hf.py and bench/comm_vs_xla.py --frontend hf use
+them): the same op patterns HF's GPT2Model and LlamaModel produce under
 torch.export — Conv1D (addmm on a [b*s, d] view, fused c_attn [d, 3d]), heads split by
 view + transpose, F.scaled_dot_product_attention(is_causal=True) (whose math decomposition merges
 [b, h, s, hd] into [b*h, s, hd]), RMSNorm in float32, rotary embeddings, GQA's repeat_kv and
@@ -26,6 +27,13 @@ class Cfg:
     @property
     def hd(self) -> int:
         return self.d // self.n_head
+
+    @staticmethod
+    def of(zoo) -> "Cfg":
+        """The shapes of a zoo config (shardc.models: GPT2Config, LlamaConfig)."""
+        return Cfg(vocab=zoo.vocab_size, d=zoo.d_model, n_head=zoo.n_head,
+                   n_kv_head=getattr(zoo, "n_kv_head", zoo.n_head), n_layer=zoo.n_layer, seq=zoo.seq_len,
+                   d_ff=getattr(zoo, "d_ff", 4 * zoo.d_model))
 
 
 # ------------------------------------------------------------------------------------- GPT-2
@@ -240,9 +248,13 @@ class LMHead(nn.Module):
         return self.lm_head(x)
 
 
-def sgd_step(family: str, c: Cfg, batch: int, lr: float = 0.1, seed: int = 0):
+def sgd_step(family: str, c: Cfg, batch: int, lr: float = 0.1, seed: int = 0, loss: str = "cross_entropy"):
     """(fn, args): fn(params, ids, targets) -> (loss, new_params), one SGD step of next-token
-    cross entropy, to capture with from_torch(..., capture="make_fx")."""
+    cross entropy, to capture with from_torch(..., capture="make_fx"). loss="cross_entropy" is
+    HF's F.cross_entropy (the mean over targets other than ignore_index: a data-dependent count);
+    "mean" the mean over all positions, as the zoo's JAX twins compute it."""
+    if loss not in ("cross_entropy", "mean"):
+        raise ValueError(f"loss {loss!r}: 'cross_entropy' or 'mean'")
     from torch.func import functional_call, grad_and_value
 
     torch.manual_seed(seed)
@@ -251,6 +263,8 @@ def sgd_step(family: str, c: Cfg, batch: int, lr: float = 0.1, seed: int = 0):
 
     def loss_fn(params, x, y):
         logits = functional_call(skeleton, params, (x,))
+        if loss == "mean":
+            return -F.log_softmax(logits, dim=-1).gather(-1, y[..., None]).mean()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
     def step(params, x, y):
