@@ -67,6 +67,13 @@ class Lowerer(Resharder):
             self.used_natural.add(n)
             return x
         key = (n, want)
+        if (want.partial and have.dims == want.dims and set(have.partial) < set(want.partial)
+                and have.partial_op == want.partial_op == "sum"):  # a sum pending over more axes: free
+            if key not in self.cache:
+                extra = tuple(a for a in want.partial if a not in have.partial)
+                first = self.b.binary(Op.EQ, self.group_rank(extra), 0)
+                self.cache[key] = self.b.select(first, x, self.b.const(0, x.dtype))
+            return self.cache[key]
         if key not in self.cache and self.rule(n).cheap and not want.partial:
             remade = self.remake(n, want, have)  # cheap values may be redone rather than moved
             if remade is not None:
@@ -225,8 +232,11 @@ class Lowerer(Resharder):
             return None
         if any(len(self.users[n.inputs[i]]) > 1 for i in pend):
             return None  # another user needs the sum anyway: reduce it once, at the source
-        axes = nats[pend[0]].partial
-        if any(nats[i].partial != axes or nats[i].partial_op != "sum" for i in pend):
+        # sums pending over different axes add up pending over all of them: a sum that is whole
+        # over some of those axes is kept on one device of each group there (zeros elsewhere)
+        axes = tuple(a for a in self.mesh.axis_names if any(a in nats[i].partial for i in pend))
+        if any(nats[i].partial_op != "sum" or set(axes) - set(nats[i].partial) & set(nats[i].used_axes)
+               for i in pend):
             return None
         # the pending operands lead; the others may not split over the pending axes
         cands = [((0 if i in pend else 1, -x.nbytes, i), project(s, rule.operands[i], rule, self.mesh))
@@ -238,7 +248,7 @@ class Lowerer(Resharder):
             return None  # the other operands must be whole over the pending axes
         reqs = [Sharding(unproject(fa, dims, rule, self.mesh), axes if i in pend else ())
                 for i, dims in enumerate(rule.operands)]
-        if any(reqs[i] != nats[i] for i in pend):
+        if any(reqs[i].dims != nats[i].dims for i in pend):
             return None
         red = {f: k for f, k in rule.reduction.items() if fa.get(f)}
         if any(k != "sum" for k in red.values()):
