@@ -11,13 +11,13 @@ codegen makes plain data; shardc.compile wraps it as runtime.Executable, whose `
 from __future__ import annotations
 
 import dataclasses
-import heapq
 
 from ..errors import Error
 from ..flags import debug_level, dump, log
 from .cache import cache_key, group_ir_text, load_kernel_file
 from .executable import Executable, Kernel, KernelLaunch
 from .fusion import CollectiveStep, FusionGroup, ViewStep, canonical_nodes, plan_fusion
+from .plan_order import topological
 
 __all__ = ["compile", "Executable", "Kernel", "KernelLaunch", "CollectiveStep", "ViewStep", "FusionGroup"]
 
@@ -51,7 +51,7 @@ def compile(prog, target: str = "triton") -> Executable:
             path = load_kernel_file(key, name, emitted.source, target)
             emitted_for[key] = (step, emitted, path)
         plan.append(KernelLaunch(Kernel.emitted(name, emitted, step, path, key)))
-    plan = _topological(plan)
+    plan = topological(plan)
     exe = Executable(prog, plan, target)
     log(1, f"codegen: {len(exe.kernels)} kernel launches ({len(emitted_for)} distinct kernels written), "
            f"{len(plan) - len(exe.kernels)} other steps per device")
@@ -72,29 +72,3 @@ def _rebind(emitted, first, step):
         return None
     return dataclasses.replace(emitted, inputs=[here[x] for x in emitted.inputs],
                                outputs=[here[x] for x in emitted.outputs])
-
-
-def _topological(plan: list) -> list:
-    """Order steps so each runs after the steps writing what it reads (stable otherwise)."""
-    writer = {}
-    for i, s in enumerate(plan):
-        for w in s.writes:
-            writer[w] = i
-    deps = {i: {writer[r] for r in s.reads if r in writer and writer[r] != i} for i, s in enumerate(plan)}
-    users: dict[int, list[int]] = {i: [] for i in deps}
-    for i, ds in deps.items():
-        for d in ds:
-            users[d].append(i)
-    ready = [i for i, ds in deps.items() if not ds]
-    heapq.heapify(ready)
-    out = []
-    while ready:
-        i = heapq.heappop(ready)
-        out.append(plan[i])
-        for u in users[i]:
-            deps[u].discard(i)
-            if not deps[u]:
-                heapq.heappush(ready, u)
-    if len(out) != len(plan):
-        raise Error("codegen: the launch plan has a cycle (a fusion group depends on its own output)")
-    return out

@@ -26,6 +26,7 @@ import numpy as np
 from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES, ELEMENTWISE, REDUCE
 from . import fused_recompute, fused_sums
+from .plan_order import topological
 
 VIEW_OPS = frozenset({Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE})
 INLINE_OPS = ELEMENTWISE | VIEW_OPS | REDUCE | {Op.PAD, Op.CONCATENATE, Op.GATHER, Op.IOTA,
@@ -584,7 +585,9 @@ class Planner:
         for n in self.g.nodes:
             if n.op in COLLECTIVES:
                 steps.append((self.order[n], CollectiveStep(n)))
-        steps = [s for _, s in sorted(steps, key=lambda t: t[0])]
+        # Program position alone is no dependency order once a merged group stores a value early
+        # (a matmul adding an epilogue's sums) that later readers take: the merging below needs one.
+        steps = topological([s for _, s in sorted(steps, key=lambda t: t[0])])
         merged: list = []
         for s in steps:
             if isinstance(s, FusionGroup) and s.kind in ("pointwise", "reduction"):
