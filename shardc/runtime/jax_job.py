@@ -6,7 +6,7 @@ coordination service's key-value store. When a program raises (gloo: "Connection
 peer"), `failure()` reads the counters twice: processes whose counter stopped are named as
 "process q (host h, pid p)". A program can also block on the dead peer instead of raising; then
 nothing returns to Python, and while one is in flight (`watch`) the same thread checks the peers'
-counters: one that stops for PROBE_S is reported by name on stderr and this process exits with
+counters: one that stops for WATCH_S is reported by name on stderr and this process exits with
 status 1 — what JAX's coordination service does anyway after `heartbeat_timeout_seconds` (100 s
 by default), without saying which host it was.
 """
@@ -21,7 +21,9 @@ import numpy as np
 
 from .errors import RankError, RankTimeoutError
 
-BEAT_S, PROBE_S = 0.5, 2.0
+# WATCH_S ends a process, so it is kept well above the heartbeat stalls a loaded host can show
+# (a healthy job must never be killed); PROBE_S only reads counters after a program has failed.
+BEAT_S, PROBE_S, WATCH_S = 0.5, 2.0, 10.0
 _STATE: dict = {}
 
 
@@ -84,7 +86,7 @@ def _beat(client, me: int, n_proc: int):
                 v = None
             if q not in seen or seen[q][0] != v:
                 seen[q] = (v, now)
-            elif now - seen[q][1] > PROBE_S:
+            elif now - seen[q][1] > WATCH_S:
                 import sys
                 sys.stderr.write(f"RankError: {name(me)}: {what} is blocked; its peer {name(q)} is gone "
                                  f"(no heartbeat for {now - seen[q][1]:.1f} s); exiting\n")
