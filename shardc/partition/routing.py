@@ -236,19 +236,10 @@ class RoutedLowering:
         return local_shape(n.shape, sh, self.lw.mesh)
 
     def _slice_attrs(self, n: Node, sh: Sharding, x: Node, rows: int) -> dict:
-        start, limit, stride = list(n.attrs["start"]), list(n.attrs["limit"]), list(n.attrs["stride"])
-        for d, ds in enumerate(sh.dims):
-            if d == 0:
-                start[0], limit[0], stride[0] = 0, rows, 1
-            elif ds.axes:
-                k, size = limit[d] - start[d], n.inputs[0].shape[d]
-                if ds.strided and k < size:  # one whole block of a fused dim: the same local block
-                    per = x.shape[d] // (size // k)
-                    blk = start[d] // k
-                    start[d], limit[d], stride[d] = blk * per, (blk + 1) * per, 1
-                else:
-                    start[d], limit[d], stride[d] = 0, x.shape[d], 1
-        return {"start": start, "limit": limit, "stride": stride}
+        """The lowerer's local slice, with the routed rows (dim 0) taken whole: `rows` of them."""
+        attrs = self.lw._local_slice_attrs(n, sh, x)
+        attrs["start"][0], attrs["limit"][0], attrs["stride"][0] = 0, rows, 1
+        return attrs
 
     # ---- grouped matmuls ------------------------------------------------------------------
     def _grouped(self, n: Node):
