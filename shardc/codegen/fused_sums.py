@@ -45,32 +45,48 @@ def into_matmuls(groups: list, order: dict, feasible, cannot_fuse, depends) -> l
     """`depends(x, y)`: whether value x is computed from y (a merge must not make a cycle)."""
     from .fusion import FusionGroup
     groups = list(groups)
-    mats = [g for g in groups if isinstance(g, FusionGroup) and g.kind == "matmul" and g.anchor is not None
-            and g.anchor.op is Op.DOT_GENERAL and "qk" not in g.pattern]
+    mats = _dot_groups(groups)
     for g in [g for g in groups if isinstance(g, FusionGroup) and g.kind == "reduction"]:
         for m in mats:
             if m not in groups or m.pattern.get("ksum"):
                 continue
             sums = _operand_sums(m, g)
-            inside = set(m.nodes)  # what m computes (an operand it stores) g may read from it
-            if sums is None or any(depends(x, r) for x in g.inputs if x not in inside for r in m.roots) \
-                    or any(depends(x, r) for x in m.inputs for r in g.roots):
+            if sums is None or _would_cycle(m, g, depends):
                 continue
-            nodes = {n: None for n in m.nodes + g.nodes}
-            ins = [x for x in dict.fromkeys(m.inputs + g.inputs) if x not in nodes]
-            merged = FusionGroup("matmul", m.roots + g.roots, sorted(nodes, key=order.get),
-                                 sorted(ins, key=order.get),
-                                 f"{m.reason}; sums its left operand over K for {g.reason.split(': ', 1)[-1]}",
-                                 m.anchor, {**m.pattern, "ksum": sums})
-            try:
-                feasible(merged)
-            except cannot_fuse:
-                continue
-            groups[groups.index(m)] = merged
-            mats[mats.index(m)] = merged
-            groups.remove(g)
-            break
+            if _merge(groups, mats, m, g, order, feasible, cannot_fuse, {**m.pattern, "ksum": sums},
+                      f"sums its left operand over K for {g.reason.split(': ', 1)[-1]}"):
+                break
     return groups
+
+
+def _dot_groups(groups: list) -> list:
+    from .fusion import FusionGroup
+    return [g for g in groups if isinstance(g, FusionGroup) and g.kind == "matmul" and g.anchor is not None
+            and g.anchor.op is Op.DOT_GENERAL and "qk" not in g.pattern]
+
+
+def _would_cycle(m, g, depends) -> bool:
+    """Whether one group made of matmul group m and group g would read what it writes."""
+    inside = set(m.nodes)  # what m computes (an operand it stores) g may read from it
+    return any(depends(x, r) for x in g.inputs if x not in inside for r in m.roots) \
+        or any(depends(x, r) for x in m.inputs for r in g.roots)
+
+
+def _merge(groups, mats, m, g, order, feasible, cannot_fuse, pattern, why) -> bool:
+    """Replace m and g by one matmul group if the target can emit it (in place; whether it did)."""
+    from .fusion import FusionGroup
+    nodes = {n: None for n in m.nodes + g.nodes}
+    ins = [x for x in dict.fromkeys(m.inputs + g.inputs) if x not in nodes]
+    merged = FusionGroup("matmul", m.roots + g.roots, sorted(nodes, key=order.get), sorted(ins, key=order.get),
+                         f"{m.reason}; {why}", m.anchor, pattern)
+    try:
+        feasible(merged)
+    except cannot_fuse:
+        return False
+    groups[groups.index(m)] = merged
+    mats[mats.index(m)] = merged
+    groups.remove(g)
+    return True
 
 
 def into_epilogues(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
@@ -79,8 +95,7 @@ def into_epilogues(groups: list, order: dict, feasible, cannot_fuse, depends) ->
     sums to the zeroed output (`pattern["rsum"]`), instead of a reduction kernel rereading it."""
     from .fusion import FusionGroup
     groups = list(groups)
-    mats = [g for g in groups if isinstance(g, FusionGroup) and g.kind == "matmul" and g.anchor is not None
-            and g.anchor.op is Op.DOT_GENERAL and "qk" not in g.pattern]
+    mats = _dot_groups(groups)
     for g in [g for g in groups if isinstance(g, FusionGroup) and g.kind == "reduction"]:
         if len(g.roots) != 1 or g.roots[0].op is not Op.REDUCE_SUM or not g.roots[0].dtype.is_float \
                 or sum(n.op in REDUCE for n in g.nodes) != 1:
@@ -88,22 +103,10 @@ def into_epilogues(groups: list, order: dict, feasible, cannot_fuse, depends) ->
         for m in mats:
             if m not in groups or not set(m.roots) & set(g.inputs):
                 continue
-            inside = set(m.nodes)
-            if any(depends(x, r) for x in g.inputs if x not in inside for r in m.roots) \
-                    or any(depends(x, r) for x in m.inputs for r in g.roots):
+            if _would_cycle(m, g, depends):
                 continue
-            nodes = {n: None for n in m.nodes + g.nodes}
-            ins = [x for x in dict.fromkeys(m.inputs + g.inputs) if x not in nodes]
-            merged = FusionGroup("matmul", m.roots + g.roots, sorted(nodes, key=order.get),
-                                 sorted(ins, key=order.get),
-                                 f"{m.reason}; adds its tiles' partial sums for {g.reason.split(': ', 1)[-1]}",
-                                 m.anchor, {**m.pattern, "rsum": m.pattern.get("rsum", []) + list(g.roots)})
-            try:
-                feasible(merged)
-            except cannot_fuse:
-                continue
-            groups[groups.index(m)] = merged
-            mats[mats.index(m)] = merged
-            groups.remove(g)
-            break
+            if _merge(groups, mats, m, g, order, feasible, cannot_fuse,
+                      {**m.pattern, "rsum": m.pattern.get("rsum", []) + list(g.roots)},
+                      f"adds its tiles' partial sums for {g.reason.split(': ', 1)[-1]}"):
+                break
     return groups
