@@ -78,18 +78,13 @@ def _plan(c, users, mb, stage, owner):
 def _natural(x, users, mb, stage) -> int:
     """The latest stage among the inputs of x's own subtree: the nodes that feed only x (through
     per-microbatch values used nowhere else), where x can run without per-microbatch transfers."""
-    own, todo = {x}, [x]
-    while todo:
-        n = todo.pop()
-        for i in n.inputs:
-            if i in mb and i not in own and all(u in own for u in users.get(i, ())):
-                own.add(i)
-                todo.append(i)
+    own = _subtree(x, users, mb)
     outside = [stage[i] for n in own for i in n.inputs if i not in own and i in stage]
     return max(outside, default=stage.get(x, 0))
 
 
 def _subtree(x, users, mb) -> set:
+    """x and the per-microbatch values that feed only x."""
     own, todo = {x}, [x]
     while todo:
         n = todo.pop()
