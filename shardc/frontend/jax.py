@@ -415,3 +415,23 @@ def _checkpoint_name(c: _Converter, x, *, name, **_):
 @rule("debug_callback", "debug_print")
 def _debug_callback(c: _Converter, *args, **_):
     return []  # jax.debug.print and friends: no values, nothing to compute
+
+
+class FlattenByName:
+    """The whole model's arguments → input arrays of the graph's `names`, matched by pytree path:
+    how a repeated graph's unrolled program (ir/blocks.py) takes the full model's arguments."""
+
+    def __init__(self, arg_names: list[str], names: list[str] | None = None):
+        self.arg_names, self.names = list(arg_names), names
+
+    def for_inputs(self, names: list[str]) -> "FlattenByName":
+        return FlattenByName(self.arg_names, list(names))
+
+    def __call__(self, *args) -> list:
+        leaves = jax.tree_util.tree_flatten_with_path(args)[0]
+        by_name = {self.arg_names[p[0].idx] + jax.tree_util.keystr(p[1:]): leaf for p, leaf in leaves}
+        missing = [n for n in self.names if n not in by_name]
+        if missing or len(by_name) != len(self.names):
+            raise Error(f"arguments do not match the model: missing {missing[:4]}, "
+                        f"{len(by_name)} leaves for {len(self.names)} inputs")
+        return [by_name[n] for n in self.names]

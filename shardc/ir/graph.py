@@ -64,6 +64,9 @@ class Graph:
     # A scheduled per-device program (partition/passes_schedule.py): each collective starts at its
     # place in the order, not as soon as its operand exists; the engines and the cost model follow.
     scheduled = False
+    # Identical layers held once (ir/blocks.py): the graph holds 4 layers and stands for
+    # `repeat.depth`; `unrolled()` is the whole program.
+    repeat = None
 
     def __init__(self, nodes: list[Node], inputs: list[Node], outputs: list[Node],
                  output_names: list[str], name: str = "main",
@@ -79,6 +82,11 @@ class Graph:
         self.bound = dict(bound or {})
         self.flatten_args = flatten_args
 
+    def unrolled(self) -> "Graph":
+        """The whole program: this graph, or with a repeated block each layer instantiated."""
+        from .blocks import unroll
+        return unroll(self)[0]
+
     @property
     def input_names(self) -> list[str]:
         return [p.name for p in self.inputs]
@@ -91,6 +99,9 @@ class Graph:
     def evaluate(self, *args) -> list[np.ndarray]:
         """The numpy reference: same arguments as the original callable, numpy outputs."""
         from .evaluate import evaluate_graph
+        if self.repeat is not None:
+            whole = self.unrolled()
+            return evaluate_graph(whole, whole.input_values(*args))
         return evaluate_graph(self, self.input_values(*args))
 
     def input_values(self, *args) -> dict[str, np.ndarray]:

@@ -101,15 +101,24 @@ class ModelDef:
 
     def capture(self, train: bool = False, frontend: str = "jax", batch: int = 2, seed: int = 1,
                 lr: float = 1e-3, optimizer: str = "sgd", shape_only: bool | None = None,
-                dtype: str | None = None):
+                dtype: str | None = None, repeat: bool | None = None):
         """(Graph, args): the forward pass or training step (sgd, adam, adamw) captured by shardc's
         `frontend`, with the example arguments to call it with (parameters from seed 0, data from `seed`).
 
         shape_only (default: sizes above "small") captures from shapes alone (jax.ShapeDtypeStruct
         or meta tensors): args are those stand-ins and the Graph cannot be evaluated. `dtype` is
-        the parameters' ("bf16", "f32"; default f32, bf16 when shape-only); optimizer state is f32."""
+        the parameters' ("bf16", "f32"; default f32, bf16 when shape-only); optimizer state is f32.
+
+        repeat (default: shape-only JAX captures of more than 4 layers) keeps the identical layers
+        as one block: the Graph holds 4 of them and `g.repeat` says how many the model has
+        (ir/blocks.py); args are still the whole model's."""
         import shardc
         shape_only = self.shape_only if shape_only is None else shape_only
+        depth = getattr(self.config, "n_layer", None)
+        if repeat is None:
+            repeat = shape_only and frontend == "jax" and depth is not None and depth > 4
+        if repeat:
+            return self._capture_repeated(train, frontend, batch, seed, lr, optimizer, shape_only, dtype)
         if shape_only:
             from .shapes import shape_only_args
             fn, args = shape_only_args(self, train, frontend, batch, optimizer, lr, dtype or "bf16")
@@ -125,6 +134,26 @@ class ModelDef:
             return shardc.from_torch(module, args), args
         fn, args = self.jax_step(train, batch, seed, lr, optimizer)
         return shardc.from_jax(fn, *args), args
+
+    def _capture_repeated(self, train, frontend, batch, seed, lr, optimizer, shape_only, dtype):
+        """The model's layers are one module repeated (the config's n_layer copies of one block):
+        capture it with 4 layers and say how many it has."""
+        from ..errors import Error
+        from ..frontend.jax import FlattenByName, _arg_names
+        from ..ir.blocks import CAPTURED, Repeat
+        depth = getattr(self.config, "n_layer", None)
+        if frontend != "jax" or depth is None or depth <= CAPTURED:
+            raise Error(f"repeat=True needs the jax frontend and a model of more than {CAPTURED} layers "
+                        f"({self.name}: frontend {frontend!r}, {depth} layers)")
+        short = ModelDef(self.name, self.size, override(self.config, n_layer=CAPTURED))
+        g, _ = short.capture(train, frontend, batch, seed, lr, optimizer, shape_only, dtype, repeat=False)
+        if shape_only:
+            from .shapes import shape_only_args
+            fn, args = shape_only_args(self, train, frontend, batch, optimizer, lr, dtype or "bf16")
+        else:
+            fn, args = self.jax_step(train, batch, seed, lr, optimizer)
+        g.repeat = Repeat(depth, FlattenByName(_arg_names(fn, len(args))))
+        return g, args
 
     def jax_step(self, train: bool = False, batch: int = 2, seed: int = 1, lr: float = 1e-3,
                  optimizer: str = "sgd"):

@@ -1,0 +1,262 @@
+"""Repeated blocks: a model of `depth` identical layers held as four of them, one standing for all
+the middle ones.
+
+A graph with `g.repeat = Repeat(depth)` holds layers 0, 1, 2 and 3 (by parameter name:
+`layers.{i}.`, `h.{i}.`, `blocks.{i}.`) of a model that has `depth` of them: layer 0 and the
+last two are themselves (layers 0, depth-2, depth-1) and layer 1 is the block body, which stands
+for layers 1 .. depth-3. Everything is partitioned, passed and analyzed once per block; what needs
+the whole program (codegen, the engines, simulate, evaluate) takes `unroll(g, repeat)`, which
+instantiates the body `depth - 3` times.
+
+Which layer a value belongs to comes from dataflow, on the global graph and on the per-device
+program alike (`labels`): a value is in layer i when i is both the last layer whose parameters it
+depends on (the forward) and the last layer whose outputs it reaches (the backward: layer i's
+gradients flow to layers i, i-1, ..., 0; an update reaches only its own parameter). Values of no
+layer that only one layer reads (a layer's constants) are that layer's. Layers 1 and 2 must then
+be the same computation node for node; layer 2 is also how a copy reads its neighbours: where
+layer 1 reads a value of layer 0 (its input), copy c reads copy c-1's value that layer 2 reads in
+that place, and where layer 1 reads layer 2 (the gradient from above), copy c reads copy c+1's.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import IRError
+from .graph import Graph, Node
+from .ops import Op
+
+LAYER = re.compile(r"(?:^|[.\['\"])(?:layers|h|blocks)\.(\d+)\.")
+CAPTURED = 4          # layers a repeated graph holds: first, body, the body's successor, last
+BODY, NEXT, LAST = 1, 2, 3
+
+
+def layer_index(name: str | None) -> int | None:
+    m = LAYER.search(name or "")
+    return int(m.group(1)) if m else None
+
+
+def rename(name: str, layer: int) -> str:
+    """`name` with its layer index replaced by `layer`."""
+    m = LAYER.search(name)
+    return name[:m.start(1)] + str(layer) + name[m.end(1):]
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """The graph holds layers 0..3 of a model with `depth` identical layers (see the module doc).
+    `flatten_args`: the full model's arguments → the unrolled graph's input arrays."""
+    depth: int
+    flatten_args: object = None
+
+    def __post_init__(self):
+        if self.depth < CAPTURED:
+            raise IRError(f"a repeated graph stands for at least {CAPTURED} layers, not {self.depth}")
+
+    @property
+    def copies(self) -> int:
+        """Instances of the body in the whole program."""
+        return self.depth - (CAPTURED - 1)
+
+    def layer_of(self, captured: int, copy: int = 1) -> int:
+        """The unrolled layer index of captured layer `captured` (for the body: of its `copy`)."""
+        return {0: 0, BODY: copy, NEXT: self.depth - 2, LAST: self.depth - 1}[captured]
+
+
+def labels(g: Graph) -> dict[Node, int]:
+    """Node → its layer index (-1: no layer), by dataflow (see the module doc)."""
+    up: dict[Node, int] = {}
+    for n in g.nodes:
+        if n.op is Op.PARAMETER:
+            i = layer_index(n.name)
+            up[n] = -1 if i is None else i
+        else:
+            up[n] = max((up[i] for i in n.inputs), default=-1)
+    down: dict[Node, int] = {}
+    for o, name in zip(g.outputs, g.output_names):
+        i = layer_index(name)
+        down[o] = max(down.get(o, -1), -1 if i is None else i)
+    users: dict[Node, list[Node]] = {}
+    for n in reversed(g.nodes):
+        d = down.get(n, -1)
+        for i in n.inputs:
+            users.setdefault(i, []).append(n)
+            if down.get(i, -1) < d:
+                down[i] = d
+    out = {}
+    for n in g.nodes:
+        out[n] = up[n] if n.op is Op.PARAMETER else min(up[n], down.get(n, -1))
+    for n in reversed(g.nodes):   # a layer's own constants and the values only it reads
+        if out[n] == -1 and n.op is not Op.PARAMETER and n in users and n not in g.outputs:
+            seen = {out[u] for u in users[n]}
+            if len(seen) == 1 and min(seen) >= 0:
+                out[n] = seen.pop()
+    return _windows(g, out)
+
+
+def _windows(g: Graph, lab: dict[Node, int]) -> dict[Node, int]:
+    """A value of a neighbouring layer that sits inside a layer's stretch of the program (the
+    residual gradient a layer's backward adds first, a prefetched gather of the next layer's
+    weight) goes with that stretch: the program then repeats stretch by stretch."""
+    seq = [n for n in g.nodes if n.op is not Op.PARAMETER and lab[n] >= 0]
+    out = dict(lab)
+    for k in range(1, len(seq) - 1):
+        m, here = lab[seq[k - 1]], lab[seq[k]]
+        if lab[seq[k + 1]] == m and abs(m - here) == 1:
+            out[seq[k]] = m
+    return out
+
+
+def _signature(n: Node):
+    return (n.op, n.shape, n.dtype, tuple(sorted((k, repr(v)) for k, v in n.attrs.items())))
+
+
+class _Unroller:
+    def __init__(self, g: Graph, repeat: Repeat):
+        self.g, self.repeat, self.r = g, repeat, repeat.copies
+        self.lab = lab = labels(g)
+        body = [n for n in g.nodes if lab[n] == BODY and n.op is not Op.PARAMETER]
+        nxt = [n for n in g.nodes if lab[n] == NEXT and n.op is not Op.PARAMETER]
+        if len(body) != len(nxt) or any(_signature(a) != _signature(b) for a, b in zip(body, nxt)):
+            bad = next((f"{a.describe()} vs {b.describe()}" for a, b in zip(body, nxt)
+                        if _signature(a) != _signature(b)), f"{len(body)} vs {len(nxt)} values")
+            raise IRError(f"graph {g.name!r}: layers {BODY} and {NEXT} are not the same computation ({bad}), "
+                          "so layer 1 cannot stand for the middle layers")
+        self.twin = dict(zip(body, nxt))
+        self.back = dict(zip(nxt, body))
+        params = {p.name: p for p in g.inputs}
+        for p in g.inputs:
+            if lab[p] == BODY:
+                q = params.get(rename(p.name, NEXT))
+                if q is None:
+                    raise IRError(f"graph {g.name!r}: {p.name!r} has no counterpart in layer {NEXT}")
+                self.twin[p] = q
+                self.back[q] = p
+
+    def check(self, a: Node, s: int, x: Node) -> None:
+        """Layer 2 reads, at the place where layer 1 reads x, what a copy's neighbour reads."""
+        y, lx = self.twin[a].inputs[s], self.lab[x]
+        ok = (y is self.twin.get(x) if lx == BODY else self.lab[y] == BODY if lx == 0 else
+              self.lab[y] == LAST if lx == NEXT else y is x)
+        if not ok:
+            raise IRError(f"graph {self.g.name!r}: layer {NEXT}'s {self.twin[a].describe()} does not read its "
+                          f"neighbours as layer {BODY}'s {a.describe()} does (input {s})")
+
+    def run(self) -> tuple[Graph, dict]:
+        g, lab, r, rep = self.g, self.lab, self.r, self.repeat
+        made: dict = {}     # (node, copy or 0) → new node
+
+        def param(p: Node, c: int) -> Node:
+            layer = lab[p]
+            name = p.name if layer < 0 else rename(p.name, rep.layer_of(layer, c))
+            return Node(Op.PARAMETER, (), p.attrs, p.shape, p.dtype, p.source, name)
+
+        inputs = []
+        for group in _groups(g.inputs, lambda p: lab[p] == BODY):
+            for c in (range(1, r + 1) if lab[group[0]] == BODY else (0,)):
+                for p in group:
+                    made[(p, c)] = param(p, c)
+                    inputs.append(made[(p, c)])
+
+        def read(n: Node, c: int, s: int, x: Node) -> Node:
+            lx, ln = lab[x], lab[n]
+            if ln == BODY:
+                if lx == BODY:
+                    return made[(x, c)]
+                if lx == 0:
+                    return made[(x, 0)] if c == 1 else made[(self.twin[n].inputs[s], c - 1)]
+                if lx == NEXT:
+                    return made[(x, 0)] if c == r else made[(self.back[x], c + 1)]
+                if lx >= 0:
+                    raise IRError(f"graph {g.name!r}: {n.describe()} of layer {BODY} reads layer {lx}")
+                return made[(x, 0)]
+            if lx == BODY:
+                if ln in (0, NEXT):
+                    return made[(x, 1 if ln == 0 else r)]
+                raise IRError(f"graph {g.name!r}: {n.describe()} (layer {ln}) reads the body's {x.describe()}")
+            return made[(x, 0)]
+
+        nodes = list(inputs)
+        order = [n for n in g.nodes if n.op is not Op.PARAMETER]
+        k = 0
+        while k < len(order):
+            n = order[k]
+            if lab[n] != BODY:
+                made[(n, 0)] = Node(n.op, [read(n, 0, s, x) for s, x in enumerate(n.inputs)], n.attrs, n.shape,
+                                    n.dtype, n.source, n.name)
+                nodes.append(made[(n, 0)])
+                k += 1
+                continue
+            run = []
+            while k < len(order) and lab[order[k]] == BODY:
+                run.append(order[k])
+                k += 1
+            step = self._direction(run)
+            for c in (range(1, r + 1) if step > 0 else range(r, 0, -1)):
+                for a in run:
+                    made[(a, c)] = Node(a.op, [read(a, c, s, x) for s, x in enumerate(a.inputs)], a.attrs,
+                                        a.shape, a.dtype, a.source, a.name)
+                    nodes.append(made[(a, c)])
+        outputs, names = [], []
+        for group in _groups(list(zip(g.outputs, g.output_names)), lambda on: layer_index(on[1]) == BODY):
+            for c in (range(1, r + 1) if layer_index(group[0][1]) == BODY else (0,)):
+                for o, name in group:
+                    layer = layer_index(name)
+                    if (lab[o] == BODY) != (layer == BODY):
+                        raise IRError(f"graph {g.name!r}: output {name!r} is a value of layer {lab[o]}")
+                    outputs.append(made[(o, c)])
+                    names.append(name if layer is None else rename(name, rep.layer_of(layer, c)))
+        flatten = rep.flatten_args or g.flatten_args
+        if hasattr(flatten, "for_inputs"):   # by name: the whole model's arguments
+            flatten = flatten.for_inputs([p.name for p in inputs if p.name not in g.bound])
+        out = Graph(nodes, inputs, outputs, names, g.name, g.mesh_axes, g.bound, flatten)
+        out.shape_only = g.shape_only
+        out.scheduled = g.scheduled
+        return out, made
+
+    def _direction(self, run: list[Node]) -> int:
+        """+1: copies in layer order (copy c reads what copy c-1 makes in this stretch: a
+        forward), -1: downward (it reads copy c+1's: a backward); else in layer order."""
+        lab, step, here = self.lab, 0, set(run)
+        for a in run:
+            for s, x in enumerate(a.inputs):
+                self.check(a, s, x)
+                if x.op is Op.PARAMETER:    # there from the start, in every copy
+                    continue
+                want = (1 if lab[x] == 0 and self.twin[a].inputs[s] in here else
+                        -1 if lab[x] == NEXT and self.back[x] in here else 0)
+                if want and step and want != step:
+                    raise IRError(f"graph {self.g.name!r}: {a.describe()} reads both the layer below and the "
+                                  "layer above the body, so no order of its copies works")
+                step = step or want
+        return step or 1
+
+
+def _groups(items: list, in_body) -> list[list]:
+    """Consecutive items grouped by whether they belong to the body (its inputs and outputs are
+    instantiated group by group: layer 1's, then layer 2's, ...)."""
+    out: list[list] = []
+    for x in items:
+        if out and in_body(x) and in_body(out[-1][0]):
+            out[-1].append(x)
+        else:
+            out.append([x])
+    return out
+
+
+def unroll(g: Graph, repeat: Repeat | None = None) -> tuple[Graph, dict]:
+    """(the whole program, {(node, copy): its node there}); copy is 1..repeat.copies for the
+    body's values, 0 for the others. `g` itself (and {}) when it is not repeated."""
+    repeat = repeat or getattr(g, "repeat", None)
+    if repeat is None:
+        return g, {}
+    return _Unroller(g, repeat).run()
+
+
+def multiplicity(g: Graph, repeat: Repeat | None) -> dict[Node, int]:
+    """How many times each value of `g` occurs in the whole program: the body's `copies` times,
+    the others once (what the ledger and the analysis multiply by)."""
+    if repeat is None:
+        return {n: 1 for n in g.nodes}
+    lab = labels(g)
+    return {n: repeat.copies if lab[n] == BODY else 1 for n in g.nodes}
