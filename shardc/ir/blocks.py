@@ -10,8 +10,9 @@ instantiates the body `depth - 3` times.
 
 Which layer a value belongs to comes from dataflow, on the global graph and on the per-device
 program alike (`labels`): a value is in layer i when i is both the last layer whose parameters it
-depends on (the forward) and the last layer whose outputs it reaches (the backward: layer i's
-gradients flow to layers i, i-1, ..., 0; an update reaches only its own parameter). Values of no
+depends on (the forward) and, in a training step, the last layer whose outputs it reaches (the
+backward: layer i's gradients flow to layers i, i-1, ..., 0; an update reaches only its own
+parameter). Values of no
 layer that only one layer reads (a layer's constants) are that layer's. Layers 1 and 2 must then
 be the same computation node for node; layer 2 is also how a copy reads its neighbours: where
 layer 1 reads a value of layer 0 (its input), copy c reads copy c-1's value that layer 2 reads in
@@ -83,6 +84,8 @@ def labels(g: Graph) -> dict[Node, int]:
             users.setdefault(i, []).append(n)
             if down.get(i, -1) < d:
                 down[i] = d
+    if all(layer_index(name) is None for name in g.output_names):   # a forward: no layer's own outputs
+        down = {n: up[n] for n in g.nodes}
     out = {}
     for n in g.nodes:
         out[n] = up[n] if n.op is Op.PARAMETER else min(up[n], down.get(n, -1))
