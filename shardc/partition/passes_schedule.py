@@ -154,12 +154,88 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
     return order, max(done_at.values(), default=0.0), peak
 
 
+def reverse_schedule(g: Graph, seconds) -> list[Node]:
+    """An order of `g` built bottom-up, from the last op back to the first, as XLA's latency-
+    hiding scheduler does: time runs backwards from the end; a collective is reached when its
+    last reader is placed, runs (backwards) on the collective stream from its first reader's
+    start, and its start is placed once enough compute has been placed to cover it (or when
+    nothing else is left to place). So each collective starts as late as its overlap allows
+    instead of as soon as its operand exists: a big prefetch no longer holds the stream while a
+    critical collective waits behind it, and the last gradient reduce-scatter gets the
+    independent work (other parameters' updates) placed after its start. Among the compute
+    ready (all readers placed), the one with the longest path from the program's start goes
+    last. Memory is not bounded here; `schedule` keeps this order only where its peak fits."""
+    users: dict[Node, list[Node]] = {n: [] for n in g.nodes}
+    for n in g.nodes:
+        for i in dict.fromkeys(n.inputs):
+            users[i].append(n)
+    top: dict[Node, float] = {}
+    for n in g.nodes:
+        top[n] = seconds(n) + max((top[i] for i in set(n.inputs)), default=0.0)
+    index = {n: i for i, n in enumerate(g.nodes)}
+    left = {n: len(users[n]) for n in g.nodes}
+    need: dict[Node, float] = {}  # reverse time at or after which each placed node's operands must be placed
+    placed: list[Node] = []
+    r_compute = r_comm = 0.0
+    ready: list = []      # compute with all readers placed: (-top, -index, node)
+    waiting: list = []    # compute whose readers still run at r_compute: (ready at, -index, node)
+    flying: list = []     # collectives in flight: (reverse time their start may be placed, -index, node)
+    inputs = set(g.inputs)
+
+    def ready_at(n: Node) -> float:
+        return max((need[u] for u in users[n]), default=0.0)
+
+    def place(n: Node, at: float):
+        need[n] = at
+        placed.append(n)
+        for i in set(n.inputs):
+            left[i] -= 1
+            if left[i] == 0 and i not in inputs:
+                arrive(i)
+
+    def arrive(n: Node):
+        nonlocal r_comm
+        at = ready_at(n)
+        if n.op in PASS_THROUGH:
+            place(n, at)
+        elif n.op in COLLECTIVES:
+            r_comm = max(at, r_comm) + seconds(n)
+            heapq.heappush(flying, (r_comm, -index[n], n))
+        else:
+            heapq.heappush(waiting, (at, -index[n], n))
+
+    for n in reversed(g.nodes):
+        if not users[n] and n not in inputs:
+            arrive(n)
+    while ready or waiting or flying:
+        while waiting and waiting[0][0] <= r_compute:
+            _, i, n = heapq.heappop(waiting)
+            heapq.heappush(ready, (-top[n], i, n))
+        if flying and (flying[0][0] <= r_compute or not ready and (not waiting or flying[0][0] <= waiting[0][0])):
+            at, _, c = heapq.heappop(flying)  # covered (or nothing else can go first): its start goes here
+            r_compute = max(r_compute, at)
+            place(c, at)
+            continue
+        if not ready:
+            at, i, n = heapq.heappop(waiting)
+            r_compute = max(r_compute, at)
+            heapq.heappush(ready, (-top[n], i, n))
+        _, _, n = heapq.heappop(ready)
+        r_compute = max(r_compute, ready_at(n)) + seconds(n)
+        place(n, r_compute)
+    rest = [n for n in g.nodes if n not in need and n not in inputs]
+    if rest:
+        from ..errors import ShardingError
+        raise ShardingError(f"schedule: bottom-up placed {len(g.nodes) - len(rest)} of {len(g.nodes)} nodes")
+    return list(g.inputs) + placed[::-1]
+
+
 def schedule(prog: SpmdProgram, hardware=None, limit: float | None = None) -> PassReport:
     """Reorder `prog.local` by `list_schedule` on `hardware` (default: the one `partition` was
     given) within `limit` bytes per device (default: its HBM less MEMORY_MARGIN)."""
     from ..analysis.analyze import op_pricer
     from ..analysis.cost import timeline
-    from ..analysis.memory import donations
+    from ..analysis.memory import donations, liveness
     hardware = hardware or getattr(prog, "hardware", None) or "h200"
     limit = memory_limit(hardware) if limit is None else limit
     g = prog.local
@@ -180,13 +256,23 @@ def schedule(prog: SpmdProgram, hardware=None, limit: float | None = None) -> Pa
         budget = max(0.0, budget - (peak - limit) * 1.5)
     if peak > limit and budget > 0:  # program order (a budget of 0) is the fallback
         order, after, peak = list_schedule(g, price, 0.0, donated)
+    new, how = _scheduled(g, order), "top-down"
+    # bottom-up as well: kept where it models shorter and fits (its peak is the memory model's)
+    up = _scheduled(g, reverse_schedule(g, price))
+    up_step, up_peak = _makespan(timeline(up, seconds=price)), liveness(prog.graph, up)[0]
+    if up_step < after and (up_peak <= limit or up_peak <= peak):
+        new, after, peak, how = up, up_step, up_peak, "bottom-up"
     fits = "" if peak <= limit else "; over the limit even in program order"
-    new = Graph(order, g.inputs, g.outputs, g.output_names, g.name, g.mesh_axes, g.bound, g.flatten_args)
-    new.scheduled = True
     prog.local = new
     n = len(prog.collectives)
-    return PassReport("schedule", n, n, f"modeled step {before * 1e6:.1f} → {after * 1e6:.1f} µs on {hardware}, "
+    return PassReport("schedule", n, n, f"{how}, modeled step {before * 1e6:.1f} → {after * 1e6:.1f} µs on {hardware}, "
                                         f"peak live {peak / 1e6:.4g} MB (limit {limit / 1e6:.4g} MB{fits})")
+
+
+def _scheduled(g: Graph, order: list[Node]) -> Graph:
+    new = Graph(order, g.inputs, g.outputs, g.output_names, g.name, g.mesh_axes, g.bound, g.flatten_args)
+    new.scheduled = True
+    return new
 
 
 def _makespan(events) -> float:

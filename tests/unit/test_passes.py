@@ -267,6 +267,45 @@ def test_scheduler_keeps_the_peak_under_the_memory_limit():
         assert_close(got, want, 1e-5)
 
 
+def test_bottom_up_schedule_starts_a_big_collective_late_enough_to_leave_the_stream_free():
+    """A big all-gather whose reader comes last, and a chain of small critical all-gathers. The
+    top-down scheduler starts the big one at once and the chain waits behind it; the bottom-up
+    one starts it just before the long matmul that covers it: it is hidden. Both orders
+    are topological, priced by the same timeline, and `schedule` keeps the shorter."""
+    from shardc.analysis.analyze import op_pricer
+    from shardc.analysis.cost import timeline
+    from shardc.ir.graph import Graph
+    from shardc.partition.passes_schedule import list_schedule, reverse_schedule
+    b = GraphBuilder("tail", {"x": 2})
+    big = b.parameter("big", (1024, 1024), DType.f32)
+    x = b.parameter("x", (1024, 1024), DType.f32)
+    w = b.parameter("w", (2048, 2048), DType.f32)
+    v = b.add(Op.NEG, [x])
+    for _ in range(2):  # the critical chain: op, all-gather, slice back
+        ag = b.add(Op.ALL_GATHER, [b.add(Op.EXP, [v])], axes=("x",), dim=0)
+        v = b.add(Op.SLICE, [ag], start=(0, 0), limit=(1024, 1024), stride=(1, 1))
+    wide = b.add(Op.CONCATENATE, [v, v], axis=0)  # [2048, 1024]
+    long = b.add(Op.DOT_GENERAL, [w, wide], lhs_contract=(1,), rhs_contract=(0,))  # covers the big gather
+    out = b.add(Op.ADD, [long, b.add(Op.ALL_GATHER, [big], axes=("x",), dim=0)])
+    g = b.build([out])
+    price = op_pricer("h200", Mesh(x=2))
+    compute = sum(price(n) for n in g.nodes if n.op not in (Op.ALL_GATHER, Op.PARAMETER))
+
+    def timed(order):
+        pos = {n: i for i, n in enumerate(order)}
+        assert sorted(map(id, order)) == sorted(map(id, g.nodes))
+        assert all(pos[i] < pos[n] for n in order for i in n.inputs)
+        new = Graph(order, g.inputs, g.outputs, g.output_names, "s", g.mesh_axes)
+        new.scheduled = True
+        return max(e.start + e.duration for e in timeline(new, seconds=price))
+    top_down = timed(list_schedule(g, price, 1e12)[0])
+    bottom_up = timed(reverse_schedule(g, price))
+    chain = sum(price(n) for n in g.nodes if n.op is Op.ALL_GATHER and n is not out.inputs[1])
+    # nothing can overlap the chain's gathers; top-down, the big one is exposed as well
+    assert bottom_up - compute == pytest.approx(chain, rel=1e-6)
+    assert top_down - compute > chain + 0.9 * price(out.inputs[1])  # (less what ran before the chain's first)
+
+
 def test_engines_start_a_scheduled_collective_at_its_place():
     """Unscheduled: a collective starts as soon as its operand exists. Scheduled: where the
     scheduler put it (here after the two negations); its wait stays just before its reader."""
