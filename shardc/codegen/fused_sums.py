@@ -46,14 +46,19 @@ def into_matmuls(groups: list, order: dict, feasible, cannot_fuse, depends) -> l
     from .fusion import FusionGroup
     groups = list(groups)
     mats = _dot_groups(groups)
+    by_lhs: dict = {}  # a dot's left operand → positions in `mats` (a merge keeps the anchor)
+    for i, m in enumerate(mats):
+        by_lhs.setdefault(m.anchor.inputs[0], []).append(i)
     for g in [g for g in groups if isinstance(g, FusionGroup) and g.kind == "reduction"]:
-        for m in mats:
-            if m not in groups or m.pattern.get("ksum"):
+        summed = {n.inputs[0] for n in g.nodes if n.op is Op.REDUCE_SUM}  # only these can match
+        for i in sorted(i for x in summed for i in by_lhs.get(x, ())):
+            m = mats[i]
+            if m.pattern.get("ksum"):
                 continue
             sums = _operand_sums(m, g)
             if sums is None or _would_cycle(m, g, depends):
                 continue
-            if _merge(groups, mats, m, g, order, feasible, cannot_fuse, {**m.pattern, "ksum": sums},
+            if _merge(groups, mats, i, g, order, feasible, cannot_fuse, {**m.pattern, "ksum": sums},
                       f"sums its left operand over K for {g.reason.split(': ', 1)[-1]}"):
                 break
     return groups
@@ -72,9 +77,10 @@ def _would_cycle(m, g, depends) -> bool:
         or any(depends(x, r) for x in m.inputs for r in g.roots)
 
 
-def _merge(groups, mats, m, g, order, feasible, cannot_fuse, pattern, why) -> bool:
-    """Replace m and g by one matmul group if the target can emit it (in place; whether it did)."""
+def _merge(groups, mats, i, g, order, feasible, cannot_fuse, pattern, why) -> bool:
+    """Replace mats[i] and g by one matmul group if the target can emit it (in place; whether it did)."""
     from .fusion import FusionGroup
+    m = mats[i]
     nodes = {n: None for n in m.nodes + g.nodes}
     ins = [x for x in dict.fromkeys(m.inputs + g.inputs) if x not in nodes]
     merged = FusionGroup("matmul", m.roots + g.roots, sorted(nodes, key=order.get), sorted(ins, key=order.get),
@@ -84,7 +90,7 @@ def _merge(groups, mats, m, g, order, feasible, cannot_fuse, pattern, why) -> bo
     except cannot_fuse:
         return False
     groups[groups.index(m)] = merged
-    mats[mats.index(m)] = merged
+    mats[i] = merged
     groups.remove(g)
     return True
 
@@ -96,17 +102,22 @@ def into_epilogues(groups: list, order: dict, feasible, cannot_fuse, depends) ->
     from .fusion import FusionGroup
     groups = list(groups)
     mats = _dot_groups(groups)
+    by_root: dict = {}  # a value a matmul group stores → its position in `mats`
+    for i, m in enumerate(mats):
+        for r in m.roots:
+            by_root.setdefault(r, []).append(i)
     for g in [g for g in groups if isinstance(g, FusionGroup) and g.kind == "reduction"]:
         if len(g.roots) != 1 or g.roots[0].op is not Op.REDUCE_SUM or not g.roots[0].dtype.is_float \
                 or sum(n.op in REDUCE for n in g.nodes) != 1:
             continue
-        for m in mats:
-            if m not in groups or not set(m.roots) & set(g.inputs):
-                continue
+        for i in sorted({i for x in g.inputs for i in by_root.get(x, ())}):
+            m = mats[i]
             if _would_cycle(m, g, depends):
                 continue
-            if _merge(groups, mats, m, g, order, feasible, cannot_fuse,
+            if _merge(groups, mats, i, g, order, feasible, cannot_fuse,
                       {**m.pattern, "rsum": m.pattern.get("rsum", []) + list(g.roots)},
                       f"adds its tiles' partial sums for {g.reason.split(': ', 1)[-1]}"):
+                for r in g.roots:
+                    by_root.setdefault(r, []).append(i)
                 break
     return groups

@@ -47,7 +47,7 @@ class CannotFuse(Exception):
 # Launch-plan steps. Every step says once what it reads and writes (`.reads`, `.writes`: the
 # materialized values, in order) and what it is (`.step`: "kernel" | "collective" | "view"); the
 # planner, the scheduler and every engine use these instead of asking for the step's type.
-@dataclass
+@dataclass(eq=False)  # a group is itself: list searches compare identities, not every field
 class FusionGroup:
     kind: str                # "pointwise" | "reduction" | "matmul" | "attention" | "scatter" | "grouped_matmul"
     roots: list[Node]        # the values it writes to memory
@@ -274,6 +274,7 @@ class Planner:
         self.epilogue_fits = epilogue_fits
         self.order = {n: i for i, n in enumerate(g.nodes)}
         self.users = g.users()
+        self.outputs = set(g.outputs)
         self.roots: set[Node] = set()
         self.no_epilogue: set[Node] = set()
         self.attention: dict[Node, dict] = {}
@@ -317,7 +318,9 @@ class Planner:
         for _ in range(len(g.nodes)):
             groups = self._groups(internal)
             # every group that fails is fixed in the same round unless it overlaps one fixed
-            # before it (that one may change it): rounds do not grow with the number of layers
+            # before it (that one may change it): rounds do not grow with the number of layers.
+            # Scalar constants (broadcast or not) that every layer shares are never materialized
+            # by a fix, so they do not count as overlap.
             failures, touched = [], set()
             for grp in groups:
                 if not isinstance(grp, FusionGroup):
@@ -325,11 +328,13 @@ class Planner:
                 e = self._probe(grp)
                 if e is None:
                     continue
-                footprint = set(grp.nodes) | set(grp.inputs)
-                if failures and footprint & touched:
+                footprint = {n for n in (*grp.nodes, *grp.inputs) if not _is_splat(n)}
+                if failures and (footprint & touched or e.node is not None and _is_splat(e.node)):
                     continue
                 failures.append((grp, e))
                 touched |= footprint
+                if e.node is not None and _is_splat(e.node):
+                    break  # (a fix that stores a splat is made alone)
             if not failures:
                 return self._merge(groups)
             for grp, e in failures:
@@ -437,7 +442,7 @@ class Planner:
         dots = sorted((r for r in self.roots if r.op is Op.DOT_GENERAL and r not in self.attention), key=self.order.get)
         absorbed: dict[Node, Node] = {}  # epilogue root → its dot
         for d in dots:
-            if d in self.no_epilogue or d in self.g.outputs or any(not inlinable(u) for u in self.users[d]):
+            if d in self.no_epilogue or d in self.outputs or any(not inlinable(u) for u in self.users[d]):
                 continue
             readers_of_d = [r for r in self.roots if r is not d and d in leaves_of[r]]
             # the target's quick answer first (Triton: a reader of another size, such as a
@@ -616,11 +621,14 @@ class Planner:
         by its first column of programs: its inputs are read there instead of the value being
         written by one kernel and read back by the next. The earliest such matmul takes it."""
         groups = list(groups)
+        readers: dict[Node, dict] = {}  # value → {id: step} of the steps reading it (kept as groups merge)
+        for g in groups:
+            for x in g.reads:
+                readers.setdefault(x, {})[id(g)] = g
         for gp in [g for g in groups if isinstance(g, FusionGroup) and g.kind == "pointwise" and len(g.roots) == 1]:
             r = gp.roots[0]
-            mats = sorted((g for g in groups if isinstance(g, FusionGroup) and g.kind == "matmul" and r in g.inputs),
-                          key=lambda g: self.order[g.anchor])
-            for m in mats[:1]:
+            mats = [g for g in readers.get(r, {}).values() if isinstance(g, FusionGroup) and g.kind == "matmul"]
+            for m in sorted(mats, key=lambda g: self.order[g.anchor])[:1]:
                 lhs, rhs = m.anchor.inputs[0], m.anchor.inputs[1]
                 if r.size != lhs.size or r is rhs:
                     continue
@@ -630,8 +638,8 @@ class Planner:
                     continue
                 nodes = {n: None for n in m.nodes + gp.nodes}
                 ins = [x for x in dict.fromkeys(m.inputs + gp.inputs) if x not in nodes]
-                needed = (r in self.g.outputs or any(u.op in COLLECTIVES for u in self.users[r])
-                          or any(r in g.reads for g in groups if g is not m and g is not gp))
+                needed = (r in self.outputs or any(u.op in COLLECTIVES for u in self.users[r])
+                          or any(g is not m and g is not gp for g in readers[r].values()))
                 merged = FusionGroup("matmul", m.roots + [r] if needed else list(m.roots),
                                      sorted(nodes, key=self.order.get), sorted(ins, key=self.order.get),
                                      f"{m.reason}; computes {gp.reason.split(': ', 1)[-1]} in its operand loads"
@@ -640,6 +648,11 @@ class Planner:
                     continue
                 groups[groups.index(m)] = merged
                 groups.remove(gp)
+                for old in (m, gp):
+                    for x in old.reads:
+                        readers[x].pop(id(old), None)
+                for x in merged.reads:
+                    readers.setdefault(x, {})[id(merged)] = merged
         return groups
 
     def _combine(self, a: FusionGroup, b: FusionGroup) -> FusionGroup:
