@@ -280,6 +280,9 @@ class Planner:
         self.attention: dict[Node, dict] = {}
         self.answers: dict[str, tuple | None] = {}   # group IR text → None or (message, failing node's position)
         self.asked: dict[tuple, CannotFuse | None] = {}  # group (its nodes themselves) → answer
+        self._trees: dict[Node, tuple[tuple, tuple]] = {}  # node → its tree stopping at roots
+        self._constants: set[Node] | None = None  # (made on first use)
+        self._tree_users: dict[Node, list[Node]] = {}  # node → the kept trees computing it
 
     def plan(self) -> list:
         g = self.g
@@ -297,9 +300,9 @@ class Planner:
                 for x in (n.inputs if n.op in COLLECTIVES else n.inputs[:1]):
                     self._materialize(x)  # (a scatter into a splat fills its output instead)
             if n.op in (Op.DOT_GENERAL, Op.SCATTER) and n not in internal and not inlinable(n):
-                self.roots.add(n)
+                self._add_root(n)
             if n.op is Op.RAGGED_DOT:  # a grouped matmul reads its operands from memory
-                self.roots.add(n)
+                self._add_root(n)
                 for x in n.inputs:
                     self._materialize(x)
             if n.op is Op.DOT_GENERAL and n not in internal and n not in self.attention:
@@ -317,30 +320,48 @@ class Planner:
             self._materialize(o)
         for _ in range(len(g.nodes)):
             groups = self._groups(internal)
-            # every group that fails is fixed in the same round unless it overlaps one fixed
-            # before it (that one may change it): rounds do not grow with the number of layers.
-            # Scalar constants (broadcast or not) that every layer shares are never materialized
-            # by a fix, so they do not count as overlap.
-            failures, touched = [], set()
-            for grp in groups:
-                if not isinstance(grp, FusionGroup):
-                    continue
-                e = self._probe(grp)
-                if e is None:
-                    continue
-                footprint = {n for n in (*grp.nodes, *grp.inputs) if not _is_splat(n)}
-                if failures and (footprint & touched or e.node is not None and _is_splat(e.node)):
-                    continue
-                failures.append((grp, e))
-                touched |= footprint
-                if e.node is not None and _is_splat(e.node):
-                    break  # (a fix that stores a splat is made alone)
+            failures = self._failures(groups)
             if not failures:
                 return self._merge(groups)
             for grp, e in failures:
                 internal = self._fix(grp, e, internal)
                 self._settle(grp)
         raise RuntimeError("fusion planner did not converge")
+
+    def _failures(self, groups: list) -> list[tuple[FusionGroup, CannotFuse]]:
+        """The failing groups to fix this round, with their answers: every one that does not overlap
+        a group taken before it (whose fix may change it), so rounds do not grow with the number of
+        layers. Groups overlap where one computes a value the other computes or reads; reading the
+        same stored value is no overlap (a fix only stores values a group computes), and neither is
+        computing a value made of constants alone (every layer's causal mask, scalars): a fix that
+        stores one of those is made alone."""
+        out, computed, read = [], set(), set()
+        for grp in groups:
+            if not isinstance(grp, FusionGroup):
+                continue
+            e = self._probe(grp)
+            if e is None:
+                continue
+            alone = e.node is not None and self._constant(e.node)
+            nodes = {n for n in grp.nodes if not self._constant(n)}
+            if out and (alone or not nodes.isdisjoint(computed) or not nodes.isdisjoint(read)
+                        or not computed.isdisjoint(grp.inputs)):
+                continue
+            out.append((grp, e))
+            if alone:
+                break
+            computed |= nodes
+            read.update(grp.inputs)
+        return out
+
+    def _constant(self, n: Node) -> bool:
+        """Whether `n` is computed inline from constants alone (iotas, scalars, the axis index)."""
+        if self._constants is None:
+            self._constants = set()
+            for x in self.g.nodes:  # (in program order: inputs first)
+                if inlinable(x) and all(i in self._constants for i in x.inputs):
+                    self._constants.add(x)
+        return n in self._constants
 
     def _fix(self, grp: FusionGroup, e: CannotFuse, internal: set) -> set:
         """Change the plan so that `grp` no longer fails with `e`; returns the attention-internal set."""
@@ -350,7 +371,8 @@ class Planner:
         elif grp.kind == "attention" and grp.anchor in self.attention:
             self.attention.pop(grp.anchor)  # unfusable attention: plain kernels
             internal = set().union(*(m["internal"] for m in self.attention.values())) if self.attention else set()
-            self.roots |= {grp.pattern["qk"], grp.anchor}
+            self._add_root(grp.pattern["qk"])
+            self._add_root(grp.anchor)
         elif n is not None and inlinable(n) and n not in self.roots:
             self._materialize(n)
         else:
@@ -365,7 +387,7 @@ class Planner:
             return
         r = grp.roots[0]
         for _ in range(len(grp.nodes)):
-            nodes, leaves = tree(r, self._stop_at_roots(r))
+            nodes, leaves = self._tree(r)
             kind = "reduction" if any(n.op in REDUCE for n in nodes) else "pointwise"
             e = self._probe(self._group(kind, [r], nodes, leaves, ""))
             if e is None or e.node is None or not inlinable(e.node) or e.node in self.roots:
@@ -413,10 +435,29 @@ class Planner:
     def _materialize(self, n: Node):
         if inlinable(n):
             fused_recompute.unmark(n)  # a recomputed dot that must be stored is a plain matmul
-            self.roots.add(n)
+            self._add_root(n)
 
     def _stop(self, n: Node) -> bool:
         return n in self.roots
+
+    def _tree(self, n: Node) -> tuple[tuple, tuple]:
+        """`tree(n)` stopping at roots (n itself is never stopped at), kept until a value it
+        computes becomes a root: planner rounds rebuild only the groups a fix changed."""
+        t = self._trees.get(n)
+        if t is None:
+            inner, leaves = tree(n, self._stop)
+            self._trees[n] = t = (tuple(inner), tuple(leaves))
+            for x in inner:
+                self._tree_users.setdefault(x, []).append(n)
+        return t
+
+    def _add_root(self, n: Node):
+        if n in self.roots:
+            return
+        self.roots.add(n)
+        for k in self._tree_users.pop(n, ()):
+            if k is not n:  # (a tree never stops at its own start)
+                self._trees.pop(k, None)
 
     def _groups(self, internal: set) -> list:
         """One group per root (dots absorb their epilogue roots); reductions read by several
@@ -428,7 +469,8 @@ class Planner:
                     readers.setdefault(n, set()).add(r)
             shared = [n for n, rs in readers.items() if n.op in REDUCE and len(rs) > 1 and n not in self.roots]
             if shared:
-                self.roots.update(shared)
+                for n in shared:
+                    self._add_root(n)
                 continue
             # a value k groups recompute, each reading W elements per element, costs k·W; stored
             # once it costs 1 + k: store the latest such value (the end of a residual chain) first
@@ -439,19 +481,23 @@ class Planner:
                 break
             self._materialize(max(costly, key=self.order.get))
         leaves_of = {r: set(self._root_leaves(r)) for r in self.roots}
+        readers_of: dict[Node, list[Node]] = {}  # a value → the roots whose groups read it
+        for r, leaves in leaves_of.items():
+            for x in leaves:
+                readers_of.setdefault(x, []).append(r)
         dots = sorted((r for r in self.roots if r.op is Op.DOT_GENERAL and r not in self.attention), key=self.order.get)
         absorbed: dict[Node, Node] = {}  # epilogue root → its dot
         for d in dots:
             if d in self.no_epilogue or d in self.outputs or any(not inlinable(u) for u in self.users[d]):
                 continue
-            readers_of_d = [r for r in self.roots if r is not d and d in leaves_of[r]]
+            readers_of_d = [r for r in readers_of.get(d, ()) if r is not d]
             # the target's quick answer first (Triton: a reader of another size, such as a
             # concatenation of every gradient, is never stored by the dot's kernel)
             if self.epilogue_fits and not all(self.epilogue_fits(d, r) for r in readers_of_d):
                 continue
             if not readers_of_d or any(not inlinable(r) or r in absorbed for r in readers_of_d):
                 continue
-            if any(any(n.op in REDUCE for n in tree(r, self._stop_at_roots(r))[0]) for r in readers_of_d):
+            if any(any(n.op in REDUCE for n in self._tree(r)[0]) for r in readers_of_d):
                 continue
             # a reader that also reads a value computed from d's epilogue would wait on itself
             if any(self._depends(x, d) for r in readers_of_d for x in leaves_of[r] if x is not d):
@@ -466,10 +512,10 @@ class Planner:
                 self._add_tree(x, nodes, leaves)
             prologue = nodes[1:]
             for r in epi:
-                inner, lv = tree(r, self._stop_at_roots(r))
+                inner, lv = self._tree(r)
                 nodes += inner
                 leaves += [x for x in lv if x is not d]
-            ops = sorted({n.op.value for r in epi for n in tree(r, self._stop_at_roots(r))[0] if n.op not in VIEW_OPS})
+            ops = sorted({n.op.value for r in epi for n in self._tree(r)[0] if n.op not in VIEW_OPS})
             why = f"dot_general with its epilogue ({', '.join(ops)})" if epi else "dot_general (no fusable epilogue)"
             if any(n.op in REDUCE for n in prologue):
                 pro = sorted({n.op.value for n in prologue if n.op not in VIEW_OPS})
@@ -500,7 +546,7 @@ class Planner:
             if view is not None:
                 groups.append(ViewStep(r, view))
                 continue
-            nodes, leaves = tree(r, self._stop_at_roots(r))
+            nodes, leaves = self._tree(r)
             kind = "reduction" if any(n.op in REDUCE for n in nodes) else "pointwise"
             why = f"{kind}: " + ", ".join(sorted({n.op.value for n in nodes if n.op not in VIEW_OPS}))
             groups.append(self._group(kind, [r], nodes, leaves, why))
@@ -521,17 +567,14 @@ class Planner:
 
     def _load_weight(self, n: Node) -> float:
         """Elements read from memory per element of `n` when it is recomputed inline."""
-        _, leaves = tree(n, self._stop)
+        _, leaves = self._tree(n)
         return sum(min(x.size, n.size) for x in leaves) / max(n.size, 1)
-
-    def _stop_at_roots(self, r: Node):
-        return lambda n: n in self.roots and n is not r
 
     def _add_tree(self, x: Node, nodes: list, leaves: list):
         if x in self.roots or not inlinable(x):
             leaves.append(x)
         else:
-            inner, lv = tree(x, self._stop)
+            inner, lv = self._tree(x)
             nodes += inner
             leaves += lv
 
@@ -541,9 +584,9 @@ class Planner:
             out = []
             for x in r.inputs:
                 if x not in self.roots and inlinable(x):
-                    out += tree(x, self._stop)[0]
+                    out += self._tree(x)[0]
             return out
-        return tree(r, self._stop_at_roots(r))[0]
+        return self._tree(r)[0]
 
     def _root_leaves(self, r: Node) -> list[Node]:
         """Materialized values group `r` reads."""
@@ -552,7 +595,7 @@ class Planner:
             for x in r.inputs:
                 self._add_tree(x, [], out)
             return out
-        return tree(r, self._stop_at_roots(r))[1]
+        return self._tree(r)[1]
 
     def _view_source(self, r: Node) -> Node | None:
         if r.op is not Op.RESHAPE:
