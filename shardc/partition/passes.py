@@ -13,8 +13,12 @@ what the program computes (the simulator checks it), and says what it changed in
                     (`choose_threshold`: smaller buckets where they overlap the backward).
     collective_matmul  all-gather → matmul and matmul → reduce-scatter as rings of permutes with
                     partial matmuls, where the cost model says it pays (passes_collective_matmul.py)
+    chunk           a collective much longer than the compute between collectives split into pieces
+                    along a dim it does not move, so the scheduler can slip others in between
+                    (passes_chunk.py)
     schedule        the latency-hiding scheduler: collectives started where they overlap compute,
-                    critical path first, under a per-device memory limit (passes_schedule.py)
+                    critical path first, under a per-device memory limit; top-down and bottom-up,
+                    the shorter modeled order kept (passes_schedule.py)
 
 Passes are named in PASSES; `partition(..., passes="default")` runs DEFAULT, `passes=()` none.
 """
@@ -26,6 +30,7 @@ import heapq
 from .. import flags
 from ..errors import ShardingError
 from ..ir import Graph, Node, Op
+from .passes_chunk import chunk_collectives
 from .passes_collective_matmul import collective_matmul
 from .passes_common import PassReport, make_node as _node
 from .passes_cse import eliminate_common_collectives
@@ -203,8 +208,8 @@ def _ledger(prog: SpmdProgram, buckets, combined: dict[int, Node], new: dict[Nod
 
 PASSES = {"cse": eliminate_common_collectives, "reduce_scatter": create_reduce_scatters,
           "combine": lambda prog: combine_all_reduces(prog, None), "collective_matmul": collective_matmul,
-          "schedule": schedule}
-DEFAULT = ("cse", "reduce_scatter", "combine", "collective_matmul", "schedule")
+          "chunk": chunk_collectives, "schedule": schedule}
+DEFAULT = ("cse", "reduce_scatter", "combine", "collective_matmul", "chunk", "schedule")
 
 
 def run_passes(prog: SpmdProgram, passes="default", hardware="h200") -> SpmdProgram:

@@ -11,7 +11,8 @@ around a ring of the group, each overlapped with a partial matmul of the block a
     matmul → reduce-scatter  Each step multiplies the rows of the block that the accumulator now
                           travelling through this device is collecting, adds it, and passes the
                           accumulator on; after k-1 permutes each device holds its own block,
-                          summed over the group.
+                          summed over the group (bidirectional: two accumulators, one per
+                          direction, each collecting half of every block's rows).
 
 The gathered (scattered) dim must be a free dim of the matmul's left operand (the sequence dim of
 tensor + sequence parallelism), split evenly. "auto" rewrites where the cost model says the
@@ -77,10 +78,11 @@ class _Ring:
         return self.node(Op.ADD, [self.node(Op.MUL, [entry, self.const(np.full(k * m, m))]),
                                   self.const(np.tile(np.arange(m), k))])
 
-    def block_index(self, block: Node, m: int) -> Node:
-        """i32 [m]: the rows of block `block` (a scalar node) of a dim cut in blocks of m."""
-        start = self.node(Op.BROADCAST, [self.node(Op.MUL, [block, self.const(m)])], shape=(m,), dims=())
-        return self.node(Op.ADD, [start, self.const(np.arange(m))])
+    def block_index(self, block: Node, m: int, offset: int = 0, length: int | None = None) -> Node:
+        """i32 [length]: rows offset.. of block `block` (a scalar node) of a dim cut in blocks of m."""
+        length = m - offset if length is None else length
+        start = self.node(Op.BROADCAST, [self.node(Op.MUL, [block, self.const(m)])], shape=(length,), dims=())
+        return self.node(Op.ADD, [start, self.const(np.arange(offset, offset + length))])
 
     def shifted(self, s: int) -> Node:
         """(rank + s) mod k, a scalar."""
@@ -124,37 +126,53 @@ def gathered_dot(dot: Node, dim: int, entries, idx: Node, new: dict) -> list[Nod
     return parts + [cat, make_node(Op.GATHER, [cat, idx], dot.source, dot.name, None, axis=e)]
 
 
-def matmul_scatter(rs: Node, dot: Node, new: dict, mesh):
-    """Nodes replacing `dot` → `rs` (unidirectional ring of accumulators); the last is rs's value."""
+def matmul_scatter(rs: Node, dot: Node, new: dict, mesh, bidirectional: bool = False):
+    """Nodes replacing `dot` → `rs`; the last is rs's value. One accumulator per direction travels
+    the ring (bidirectional: the first half of each block's rows goes one way, the second half
+    the other, each permute carrying half the bytes on its own direction of the links)."""
     made: list[Node] = []
     ring = _Ring(rs.attrs["axes"], mesh, made)
     k, e = ring.k, rs.attrs["dim"]
     lhs, rhs = new[dot.inputs[0]], new[dot.inputs[1]]
     d = next(x for x in range(lhs.rank) if _lhs_out_dim(dot, x) == e)
     m = lhs.shape[d] // k
-    acc = None
-    for s in range(k):  # step s collects block (rank - s - 1) mod k; the last step this device's own
-        rows = ring.block_index(ring.shifted(-s - 1), m)
-        part = _dot_like(dot, ring.node(Op.GATHER, [lhs, rows], axis=d), rhs)
-        made.append(part)
-        if acc is None:
-            acc = part
-        else:
-            acc = make_node(Op.ADD, [ring.permute(acc, +1, rs.source), part], rs.source, None, None)
-            made.append(acc)
-    return made, acc
+    halves = [(+1, 0, m // 2), (-1, m // 2, m - m // 2)] if bidirectional and m > 1 else [(+1, 0, m)]
+    accs = []
+    for way, offset, length in halves:
+        acc = None
+        for s in range(k):  # step s collects block (rank ∓ (s + 1)) mod k; the last step this device's own
+            rows = ring.block_index(ring.shifted(-way * (s + 1)), m, offset, length)
+            part = _dot_like(dot, ring.node(Op.GATHER, [lhs, rows], axis=d), rhs)
+            made.append(part)
+            if acc is None:
+                acc = part
+            else:
+                acc = make_node(Op.ADD, [ring.permute(acc, way, rs.source), part], rs.source, None, None)
+                made.append(acc)
+        accs.append(acc)
+    if len(accs) == 2:
+        accs.append(make_node(Op.CONCATENATE, accs[:2], rs.source, None, None, axis=e))
+        made.append(accs[-1])
+    return made, accs[-1]
+
+
+def _loop_seconds(pricer, coll: Node, k: int, dots: list[Node], block_bytes: int, moved_bytes: int,
+                  ways: int = 1) -> tuple[float, float]:
+    """(modeled seconds of the ring loop, of the collective followed by the matmul(s)): k-1 steps,
+    each `ways` permutes of 1/ways of `block_bytes` (one after the other on the collective stream)
+    behind a 1/k matmul, plus `moved_bytes` of copies to cut or reorder blocks, plus launches."""
+    from ..analysis.cost import LAUNCH_S
+    mm = sum(pricer(d) for d in dots)
+    x = Node(Op.PARAMETER, [], {}, (max(1, block_bytes // 2 // ways),), DType.bf16)
+    step = ways * pricer(Node(Op.COLLECTIVE_PERMUTE, [x], {"axes": coll.attrs["axes"], "pairs": ()}, x.shape, x.dtype))
+    loop = mm / k + (k - 1) * max(mm / k, step) + moved_bytes / pricer.hw.hbm_bw + 2 * k * len(dots) * ways * LAUNCH_S
+    return loop, pricer(coll) + mm + (1 + len(dots)) * LAUNCH_S
 
 
 def _seconds_pay(pricer, coll: Node, k: int, dots: list[Node], block_bytes: int, moved_bytes: int) -> bool:
-    """Does a unidirectional ring loop (k-1 permutes of a block, each behind a 1/k matmul, plus
-    `moved_bytes` of copies to cut or reorder blocks, plus a launch per step) beat the collective
-    followed by the matmul(s) by 5%, on the cost model?"""
-    from ..analysis.cost import LAUNCH_S
-    mm = sum(pricer(d) for d in dots)
-    x = Node(Op.PARAMETER, [], {}, (max(1, block_bytes // 2),), DType.bf16)
-    step = pricer(Node(Op.COLLECTIVE_PERMUTE, [x], {"axes": coll.attrs["axes"], "pairs": ()}, x.shape, x.dtype))
-    loop = mm / k + (k - 1) * max(mm / k, step) + moved_bytes / pricer.hw.hbm_bw + 2 * k * len(dots) * LAUNCH_S
-    return loop < 0.95 * (pricer(coll) + mm + (1 + len(dots)) * LAUNCH_S)
+    """Does the (one-permute-a-step) ring loop beat the collective and the matmul(s) by 5%?"""
+    loop, sequential = _loop_seconds(pricer, coll, k, dots, block_bytes, moved_bytes)
+    return loop < 0.95 * sequential
 
 
 def collective_matmul(prog: SpmdProgram, mode: str = "auto", bidirectional: bool = True) -> PassReport:
@@ -168,7 +186,7 @@ def collective_matmul(prog: SpmdProgram, mode: str = "auto", bidirectional: bool
     before = len(prog.collectives)
     users, outputs = users_of(g), set(g.outputs)
     pricer = op_pricer(prog.hardware or "h200", prog.mesh)
-    gathers, scatters = {}, {}
+    gathers, scatters, two_way = {}, {}, {}
     for n in g.nodes:
         if n.op is Op.ALL_GATHER:
             dots = [u for u in users[n] if u.op is Op.DOT_GENERAL and u.inputs[0] is n and u.inputs[1] is not n
@@ -185,8 +203,13 @@ def collective_matmul(prog: SpmdProgram, mode: str = "auto", bidirectional: bool
             lhs_dims = [x for x in range(dot.inputs[0].rank) if _lhs_out_dim(dot, x) == n.attrs["dim"]]
             if (k > 1 and users[dot] == [n] and dot not in outputs and lhs_dims
                     and dot.inputs[0].shape[lhs_dims[0]] % k == 0):
-                if mode == "always" or _seconds_pay(pricer, n, k, [dot], n.nbytes, dot.inputs[0].nbytes):
+                uni, seq = _loop_seconds(pricer, n, k, [dot], n.nbytes, dot.inputs[0].nbytes)
+                bi = _loop_seconds(pricer, n, k, [dot], n.nbytes, dot.inputs[0].nbytes, ways=2)[0]
+                if mode == "always" or min(uni, bi if bidirectional else uni) < 0.95 * seq:
+                    # both ways where asked and (auto) where the model prices it faster: on one
+                    # collective stream the two half permutes of a step go one after the other
                     scatters[n] = dot
+                    two_way[n] = bidirectional and (mode == "always" or bi < uni)
     if not gathers and not scatters:
         return PassReport("collective_matmul", before, before, "no all-gather → matmul or matmul → reduce-scatter pays")
     replace_at, rings, permutes = {}, {}, {}
@@ -207,7 +230,7 @@ def collective_matmul(prog: SpmdProgram, mode: str = "auto", bidirectional: bool
                 gathered_dot(dot, ag.attrs["dim"], rings[ag][1], rings[ag][2], new))
     for rs, dot in scatters.items():
         def at_rs(new, rs=rs, dot=dot):
-            made, res = matmul_scatter(rs, dot, new, prog.mesh)
+            made, res = matmul_scatter(rs, dot, new, prog.mesh, two_way[rs])
             permutes[rs] = [n for n in made if n.op is Op.COLLECTIVE_PERMUTE]
             return made, res
         replace_at[rs] = at_rs
@@ -222,6 +245,7 @@ def collective_matmul(prog: SpmdProgram, mode: str = "auto", bidirectional: bool
                                  for i, p in enumerate(permutes[rec.node])]
     prog.collectives = relink(prog, new, records)
     kind = "bidirectional" if bidirectional else "unidirectional"
+    rs_kind = f"{sum(two_way.values())} bidirectional"
     return PassReport("collective_matmul", before, len(prog.collectives),
-                      f"{len(gathers)} all-gather → matmul ({kind}) and {len(scatters)} matmul → reduce-scatter "
+                      f"{len(gathers)} all-gather → matmul ({kind}) and {len(scatters)} matmul → reduce-scatter ({rs_kind}) "
                       f"loops of collective-permutes")

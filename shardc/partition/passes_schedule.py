@@ -8,12 +8,19 @@ a modeled clock for each.
 
 - A collective starts as soon as its operand is ready (critical ones first), unless its result
   would push live memory past the limit: then it waits until memory is freed (an FSDP
-  all-gather of a later layer's parameters starts as early as memory allows: prefetch).
+  all-gather of a later layer's parameters starts as early as memory allows: prefetch); and
+  unless the collective stream is busy past the end of the next compute op: it is queued no
+  earlier than it has to be, so a more critical collective that turns ready meanwhile goes first.
 - Compute picks, among the ops whose operands are ready now, the one with the longest path to
   the end (critical path first; collective times count on that path, so the ops whose results
   feed a long collective go first); when every ready op waits on a collective, the one whose
   operands arrive first. An op that would pass the memory limit yields to the earliest op of
   the original order.
+
+`reverse_schedule` builds an order bottom-up instead (XLA's direction: each collective starts as
+late as the compute covering it allows, so a long prefetch does not hold the one collective
+stream while a critical collective queues behind it, and the last gradient reduce-scatter gets
+the independent work placed after it); `schedule` keeps whichever order models shorter and fits.
 
 The scheduled program is marked `scheduled`: every engine (runtime/schedule.py) and the
 analysis timeline start each collective at its place in the order instead of as soon as its
@@ -122,19 +129,24 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
         if not n.inputs and n.op is not Op.PARAMETER:
             ready(n)
     while len(order) < len(g.nodes):
-        # collectives first: each starts once its operand is ready, if its result fits in memory
+        while top(later) and later[0][0] <= t_compute:
+            _, i, n = heapq.heappop(later)
+            heapq.heappush(now, (-bottom[n], i, n))
+        # collectives first, critical first: each starts once its operand is ready, if its result
+        # fits in memory and the stream frees before the next op ends (the next chance to decide:
+        # queued later, a more critical collective that turns ready meanwhile can still go first)
+        nxt = top(now) or top(later)
+        horizon = float("inf") if nxt is None else (
+            max(t_compute, max((done_at[x] for x in nxt[-1].inputs), default=0.0)) + seconds(nxt[-1]))
         deferred = []
         while top(colls):
             item = heapq.heappop(colls)
-            if live + item[-1].nbytes > limit:
+            if live + item[-1].nbytes > limit or t_comm >= horizon:
                 deferred.append(item)
             else:
                 start_collective(item[-1])
         for item in deferred:
             heapq.heappush(colls, item)
-        while top(later) and later[0][0] <= t_compute:
-            _, i, n = heapq.heappop(later)
-            heapq.heappush(now, (-bottom[n], i, n))
         if not top(now) and top(later):  # every ready op waits on a collective: the first able to go
             _, i, n = heapq.heappop(later)
             heapq.heappush(now, (-bottom[n], i, n))
@@ -154,7 +166,7 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
     return order, max(done_at.values(), default=0.0), peak
 
 
-def reverse_schedule(g: Graph, seconds) -> list[Node]:
+def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=frozenset()) -> list[Node]:
     """An order of `g` built bottom-up, from the last op back to the first, as XLA's latency-
     hiding scheduler does: time runs backwards from the end; a collective is reached when its
     last reader is placed, runs (backwards) on the collective stream from its first reader's
@@ -164,7 +176,10 @@ def reverse_schedule(g: Graph, seconds) -> list[Node]:
     critical collective waits behind it, and the last gradient reduce-scatter gets the
     independent work (other parameters' updates) placed after its start. Among the compute
     ready (all readers placed), the one with the longest path from the program's start goes
-    last. Memory is not bounded here; `schedule` keeps this order only where its peak fits."""
+    last. Live bytes are counted backwards (a value is live from its last reader back to its
+    producer, as analysis/memory.py counts them forwards); while they pass `limit`, the in-flight
+    all-gather-like collective that holds the most bytes (result over operand) has its start
+    placed at once, ending its prefetch. `schedule` keeps this order only where its peak fits."""
     users: dict[Node, list[Node]] = {n: [] for n in g.nodes}
     for n in g.nodes:
         for i in dict.fromkeys(n.inputs):
@@ -181,13 +196,24 @@ def reverse_schedule(g: Graph, seconds) -> list[Node]:
     waiting: list = []    # compute whose readers still run at r_compute: (ready at, -index, node)
     flying: list = []     # collectives in flight: (reverse time their start may be placed, -index, node)
     inputs = set(g.inputs)
+    kept = inputs - set(donated)                 # live throughout
+    live_now = set(g.outputs) - kept             # outputs: live from the end back to their producer
+    live = sum(n.nbytes for n in kept) + sum(n.nbytes for n in live_now)
 
     def ready_at(n: Node) -> float:
         return max((need[u] for u in users[n]), default=0.0)
 
     def place(n: Node, at: float):
+        nonlocal live
         need[n] = at
         placed.append(n)
+        for i in set(n.inputs):
+            if i not in live_now and i not in kept:
+                live_now.add(i)
+                live += i.nbytes
+        if n in live_now:
+            live_now.discard(n)
+            live -= n.nbytes
         for i in set(n.inputs):
             left[i] -= 1
             if left[i] == 0 and i not in inputs:
@@ -208,6 +234,14 @@ def reverse_schedule(g: Graph, seconds) -> list[Node]:
         if not users[n] and n not in inputs:
             arrive(n)
     while ready or waiting or flying:
+        if live > limit and flying:  # memory is short: end the prefetch holding the most
+            item = max(flying, key=lambda f: f[-1].nbytes - f[-1].inputs[0].nbytes)
+            if item[-1].nbytes > item[-1].inputs[0].nbytes:
+                flying.remove(item)
+                heapq.heapify(flying)
+                r_compute = max(r_compute, item[0])
+                place(item[-1], item[0])
+                continue
         while waiting and waiting[0][0] <= r_compute:
             _, i, n = heapq.heappop(waiting)
             heapq.heappush(ready, (-top[n], i, n))
@@ -230,16 +264,42 @@ def reverse_schedule(g: Graph, seconds) -> list[Node]:
     return list(g.inputs) + placed[::-1]
 
 
+def best_order(prog: SpmdProgram, price, limit: float) -> tuple[Graph, float, int, str]:
+    """(scheduled program, modeled step, peak live bytes, "top-down" or "bottom-up"): the top-down
+    list schedule within `limit` (its budget lowered by any overshoot, program order the last
+    resort), or the bottom-up one where it models shorter and fits."""
+    from ..analysis.cost import timeline
+    from ..analysis.memory import donations, liveness
+    g = prog.local
+    donated = {g.inputs[i] for i in donations(prog.graph).values()}
+    budget = limit
+    for _ in range(6):  # what went early can pile up later: lower the budget by the overshoot
+        order, step, peak = list_schedule(g, price, budget, donated)  # step == the new order's timeline
+        if peak <= limit or budget == 0:
+            break
+        budget = max(0.0, budget - (peak - limit) * 1.5)
+    if peak > limit and budget > 0:  # program order (a budget of 0) is the fallback
+        order, step, peak = list_schedule(g, price, 0.0, donated)
+    best = (_scheduled(g, order), step, peak, "top-down")
+    budget = limit
+    for _ in range(4):
+        up = _scheduled(g, reverse_schedule(g, price, budget, donated))
+        up_step, up_peak = _makespan(timeline(up, seconds=price)), liveness(prog.graph, up)[0]
+        if up_peak <= limit:
+            break
+        budget -= (up_peak - limit) * 1.5
+    if up_step < step and (up_peak <= limit or up_peak <= peak):
+        best = (up, up_step, up_peak, "bottom-up")
+    return best
+
+
 def schedule(prog: SpmdProgram, hardware=None, limit: float | None = None) -> PassReport:
-    """Reorder `prog.local` by `list_schedule` on `hardware` (default: the one `partition` was
+    """Reorder `prog.local` by `best_order` on `hardware` (default: the one `partition` was
     given) within `limit` bytes per device (default: its HBM less MEMORY_MARGIN)."""
     from ..analysis.analyze import op_pricer
     from ..analysis.cost import timeline
-    from ..analysis.memory import donations, liveness
     hardware = hardware or getattr(prog, "hardware", None) or "h200"
     limit = memory_limit(hardware) if limit is None else limit
-    g = prog.local
-    donated = {g.inputs[i] for i in donations(prog.graph).values()}
     pricer, memo = op_pricer(hardware, prog.mesh), {}
 
     def price(n: Node) -> float:
@@ -247,23 +307,9 @@ def schedule(prog: SpmdProgram, hardware=None, limit: float | None = None) -> Pa
             memo[n] = pricer(n)
         return memo[n]
 
-    before = _makespan(timeline(g, seconds=price))
-    budget = limit
-    for _ in range(6):  # what went early can pile up later: lower the budget by the overshoot
-        order, after, peak = list_schedule(g, price, budget, donated)  # after == the new order's timeline
-        if peak <= limit or budget == 0:
-            break
-        budget = max(0.0, budget - (peak - limit) * 1.5)
-    if peak > limit and budget > 0:  # program order (a budget of 0) is the fallback
-        order, after, peak = list_schedule(g, price, 0.0, donated)
-    new, how = _scheduled(g, order), "top-down"
-    # bottom-up as well: kept where it models shorter and fits (its peak is the memory model's)
-    up = _scheduled(g, reverse_schedule(g, price))
-    up_step, up_peak = _makespan(timeline(up, seconds=price)), liveness(prog.graph, up)[0]
-    if up_step < after and (up_peak <= limit or up_peak <= peak):
-        new, after, peak, how = up, up_step, up_peak, "bottom-up"
+    before = _makespan(timeline(prog.local, seconds=price))
+    prog.local, after, peak, how = best_order(prog, price, limit)
     fits = "" if peak <= limit else "; over the limit even in program order"
-    prog.local = new
     n = len(prog.collectives)
     return PassReport("schedule", n, n, f"{how}, modeled step {before * 1e6:.1f} → {after * 1e6:.1f} µs on {hardware}, "
                                         f"peak live {peak / 1e6:.4g} MB (limit {limit / 1e6:.4g} MB{fits})")
