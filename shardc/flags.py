@@ -29,16 +29,19 @@ def debug_level() -> int:
         return 1
 
 
-def log(level: int, msg: str) -> None:
+def log(level: int, msg) -> None:
+    """`msg`: text, or a function that makes it (a program's text costs seconds at scale)."""
     if debug_level() >= level:
-        print(f"[shardc] {msg}", file=sys.stderr)
+        print(f"[shardc] {msg() if callable(msg) else msg}", file=sys.stderr)
 
 
-def dump(stage: int, name: str, text: str) -> None:
-    """Write one stage's text to SHARDC_DUMP_DIR/NN-name.txt (atomically: no half-written files)."""
+def dump(stage: int, name: str, text) -> None:
+    """Write one stage's text (or what a function returns) to SHARDC_DUMP_DIR/NN-name.txt
+    (atomically: no half-written files)."""
     root = os.environ.get("SHARDC_DUMP_DIR")
     if not root:
         return
+    text = text() if callable(text) else text
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     target = path / f"{stage:02d}-{name}.txt"

@@ -28,6 +28,7 @@ import dataclasses
 import math
 
 from ..ir import Op
+from ..ir.blocks import multiplicity
 from ..ir.ops import COLLECTIVES, REDUCE
 from .cost import timeline
 from . import collectives as coll
@@ -240,31 +241,36 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
         from ..errors import Error
         raise Error(f"recompute={recompute!r}; valid: {', '.join(rc.MODES)}")
     hw = hwmod.get(hardware)
-    mesh, local = prog.mesh, LiveProgram(prog.local)
+    # a repeated block (ir/blocks.py) is analyzed once and multiplied out; the order-dependent
+    # figures (the timeline, the liveness peak) walk the whole program
+    whole = prog.unrolled() if getattr(prog, "repeat", None) is not None else prog
+    mesh, local, block = prog.mesh, LiveProgram(whole.local), LiveProgram(prog.local)
+    times, global_times = multiplicity(prog.local, prog.repeat), multiplicity(prog.graph, prog.repeat)
     price = _Pricer(hw, mesh, axis_order)
     events = timeline(local, overlap=overlap, seconds=price)
     compute_s = sum(e.duration for e in events if e.kind == "compute")
     comm_s = sum(e.duration for e in events if e.kind == "collective")
     step_s = max((e.start + e.duration for e in events), default=0.0)
     comm_bytes, comm_s_by_axes = {}, {}
-    for n in local.nodes:     # the live collectives (the ledger's records of them)
+    for n in block.nodes:     # the live collectives (the ledger's records of them)
         if n.op in COLLECTIVES:
             key = ",".join(n.attrs["axes"])
-            comm_bytes[key] = comm_bytes.get(key, 0) + collective_bytes(n)
-            comm_s_by_axes[key] = comm_s_by_axes.get(key, 0.0) + price.collective(n)
+            comm_bytes[key] = comm_bytes.get(key, 0) + collective_bytes(n) * times[n]
+            comm_s_by_axes[key] = comm_s_by_axes.get(key, 0.0) + price.collective(n) * times[n]
     routed = {}
-    for n in local.nodes:
+    for n in block.nodes:
         if n.op is Op.RAGGED_ALL_TO_ALL:
             group = math.prod(mesh.axes[a] for a in n.attrs["axes"])
             for case in ("worst", "expected"):
-                routed[f"{case}_bytes"] = routed.get(f"{case}_bytes", 0) + routed_bytes(n, group, case)
-                routed[f"{case}_s"] = routed.get(f"{case}_s", 0.0) + price.collective(n, case)
-    model_flops = graph_flops(prog.graph)
-    memory, flops, extra_flops, extra_s = memory_of(prog.graph, local), graph_flops(local), 0, 0.0
-    if recompute != "none":
-        forward, batch, saved = saved_values(prog.graph, local)
+                routed[f"{case}_bytes"] = routed.get(f"{case}_bytes", 0) + routed_bytes(n, group, case) * times[n]
+                routed[f"{case}_s"] = routed.get(f"{case}_s", 0.0) + price.collective(n, case) * times[n]
+    model_flops = sum(op_flops(n) * global_times[n] for n in prog.graph.nodes)
+    memory = memory_of(prog.graph, block, times, (whole.graph, local))
+    flops, extra_flops, extra_s = sum(op_flops(n) * times[n] for n in block.nodes), 0, 0.0
+    if recompute != "none":   # (on the whole program: which layer a value is in comes from names)
+        forward, batch, saved = saved_values(whole.graph, local)
         saved = kept_values(local, forward, batch, saved)
-        kept, extra_flops, nodes = rc.plan(prog.graph, local, forward, batch, saved, op_flops)[recompute]
+        kept, extra_flops, nodes = rc.plan(whole.graph, local, forward, batch, saved, op_flops)[recompute]
         memory["peak"] -= memory["activations"] - kept     # the values no longer kept were live at the peak
         memory["activations"] = kept
         extra_s = sum(price(n) for n in nodes)
@@ -274,8 +280,8 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
     a = Analysis(hw, mesh, flops, model_flops, memory, comm_bytes, compute_s, comm_s,
                  max(0.0, step_s - compute_s), step_s, mfu, levels, comm_s_by_axes, events,
                  recompute=recompute, recompute_flops=extra_flops, routed=routed)
-    raw = getattr(prog, "before_passes", None)
-    if raw is not None and raw is not prog.local and overlap:  # the same model, the program as partitioned
+    raw = getattr(whole, "before_passes", None)
+    if raw is not None and raw is not whole.local and overlap:  # the same model, the program as partitioned
         ev = timeline(LiveProgram(raw), overlap=True, seconds=price)
         end = max((e.start + e.duration for e in ev), default=0.0)
         a.step_s_before_passes = end + extra_s

@@ -75,21 +75,22 @@ def donations(g: Graph) -> dict[int, int]:
     return out
 
 
-def state_bytes(g: Graph, local: Graph) -> dict[str, int]:
-    """params / grads / optimizer / data bytes per device, from the local inputs' (padded) shapes."""
+def state_bytes(g: Graph, local: Graph, times: dict | None = None) -> dict[str, int]:
+    """params / grads / optimizer / data bytes per device, from the local inputs' (padded) shapes
+    (`times`: how many layers each input stands for, ir/blocks.multiplicity)."""
     roles, donated = input_roles(g), donations(g)
     out = {"params": 0, "grads": 0, "optimizer": 0, "data": 0}
     train = any(roles[g.inputs[i].name] == "param" for i in donated.values())
     for p, lp in zip(g.inputs, local.inputs):
-        role = roles[p.name]
+        role, nbytes = roles[p.name], lp.nbytes * (times or {}).get(lp, 1)
         if role == "param":
-            out["params"] += lp.nbytes
+            out["params"] += nbytes
             if train:
-                out["grads"] += lp.nbytes
+                out["grads"] += nbytes
         elif role == "optimizer":
-            out["optimizer"] += lp.nbytes
+            out["optimizer"] += nbytes
         else:
-            out["data"] += lp.nbytes
+            out["data"] += nbytes
     return out
 
 
@@ -247,12 +248,15 @@ def saved_activations(g: Graph, local: Graph) -> int:
     return sum(n.nbytes for n in kept_values(local, *saved_values(g, local)))
 
 
-def memory(g: Graph, local: Graph) -> dict[str, int]:
-    """The per-device memory breakdown `analyze` reports."""
-    out = state_bytes(g, local)
-    peak, trace = liveness(g, local)
-    inputs = sum(p.nbytes for p in local.inputs)
-    act = saved_activations(g, local)
+def memory(g: Graph, local: Graph, times: dict | None = None, whole: tuple | None = None) -> dict[str, int]:
+    """The per-device memory breakdown `analyze` reports. For a repeated block (ir/blocks.py)
+    `times` says how many layers each value of `local` stands for, and `whole` is the (global,
+    per-device) whole program, whose order the liveness peak walks."""
+    times = times or {}
+    out = state_bytes(g, local, times)
+    peak, trace = liveness(*(whole or (g, local)))
+    inputs = sum(p.nbytes for p in (whole[1] if whole else local).inputs)
+    act = sum(n.nbytes * times.get(n, 1) for n in kept_values(local, *saved_values(g, local)))
     if not act and not donations(g):
         act = peak - inputs             # a forward: the most intermediate bytes live at once
     return {"params": out["params"], "grads": out["grads"], "optimizer": out["optimizer"],

@@ -28,6 +28,7 @@ def compile(prog, target: str = "triton") -> Executable:
     """SpmdProgram → Executable: fused kernels written as source, and the launch plan."""
     if target not in TARGETS:
         raise Error(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    prog = prog.unrolled() if hasattr(prog, "unrolled") else prog   # a repeated block: every layer's ops
     if target == "pallas":
         from . import pallas as emitter
     else:

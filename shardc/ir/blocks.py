@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import IRError
 from .graph import Graph, Node
@@ -79,19 +80,19 @@ def labels(g: Graph) -> dict[Node, int]:
         down[o] = max(down.get(o, -1), -1 if i is None else i)
     users: dict[Node, list[Node]] = {}
     for n in reversed(g.nodes):
-        d = down.get(n, -1)
         for i in n.inputs:
             users.setdefault(i, []).append(n)
-            if down.get(i, -1) < d:
-                down[i] = d
+            if n in down and (i not in down or down[i] < down[n]):
+                down[i] = down[n]
+    live = set(down)   # the values some output needs (the partitioner may leave others)
     if all(layer_index(name) is None for name in g.output_names):   # a forward: no layer's own outputs
-        down = {n: up[n] for n in g.nodes}
+        down = {}
     out = {}
-    for n in g.nodes:
-        out[n] = up[n] if n.op is Op.PARAMETER else min(up[n], down.get(n, -1))
+    for n in g.nodes:   # (a value no output reads, left by the partitioner: where it comes from)
+        out[n] = up[n] if n.op is Op.PARAMETER else min(up[n], down.get(n, up[n]))
     for n in reversed(g.nodes):   # a layer's own constants and the values only it reads
         if out[n] == -1 and n.op is not Op.PARAMETER and n in users and n not in g.outputs:
-            seen = {out[u] for u in users[n]}
+            seen = {out[u] for u in users[n] if u in live}
             if len(seen) == 1 and min(seen) >= 0:
                 out[n] = seen.pop()
     return _windows(g, out)
@@ -154,12 +155,13 @@ class _Unroller:
             name = p.name if layer < 0 else rename(p.name, rep.layer_of(layer, c))
             return Node(Op.PARAMETER, (), p.attrs, p.shape, p.dtype, p.source, name)
 
-        inputs = []
+        inputs, input_from, position = [], [], {p: k for k, p in enumerate(g.inputs)}
         for group in _groups(g.inputs, lambda p: lab[p] == BODY):
             for c in (range(1, r + 1) if lab[group[0]] == BODY else (0,)):
                 for p in group:
                     made[(p, c)] = param(p, c)
                     inputs.append(made[(p, c)])
+                    input_from.append(position[p])
 
         def read(n: Node, c: int, s: int, x: Node) -> Node:
             lx, ln = lab[x], lab[n]
@@ -180,7 +182,13 @@ class _Unroller:
             return made[(x, 0)]
 
         nodes = list(inputs)
-        order = [n for n in g.nodes if n.op is not Op.PARAMETER]
+        live, stack = set(), list(g.outputs)   # values no output needs (the partitioner leaves some) go
+        while stack:
+            n = stack.pop()
+            if n not in live:
+                live.add(n)
+                stack.extend(n.inputs)
+        order = [n for n in g.nodes if n.op is not Op.PARAMETER and n in live]
         k = 0
         while k < len(order):
             n = order[k]
@@ -190,20 +198,30 @@ class _Unroller:
                 nodes.append(made[(n, 0)])
                 k += 1
                 continue
-            run = []
-            while k < len(order) and lab[order[k]] == BODY:
-                run.append(order[k])
-                k += 1
+            run = []   # the body's stretch; values of no layer inside it come first, once
+            while k < len(order) and lab[order[k]] in (BODY, -1):
+                j = k
+                while j < len(order) and lab[order[j]] == -1:
+                    j += 1
+                if j == len(order) or lab[order[j]] != BODY:
+                    break
+                for n in order[k:j]:
+                    made[(n, 0)] = Node(n.op, [read(n, 0, s, x) for s, x in enumerate(n.inputs)], n.attrs,
+                                        n.shape, n.dtype, n.source, n.name)
+                    nodes.append(made[(n, 0)])
+                run.append(order[j])
+                k = j + 1
             step = self._direction(run)
             for c in (range(1, r + 1) if step > 0 else range(r, 0, -1)):
                 for a in run:
                     made[(a, c)] = Node(a.op, [read(a, c, s, x) for s, x in enumerate(a.inputs)], a.attrs,
                                         a.shape, a.dtype, a.source, a.name)
                     nodes.append(made[(a, c)])
-        outputs, names = [], []
-        for group in _groups(list(zip(g.outputs, g.output_names)), lambda on: layer_index(on[1]) == BODY):
-            for c in (range(1, r + 1) if layer_index(group[0][1]) == BODY else (0,)):
-                for o, name in group:
+        outputs, names, output_from = [], [], []
+        for group in _groups(list(enumerate(zip(g.outputs, g.output_names))), lambda kon: layer_index(kon[1][1]) == BODY):
+            for c in (range(1, r + 1) if layer_index(group[0][1][1]) == BODY else (0,)):
+                for k, (o, name) in group:
+                    output_from.append(k)
                     layer = layer_index(name)
                     if (lab[o] == BODY) != (layer == BODY):
                         raise IRError(f"graph {g.name!r}: output {name!r} is a value of layer {lab[o]}")
@@ -215,7 +233,7 @@ class _Unroller:
         out = Graph(nodes, inputs, outputs, names, g.name, g.mesh_axes, g.bound, flatten)
         out.shape_only = g.shape_only
         out.scheduled = g.scheduled
-        return out, made
+        return Unrolled(out, made, input_from, output_from)
 
     def _direction(self, run: list[Node]) -> int:
         """+1: copies in layer order (copy c reads what copy c-1 makes in this stretch: a
@@ -247,12 +265,20 @@ def _groups(items: list, in_body) -> list[list]:
     return out
 
 
-def unroll(g: Graph, repeat: Repeat | None = None) -> tuple[Graph, dict]:
-    """(the whole program, {(node, copy): its node there}); copy is 1..repeat.copies for the
-    body's values, 0 for the others. `g` itself (and {}) when it is not repeated."""
+class Unrolled(NamedTuple):
+    graph: Graph            # the whole program
+    made: dict              # (node of the repeated graph, copy) → its node there; copy 1..copies
+                            # for the body's values, 0 for the others
+    input_from: list[int]   # each input's position in the repeated graph's inputs
+    output_from: list[int]  # each output's position in its outputs
+
+
+def unroll(g: Graph, repeat: Repeat | None = None) -> Unrolled:
+    """The whole program of a repeated graph (`g` itself when it is not repeated), without the
+    values no output needs."""
     repeat = repeat or getattr(g, "repeat", None)
     if repeat is None:
-        return g, {}
+        return Unrolled(g, {(n, 0): n for n in g.nodes}, list(range(len(g.inputs))), list(range(len(g.outputs))))
     return _Unroller(g, repeat).run()
 
 

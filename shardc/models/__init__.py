@@ -109,14 +109,14 @@ class ModelDef:
         or meta tensors): args are those stand-ins and the Graph cannot be evaluated. `dtype` is
         the parameters' ("bf16", "f32"; default f32, bf16 when shape-only); optimizer state is f32.
 
-        repeat (JAX, more than 4 layers) keeps the identical layers
+        repeat (default: shape-only JAX captures of more than 4 layers) keeps the identical layers
         as one block: the Graph holds 4 of them and `g.repeat` says how many the model has
         (ir/blocks.py); args are still the whole model's."""
         import shardc
         shape_only = self.shape_only if shape_only is None else shape_only
         depth = getattr(self.config, "n_layer", None)
         if repeat is None:
-            repeat = False
+            repeat = shape_only and frontend == "jax" and depth is not None and depth > 4
         if repeat:
             return self._capture_repeated(train, frontend, batch, seed, lr, optimizer, shape_only, dtype)
         if shape_only:

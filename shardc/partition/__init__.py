@@ -28,16 +28,17 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
     if not isinstance(mesh, Mesh):
         raise ShardingError(f"partition needs a shardc.Mesh, got {type(mesh).__name__}")
     if pipeline is not None:
-        from .pipeline import partition_pipeline
-        return partition_pipeline(g, mesh, specs, plan, pipeline, passes)
+        from .pipeline import partition_pipeline   # stages split the layers: the whole program
+        return partition_pipeline(g.unrolled(), mesh, specs, plan, pipeline, passes)
     if plan == "auto":
         from .auto_plan import partition_auto
-        return partition_auto(g, mesh, specs, memory_budget, hardware, passes=passes)  # passes on every candidate
+        prog = partition_auto(g, mesh, specs, memory_budget, hardware, passes=passes)  # passes on every candidate
     elif memory_budget is not None:
         raise ShardingError("memory_budget= is for plan='auto' (the hand plans do not choose by memory)")
     else:
-        prog = _partition(g, mesh, specs, plan)
-    return run_passes(prog, passes, hardware)
+        prog = run_passes(_partition(g, mesh, specs, plan), passes, hardware)
+    prog.count_copies()   # a repeated block's collectives: how many layers run each
+    return prog
 
 
 def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None = None,
@@ -85,12 +86,12 @@ def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None
                  f"{sum(c.bytes for c in prog.collectives)} B per device")
     flags.log(2, f"propagation {1e3 * (t1 - t0):.0f} ms, lowering {1e3 * (t2 - t1):.0f} ms; "
                  f"bytes by kind {prog.bytes_by_kind()}")
-    flags.log(3, "shardings:\n" + prog.shardings_text())
-    flags.log(5, f"global IR:\n{g}\nper-device IR:\n{prog.local}")
-    flags.dump(0, "global", str(g))
-    flags.dump(1, "shardings", prog.shardings_text())
-    flags.dump(2, "spmd", str(prog.local))
-    flags.dump(3, "ledger", prog.ledger())
+    flags.log(3, lambda: "shardings:\n" + prog.shardings_text())
+    flags.log(5, lambda: f"global IR:\n{g}\nper-device IR:\n{prog.local}")
+    flags.dump(0, "global", lambda: str(g))
+    flags.dump(1, "shardings", prog.shardings_text)
+    flags.dump(2, "spmd", lambda: str(prog.local))
+    flags.dump(3, "ledger", prog.ledger)
     return prog
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import dataclasses
+
 import numpy as np
 
 from ..analysis.cost import wire_bytes  # noqa: F401  (the ring model; partition's records use it)
@@ -24,10 +26,12 @@ class CollectiveRecord:
     source: str | None
     reason: str
     node: Node | None = field(default=None, compare=False, repr=False)
+    copies: int = 1     # times it runs in the whole program (a repeated block's: once per layer)
 
     def __str__(self) -> str:
         where = f" at {self.source}" if self.source else ""
-        return (f"{self.kind}({','.join(self.axes)}) {self.bytes} B  {self.tensor}{where}: {self.reason}")
+        times = f" x{self.copies}" if self.copies != 1 else ""
+        return (f"{self.kind}({','.join(self.axes)}) {self.bytes} B{times}  {self.tensor}{where}: {self.reason}")
 
 
 class SpmdProgram:
@@ -48,6 +52,46 @@ class SpmdProgram:
         self.passes: list = []              # what each collective pass changed (passes.PassReport)
         self.hardware = None                # what the passes planned for (a preset name or Hardware)
         self.before_passes: Graph | None = None  # the per-device program as partitioned, before the passes
+        self.repeat = getattr(graph, "repeat", None)  # identical layers held once (ir/blocks.py)
+        self._unrolled: SpmdProgram | None = None
+
+    def unrolled(self) -> "SpmdProgram":
+        """The whole program: this one, or with a repeated block (`repeat`) each layer instantiated
+        in the global graph, the per-device program and the ledger. What needs every op (codegen,
+        the engines, simulate) takes this; the ledger and `analyze` multiply the block out."""
+        if self.repeat is None:
+            return self
+        if self._unrolled is None:
+            from ..ir.blocks import unroll
+            whole, local = unroll(self.graph, self.repeat), unroll(self.local, self.repeat)
+            shardings, origins = {}, {}
+            for (n, _), m in whole.made.items():
+                if n in self.shardings:
+                    shardings[m] = self.shardings[n]
+                if n in self.origins:
+                    origins[m] = self.origins[n]
+            records = []
+            for c in self.collectives:
+                copies = [local.made[(c.node, k)] for k in range(self.repeat.copies + 1) if (c.node, k) in local.made]
+                records += [dataclasses.replace(c, node=m, copies=1) for m in copies] or [c]
+            prog = SpmdProgram(whole.graph, self.mesh, local.graph, shardings, origins,
+                               [self.input_shardings[k] for k in whole.input_from],
+                               [self.output_shardings[k] for k in whole.output_from], records)
+            prog.notes, prog.passes, prog.hardware, prog.repeat = self.notes, self.passes, self.hardware, None
+            if self.before_passes is not None:
+                prog.before_passes = (local.graph if self.before_passes is self.local
+                                      else unroll(self.before_passes, self.repeat).graph)
+            self._unrolled = prog
+        return self._unrolled
+
+    def count_copies(self) -> None:
+        """Each record's `copies`: how many layers run it (after partitioning and the passes)."""
+        if self.repeat is None:
+            return
+        from ..ir.blocks import multiplicity
+        times = multiplicity(self.local, self.repeat)
+        self.collectives = [dataclasses.replace(c, copies=times.get(c.node, 1)) if c.node is not None else c
+                            for c in self.collectives]
 
     def sharding_of(self, name: str) -> Sharding:
         for i, p in enumerate(self.graph.inputs):
@@ -61,7 +105,8 @@ class SpmdProgram:
     def simulate(self, *args) -> list[np.ndarray]:
         """Global outputs: every device run in one process, collectives exact."""
         from .simulate import simulate
-        return simulate(self, self.graph.input_values(*args))
+        whole = self.unrolled()
+        return simulate(whole, whole.graph.input_values(*args))
 
     def input_blocks(self, values: dict[str, np.ndarray], devices=None) -> list[list[np.ndarray] | None]:
         """Every device's local block of every input, blocks[device][input], from the global
@@ -85,7 +130,7 @@ class SpmdProgram:
     def bytes_by_kind(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for c in self.collectives:
-            out[c.kind] = out.get(c.kind, 0) + c.bytes
+            out[c.kind] = out.get(c.kind, 0) + c.bytes * c.copies
         return out
 
     def shardings_text(self) -> str:
@@ -100,5 +145,7 @@ class SpmdProgram:
         return str(self.local)
 
     def __repr__(self) -> str:
-        return (f"<SpmdProgram {self.mesh} {len(self.local.nodes)} local nodes, "
-                f"{len(self.collectives)} collectives, {sum(c.bytes for c in self.collectives)} B>")
+        layers = f", layers 1..{self.repeat.depth - 3} as one block" if self.repeat else ""
+        return (f"<SpmdProgram {self.mesh} {len(self.local.nodes)} local nodes{layers}, "
+                f"{sum(c.copies for c in self.collectives)} collectives, "
+                f"{sum(c.bytes * c.copies for c in self.collectives)} B>")
