@@ -142,7 +142,7 @@ class Lowerer(Resharder):
 
     def _remake_plan(self, n: Node, want: Sharding):
         """(rule, factor sharding, operand shardings) computing n directly in `want`, or None."""
-        if not self.rule(n).cheap or want.partial:
+        if n in self.routed or not self.rule(n).cheap or want.partial:  # (routing.py makes routed exits)
             return None
         key = ("remake", n, want)
         if key not in self.memo:

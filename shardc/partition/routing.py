@@ -8,13 +8,15 @@ over an axis, this module lowers the sorted region per device instead:
 
 - token coordinates: each device keeps its own token-slots, in their order (the rows a
   `gather(x, perm)` entry reads, the rows a `gather(y, argsort(perm))` exit writes);
-- dispatch: each device works out where its slots sit in the global sorted order (from the
-  expert ids, all-gathered: 4 bytes a slot) and so which expert the original graph gives each of
-  them (from the group sizes), sorts its slots by expert and sends each expert device its segment
-  with one ragged_all_to_all over the experts axis, into a buffer sized for the worst case (every
-  slot of the experts axis' group to one device); the receiver regroups the segments by expert;
+- dispatch: each slot's expert is its own id (routed_regions.routing_why_not proves that equals
+  the global sort's grouping: ids never negative, group sizes their counts), so each device sorts
+  its own slots by expert (a counting sort: the ids are small integers), tells each expert device
+  how many slots it sends per expert (one all-to-all of E counts: the only routing metadata) and
+  sends each its segment with one ragged_all_to_all over the experts axis, into a buffer sized
+  for the worst case (every slot of the experts axis' group to one device); the receiver
+  regroups the segments by expert;
 - expert coordinates: the grouped matmuls run there on the device's own experts (group sizes:
-  the counts, all-gathered over the experts axis), with the ops between them (activation, gating);
+  the counts received), with the ops between them (activation, gating);
 - combine: the reverse regrouping, ragged_all_to_all back, and the device's own order.
 
 Values convert lazily (each once, cached), and a row-wise op whose operands sit in different
@@ -61,7 +63,7 @@ def routed_lowerings(lw, regions: list[Region]) -> tuple[dict, set]:
         if rl is None:
             stack.extend(n.inputs)
             continue
-        stack += [rl.reg.key, rl.reg.sizes]
+        stack.append(rl.reg.key)
         if n.op in (Op.GATHER, Op.SCATTER) and n in rl.reg.nodes:
             stack.append(n.inputs[0] if n.op is Op.GATHER else n.inputs[2])
         elif n.op is Op.RAGGED_DOT and n.attrs["mode"] == "contract":
@@ -194,6 +196,10 @@ class RoutedLowering:
             want = sh if keep_partial or not sh.partial else sh.without_partial()
             if n.op in ELEMENTWISE and x.rank == n.rank:  # operands share the lead's dims
                 want = Sharding(lead.without_partial().dims, want.partial)
+            elif n.op is Op.RESHAPE and _unit_dims_map(x.shape, n.shape) is not None:
+                pass  # only size-1 dims come or go: the split dims keep their split
+            elif n.op is Op.CONCATENATE and _stacks_blocks(n, [o[1] for o in ops], self.lw.mesh):
+                want = Sharding(ops[0][1].dims, want.partial)  # each operand's block, side by side
             elif n.op in (Op.RESHAPE, Op.CONCATENATE, Op.PAD) or (n.op in (Op.REDUCE_MAX, Op.REDUCE_MIN)):
                 want = Sharding(Sharding.replicated(x.rank).dims, want.partial)  # layout changes: whole dims
             elif n.op is Op.SLICE:  # a split dim sliced: one whole block of a fused (strided) dim, or gathered
@@ -214,14 +220,20 @@ class RoutedLowering:
             attrs["shape"] = (rows,) + tuple(self._local(n, Sharding(tuple(dims)))[1:])
             out_sh = Sharding(tuple(dims), partial)
         elif n.op is Op.RESHAPE:
-            attrs["shape"] = (rows,) + tuple(n.shape[1:])
-            out_sh = Sharding(Sharding.replicated(n.rank).dims, partial)
+            where = _unit_dims_map(n.inputs[0].shape, n.shape)
+            dims = tuple(DimSharding() if d is None else sh0.dims[d] for d in where) if where else \
+                Sharding.replicated(n.rank).dims
+            attrs["shape"] = (rows,) + tuple(self._local(n, Sharding(dims))[1:])
+            out_sh = Sharding(dims, partial)
         elif n.op is Op.SLICE:
             attrs = self._slice_attrs(n, sh0, args[0], rows)
             out_sh = Sharding(tuple(DimSharding(ds.axes) if _block_slice(n, d, ds) else ds
                                     for d, ds in enumerate(sh0.dims)), partial)
         elif n.op is Op.TRANSPOSE:
             out_sh = Sharding(tuple(sh0.dims[p] for p in attrs["perm"]), partial)
+        elif n.op is Op.CONCATENATE and sh0.dims[attrs["axis"]].axes:  # blocks side by side: the strided layout
+            d = attrs["axis"]
+            out_sh = Sharding(sh0.dims[:d] + (DimSharding(sh0.dims[d].axes, len(args)),) + sh0.dims[d + 1:], partial)
         elif n.op in (Op.REDUCE_SUM, Op.REDUCE_MAX, Op.REDUCE_MIN):
             red = tuple(a for d in attrs["axes"] for a in sh0.dims[d].axes)
             out_sh = Sharding(tuple(ds for d, ds in enumerate(sh0.dims) if d not in attrs["axes"]), partial + red)
@@ -287,8 +299,8 @@ class RoutedLowering:
                 out = b.add(Op.REDUCE_SUM, [x], name=n.name, axes=axes)
                 dims = tuple(ds for d, ds in enumerate(sh.dims) if d not in axes)
                 return out, Sharding(dims, _axes(lw.mesh, self.tokens + sh.partial + red))
-            src = n.inputs[0] if n.op is Op.GATHER else n.inputs[2]  # back to token-slots
-            x, sh = self.value(src, TOK)
+            src = n if n in self.reg.nodes else n.inputs[0] if n.op is Op.GATHER else n.inputs[2]
+            x, sh = self.value(src, TOK)  # back to token-slots
             out = b.add(Op.RESHAPE, [x], name=n.name, shape=x.shape)
             return out, Sharding((DimSharding(self.tokens),) + sh.dims[1:], sh.partial)
 
@@ -326,31 +338,24 @@ class RoutedLowering:
     def _make_plan(self) -> dict:
         lw, b, reg = self.lw, self.lw.b, self.reg
         i32 = DType.i32
-        S, S_l, E, E_l, P, R = reg.rows, self.S_l, self.E, self.E_l, self.n_exp, self.R
-        lw.why = (reg.key.name or "expert ids", reg.key.source, "routing: every slot's place in the sorted order")
-        key_l = b.cast(lw.value(reg.key, Sharding((DimSharding(self.tokens),)), None, " (routing: this device's slots)"), i32)
-        key_all = b.cast(lw.value(reg.key, Sharding.replicated(1), None, " (routing: the sorted order)"), i32)
-        sizes = b.binary(Op.MAX, b.cast(lw.value(reg.sizes, Sharding.replicated(1), None, " (routing: group sizes)"), i32), 0)
-        t = lw.global_index(S, DimSharding(self.tokens))                               # [S_l]
-        kt = b.add(Op.BROADCAST, [key_l], shape=(S_l, S), dims=[0])
-        ka = b.add(Op.BROADCAST, [key_all], shape=(S_l, S), dims=[1])
-        tt = b.add(Op.BROADCAST, [t], shape=(S_l, S), dims=[0])
-        before = b.binary(Op.OR, b.binary(Op.LT, ka, kt),
-                          b.binary(Op.AND, b.binary(Op.EQ, ka, kt), b.binary(Op.LT, b.iota((S_l, S), 1, i32), tt)))
-        pos = b.reduce(Op.REDUCE_SUM, b.cast(before, i32), 1)                          # sorted row of each slot
-        ends = b.cast(b.cumsum(sizes, 0), i32)
-        e = b.reduce(Op.REDUCE_SUM, b.cast(b.binary(Op.LE, b.add(Op.BROADCAST, [ends], shape=(S_l, E), dims=[1]),
-                                                    b.add(Op.BROADCAST, [pos], shape=(S_l, E), dims=[0])), i32), 1)
-        order = b.cast(b.sort(e, 0)[1], i32)                                            # slots by expert (E: none)
-        inv_order = b.add(Op.SCATTER, [b.const(0, i32, (S_l,)), order, b.iota((S_l,), 0, i32)], axis=0)
-        dest = b.floor_div(e, E_l)
-        send = self._count(dest, P)                                                      # [P]
-        counts = self._count(e, E)                                                       # [E]
-        lw.why = (reg.key.name or "expert ids", reg.key.source, "routing: slots per expert on each device")
-        table = b.reshape(lw.collective(Op.ALL_GATHER, counts, reg.experts, dim=0), (P, E))
-        first = b.binary(Op.MUL, lw.group_rank(reg.experts), b.const(E_l, i32))
-        mine = b.add(Op.GATHER, [table, b.binary(Op.ADD, b.iota((E_l,), 0, i32), b.add(Op.BROADCAST, [first], shape=(E_l,), dims=[]))],
-                     axis=1)                                                              # [P, E_l]
+        S_l, E, E_l, P, R = self.S_l, self.E, self.E_l, self.n_exp, self.R
+        lw.why = (reg.key.name or "expert ids", reg.key.source, "routing: this device's slots")
+        key = b.cast(lw.value(reg.key, Sharding((DimSharding(self.tokens),)), None, " (routing: this device's slots)"), i32)
+        # each slot's expert is its own id (routed_regions.routing_why_not proves it); E: none
+        e = b.select(b.binary(Op.LT, key, b.const(E, i32, (S_l,))), key, b.const(E, i32, (S_l,)))
+        hot = b.cast(b.binary(Op.EQ, b.add(Op.BROADCAST, [e], shape=(S_l, E + 1), dims=[0]),
+                              b.iota((S_l, E + 1), 1, i32)), i32)                  # [S_l, E + 1]
+        counts = b.reduce(Op.REDUCE_SUM, hot, 0)                                     # [E + 1]
+        # counting sort by expert, stable: slots of lower experts, then earlier slots of the same
+        before = b.binary(Op.SUB, _prefix_sum(b, hot), hot)                          # same expert, earlier
+        start = b.add(Op.BROADCAST, [_exclusive(b, counts, 0)], shape=(S_l, E + 1), dims=[1])
+        inv_order = b.reduce(Op.REDUCE_SUM, b.binary(Op.MUL, hot, b.binary(Op.ADD, start, before)), 1)
+        order = b.add(Op.SCATTER, [b.const(0, i32, (S_l,)), inv_order, b.iota((S_l,), 0, i32)], axis=0)
+        per_peer = b.reshape(b.slice(counts, 0, 0, E), (P, E_l))                     # [P, E_l]
+        send = b.reduce(Op.REDUCE_SUM, per_peer, 1)                                  # [P]
+        # the receivers learn their segments' sizes per expert: a tiny all-to-all of counts
+        lw.why = (reg.key.name or "expert ids", reg.key.source, "routing: slots per expert, to each expert's device")
+        mine = lw.collective(Op.ALL_TO_ALL, per_peer, reg.experts, split_dim=0, concat_dim=0)  # [P, E_l]
         recv = b.reduce(Op.REDUCE_SUM, mine, 1)
         tot = b.reduce(Op.REDUCE_SUM, mine, 0)
         src_start = b.binary(Op.ADD, b.add(Op.BROADCAST, [_exclusive(b, recv, 0)], shape=(P, E_l), dims=[0]),
@@ -363,10 +368,42 @@ class RoutedLowering:
         return {"order": order, "inv_order": inv_order, "send": send, "recv": recv, "tot": tot,
                 "p_of_q": p_of_q, "q_of_p": q_of_p}
 
-    def _count(self, x: Node, n: int) -> Node:
-        b = self.lw.b
-        hit = b.binary(Op.EQ, b.add(Op.BROADCAST, [x], shape=(x.shape[0], n), dims=[0]), b.iota((x.shape[0], n), 1, DType.i32))
-        return b.reduce(Op.REDUCE_SUM, b.cast(hit, DType.i32), 0)
+
+def _prefix_sum(b, x: Node) -> Node:
+    """Inclusive sum along dim 0 in log2(n) shifted adds (Hillis-Steele): O(n log n), exact for ints."""
+    n, shift = x.shape[0], 1
+    while shift < n:
+        moved = b.add(Op.PAD, [b.slice(x, 0, 0, n - shift)], low=[shift] + [0] * (x.rank - 1),
+                      high=[0] * x.rank, value=0)
+        x = b.binary(Op.ADD, x, moved)
+        shift *= 2
+    return x
+
+
+def _unit_dims_map(src: tuple, dst: tuple) -> list | None:
+    """For a reshape that only adds or drops size-1 dims (keeping dim 0): the source dim of each
+    destination dim (None: a new size-1 dim), else None."""
+    if not src or not dst or src[0] != dst[0] or [d for d in src if d != 1] != [d for d in dst if d != 1]:
+        return None
+    real = [i for i, d in enumerate(src) if d != 1]
+    out, k = [], 0
+    for d in dst:
+        if d == 1:
+            out.append(None)
+        else:
+            out.append(real[k])
+            k += 1
+    out[0] = 0
+    return out
+
+
+def _stacks_blocks(n: Node, shs: list, mesh: Mesh) -> bool:
+    """Can concat n keep its operands split as they are (equal operands, split alike, evenly and
+    in one block on the concat dim): the result in the strided layout of such blocks."""
+    d, x0 = n.attrs["axis"], n.inputs[0]
+    ds = shs[0].dims[d]
+    return all(sh.dims == shs[0].dims for sh in shs) and all(x.shape == x0.shape for x in n.inputs) \
+        and ds.outer == 1 and not ds.parts and x0.shape[d] % mesh.group_size(ds.axes) == 0
 
 
 def _block_slice(n: Node, d: int, ds: DimSharding) -> bool:
