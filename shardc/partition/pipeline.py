@@ -18,8 +18,10 @@ gradient accumulation (and the loss sum) across microbatches. Its nodes fall in 
 Stages: parameters whose names hold a layer prefix ("h.3", "model.layers.3") belong to that
 layer; layers go to stages in order, balanced by the forward's modeled cost (analysis/cost.py)
 or cut at `split_points`. A forward node runs on the latest stage among its inputs; a backward or
-step node on the latest stage among its users, outputs on their parameter's stage (the loss on the
-last). A value used on another stage is sent there: forward values with the forward, backward
+step node on the latest stage among its users and the forward values it reads, outputs on their
+parameter's stage (the loss on the last). Parameter-free values then move across a boundary where
+that sends fewer bytes, so a boundary sends one activation each way (_fewer_forward_sends,
+_fewer_backward_sends). A value used on another stage is sent there: forward values with the forward, backward
 values and forward values needed lower down with the backward, step values after the last
 microbatch. Within a stage the other axes (dp, tp) are the SPMD partitioner's, as before.
 """
@@ -295,6 +297,7 @@ def _build(g, mesh, pl, inner, p, fixed=None) -> PipelineProgram:
         later = [stage[u] for u in users.get(n, ()) if u in forward]
         if later and len(later) == len(users[n]) and min(later) > stage[n]:
             stage[n] = min(later)
+    _fewer_forward_sends(local.nodes, stage, users, forward, mbdep, param_free)
     # parameter owners: a layer's stage, else the first stage that reads the parameter in the forward
     owner, first_use = {}, {}      # first_use: the first forward stage reading a value (through weight views)
     for n in reversed(local.nodes):
@@ -314,6 +317,14 @@ def _build(g, mesh, pl, inner, p, fixed=None) -> PipelineProgram:
     for i, (o, name) in enumerate(zip(local.outputs, g.output_names)):
         want = p - 1 if i == 0 else owner.get(leaf_key(name), 0)
         pins[o] = max(pins.get(o, 0), want)
+    at_forward = {}    # forward values, and views of one (a norm's statistics reshaped): their stage
+    for n in local.nodes:
+        if n in forward and n.op is not Op.PARAMETER:
+            at_forward[n] = stage[n]
+        elif n in mbdep and n.op is not Op.PARAMETER:
+            ins = {i for i in n.inputs if i in mbdep}
+            if len(ins) == 1 and (i := ins.pop()) in at_forward:
+                at_forward[n] = at_forward[i]
     for n in reversed(local.nodes):
         if n in stage or n not in live or not (n in mbdep or n in post):
             continue
@@ -323,7 +334,10 @@ def _build(g, mesh, pl, inner, p, fixed=None) -> PipelineProgram:
         us = [stage[u] for u in users.get(n, ()) if u in stage]
         if n in pins:
             us.append(pins[n])
+        # no lower than the forward values it reads: an op's backward runs where its forward ran
+        us += [at_forward[i] for i in n.inputs if i in at_forward and n not in pins]
         stage[n] = max(us) if us else lstage(n)
+    _fewer_backward_sends(local.nodes, stage, users, forward, mbdep, post, set(pins) | set(fixed))
     free = {n for n in local.nodes if n in live and n not in mbdep and n not in post}
     # per-stage node lists, free closures, transfers
     stages = [Stage(s, [lp for lp, i in index.items() if stage_of_layer[i] == s], [], [], [], []) for s in range(p)]
@@ -365,6 +379,86 @@ def _build(g, mesh, pl, inner, p, fixed=None) -> PipelineProgram:
     prog = PipelineProgram(g, mesh, pl, inner, stages, stage, transfers, slots, notes + inner.notes, frozenset(post))
     prog.pre = pre
     return prog
+
+
+def _fewer_forward_sends(nodes, stage, users, forward, mbdep, param_free):
+    """Move parameter-free forward values across a stage boundary where that sends fewer bytes
+    (in place). A value sent from stage a to b whose users all run on b or later moves to b
+    together with the parameter-free forward values it is computed from on a whose forward users
+    all move or run on b or later, when what the moved values then read from a (plus what
+    backward users left on a then read from b) is smaller than what they sent: a norm's
+    normalized input, sent beside the activation it is computed from, is then computed on b.
+    Runs before backward values are placed (they then follow the forward values they read)."""
+    def moves_with(n, b):
+        group, stack = set(), [n]
+        while stack:                  # the parameter-free forward values upstream of n, up to what b has
+            x = stack.pop()
+            if x in group or x not in stage or x not in forward or not param_free[x] \
+                    or stage[x] >= b or (x is not n and any(stage.get(u) == b for u in users.get(x, ()))):
+                continue
+            group.add(x)
+            stack.extend(x.inputs)
+        while True:                   # minus those a forward user that stays below b still reads
+            out = {x for x in group if any(u not in group and u in forward and stage.get(u, b) < b
+                                           for u in users.get(x, ()))}
+            if not out:
+                return group
+            group -= out
+
+    def gain(group, b):
+        sent = sum(x.nbytes for x in group if any(stage.get(u) == b for u in users.get(x, ())))
+        reads = {i for x in group for i in x.inputs if i not in group and i in stage and i in mbdep
+                 and stage[i] < b and not any(stage.get(u) == b for u in users.get(i, ()))}
+        back = {x for x in group if any(u not in group and u not in forward and stage.get(u, b) < b
+                                        for u in users.get(x, ()))}
+        return sent - sum(i.nbytes for i in reads | back)
+
+    for n in reversed(nodes):
+        if n not in stage or n not in forward or not param_free[n]:
+            continue
+        us = [stage[u] for u in users.get(n, ()) if u in forward]
+        if not us or min(us) <= stage[n]:
+            continue
+        b = min(us)
+        group = moves_with(n, b)
+        if n in group and gain(group, b) > 0:
+            for x in group:
+                stage[x] = b
+
+
+def _fewer_backward_sends(nodes, stage, users, forward, mbdep, post, keep):
+    """Move a backward value computed from backward values of one later stage b (and forward
+    values b holds) up to b where it is no larger than what it reads from there (in place): the
+    residual's gradient and the norm's are summed before they are sent, not after. Equal sizes move too, so a chain of elementwise
+    ops climbs to its sum; if the moves send more in all (a reader that could not follow), the
+    first placement stays."""
+    def sent_bytes():
+        return sum(n.nbytes * len({stage[u] for u in users.get(n, ()) if u in stage} - {stage[n]})
+                   for n in stage if n.op is not Op.PARAMETER)
+
+    def move_to(n):
+        if n in forward or n not in mbdep or n in post or n in keep:
+            return None
+        ins = {i for i in n.inputs if i in stage and i in mbdep and i.op is not Op.PARAMETER}
+        at = {stage[i] for i in ins if i not in forward}
+        if len(at) != 1 or (b := at.pop()) <= stage[n]:
+            return None
+        if not all(stage[i] == b or any(u in forward and stage[u] == b for u in users.get(i, ()))
+                   for i in ins if i in forward):          # forward values: made on b or received there
+            return None
+        return b if n.nbytes <= sum(i.nbytes for i in ins if i not in forward) else None
+
+    before, first = sent_bytes(), dict(stage)
+    work = [n for n in nodes if n in stage]
+    while work:
+        n = work.pop()
+        b = move_to(n)
+        if b is not None:
+            stage[n] = b
+            work.extend(u for u in users.get(n, ()) if u in stage)
+    if sent_bytes() > before:
+        stage.clear()
+        stage.update(first)
 
 
 def _marks(g) -> list:

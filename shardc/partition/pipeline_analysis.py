@@ -108,7 +108,7 @@ def analyze_pipeline(prog, hardware="h200", axis_order=None, recompute: str = "n
 
 
 def at_depth(a: PipelineAnalysis, layers: int, stages: int, microbatches: int | None = None,
-             schedule: str | None = None, chunks: int = 1) -> PipelineAnalysis:
+             schedule: str | None = None, chunks: int = 1, end_layers: int | None = None) -> PipelineAnalysis:
     """A production pipeline read off a small one, as a production model is modeled without
     capturing every layer: `a` analyzes the same model with one layer per stage over >= 3 stages
     (`extrapolated` layers: first, middle ones, last). Each stage's forward, backward, W and step
@@ -117,7 +117,10 @@ def at_depth(a: PipelineAnalysis, layers: int, stages: int, microbatches: int | 
     loss). Transfers into a stage cost what they cost in `a`. The schedule's slot lists then run
     again with those times: `stages` pipeline devices, `microbatches` (default a's), `schedule`
     (default a's; "interleaved-1f1b" puts `chunks` stages of `layers` layers on each device).
-    Memory is not extrapolated (activations_in_flight is empty)."""
+    `end_layers` (default `layers`): the layers of the first and the last stage, beside the
+    embedding and the head (Llama 3 gives them one layer fewer to balance the pipeline; 0 leaves
+    the embedding alone on the first stage). Memory is not extrapolated (activations_in_flight
+    is empty)."""
     from .pipeline_schedule import schedule_slots, timeline
     if len(a.stage_forward_s) < 3:
         raise ValueError("at_depth needs an analysis of >= 3 stages of one layer each")
@@ -128,8 +131,8 @@ def at_depth(a: PipelineAnalysis, layers: int, stages: int, microbatches: int | 
     def per_stage(times):
         if not times:
             return []
-        unit = times[1]                      # a middle stage: one layer
-        return [times[0] + (layers - 1) * unit] + [layers * unit] * (stages - 2) + [times[-1] + (layers - 1) * unit]
+        unit, ends = times[1], layers if end_layers is None else end_layers    # times[1]: a middle stage, one layer
+        return [times[0] + (ends - 1) * unit] + [layers * unit] * (stages - 2) + [times[-1] + (ends - 1) * unit]
 
     fwd, bwd = per_stage(a.stage_forward_s), per_stage(a.stage_backward_s)
     wgt, step = per_stage(a.stage_weight_s), per_stage(a.stage_step_s)

@@ -65,11 +65,13 @@ def test_gpt2_sgd_pp4(gpt2_sgd, schedule):
     if schedule == "zero-bubble":   # W holds weight gradients only: nothing it makes is sent
         assert all(st.weight for st in prog.stages)
         assert not any(t.node in st.weight for st in prog.stages for t in prog.transfers)
-    # activations forward and their gradients backward between neighbours: one [mb, seq, d] f32 each way
+    # activations forward and their gradients backward between neighbours: one [mb, seq, d] f32 each
+    # way (the next layer norm is computed on the next stage, its gradient summed into the residual's
+    # before it is sent), and the norm's per-row [mb, seq] gradient term back
     act = 1 * 16 * 32 * 4
     for s in range(3):
-        assert any(t.src == s and t.dst == s + 1 and t.phase == "F" and t.bytes == act for t in prog.transfers)
-        assert any(t.src == s + 1 and t.dst == s and t.phase == "B" and t.bytes == act for t in prog.transfers)
+        assert [t.bytes for t in prog.transfers if (t.src, t.dst, t.phase) == (s, s + 1, "F")] == [act]
+        assert sorted(t.bytes for t in prog.transfers if (t.src, t.dst, t.phase) == (s + 1, s, "B")) == [16 * 4, act]
     assert all(t.count == 8 for t in prog.transfers if t.phase != "step")
     # the tied head's share of the embedding gradient: accumulated on the last stage, sent once per
     # step (not the [mb, seq, vocab] logits' gradient every microbatch)

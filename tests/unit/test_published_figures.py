@@ -1,6 +1,7 @@
 """The pipeline analysis against published large-scale training throughput (bench/published_figures.py):
-GPT-3 175B on 1,024 A100s (Narayanan et al. SC'21) and Llama 3 405B on 8,192 H100s (Meta 2024).
-Each model is captured shape-only with three layers over three stages and read off at full depth."""
+GPT-3 175B on 1,024 A100s and the 145.6B row of Table 1 on 1,536 A100s (Narayanan et al. SC'21),
+and Llama 3 405B on 8,192 H100s (Meta 2024, Table 4). Each model is captured shape-only with
+three layers over three stages and read off at full depth."""
 import sys
 from pathlib import Path
 
@@ -14,16 +15,17 @@ def test_published_figures():
     import published_figures as pf
     res = pf.figures()
     # The figures as published (TFLOP/s per GPU, counted as each source counts them).
-    assert res["gpt3-175b-a100"]["published_tflops_per_gpu"] == 140.0
-    assert res["llama3-405b-h100"]["published_tflops_per_gpu"] == 430.0
-    assert res["gpt3-175b-a100"]["gpus"] == 1024 and res["llama3-405b-h100"]["gpus"] == 8192
-    # The modeled figures (bench/published_figures.py, 2026-12-05, with the collective model's NCCL
-    # efficiency and launch costs): 161.2 and 337.6 TFLOP/s per GPU. The roofline model is faster
-    # than Megatron's 2021 A100 run by 15% (it prices GEMMs at peak and leaves out dropout, loss
-    # scaling and kernel launch gaps) and slower than Meta's H100 run by 21% (V=2 interleaving
-    # assumed; Meta overlaps its pipeline sends and tunes more).
-    assert res["gpt3-175b-a100"]["modeled_tflops_per_gpu"] == pytest.approx(161.2, rel=0.03)
-    assert res["llama3-405b-h100"]["modeled_tflops_per_gpu"] == pytest.approx(337.6, rel=0.03)
+    assert [res[k]["published_tflops_per_gpu"] for k in ("gpt3-175b-a100", "table1-146b-a100", "llama3-405b-h100")] \
+        == [140.0, 148.0, 430.0]
+    assert [res[k]["gpus"] for k in ("gpt3-175b-a100", "table1-146b-a100", "llama3-405b-h100")] == [1024, 1536, 8192]
+    # The modeled figures (bench/published_figures.py, 2026-12-05): 163.8, 165.5 and 391.3 TFLOP/s
+    # per GPU. The roofline model is faster than Megatron's 2021 A100 runs (it prices GEMMs at
+    # peak and leaves out dropout and launch gaps) and slower than Meta's H100 run (it prices
+    # attention unfused at s=8,192 and sends each device's whole activation between stages). The Llama row
+    # runs Meta's V=8 interleaving (one layer per chunk, the first and last chunks without one).
+    assert res["gpt3-175b-a100"]["modeled_tflops_per_gpu"] == pytest.approx(163.8, rel=0.03)
+    assert res["table1-146b-a100"]["modeled_tflops_per_gpu"] == pytest.approx(165.5, rel=0.03)
+    assert res["llama3-405b-h100"]["modeled_tflops_per_gpu"] == pytest.approx(391.3, rel=0.03)
     for r in res.values():
-        assert 0.75 < r["ratio"] < 1.25
+        assert 0.8 < r["ratio"] < 1.2
     assert 0.0 < res["gpt3-175b-a100"]["bubble_fraction"] < 0.2
