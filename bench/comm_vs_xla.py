@@ -60,7 +60,8 @@ ZOO = ("mlp", "gpt2", "llama", "moe")
 EXPERT_PARALLEL = "moe-ep"  # bench/comm_moe.py: a dropless MoE layer, experts over 'ep' (JAX twin; XLA: GShard form)
 STEPS = ("forward", "train")
 LAYOUTS = ("dp", "fsdp", "tp", "tp+sp", "2d")
-EXTRA_LAYOUTS = ("tp8", "dp2xtp4")  # GPT-2 small's rows (12 heads over 8 devices)
+EXTRA_LAYOUTS = ("tp8", "dp2xtp4", "ep")  # GPT-2 small's rows (12 heads over 8 devices); ep: the zoo MoE's
+# experts split over the axis its batch is split over (GShard's expert parallelism)
 FRONTENDS = ("jax", "torch", "hf")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "comm_vs_xla.json"
 
@@ -83,14 +84,16 @@ def layout(m, name: str) -> tuple[dict, bool, bool, str | None]:
             "tp+sp": (dict(tp=t), True, True, None),
             "2d": (dict(dp=2, tp=2), True, False, "dp"),
             "tp8": (dict(tp=8), True, False, None),
-            "dp2xtp4": (dict(dp=2, tp=4), True, False, "dp")}[name]
+            "dp2xtp4": (dict(dp=2, tp=4), True, False, "dp"),
+            "ep": (dict(dp=4), "dp", False, "dp")}[name]  # the tp specs over the batch's axis
 
 
 CLOSED_FORM_KIND = {"tp8": "tp", "dp2xtp4": "2d"}  # extra layouts: the closed form of their kind
 
 
 def specs_for(m, g, tp: bool, sp: bool, hf: bool = False) -> dict:
-    specs = (dict(hf_style.megatron_specs(m.name)) if hf else dict(m.tp_specs())) if tp else {}
+    axis = tp if isinstance(tp, str) else "tp"
+    specs = (dict(hf_style.megatron_specs(m.name)) if hf else dict(m.tp_specs(axis))) if tp else {}
     if sp:
         specs.update(sequence_parallel_specs(g))
     return specs
