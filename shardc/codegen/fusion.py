@@ -26,14 +26,12 @@ import numpy as np
 from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES, ELEMENTWISE, REDUCE
 from . import fused_recompute, fused_sums
+from .prologue import Operands, is_splat, through
 from .plan_order import topological
 
 VIEW_OPS = frozenset({Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE})
 INLINE_OPS = ELEMENTWISE | VIEW_OPS | REDUCE | {Op.PAD, Op.CONCATENATE, Op.GATHER, Op.IOTA,
                                                 Op.AXIS_INDEX, Op.CONSTANT}
-MAX_PROLOGUE_OPS = 2  # elementwise ops a dot operand may recompute per tile (a cast, a scale)
-MAX_NORM_PROLOGUE_OPS = 16  # elementwise ops of a normalizing prologue (layer norm: ~10)
-MAX_NORM_REDUCTIONS = 4
 
 
 class CannotFuse(Exception):
@@ -130,67 +128,7 @@ def tree(root: Node, stop: Callable[[Node], bool]) -> tuple[list[Node], list[Nod
     return inner, leaves
 
 
-def cheap_prologue(x: Node) -> bool:
-    """A dot operand worth recomputing for every tile: views, casts and a scale or two."""
-    if not inlinable(x):
-        return True
-    inner, _ = tree(x, lambda n: False)
-    if any(n.op in REDUCE or n.op in (Op.GATHER, Op.PAD, Op.CONCATENATE) for n in inner):
-        return False
-    work = [n for n in inner if n.op in ELEMENTWISE and n.op is not Op.CAST]
-    return len(work) <= MAX_PROLOGUE_OPS
-
-
-def norm_source(x: Node, order: dict) -> Node | None:
-    """The value whose rows a dot operand normalizes, or None when `x` is not a normalization.
-
-    `x` qualifies when it is elementwise ops (and views) of one value s and of row reductions of s
-    (layer norm: (s - mean s)·rsqrt(var s + eps)·γ + β; RMSNorm: s·rsqrt(mean s² + eps)·γ), with
-    a bounded amount of work: then s is stored and the operand recomputed per tile, its
-    statistics once per row block. s is the latest value both the elementwise part and the
-    reductions read that depends on no reduction itself (casts and reshapes of it are
-    recomputed: storing the value before an upcast moves fewer bytes)."""
-    if not inlinable(x):
-        return None
-    inner, _ = tree(x, lambda n: False)
-    reds = [n for n in inner if n.op in REDUCE]
-    if not reds or len(reds) > MAX_NORM_REDUCTIONS:
-        return None
-    reduced: dict[Node, bool] = {}
-    inner_set = set(inner)
-
-    def after_reduce(n: Node) -> bool:
-        if n not in reduced:
-            reduced[n] = n in inner_set and (n.op in REDUCE or any(after_reduce(i) for i in n.inputs))
-        return reduced[n]
-
-    for n in sorted(inner, key=order.get):
-        after_reduce(n)
-    outer = set(tree(x, lambda n: n.op in REDUCE)[0])
-    under: set[Node] = set()
-    for r in reds:
-        under |= set(tree(r.inputs[0], lambda n: n.op in REDUCE)[0])
-    common = [n for n in outer & under if not after_reduce(n) and n.size == x.size and not _is_splat(n)]
-    if not common:
-        return None
-    s = max(common, key=order.get)
-    while s.op in (Op.CAST, Op.RESHAPE) and s.inputs[0].size == s.size:
-        s = s.inputs[0]
-    work, _ = tree(x, lambda n: n is s)
-    if any(n.op in (Op.GATHER, Op.PAD, Op.CONCATENATE) for n in work):
-        return None
-    if sum(1 for n in work if n.op in ELEMENTWISE and n.op is not Op.CAST) > MAX_NORM_PROLOGUE_OPS:
-        return None
-    return s
-
-
 # ------------------------------------------------------------------------- attention pattern
-def _through(n: Node, ops) -> Node:
-    while n.op in ops:
-        n = n.inputs[0]
-    return n
-
-
 def match_attention(pv: Node) -> dict | None:
     """softmax(T(QKᵀ), last axis) · V, as frontends decompose it: div(E, sum E) with
     E = exp(T - max T). Returns the pattern's parts or None."""
@@ -203,25 +141,25 @@ def match_attention(pv: Node) -> dict | None:
             and a["lhs_contract"] == (nb + 1,)):
         return None
     kv_axis = (nb + 1,)
-    div = _through(p, {Op.CAST})
+    div = through(p, {Op.CAST})
     if div.op is not Op.DIV:
         return None
     e, den = div.inputs
-    s1 = _through(den, {Op.BROADCAST, Op.RESHAPE, Op.CAST})
+    s1 = through(den, {Op.BROADCAST, Op.RESHAPE, Op.CAST})
     if s1.op is not Op.REDUCE_SUM or s1.attrs["axes"] != kv_axis:
         return None
-    exp = _through(e, {Op.CAST})
-    if exp.op is not Op.EXP or _through(s1.inputs[0], {Op.CAST}) is not exp:
+    exp = through(e, {Op.CAST})
+    if exp.op is not Op.EXP or through(s1.inputs[0], {Op.CAST}) is not exp:
         return None
-    sub = _through(exp.inputs[0], {Op.CAST})
+    sub = through(exp.inputs[0], {Op.CAST})
     if sub.op is not Op.SUB:
         return None
     t, mx = sub.inputs
-    m = _through(mx, {Op.BROADCAST, Op.RESHAPE, Op.CAST})
+    m = through(mx, {Op.BROADCAST, Op.RESHAPE, Op.CAST})
     if m.op is Op.MAX:  # max(-inf, reduce_max(T)): jax's stop-gradient max
-        m = next((_through(i, {Op.BROADCAST, Op.RESHAPE}) for i in m.inputs
-                  if _through(i, {Op.BROADCAST, Op.RESHAPE}).op is not Op.CONSTANT), m)
-    if m.op is not Op.REDUCE_MAX or m.attrs["axes"] != kv_axis or _through(m.inputs[0], {Op.CAST}) is not _through(t, {Op.CAST}):
+        m = next((through(i, {Op.BROADCAST, Op.RESHAPE}) for i in m.inputs
+                  if through(i, {Op.BROADCAST, Op.RESHAPE}).op is not Op.CONSTANT), m)
+    if m.op is not Op.REDUCE_MAX or m.attrs["axes"] != kv_axis or through(m.inputs[0], {Op.CAST}) is not through(t, {Op.CAST}):
         return None
     if t.shape != p.shape:
         return None
@@ -243,12 +181,6 @@ def match_attention(pv: Node) -> dict | None:
     for start in (p, den, mx, e):
         internal |= set(tree(start, lambda n: n is t or n is qk)[0])
     return {"qk": qk, "pv": pv, "scores": t, "internal": internal}
-
-
-def _is_splat(n: Node) -> bool:
-    """A scalar constant, possibly broadcast: free to recompute wherever it is used."""
-    n = _through(n, {Op.BROADCAST, Op.RESHAPE})
-    return n.op is Op.CONSTANT and not isinstance(n.attrs["value"], np.ndarray)
 
 
 def _depends_on(nodes: list[Node], target: Node) -> list[Node]:
@@ -274,6 +206,7 @@ class Planner:
         self.epilogue_fits = epilogue_fits
         self.order = {n: i for i, n in enumerate(g.nodes)}
         self.users = g.users()
+        self.operands = Operands(self.users, self.order, inlinable)
         self.outputs = set(g.outputs)
         self.roots: set[Node] = set()
         self.no_epilogue: set[Node] = set()
@@ -290,13 +223,13 @@ class Planner:
             if n.op is Op.DOT_GENERAL:
                 m = match_attention(n)
                 if m and not any(u not in m["internal"] and u is not n for x in m["internal"]
-                                 if not _is_splat(x) for u in self.users[x]) \
+                                 if not is_splat(x) for u in self.users[x]) \
                         and not (m["internal"] & set(g.outputs)):
                     self.attention[n] = m
         internal = set().union(*(m["internal"] for m in self.attention.values())) if self.attention else set()
         fused_recompute.mark_recomputed(g, self.users, internal)
         for n in g.nodes:
-            if n.op in COLLECTIVES or (n.op is Op.SCATTER and not inlinable(n) and not _is_splat(n.inputs[0])):
+            if n.op in COLLECTIVES or (n.op is Op.SCATTER and not inlinable(n) and not is_splat(n.inputs[0])):
                 for x in (n.inputs if n.op in COLLECTIVES else n.inputs[:1]):
                     self._materialize(x)  # (a scatter into a splat fills its output instead)
             if n.op in (Op.DOT_GENERAL, Op.SCATTER) and n not in internal and not inlinable(n):
@@ -307,14 +240,13 @@ class Planner:
                     self._materialize(x)
             if n.op is Op.DOT_GENERAL and n not in internal and n not in self.attention:
                 for x in n.inputs:
-                    stats = fused_recompute.recomputed_operand_stats(x, inlinable, lambda n: False)
-                    if stats is not None:  # rebuilt per tile from a recomputed dot: store its statistics
-                        for r in stats:
+                    if self.operands.reads_recomputed(x):  # rebuilt per tile: store its statistics
+                        for r in fused_recompute.recomputed_operand_stats(x, inlinable, lambda n: False):
                             self._materialize(r)
                         continue
-                    if cheap_prologue(x):
+                    if self.operands.cheap(x):
                         continue
-                    s = norm_source(x, self.order)
+                    s = self.operands.norm_source(x)
                     self._materialize(x if s is None else s)
         for o in g.outputs:
             self._materialize(o)
@@ -434,7 +366,9 @@ class Planner:
 
     def _materialize(self, n: Node):
         if inlinable(n):
-            fused_recompute.unmark(n)  # a recomputed dot that must be stored is a plain matmul
+            if fused_recompute.is_recomputed(n):  # a recomputed dot that must be stored is a plain matmul
+                fused_recompute.unmark(n)
+                self.operands.forget()
             self._add_root(n)
 
     def _stop(self, n: Node) -> bool:
