@@ -37,11 +37,12 @@ def compile(prog, target: str = "triton") -> Executable:
     plan = []
     salt = emitter.key_text() if hasattr(emitter, "key_text") else ""
     emitted_for: dict[str, tuple] = {}  # cache key → (the group first emitted, its kernel, its file)
+    signatures: dict = {}  # each node's part of group_ir_text, made once
     for step in steps:
         if step.step != "kernel":  # collectives and views pass through
             plan.append(step)
             continue
-        key = cache_key(group_ir_text(step) + salt, target)
+        key = cache_key(group_ir_text(step, signatures) + salt, target)
         name = f"{step.kind}_{key[:12]}"
         emitted = None
         if key in emitted_for:  # the same computation (an identical layer's): written once, reused

@@ -23,9 +23,11 @@ def cache_root() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "shardc"
 
 
-def group_ir_text(grp) -> str:
-    """Canonical text of a fusion group's IR: what it computes, independent of node ids."""
+def group_ir_text(grp, signatures: dict | None = None) -> str:
+    """Canonical text of a fusion group's IR: what it computes, independent of node ids.
+    `signatures` keeps each node's own part of the text (op, attributes, type) between calls."""
     names: dict = {}
+    sigs = {} if signatures is None else signatures
     lines = [f"kind {grp.kind}"]
     for i, x in enumerate(grp.inputs):
         names[x] = f"in{i}"
@@ -33,15 +35,12 @@ def group_ir_text(grp) -> str:
     for n in grp.nodes:
         if n in names:
             continue
-        names[n] = f"%{len(names)}"
-        attrs = []
-        for k in sorted(n.attrs):
-            v = n.attrs[k]
-            if isinstance(v, np.ndarray):
-                v = f"array:{hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]}"
-            attrs.append(f"{k}={v!r}")
+        names[n] = name = f"%{len(names)}"
+        sig = sigs.get(n)
+        if sig is None:
+            sig = sigs[n] = _signature(n)
         ins = ", ".join(names.get(i, "?") for i in n.inputs)
-        lines.append(f"{names[n]} = {n.op.value}({ins}) {{{', '.join(attrs)}}} : {n.dtype}{list(n.shape)}")
+        lines.append(f"{name} = {sig[0]}({ins}) {sig[1]}")
     lines.append("roots " + " ".join(names.get(r, "?") for r in grp.roots))
     if grp.anchor is not None:
         lines.append("anchor " + names.get(grp.anchor, "?"))
@@ -50,6 +49,16 @@ def group_ir_text(grp) -> str:
             v = grp.pattern[k]
             lines.append(f"{k} " + (" ".join(names.get(x, "?") for x in v) if isinstance(v, list) else names.get(v, "?")))
     return "\n".join(lines)
+
+
+def _signature(n) -> tuple[str, str]:
+    attrs = []
+    for k in sorted(n.attrs):
+        v = n.attrs[k]
+        if isinstance(v, np.ndarray):
+            v = f"array:{hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]}"
+        attrs.append(f"{k}={v!r}")
+    return n.op.value, f"{{{', '.join(attrs)}}} : {n.dtype}{list(n.shape)}"
 
 
 def cache_key(ir_text: str, target: str) -> str:

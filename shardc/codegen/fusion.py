@@ -215,6 +215,9 @@ class Planner:
         self.asked: dict[tuple, CannotFuse | None] = {}  # group (its nodes themselves) → answer
         self._trees: dict[Node, tuple[tuple, tuple]] = {}  # node → its tree stopping at roots
         self._constants: set[Node] | None = None  # (made on first use)
+        self._row_groups: dict[Node, tuple] = {}  # row root → (its tree, its group) as last built
+        self._answer_of: dict[int, tuple] = {}    # id(group) → (group, answer)
+        self._signatures: dict[Node, str] = {}    # group_ir_text's per-node text
         self._tree_users: dict[Node, list[Node]] = {}  # node → the kept trees computing it
 
     def plan(self) -> list:
@@ -337,15 +340,20 @@ class Planner:
         computation: the answer is a function of the group's canonical IR text (what the kernel
         cache keys on), so the same group in every identical layer, and every round that leaves a
         group as it was, reuses it instead of emitting a trial kernel again."""
+        kept = self._answer_of.get(id(grp))
+        if kept is not None and kept[0] is grp:  # this group object, asked before
+            return kept[1]
         same = (grp.kind, grp.anchor, tuple(grp.roots), tuple(grp.nodes), tuple(grp.inputs))
-        if same in self.asked:  # this very group, unchanged since an earlier round
-            return self.asked[same]
-        self.asked[same] = e = self._probe_text(grp)
+        if same in self.asked:  # the same group, built again by a later round
+            e = self.asked[same]
+        else:
+            self.asked[same] = e = self._probe_text(grp)
+        self._answer_of[id(grp)] = (grp, e)
         return e
 
     def _probe_text(self, grp: FusionGroup) -> CannotFuse | None:
         from .cache import group_ir_text
-        text = group_ir_text(grp)
+        text = group_ir_text(grp, self._signatures)
         if text in self.answers:
             ans = self.answers[text]
             if ans is None:
@@ -480,10 +488,14 @@ class Planner:
             if view is not None:
                 groups.append(ViewStep(r, view))
                 continue
-            nodes, leaves = self._tree(r)
-            kind = "reduction" if any(n.op in REDUCE for n in nodes) else "pointwise"
-            why = f"{kind}: " + ", ".join(sorted({n.op.value for n in nodes if n.op not in VIEW_OPS}))
-            groups.append(self._group(kind, [r], nodes, leaves, why))
+            t = self._tree(r)
+            kept = self._row_groups.get(r)
+            if kept is None or kept[0] is not t:  # (the same object while its tree is kept)
+                nodes, leaves = t
+                kind = "reduction" if any(n.op in REDUCE for n in nodes) else "pointwise"
+                why = f"{kind}: " + ", ".join(sorted({n.op.value for n in nodes if n.op not in VIEW_OPS}))
+                kept = self._row_groups[r] = (t, self._group(kind, [r], nodes, leaves, why))
+            groups.append(kept[1])
         return groups
 
     def _depends(self, x: Node, d: Node) -> bool:
