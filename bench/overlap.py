@@ -181,6 +181,9 @@ def main():
                       f"{r['exposed_before_ms']:>13.2f}ms {r['exposed_after_ms']:>7.2f}ms {r['step_before_ms']:>10.2f}ms "
                       f"{r['step_after_ms']:>7.2f}ms {r['peak_after_gb']:>8.1f} {r['limit_gb']:>6.0f}", flush=True)
     print("\nrule checks: exposed after <= half of before where compute > comm; step never rises; peak <= limit")
+    bound = [r for r in rows if r["compute_ms"] > r["comm_ms"]]
+    halved = [r for r in bound if r["exposed_after_ms"] <= 0.5 * r["exposed_before_ms"] + 1e-9]
+    print(f"  exposed at most half in {len(halved)} of the {len(bound)} rows where compute exceeds communication")
     for r in rows:
         bad = []
         if r["compute_ms"] > r["comm_ms"] and r["exposed_after_ms"] > 0.5 * r["exposed_before_ms"] + 1e-9:

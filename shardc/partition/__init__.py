@@ -29,7 +29,7 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
         raise ShardingError(f"partition needs a shardc.Mesh, got {type(mesh).__name__}")
     if pipeline is not None:
         from .pipeline import partition_pipeline   # stages split the layers: the whole program
-        return partition_pipeline(g.unrolled(), mesh, specs, plan, pipeline, passes)
+        return partition_pipeline(g.unrolled(), mesh, specs, plan, pipeline, passes, hardware)
     if plan == "auto":
         from .auto_plan import partition_auto
         prog = partition_auto(g, mesh, specs, memory_budget, hardware, passes=passes)  # passes on every candidate

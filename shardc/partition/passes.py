@@ -52,16 +52,17 @@ def _ancestor_masks(nodes: list[Node], bit: dict[Node, int]) -> dict[Node, int]:
     return masks
 
 
-def _buckets(g: Graph, threshold: int) -> list[list[Node]]:
+def _buckets(g: Graph, threshold: int, group=None) -> list[list[Node]]:
     """Greedy in program order: an all-reduce joins the open bucket of its kind unless it depends
-    on a member (combining would need its own result first) or the bucket would pass `threshold`."""
+    on a member (combining would need its own result first) or the bucket would pass `threshold`.
+    `group(node)` (optional) splits kinds further: a pipeline's stages never share a bucket."""
     colls = [n for n in g.nodes if n.op is Op.ALL_REDUCE]
     bit = {n: 1 << i for i, n in enumerate(colls)}
     masks = _ancestor_masks(g.nodes, bit)
     open_: dict[tuple, tuple[list[Node], int, int]] = {}   # kind → (members, member bits, bytes)
     done: list[list[Node]] = []
     for n in colls:
-        key = (tuple(n.attrs["axes"]), n.dtype, n.attrs.get("reduce", "sum"))
+        key = (tuple(n.attrs["axes"]), n.dtype, n.attrs.get("reduce", "sum"), group(n) if group else None)
         members, bits, size = open_.get(key, ([], 0, 0))
         if members and (masks[n.inputs[0]] & bits or size + n.nbytes > threshold):
             done.append(members)
@@ -87,7 +88,7 @@ def _combined(members: list[Node], operand: dict[Node, Node], mesh_axes: dict) -
     return made, results
 
 
-def choose_threshold(prog: SpmdProgram) -> tuple[int, str]:
+def choose_threshold(prog: SpmdProgram, group=None) -> tuple[int, str]:
     """The bucket threshold the cost model prefers, and why: XLA's 30 MiB, or a fraction of the
     largest kind's all-reduce bytes (1/2 ... 1/16) when smaller buckets, started while the
     backward still runs, give a shorter modeled step under the scheduler (the last bucket is all
@@ -116,22 +117,24 @@ def choose_threshold(prog: SpmdProgram) -> tuple[int, str]:
     best = None
     for t in cands:
         trial = copy.copy(prog)
-        combine_all_reduces(trial, t)
+        combine_all_reduces(trial, t, group)
         step = list_schedule(trial.local, price, float("inf"))[1]
         if best is None or step < best[0] * (1 - 1e-3):  # a smaller bucket must pay for itself
             best = (step, t)
     return best[1], f"chosen by the cost model ({best[0] * 1e6:.4g} µs modeled)"
 
 
-def combine_all_reduces(prog: SpmdProgram, threshold: int | None = XLA_COMBINE_THRESHOLD) -> PassReport:
-    """Combine with `threshold` bytes per bucket (None: `choose_threshold`'s)."""
+def combine_all_reduces(prog: SpmdProgram, threshold: int | None = XLA_COMBINE_THRESHOLD, group=None) -> PassReport:
+    """Combine with `threshold` bytes per bucket (None: `choose_threshold`'s); `group(node)`: only
+    all-reduces of one group share a bucket (default: the program's `bucket_group`, if any)."""
+    group = group or getattr(prog, "bucket_group", None)
     why = ""
     if threshold is None:
-        threshold, why = choose_threshold(prog)
+        threshold, why = choose_threshold(prog, group)
         why = f"; threshold {threshold} B: {why}"
     g = prog.local
     before = len(prog.collectives)
-    buckets = _buckets(g, threshold)
+    buckets = _buckets(g, threshold, group)
     if not buckets:
         return PassReport("combine", before, before, "nothing to combine" + why)
     index = {n: i for i, n in enumerate(g.nodes)}

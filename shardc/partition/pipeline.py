@@ -130,7 +130,7 @@ def layer_prefix(name: str) -> str | None:
     return mt.group(1) if mt else None
 
 
-def partition_pipeline(g: Graph, mesh: Mesh, specs, plan, pipeline: Pipeline, passes) -> PipelineProgram:
+def partition_pipeline(g: Graph, mesh: Mesh, specs, plan, pipeline: Pipeline, passes, hardware="h200") -> PipelineProgram:
     from . import _partition
     pl = pipeline
     if not isinstance(pl, Pipeline):
@@ -143,8 +143,7 @@ def partition_pipeline(g: Graph, mesh: Mesh, specs, plan, pipeline: Pipeline, pa
         raise ShardingError(f"pipeline schedule {pl.schedule!r} is not supported (supported: {', '.join(SCHEDULES)})")
     if plan is not None:
         raise ShardingError("a pipeline takes specs, not plan= (plans are not supported with pipeline= yet)")
-    if passes not in ("default", (), [], None):
-        raise ShardingError("a pipeline runs without the collective passes; pass passes='default' or ()")
+    names = _stage_passes(passes)
     if not isinstance(pl.microbatches, int) or pl.microbatches < 1:
         raise ShardingError(f"pipeline microbatches must be a positive int, got {pl.microbatches!r}")
     m = pl.microbatches
@@ -165,9 +164,50 @@ def partition_pipeline(g: Graph, mesh: Mesh, specs, plan, pipeline: Pipeline, pa
     inner_mesh = Mesh({(MB if a == pl.axis else a): (m if a == pl.axis else n) for a, n in mesh.axes.items()})
     inner_specs = _microbatch_specs(g, mesh, inner_mesh, dict(specs or {}), pl.axis, m)
     inner = _partition(g, inner_mesh, inner_specs, None)
+    if names:
+        return _build_with_passes(g, mesh, pl, inner, p, names, hardware)
+    return build(g, mesh, pl, inner, p)
+
+
+def _stage_passes(passes) -> list[str]:
+    """The collective passes a pipeline runs inside its stages: all but the scheduler (each stage
+    runs its nodes in the pipeline schedule's slots, in program order)."""
+    from .passes import DEFAULT, PASSES
+    names = list(DEFAULT) if passes == "default" else [passes] if isinstance(passes, str) else list(passes or ())
+    unknown = [n for n in names if n not in PASSES]
+    if unknown:
+        raise ShardingError(f"unknown pass(es) {unknown}; passes: {', '.join(PASSES)}")
+    if "schedule" in names and passes != "default":
+        raise ShardingError("passes: 'schedule' does not run inside pipeline stages (each stage runs its nodes "
+                            "in program order in the pipeline's slots); name the other passes")
+    return [n for n in names if n != "schedule"]
+
+
+def _build_with_passes(g, mesh, pl, inner, p, names, hardware) -> PipelineProgram:
+    """The collective passes on the per-microbatch program, then the stages built from it. The
+    combiner runs last and buckets only all-reduces of one stage and phase (as a build without it
+    places them): a bucket spanning stages would make one stage wait for another's gradients."""
+    from .passes import PASSES, run_passes
+    run_passes(inner, [n for n in names if n != "combine"], hardware)
     prog = build(g, mesh, pl, inner, p)
-    if passes == "default":
-        prog.notes.append("collective passes: not run inside pipeline stages (a bucket would span stages)")
+    if "combine" in names:
+        inner = getattr(prog.inner, "unsplit", prog.inner)
+        stage_of, loss_side = dict(prog.stage_of), _ancestors([inner.local.outputs[0]])
+        phase = {n: k for st in prog.stages for k, ns in (("F", st.forward), ("B", st.backward), ("W", st.weight),
+                                                          ("step", st.step)) for n in ns}
+        # one stage and one phase to a bucket; alone: the loss's sum (in a bucket, the loss would
+        # wait for the stage's gradients: the whole backward would turn into forward) and sums over
+        # the microbatches alone (accumulated in place: nothing goes on the wire to save)
+        inner.bucket_group = lambda n: (("alone", id(n)) if n in loss_side or n not in stage_of
+                                        or set(n.attrs["axes"]) <= {MB} else (stage_of[n], phase.get(n)))
+        before = inner.before_passes
+        report = PASSES["combine"](inner)
+        inner.passes.append(report)
+        inner.before_passes = before
+        prog = build(g, mesh, pl, inner, p)
+    prog.passes = list(inner.passes)
+    prog.notes.append("collective passes inside the stages: " + ", ".join(r.name for r in prog.passes)
+                      + " (combine last, within each stage; no schedule)")
     return prog
 
 

@@ -68,6 +68,33 @@ def test_chunked_collectives_are_exact_and_move_the_same_bytes(name):
         assert_close(got, want, 1e-5)
 
 
+def test_passes_inside_pipeline_stages_bucket_each_stage_alone():
+    """A pipeline runs the collective passes on its per-microbatch program: the gradient
+    accumulations of each stage go out as one bucket, no bucket spans two stages, and the
+    pipeline still computes the step exactly. The scheduler is refused by name."""
+    m = shardc.models.get("gpt2:tiny", n_layer=2)
+    g, args = m.capture(train=True, batch=4)
+    specs = {"args[0]": shardc.P("dp"), "args[1]": shardc.P("dp")}
+    pipe = shardc.Pipeline("pp", 2, "1f1b")
+    plain = shardc.partition(g, Mesh(pp=2, dp=2), specs, pipeline=pipe, passes=())
+    prog = shardc.partition(g, Mesh(pp=2, dp=2), specs, pipeline=pipe)
+    assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "collective_matmul", "chunk", "combine"]
+    buckets = [n for n in prog.inner.local.nodes if n.op is Op.ALL_REDUCE and n.inputs[0].op is Op.CONCATENATE]
+    assert sorted(prog.stage_of[b] for b in buckets) == [0, 1]
+    for b in buckets:  # every member gradient comes from the bucket's own stage
+        assert {prog.stage_of[x.inputs[0]] for x in b.inputs[0].inputs} == {prog.stage_of[b]}
+    assert len(prog.collectives) < len(plain.collectives)
+    from shardc.ir.evaluate import evaluate_graph
+    from shardc.partition.pipeline_sim import simulate_pipeline
+    rng, vals = np.random.default_rng(5), g.input_values(*args)
+    fresh = {x.name: vals[x.name] if vals[x.name].dtype.kind in "iu" else
+             (0.1 * rng.standard_normal(x.shape)).astype(vals[x.name].dtype) for x in g.inputs}
+    for got, want in zip(simulate_pipeline(prog, fresh)[0], evaluate_graph(g, fresh)):
+        assert_close(got, want, 1e-5)
+    with pytest.raises(ShardingError, match="schedule"):
+        shardc.partition(g, Mesh(pp=2, dp=2), specs, pipeline=pipe, passes=["combine", "schedule"])
+
+
 def _chain_graph():
     """a = all_reduce(x); b = all_reduce(a * y); c = all_reduce(y): b cannot join a (it needs a's
     result); c joins b."""
