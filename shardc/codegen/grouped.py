@@ -53,16 +53,18 @@ def emit_pallas(grp: FusionGroup, name: str) -> EmittedKernel:
     from .pallas_expr import JNP_STORAGE
     d, rows, M, K, N, G, GT = _parts(grp)
     in_shapes = [tuple(x.shape) if x.rank else (1,) for x in d.inputs]
-    if rows:
-        body = gm_t.PALLAS_ROWS_BODY.format(M=M)
-        rhs_block, rhs_index, out_block, out_index = (1, K, N), "(g, 0, 0)", (M, N), "(0, 0)"
+    common = dict(name=name, G=G, in_shapes=", ".join(map(str, in_shapes)), out_shape=tuple(d.shape),
+                  out_dtype=JNP_STORAGE[d.dtype])
+    if rows:  # tiled: (column tile, visit) steps, see kernels/grouped_matmul.py
+        BM, BN = gm_t.pallas_rows_tiles(M, N)
+        NB = -(-M // BM)
+        grid = (-(-N // BN), NB + G)
+        src = gm_t.PALLAS_ROWS.format(**common, M=M, K=K, BM=BM, BN=BN, NB=NB, NT=grid[0], T=grid[1])
     else:
+        grid = (G,)
         body = gm_t.PALLAS_CONTRACT_BODY.format(K=K)
-        rhs_block, rhs_index, out_block, out_index = (K, N), "(0, 0)", (1, M, N), "(g, 0, 0)"
-    src = gm_t.PALLAS.format(name=name, GT=GT, G=G, body=body, in_shapes=", ".join(map(str, in_shapes)),
-                             out_shape=tuple(d.shape), out_dtype=JNP_STORAGE[d.dtype], lhs_block=(M, K),
-                             lhs_index="(0, 0)", rhs_block=rhs_block, rhs_index=rhs_index,
-                             out_block=out_block, out_index=out_index)
+        src = gm_t.PALLAS.format(**common, GT=GT, body=body, lhs_block=(M, K), lhs_index="(0, 0)",
+                                 rhs_block=(K, N), rhs_index="(0, 0)", out_block=(1, M, N), out_index="(g, 0, 0)")
     ops = f"%ragged_dot {d.name!r}" if d.name else "%ragged_dot"
     head = tpl.PRELUDE.format(kind="grouped_matmul", name=name, reason=grp.reason, ops=ops)
-    return EmittedKernel(name, "grouped_matmul", head + src, list(grp.inputs), [d], [], grid=(G,))
+    return EmittedKernel(name, "grouped_matmul", head + src, list(grp.inputs), [d], [], grid=grid)

@@ -91,9 +91,9 @@ def choose(m: int, n: int, k: int, dtype: str, interpret: bool) -> dict:
     return {key: cfg[key] for key in ("BM", "BN", "BK", "DT", "PREC", "num_warps", "num_stages") if key in cfg}
 
 
-# Pallas (TPU): one grid step per group; the group's rows (or its slice of K) are picked with
-# masks over whole blocks, which fit VMEM at MoE layer sizes per device. The sizes and the offset
-# are scalar-prefetched into SMEM and summed with a scalar loop (SMEM has no vector loads).
+# Pallas (TPU), contract mode: one grid step per group; the group's slice of K is picked with a
+# mask over the whole K block, which fits VMEM at MoE layer sizes per device. The sizes and the
+# offset are scalar-prefetched into SMEM and summed with a scalar loop (SMEM has no vector loads).
 PALLAS = '''
 def {name}_kernel(sizes_ref, off_ref, lhs_ref, rhs_ref, out_ref):
     g = pl.program_id(0)
@@ -132,16 +132,82 @@ def build(interpret=False):
     return run
 '''
 
-PALLAS_ROWS_BODY = '''    rows = lax.broadcasted_iota(jnp.int32, ({M}, 1), 0)
-    mine = (rows >= jnp.minimum(start, {M})) & (rows < jnp.minimum(end, {M}))
-    part = jnp.dot(lhs_ref[...].astype(jnp.float32), rhs_ref[0].astype(jnp.float32), preferred_element_type=jnp.float32)
-
-    @pl.when(g == 0)
-    def _zero():
-        out_ref[...] = jnp.zeros(out_ref.shape, out_ref.dtype)
-    out_ref[...] = jnp.where(mine, part.astype(out_ref.dtype), out_ref[...])'''
-
 PALLAS_CONTRACT_BODY = '''    ks = lax.broadcasted_iota(jnp.int32, (1, {K}), 1)
     mine = (ks >= jnp.minimum(start, {K})) & (ks < jnp.minimum(end, {K}))
     a = jnp.where(mine, lhs_ref[...].astype(jnp.float32), 0.0)
     out_ref[0] = jnp.dot(a, rhs_ref[...].astype(jnp.float32), preferred_element_type=jnp.float32).astype(out_ref.dtype)'''
+
+
+# Pallas (TPU), rows mode, tiled as megablox does: the grid walks (column tile, visit), a visit
+# being one (row tile, group) pair that share rows, in row order. The visit table is made from the
+# sizes in the wrapper (jnp) and scalar-prefetched: each row tile is visited once per group that
+# touches it (once if none: rows in no group are zeroed); consecutive visits of a tile keep its
+# output block in VMEM (zeroed at the first, each group's rows written under a mask), so a step
+# multiplies one [BM, K] tile by one group's [K, BN] block. At most cdiv(M, BM) + G visits.
+PALLAS_ROWS = '''
+def {name}_kernel(blk_ref, grp_ref, first_ref, bounds_ref, lhs_ref, rhs_ref, out_ref):
+    t = pl.program_id(1)
+    g = grp_ref[t]
+    start, end = bounds_ref[g], bounds_ref[{G} + g]
+
+    @pl.when(first_ref[t] == 1)
+    def _zero():
+        out_ref[...] = jnp.zeros(out_ref.shape, out_ref.dtype)
+    rows = blk_ref[t] * {BM} + lax.broadcasted_iota(jnp.int32, ({BM}, 1), 0)
+    mine = (rows >= start) & (rows < end)
+    part = jnp.dot(lhs_ref[...].astype(jnp.float32), rhs_ref[0].astype(jnp.float32), preferred_element_type=jnp.float32)
+    out_ref[...] = jnp.where(mine, part.astype(out_ref.dtype), out_ref[...])
+
+
+VISITS = {T}
+GRID = ({NT}, VISITS)
+IN_SHAPES = [{in_shapes}]
+OUT_SHAPES = [{out_shape}]
+
+
+def visits(sizes, off):
+    """(row tile, group, first visit of its tile?) per visit, and the local groups' starts and ends."""
+    sz = jnp.maximum(sizes, 0)
+    ends = jnp.cumsum(sz)
+    idx = off[0] + jnp.arange({G})
+    start = jnp.minimum((ends - sz)[idx], {M})
+    end = jnp.minimum(ends[idx], {M})
+    lo = jnp.arange({NB}) * {BM}
+    hi = jnp.minimum(lo + {BM}, {M})
+    empty = start == end  # an empty group touches the tile it sits in: each tile's groups stay contiguous
+    touch = (start[None, :] < hi[:, None]) & ((end[None, :] > lo[:, None]) | (empty[None, :] & (start[None, :] >= lo[:, None])))
+    count = jnp.maximum(touch.sum(1), 1)
+    firsts = jnp.cumsum(count) - count
+    t = jnp.arange(VISITS)
+    blk = jnp.minimum(jnp.searchsorted(jnp.cumsum(count), t, side="right"), {NB} - 1)
+    grp = jnp.minimum(jnp.argmax(touch[blk], axis=1) + t - firsts[blk], {G} - 1)
+    first = (t == firsts[blk]) & (t < count.sum())
+    # visits past the last (the table is static) revisit the last tile: its rows written again
+    return (blk.astype(jnp.int32), grp.astype(jnp.int32), first.astype(jnp.int32),
+            jnp.concatenate([start, end]).astype(jnp.int32))
+
+
+def build(interpret=False):
+    """The pallas_call; args: lhs, rhs, group sizes[, group offset] at IN_SHAPES."""
+    call = pl.pallas_call(
+        {name}_kernel,
+        out_shape=jax.ShapeDtypeStruct({out_shape}, {out_dtype}),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=4, grid=GRID,
+            in_specs=[pl.BlockSpec(({BM}, {K}), lambda n, t, b, g, f, s: (b[t], 0)),
+                      pl.BlockSpec((1, {K}, {BN}), lambda n, t, b, g, f, s: (g[t], 0, n))],
+            out_specs=pl.BlockSpec(({BM}, {BN}), lambda n, t, b, g, f, s: (b[t], n))),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+        interpret=interpret, name="{name}")
+
+    def run(lhs, rhs, sizes, off=None):
+        off = jnp.zeros((1,), jnp.int32) if off is None else off.reshape(1).astype(jnp.int32)
+        return [call(*visits(sizes.reshape(-1).astype(jnp.int32), off), lhs, rhs)]
+    return run
+'''
+
+
+def pallas_rows_tiles(m: int, n: int) -> tuple[int, int]:
+    """(BM, BN): row tiles of 128 (or all rows), column tiles of 512 where N is a multiple of 512
+    (TPU blocks: multiples of (8, 128) or whole dims)."""
+    return (m if m <= 128 else 128), (512 if n > 512 and n % 512 == 0 else n)

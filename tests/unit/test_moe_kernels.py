@@ -20,28 +20,29 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SHARDC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernel-cache"))
 
 
-def _graph(dt: DType):
+def _graph(dt: DType, sizes=(6, 0, 9, 3), m: int = 20, grad: bool = True):
     """The forward (rows in groups) and the weight gradient (contraction in groups) of one expert
     layer: 4 experts, 20 rows, an empty group and rows past the last group."""
     b = GraphBuilder("grouped", {})
-    x = b.parameter("x", (20, 24), dt)
-    w = b.parameter("w", (4, 24, 40), dt)
-    s = b.parameter("sizes", (4,), DType.i32)
-    dy = b.parameter("dy", (20, 40), dt)
+    x = b.parameter("x", (m, 24), dt)
+    w = b.parameter("w", (len(sizes), 24, 40), dt)
+    s = b.parameter("sizes", (len(sizes),), DType.i32)
+    dy = b.parameter("dy", (m, 40), dt)
     y = b.add(Op.RAGGED_DOT, [x, w, s])
-    dw = b.add(Op.RAGGED_DOT, [b.add(Op.TRANSPOSE, [x], perm=(1, 0)), dy, s], mode="contract")
-    g = b.build([y, dw])
-    args = [R.standard_normal((20, 24)).astype(dt.np), R.standard_normal((4, 24, 40)).astype(dt.np),
-            np.array([6, 0, 9, 3], np.int32), R.standard_normal((20, 40)).astype(dt.np)]
+    if grad:
+        dw = b.add(Op.RAGGED_DOT, [b.add(Op.TRANSPOSE, [x], perm=(1, 0)), dy, s], mode="contract")
+    g = b.build([y, dw] if grad else [y, b.add(Op.REDUCE_SUM, [dy], axes=(0,))])
+    args = [R.standard_normal((m, 24)).astype(dt.np), R.standard_normal((len(sizes), 24, 40)).astype(dt.np),
+            np.array(sizes, np.int32), R.standard_normal((m, 40)).astype(dt.np)]
     return g, args
 
 
-def _run(target: str, dt: DType, mesh: Mesh, specs: dict):
-    g, args = _graph(dt)
+def _run(target: str, dt: DType, mesh: Mesh, specs: dict, graph=None):
+    g, args = graph or _graph(dt)
     prog = shardc.partition(g, mesh, specs)
     exe = shardc.compile(prog, target=target)
     grouped = [k for k in exe.kernels if k.kind == "grouped_matmul"]
-    assert len(grouped) == 2, [k.kind for k in exe.kernels]
+    assert len(grouped) == (2 if graph is None else 1), [k.kind for k in exe.kernels]
     tol = 1e-5 if dt is DType.f32 else 1e-2
     bad = []
 
@@ -77,6 +78,16 @@ def test_grouped_matmul_pallas_kernels_equal_numpy_and_lower_for_tpu():
     for dt, mesh, specs in CASES:
         for k in _run("pallas", dt, mesh, specs):
             pallas.export_for_tpu(k)
+    k, = _run("pallas", DType.f32, Mesh(dp=1), {}, graph=_graph(DType.f32, (100, 28, 0, 120), m=300, grad=False))
+    pallas.export_for_tpu(k)  # row tiles of 128 (the last one partial)
+
+
+def test_pallas_rows_kernel_visits_row_tiles_group_by_group():
+    """300 rows in tiles of 128: groups straddling tiles, an empty group on a tile boundary, a
+    tile two groups share, rows past the groups (zeros), and a device's expert half (offset)."""
+    sizes = (100, 28, 0, 120, 7, 0)              # ends 100, 128 (tile edge), 128, 248, 255: 45 rows in none
+    k, = _run("pallas", DType.f32, Mesh(ep=2), {"w": P("ep", None, None)}, graph=_graph(DType.f32, sizes, m=300, grad=False))
+    assert "VISITS = 6\n" in k.source and "BlockSpec((128, 24)" in k.source  # 3 row tiles + 3 local groups
 
 
 @pytest.mark.parametrize("target", ["triton", pytest.param("pallas", marks=pytest.mark.slow)])
