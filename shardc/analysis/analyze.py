@@ -196,6 +196,20 @@ class _Pricer:
         return max(op_flops(n) / hw.flops_for(n.dtype.compute), moved / hw.hbm_bw)
 
 
+def _priced_once(price, templates):
+    """`price`, computed once per op of a repeated block (its copies cost the same)."""
+    if not templates:
+        return price
+    cache: dict = {}
+
+    def seconds(n):
+        t = templates.get(n, n)
+        if t not in cache:
+            cache[t] = price(n)
+        return cache[t]
+    return seconds
+
+
 def op_pricer(hardware, mesh, axis_order=None):
     """seconds(node) of one op of a per-device program on `hardware` (a preset name or a
     Hardware) over `mesh`: what `analyze` times with and the scheduler plans with."""
@@ -247,7 +261,8 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
     mesh, local, block = prog.mesh, LiveProgram(whole.local), LiveProgram(prog.local)
     times, global_times = multiplicity(prog.local, prog.repeat), multiplicity(prog.graph, prog.repeat)
     price = _Pricer(hw, mesh, axis_order)
-    events = timeline(local, overlap=overlap, seconds=price)
+    seconds = _priced_once(price, getattr(whole, "templates", None))   # every layer's copy alike
+    events = timeline(local, overlap=overlap, seconds=seconds)
     compute_s = sum(e.duration for e in events if e.kind == "compute")
     comm_s = sum(e.duration for e in events if e.kind == "collective")
     step_s = max((e.start + e.duration for e in events), default=0.0)
@@ -282,7 +297,7 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
                  recompute=recompute, recompute_flops=extra_flops, routed=routed)
     raw = getattr(whole, "before_passes", None)
     if raw is not None and raw is not whole.local and overlap:  # the same model, the program as partitioned
-        ev = timeline(LiveProgram(raw), overlap=True, seconds=price)
+        ev = timeline(LiveProgram(raw), overlap=True, seconds=seconds)
         end = max((e.start + e.duration for e in ev), default=0.0)
         a.step_s_before_passes = end + extra_s
         a.exposed_comm_s_before_passes = max(0.0, end - sum(e.duration for e in ev if e.kind == "compute"))

@@ -153,7 +153,7 @@ class _Unroller:
         def param(p: Node, c: int) -> Node:
             layer = lab[p]
             name = p.name if layer < 0 else rename(p.name, rep.layer_of(layer, c))
-            return Node(Op.PARAMETER, (), p.attrs, p.shape, p.dtype, p.source, name)
+            return p.with_inputs((), name)
 
         inputs, input_from, position = [], [], {p: k for k, p in enumerate(g.inputs)}
         for group in _groups(g.inputs, lambda p: lab[p] == BODY):
@@ -165,16 +165,6 @@ class _Unroller:
 
         def read(n: Node, c: int, s: int, x: Node) -> Node:
             lx, ln = lab[x], lab[n]
-            if ln == BODY:
-                if lx == BODY:
-                    return made[(x, c)]
-                if lx == 0:
-                    return made[(x, 0)] if c == 1 else made[(self.twin[n].inputs[s], c - 1)]
-                if lx == NEXT:
-                    return made[(x, 0)] if c == r else made[(self.back[x], c + 1)]
-                if lx >= 0:
-                    raise IRError(f"graph {g.name!r}: {n.describe()} of layer {BODY} reads layer {lx}")
-                return made[(x, 0)]
             if lx == BODY:
                 if ln in (0, NEXT):
                     return made[(x, 1 if ln == 0 else r)]
@@ -193,8 +183,7 @@ class _Unroller:
         while k < len(order):
             n = order[k]
             if lab[n] != BODY:
-                made[(n, 0)] = Node(n.op, [read(n, 0, s, x) for s, x in enumerate(n.inputs)], n.attrs, n.shape,
-                                    n.dtype, n.source, n.name)
+                made[(n, 0)] = n.with_inputs(tuple([read(n, 0, s, x) for s, x in enumerate(n.inputs)]))
                 nodes.append(made[(n, 0)])
                 k += 1
                 continue
@@ -206,16 +195,16 @@ class _Unroller:
                 if j == len(order) or lab[order[j]] != BODY:
                     break
                 for n in order[k:j]:
-                    made[(n, 0)] = Node(n.op, [read(n, 0, s, x) for s, x in enumerate(n.inputs)], n.attrs,
-                                        n.shape, n.dtype, n.source, n.name)
+                    made[(n, 0)] = n.with_inputs(tuple([read(n, 0, s, x) for s, x in enumerate(n.inputs)]))
                     nodes.append(made[(n, 0)])
                 run.append(order[j])
                 k = j + 1
             step = self._direction(run)
+            plans = [(a, [self._source(a, s, x) for s, x in enumerate(a.inputs)]) for a in run]
             for c in (range(1, r + 1) if step > 0 else range(r, 0, -1)):
-                for a in run:
-                    made[(a, c)] = Node(a.op, [read(a, c, s, x) for s, x in enumerate(a.inputs)], a.attrs,
-                                        a.shape, a.dtype, a.source, a.name)
+                for a, plan in plans:   # (what copy c reads: a node of copy c + delta, or one node)
+                    made[(a, c)] = a.with_inputs(tuple([made[(x, 0)] if not 1 <= c + d <= r else made[(y, c + d)]
+                                                        for x, y, d in plan]))
                     nodes.append(made[(a, c)])
         outputs, names, output_from = [], [], []
         for group in _groups(list(enumerate(zip(g.outputs, g.output_names))), lambda kon: layer_index(kon[1][1]) == BODY):
@@ -234,6 +223,20 @@ class _Unroller:
         out.shape_only = g.shape_only
         out.scheduled = g.scheduled
         return Unrolled(out, made, input_from, output_from)
+
+    def _source(self, a: Node, s: int, x: Node) -> tuple[Node, Node, int]:
+        """What a copy c of body value `a` reads as input s (x in the repeated graph): copy
+        c + delta's value y, or (out of the copies' range, or delta None) x itself."""
+        lx = self.lab[x]
+        if lx == BODY:
+            return x, x, 0
+        if lx == 0:                  # the layer below: copy c-1's value that layer 2 reads here
+            return x, self.twin[a].inputs[s], -1
+        if lx == NEXT:               # the layer above: copy c+1's counterpart of layer 2's value
+            return x, self.back[x], 1
+        if lx >= 0:
+            raise IRError(f"graph {self.g.name!r}: {a.describe()} of layer {BODY} reads layer {lx}")
+        return x, x, -(10 ** 9)      # no layer's: the one value
 
     def _direction(self, run: list[Node]) -> int:
         """+1: copies in layer order (copy c reads what copy c-1 makes in this stretch: a

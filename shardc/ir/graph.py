@@ -27,6 +27,13 @@ class Node:
         self.source = source
         self.name = name
 
+    def with_inputs(self, inputs: tuple, name: str | None = None) -> "Node":
+        """The same value computed from other inputs (attrs shared: nodes are immutable)."""
+        n = Node.__new__(Node)
+        n.op, n.inputs, n.attrs, n.shape, n.dtype, n.source = self.op, inputs, self.attrs, self.shape, self.dtype, self.source
+        n.name = self.name if name is None else name
+        return n
+
     @property
     def rank(self) -> int:
         return len(self.shape)

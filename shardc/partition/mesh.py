@@ -2,6 +2,7 @@
 device's local block to global positions (uneven dims are padded to a multiple, never wrong)."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -120,6 +121,11 @@ class DimSharding:
         """The canonical DimSharding of a dim laid out as `parts`: factors that one split can
         say merge (an unsplit minor factor under an evenly split major one; a major factor
         split into one element per device); then plain, `outer`, or compound."""
+        # (propagation asks this of the same few layouts very often)
+        return _compound(tuple((int(s), tuple(a)) for s, a in parts), mesh)
+
+    @staticmethod
+    def _compound(parts, mesh: "Mesh") -> "DimSharding":
         out: list[Part] = []
         for size, axes in parts:
             size, axes = int(size), tuple(axes)
@@ -145,6 +151,9 @@ class DimSharding:
             return "·".join(f"{s}" if not a else f"{a[0] if len(a) == 1 else a!r}:{s}" for s, a in self.parts)
         a = self.axes[0] if len(self.axes) == 1 else self.axes
         return repr(a) if self.outer == 1 else f"{a!r}/{self.outer}"
+
+
+_compound = functools.lru_cache(maxsize=1 << 14)(DimSharding._compound)
 
 
 def restrict_dim(d: DimSharding, size: int, keep, mesh: "Mesh") -> DimSharding:

@@ -54,6 +54,7 @@ class SpmdProgram:
         self.before_passes: Graph | None = None  # the per-device program as partitioned, before the passes
         self.repeat = getattr(graph, "repeat", None)  # identical layers held once (ir/blocks.py)
         self._unrolled: SpmdProgram | None = None
+        self.templates: dict = {}             # unrolled: each per-device op → the repeated program's
 
     def unrolled(self) -> "SpmdProgram":
         """The whole program: this one, or with a repeated block (`repeat`) each layer instantiated
@@ -78,9 +79,13 @@ class SpmdProgram:
                                [self.input_shardings[k] for k in whole.input_from],
                                [self.output_shardings[k] for k in whole.output_from], records)
             prog.notes, prog.passes, prog.hardware, prog.repeat = self.notes, self.passes, self.hardware, None
-            if self.before_passes is not None:
-                prog.before_passes = (local.graph if self.before_passes is self.local
-                                      else unroll(self.before_passes, self.repeat).graph)
+            prog.templates = {m: n for (n, _), m in local.made.items()}   # each op → the block's op it copies
+            if self.before_passes is self.local:
+                prog.before_passes = local.graph
+            elif self.before_passes is not None:
+                raw = unroll(self.before_passes, self.repeat)
+                prog.before_passes = raw.graph
+                prog.templates.update({m: n for (n, _), m in raw.made.items()})
             self._unrolled = prog
         return self._unrolled
 
