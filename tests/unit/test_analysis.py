@@ -115,6 +115,23 @@ def test_state_bytes_by_hand():
     assert a.memory["peak"] < a.hardware.hbm_bytes and a.fits and "Fits: peak" in str(a)
 
 
+@pytest.mark.slow
+def test_state_bytes_by_hand_full_depth():
+    """Llama 3 70B at its 80 layers over fsdp=32 x tp=8 (the issue's layout): the layers are one
+    repeated block (ir/blocks.py), partitioned once and multiplied out, exact to the byte."""
+    m = models.get("llama3:70b", seq_len=64)
+    g, _ = m.capture(train=True, batch=32, optimizer="adam")
+    assert g.repeat.depth == 80
+    prog = partition(g, Mesh(fsdp=32, tp=8), m.tp_specs("tp"), plan="fsdp")
+    a = shardc.analyze(prog, "h200")
+    d, f, v, kv, layers = 8192, 28672, 128256, 8 * 128, 80
+    matrices = 2 * d * d + 2 * d * kv + 3 * d * f       # Megatron over tp, the other dim over fsdp
+    norms = 2 * d                                         # over fsdp only
+    n = layers * (matrices // 256 + norms // 32) + 2 * v * d // 32 + d // 32   # embeddings, final norm: fsdp
+    assert a.memory["params"] == a.memory["grads"] == 2 * n == 666_190_336      # bf16
+    assert a.memory["optimizer"] == 2 * 4 * n + 4                              # m, v in f32, the step count
+
+
 def _tracked_peak(prog, g, args) -> int:
     """Run device 0's program op by op (collectives give fresh buffers of their result shape), each
     value in a buffer of its own, freed after its last use under the same donation rules, and
