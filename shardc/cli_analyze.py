@@ -70,8 +70,8 @@ def default_layout(m, mesh, plan, spec_texts):
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none", show_default=True,
               help="price activation recomputation: none, selective (attention's s x s values), full (per layer)")
 @click.option("--extrapolate", is_flag=True,
-              help="analyze the model at 2 and 4 layers and read the full depth off that line (seconds, not "
-                   "minutes, for 80-layer models; exact while layers are identical)")
+              help="analyze the model at 2 and 4 layers and read the full depth off that line (without it, "
+                   "shape-only zoo models hold their identical layers as one block, partitioned once)")
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
               help="write analysis.txt, analysis.json, memory.svg and timeline.svg into this directory")
 def analyze_cmd(model, mesh_text, hardware, plan, spec_texts, frontend, train, optimizer, batch, seq, dtype,

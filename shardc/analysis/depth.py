@@ -6,8 +6,9 @@ fix the line and the full depth is read off it.
     a = extrapolate(analyze(prog_at_2_layers), analyze(prog_at_4_layers), 2, 4, 80)
 
 Checked against full-depth analyses (tests/unit/test_analysis.py; Llama 3 70B at 80 layers in
-the closing note of issue 14: every figure within 0.1%). Until repeated blocks are compiled once
-(issue 14, item 2) this is how `shardc analyze --extrapolate` reaches 80-126 layers in seconds.
+the closing note of issue 14: every figure within 0.1%). `shardc analyze --extrapolate` uses it;
+without the flag a zoo model's identical layers are one repeated block (ir/blocks.py), partitioned
+once and multiplied out exactly.
 """
 from __future__ import annotations
 
