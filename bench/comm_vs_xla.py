@@ -1,7 +1,7 @@
 """Communication per device per step: shardc's ledger against XLA's SPMD partitioner and closed forms.
 
     cd /work/main && .venv/bin/python bench/comm_vs_xla.py [--models gpt2,llama] [--size tiny|mini|small]
-        [--steps forward,train] [--layouts dp,fsdp,tp,tp+sp,2d,tp8,dp2xtp4] [--batch 8] [--seq N]
+        [--steps forward,train] [--layouts dp,fsdp,tp,tp+sp,2d,tp8,dp2xtp4,ep] [--batch 8] [--seq N]
         [--frontend jax,torch,hf] [--kinds] [--json PATH]
 
 For each zoo model, step (forward; SGD training step) and layout (DP, FSDP, Megatron TP, TP +
@@ -61,7 +61,7 @@ EXPERT_PARALLEL = "moe-ep"  # bench/comm_moe.py: a dropless MoE layer, experts o
 STEPS = ("forward", "train")
 LAYOUTS = ("dp", "fsdp", "tp", "tp+sp", "2d")
 EXTRA_LAYOUTS = ("tp8", "dp2xtp4", "ep")  # GPT-2 small's rows (12 heads over 8 devices); ep: the zoo MoE's
-# experts split over the axis its batch is split over (GShard's expert parallelism)
+# experts and its batch split over one axis (GShard's expert parallelism)
 FRONTENDS = ("jax", "torch", "hf")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "comm_vs_xla.json"
 
@@ -94,6 +94,9 @@ CLOSED_FORM_KIND = {"tp8": "tp", "dp2xtp4": "2d"}  # extra layouts: the closed f
 def specs_for(m, g, tp: bool, sp: bool, hf: bool = False) -> dict:
     axis = tp if isinstance(tp, str) else "tp"
     specs = (dict(hf_style.megatron_specs(m.name)) if hf else dict(m.tp_specs(axis))) if tp else {}
+    if isinstance(tp, str):  # ep: the batch over the experts' axis too (the model's data inputs)
+        specs.update({n: shardc.P(axis, *[None] * (x.rank - 1)) for n, x in zip(g.input_names, g.inputs)
+                      if x.rank and not n.startswith(("params", "opt", "state"))})
     if sp:
         specs.update(sequence_parallel_specs(g))
     return specs
