@@ -44,9 +44,10 @@ def pieces(c: Node, new: dict, k: int, mesh_axes) -> list[Node]:
     return made + [make_node(Op.CONCATENATE, outs, c.source, c.name, mesh_axes, axis=d)]
 
 
-def chunk_collectives(prog: SpmdProgram, piece_s: float | None = None) -> PassReport:
+def chunk_collectives(prog: SpmdProgram, piece_s: float | None = None, max_pieces: int = MAX_PIECES) -> PassReport:
     """Split every collective longer than `piece_s` seconds (on the cost model of `prog.hardware`)
-    into pieces of at most that; None: the piece length the cost model prefers (or none)."""
+    into pieces of at most that (at most `max_pieces`); None: the piece length the cost model
+    prefers (or none)."""
     from ..analysis.analyze import op_pricer
     g: Graph = prog.local
     before = len(prog.collectives)
@@ -57,7 +58,7 @@ def chunk_collectives(prog: SpmdProgram, piece_s: float | None = None) -> PassRe
     why = ""
     if piece_s is None:
         piece_s, why = _choose(prog, price, colls)
-    counts = {c: min(MAX_PIECES, math.ceil(price(c) / piece_s), c.inputs[0].shape[free_dim(c)])
+    counts = {c: min(max_pieces, math.ceil(price(c) / piece_s), c.inputs[0].shape[free_dim(c)])
               for c in colls} if piece_s else {}
     counts = {c: k for c, k in counts.items() if k > 1}
     if not counts:
@@ -94,10 +95,10 @@ def _choose(prog: SpmdProgram, price, colls) -> tuple[float | None, str]:
     g = prog.local
     n_colls = sum(1 for n in g.nodes if n.op in SPLITTABLE or n.op is Op.COLLECTIVE_PERMUTE)
     spacing = sum(price(n) for n in g.nodes if n.op not in SPLITTABLE and n.op is not Op.COLLECTIVE_PERMUTE) / n_colls
-    limit = memory_limit(prog.hardware or "h200")
-    best = (best_order(prog, price, limit)[1], None)
     if not any(price(c) > 2 * spacing for c in colls):
         return None, "; none is much longer than the compute between collectives"
+    limit = memory_limit(prog.hardware or "h200")
+    best = (best_order(prog, price, limit)[1], None)
     for f in (8, 4, 2):
         trial = copy.copy(prog)
         chunk_collectives(trial, f * spacing)

@@ -1,4 +1,7 @@
 """Collective passes: each keeps simulate == evaluate, moves the same bytes, and says what it did."""
+import copy
+import functools
+
 import numpy as np
 import pytest
 
@@ -19,13 +22,22 @@ def captured(name, train=True):
     return (*zoo_cases.captured(name, train), zoo_cases.reference(name, train))
 
 
+@functools.lru_cache(maxsize=None)
+def unpassed(name, layout):
+    """A zoo training step partitioned over LAYOUTS[layout] without passes (shared: a pass under
+    test runs on a copy.copy of it, which gets its own program and ledger)."""
+    m, g, args, ref = captured(name)
+    axes, tp, _, plan = LAYOUTS[layout]
+    return shardc.partition(g, Mesh(axes), m.tp_specs() if tp else {}, plan, passes=())
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", zoo_cases.ZOO)
 def test_combined_program_is_exact_and_moves_the_same_bytes(name, layout):
     m, g, args, ref = captured(name)
     axes, tp, _, plan = LAYOUTS[layout]
     specs = m.tp_specs() if tp else {}
-    plain = shardc.partition(g, Mesh(axes), specs, plan, passes=())
+    plain = unpassed(name, layout)
     prog = shardc.partition(g, Mesh(axes), specs, plan)
     assert sum(c.bytes for c in prog.collectives) == sum(c.bytes for c in plain.collectives)
     assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "combine", "collective_matmul", "chunk",
@@ -45,25 +57,20 @@ def test_combined_program_is_exact_and_moves_the_same_bytes(name, layout):
 
 @pytest.mark.parametrize("name", zoo_cases.ZOO)
 def test_chunked_collectives_are_exact_and_move_the_same_bytes(name):
-    """Every collective with a dim to split along is cut into pieces (as short as they go): the
-    ledger holds one record per piece, the bytes add up to the whole, the pieces' schedule
-    still computes the same values."""
-    from shardc.partition.passes_chunk import MAX_PIECES, chunk_collectives, free_dim
-    from shardc.partition.passes_schedule import schedule
+    """Every collective with a dim to split along is cut in two: the ledger holds one record per
+    piece, the bytes add up to the whole, the program still computes the same values."""
+    from shardc.partition.passes_chunk import chunk_collectives, free_dim
     m, g, args, ref = captured(name)
-    axes, tp, sp, plan = zoo_cases.LAYOUTS["2x2"]
-    prog = shardc.partition(g, Mesh(axes), m.tp_specs() if tp else {}, plan, passes=())
+    prog = copy.copy(unpassed(name, "2d"))
     whole = [n for n in prog.local.nodes if n.op in (Op.ALL_GATHER, Op.REDUCE_SCATTER, Op.ALL_REDUCE, Op.ALL_TO_ALL)
              and free_dim(n) is not None]
-    report = chunk_collectives(prog, 1e-12)
-    want = sum(min(MAX_PIECES, n.inputs[0].shape[free_dim(n)]) for n in whole)
-    assert report.after - report.before == want - len(whole) > 0
-    assert sum(c.bytes for c in prog.collectives) == sum(c.bytes for c in shardc.partition(
-        g, Mesh(axes), m.tp_specs() if tp else {}, plan, passes=()).collectives)
+    nbytes = sum(c.bytes for c in prog.collectives)
+    report = chunk_collectives(prog, 1e-12, max_pieces=2)
+    assert report.after - report.before == len(whole) > 0
+    assert sum(c.bytes for c in prog.collectives) == nbytes
     assert sorted(id(c.node) for c in prog.collectives) == sorted(
         id(n) for n in prog.local.nodes if n.op in (Op.ALL_REDUCE, Op.ALL_GATHER, Op.REDUCE_SCATTER,
                                                      Op.ALL_TO_ALL, Op.COLLECTIVE_PERMUTE))
-    schedule(prog)
     for got, want in zip(prog.simulate(*args), ref):
         assert_close(got, want, 1e-5)
 
@@ -72,18 +79,16 @@ def test_passes_inside_pipeline_stages_bucket_each_stage_alone():
     """A pipeline runs the collective passes on its per-microbatch program: the gradient
     accumulations of each stage go out as one bucket, no bucket spans two stages, and the
     pipeline still computes the step exactly. The scheduler is refused by name."""
-    m = shardc.models.get("gpt2:tiny", n_layer=2)
-    g, args = m.capture(train=True, batch=4)
+    m, g, args, _ = captured("gpt2")  # (2 layers, batch 4: 2 microbatches x dp 2)
     specs = {"args[0]": shardc.P("dp"), "args[1]": shardc.P("dp")}
     pipe = shardc.Pipeline("pp", 2, "1f1b")
-    plain = shardc.partition(g, Mesh(pp=2, dp=2), specs, pipeline=pipe, passes=())
     prog = shardc.partition(g, Mesh(pp=2, dp=2), specs, pipeline=pipe)
     assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "collective_matmul", "chunk", "combine"]
     buckets = [n for n in prog.inner.local.nodes if n.op is Op.ALL_REDUCE and n.inputs[0].op is Op.CONCATENATE]
     assert sorted(prog.stage_of[b] for b in buckets) == [0, 1]
     for b in buckets:  # every member gradient comes from the bucket's own stage
         assert {prog.stage_of[x.inputs[0]] for x in b.inputs[0].inputs} == {prog.stage_of[b]}
-    assert len(prog.collectives) < len(plain.collectives)
+    assert prog.passes[-1].after < prog.passes[-1].before
     from shardc.ir.evaluate import evaluate_graph
     from shardc.partition.pipeline_sim import simulate_pipeline
     rng, vals = np.random.default_rng(5), g.input_values(*args)
