@@ -89,7 +89,8 @@ def _captured(cls, train: bool, impl: str = "grouped_mm"):
     if not train:
         return shardc.from_torch(m, (x,)), (x,), "hidden_states", "out", m
     params = {k: v.detach() for k, v in m.named_parameters()}
-    return shardc.from_torch(sgd_step(m), (params, x, t)), (params, x, t), "x", "target", m
+    step = shardc.from_torch(sgd_step(m), (params, x, t), capture="make_fx")  # (as export, 5x faster)
+    return step, (params, x, t), "x", "target", m
 
 
 @pytest.mark.parametrize("impl", ["grouped_mm", "batched_mm"])
@@ -143,7 +144,7 @@ def test_jax_ragged_dot_sort_and_bincount():
     step = jax.grad(lambda x, ids, w: (moe(x, ids, w) ** 2).sum(), argnums=(0, 2))  # both gradient forms
     for fn in (moe, step):
         g = shardc.from_jax(fn, x, ids, w)
-        for got, want in zip(g.evaluate(x, ids, w), jax.tree.leaves(fn(x, ids, w))):
+        for got, want in zip(g.evaluate(x, ids, w), jax.tree.leaves(jax.jit(fn)(x, ids, w))):
             np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
