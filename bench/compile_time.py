@@ -10,7 +10,8 @@ SGD training step is captured shape-only (f32 parameters, as the twins are), par
 dp=2 × tp=4 (Megatron specs, plan "dp"), and compiled to Triton kernels (`shardc.codegen.compile`:
 fusion planning, kernel source, kernel cache files). XLA gets the same function with the input
 and output shardings shardc settled on, on 8 JAX CPU devices (its compile includes CPU code
-generation). Times are wall-clock seconds on this machine, side by side in one run. The kernel
+generation). Times are wall-clock seconds on this machine, side by side in one run (the JSON also
+has shardc's CPU seconds per stage, and the load average when the run ended). The kernel
 cache is a fresh temporary directory (no kernel is found on disk from an earlier run).
 Writes bench/results/compile_time.json.
 """
@@ -44,17 +45,18 @@ def measure(name: str, depth: int, batch: int, xla: bool) -> dict:
     t0 = time.perf_counter()
     fn, args = shape_only_args(m, True, "jax", batch, "sgd", 0.1, "f32")
     g = shardc.from_jax(fn, *args)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     prog = shardc.partition(g, Mesh(MESH), specs=m.tp_specs(), plan="dp")
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     try:
         exe = shardc.codegen.compile(prog, "triton")
     except shardc.Error as e:  # reported in the row; partition and XLA are still measured
         exe, row["codegen_error"] = None, str(e)
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), time.process_time()
     row.update(nodes=len(g.nodes), local_nodes=len(prog.local.nodes),
                kernels=len(exe.kernels) if exe else 0, distinct_kernels=len({k.key for k in exe.kernels}) if exe else 0,
-               capture_s=t1 - t0, partition_s=t2 - t1, codegen_s=t3 - t2, shardc_s=t3 - t1)
+               capture_s=t1 - t0, partition_s=t2 - t1, codegen_s=t3 - t2, shardc_s=t3 - t1,
+               partition_cpu_s=c2 - c1, codegen_cpu_s=c3 - c2)  # (CPU seconds: what a loaded machine inflates less)
     if xla:
         x = xla_collectives(fn, args, prog, MESH)
         row.update(xla_lower_s=x["lower_ms"] / 1e3, xla_compile_s=x["compile_ms"] / 1e3,
