@@ -29,7 +29,7 @@ def cases():
     """(label, op, [(dtype, operand array)], attrs, out_shape, out_dtype) per case."""
     out = []
     f32, bf16, f16, i32, i64, b = DType.f32, DType.bf16, DType.f16, DType.i32, DType.i64, DType.bool
-    for op in UNARY:
+    for op in sorted(UNARY, key=lambda o: o.value):  # a set: sorted so every process collects one order
         if op is Op.NOT:
             for dt in (b, i32):
                 out.append((op.value, op, [arr(dt, (3, 4))], {}))
@@ -40,7 +40,7 @@ def cases():
         if op not in FLOAT_ONLY:
             out.append((f"{op.value}-i32", op, [arr(i32, (3, 4), -5, 5)], {}))
     ints = np.array([[7, -7, 7, -7, 0, 5], [3, 3, -3, -3, 0, 0]], np.int32)
-    for op in BINARY | COMPARE:
+    for op in sorted(BINARY | COMPARE, key=lambda o: o.value):
         if op in (Op.AND, Op.OR, Op.XOR):
             for dt in (b, i32):
                 out.append((f"{op.value}-{dt}", op, [arr(dt, (3, 4)), arr(dt, (3, 4))], {}))
