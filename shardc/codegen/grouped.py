@@ -60,11 +60,12 @@ def emit_pallas(grp: FusionGroup, name: str) -> EmittedKernel:
         NB = -(-M // BM)
         grid = (-(-N // BN), NB + G)
         src = gm_t.PALLAS_ROWS.format(**common, M=M, K=K, BM=BM, BN=BN, NB=NB, NT=grid[0], T=grid[1])
-    else:
-        grid = (G,)
-        body = gm_t.PALLAS_CONTRACT_BODY.format(K=K)
-        src = gm_t.PALLAS.format(**common, GT=GT, body=body, lhs_block=(M, K), lhs_index="(0, 0)",
-                                 rhs_block=(K, N), rhs_index="(0, 0)", out_block=(1, M, N), out_index="(g, 0, 0)")
+    else:  # tiled over the groups' K tiles, see kernels/grouped_matmul.py
+        BM, BN, BK = gm_t.pallas_contract_tiles(M, N, K)
+        NK = -(-K // BK)
+        grid = (-(-M // BM), -(-N // BN), NK + G)
+        src = gm_t.PALLAS_CONTRACT.format(**common, M=M, N=N, K=K, BM=BM, BN=BN, BK=BK, NK=NK, MT=grid[0],
+                                          NT=grid[1], T=grid[2])
     ops = f"%ragged_dot {d.name!r}" if d.name else "%ragged_dot"
     head = tpl.PRELUDE.format(kind="grouped_matmul", name=name, reason=grp.reason, ops=ops)
     return EmittedKernel(name, "grouped_matmul", head + src, list(grp.inputs), [d], [], grid=grid)

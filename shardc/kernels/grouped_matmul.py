@@ -12,7 +12,10 @@ contract mode (a weight gradient: lhs [M, K], rhs [K, N] with K in groups → [G
 program per output tile and group, its K loop over that group's rows only.
 
 An optional group offset (an expert-parallel device's first expert) shifts which of the sizes
-the G local groups are."""
+the G local groups are.
+
+Pallas (TPU) walks a table of visits made from the sizes (megablox's way, see PALLAS_ROWS and
+PALLAS_CONTRACT): one (row tile, group) or (group, K tile) pair per grid step."""
 
 TRITON_ROWS = '''
 @triton.jit
@@ -91,53 +94,6 @@ def choose(m: int, n: int, k: int, dtype: str, interpret: bool) -> dict:
     return {key: cfg[key] for key in ("BM", "BN", "BK", "DT", "PREC", "num_warps", "num_stages") if key in cfg}
 
 
-# Pallas (TPU), contract mode: one grid step per group; the group's slice of K is picked with a
-# mask over the whole K block, which fits VMEM at MoE layer sizes per device. The sizes and the
-# offset are scalar-prefetched into SMEM and summed with a scalar loop (SMEM has no vector loads).
-PALLAS = '''
-def {name}_kernel(sizes_ref, off_ref, lhs_ref, rhs_ref, out_ref):
-    g = pl.program_id(0)
-    gi = g + off_ref[0]
-
-    def count(i, carry):
-        before, size = carry
-        v = jnp.maximum(sizes_ref[i], 0)
-        return before + jnp.where(i < gi, v, 0), size + jnp.where(i == gi, v, 0)
-    start, size = lax.fori_loop(0, {GT}, count, (jnp.int32(0), jnp.int32(0)))
-    end = start + size
-{body}
-
-
-GRID = ({G},)
-IN_SHAPES = [{in_shapes}]
-OUT_SHAPES = [{out_shape}]
-
-
-def build(interpret=False):
-    """The pallas_call; args: lhs, rhs, group sizes[, group offset] at IN_SHAPES."""
-    call = pl.pallas_call(
-        {name}_kernel,
-        out_shape=jax.ShapeDtypeStruct({out_shape}, {out_dtype}),
-        grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=2, grid=GRID,
-            in_specs=[pl.BlockSpec({lhs_block}, lambda g, s, o: {lhs_index}),
-                      pl.BlockSpec({rhs_block}, lambda g, s, o: {rhs_index})],
-            out_specs=pl.BlockSpec({out_block}, lambda g, s, o: {out_index})),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
-        interpret=interpret, name="{name}")
-
-    def run(lhs, rhs, sizes, off=None):
-        off = jnp.zeros((1,), jnp.int32) if off is None else off.reshape(1).astype(jnp.int32)
-        return [call(sizes.reshape(-1).astype(jnp.int32), off, lhs, rhs)]
-    return run
-'''
-
-PALLAS_CONTRACT_BODY = '''    ks = lax.broadcasted_iota(jnp.int32, (1, {K}), 1)
-    mine = (ks >= jnp.minimum(start, {K})) & (ks < jnp.minimum(end, {K}))
-    a = jnp.where(mine, lhs_ref[...].astype(jnp.float32), 0.0)
-    out_ref[0] = jnp.dot(a, rhs_ref[...].astype(jnp.float32), preferred_element_type=jnp.float32).astype(out_ref.dtype)'''
-
-
 # Pallas (TPU), rows mode, tiled as megablox does: the grid walks (column tile, visit), a visit
 # being one (row tile, group) pair that share rows, in row order. The visit table is made from the
 # sizes in the wrapper (jnp) and scalar-prefetched: each row tile is visited once per group that
@@ -211,3 +167,86 @@ def pallas_rows_tiles(m: int, n: int) -> tuple[int, int]:
     """(BM, BN): row tiles of 128 (or all rows), column tiles of 512 where N is a multiple of 512
     (TPU blocks: multiples of (8, 128) or whole dims)."""
     return (m if m <= 128 else 128), (512 if n > 512 and n % 512 == 0 else n)
+
+
+# Pallas (TPU), contract mode (a weight gradient), tiled the same way: a visit is one group and
+# one K tile it touches, in group order; consecutive visits of a group accumulate in an f32 VMEM
+# scratch, stored at the group's last visit (a group with no rows is visited once: zeros). Both
+# operands are masked to the group's rows (a partial last tile reads past the array). At most
+# cdiv(K, BK) + G visits; visits past the last do nothing.
+PALLAS_CONTRACT = '''
+def {name}_kernel(kt_ref, grp_ref, flags_ref, bounds_ref, lhs_ref, rhs_ref, out_ref, acc_ref):
+    t = pl.program_id(2)
+    g, flags = grp_ref[t], flags_ref[t]
+    start, end = bounds_ref[g], bounds_ref[{G} + g]
+
+    @pl.when((flags & 1) == 1)
+    def _zero():
+        acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
+
+    @pl.when(flags >= 4)
+    def _add():
+        k0 = kt_ref[t] * {BK}
+        ka = k0 + lax.broadcasted_iota(jnp.int32, (1, {BK}), 1)
+        kb = k0 + lax.broadcasted_iota(jnp.int32, ({BK}, 1), 0)
+        a = jnp.where((ka >= start) & (ka < end), lhs_ref[...].astype(jnp.float32), 0.0)
+        b = jnp.where((kb >= start) & (kb < end), rhs_ref[...].astype(jnp.float32), 0.0)
+        acc_ref[...] += jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+    @pl.when((flags & 2) == 2)
+    def _store():
+        out_ref[0] = acc_ref[...].astype(out_ref.dtype)
+
+
+VISITS = {T}
+GRID = ({MT}, {NT}, VISITS)
+IN_SHAPES = [{in_shapes}]
+OUT_SHAPES = [{out_shape}]
+
+
+def visits(sizes, off):
+    """(K tile, group, flags: 1 its group's first visit, 2 its last, 4 a live one) per visit, and
+    the local groups' starts and ends."""
+    sz = jnp.maximum(sizes, 0)
+    ends = jnp.cumsum(sz)
+    idx = off[0] + jnp.arange({G})
+    start = jnp.minimum((ends - sz)[idx], {K})
+    end = jnp.minimum(ends[idx], {K})
+    first_tile = start // {BK}
+    count = jnp.where(end > start, (end - 1) // {BK} - first_tile + 1, 1)
+    firsts = jnp.cumsum(count) - count
+    t = jnp.arange(VISITS)
+    grp = jnp.minimum(jnp.searchsorted(jnp.cumsum(count), t, side="right"), {G} - 1)
+    kt = jnp.minimum(first_tile[grp] + t - firsts[grp], {NK} - 1)
+    live = t < count.sum()
+    nonempty = end[grp] > start[grp]
+    flags = live * ((t == firsts[grp]) + 2 * (t == firsts[grp] + count[grp] - 1) + 4 * nonempty)
+    return kt.astype(jnp.int32), grp.astype(jnp.int32), flags.astype(jnp.int32), jnp.concatenate([start, end]).astype(jnp.int32)
+
+
+def build(interpret=False):
+    """The pallas_call; args: lhs, rhs, group sizes[, group offset] at IN_SHAPES."""
+    call = pl.pallas_call(
+        {name}_kernel,
+        out_shape=jax.ShapeDtypeStruct({out_shape}, {out_dtype}),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=4, grid=GRID,
+            in_specs=[pl.BlockSpec(({BM}, {BK}), lambda m, n, t, k, g, f, s: (m, k[t])),
+                      pl.BlockSpec(({BK}, {BN}), lambda m, n, t, k, g, f, s: (k[t], n))],
+            out_specs=pl.BlockSpec((1, {BM}, {BN}), lambda m, n, t, k, g, f, s: (g[t], m, n)),
+            scratch_shapes=[pltpu.VMEM(({BM}, {BN}), jnp.float32)]),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+        interpret=interpret, name="{name}")
+
+    def run(lhs, rhs, sizes, off=None):
+        off = jnp.zeros((1,), jnp.int32) if off is None else off.reshape(1).astype(jnp.int32)
+        return [call(*visits(sizes.reshape(-1).astype(jnp.int32), off), lhs, rhs)]
+    return run
+'''
+
+
+def pallas_contract_tiles(m: int, n: int, k: int) -> tuple[int, int, int]:
+    """(BM, BN, BK): the contraction (the routed rows) in tiles of 512 (or whole), the output in
+    tiles of 512 where its dims divide (TPU blocks: multiples of (8, 128) or whole dims)."""
+    return ((512 if m > 512 and m % 512 == 0 else m), (512 if n > 512 and n % 512 == 0 else n),
+            (512 if k > 512 else k))

