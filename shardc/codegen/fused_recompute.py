@@ -7,7 +7,8 @@ reads it recomputes the tile it needs from the operands (a `tl.dot` / `jnp.dot` 
 contraction, which fits on chip). Its row statistics (max, Σexp) are the only values stored, as
 flash attention stores its log-sum-exp and Liger Kernel's fused linear cross-entropy never writes
 the logits: the loss, dlogits·W and dlogitsᵀ·x each rebuild their tiles from x, W and the
-statistics. The backward's dP = dO·Vᵀ has no row max of its own and is stored.
+statistics. A dot read only elementwise beside a recomputed one (the backward's dP = dO·Vᵀ,
+multiplied into dS = P∘(dP - D)) is its partner: rebuilt in the same tiles, never stored.
 
 A one-hot scatter-add (x + updates at one index per row: the transpose of a label gather, the
 one-hot of cross-entropy's backward) is elementwise too: x + where(iota == index, update, 0), so
@@ -84,11 +85,39 @@ def recomputable(d: Node, users: dict, outputs: set) -> bool:
     return _normalized_rows(d, users)
 
 
+def _elementwise_reach(d: Node, users: dict) -> set:
+    """The same-shape elementwise values computed from `d` (its score ops, its softmax)."""
+    seen, stack = set(), [d]
+    while stack:
+        for u in users.get(stack.pop(), ()):
+            if u not in seen and u.op in ELEMENTWISE and u.shape == d.shape:
+                seen.add(u)
+                stack.append(u)
+    return seen
+
+
+def _partner(d: Node, users: dict, outputs: set, reach: set) -> bool:
+    """A dot read only elementwise and combined element for element with a recomputed dot's
+    values (attention's dP = dO·Vᵀ in dS = P∘(dP - D)): rebuilt in the same tiles."""
+    if d.op is not Op.DOT_GENERAL or d in outputs or not d.dtype.is_float:
+        return False
+    lhs, rhs = d.inputs
+    k = math.prod(lhs.shape[i] for i in d.attrs["lhs_contract"])
+    if k > MAX_RECOMPUTE_K or d.size < lhs.size + rhs.size:
+        return False
+    if any(u.op not in ELEMENTWISE or u.shape != d.shape for u in users.get(d, ())):
+        return False
+    return bool(_elementwise_reach(d, users) & reach)
+
+
 def mark_recomputed(g: Graph, users: dict, exclude: set) -> set:
-    """Choose the graph's recomputed dots (not those in `exclude`: flash-attention internals)."""
+    """Choose the graph's recomputed dots (not those in `exclude`: flash-attention internals):
+    the normalized ones, then their partners."""
     RECOMPUTED.clear()
     outputs = set(g.outputs)
     chosen = {n for n in g.nodes if n not in exclude and recomputable(n, users, outputs)}
+    reach = set().union(*(_elementwise_reach(n, users) for n in chosen)) if chosen else set()
+    chosen |= {n for n in g.nodes if n not in exclude and n not in chosen and _partner(n, users, outputs, reach)}
     RECOMPUTED.update(chosen)
     return chosen
 
