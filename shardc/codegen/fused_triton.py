@@ -248,3 +248,33 @@ def _partial(em, r: Node, x_idx: tuple, ptr: str) -> str:
     part = f"tl.sum(tl.where(mask_rm & mask_rn, {em.full(v, {'rm', 'rn'})}, 0.0), axis={part_axis}){keep}"
     off = flatten(kept_idx, r.shape)
     return f"tl.atomic_add({ptr} + {off.text}, {part}, mask={em.tile.mask(kept)})"
+
+
+def sibling_dots(em, siblings, bidx: tuple, mshape, nshape, kshape) -> tuple[list[str], list]:
+    """A matmul's sibling dots (codegen/fused_siblings.py), accumulated in its K loop: their A and
+    B tiles (lines appended to the loop, rebuilt values shared with the anchor's tiles) and a
+    `tl.dot` each. Returns (lines zeroing the accumulators before the loop, [(dot, its index at
+    the tile, its accumulator)]); a transposed sibling takes its right operand as the A tile."""
+    from .triton_expr import Val
+    rm, rn, rka, rkb = Ix("rm", {"rm"}), Ix("rn", {"rn"}), Ix("rka", {"rka"}), Ix("rkb", {"rkb"})
+    init, out = [], []
+    for s, swapped in siblings:
+        lhs, rhs = s.inputs
+        a = s.attrs
+        lb, rb, lc, rc = list(a["lhs_batch"]), list(a["rhs_batch"]), list(a["lhs_contract"]), list(a["rhs_contract"])
+        lf = [i for i in range(lhs.rank) if i not in lb + lc]
+        rf = [i for i in range(rhs.rank) if i not in rb + rc]
+        # (A operand, its batch/free/contract dims) indexed by (rm, rka); B by (rkb, rn)
+        (xa, ba, fa, ca), (xb, bb, fb, cb) = ((rhs, rb, rf, rc), (lhs, lb, lf, lc)) if swapped else \
+            ((lhs, lb, lf, lc), (rhs, rb, rf, rc))
+        va = em.value(xa, _operand_idx(xa.rank, ba, bidx, fa, unflatten(rm, mshape), ca, unflatten(rka, kshape)))
+        vb = em.value(xb, _operand_idx(xb.rank, bb, bidx, fb, unflatten(rn, nshape), cb, unflatten(rkb, kshape)))
+        em.count += 1
+        acc = f"sib{em.count}"
+        init.append(f"{acc} = tl.zeros((BM, BN), dtype=tl.float32)")
+        em.lines.append(f"{acc} += tl.dot(tl.where(mask_rka, {em.full(va, {'rm', 'rka'})}, 0.0).to(DT), "
+                        f"tl.where(mask_rkb, {em.full(vb, {'rkb', 'rn'})}, 0.0).to(DT), input_precision=PREC)")
+        s_idx = tuple(bidx) + (unflatten(rn, nshape) + unflatten(rm, mshape) if swapped else
+                               unflatten(rm, mshape) + unflatten(rn, nshape))
+        out.append((s, s_idx, Val(acc, {"rm", "rn"}, s.dtype)))
+    return init, out

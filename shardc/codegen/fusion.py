@@ -25,7 +25,7 @@ import numpy as np
 
 from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES, ELEMENTWISE, REDUCE
-from . import fused_recompute, fused_sums
+from . import fused_recompute, fused_siblings, fused_sums
 from .prologue import Operands, is_splat, through
 from .plan_order import topological
 
@@ -572,6 +572,7 @@ class Planner:
         groups = fused_sums.into_matmuls(self._into_operands(groups), self.order, self._ask, CannotFuse,
                                           self._depends)
         groups = fused_sums.into_epilogues(groups, self.order, self._ask, CannotFuse, self._depends)
+        groups = fused_siblings.merge(groups, self.order, self._ask, CannotFuse, self._depends)
         steps = []
         for grp in groups:
             pos = max(self.order[r] for r in grp.roots) if isinstance(grp, FusionGroup) else self.order[grp.node]

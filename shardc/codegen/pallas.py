@@ -81,12 +81,12 @@ class _Builder:
             for d in range(n.rank):
                 self.dc.find((n, d))
 
-    def constrain(self, nodes, accumulating: Node | None = None):
-        """The dim classes of the nodes the kernel computes (`accumulating`: the dot whose
+    def constrain(self, nodes, accumulating: tuple = ()):
+        """The dim classes of the nodes the kernel computes (`accumulating`: the dots whose
         contraction the kernel sums over its grid)."""
         for n in nodes:
             if n.op is not Op.AXIS_INDEX and n not in self.loads:
-                constrain(self.dc, n, accumulates=n is accumulating)
+                constrain(self.dc, n, accumulates=n in accumulating)
 
     def block(self, n: Node) -> tuple:
         return tuple(self.tiles[(n, d)][1] if (n, d) in self.tiles else n.shape[d] for d in range(n.rank))
@@ -265,37 +265,61 @@ def _dot(d: Node, lhs: Val, rhs: Val, out_shape, attrs=None, em: ValueEmitter | 
 def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     _check_dtypes(grp)
     d = grp.anchor
+    sibs = grp.pattern.get("siblings", ())  # more dots over the same blocks (fused_siblings.py)
+    dots = (d, *(s for s, _ in sibs))
     b = _Builder(grp, name, "matmul")
-    b.constrain(grp.nodes, accumulating=d)
-    prologue = _upstream(d.inputs, grp.nodes) | {x for x in grp.inputs}
-    epilogue = set(grp.nodes) - prologue - {d}
+    b.constrain(grp.nodes, accumulating=dots)
+    for s, swapped in sibs:
+        _same_blocks(b.dc, d, s, swapped)
+    prologue = _upstream([x for n in dots for x in n.inputs], grp.nodes) | {x for x in grp.inputs}
+    epilogue = set(grp.nodes) - prologue - set(dots)
     shared = {x for n in epilogue for x in n.inputs} & prologue
     ok_k = lambda members: all(n in prologue and n not in shared for n, _ in members)
     acc_t = "jnp.int32" if d.dtype.is_int else "jnp.float32"
-    kdims = {(d.inputs[0], i) for i in d.attrs["lhs_contract"]} | {(d.inputs[1], j) for j in d.attrs["rhs_contract"]}
+    kdims = {(n.inputs[0], i) for n in dots for i in n.attrs["lhs_contract"]} \
+        | {(n.inputs[1], j) for n in dots for j in n.attrs["rhs_contract"]}
 
     def allowed(members):  # a class with contracted dims is tiled only as a pure K axis
         if not kdims & set(members):
             return True
-        return not any(n is d for n, _ in members) and ok_k(members)
+        return not any(n in dots for n, _ in members) and ok_k(members)
     cands = [(d, i, "parallel") for i in range(d.rank)]
     cands += [(d.inputs[0], i, "arbitrary") for i in d.attrs["lhs_contract"]]
-    b.tile(cands, scratch_bytes=lambda block: math.prod(block(d)) * 4, allowed=allowed)
+    b.tile(cands, scratch_bytes=lambda block: sum(math.prod(block(n)) for n in dots) * 4, allowed=allowed)
     k_axes = [i for i, (_, _, s) in enumerate(b.grid) if s == "arbitrary"]
     first = " & ".join(f"(pl.program_id({a}) == 0)" for a in k_axes) or "True"
     last = " & ".join(f"(pl.program_id({a}) == {b.grid[a][0] // b.grid[a][1] - 1})" for a in k_axes) or "True"
     em = b.emitter()
     dot = _dot(d, em.value(d.inputs[0]), em.value(d.inputs[1]), b.block(d), em=em)
+    refs = [f"sib{i}_ref" for i in range(len(sibs))]
+    for (s, _), ref in zip(sibs, refs):
+        em.lines.append(f"{ref}[...] += {_dot(s, em.value(s.inputs[0]), em.value(s.inputs[1]), b.block(s), em=em)}")
     pro = list(em.lines)
     em.lines.clear()
-    acc = em.emit("acc_ref[...]", b.block(d), d.dtype, "acc")
-    if d.dtype in HALF:  # the dot's result is stored rounded: round it here too
-        acc = em.emit(round_half(acc.text, d.dtype), acc.shape, d.dtype)
-    em.bound[d] = acc
+    for n, ref in zip(dots, ["acc_ref", *refs]):
+        acc = em.emit(f"{ref}[...]", b.block(n), n.dtype, "acc")
+        if n.dtype in HALF:  # the dot's result is stored rounded: round it here too
+            acc = em.emit(round_half(acc.text, n.dtype), acc.shape, n.dtype)
+        em.bound[n] = acc
     stores = [b.store(em, r, i) for i, r in enumerate(grp.roots)]
-    body = tpl.MATMUL.format(name=name, params=b.params(["acc_ref"]), first=first, last=last,
+    body = tpl.MATMUL.format(name=name, params=b.params(["acc_ref", *refs]), first=first, last=last,
+                             init="".join(f"        {r}[...] = jnp.zeros({r}.shape, {r}.dtype)\n" for r in refs),
                              prologue=_indent(pro, 4), dot=dot, epilogue=_indent(em.lines + stores, 8))
-    return b.finish(body, [f"pltpu.VMEM({b.block(d)}, {acc_t})"])
+    return b.finish(body, [f"pltpu.VMEM({b.block(n)}, {acc_t})" for n in dots])
+
+
+def _same_blocks(dc, d, s, swapped: bool):
+    """A sibling dot's dims move with the anchor's: batch with batch, its output dims with the
+    anchor's (M, N) or (N, M), its contraction with the anchor's K."""
+    nb = len(d.attrs["lhs_batch"])
+    nm = d.inputs[0].rank - nb - len(d.attrs["lhs_contract"])
+    place = list(range(d.rank))
+    if swapped:  # s = (batch, N dims, M dims) of d
+        place = place[:nb] + place[nb + nm:] + place[nb:nb + nm]
+    for i in range(s.rank):
+        dc.union((s, i), (d, place[i]))
+    for a, b_ in zip(s.attrs["lhs_contract"], d.attrs["lhs_contract"]):
+        dc.union((s.inputs[0], a), (d.inputs[0], b_))
 
 
 # ---------------------------------------------------------------------------------- attention

@@ -231,7 +231,10 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     em = ExprEmitter(tile, c.buffers, c.scalars, hoist={"rm", "rn"}, loop_reduce=("rr", "RB"))
     from_d = _computed_from(grp, d)
     from_sums = fused_triton.computed_from(grp, grp.pattern.get("ksum", ()))  # bias gradients
-    operand_roots = [r for r in grp.roots if r is not d and r not in from_d and r not in from_sums]
+    siblings = grp.pattern.get("siblings", ())  # more dots over the same tiles (fused_siblings.py)
+    from_sib = [(s, _computed_from(grp, s)) for s, _ in siblings]
+    operand_roots = [r for r in grp.roots if r is not d and r not in from_d and r not in from_sums
+                     and not any(r in f for _, f in from_sib)]
     with em.block() as loop:
         lhs_idx = _operand_index(lhs.rank, lb, bidx, lf, unflatten(rm, mshape), lc,
                                  unflatten(Ix("rka", {"rka"}), kshape))
@@ -241,16 +244,23 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
                                           unflatten(Ix("rkb", {"rkb"}), kshape)))
         b_text = em.full(bv, {"rkb", "rn"})
         sums_init, sums = fused_triton.operand_sums(em, grp, lhs_idx, a_text)
+        sib_init, sib_accs = fused_triton.sibling_dots(em, siblings, bidx, mshape, nshape, kshape)
         for r in operand_roots:  # a value the A tile is computed from (a residual sum): stored
             ridx = _root_index(r, lhs_idx, lhs.shape)  # once, by the first column of programs
             if ridx is None:
                 raise CannotFuse(f"{r.describe()} does not match the dot's operand tile", r)
             em.lines.append(em.store_text(r, c.outs[r], ridx, em.value(r, ridx), when="(pid_n + tl.zeros([1, 1], tl.int32) == 0)"))
-    prologue = list(em.lines) + sums_init
+    prologue = list(em.lines) + sums_init + sib_init
     em.lines.clear()
     if d.dtype in (DType.f16, DType.bf16):  # the dot's result is stored rounded: round it here too
         acc = em.emit(round_half("acc", d.dtype), {"rm", "rn"}, d.dtype)
     em.bound[d] = _bind(d, d_idx, acc)
+    tiles = [(d, d_idx, from_d)]
+    for (s_dot, s_idx, s_acc), (_, f) in zip(sib_accs, from_sib):
+        if s_dot.dtype in (DType.f16, DType.bf16):
+            s_acc = em.emit(round_half(s_acc.text, s_dot.dtype), {"rm", "rn"}, s_dot.dtype)
+        em.bound[s_dot] = _bind(s_dot, s_idx, s_acc)
+        tiles.append((s_dot, s_idx, f))
     stores = []
     for s_node, s_idx, s_val in sums:
         if s_node.dtype in (DType.f16, DType.bf16):
@@ -271,9 +281,10 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
             continue
         if r in operand_roots:
             continue
-        idx = fused_triton.epilogue_index(r, d, d_idx) or _root_index(r, d_idx, d.shape)
+        t_dot, t_idx, _ = next((t for t in reversed(tiles) if r in t[2]), tiles[0])
+        idx = fused_triton.epilogue_index(r, t_dot, t_idx) or _root_index(r, t_idx, t_dot.shape)
         if idx is None:
-            raise CannotFuse(f"{r.describe()} does not match the dot's tile", d)
+            raise CannotFuse(f"{r.describe()} does not match the dot's tile", t_dot)
         stores.append(em.store_text(r, c.outs[r], idx, em.value(r, idx)))
     if d.dtype.is_int:  # exact integer products (tl.dot is float on tensor cores): a broadcast sum
         acc_t, zero, dot = TL_COMPUTE[d.dtype], "0", "acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)"

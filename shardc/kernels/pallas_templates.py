@@ -59,7 +59,7 @@ def {name}({params}):
     @pl.when({first})
     def _init():
         acc_ref[...] = jnp.zeros(acc_ref.shape, acc_ref.dtype)
-
+{init}
 {prologue}
     acc_ref[...] += {dot}
 

@@ -59,13 +59,49 @@ def test_scores_rebuilt_per_tile_equal_numpy_and_never_stored(target):
 
 @pytest.mark.slow
 def test_scores_rebuilt_kernels_compile_for_hopper():
-    for bf16 in (False, True):
-        g, args = _lse_graph(bf16)
+    """The rebuilding kernels of both graphs (the attention backward's dK/dV siblings too)."""
+    for graph, bf16 in [(gr, b) for gr in (_lse_graph, _attention_graph) for b in (False, True)]:
+        g, args = graph(bf16)
         kernels = _rebuilders(shardc.compile(partition(g, Mesh(dp=1))))
         assert kernels
         for k, r in zip(kernels, compile_for_gpu(kernels)):
             assert ".target sm_90" in r["ptx"] and r["cubin_bytes"] > 0, k.name
             assert 0 <= r["shared"] <= SHARED_MEMORY_LIMIT, (k.name, r["shared"])
+
+
+def _attention_graph(bf16=False):
+    """Σ w·causal_attention(q, k, v) and its gradients: the backward's dP = dO·Vᵀ rebuilt per tile
+    beside the scores, dK = dSᵀ·Q and dVᵀ = dOᵀ·P one sibling kernel (fused_siblings.py)."""
+    import jax
+    import jax.numpy as jnp
+    from shardc.models.jax_models import causal_attention
+    dt = jnp.bfloat16 if bf16 else jnp.float32
+    rng = np.random.default_rng(5)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 2, 32, 16)), dt) for _ in range(3))
+    w = jnp.asarray(rng.standard_normal((2, 2, 32, 16)), dt)
+
+    def f(q, k, v, w):
+        return jax.value_and_grad(lambda q, k, v: (causal_attention(q, k, v) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+    return shardc.from_jax(f, q, k, v, w), (q, k, v, w)
+
+
+@pytest.mark.parametrize("target", ["triton", "pallas"])
+def test_attention_backward_rebuilds_dp_and_pairs_dk_dv(target):
+    g, args = _attention_graph()
+    prog = partition(g, Mesh(dp=1))
+    check = run_and_check_kernels if target == "triton" else run_and_check
+    exe, got = check(prog, args, 1e-5)
+    for a, b in zip(got, g.evaluate(*args)):
+        assert rel_err(a, b) <= 1e-5
+    # four stored dots (P·V, dQ, dK, dVᵀ): dK beside dVᵀ, one pass over the queries rebuilding
+    # the scores once (Triton also pairs dQ with P·V: here dO = w does not depend on it)
+    pairs = [k for k in exe.kernels if k.group.pattern.get("siblings")]
+    assert pairs and sum(k.kind == "matmul" for k in exe.kernels) <= 3, exe.plan_text()
+    for k in exe.kernels:  # neither the scores nor dP is a buffer of any kernel
+        for x in k.inputs + k.outputs:
+            assert x.shape[-2:] != (32, 32), f"{k.name} moves {x.describe()}"
+    if target == "pallas":
+        export_all(pairs)
 
 
 def _lm_head(g):
