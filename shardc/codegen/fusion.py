@@ -594,15 +594,19 @@ class Planner:
                     if not related:
                         continue
                     between = merged[i + 1:]
-                    if any(set(cand.roots) & set(b.reads) for b in between):
+                    # a step between reads cand's values: s joins cand where it is, if s reads
+                    # nothing those steps write (a norm backward's row sums beside its column sums)
+                    early = any(set(cand.roots) & set(b.reads) for b in between)
+                    if early and set(s.reads) & {w for b in between for w in b.writes}:
                         continue
                     m = self._combine(cand, s)
                     if self._probe(m) is not None:
                         continue
-                    merged.pop(i)
-                    s = m
+                    merged[i:i + 1] = [m] if early else []
+                    s = None if early else m
                     break
-            merged.append(s)
+            if s is not None:
+                merged.append(s)
         return merged
 
     def _into_operands(self, groups: list) -> list:
