@@ -25,7 +25,7 @@ import numpy as np
 
 from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES, ELEMENTWISE, REDUCE
-from . import fused_recompute, fused_siblings, fused_sums
+from . import fused_recompute, fused_siblings, fused_stats, fused_sums
 from .prologue import Operands, is_splat, through
 from .plan_order import topological
 
@@ -409,7 +409,8 @@ class Planner:
             for r in self.roots:
                 for n in self._reach(r):
                     readers.setdefault(n, set()).add(r)
-            shared = [n for n, rs in readers.items() if n.op in REDUCE and len(rs) > 1 and n not in self.roots]
+            shared = [n for n, rs in readers.items() if n.op in REDUCE and len(rs) > 1 and n not in self.roots
+                      and any(n.inputs[0].shape[a] > 1 for a in n.attrs["axes"])]  # (over size-1 dims: free)
             if shared:
                 for n in shared:
                     self._add_root(n)
@@ -573,6 +574,7 @@ class Planner:
                                           self._depends)
         groups = fused_sums.into_epilogues(groups, self.order, self._ask, CannotFuse, self._depends)
         groups = fused_siblings.merge(groups, self.order, self._ask, CannotFuse, self._depends)
+        groups = fused_stats.into_prologues(groups, self.order, self._ask, CannotFuse, self._depends)
         steps = []
         for grp in groups:
             pos = max(self.order[r] for r in grp.roots) if isinstance(grp, FusionGroup) else self.order[grp.node]

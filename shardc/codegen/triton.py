@@ -233,8 +233,9 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     from_sums = fused_triton.computed_from(grp, grp.pattern.get("ksum", ()))  # bias gradients
     siblings = grp.pattern.get("siblings", ())  # more dots over the same tiles (fused_siblings.py)
     from_sib = [(s, _computed_from(grp, s)) for s, _ in siblings]
+    rowstats = grp.pattern.get("rowstats", ())  # row statistics of the prologue (fused_stats.py)
     operand_roots = [r for r in grp.roots if r is not d and r not in from_d and r not in from_sums
-                     and not any(r in f for _, f in from_sib)]
+                     and not any(r in f for _, f in from_sib) and r not in rowstats]
     with em.block() as loop:
         lhs_idx = _operand_index(lhs.rank, lb, bidx, lf, unflatten(rm, mshape), lc,
                                  unflatten(Ix("rka", {"rka"}), kshape))
@@ -266,6 +267,13 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
         if s_node.dtype in (DType.f16, DType.bf16):
             s_val = em.emit(round_half(s_val.text, s_node.dtype), s_val.deps, s_node.dtype)
         em.bound[s_node] = _bind(s_node, s_idx, s_val)
+    row_dims = [i for i in range(lhs.rank) if i not in lc]
+    for r in rowstats:  # one value per row of A: stored by the first column of programs
+        ridx = _root_index(r, [lhs_idx[i] for i in row_dims], [lhs.shape[i] for i in row_dims])
+        if ridx is None:
+            raise CannotFuse(f"{r.describe()} is not one value per row of the dot's operand", r)
+        stores.append(em.store_text(r, c.outs[r], ridx, em.value(r, ridx),
+                                    when="(pid_n + tl.zeros([1, 1], tl.int32) == 0)"))
     rsum = grp.pattern.get("rsum", [])
     for r in rsum:  # row or column sums of the epilogue: each program adds its partial sums
         stores.append(fused_triton.partial_sum(em, r, d, d_idx, c.outs[r]))
@@ -279,7 +287,7 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
             stores.append(em.store_text(r, c.outs[r], ridx, em.value(r, ridx),
                                         when="(pid_n + tl.zeros([1, 1], tl.int32) == 0)"))
             continue
-        if r in operand_roots:
+        if r in operand_roots or r in rowstats:
             continue
         t_dot, t_idx, _ = next((t for t in reversed(tiles) if r in t[2]), tiles[0])
         idx = fused_triton.epilogue_index(r, t_dot, t_idx) or _root_index(r, t_idx, t_dot.shape)
