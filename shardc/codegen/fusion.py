@@ -574,7 +574,9 @@ class Planner:
                                           self._depends)
         groups = fused_sums.into_epilogues(groups, self.order, self._ask, CannotFuse, self._depends)
         groups = fused_siblings.merge(groups, self.order, self._ask, CannotFuse, self._depends)
-        groups = fused_stats.into_prologues(groups, self.order, self._ask, CannotFuse, self._depends)
+        # a residual sum whose statistics a prologue now computes goes into its operand loads too
+        groups = self._into_operands(fused_stats.into_prologues(groups, self.order, self._ask, CannotFuse,
+                                                                self._depends))
         steps = []
         for grp in groups:
             pos = max(self.order[r] for r in grp.roots) if isinstance(grp, FusionGroup) else self.order[grp.node]
