@@ -16,8 +16,10 @@ for every layout: under Megatron TP the bound shrinks with the shards while the 
 stays full size per device, so layer norms are matmul prologues (statistics per row block, the
 normalized rows never stored) and each residual sum is computed in the next matmul's operand loads.
 Training steps (issue #17's budget: <= 1.3x the matmul bound) are printed against it: their
-logits and attention scores are rebuilt per tile (codegen/fused_recompute.py), bias gradients and
-norm-backward sums computed in the matmuls that read their inputs (codegen/fused_sums.py).
+logits, attention scores and dP are rebuilt per tile (codegen/fused_recompute.py), bias gradients and
+norm-backward sums computed in the matmuls that read their inputs (codegen/fused_sums.py), dK beside
+dVᵀ in one pass over the queries (codegen/fused_siblings.py), norm and softmax statistics in the
+prologue of the matmul that reads them (codegen/fused_stats.py).
 Writes a table and bench/results/fusion.json.
 """
 from __future__ import annotations
