@@ -381,6 +381,10 @@ class ExprEmitter:
         return any(line.split(" = ", 1)[0] in names for b in blocks for line in b.lines)
 
     def _reduce(self, n: Node, idx, masks) -> Val:
+        x = n.inputs[0]
+        if x.dtype is n.dtype and all(x.shape[a] == 1 for a in n.attrs["axes"]):  # over size-1 dims: a reshape
+            kept = iter(idx)
+            return self.value(x, tuple(Ix(0) if d in n.attrs["axes"] else next(kept) for d in range(x.rank)), masks)
         if self.reduce_axis is None:
             if self.loop_reduce is not None:
                 return self._reduce_loop(n, idx, masks)
