@@ -215,6 +215,19 @@ PASSES = {"cse": eliminate_common_collectives, "reduce_scatter": create_reduce_s
 DEFAULT = ("cse", "reduce_scatter", "combine", "collective_matmul", "chunk", "schedule")
 
 
+class _LayerOf:
+    """node → its layer in the program's current per-device program (ir/blocks.labels)."""
+
+    def __init__(self, prog: SpmdProgram):
+        self.prog, self.graph, self.layer = prog, None, {}
+
+    def __call__(self, n: Node) -> int:
+        if self.graph is not self.prog.local:
+            from ..ir.blocks import labels
+            self.graph, self.layer = self.prog.local, labels(self.prog.local)
+        return self.layer.get(n, -1)
+
+
 def run_passes(prog: SpmdProgram, passes="default", hardware="h200") -> SpmdProgram:
     """Run the named passes (a name list, "default", or () for none) in order, planning for
     `hardware` (the cost model the scheduler orders by); `prog.passes` says what each changed."""
@@ -224,6 +237,8 @@ def run_passes(prog: SpmdProgram, passes="default", hardware="h200") -> SpmdProg
     unknown = [p for p in names if p not in PASSES]
     if unknown:
         raise ShardingError(f"unknown pass(es) {unknown}; passes: {', '.join(PASSES)}")
+    if prog.repeat is not None and getattr(prog, "bucket_group", None) is None:
+        prog.bucket_group = _LayerOf(prog)   # buckets of one layer each: the block stays one block
     if prog.repeat is not None and "schedule" in names:   # its order would not repeat layer by layer
         names = tuple(n for n in names if n != "schedule")
         prog.notes.append("the latency-hiding scheduler does not run on a repeated block yet (ir/blocks.py): "
