@@ -181,6 +181,8 @@ class _Pricer:
         if n.op is Op.RAGGED_ALL_TO_ALL:  # an all-to-all of what routing sends (see routed_bytes)
             group = math.prod(f for _, f in spans)
             return coll.seconds("all_to_all", routed_bytes(n, group, case), spans)
+        if n.op is Op.COLLECTIVE_PERMUTE and n.attrs.get("ring") and self.hw.ring == "kernel":
+            return coll.ring_step(collective_bytes(n), spans)   # a collective matmul's step in one kernel
         return coll.seconds(n.op.value, collective_bytes(n), spans)
 
     def __call__(self, n) -> float:

@@ -57,6 +57,19 @@ def seconds(kind: str, nbytes: float, spans) -> float:
     return max(level.launch for level, _ in spans) + _transfer(kind, nbytes, spans)
 
 
+def ring_step(nbytes: float, spans) -> float:
+    """Modeled time of one step of a ring run inside one kernel (Hardware.ring == "kernel"): the
+    slowest spanned level's `ring_step` (signal and fence) and `nbytes` at its full bandwidth;
+    a level without one prices the step as a collective-permute."""
+    spans = merge(spans)
+    if not spans or nbytes <= 0:
+        return 0.0
+    level = spans[-1][0]
+    if level.ring_step is None:
+        return seconds("collective_permute", nbytes, spans)
+    return level.ring_step + level.alpha + nbytes / level.bw
+
+
 def _transfer(kind: str, nbytes: float, spans) -> float:
     if len(spans) == 1:
         (level, n), = spans

@@ -36,6 +36,7 @@ class Level:
     alpha: float         # seconds of latency per ring step
     launch: float = 0.0  # seconds per collective, whatever its size
     full_at: float = 0.0  # bytes from which a collective gets all of `bw` (below: √(B / full_at) of it)
+    ring_step: float | None = None  # seconds per step of a ring run inside one kernel (None: as a permute)
 
     def bw_for(self, nbytes: float) -> float:
         """Bandwidth a collective of `nbytes` gets: NCCL spreads a message over more channels and
@@ -53,11 +54,19 @@ class Hardware:
     hbm_bw: float         # device memory bandwidth, bytes/s
     levels: tuple         # Level, fastest first; the last one joins everything beyond
     source: str           # the datasheet the compute and memory numbers come from
+    ring: str = "collectives"  # how a collective matmul's ring runs: "collectives" (each step its
+    #                            own permute, as shardc's engines issue it) or "kernel" (one kernel)
 
     def flops_for(self, dtype) -> float:
         """Peak FLOP/s for an op computing in `dtype` (an IR DType or its name)."""
         key = getattr(dtype, "value", dtype)
         return self.peak_flops.get(key, self.peak_flops["f32"])
+
+    def with_ring(self, ring: str) -> "Hardware":
+        """The same device with collective-matmul rings priced as `ring` runs them."""
+        if ring not in RINGS:
+            raise Error(f"hardware {self.name}: ring {ring!r}; rings: {', '.join(RINGS)}")
+        return dataclasses.replace(self, ring=ring)
 
     def with_levels(self, levels) -> "Hardware":
         """The same device with another interconnect (a different node size, slice shape, ...)."""
@@ -93,6 +102,16 @@ class Hardware:
                 f"at {self.hbm_bw / 1e12:g} TB/s; {lv}")
 
 
+# How the permutes of a collective matmul's ring run. "collectives": each step is its own
+# collective-permute, started and synchronized like any collective (the level's launch cost):
+# what shardc's engines do (torch.distributed issues an NCCL send/recv per step; XLA a
+# collective-permute-start/done per step). "kernel": the whole ring is one kernel whose devices
+# write into each other's memory while the partial matmuls run and signal each step's arrival
+# (a Pallas Mosaic GPU collective matmul; PyTorch async-TP's symmetric-memory ring): no launch
+# per step, the level's `ring_step` for the signal and fence, and the link's full bandwidth
+# (the small-message ramp `full_at` is NCCL's channel set-up, which a kernel's copies skip).
+RINGS = ("collectives", "kernel")
+
 BIG = 1 << 40   # the outermost level's size: it joins every node or slice
 
 # ------------------------------------------------------------------------------------------ GPUs
@@ -110,7 +129,11 @@ _H100_FLOPS = {"bf16": 989e12, "f16": 989e12, "fp8": 1979e12, "tf32": 495e12, "f
 # (the A100 table below: 1 MB 23.9, 4 MB 54.6, 16 MB 120, 64 MB 199 GB/s).
 NCCL_EFFICIENCY = 370 / 450
 NCCL_FULL_AT = 64 << 20
-_NVLINK4 = Level("nvlink", 8, 450e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT)
+# A ring step inside one kernel: ~6 µs, "adding about 6us for each round of communication (the
+# memory fences associated with the synchronization are expensive)" (JAX docs, Pallas Mosaic GPU
+# "Collective matrix multiplication", its 8xH100 lower bound 386 µs = 8 x 43 µs + 7 x 6 µs).
+RING_STEP_NVLINK = 6e-6
+_NVLINK4 = Level("nvlink", 8, 450e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT, RING_STEP_NVLINK)
 # DGX H100/H200 and HGX reference designs: one ConnectX-7 400 Gb/s NDR InfiniBand NIC per GPU
 # (nvidia.com DGX H100 datasheet: "8x NVIDIA ConnectX-7 ... 400 Gb/s") = 50 GB/s per direction.
 # α ≈ 5 µs a step: IB switch hops plus NCCL's proxy (an estimate from small-message nccl-tests).
@@ -127,7 +150,8 @@ H200 = Hardware("h200", dict(_H100_FLOPS), 141e9, 4.8e12, (_NVLINK4, _IB_NDR),
 # at 8 TB/s (DGX B200: 1,440 GB and 64 TB/s total); NVLink 5: 1.8 TB/s bidirectional per GPU;
 # ConnectX-7 400 Gb/s per GPU in DGX B200.
 B200 = Hardware("b200", {"bf16": 2.25e15, "f16": 2.25e15, "fp8": 4.5e15, "tf32": 1.1e15, "f32": 75e12},
-                180e9, 8e12, (Level("nvlink", 8, 900e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT), _IB_NDR),
+                180e9, 8e12, (Level("nvlink", 8, 900e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT, RING_STEP_NVLINK),
+                              _IB_NDR),
                 "NVIDIA DGX B200 datasheet (per GPU)")
 # NVIDIA A100 datasheet (80GB SXM): BF16 312 TFLOPS dense, TF32 156, FP32 19.5; 80 GB HBM2e at
 # 2,039 GB/s; NVLink 3: 600 GB/s bidirectional; DGX A100: 8x ConnectX-6 200 Gb/s HDR per GPU.
@@ -135,7 +159,7 @@ B200 = Hardware("b200", {"bf16": 2.25e15, "f16": 2.25e15, "fp8": 4.5e15, "tf32":
 # OCI GPU cluster tutorial's single-node run): 8 KB 32.2 µs (busbw 0.44 GB/s), 1 MB 76.7 µs
 # (23.9 GB/s), 1 GB 8.17 ms (230 GB/s); tests/unit/test_collective_model.py holds these points.
 A100 = Hardware("a100", {"bf16": 312e12, "f16": 312e12, "tf32": 156e12, "f32": 19.5e12}, 80e9, 2.039e12,
-                (Level("nvlink", 8, 300e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT),
+                (Level("nvlink", 8, 300e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT, RING_STEP_NVLINK),
                  Level("infiniband", BIG, 25e9, 5e-6, 25e-6)),
                 "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)")
 
@@ -176,9 +200,10 @@ PRESETS = {h.name: h for h in (H100, H200, B200, A100, TPU_V5E, TPU_V5P, TPU_V6E
 _TPU_LINK = {"tpu-v5e": 4.5e10, "tpu-v5p": 9e10, "tpu-v6e": 9e10}
 
 
-def get(name, node: int | None = None, slice: tuple | None = None) -> Hardware:  # noqa: A002
+def get(name, node: int | None = None, slice: tuple | None = None, ring: str | None = None) -> Hardware:  # noqa: A002
     """A preset by name (an existing Hardware passes through). `node` changes the GPUs per NVLink
-    domain (e.g. 72 for an NVL72 rack); `slice` a TPU slice's torus shape, e.g. (8, 16, 16)."""
+    domain (e.g. 72 for an NVL72 rack); `slice` a TPU slice's torus shape, e.g. (8, 16, 16);
+    `ring` how a collective matmul's ring runs ("collectives" or "kernel", see RINGS)."""
     if isinstance(name, Hardware):
         return name
     hw = PRESETS.get(str(name).lower())
@@ -193,6 +218,8 @@ def get(name, node: int | None = None, slice: tuple | None = None) -> Hardware: 
             raise Error(f"hardware {hw.name}: `slice` is for TPUs; a GPU takes node=N")
         wrap = tuple(n >= 16 or (hw.name == "tpu-v5p" and n % 4 == 0) for n in slice)
         hw = hw.with_levels(_tpu_levels(tuple(slice), _TPU_LINK[hw.name], wrap, hw.levels[-1].bw))
+    if ring is not None:
+        hw = hw.with_ring(ring)
     return hw
 
 

@@ -60,7 +60,8 @@ class _Ring:
 
     def permute(self, x: Node, shift: int, source) -> Node:
         pairs = tuple((i, (i + shift) % self.k) for i in range(self.k))
-        n = make_node(Op.COLLECTIVE_PERMUTE, [x], source, None, self.mesh_axes, axes=self.axes, pairs=pairs)
+        n = make_node(Op.COLLECTIVE_PERMUTE, [x], source, None, self.mesh_axes, axes=self.axes, pairs=pairs,
+                      ring=True)  # a ring step: priced as the hardware runs rings (Hardware.ring)
         self.made.append(n)
         return n
 
@@ -164,7 +165,7 @@ def _loop_seconds(pricer, coll: Node, k: int, dots: list[Node], block_bytes: int
     from ..analysis.cost import LAUNCH_S
     mm = sum(pricer(d) for d in dots)
     x = Node(Op.PARAMETER, [], {}, (max(1, block_bytes // 2 // ways),), DType.bf16)
-    step = ways * pricer(Node(Op.COLLECTIVE_PERMUTE, [x], {"axes": coll.attrs["axes"], "pairs": ()}, x.shape, x.dtype))
+    step = ways * pricer(Node(Op.COLLECTIVE_PERMUTE, [x], {"axes": coll.attrs["axes"], "pairs": (), "ring": True}, x.shape, x.dtype))
     loop = mm / k + (k - 1) * max(mm / k, step) + moved_bytes / pricer.hw.hbm_bw + 2 * k * len(dots) * ways * LAUNCH_S
     return loop, pricer(coll) + mm + (1 + len(dots)) * LAUNCH_S
 

@@ -51,3 +51,35 @@ def test_bandwidth_grows_to_full_with_message_size():
     nv = shardc.hardware.get("h100").levels[0]
     got = [nv.bw_for(b) for b in (MB, 4 * MB, 16 * MB, 64 * MB, GB)]
     assert got == sorted(got) and got[-1] == got[-2] == nv.bw and got[1] == pytest.approx(2 * got[0])
+
+
+# JAX docs, Pallas Mosaic GPU "Collective matrix multiplication", 8x H100, f16, 1024x4096x4096 per
+# shard: NCCL all-gather + cuBLAS 565 µs; one [1024, 4096] x [4096, 4096] shard matmul ~43 µs; the
+# ring kernel's lower bound 8 x 43 µs + 7 rounds x ~6 µs (signal and memory fence) = 386 µs.
+def test_ring_in_one_kernel_vs_ring_of_collectives():
+    """A step of a collective matmul's ring priced as it runs: as a collective-permute (shardc's
+    engines: a launch per step, NCCL's small-message bandwidth) or inside one kernel (the level's
+    ~6 µs per round and the link's full bandwidth); a permute outside a ring is unchanged."""
+    from shardc import Mesh
+    from shardc.analysis.analyze import op_pricer
+    from shardc.ir import DType, Node, Op
+    block = 1024 * 4096 * 2                                     # one shard of A, 8 MiB
+    spans = shardc.hardware.get("h100").axis_levels(Mesh(tp=8))["tp"]
+    nv = spans[0][0]
+    assert coll.ring_step(block, spans) == pytest.approx(6e-6 + 1e-6 + block / (370e9))
+    per_collective = coll.seconds("collective_permute", block, spans)
+    assert per_collective > 43e-6 > coll.ring_step(block, spans)   # only the kernel's step hides behind 43 µs
+    assert per_collective == pytest.approx(nv.launch + nv.alpha + block / nv.bw_for(block))
+    # NCCL all-gather + the published shard matmul x 8 against the published reference
+    assert coll.seconds("all_gather", 8 * block, spans) + 8 * 43e-6 == pytest.approx(565e-6, rel=0.1)
+    x = Node(Op.PARAMETER, [], {}, (block // 2,), DType.bf16)
+    ring = Node(Op.COLLECTIVE_PERMUTE, [x], {"axes": ("tp",), "pairs": (), "ring": True}, x.shape, x.dtype)
+    lone = Node(Op.COLLECTIVE_PERMUTE, [x], {"axes": ("tp",), "pairs": ()}, x.shape, x.dtype)
+    kernel = op_pricer(shardc.hardware.get("h100", ring="kernel"), Mesh(tp=8))
+    plain = op_pricer("h100", Mesh(tp=8))
+    assert kernel(ring) == pytest.approx(coll.ring_step(block, spans))
+    assert kernel(lone) == plain(lone) == plain(ring) == pytest.approx(per_collective)
+    tpu = shardc.hardware.get("tpu-v5p", ring="kernel").axis_levels(Mesh(tp=8))["tp"]   # no ring_step: as a permute
+    assert coll.ring_step(block, tpu) == coll.seconds("collective_permute", block, tpu)
+    with pytest.raises(shardc.Error, match="ring 'fused'"):
+        shardc.hardware.get("h100", ring="fused")

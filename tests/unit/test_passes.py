@@ -406,6 +406,7 @@ def test_collective_matmul_rings_are_exact(name, train):
         if not train:  # every gather and scatter became k-1 = 3 permutes of one block (a quarter)
             assert permuted == 3 * (kinds["all_gather"] + kinds["reduce_scatter"]) // 4
         assert permuted > 0 and report.after > report.before
+        assert all(n.attrs["ring"] for n in prog.local.nodes if n.op is Op.COLLECTIVE_PERMUTE)  # priced as rings
         for got, want in zip(prog.simulate(*args), ref):
             assert_close(got, want, 1e-5)
     with pytest.raises(ShardingError, match="mode"):
