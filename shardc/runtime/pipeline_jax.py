@@ -1,4 +1,4 @@
-"""The JAX pipeline engine: one jitted shard_map program per stage and action, transfers by ppermute.
+"""The JAX pipeline engine: one jitted shard_map program per stage and action, transfers between them.
 
     outs = shardc.runtime.run(pipeline_prog, *args, engine="jax_pipeline", trace=trace)
 
@@ -8,11 +8,11 @@ backward, weight, step) is one jax.jit(jax.shard_map(...)) program on its device
 compiled once and called once per microbatch (the microbatch index is an argument: axis_index
 over "mb"); collectives within the stage are lax collectives over dp/tp (jax_exec tables). Values
 live on their stage's devices as every device's block stacked, [R, *local], split over the
-sub-mesh. A transfer between stages is a jitted ppermute over a two-row mesh {"pipe": 2, dp, tp}
-whose rows are the sending and the receiving device's sub-meshes: device r of one stage sends to
-device r of the other, as the torch engine's isend/recv. Gradient accumulation adds each
-microbatch's contribution on the stage's devices; the step program all-reduces the sums over the
-stage's data axes and runs the update.
+sub-mesh. A transfer between stages sends device r of one stage's block to device r of the
+other, as the torch engine's isend/recv: a device_put where one process holds both stages, else a
+jitted ppermute over a two-row mesh {"pipe": 2, dp, tp} whose rows are the two sub-meshes.
+Gradient accumulation adds each microbatch's contribution on the stage's devices; the step
+program all-reduces the sums over the stage's data axes and runs the update.
 
 One controller drives the schedule: every process walks the same global order of actions
 (pipeline_schedule.order of the slot lists) and issues the programs of the stages whose devices
@@ -45,16 +45,7 @@ class _Segment:
 
     def __init__(self, nodes, sums: dict, keep: set, sub, jmesh):
         from .jax_exec import _collective, jax_node
-        computed = [n for n in nodes if n.op is not Op.PARAMETER]
-        made = set(computed)
-        ins, seen = [], set()
-        for n in computed:
-            reads = [n] if n in sums else n.inputs
-            for i in reads:
-                if (i not in made or i is n) and i not in seen:
-                    seen.add(i)
-                    ins.append(i)
-        self.ins, self.outs = ins, [n for n in computed if n in keep]
+        computed, ins = self._wiring(nodes, sums, keep)
         every = PartitionSpec(tuple(sub.axis_names))
         mesh_axes = sub.axes
 
@@ -75,6 +66,27 @@ class _Segment:
         self.fn = jax.jit(jax.shard_map(body, mesh=jmesh, in_specs=(PartitionSpec(),) + (every,) * len(ins),
                                         out_specs=(every,) * len(self.outs), check_vma=False)) if computed else None
 
+    def _wiring(self, nodes, sums, keep):
+        """(computed nodes, inputs); sets self.nodes, self.ins, self.outs."""
+        computed = [n for n in nodes if n.op is not Op.PARAMETER]
+        made = set(computed)
+        ins, seen = [], set()
+        for n in computed:
+            reads = [n] if n in sums else n.inputs
+            for i in reads:
+                if (i not in made or i is n) and i not in seen:
+                    seen.add(i)
+                    ins.append(i)
+        self.nodes, self.ins, self.outs = list(nodes), ins, [n for n in computed if n in keep]
+        return computed, ins
+
+    def renamed(self, nodes, sums, keep) -> "_Segment":
+        """The same program for another node list of the same structure."""
+        seg = object.__new__(_Segment)
+        seg._wiring(nodes, sums, keep)
+        seg.fn = self.fn
+        return seg
+
     def __call__(self, j: int, get) -> dict:
         if self.fn is None:
             return {}
@@ -82,6 +94,45 @@ class _Segment:
         # can starve each other's rendezvous of threads (then XLA aborts the process)
         outs = jax.block_until_ready(self.fn(np.int32(j), *[get(n) for n in self.ins]))
         return dict(zip(self.outs, outs))
+
+
+_PROGRAMS: dict = {}     # structure of a segment on a device list -> its _Segment (its jitted program)
+
+
+def _segment(nodes, sums: dict, keep: set, sub, jmesh) -> "_Segment":
+    """The _Segment of a node list, shared by every segment of the same structure on the same
+    devices: the stages of one model under another schedule (GPipe's and 1F1B's are the same
+    programs; zero-bubble's free, F and step are too) compile once in a process."""
+    index, outside = {}, {}       # a node's position; an input from outside: its position among those
+    key = [tuple(d.id for d in jmesh.devices.flat), tuple(sub.axis_names), tuple(sub.shape)]
+    for n in nodes:
+        ins = tuple(index[i] if i in index else ("in", outside.setdefault(i, len(outside)), i.op.value,
+                                                  i.shape, i.dtype.value) for i in n.inputs)
+        index[n] = len(index)
+        key.append((n.op.value, _frozen(n.attrs), n.shape, n.dtype.value, ins, n in keep,
+                    tuple(sums[n]) if n in sums else None))
+    key = tuple(key)
+    if key not in _PROGRAMS:
+        if len(_PROGRAMS) >= 512:                    # the oldest go first
+            del _PROGRAMS[next(iter(_PROGRAMS))]
+        _PROGRAMS[key] = _Segment(nodes, sums, keep, sub, jmesh)
+    seg = _PROGRAMS[key]
+    return seg if seg.nodes == list(nodes) else seg.renamed(nodes, sums, keep)
+
+
+def _frozen(v):
+    if isinstance(v, dict):
+        return tuple(sorted((k, _frozen(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_frozen(x) for x in v)
+    if isinstance(v, np.ndarray) or hasattr(v, "__array__") and not isinstance(v, (str, bytes)):
+        a = np.asarray(v)
+        return ("array", a.shape, a.dtype.str, hash(a.tobytes()))
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return repr(v)
 
 
 class _Stage:
@@ -97,9 +148,9 @@ class _Stage:
         reads = {name: {i for n in nodes for i in ([] if n in rest else n.inputs)} for name, nodes in lists.items()}
         reads["sums"] = {c.inputs[0] for c in rest}
         keep = {name: set().union(*(r for o, r in reads.items() if o != name), keep_extra) for name in lists}
-        self.segs = {name: _Segment(nodes, {c: rest[c] for c in nodes if c in rest}, keep[name], sub, jmesh)
+        self.segs = {name: _segment(nodes, {c: rest[c] for c in nodes if c in rest}, keep[name], sub, jmesh)
                      for name, nodes in lists.items()}
-        self.pre = {c: _Segment(nodes, {}, {c.inputs[0]}, sub, jmesh) for c, nodes in pre.items()}
+        self.pre = {c: _segment(nodes, {}, {c.inputs[0]}, sub, jmesh) for c, nodes in pre.items()}
         self.accs = [c for c in st.step if c in accs]
         self.used = set().union(*(set(s.ins) for s in list(self.segs.values()) + list(self.pre.values())))
         self.used |= {o for o in keep_extra if o.op is Op.PARAMETER}    # outputs that are inputs
@@ -130,7 +181,8 @@ class _Stage:
 
 
 class _Transfers:
-    """Jitted ppermutes between two pipeline devices' sub-meshes, one per (src, dst) pair."""
+    """Transfers between two pipeline devices' sub-meshes: device copies where one process holds
+    both, else jitted ppermutes (one per (src, dst) pair) that both processes take part in."""
 
     def __init__(self, device_rows, sub):
         self.rows, self.sub, self.fns = device_rows, sub, {}
@@ -138,6 +190,12 @@ class _Transfers:
     def send(self, x, src: int, dst: int, shape, dtype, dst_sharding):
         if src == dst:
             return x
+        here = jax.process_index()
+        if all(dev.process_index == here for dev in self.rows[src] + self.rows[dst]):
+            # both ends in this process: copy each device's block (no program to compile)
+            shards = {s.device: s.data for s in x.addressable_shards}
+            got = [jax.device_put(shards[a], b) for a, b in zip(self.rows[src], self.rows[dst])]
+            return jax.make_array_from_single_device_arrays((len(got),) + tuple(shape), dst_sharding, got)
         if (src, dst) not in self.fns:
             names = (PIPE,) + tuple(self.sub.axis_names)
             mesh = jax.sharding.Mesh(np.array(self.rows[src] + self.rows[dst], dtype=object)
