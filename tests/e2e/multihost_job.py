@@ -3,7 +3,8 @@
     torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d ... multihost_job.py torch [die]
     multihost_job.py jax PROCESS_ID COORDINATOR [die]      (2 processes x 4 CPU devices)
 
-(`die-spmd`: the second host dies in a step of the plain SPMD program instead.)
+(`die-spmd`: the second host dies in a step of the plain SPMD program instead; `die-store`: the
+first host dies, the one whose agent holds the rendezvous store.)
 
 Every process builds the same training step and pipeline program (a host per stage) and runs
 shardc.check on the job's engine (torch_pipeline / jax_pipeline; on JAX also the plain SPMD
@@ -51,7 +52,7 @@ def pipeline_program(g, tp: int = 1):
                             pipeline=shardc.Pipeline("pp", 2, "1f1b"))
 
 
-def torch_main(die: bool, spmd: bool = False):
+def torch_main(die: bool, spmd: bool = False, dying_node: int = 1):
     import torch.distributed as dist
 
     import shardc
@@ -65,7 +66,7 @@ def torch_main(die: bool, spmd: bool = False):
     print(f"rank {rank} node {node} check ok", flush=True)
     if die:    # a second step: the second host stops in it, then the test kills it (the host "dies")
         print(f"rank {rank} node {node} pid {os.getpid()} ready", flush=True)
-        if node == 1:
+        if node == dying_node:
             time.sleep(600)
         if spmd:
             shardc.check(spmd_prog, *args, engine="torch")
@@ -101,7 +102,8 @@ def jax_main(process_id: int, coordinator: str, die: bool, spmd_dies: bool = Fal
 
 if __name__ == "__main__":
     if sys.argv[1] == "torch":
-        torch_main("die" in sys.argv[2:] or "die-spmd" in sys.argv[2:], "die-spmd" in sys.argv[2:])
+        torch_main(bool({"die", "die-spmd", "die-store"} & set(sys.argv[2:])), "die-spmd" in sys.argv[2:],
+                   0 if "die-store" in sys.argv[2:] else 1)
     else:
         from shardc.runtime import RankError
         try:
