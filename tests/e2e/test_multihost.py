@@ -1,7 +1,8 @@
 """Two hosts, simulated on this machine: the pipeline program (and the plain SPMD program) under
 `torchrun --nnodes 2` with a c10d rendezvous and under jax.distributed with 2 processes x 4 CPU
-devices pass shardc.check; then one host is killed in the next step, and the survivors' report
-names its ranks and host, and every process of the job is gone (multihost_job.py is the job)."""
+devices pass shardc.check; then one host is killed in the next step (under torchrun also the host
+that holds the rendezvous store), and the survivors' report names its ranks and host, and every
+process of the job is gone (multihost_job.py is the job)."""
 import os
 import re
 import signal
@@ -87,12 +88,17 @@ def test_failure_report_names_the_dead_ranks():
 
 
 @pytest.mark.slow
-def test_torchrun_two_nodes_and_a_dead_host(tmp_path):
+@pytest.mark.parametrize("dies", ["die", "die-store"])
+def test_torchrun_two_nodes_and_a_dead_host(tmp_path, dies):
+    """`die`: the second host dies; the survivors name its ranks from the heartbeats. `die-store`:
+    the first host dies, whose agent holds the rendezvous store (and the workers' store): the
+    heartbeats are gone with it, so the survivors name the failed transfer's peers on that host
+    ("cannot reach the job's store"), and torchrun's agent ends the job."""
     port = _port()
     outs = [tmp_path / f"node{n}.log" for n in range(2)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "shardc-test",
-           "--max-restarts", "0", str(JOB), "torch", "die"]
+           "--max-restarts", "0", str(JOB), "torch", dies]
     procs = []
     try:
         for n in range(2):
@@ -105,24 +111,28 @@ def test_torchrun_two_nodes_and_a_dead_host(tmp_path):
                     assert procs[0].poll() is None, outs[0].read_text()
                     time.sleep(0.3)
         text = _wait_for(outs, r"rank \d+ node \d+ pid \d+ ready", 4, 240)
-        assert len(re.findall(r"rank \d node \d check ok", text)) == 4     # both programs passed check on 2 nodes
+        assert len(re.findall(r"rank \d node \d check ok", text)) == 4     # passed check on 2 nodes (die: both programs)
         ranks = {int(p): (int(r), int(n)) for r, n, p in re.findall(r"rank (\d+) node (\d+) pid (\d+) ready", text)}
-        victims = [p for p in ranks if _ppid(p) == procs[1].pid]
+        host = 1 if dies == "die" else 0
+        victims = [p for p in ranks if _ppid(p) == procs[host].pid]
         assert len(victims) == 2 and len({ranks[p][1] for p in victims}) == 1
         dead_node = ranks[victims[0]][1]
-        time.sleep(2)                      # the survivors are waiting on the second host inside the step
-        for p in [procs[1].pid] + victims:
+        time.sleep(2)                      # the survivors are waiting on the dying host inside the step
+        for p in [procs[host].pid] + victims:
             os.kill(p, signal.SIGKILL)
         killed = time.monotonic()
         _finish(procs, 90)
         assert time.monotonic() - killed < 90
-        log = outs[0].read_text()
-        for p in victims:
-            r = ranks[p][0]
-            assert re.search(rf"RankError: rank \d \(node {1 - dead_node}, host [^,]+, pid \d+\): .*"
-                             rf"the peer stopped: .*rank {r} \(node {dead_node}, host {re.escape(socket.gethostname())}, "
-                             rf"pid {p}\)", log), log[-3000:]
-        assert procs[0].returncode != 0
+        log = outs[1 - host].read_text()
+        me = rf"RankError: rank \d \(node {1 - dead_node}, host [^,]+, pid \d+\): "
+        dead = [rf"rank {ranks[p][0]} \(node {dead_node}, host {re.escape(socket.gethostname())}, pid {p}\)"
+                for p in victims]
+        if dies == "die":
+            for d in dead:
+                assert re.search(me + rf".*the peer stopped: .*{d}", log), log[-3000:]
+        else:     # a survivor may be ended by its agent before it reports; one report names the host
+            assert re.search(me + rf".*cannot reach the job's store .*its peers: .*({'|'.join(dead)})", log), log[-3000:]
+        assert procs[1 - host].returncode != 0
         assert _alive(list(ranks)) == []
     finally:
         for p in procs:
