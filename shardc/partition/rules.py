@@ -44,7 +44,7 @@ class FactorRule:
 # elementwise ops linear in all their operands together / in any one operand alone / in the first
 _LINEAR_JOINTLY = frozenset({Op.ADD, Op.SUB})
 _LINEAR_IN_EACH = frozenset({Op.MUL})
-_LINEAR_IN_FIRST = frozenset({Op.NEG})
+_LINEAR_IN_FIRST = frozenset({Op.NEG, Op.DIV})
 
 
 def _elementwise(n: Node) -> FactorRule:

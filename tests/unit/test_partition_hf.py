@@ -197,43 +197,54 @@ def test_a_split_no_factor_can_hold_is_named_in_the_ledger():
     np.testing.assert_array_equal(prog.simulate(x)[0], g.evaluate(x)[0])
 
 
-GQA = H.Cfg(n_head=4, n_kv_head=2, n_layer=1)  # 2 KV heads over tp=4
+# GQA: (query heads, KV heads, mesh). d = 32 is below the b·s = 64 tokens of a step, as in any
+# real training step: a KV weight's gradient (d × hd per KV head) is then smaller than dK or dV
+# (b·s × hd), so the sum repeat_kv leaves in them goes on into the weight gradients
+GQA = {"2kv_dp2xtp4": (4, 2, dict(dp=2, tp=4)), "2kv_tp8": (8, 2, dict(tp=8)), "8kv_tp8": (16, 8, dict(tp=8))}
 
 
-@pytest.mark.parametrize("train", [False, True], ids=["forward", "train"])
-def test_fewer_kv_heads_than_devices_replicate_kv_heads(train):
+@pytest.mark.parametrize("case,train", [("2kv_dp2xtp4", False), ("2kv_dp2xtp4", True), ("2kv_tp8", True),
+                                        ("8kv_tp8", True)])
+def test_fewer_kv_heads_than_devices_replicate_kv_heads(case, train):
     """GQA with 2 KV heads over tp=4: "tp" is seen as tp_0 (2) × tp_1 (2); the KV weights are
     split over tp_0 (one whole KV head per pair of devices, replicated over tp_1, as Megatron
     and vLLM do), every other split over both, so repeat_kv's [kv, rep] heads are kv over tp_0
     and rep over tp_1 and attention needs no collective: the forward is Megatron's 2
     all-reduces per layer (it gathered k and v before: 1.25× here, 1.5× at 8 heads). Training
-    adds Megatron's backward and the dp reduction of each device's gradients (the KV weights'
-    over dp and tp_1), and dK, dV reduced over tp_1."""
-    c, b = GQA, BATCH
+    adds Megatron's backward and the reduction of each device's gradients over dp, the KV
+    weights' over tp_1 too (dK and dV stay pending sums into them). 2 KV heads over tp=8: tp_0
+    (2) × tp_1 (4); 8 KV heads over tp=8: one per device, no sub-axes."""
+    n_head, n_kv, axes = GQA[case]
+    c, b = H.Cfg(n_head=n_head, n_kv_head=n_kv, n_layer=1, d=32, vocab=128), BATCH
     if train:
         fn, args = H.sgd_step("llama", c, b)
         g = shardc.from_torch(fn, args, capture="make_fx")
     else:
         args = (H.ids(c, b),)
         g = shardc.from_torch(H.build("llama", c), args)
-    specs = {**H.megatron_specs("llama"), **{p.name: P("dp") for p in g.inputs if p.rank and not is_state(g, p)}}
-    prog = shardc.partition(g, Mesh(dp=2, tp=4), specs)
-    assert prog.mesh.axes == {"dp": 2, "tp_0": 2, "tp_1": 2} and "2 KV heads over 4 devices" in prog.notes[0]
+    dp = axes.get("dp", 1)
+    specs = {**H.megatron_specs("llama"),
+             **{p.name: P("dp") for p in g.inputs if p.rank and not is_state(g, p) and dp > 1}}
+    prog = shardc.partition(g, Mesh(axes), specs)
     k = [n for n in g.input_names if "k_proj" in n and not n.startswith("out")][0]
-    assert prog.sharding_of(k).dims[0].axes == ("tp_0",)
+    if n_kv < axes["tp"]:
+        assert set(prog.mesh.axes) - {"dp"} == {"tp_0", "tp_1"} and prog.mesh.axes["tp_0"] == n_kv, prog.mesh
+        assert f"{n_kv} KV heads over {axes['tp']} devices" in prog.notes[0]
+        assert prog.sharding_of(k).dims[0].axes == ("tp_0",)
+    else:
+        assert prog.mesh.axes == Mesh(axes).axes and prog.sharding_of(k).dims[0].axes == ("tp",)
     for x, y in zip(prog.simulate(*args), g.evaluate(*args)):
         assert_close(x, y, tol=1e-5)
     assert not [r for r in prog.collectives if r.kind == "all_gather"], prog.ledger()
-    per_layer = (b // 2) * c.seq * c.d * 4
+    per_layer = (b // dp) * c.seq * c.d * 4
     total = sum(r.bytes for r in prog.collectives)
     if not train:
         assert [(r.kind, r.bytes) for r in prog.collectives] == [("all_reduce", per_layer)] * 2 * c.n_layer
         return
-    psi = sum(math.prod(local_shape(p.shape, s, prog.mesh)) * 4 for p, s in zip(g.inputs, prog.input_shardings)
-              if is_state(g, p))
-    closed = 4 * per_layer * c.n_layer + psi + 8
-    # backward: dK and dV ([b/dp, 1 KV head, s, hd] per device) are reduced over tp_1 where
-    # repeat_kv's sum makes them (the rotary backward reads dK twice); dx's pending sums over
-    # tp_0 and over (tp_0, tp_1) add up into one all-reduce
-    kv_grads = 2 * (b // 2) * c.seq * c.hd * 4 * c.n_layer
-    assert total == closed + kv_grads, prog.ledger()
+    held = {p: math.prod(local_shape(p.shape, s, prog.mesh)) * 4 for p, s in zip(g.inputs, prog.input_shardings)
+            if is_state(g, p)}
+    # gradients reduced: over dp, every parameter a device holds (+ the loss's sum and count);
+    # without dp, the KV weights' over the devices sharing a KV head
+    kv = sum(v for p, v in held.items() if "k_proj" in p.name or "v_proj" in p.name) if n_kv < axes["tp"] else 0
+    grads = sum(held.values()) + 8 if dp > 1 else kv
+    assert total == 4 * per_layer * c.n_layer + grads, prog.ledger()
