@@ -293,12 +293,21 @@ def jax_mesh(axes: dict):
                          devices=jax.devices()[:n])
 
 
-def xla_collectives(fn, args, prog, axes: dict, g_jax=None) -> dict:
+_XLA_SEEN: dict[tuple, dict] = {}  # the same JAX step with the same shardings compiles to the same HLO
+
+
+def xla_collectives(fn, args, prog, axes: dict, g_jax=None, key: tuple = ()) -> dict:
+    """XLA's collectives for the JAX step `fn` given the shardings of `prog`; `key` names the
+    step (model, size, step, batch): rows of several frontends that settle on the same
+    shardings share one compile."""
     mesh = jax_mesh(dict(prog.mesh.axes))  # (the program's mesh: sub-axes where KV heads are replicated)
     ins, outs = prog.input_shardings, prog.output_shardings
     if g_jax is not None and g_jax is not prog.graph:  # a torch twin's program: match by name
         ins = same_order([p.name for p in prog.graph.inputs], ins, [p.name for p in g_jax.inputs])
         outs = same_order(prog.graph.output_names, outs, g_jax.output_names)
+    seen = key and key + (tuple(prog.mesh.axes.items()), tuple(map(str, ins)), tuple(map(str, outs)))
+    if seen and seen in _XLA_SEEN:
+        return dict(_XLA_SEEN[seen], lower_ms=0.0, compile_ms=0.0, total_ms=0.0)  # (compiled for an earlier row)
     leaves, in_tree = jax.tree_util.tree_flatten(args)
     if len(leaves) != len(ins):
         raise RuntimeError(f"{len(leaves)} argument leaves but {len(ins)} graph inputs")
@@ -316,9 +325,12 @@ def xla_collectives(fn, args, prog, axes: dict, g_jax=None) -> dict:
     compiled = lowered.compile()
     t2 = time.perf_counter()
     colls = hlo_collectives(compiled.as_text(), math.prod(axes.values()))
-    return dict(bytes=sum(c["bytes"] for c in colls), wire=sum(c["wire"] for c in colls), kinds=by_kind((c["kind"], c["bytes"]) for c in colls),
-                n_async=sum(c["async"] for c in colls), lower_ms=(t1 - t0) * 1e3, compile_ms=(t2 - t1) * 1e3,
-                total_ms=(t2 - t0) * 1e3)
+    out = dict(bytes=sum(c["bytes"] for c in colls), wire=sum(c["wire"] for c in colls), kinds=by_kind((c["kind"], c["bytes"]) for c in colls),
+               n_async=sum(c["async"] for c in colls), lower_ms=(t1 - t0) * 1e3, compile_ms=(t2 - t1) * 1e3,
+               total_ms=(t2 - t0) * 1e3)
+    if seen:
+        _XLA_SEEN[seen] = out
+    return out
 
 
 def run_row(m, step: str, lay: str, captured, batch: int) -> dict:
@@ -349,7 +361,7 @@ def run_row(m, step: str, lay: str, captured, batch: int) -> dict:
     row["input_specs"] = {p.name: str(s) for p, s in zip(g.inputs, prog.input_shardings) if not s.is_replicated}
     row["output_specs"] = {n: str(s) for n, s in zip(g.output_names, prog.output_shardings) if not s.is_replicated}
     try:
-        x = xla_collectives(fn, args, xla_prog, axes, g_jax)
+        x = xla_collectives(fn, args, xla_prog, axes, g_jax, key=(m.name, m.size, getattr(m.config, "seq_len", None), step, batch))
     except Exception as e:
         row["error"] = f"xla: {type(e).__name__}: {e}"
         return row
