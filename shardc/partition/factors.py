@@ -2,6 +2,7 @@
 merge what every tensor of the op says about each factor, and project back."""
 from __future__ import annotations
 
+import functools
 import math
 
 from .mesh import DimSharding, Mesh, Sharding, extends_dim, restrict_dim, split_part
@@ -22,7 +23,7 @@ class FactorAxes(dict):
 
     def dim(self, f: int) -> DimSharding:
         """The factor's layout, as a DimSharding over the factor's size."""
-        return self.layouts.get(f) or DimSharding(self.get(f, ()))
+        return self.layouts.get(f) or _plain(self.get(f, ()))
 
     def set(self, f: int, d: DimSharding) -> None:
         if not d.axes:
@@ -34,6 +35,9 @@ class FactorAxes(dict):
     def restrict(self, keep) -> "FactorAxes":
         return FactorAxes({f: a for f, a in self.items() if f in keep},
                           layouts={f: o for f, o in self.layouts.items() if f in keep})
+
+
+_plain = functools.lru_cache(maxsize=1024)(DimSharding)   # one split over these axes (immutable)
 
 
 def project(s: Sharding, dims: list[list[int]], rule: FactorRule, mesh: Mesh) -> FactorAxes:
@@ -120,18 +124,40 @@ def merge(candidates: list[tuple[tuple, FactorAxes]], rule: FactorRule, mesh: Me
 def representable(fa: FactorAxes, rule: FactorRule, mesh: Mesh) -> FactorAxes:
     """Drop factor splits some tensor of the op cannot hold: every tensor must see exactly the
     op's factor sharding when its dims are written out and read back."""
-    while True:
+    if not fa:
+        return fa
+    # the answer depends only on the factors' sizes and layouts and the tensors' dims: identical
+    # layers ask it of the same op again and again
+    tensors = tuple(tuple(tuple(fs) for fs in t) for t in rule.tensors())
+    key = (tuple(rule.sizes), tensors, tuple(sorted((f, fa.dim(f)) for f in fa)), mesh)
+    keep = _representable(key, fa, rule, mesh)
+    if keep == set(fa):
+        return fa
+    restricted = fa.restrict(keep)
+    restricted.priority = {f: p for f, p in fa.priority.items() if f in keep}
+    return restricted
+
+
+_KEPT: dict = {}
+
+
+def _representable(key, fa: FactorAxes, rule: FactorRule, mesh: Mesh) -> frozenset:
+    """The factors of `fa` that every tensor can hold (cached by `key`)."""
+    if key in _KEPT:
+        return _KEPT[key]
+    while fa:
         drop = set()
         for dims in rule.tensors():
             back = project(Sharding(unproject(fa, dims, rule, mesh)), dims, rule, mesh)
             for fs in dims:
                 drop |= {f for f in fs if f in fa and back.dim(f) != fa.dim(f)}
         if not drop:
-            return fa
-        keep = set(fa) - drop
-        restricted = fa.restrict(keep)
-        restricted.priority = {f: p for f, p in fa.priority.items() if f in keep}
-        fa = restricted
+            break
+        fa = fa.restrict(set(fa) - drop)
+    if len(_KEPT) > 1 << 14:
+        _KEPT.clear()
+    _KEPT[key] = frozenset(fa)
+    return _KEPT[key]
 
 
 def unkept(x, have: Sharding, user, mesh: Mesh) -> str:
