@@ -232,7 +232,9 @@ def test_depth_extrapolation_matches_full_depth():
         m = models.get("llama3:8b", n_layer=depth, d_model=64, n_head=4, n_kv_head=2, d_ff=128,
                        vocab_size=256, seq_len=16)
         g, _ = m.capture(train=True, batch=4, optimizer="sgd")
-        return shardc.analyze(partition(g, Mesh(dp=2, tp=2), m.tp_specs(), plan="dp"), "h100")
+        # without passes: the latency-hiding scheduler's order at 1, 2 and 3 layers need not be
+        # periodic in depth (its peak differs by 0.6% here), and this checks the arithmetic exactly
+        return shardc.analyze(partition(g, Mesh(dp=2, tp=2), m.tp_specs(), plan="dp", passes=()), "h100")
 
     a = shardc.analysis.extrapolate(at(1), at(2), 1, 2, 3)
     full = at(3)
