@@ -35,7 +35,8 @@ from .passes_collective_matmul import collective_matmul
 from .passes_common import PassReport, make_node as _node
 from .passes_cse import eliminate_common_collectives
 from .passes_scatter import create_reduce_scatters
-from .passes_schedule import schedule
+from . import passes_schedule
+from .passes_schedule import schedules_unrolled, schedule
 from .program import CollectiveRecord, SpmdProgram, wire_bytes
 
 XLA_COMBINE_THRESHOLD = 30 * 2 ** 20  # bytes: XLA's default all-reduce combine threshold
@@ -239,10 +240,11 @@ def run_passes(prog: SpmdProgram, passes="default", hardware="h200") -> SpmdProg
         raise ShardingError(f"unknown pass(es) {unknown}; passes: {', '.join(PASSES)}")
     if prog.repeat is not None and getattr(prog, "bucket_group", None) is None:
         prog.bucket_group = _LayerOf(prog)   # buckets of one layer each: the block stays one block
-    if prog.repeat is not None and "schedule" in names:   # its order would not repeat layer by layer
+    if prog.repeat is not None and "schedule" in names and not schedules_unrolled(prog):
         names = tuple(n for n in names if n != "schedule")
-        prog.notes.append("the latency-hiding scheduler does not run on a repeated block yet (ir/blocks.py): "
-                          "collectives start when their operand is ready; pass a model without repeat to schedule")
+        prog.notes.append(f"the latency-hiding scheduler does not run on this repeated block: it schedules the "
+                          f"unrolled program, here over {passes_schedule.MAX_UNROLLED_OPS:,} ops (its cost); collectives start when "
+                          f"their operand is ready")
     for i, name in enumerate(names):
         report = PASSES[name](prog)
         prog.passes.append(report)

@@ -290,29 +290,53 @@ def best_order(prog: SpmdProgram, price, limit: float) -> tuple[Graph, float, in
         budget -= (up_peak - limit) * 1.5
     if up_step < step and (up_peak <= limit or up_peak <= peak):
         best = (up, up_step, up_peak, "bottom-up")
+    if best[2] > limit:  # nothing fits: the program's own order where it is no worse on both counts
+        own_step, own_peak = _makespan(timeline(g, seconds=price)), liveness(prog.graph, g)[0]
+        if own_peak <= best[2] and own_step <= best[1]:
+            best = (g, own_step, own_peak, "program order (no order fits)")
     return best
+
+
+MAX_UNROLLED_OPS = 20_000   # a repeated block is scheduled unrolled up to this many ops (~1 ms of CPU an op)
+
+
+def schedules_unrolled(prog: SpmdProgram) -> bool:
+    """Is the repeated program `prog` small enough unrolled for the scheduler?"""
+    from ..ir.blocks import multiplicity
+    return sum(multiplicity(prog.local, prog.repeat).values()) <= MAX_UNROLLED_OPS
 
 
 def schedule(prog: SpmdProgram, hardware=None, limit: float | None = None) -> PassReport:
     """Reorder `prog.local` by `best_order` on `hardware` (default: the one `partition` was
-    given) within `limit` bytes per device (default: its HBM less MEMORY_MARGIN)."""
+    given) within `limit` bytes per device (default: its HBM less MEMORY_MARGIN). A repeated
+    block (`prog.repeat`) is scheduled unrolled: a layer's prefetches reach into the layers
+    before it, so the order does not repeat layer by layer; the block stays partitioned, passed
+    and priced once, and `prog.unrolled()` (what codegen, simulate, the engines and `analyze`'s
+    timeline take) holds the scheduled whole program."""
     from ..analysis.analyze import op_pricer
     from ..analysis.cost import timeline
     hardware = hardware or getattr(prog, "hardware", None) or "h200"
     limit = memory_limit(hardware) if limit is None else limit
     pricer, memo = op_pricer(hardware, prog.mesh), {}
+    whole = prog
+    if prog.repeat is not None:
+        prog._unrolled = None            # (the passes before may have changed the block)
+        whole = prog.unrolled()
+    templates = whole.templates
 
     def price(n: Node) -> float:
-        if n not in memo:
-            memo[n] = pricer(n)
-        return memo[n]
+        t = templates.get(n, n)          # a layer's copies cost what the block's op costs
+        if t not in memo:
+            memo[t] = pricer(n)
+        return memo[t]
 
-    before = _makespan(timeline(prog.local, seconds=price))
-    prog.local, after, peak, how = best_order(prog, price, limit)
+    before = _makespan(timeline(whole.local, seconds=price))
+    whole.local, after, peak, how = best_order(whole, price, limit)
     fits = "" if peak <= limit else "; over the limit even in program order"
     n = len(prog.collectives)
-    return PassReport("schedule", n, n, f"{how}, modeled step {before * 1e6:.1f} → {after * 1e6:.1f} µs on {hardware}, "
-                                        f"peak live {peak / 1e6:.4g} MB (limit {limit / 1e6:.4g} MB{fits})")
+    unrolled = f" (the {prog.repeat.depth} layers unrolled)" if prog.repeat is not None else ""
+    return PassReport("schedule", n, n, f"{how}{unrolled}, modeled step {before * 1e6:.1f} → {after * 1e6:.1f} µs on "
+                                        f"{hardware}, peak live {peak / 1e6:.4g} MB (limit {limit / 1e6:.4g} MB{fits})")
 
 
 def _scheduled(g: Graph, order: list[Node]) -> Graph:
