@@ -61,7 +61,7 @@ def test_partitioned_once_multiplied_out_exactly(llama6):
     m = models.get("llama:tiny", n_layer=6)
     mesh = Mesh({"dp": 2, "tp": 2})
     from shardc.partition.passes import DEFAULT
-    passes = tuple(p for p in DEFAULT if p != "schedule")   # (not run on a repeated block)
+    passes = tuple(p for p in DEFAULT if p != "schedule")   # (schedules the unrolled program, its own figures)
     block = shardc.partition(g, mesh, m.tp_specs("tp"), "fsdp", passes=passes)
     whole = shardc.partition(full, mesh, m.tp_specs("tp"), "fsdp", passes=passes)
     assert len(block.local.nodes) < 0.75 * len(whole.local.nodes)
