@@ -49,18 +49,23 @@ class Operands:
         self._recomputed.clear()
 
     def cheap(self, x: Node) -> bool:
-        """A dot operand worth recomputing for every tile: views, casts and a scale or two."""
+        """A dot operand worth recomputing for every tile: views, casts and a scale or two; or
+        elementwise ops of one stored value of its own size (an activation of a matmul's result:
+        storing it writes a value that its readers then read instead of the one it is made of)."""
         if not self.inlinable(x):
             return True
-        work = 0
+        work, sources = 0, set()
         for n in self._walk(x, lambda n: False):
             if n.op in REDUCE or n.op in _COPIES:
                 return False
             if n.op in ELEMENTWISE and n.op is not Op.CAST:
                 work += 1
-                if work > MAX_PROLOGUE_OPS:
+                if work > MAX_NORM_PROLOGUE_OPS:
                     return False
-        return True
+            sources.update(i for i in n.inputs if i.size >= x.size and not self.inlinable(i))
+            if work > MAX_PROLOGUE_OPS and len(sources) > 1:
+                return False
+        return work <= MAX_PROLOGUE_OPS or (len(sources) == 1 and next(iter(sources)).size == x.size)
 
     def reads_recomputed(self, x: Node) -> bool:
         """Whether `x` is computed from a recomputed dot without passing a reduction (whether
