@@ -50,22 +50,25 @@ class Operands:
 
     def cheap(self, x: Node) -> bool:
         """A dot operand worth recomputing for every tile: views, casts and a scale or two; or
-        elementwise ops of one stored value of its own size (an activation of a matmul's result:
-        storing it writes a value that its readers then read instead of the one it is made of)."""
+        elementwise ops and slices of one stored value (an activation of a matmul's result,
+        rotary embeddings of q and k: storing it writes as many elements as its readers then
+        read instead of the ones it is made of)."""
         if not self.inlinable(x):
             return True
-        work, sources = 0, set()
+        work, sources, copies = 0, set(), False
         for n in self._walk(x, lambda n: False):
-            if n.op in REDUCE or n.op in _COPIES:
+            if n.op in REDUCE or n.op is Op.GATHER:
                 return False
+            copies |= n.op in _COPIES
             if n.op in ELEMENTWISE and n.op is not Op.CAST:
                 work += 1
                 if work > MAX_NORM_PROLOGUE_OPS:
                     return False
-            sources.update(i for i in n.inputs if i.size >= x.size and not self.inlinable(i))
-            if work > MAX_PROLOGUE_OPS and len(sources) > 1:
-                return False
-        return work <= MAX_PROLOGUE_OPS or (len(sources) == 1 and next(iter(sources)).size == x.size)
+            sources.update(i for i in n.inputs if not self.inlinable(i))
+        # elements a reader loads to recompute it: about as many as reading it stored (a bias or
+        # γ vector beside one value of its size)
+        return (not copies and work <= MAX_PROLOGUE_OPS) or \
+            sum(min(i.size, x.size) for i in sources) <= 1.25 * x.size
 
     def reads_recomputed(self, x: Node) -> bool:
         """Whether `x` is computed from a recomputed dot without passing a reduction (whether
