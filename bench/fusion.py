@@ -1,7 +1,7 @@
 """Kernel fusion: kernels per step and bytes moved through memory, per zoo model.
 
     cd /work/main && .venv/bin/python bench/fusion.py [--models gpt2,llama] [--size tiny]
-        [--steps forward,train] [--layouts single,tp,dp] [--json PATH]
+        [--steps forward,train] [--layouts single,tp,dp] [--target triton|pallas] [--json PATH]
 
 For each zoo model, step and layout, the per-device program goes through shardc.compile and we
 count, per device per step:
@@ -48,9 +48,9 @@ def program(name: str, size: str, step: str, layout: str, batch: int, **override
     return partition(g, Mesh(axes), m.tp_specs() if tp else {}, plan)
 
 
-def measure(prog) -> dict:
+def measure(prog, target: str = "triton") -> dict:
     t = time.perf_counter()
-    exe = shardc.compile(prog)
+    exe = shardc.compile(prog, target=target)
     row = summary(exe)
     row["compile_s"] = time.perf_counter() - t
     row["attention_kernels"] = sum(k.kind == "attention" for k in exe.kernels)
@@ -64,17 +64,19 @@ def main(argv=None):
     ap.add_argument("--steps", default="forward,train")
     ap.add_argument("--layouts", default="single,tp")
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--target", default="triton", choices=("triton", "pallas"))
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "fusion.json"))
     a = ap.parse_args(argv)
     rows = []
     for name in a.models.split(","):
         for step in a.steps.split(","):
             for layout in a.layouts.split(","):
-                r = measure(program(name, a.size, step, layout, a.batch))
+                r = measure(program(name, a.size, step, layout, a.batch), a.target)
                 rows.append({"model": name, "step": step, "layout": layout, **r})
     if "gpt2" in a.models.split(","):
         for layout in a.layouts.split(","):
-            one, two = (measure(program("gpt2", a.size, "forward", layout, a.batch, n_layer=n)) for n in (1, 2))
+            one, two = (measure(program("gpt2", a.size, "forward", layout, a.batch, n_layer=n), a.target)
+                        for n in (1, 2))
             layer = {k: two[k] - one[k] for k in one if k != "compile_s"}
             rows.append({"model": "gpt2 layer", "step": "forward", "layout": layout, **layer, "compile_s": two["compile_s"]})
     head = (f"{'model':<11}{'step':<9}{'layout':<8}{'kernels':>8}{'unfused':>9}{'KiB':>9}{'unfused':>9}"
@@ -101,7 +103,7 @@ def main(argv=None):
             print(f"{r['model']} train {r['layout']}: {ratio:.3f}x matmul bound: "
                   f"{'within' if ratio <= 1.3 else 'OVER'} the training budget (<=1.3x)")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"size": a.size, "batch": a.batch, "rows": rows}, indent=1))
+    Path(a.json).write_text(json.dumps({"size": a.size, "batch": a.batch, "target": a.target, "rows": rows}, indent=1))
     return rows
 
 
