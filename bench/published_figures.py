@@ -11,7 +11,9 @@ counts.
 Throughput per GPU is counted as the source counts it (the paper's FLOP formula), over the
 modeled step time.
 
-Sources (checked 2026-12-05 against the texts; where a page is quoted, its address is given):
+Sources (checked 2026-12-05 with the search tool: the Llama 3 rows against a stored copy of the
+paper's text; SC'21 Table 1 against a transcription of it; §5.1's 140 only as a summary of the
+paper quotes it, the paper's own text was not retrievable):
   - Narayanan et al., "Efficient Large-Scale Language Model Training on GPU Clusters Using
     Megatron-LM" (SC'21, arXiv:2104.04473). Vocabulary 51,200 and sequence 2,048 for all models;
     FLOPs counted as 96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) (full activation recomputation
@@ -35,7 +37,7 @@ Sources (checked 2026-12-05 against the texts; where a page is quoted, its addre
     (32 microbatches). Model FLOPs: 6·N·tokens plus attention's 12·l·h·s per token.
 
 What the model leaves out (why the ratios are not 1):
-  - GEMMs run at the datasheet peak (real bf16 GEMMs reach 70-80% of it): optimistic.
+  - GEMMs run at the datasheet peak (real bf16 GEMMs reach less of it): optimistic.
   - Attention is priced as captured: the [heads, s, s] scores and probabilities go through HBM.
     At Llama 3's s=8,192 that is ~40% of a layer's modeled forward; Meta trains 8K sequences
     without checkpointing, which a materialized [16, 8192, 8192] per layer and microbatch would
