@@ -36,6 +36,9 @@ from jax import lax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 PIPE = "pipe"     # the two-row axis of a transfer's mesh
+# XLA:CPU runs the engine where it is tested (many small per-stage programs: compiling them is most
+# of a run); without LLVM's costlier passes each compiles in about two thirds of the time.
+CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 class _Segment:
@@ -63,8 +66,10 @@ class _Segment:
                     env[n] = jax_node(n, [env[i] for i in n.inputs])
             return tuple(env[o][None] for o in self.outs)
 
+        cpu = all(d.platform == "cpu" for d in jmesh.devices.flat)
         self.fn = jax.jit(jax.shard_map(body, mesh=jmesh, in_specs=(PartitionSpec(),) + (every,) * len(ins),
-                                        out_specs=(every,) * len(self.outs), check_vma=False)) if computed else None
+                                        out_specs=(every,) * len(self.outs), check_vma=False),
+                          compiler_options=CPU_COMPILE if cpu else None) if computed else None
 
     def _wiring(self, nodes, sums, keep):
         """(computed nodes, inputs); sets self.nodes, self.ins, self.outs."""

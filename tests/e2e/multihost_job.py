@@ -59,9 +59,9 @@ def torch_main(die: bool, spmd: bool = False, dying_node: int = 1):
     rank, node = int(os.environ["RANK"]), int(os.environ["GROUP_RANK"])
     g, args = step_graph()
     prog = pipeline_program(g)
-    shardc.check(prog, *args, engine="torch_pipeline", timeout_s=60)
     tp = {n: shardc.P(None, "tp") for n in g.input_names if "layers." in n}
     spmd_prog = shardc.partition(g, shardc.Mesh({"dp": 2, "tp": 2}), {"x": shardc.P("dp"), "y": shardc.P("dp"), **tp})
+    shardc.check(prog, *args, engine="torch_pipeline", timeout_s=60)     # (also: every rank learns the roster)
     if dying_node == 1:        # (the job where the store's host dies checks the pipeline only)
         shardc.check(spmd_prog, *args, engine="torch")
     print(f"rank {rank} node {node} check ok", flush=True)

@@ -37,8 +37,9 @@ def test_mlp_steps(schedule):
 # Each group compiles its stages' programs once (XLA on 2 shared cores: seconds per program); a
 # further schedule of the group reuses them (runtime/pipeline_jax.py caches programs by structure):
 # GPipe's are 1F1B's, zero-bubble compiles only its B and W. Rows: GPT-2 SGD on pp2 x dp2 x tp2
-# under 1F1B, GPipe and zero-bubble; Llama Adam on pp4 x dp2 under GPipe and 1F1B. Interleaving
-# runs on JAX in test_mlp_steps; the rest of the matrix runs on torch (test_pipeline_torch.MATRIX).
+# under 1F1B, GPipe and zero-bubble; Llama Adam on pp4 x dp2 under GPipe and 1F1B (its zero-bubble
+# B and W would add ~15 s; the torch rows run it). Interleaving runs on JAX in test_mlp_steps; the
+# rest of the matrix runs on torch (test_pipeline_torch.MATRIX).
 @pytest.mark.slow
 @pytest.mark.parametrize("model,optimizer,mesh,schedule", [
     ("gpt2", "sgd", "pp2xdp2xtp2", "1f1b"), ("gpt2", "sgd", "pp2xdp2xtp2", "gpipe"),
@@ -46,7 +47,8 @@ def test_mlp_steps(schedule):
     ("llama", "adam", "pp4xdp2", "gpipe"), ("llama", "adam", "pp4xdp2", "1f1b"),
 ])
 def test_zoo_steps(model, optimizer, mesh, schedule):
-    m, g, args, prog = _program(model, optimizer, mesh, schedule)
+    # one layer per stage: XLA's compile time grows with the ops of each stage's programs
+    m, g, args, prog = _program(model, optimizer, mesh, schedule, layers=int(mesh.split("x")[0].removeprefix("pp")))
     p = prog.mesh.axes["pp"]
     got, want, _ = _run_steps(g, args, prog, p, 8 // p)
     assert_steps_match(m, g, got, want, optimizer)

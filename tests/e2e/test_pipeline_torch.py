@@ -13,8 +13,8 @@ from shardc.testing import rel_err
 
 
 @functools.lru_cache(maxsize=None)
-def _capture(model, optimizer, frontend="jax"):
-    m = models.get(f"{model}:tiny", n_layer=4)
+def _capture(model, optimizer, frontend="jax", layers=4):
+    m = models.get(f"{model}:tiny", n_layer=layers)
     g, args = m.capture(train=True, batch=8, optimizer=optimizer, frontend=frontend)
     return m, g, _fresh(args, np.random.default_rng(7))
 
@@ -32,22 +32,23 @@ def _fresh(args, rng):
 
 
 @functools.lru_cache(maxsize=None)
-def _partitioned(model, optimizer, mesh, frontend="jax"):
-    """(model, graph, args, the 1F1B pipeline program) over `mesh` ("pp2xdp2xtp2"): Megatron's
-    tensor-parallel specs where the mesh has tp, batch over dp; 4 microbatches. Partitioned once
-    per session: every schedule and both engines run the same stage programs (_program)."""
-    m, g, args = _capture(model, optimizer, frontend)
+def _partitioned(model, optimizer, mesh, frontend="jax", layers=4):
+    """(model, graph, args, the 1F1B pipeline program) of the tiny model with `layers` layers over
+    `mesh` ("pp2xdp2xtp2"): Megatron's tensor-parallel specs where the mesh has tp, batch over
+    dp; 4 microbatches. Partitioned once per session: every schedule and both engines run the
+    same stage programs (_program)."""
+    m, g, args = _capture(model, optimizer, frontend, layers)
     axes = {re.match(r"[a-z]+", a).group(): int(re.search(r"\d+", a).group()) for a in mesh.split("x")}
     specs = {**{n: P("dp") for n in g.input_names if n.startswith("args")}, **(m.tp_specs() if "tp" in axes else {})}
     return m, g, args, shardc.partition(g, Mesh(axes), specs, pipeline=shardc.Pipeline("pp", 4, "1f1b"))
 
 
 @functools.lru_cache(maxsize=None)
-def _program(model, optimizer, mesh, schedule, frontend="jax"):
+def _program(model, optimizer, mesh, schedule, frontend="jax", layers=4):
     """The pipeline program of `schedule`, built on _partitioned's per-microbatch program (a
     schedule changes the order of the stage actions, zero-bubble splits B, interleaving the stages)."""
     from shardc.partition.pipeline import build
-    m, g, args, first = _partitioned(model, optimizer, mesh, frontend)
+    m, g, args, first = _partitioned(model, optimizer, mesh, frontend, layers)
     pl = shardc.Pipeline("pp", 4, schedule)
     p = first.mesh.axes["pp"] * (pl.chunks if schedule == "interleaved-1f1b" else 1)
     return m, g, args, (first if schedule == "1f1b" else build(g, first.mesh, pl, first.inner, p))
