@@ -187,14 +187,18 @@ def by_kind(records) -> dict[str, dict[str, int]]:
 
 
 # ------------------------------------------------------------------------------- closed forms
-def param_bytes(m, tp_axis: str = "tp") -> tuple[int, int]:
-    """(Ψ, bytes of parameters the tensor-parallel specs split), float32."""
+def param_bytes(m, tp_axis: str = "tp", tp: int = 1) -> tuple[int, int, int]:
+    """(Ψ, bytes of parameters the tensor-parallel specs split, of those the bytes one device
+    holds over tp), float32. GQA with fewer KV heads than tp: each device holds a whole KV
+    head, the KV weights are split over only as many devices as there are KV heads."""
     shapes = m.param_shapes()
     globs = list(m.tp_specs(tp_axis))
     psi = sum(4 * math.prod(s) for s in shapes.values())
-    split = sum(4 * math.prod(s) for n, s in shapes.items()
-                if any(fnmatch.fnmatchcase(n, k) or fnmatch.fnmatchcase(leaf_key(n), k) for k in globs))
-    return psi, split
+    split = {n: 4 * math.prod(s) for n, s in shapes.items()
+             if any(fnmatch.fnmatchcase(n, k) or fnmatch.fnmatchcase(leaf_key(n), k) for k in globs)}
+    kv = getattr(m.config, "n_kv_head", tp)
+    held = sum(b // (min(tp, kv) if ("k_proj" in n or "v_proj" in n) else tp) for n, b in split.items())
+    return psi, sum(split.values()), held
 
 
 def tp_activation_bytes(m, b: int, train: bool) -> tuple[int, str] | None:
@@ -216,9 +220,9 @@ def closed_form(m, step: str, name: str, axes: dict, batch: int) -> dict | None:
     """{"bytes", "rel" ("=" exact, "≤" upper bound), "formula"} or None."""
     train = step == "train"
     name = CLOSED_FORM_KIND.get(name, name)
-    psi, split = param_bytes(m)
-    rep = psi - split
     dp, tp = axes.get("dp", 1), axes.get("tp", 1)
+    psi, split, held = param_bytes(m, tp=tp)
+    rep = psi - split
     if m.name == "moe":
         return None  # expert capacity is filled in token order over the whole batch: not batch-parallel
     if name == "dp":
@@ -244,7 +248,7 @@ def closed_form(m, step: str, name: str, axes: dict, batch: int) -> dict | None:
         return dict(bytes=2 * nbytes, rel="=", formula="2·L·b·s·h·4 AG + same RS")
     if name == "2d":
         if train:  # tp all-reduces of b/dp + dp all-reduce of each device's gradients + loss
-            return dict(bytes=nbytes + rep + split // tp + 4, rel="=", formula=formula + " (b/dp) + Ψ_rep + Ψ_tp/tp + 4")
+            return dict(bytes=nbytes + rep + held + 4, rel="=", formula=formula + " (b/dp) + Ψ_rep + Ψ_tp/tp + 4")
         return dict(bytes=nbytes, rel="=", formula=formula + " (b/dp)")
     return None
 
@@ -446,6 +450,7 @@ def parse_args(argv=None):
                     help="comma-separated subset of " + ",".join(ZOO + (EXPERT_PARALLEL,)))
     ap.add_argument("--size", default="tiny", choices=("tiny", "mini", "small"))
     ap.add_argument("--seq", type=int, default=None, help="override the config's sequence length (GPT-2 small rows: 128)")
+    ap.add_argument("--layers", type=int, default=None, help="override GPT-2's and Llama's layer count (quick checks)")
     ap.add_argument("--steps", default=",".join(STEPS), help="forward,train")
     ap.add_argument("--layouts", default=",".join(LAYOUTS), help="subset of " + ",".join(LAYOUTS + EXTRA_LAYOUTS))
     ap.add_argument("--batch", type=int, default=8, help="global batch (a multiple of 4 for dp=4)")
@@ -484,7 +489,10 @@ def main(argv=None) -> int:
                 continue
             if frontend == "hf" and name not in ("gpt2", "llama"):
                 continue
-            m = models.get(f"{name}:{a.size}", **({"seq_len": a.seq} if a.seq else {}))
+            over = {"seq_len": a.seq} if a.seq else {}
+            if a.layers and name in ("gpt2", "llama"):
+                over["n_layer"] = a.layers
+            m = models.get(f"{name}:{a.size}", **over)
             for step in a.steps:
                 try:
                     captured = capture(m, step, a.batch, frontend)
@@ -509,7 +517,7 @@ def main(argv=None) -> int:
           + (f" ({xla / part:.1f}x)" if part else ""))
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(bench="comm_vs_xla", size=a.size, batch=a.batch, seq=a.seq, frontend=a.frontend, jax=jax.__version__, shardc=shardc.__version__,
+    meta = dict(bench="comm_vs_xla", size=a.size, batch=a.batch, seq=a.seq, layers=a.layers, frontend=a.frontend, jax=jax.__version__, shardc=shardc.__version__,
                 python=platform.python_version(), machine=platform.machine(), cpus=os.cpu_count(),
                 n_jax_devices=len(jax.devices()), elapsed_s=elapsed,
                 tp_size={n: tp_size(models.get(f"{n}:{a.size}")) for n in a.models if n != EXPERT_PARALLEL},

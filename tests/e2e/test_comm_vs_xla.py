@@ -59,21 +59,30 @@ def test_expert_parallel_rows_no_more_bytes_than_xla(tmp_path):
             assert r["routed_all_to_all_bytes"] > 0 and "ragged_all_to_all" in r["shardc_kinds"], where
 
 
+def run_bench(tmp_path, *args) -> list[dict]:
+    out = tmp_path / "comm.json"
+    p = subprocess.run([sys.executable, str(BENCH), *args, "--json", str(out)], capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(out.read_text())["rows"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("frontend,model", [("torch", "mlp"), ("torch", "gpt2"), ("torch", "llama"), ("torch", "moe"),
-                                            ("hf", "gpt2"), ("hf", "llama")])
-def test_torch_and_hf_style_graphs_no_more_bytes_than_xla(frontend, model, tmp_path):
+def test_torch_and_hf_style_graphs_no_more_bytes_than_xla(tmp_path):
     """The zoo's torch twins and the Hugging Face-style modules (Conv1D, fused QKV, SDPA,
     shardc/models/hf_style.py) through from_torch, against XLA on the JAX twin of the same
-    shapes: at or below XLA (bytes and wire) and at the closed form where one exists."""
-    out = tmp_path / "comm.json"
-    p = subprocess.run([sys.executable, str(BENCH), "--models", model, "--frontend", frontend, "--json", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 10 and {r["frontend"] for r in rows} == {frontend}
+    shapes: at or below XLA (bytes and wire) and at the closed form where one exists. One
+    process, the training steps (their forward is the forward step's graph) of one-layer
+    models, the layouts where the torch graphs differ from the JAX twins' (FSDP, TP + SP,
+    dp × tp); the benchmark itself prints every row. Then GQA: Llama's 2 KV heads over tp=4
+    (KV heads replicated over tp_1), forward and training step at the closed form."""
+    rows = run_bench(tmp_path, "--models", "mlp,gpt2,llama,moe", "--frontend", "torch,hf", "--steps", "train",
+                     "--layouts", "fsdp,tp+sp,2d", "--layers", "1")
+    assert len(rows) == 18 and {r["frontend"] for r in rows} == {"torch", "hf"}
+    rows += run_bench(tmp_path, "--models", "llama", "--frontend", "hf", "--layouts", "dp2xtp4", "--layers", "1")
+    assert [r["closed_form"] is not None for r in rows[18:]] == [True, True]
     for r in rows:
-        where = f"{frontend} {r['model']} {r['step']} {r['layout']}"
+        where = f"{r['frontend']} {r['model']} {r['step']} {r['layout']}"
         assert "error" not in r, f"{where}: {r.get('error')}"
         assert r["shardc_bytes"] <= r["xla_bytes"], f"{where}: {r['shardc_bytes']} > XLA {r['xla_bytes']}"
         assert r["shardc_wire_bytes"] <= r["xla_wire_bytes"], f"{where}: wire {r['shardc_wire_bytes']} > {r['xla_wire_bytes']}"
