@@ -3,11 +3,17 @@ group once (not once per probe per round), and identical layers' kernels are wri
 launched for every layer, each launch reading and writing its own layer's values. Correctness of
 the shared kernels (every launch against the numpy evaluation of its nodes, whole programs
 against Graph.evaluate) is tests/unit/test_codegen_zoo.py's, which runs with this on."""
+import functools
+
 import pytest
 
 import shardc
 from shardc import Mesh, models
+from shardc.codegen import fused_recompute, fusion
 from shardc.codegen import triton as triton_emitter
+from shardc.codegen.prologue import Operands, is_splat
+from shardc.ir import Op
+from shardc.ir.ops import ELEMENTWISE, REDUCE
 
 
 @pytest.fixture(autouse=True)
@@ -15,12 +21,18 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SHARDC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernel-cache"))
 
 
+@functools.lru_cache(maxsize=None)
+def _train_program(name: str, n_layer: int):
+    """The zoo model's SGD step (tiny, shape-only, f32) over dp2 × tp2, partitioned once per test run."""
+    m = models.get(f"{name}:tiny", n_layer=n_layer)
+    g, _ = m.capture(train=True, shape_only=True, dtype="f32", repeat=False)
+    return shardc.partition(g, Mesh({"dp": 2, "tp": 2}), specs=m.tp_specs(), plan="dp")
+
+
 def compiled(n_layer: int, monkeypatch):
     """GPT-2 tiny's SGD step at `n_layer` layers over dp2 × tp2, compiled to Triton; and how many
     kernels the emitter wrote: trial ones for the planner ("probe") and real ones."""
-    m = models.get("gpt2:tiny", n_layer=n_layer)
-    g, _ = m.capture(train=True, shape_only=True, dtype="f32")
-    prog = shardc.partition(g, Mesh({"dp": 2, "tp": 2}), specs=m.tp_specs(), plan="dp")
+    prog = _train_program("gpt2", n_layer)
     names = []
     emit = triton_emitter.emit
     monkeypatch.setattr(triton_emitter, "emit", lambda grp, name: (names.append(name), emit(grp, name))[1])
@@ -73,3 +85,66 @@ def test_epilogue_fits_matches_the_emitter():
         else:
             with pytest.raises(triton_emitter.CannotFuse):
                 triton_emitter.feasible(grp)
+
+
+def test_planner_rounds_do_not_grow_with_depth(monkeypatch):
+    """Each planner round rebuilds every group; a layer's failing groups are fixed in the same
+    rounds as every other layer's (they only share stored inputs and the causal mask), so planning
+    stays linear in depth: GPT-2's SGD step needs as many rounds at 3 layers as at 2."""
+    rounds = []
+    build = fusion.Planner._groups
+    monkeypatch.setattr(fusion.Planner, "_groups", lambda self, internal: (rounds.append(1), build(self, internal))[1])
+    counts, kernels = [], []
+    for n in (2, 3):
+        rounds.clear()
+        steps = fusion.plan_fusion(_train_program("gpt2", n).local, triton_emitter.feasible, triton_emitter.epilogue_fits)
+        kernels.append(sum(s.step == "kernel" for s in steps))
+        counts.append(len(rounds))
+    assert kernels[1] > kernels[0] and 1 < counts[0] == counts[1]
+
+
+def _full_walk_answers(x, order):
+    """The dot-operand questions answered by walking x's whole inlinable upstream (their definition)."""
+    inner = fusion.tree(x, lambda n: False)[0] if fusion.inlinable(x) else []
+    cheap = not inner or (not any(n.op in REDUCE or n.op in (Op.GATHER, Op.PAD, Op.CONCATENATE) for n in inner)
+                          and sum(n.op in ELEMENTWISE and n.op is not Op.CAST for n in inner) <= 2)
+    recomputed = fused_recompute.recomputed_operand_stats(x, fusion.inlinable, lambda n: False) is not None
+    reds = [n for n in inner if n.op in REDUCE]
+    if not reds or len(reds) > 4:
+        return cheap, recomputed, None
+    inner_set, after = set(inner), set()
+    for n in sorted(inner, key=order.get):
+        if n.op in REDUCE or any(i in after for i in n.inputs if i in inner_set):
+            after.add(n)
+    outer = set(fusion.tree(x, lambda n: n.op in REDUCE)[0])
+    under = set().union(*(fusion.tree(r.inputs[0], lambda n: n.op in REDUCE)[0] for r in reds))
+    common = [n for n in outer & under if n not in after and n.size == x.size and not is_splat(n)]
+    if not common:
+        return cheap, recomputed, None
+    s = max(common, key=order.get)
+    while s.op in (Op.CAST, Op.RESHAPE) and s.inputs[0].size == s.size:
+        s = s.inputs[0]
+    work = fusion.tree(x, lambda n: n is s)[0]
+    if any(n.op in (Op.GATHER, Op.PAD, Op.CONCATENATE) for n in work) \
+            or sum(n.op in ELEMENTWISE and n.op is not Op.CAST for n in work) > 16:
+        return cheap, recomputed, None
+    return cheap, recomputed, s
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_operand_questions_stop_early_with_the_full_walks_answers(name):
+    """codegen/prologue.py stops walking a dot operand's upstream once it knows the answer and keeps
+    what it needs from the far end per node; its answers are those of the full walks."""
+    g = _train_program(name, 2).local
+    users, order = g.users(), {n: i for i, n in enumerate(g.nodes)}
+    fused_recompute.mark_recomputed(g, users, set())
+    ops = Operands(users, order, fusion.inlinable)
+    seen = []
+    for d in (n for n in g.nodes if n.op is Op.DOT_GENERAL):
+        for x in d.inputs:
+            cheap, recomputed, source = _full_walk_answers(x, order)
+            assert (ops.cheap(x), ops.reads_recomputed(x)) == (cheap, recomputed), x.describe()
+            assert ops.norm_source(x) is source, x.describe()
+            seen.append((cheap, recomputed, source is not None))
+    # every kind of answer occurs: recomputed per tile or not, normalized rows, recomputed logits
+    assert {c for c, _, _ in seen} == {True, False} and any(r for _, r, _ in seen) and any(s for _, _, s in seen)
