@@ -59,9 +59,9 @@ def partitioned(family: str, mesh: str, variant: str, train: bool):
     if variant != "fsdp":  # (FSDP × tp: the plan splits the batch and every parameter over dp)
         batch = [p.name for p in g.inputs if not is_state(g, p) and p.rank]
         # sequence parallel: batch inputs split by sequence over tp too, below the weights' priority
-        split = P("dp", "tp", priority=1) if variant == "sp" else P("dp")
+        split = P("dp", "tp", priority=1) if variant.endswith("sp") else P("dp")
         specs.update({n: split for n in batch})
-    prog = shardc.partition(g, Mesh(MESHES[mesh]), specs, plan="fsdp" if variant == "fsdp" else None)
+    prog = shardc.partition(g, Mesh(MESHES[mesh]), specs, plan="fsdp" if variant.startswith("fsdp") else None)
     for a, b in zip(prog.simulate(*args), want):
         assert_close(a, b, tol=1e-5)
     inside = attention_lines(family)
@@ -101,6 +101,32 @@ def test_closed_form_volume(family, mesh, train, variant):
         psi_dp = sum(math.prod(local_shape(p.shape, s, prog.mesh)) * axes["dp"] * p.dtype.itemsize for p, s in split)
         assert total == act + (2 * psi_dp + psi - psi_dp + 8 if train else psi_dp), prog.ledger()
         assert psi - psi_dp <= c.n_layer * 5 * c.d * 4 // axes["tp"]  # only tp-split biases are not split over dp
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["forward", "train"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_fsdp_with_sequence_parallel(family, train):
+    """FSDP × tp with sequence parallelism (plan "fsdp", Megatron specs, the ids split by
+    sequence over tp): SP's all-gather and reduce-scatter per all-reduce, ZeRO-3 over the tp
+    layout (as in test_closed_form_volume), the gradient shards of state that tp replicates
+    (norms, embeddings) also all-reduced over tp (their inputs are split by sequence), and at
+    most one vocab-parallel lookup over dp (the ids gathered, the rows reduce-scattered) in place
+    of gathering a table: no exact closed form (the tied table is looked up that way and
+    gathered for the LM head too), this bound."""
+    c, g, prog = partitioned(family, "dp2xtp2", "fsdp+sp", train)
+    dp, tp = MESHES["dp2xtp2"]["dp"], MESHES["dp2xtp2"]["tp"]
+    act = 2 * c.n_layer * (BATCH // dp) * c.seq * c.d * 4 * (2 if train else 1)
+    kinds = {(r.kind, r.axes) for r in prog.collectives}
+    assert ("all_reduce", ("tp",)) not in kinds or train  # forward: tp moves only SP's gathers and scatters
+    state = [(p, s) for p, s in zip(g.inputs, prog.input_shardings) if is_state(g, p)]
+    held = {p: math.prod(local_shape(p.shape, s, prog.mesh)) * p.dtype.itemsize for p, s in state}
+    psi = tp_params_bytes(g, family, tp)
+    psi_dp = sum(held[p] * dp for p, s in state if "dp" in s.used_axes)
+    zero = 2 * psi_dp + psi - psi_dp + 8 if train else psi_dp
+    replicated = sum(held[p] for p, s in state if s.used_axes == ("dp",)) if train else 0
+    lookup = (BATCH // dp) * c.seq * c.d * 4 + BATCH * (c.seq // tp) * 8
+    total = sum(r.bytes for r in prog.collectives)
+    assert total <= 2 * act + zero + replicated + lookup, prog.ledger()
 
 
 @pytest.mark.parametrize("mesh", list(MESHES))
