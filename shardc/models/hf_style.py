@@ -248,18 +248,22 @@ class LMHead(nn.Module):
         return self.lm_head(x)
 
 
-def sgd_step(family: str, c: Cfg, batch: int, lr: float = 0.1, seed: int = 0, loss: str = "cross_entropy"):
+def sgd_step(family: str, c: Cfg, batch: int, lr: float = 0.1, seed: int = 0, loss: str = "cross_entropy",
+             shape_only: bool = False):
     """(fn, args): fn(params, ids, targets) -> (loss, new_params), one SGD step of next-token
     cross entropy, to capture with from_torch(..., capture="make_fx"). loss="cross_entropy" is
     HF's F.cross_entropy (the mean over targets other than ignore_index: a data-dependent count);
-    "mean" the mean over all positions, as the zoo's JAX twins compute it."""
+    "mean" the mean over all positions, as the zoo's JAX twins compute it. shape_only: meta
+    tensors (no values: a real-size step captured on a CPU)."""
     if loss not in ("cross_entropy", "mean"):
         raise ValueError(f"loss {loss!r}: 'cross_entropy' or 'mean'")
     from torch.func import functional_call, grad_and_value
 
     torch.manual_seed(seed)
-    module = LMHead(family, c).eval()
-    skeleton = LMHead(family, c).to("meta")
+    module = None if shape_only else LMHead(family, c).eval()
+    with torch.device("meta"):  # (no values: the weights travel as `params`)
+        skeleton = LMHead(family, c)
+    module = module or skeleton
 
     def loss_fn(params, x, y):
         logits = functional_call(skeleton, params, (x,))
@@ -272,4 +276,7 @@ def sgd_step(family: str, c: Cfg, batch: int, lr: float = 0.1, seed: int = 0, lo
         return loss, {n: p - lr * grads[n] for n, p in params.items()}
 
     params = {n: p.detach().clone() for n, p in module.named_parameters()}
+    if shape_only:
+        x = torch.zeros((batch, c.seq), dtype=torch.long, device="meta")
+        return step, (params, x, x.clone())
     return step, (params, ids(c, batch), ids(c, batch, seed=2))

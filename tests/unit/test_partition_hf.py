@@ -274,3 +274,22 @@ def test_fewer_kv_heads_than_devices_replicate_kv_heads(case, train):
     kv = sum(v for p, v in held.items() if "k_proj" in p.name or "v_proj" in p.name) if n_kv < axes["tp"] else 0
     grads = sum(held.values()) + 8 if dp > 1 else kv
     assert total == 4 * per_layer * c.n_layer + grads, prog.ledger()
+
+
+def test_real_size_gqa_training_step_is_the_closed_form():
+    """Llama 3 8B's dims (d 4096, 32 heads, 8 KV heads, d_ff 14336, vocab 128256), one layer,
+    batch 8 × seq 2048, shape-only: the SGD step on dp2 × tp16 (8 KV heads over 16 devices:
+    tp_0 (8) × tp_1 (2)) moves exactly Megatron's 4 all-reduces of (b/dp)·s·h and the dp
+    reduction of each device's gradients (the KV weights' over tp_1 too) and the loss's 4 B:
+    4,796,235,780 B per device, not only at the tiny sizes above."""
+    c, b = H.Cfg(vocab=128256, d=4096, n_head=32, n_kv_head=8, n_layer=1, seq=2048, d_ff=14336), 8
+    fn, args = H.sgd_step("llama", c, b, loss="mean", shape_only=True)
+    g = shardc.from_torch(fn, args, capture="make_fx")
+    assert g.shape_only
+    specs = {**H.megatron_specs("llama"), **{p.name: P("dp") for p in g.inputs if p.rank and not is_state(g, p)}}
+    prog = shardc.partition(g, Mesh(dp=2, tp=16), specs)
+    assert prog.mesh.axes == {"dp": 2, "tp_0": 8, "tp_1": 2}
+    held = sum(math.prod(local_shape(p.shape, s, prog.mesh)) * 4 for p, s in zip(g.inputs, prog.input_shardings)
+               if is_state(g, p))
+    total = sum(r.bytes for r in prog.collectives)
+    assert total == 4 * (b // 2) * c.seq * c.d * 4 + held + 4 == 4_796_235_780, prog.ledger()
