@@ -3,9 +3,25 @@ arguments into every device's blocks and assembling global outputs from blocks (
 on SpmdProgram: `input_blocks`, `assemble`), checking a program's layouts."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import Error
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One step on one rank (torch engine) or device (JAX engine, jax_trace.py): kind "op" |
+    "start" | "wait" (| "kernel" | "view" when running a compiled launch plan; "kernel" for an
+    instruction XLA ran), the node's index in the local program (the instruction's position, for
+    JAX), its op name (a kernel's or instruction's name), and times (seconds) when it began and
+    ended."""
+    kind: str
+    index: int
+    op: str
+    t0: float
+    t1: float
 
 
 def as_program(prog):

@@ -449,7 +449,13 @@ def jax_program(prog, devices=None) -> JaxProgram:
     return cache[key]
 
 
-def run_jax(prog, *args, devices=None) -> list:
+def run_jax(prog, *args, devices=None, trace: list | None = None) -> list:
     """Run the partitioned program as one jax.jit(jax.shard_map(...)) program; the global outputs
-    as jax.Arrays (sharded as the program's output shardings where JAX can express them)."""
-    return jax_program(prog, devices)(*args)
+    as jax.Arrays (sharded as the program's output shardings where JAX can express them). With
+    `trace` (a list), one measured TraceEvent list per device is appended to it, from XLA's
+    profiler (jax_trace.py)."""
+    run = jax_program(prog, devices)
+    if trace is None:
+        return run(*args)
+    from .jax_trace import traced
+    return traced(run, args, len(run.devices), trace)

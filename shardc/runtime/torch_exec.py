@@ -17,21 +17,13 @@ from ..ir import DType, Graph, Node, Op
 from ..partition.mesh import Mesh
 from .errors import RankError
 from .schedule import Step, schedule
+from .common import TraceEvent  # noqa: F401  (re-exported: run_torch's trace= events)
 from .torch_ops import TORCH_DTYPE, to_torch, torch_node
 
 PHASES = {"idle": 0, "op": 1, "start": 2, "wait": 3, "kernel": 4, "view": 5}
 PHASE_NAMES = {v: k for k, v in PHASES.items()}
 
 
-@dataclass(frozen=True)
-class TraceEvent:
-    """One step on one rank: kind "op" | "start" | "wait" (| "kernel" | "view" when running a
-    compiled launch plan), the node's index in the local program, its op name (a kernel's name), and perf_counter times (seconds) when the step began and ended."""
-    kind: str
-    index: int
-    op: str
-    t0: float
-    t1: float
 
 
 @dataclass(frozen=True)
