@@ -148,7 +148,8 @@ def _img(path: Path) -> str:
 def write_report(prog, out_dir, title: str = "shardc report", trace=None) -> Path:
     """Write sharding_map.png, timeline.png and a self-contained index.html into out_dir; with a
     measured `trace` (run_torch's trace=, one event list per rank) also measured.png beside the
-    modeled timeline, and the fraction of collective time each rank hid."""
+    modeled timeline, and the fraction of collective time each rank hid (run_jax's trace=: one
+    list per device)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     events = timeline(prog.local)

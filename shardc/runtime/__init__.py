@@ -27,7 +27,7 @@ from .executable import Executable
 # An engine is its module and its line here.
 ENGINES: dict[str, tuple[str, str]] = {
     "torch": ("torch_launch", "run_torch"),       # world=None, timeout_s=300, trace=None, fault=None, device=None; torch tensors
-    "jax": ("jax_exec", "run_jax"),               # devices=None; jax arrays
+    "jax": ("jax_exec", "run_jax"),               # devices=None, trace=None (XLA profiler, jax_trace.py); jax arrays
     "interpreter": ("interpreter", "run_interpreter"),  # an Executable only; on_kernel=None; numpy arrays
     "torch_pipeline": ("pipeline_exec", "run_pipeline_torch"),  # a PipelineProgram; trace=None; numpy arrays
     "jax_pipeline": ("pipeline_jax", "run_pipeline_jax"),       # a PipelineProgram; devices=None, trace=None; numpy
