@@ -5,7 +5,7 @@ setup:
 	bash .ci/setup
 
 test: setup
-	.venv/bin/python -m pytest -q tests
+	.venv/bin/python -m pytest -q -n 2 tests
 
 fuzz: setup  # as long as asked: make fuzz SECONDS=3600
 	.venv/bin/python -m shardc.fuzz --seconds $${SECONDS:-600}
