@@ -162,19 +162,21 @@ class PendingSums:
                          for f in rule.reduction for a in (fa.get(f) or ()))
 
     def _pending_axes(self, y: Node, apart: set = frozenset(), depth: int = 6) -> frozenset:
-        """The axes y is a pending sum over (lowered), or the values it is linear in are (not
-        lowered yet); not through the values in `apart` (a sum's own region is not another sum)."""
+        """The axes y is a pending sum over (lowered), or (not lowered yet) those it reduces
+        over split dims and those of the values it is linear in; not through the values in
+        `apart` (a sum's own region is not another sum)."""
         if y in apart:
             return frozenset()
         if y in self.local:
             return frozenset(self.local[y][1].partial)
+        own = self._reduces_split(y)
         if depth == 0:
-            return frozenset()
+            return own
         for t in self.rule(y).linear:
             got = [self._pending_axes(y.inputs[i], apart, depth - 1) for i in t]
             if all(got):
-                return frozenset().union(*got)
-        return frozenset()
+                return own.union(*got)
+        return own
 
     def _all_pass(self, n: Node, axes, depth: int = 1) -> bool:
         return n not in self.g.outputs and all(self._passes_sum(u, n, axes, depth) for u in self.users[n])
