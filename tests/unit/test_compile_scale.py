@@ -106,8 +106,11 @@ def test_planner_rounds_do_not_grow_with_depth(monkeypatch):
 def _full_walk_answers(x, order):
     """The dot-operand questions answered by walking x's whole inlinable upstream (their definition)."""
     inner = fusion.tree(x, lambda n: False)[0] if fusion.inlinable(x) else []
-    cheap = not inner or (not any(n.op in REDUCE or n.op in (Op.GATHER, Op.PAD, Op.CONCATENATE) for n in inner)
-                          and sum(n.op in ELEMENTWISE and n.op is not Op.CAST for n in inner) <= 2)
+    work = sum(n.op in ELEMENTWISE and n.op is not Op.CAST for n in inner)
+    sources = {i for n in inner for i in n.inputs if not fusion.inlinable(i)}
+    cheap = not inner or (not any(n.op in REDUCE or n.op is Op.GATHER for n in inner) and work <= 16 and (
+        (work <= 2 and not any(n.op in (Op.PAD, Op.CONCATENATE) for n in inner))
+        or sum(min(i.size, x.size) for i in sources) <= 1.25 * x.size))
     recomputed = fused_recompute.recomputed_operand_stats(x, fusion.inlinable, lambda n: False) is not None
     reds = [n for n in inner if n.op in REDUCE]
     if not reds or len(reds) > 4:
