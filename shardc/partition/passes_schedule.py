@@ -207,14 +207,14 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
         nonlocal live
         need[n] = at
         placed.append(n)
-        for i in set(n.inputs):
+        for i in dict.fromkeys(n.inputs):  # in operand order, not a set's: the order must not depend on hashing
             if i not in live_now and i not in kept:
                 live_now.add(i)
                 live += i.nbytes
         if n in live_now:
             live_now.discard(n)
             live -= n.nbytes
-        for i in set(n.inputs):
+        for i in dict.fromkeys(n.inputs):
             left[i] -= 1
             if left[i] == 0 and i not in inputs:
                 arrive(i)

@@ -42,27 +42,26 @@ def compiled(n_layer: int, monkeypatch):
 
 
 def test_identical_layers_compile_once(monkeypatch):
-    two, probes2, written2 = compiled(2, monkeypatch)
     three, probes3, written3 = compiled(3, monkeypatch)
-    # one more layer: more launches, no more kernels written (the first and the last layer differ
-    # from each other at their boundaries; a middle layer is made of kernels they already have,
-    # and the gradient buffer's concatenation differs by depth)
-    assert len(three.kernels) > len(two.kernels) + 40
-    assert written2 == len({k.key for k in two.kernels})
-    assert written3 == len({k.key for k in three.kernels}) <= written2 + 1
+    four, probes4, written4 = compiled(4, monkeypatch)
+    # one more middle layer: more launches, no more kernels written (the first and the last layer
+    # differ from a middle one at their boundaries, where fusion reaches across the layer's edge)
+    assert len(four.kernels) > len(three.kernels) + 15     # a GPT-2 layer's training step: ~20 launches
+    assert written3 == len({k.key for k in three.kernels})
+    assert written4 == len({k.key for k in four.kernels}) == written3
     # the planner's trial emits: one per distinct group it proposes (the merges of the optimizer's
     # per-parameter updates are new groups at every depth); they were ~90 per kernel at 4 layers
-    assert probes2 < 3 * len(two.kernels) and probes3 < 2 * len(three.kernels)
+    assert probes3 < 3 * len(three.kernels) and probes4 < 3 * len(four.kernels)
     # a kernel shared by several launches: one source, each launch with its own layer's buffers
     by_key: dict = {}
-    for k in three.kernels:
+    for k in four.kernels:
         by_key.setdefault(k.key, []).append(k)
         assert set(k.inputs) <= set(k.group.inputs) and set(k.outputs) <= set(k.group.nodes), k.name
-    shared = [ks for ks in by_key.values() if len(ks) == 3]
-    assert len(shared) >= 10
+    shared = [ks for ks in by_key.values() if len(ks) >= 2]
+    assert sum(map(len, shared)) >= 2 * 15     # both middle layers launch the same kernels at least
     for ks in shared:
         assert len({k.source for k in ks}) == 1 and len({k.path for k in ks}) == 1
-        assert len({id(x) for k in ks for x in k.outputs}) == 3 * len(ks[0].outputs)
+        assert len({id(x) for k in ks for x in k.outputs}) == len(ks) * len(ks[0].outputs)
 
 
 def test_epilogue_fits_matches_the_emitter():
