@@ -1,8 +1,9 @@
 """Production-scale analysis: time and memory of capture + partition + analyze for Llama 3 70B and
-405B training steps, GPT-3 175B's FLOPs against Narayanan et al.'s closed forms, and (with
---full) the 80-layer Llama 3 70B analyzed at full depth against its depth extrapolation.
+405B training steps at full depth (their identical layers are one repeated block, partitioned
+once: ir/blocks.py), GPT-3 175B's FLOPs against Narayanan et al.'s closed forms, and (with
+--extrapolate) Llama 3 70B's depth extrapolation from 2 and 4 layers against its full depth.
 
-    .venv/bin/python bench/analyze_scale.py [--full] [--json PATH]
+    .venv/bin/python bench/analyze_scale.py [--extrapolate] [--json PATH]
 
 Each case runs in a fresh process (so its peak RSS is its own); times are wall-clock on this
 machine (noisy when shared), memory is the process's peak resident set.
@@ -17,12 +18,12 @@ import time
 from pathlib import Path
 
 CASES = {
-    # name: (model, mesh, batch, seq, depths or None for full depth)
-    "llama3-70b (fsdp=32 x tp=8, 2,4 -> 80 layers)": ("llama3:70b", {"fsdp": 32, "tp": 8}, 256, 4096, (2, 4)),
-    "llama3-405b (fsdp=256 x tp=8, 2,4 -> 126 layers)": ("llama3:405b", {"fsdp": 256, "tp": 8}, 2048, 4096, (2, 4)),
-    "gpt3-175b (tp=8, 2,4 -> 96 layers)": ("gpt3:175b", {"tp": 8}, 1, 2048, (2, 4)),
+    # name: (model, mesh, batch, seq, depths to extrapolate from, or None for full depth)
+    "llama3-70b (fsdp=32 x tp=8, 80 layers, full depth)": ("llama3:70b", {"fsdp": 32, "tp": 8}, 256, 4096, None),
+    "llama3-405b (fsdp=256 x tp=8, 126 layers, full depth)": ("llama3:405b", {"fsdp": 256, "tp": 8}, 2048, 4096, None),
+    "gpt3-175b (tp=8, 96 layers, full depth)": ("gpt3:175b", {"tp": 8}, 1, 2048, None),
 }
-FULL = {"llama3-70b (fsdp=32 x tp=8, 80 layers, full depth)": ("llama3:70b", {"fsdp": 32, "tp": 8}, 256, 4096, None)}
+EXTRAPOLATED = {"llama3-70b (fsdp=32 x tp=8, 2,4 -> 80 layers)": ("llama3:70b", {"fsdp": 32, "tp": 8}, 256, 4096, (2, 4))}
 
 CHILD = r'''
 import json, resource, sys, time
@@ -62,10 +63,11 @@ def narayanan(B, s, l, h, V, recompute=False) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full", action="store_true", help="also analyze Llama 3 70B at full depth (minutes)")
+    ap.add_argument("--extrapolate", action="store_true",
+                    help="also extrapolate Llama 3 70B from 2 and 4 layers and compare with its full depth")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "analyze_scale.json"))
     args = ap.parse_args()
-    cases = {**CASES, **(FULL if args.full else {})}
+    cases = {**CASES, **(EXTRAPOLATED if args.extrapolate else {})}
     rows = {}
     for label, spec in cases.items():
         t = time.perf_counter()
@@ -76,12 +78,12 @@ def main():
               f"{m['grads'] / 1e9:.2f}, optimizer {m['optimizer'] / 1e9:.2f}, activations {m['activations'] / 1e9:.1f}, "
               f"peak {m['peak'] / 1e9:.1f} GB ({'fits' if r['fits'] else 'does not fit'} in 141 GB); "
               f"step {r['step_s']:.2f} s, MFU {r['mfu'] * 100:.1f}%", flush=True)
-    g = rows["gpt3-175b (tp=8, 2,4 -> 96 layers)"]
+    g = rows["gpt3-175b (tp=8, 96 layers, full depth)"]
     closed = narayanan(1, 2048, 96, 12288, 50257)
     print(f"GPT-3 175B model FLOPs per step (B=1, s=2048): {g['model_flops']:.4e} vs Narayanan "
           f"72·B·s·l·h²(...) {closed:.4e}: ratio {g['model_flops'] / closed:.5f}")
     rows["gpt3_flops_vs_closed_form"] = g["model_flops"] / closed
-    if args.full:
+    if args.extrapolate:
         full = rows["llama3-70b (fsdp=32 x tp=8, 80 layers, full depth)"]
         ext = rows["llama3-70b (fsdp=32 x tp=8, 2,4 -> 80 layers)"]
         worst = max(abs(ext[k] - full[k]) / abs(full[k]) for k in ("flops", "step_s", "compute_s", "comm_s"))
