@@ -72,12 +72,18 @@ def _normalized_rows(d: Node, users: dict) -> bool:
     return False
 
 
-def recomputable(d: Node, users: dict, outputs: set) -> bool:
+def _cheap_to_rebuild(d: Node, outputs: set) -> bool:
+    """A float dot that is no output, with a short contraction and a result at least as large as
+    its operands: rebuilding it per tile reads less than storing it."""
     if d.op is not Op.DOT_GENERAL or d in outputs or not d.dtype.is_float:
         return False
     lhs, rhs = d.inputs
     k = math.prod(lhs.shape[i] for i in d.attrs["lhs_contract"])
-    if k > MAX_RECOMPUTE_K or d.size < lhs.size + rhs.size:
+    return k <= MAX_RECOMPUTE_K and d.size >= lhs.size + rhs.size
+
+
+def recomputable(d: Node, users: dict, outputs: set) -> bool:
+    if not _cheap_to_rebuild(d, outputs):
         return False
     if any(u.op not in _THROUGH and u.op not in REDUCE and u.op is not Op.DOT_GENERAL and u.op is not Op.GATHER
            for u in users.get(d, ())):
@@ -99,11 +105,7 @@ def _elementwise_reach(d: Node, users: dict) -> set:
 def _partner(d: Node, users: dict, outputs: set, reach: set) -> bool:
     """A dot read only elementwise and combined element for element with a recomputed dot's
     values (attention's dP = dO·Vᵀ in dS = P∘(dP - D)): rebuilt in the same tiles."""
-    if d.op is not Op.DOT_GENERAL or d in outputs or not d.dtype.is_float:
-        return False
-    lhs, rhs = d.inputs
-    k = math.prod(lhs.shape[i] for i in d.attrs["lhs_contract"])
-    if k > MAX_RECOMPUTE_K or d.size < lhs.size + rhs.size:
+    if not _cheap_to_rebuild(d, outputs):
         return False
     if any(u.op not in ELEMENTWISE or u.shape != d.shape for u in users.get(d, ())):
         return False
