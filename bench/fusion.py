@@ -16,10 +16,16 @@ for every layout: under Megatron TP the bound shrinks with the shards while the 
 stays full size per device, so layer norms are matmul prologues (statistics per row block, the
 normalized rows never stored) and each residual sum is computed in the next matmul's operand loads.
 Training steps (issue #17's budget: <= 1.3x the matmul bound) are printed against it: their
-logits, attention scores and dP are rebuilt per tile (codegen/fused_recompute.py), bias gradients and
+logits, attention scores, dP and chained dots (an expert's dy·Wᵀ inside its weight gradient's K loop)
+are rebuilt per tile (codegen/fused_recompute.py), bias gradients and
 norm-backward sums computed in the matmuls that read their inputs (codegen/fused_sums.py), dK beside
 dVᵀ in one pass over the queries (codegen/fused_siblings.py), norm and softmax statistics in the
 prologue of the matmul that reads them (codegen/fused_stats.py).
+The bound counts ragged_dots (grouped matmuls) as dot_generals. The zoo MoE is the capacity form
+(scatter dispatch into [experts, capacity, d] buffers, batched dot_generals, gather combine), so its
+bound is its expert, router and gradient matmuls, and also its cumsum, which the frontend writes as
+a dot with an i32 [k·T, k·T] triangular matrix built from iotas (64 KiB of the tiny step's bound,
+never read from memory: the kernel builds it in its operand loads).
 Writes a table and bench/results/fusion.json.
 """
 from __future__ import annotations

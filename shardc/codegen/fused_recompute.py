@@ -26,6 +26,7 @@ from ..ir import DType, Graph, Node, Op
 from ..ir.ops import ELEMENTWISE, REDUCE
 
 MAX_RECOMPUTE_K = 4096  # contraction elements a kernel loops over to rebuild one tile
+MAX_CHAIN_TILE = 128    # a chained dot's reader: its other free extent, one output tile of it
 _THROUGH = ELEMENTWISE | {Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE}
 
 RECOMPUTED: set[Node] = set()  # of the graph planned last (cleared by each planning)
@@ -112,14 +113,49 @@ def _partner(d: Node, users: dict, outputs: set, reach: set) -> bool:
     return bool(_elementwise_reach(d, users) & reach)
 
 
+def chained(d: Node, users: dict, outputs: set) -> bool:
+    """A dot read, through same-shape elementwise ops, by one other dot alone, which contracts
+    over d's rows and whose other operand's free dims fit one output tile: that dot's K loop
+    rebuilds each tile of d once (no extra work), so d is never stored (a back-to-back GEMM,
+    as CUTLASS's b2b_gemm: a weight gradient Xᵀ·(f'(H)∘(dY·Wᵀ)) never writes dY·Wᵀ)."""
+    if d.op is not Op.DOT_GENERAL or d in outputs or not d.dtype.is_float:
+        return False
+    lhs = d.inputs[0]
+    if math.prod(lhs.shape[i] for i in d.attrs["lhs_contract"]) > MAX_RECOMPUTE_K:
+        return False
+    reach = _elementwise_reach(d, users) | {d}
+    if reach & outputs:
+        return False
+    readers = {u for x in reach for u in users.get(x, ()) if u not in reach}
+    if len(readers) != 1:
+        return False
+    c = next(iter(readers))
+    if c.op is not Op.DOT_GENERAL or c in outputs:
+        return False
+    a = c.attrs
+    for side, (x, y) in enumerate(((c.inputs[0], c.inputs[1]), (c.inputs[1], c.inputs[0]))):
+        if x not in reach or y in reach:
+            continue
+        pre = ("lhs_", "rhs_") if side == 0 else ("rhs_", "lhs_")
+        lf, rf = _free_dims(d)
+        nb = len(d.attrs["lhs_batch"])
+        rows = set(range(nb, nb + len(lf)))  # d's lhs free dims, in d's result layout
+        if x.shape != d.shape or set(a[pre[0] + "contract"]) != rows or tuple(a[pre[0] + "batch"]) != tuple(range(nb)):
+            return False
+        other_free = [i for i in range(y.rank) if i not in a[pre[1] + "batch"] + a[pre[1] + "contract"]]
+        return math.prod(y.shape[i] for i in other_free) <= MAX_CHAIN_TILE
+    return False
+
+
 def mark_recomputed(g: Graph, users: dict, exclude: set) -> set:
     """Choose the graph's recomputed dots (not those in `exclude`: flash-attention internals):
-    the normalized ones, then their partners."""
+    the normalized ones, then their partners, then the chained ones."""
     RECOMPUTED.clear()
     outputs = set(g.outputs)
     chosen = {n for n in g.nodes if n not in exclude and recomputable(n, users, outputs)}
     reach = set().union(*(_elementwise_reach(n, users) for n in chosen)) if chosen else set()
     chosen |= {n for n in g.nodes if n not in exclude and n not in chosen and _partner(n, users, outputs, reach)}
+    chosen |= {n for n in g.nodes if n not in exclude and n not in chosen and chained(n, users, outputs)}
     RECOMPUTED.update(chosen)
     return chosen
 

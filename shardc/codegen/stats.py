@@ -1,6 +1,7 @@
 """Memory traffic of a launch plan: bytes each kernel reads and writes (its input and output
 buffers), against the unfused program (one kernel per IR op) and the matmul-bound minimum (each
-dot_general's operands read once and its result written once, everything else fused away)."""
+dot_general's and ragged_dot's (grouped matmul's) operands read once and its result written once,
+everything else fused away)."""
 from __future__ import annotations
 
 from ..ir import Graph, Op
@@ -21,7 +22,10 @@ def unfused_kernels(g: Graph) -> int:
 
 
 def matmul_bound_bytes(g: Graph) -> int:
-    return sum(sum(i.nbytes for i in n.inputs) + n.nbytes for n in g.nodes if n.op is Op.DOT_GENERAL)
+    return sum(sum(i.nbytes for i in n.inputs) + n.nbytes for n in g.nodes if n.op in _MATMULS)
+
+
+_MATMULS = (Op.DOT_GENERAL, Op.RAGGED_DOT)
 
 
 def summary(exe) -> dict:

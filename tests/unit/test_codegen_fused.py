@@ -59,8 +59,9 @@ def test_scores_rebuilt_per_tile_equal_numpy_and_never_stored(target):
 
 @pytest.mark.slow
 def test_scores_rebuilt_kernels_compile_for_hopper():
-    """The rebuilding kernels of both graphs (the attention backward's dK/dV siblings too)."""
-    for graph, bf16 in [(gr, b) for gr in (_lse_graph, _attention_graph) for b in (False, True)]:
+    """The rebuilding kernels of these graphs (the attention backward's dK/dV siblings, the
+    experts' chained weight gradient too)."""
+    for graph, bf16 in [(gr, b) for gr in (_lse_graph, _attention_graph, _experts_graph) for b in (False, True)]:
         g, args = graph(bf16)
         kernels = _rebuilders(shardc.compile(partition(g, Mesh(dp=1))))
         assert kernels
@@ -100,6 +101,41 @@ def test_attention_backward_rebuilds_dp_and_pairs_dk_dv(target):
     for k in exe.kernels:  # neither the scores nor dP is a buffer of any kernel
         for x in k.inputs + k.outputs:
             assert x.shape[-2:] != (32, 32), f"{k.name} moves {x.describe()}"
+    if target == "pallas":
+        export_all(exe.kernels)
+
+
+def _experts_graph(bf16=False):
+    """SGD gradients of batched experts y = gelu(x·W1)·W2 (an MoE's expert MLP, x not trained):
+    dW1 = xᵀ·(gelu'(h)∘(dy·W2ᵀ)) rebuilds dh = dy·W2ᵀ per tile in its K loop (a chained dot,
+    fused_recompute.chained), so dh never reaches memory."""
+    import jax
+    import jax.numpy as jnp
+    dt = jnp.bfloat16 if bf16 else jnp.float32
+    rng = np.random.default_rng(7)
+    x, t = (jnp.asarray(rng.standard_normal((2, 48, 32)), dt) for _ in range(2))
+    w1 = jnp.asarray(rng.standard_normal((2, 32, 64)) * 0.2, dt)
+    w2 = jnp.asarray(rng.standard_normal((2, 64, 32)) * 0.2, dt)
+
+    def loss(w1, w2, x, t):
+        h = jax.nn.gelu(jnp.einsum("ecd,edf->ecf", x, w1), approximate=False)
+        return ((jnp.einsum("ecf,efd->ecd", h, w2) - t) ** 2).sum()
+    return shardc.from_jax(jax.grad(loss, argnums=(0, 1)), w1, w2, x, t), (w1, w2, x, t)
+
+
+@pytest.mark.parametrize("target", ["triton", "pallas"])
+def test_chained_dot_is_rebuilt_in_the_weight_gradient(target):
+    g, args = _experts_graph()
+    prog = partition(g, Mesh(dp=1))
+    check = run_and_check_kernels if target == "triton" else run_and_check
+    exe, got = check(prog, args, 1e-5)
+    for a, b in zip(got, g.evaluate(*args)):
+        assert rel_err(a, b) <= 1e-5
+    rebuilt = [n for k in exe.kernels for n in k.ops if is_recomputed(n)]
+    assert rebuilt and all(n.shape == (2, 48, 64) for n in rebuilt), exe.plan_text()
+    assert not any(is_recomputed(o) for k in exe.kernels for o in k.outputs)
+    # h = x·W1 is stored once (forward); dh = dy·W2ᵀ, of the same shape, never
+    assert sum(o.shape == (2, 48, 64) for k in exe.kernels for o in k.outputs) == 1, exe.plan_text()
     if target == "pallas":
         export_all(exe.kernels)
 

@@ -118,3 +118,13 @@ def test_expert_parallel_program_compiles_and_runs_on_the_interpreters(target):
     assert any(k.kind == "grouped_matmul" for k in exe.kernels)
     got = exe.run_interpreted(params, x)[0]
     assert rel_err(np.asarray(got), g.evaluate(params, x)[0]) <= 1e-5
+
+
+def test_matmul_bound_counts_grouped_matmuls():
+    """bench/fusion.py's matmul-bound bytes read each ragged_dot's operands and write its result,
+    as for a dot_general (the two grouped matmuls are the whole bound of this graph)."""
+    from shardc.codegen.stats import matmul_bound_bytes
+    g, _ = _graph(DType.f32)
+    want = sum(sum(i.nbytes for i in n.inputs) + n.nbytes for n in g.nodes if n.op is Op.RAGGED_DOT)
+    assert want == 4 * (20 * 24 + 4 * 24 * 40 + 4 + 20 * 40) + 4 * (24 * 20 + 20 * 40 + 4 + 4 * 24 * 40)
+    assert matmul_bound_bytes(g) == want
