@@ -29,6 +29,7 @@ import math
 
 from ..ir import Op
 from ..ir.blocks import multiplicity
+from ..ir.graph import ancestors
 from ..ir.ops import COLLECTIVES, REDUCE
 from .cost import timeline
 from . import collectives as coll
@@ -231,12 +232,7 @@ class LiveProgram:
     it replaced; a compiler would drop them): the nodes that are analyzed, timed and counted."""
 
     def __init__(self, local):
-        live, stack = set(), list(local.outputs)
-        while stack:
-            n = stack.pop()
-            if n not in live:
-                live.add(n)
-                stack.extend(n.inputs)
+        live = ancestors(local.outputs)
         self.nodes = [n for n in local.nodes if n in live or n.op is Op.PARAMETER]
         self.inputs, self.outputs, self.output_names = local.inputs, local.outputs, local.output_names
         self.mesh_axes = local.mesh_axes

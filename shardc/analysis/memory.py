@@ -30,7 +30,7 @@ import re
 import numpy as np
 
 from ..ir import Graph, Op
-from ..ir.graph import is_state
+from ..ir.graph import ancestors, is_state
 from ..ir.ops import ELEMENTWISE
 
 _ROOT = re.compile(r"^([^\[]*)")
@@ -134,12 +134,7 @@ def saved_values(g: Graph, local: Graph):
     j = loss_output(g) if donations(g) else None
     if j is None:
         return set(), set(), set()
-    forward, stack = set(), [local.outputs[j]]
-    while stack:
-        n = stack.pop()
-        if n not in forward:
-            forward.add(n)
-            stack.extend(n.inputs)
+    forward = ancestors([local.outputs[j]])
     roles = input_roles(g)
     batch = {lp for p, lp in zip(g.inputs, local.inputs) if roles[p.name] == "data"}
     for n in local.nodes:

@@ -154,6 +154,17 @@ class Graph:
         return f"<Graph {self.name} {len(self.inputs)} inputs, {len(self.nodes)} nodes, {len(self.outputs)} outputs>"
 
 
+def ancestors(roots) -> set:
+    """The nodes the given nodes are computed from, themselves included."""
+    seen, stack = set(), list(roots)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.inputs)
+    return seen
+
+
 def is_state(g: Graph, p: Node) -> bool:
     """Model-owned tensors, or leaves of dict arguments ("params['w']"); list entries
     ("inputs[0]") and plain arguments are batch data."""

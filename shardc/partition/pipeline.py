@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from ..errors import Error, ShardingError
 from ..ir import Graph, Node, Op
+from ..ir.graph import ancestors
 from ..ir.ops import COLLECTIVES
 from .mesh import Mesh, P
 from .pipeline_schedule import SCHEDULES, schedule_slots
@@ -192,7 +193,7 @@ def _build_with_passes(g, mesh, pl, inner, p, names, hardware) -> PipelineProgra
     prog = build(g, mesh, pl, inner, p)
     if "combine" in names:
         inner = getattr(prog.inner, "unsplit", prog.inner)
-        stage_of, loss_side = dict(prog.stage_of), _ancestors([inner.local.outputs[0]])
+        stage_of, loss_side = dict(prog.stage_of), ancestors([inner.local.outputs[0]])
         phase = {n: k for st in prog.stages for k, ns in (("F", st.forward), ("B", st.backward), ("W", st.weight),
                                                           ("step", st.step)) for n in ns}
         # one stage and one phase to a bucket; alone: the loss's sum (in a bucket, the loss would
@@ -252,7 +253,7 @@ def _build(g, mesh, pl, inner, p, fixed=None) -> PipelineProgram:
     fixed = fixed or {}
     local = inner.local
     users = local.users()
-    live = _ancestors(local.outputs)
+    live = ancestors(local.outputs)
     in_names = {x: n for x, n in zip(local.inputs, g.input_names)}
     # phases
     mbdep, post, accs, pre = set(), set(), [], {}
@@ -270,7 +271,7 @@ def _build(g, mesh, pl, inner, p, fixed=None) -> PipelineProgram:
                 raise Error(f"{n.describe()}: a {n.op.value} over the microbatch axis has no pipeline form "
                             f"(only sums across microbatches: gradient accumulation)")
             if dataonly[n.inputs[0]]:   # a sum over the whole batch of the batch alone (a token count):
-                pre[n] = [x for x in local.nodes if x in _ancestors([n.inputs[0]]) and x in mbdep]
+                pre[n] = [x for x in local.nodes if x in ancestors([n.inputs[0]]) and x in mbdep]
                 continue                # each stage that needs it sums it over the microbatches first
             post.add(n)
             accs.append(n)
@@ -284,7 +285,7 @@ def _build(g, mesh, pl, inner, p, fixed=None) -> PipelineProgram:
         if o in mbdep:
             raise Error(f"output {name!r} depends on one microbatch (not summed across microbatches); "
                         f"a pipeline returns per-step values only")
-    forward = _ancestors([local.outputs[0]]) & mbdep
+    forward = ancestors([local.outputs[0]]) & mbdep
     if not forward:
         raise Error("a pipeline needs a training step whose first output is the loss of the batch")
     # layers (or the segments between pipeline_split marks) → stages
@@ -394,7 +395,7 @@ def _build(g, mesh, pl, inner, p, fixed=None) -> PipelineProgram:
         if o in free:
             need_free[pins[o]].add(o)
     for s in range(p):
-        closure = _ancestors(need_free[s]) & free
+        closure = ancestors(need_free[s]) & free
         stages[s].free = [n for n in local.nodes if n in closure]
     transfers, seen = [], set()
     for n in local.nodes:
@@ -410,7 +411,7 @@ def _build(g, mesh, pl, inner, p, fixed=None) -> PipelineProgram:
     if pl.schedule == "zero-bubble":   # W: backward nodes that feed only this stage's accumulations
         for st in stages:
             sent = [t.node for t in transfers if t.src == st.index and t.phase == "B"]
-            b = _ancestors(sent) & set(st.backward)
+            b = ancestors(sent) & set(st.backward)
             st.weight = [n for n in st.backward if n not in b]
             st.backward = [n for n in st.backward if n in b]
     notes = [f"stage {s.index}: layers {', '.join(s.layers)}; {len(s.forward)} forward, {len(s.backward)} backward, "
@@ -504,17 +505,6 @@ def _fewer_backward_sends(nodes, stage, users, forward, mbdep, post, keep):
 def _marks(g) -> list:
     """The values a torch forward marked with shardc.pipeline_split(), in order."""
     return [n for n in g.nodes if (n.name or "").startswith("pipeline_split_")]
-
-
-def _ancestors(roots) -> set:
-    seen, todo = set(), list(roots)
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        todo.extend(n.inputs)
-    return seen
 
 
 def _layer_key(lp: str):

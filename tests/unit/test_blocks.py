@@ -7,6 +7,7 @@ import pytest
 
 from shardc import models
 from shardc.errors import IRError
+from shardc.analysis.analyze import LiveProgram
 from shardc.ir.blocks import Repeat, labels, unroll
 
 
@@ -72,21 +73,11 @@ def test_partitioned_once_multiplied_out_exactly(llama6):
         assert getattr(a, k) == getattr(b, k), k
     u = block.unrolled()
     assert len(u.collectives) == len(whole.collectives)
-    assert len(u.local.nodes) == len([n for n in whole.local.nodes if n in _live(whole.local)])
+    assert len(u.local.nodes) == len(LiveProgram(whole.local).nodes)
     ref = full.evaluate(*full_args)
     for x, y, z in zip(block.simulate(*full_args), whole.simulate(*full_args), ref):
         np.testing.assert_array_equal(x, y)    # the same per-device program, op for op
         np.testing.assert_allclose(x, z, rtol=1e-3, atol=1e-4)   # f32 Adam step, sums split over devices
-
-
-def _live(local):
-    live, stack = set(), list(local.outputs)
-    while stack:
-        n = stack.pop()
-        if n not in live:
-            live.add(n)
-            stack.extend(n.inputs)
-    return live | set(local.inputs)
 
 
 @pytest.mark.slow

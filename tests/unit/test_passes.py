@@ -9,6 +9,7 @@ import shardc
 import zoo_cases
 from shardc import Mesh, ShardingError
 from shardc.ir import DType, GraphBuilder, Op
+from shardc.ir.graph import ancestors
 from shardc.partition.passes import combine_all_reduces
 from shardc.partition.passes_cse import eliminate_common_collectives
 from shardc.partition.passes_scatter import create_reduce_scatters
@@ -125,19 +126,9 @@ def test_an_all_reduce_that_needs_another_is_not_combined_with_it():
     reduces = [n for n in prog.local.nodes if n.op is Op.ALL_REDUCE]
     assert len(reduces) == 2 and report.after == 2
     assert reduces[0].shape == (4, 3) and reduces[1].shape == (24,)  # a alone; b and c flattened together
-    assert reduces[0] in _ancestors(reduces[1])
+    assert reduces[0] in ancestors(reduces[1].inputs)
     order = {n: i for i, n in enumerate(prog.local.nodes)}
     assert all(order[i] < order[n] for n in prog.local.nodes for i in n.inputs)  # still topological
-
-
-def _ancestors(n):
-    seen, todo = set(), list(n.inputs)
-    while todo:
-        x = todo.pop()
-        if x not in seen:
-            seen.add(x)
-            todo.extend(x.inputs)
-    return seen
 
 
 def test_threshold_splits_buckets():
