@@ -24,8 +24,9 @@ prologue of the matmul that reads them (codegen/fused_stats.py).
 The bound counts ragged_dots (grouped matmuls) as dot_generals. The zoo MoE is the capacity form
 (scatter dispatch into [experts, capacity, d] buffers, batched dot_generals, gather combine), so its
 bound is its expert, router and gradient matmuls, and also its cumsum, which the frontend writes as
-a dot with an i32 [k·T, k·T] triangular matrix built from iotas (64 KiB of the tiny step's bound,
-never read from memory: the kernel builds it in its operand loads).
+a dot with an i32 [k·T, k·T] triangular matrix built from iotas: the bound counts that dot's other
+operand and result, not the matrix (operands made of constants alone are built in a kernel's operand
+loads, never read; counting them would lower every ratio).
 Writes a table and bench/results/fusion.json.
 """
 from __future__ import annotations

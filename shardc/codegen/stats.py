@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..ir import Graph, Op
 from ..ir.ops import COLLECTIVES
+from .inlining import is_buffer_leaf
 
 
 def kernel_bytes(exe) -> int:
@@ -22,7 +23,14 @@ def unfused_kernels(g: Graph) -> int:
 
 
 def matmul_bound_bytes(g: Graph) -> int:
-    return sum(sum(i.nbytes for i in n.inputs) + n.nbytes for n in g.nodes if n.op in _MATMULS)
+    """An operand made from scalars and iotas alone (the frontend's cumsum is a dot with a
+    triangular matrix built from iotas) is built in the kernel's operand loads, never read: not
+    counted."""
+    read = set()
+    for n in g.nodes:
+        if is_buffer_leaf(n) or any(i in read for i in n.inputs):
+            read.add(n)
+    return sum(sum(i.nbytes for i in n.inputs if i in read) + n.nbytes for n in g.nodes if n.op in _MATMULS)
 
 
 _MATMULS = (Op.DOT_GENERAL, Op.RAGGED_DOT)

@@ -128,3 +128,17 @@ def test_matmul_bound_counts_grouped_matmuls():
     want = sum(sum(i.nbytes for i in n.inputs) + n.nbytes for n in g.nodes if n.op is Op.RAGGED_DOT)
     assert want == 4 * (20 * 24 + 4 * 24 * 40 + 4 + 20 * 40) + 4 * (24 * 20 + 20 * 40 + 4 + 4 * 24 * 40)
     assert matmul_bound_bytes(g) == want
+
+
+def test_matmul_bound_leaves_out_operands_built_from_iotas():
+    """A cumsum written as a dot with a triangular matrix of iotas (as the frontends write it)
+    reads only its other operand: a kernel builds the matrix in its operand loads."""
+    from shardc.codegen.stats import matmul_bound_bytes
+    b = GraphBuilder("cumsum")
+    x = b.parameter("x", (6, 5), DType.f32)
+    i, j = (b.add(Op.IOTA, [], out_shape=(6, 6), out_dtype=DType.i32, dimension=d) for d in (0, 1))
+    tri = b.add(Op.CAST, [b.add(Op.GE, [i, j])], to=DType.f32)
+    g = b.build([b.add(Op.DOT_GENERAL, [tri, x], lhs_contract=(1,), rhs_contract=(0,))])
+    assert matmul_bound_bytes(g) == 4 * (6 * 5 + 6 * 5)
+    x0 = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    np.testing.assert_allclose(g.evaluate(x0)[0], np.cumsum(x0, 0), rtol=1e-5, atol=1e-6)
