@@ -187,7 +187,20 @@ def _padded_heads(p: Node, d: int, k: int, ds: DimSharding, users, mesh: Mesh) -
     heads, rest = fac[0], math.prod(fac[1:])
     if heads % n == 0 or heads < n:
         return None  # divides (the plain split keeps whole heads), or fewer heads than devices
-    return DimSharding.compound([(k, ()), (heads, ds.axes), (rest, ())], mesh)
+    return DimSharding.compound([(k, ()), *_head_parts(heads, ds.axes, mesh), (rest, ())], mesh)
+
+
+def _head_parts(heads: int, axes: tuple[str, ...], mesh: Mesh) -> list:
+    """Heads over several axes: each leading axis takes a whole factor of the heads while it
+    divides them, the last axes split the rest, padded. Over GQA's sub-axes (12 query heads over
+    tp_0 4 × tp_1 2) that is the KV head over tp_0 and its 3 query heads padded over tp_1, the
+    same grouping as the repeated KV heads, so attention needs no collective."""
+    parts, i = [], 0
+    while i < len(axes) - 1 and heads % mesh.axes[axes[i]] == 0:
+        parts.append((mesh.axes[axes[i]], (axes[i],)))
+        heads //= mesh.axes[axes[i]]
+        i += 1
+    return parts + [(heads, axes[i:])]
 
 
 def _factors_downstream(t: Node, d: int, users, depth: int = 12) -> list[int] | None:
@@ -201,6 +214,9 @@ def _factors_downstream(t: Node, d: int, users, depth: int = 12) -> list[int] | 
             if x is not t:
                 continue
             real = [f for f in rule.operands[i][d] if rule.sizes[f] > 1]
+            if u.op is Op.DOT_GENERAL and any(f in fs for f in real for fs in rule.operands[1 - i]):
+                continue  # a batch dim of a product (attention's heads) is matched against the other
+                # operand's view from here on (GQA's repeated KV heads, regrouped in the backward), not t's
             whole = {f: e for e, fs in enumerate(rule.result)
                      for f in fs if [g for g in fs if rule.sizes[g] > 1] == [f]}
             if len(real) > 1:

@@ -226,11 +226,14 @@ def test_a_split_no_factor_can_hold_is_named_in_the_ledger():
 # GQA: (query heads, KV heads, mesh). d = 32 is below the b·s = 64 tokens of a step, as in any
 # real training step: a KV weight's gradient (d × hd per KV head) is then smaller than dK or dV
 # (b·s × hd), so the sum repeat_kv leaves in them goes on into the weight gradients
-GQA = {"2kv_dp2xtp4": (4, 2, dict(dp=2, tp=4)), "2kv_tp8": (8, 2, dict(tp=8)), "8kv_tp8": (16, 8, dict(tp=8))}
+# (12 query heads: d = 48)
+GQA = {"2kv_dp2xtp4": (4, 2, dict(dp=2, tp=4)), "2kv_tp8": (8, 2, dict(tp=8)), "8kv_tp8": (16, 8, dict(tp=8)),
+       "12q4kv_tp8": (12, 4, dict(tp=8)), "12q4kv_dp2xtp8": (12, 4, dict(dp=2, tp=8))}
 
 
 @pytest.mark.parametrize("case,train", [("2kv_dp2xtp4", False), ("2kv_dp2xtp4", True), ("2kv_tp8", True),
-                                        ("8kv_tp8", True)])
+                                        ("8kv_tp8", True), ("12q4kv_tp8", False), ("12q4kv_tp8", True),
+                                        ("12q4kv_dp2xtp8", True)])
 def test_fewer_kv_heads_than_devices_replicate_kv_heads(case, train):
     """GQA with 2 KV heads over tp=4: "tp" is seen as tp_0 (2) × tp_1 (2); the KV weights are
     split over tp_0 (one whole KV head per pair of devices, replicated over tp_1, as Megatron
@@ -239,9 +242,12 @@ def test_fewer_kv_heads_than_devices_replicate_kv_heads(case, train):
     all-reduces per layer (it gathered k and v before: 1.25× here, 1.5× at 8 heads). Training
     adds Megatron's backward and the reduction of each device's gradients over dp, the KV
     weights' over tp_1 too (dK and dV stay pending sums into them). 2 KV heads over tp=8: tp_0
-    (2) × tp_1 (4); 8 KV heads over tp=8: one per device, no sub-axes."""
+    (2) × tp_1 (4); 8 KV heads over tp=8: one per device, no sub-axes. Uneven: 12 query heads
+    over 4 KV heads on tp=8 (tp_0 4 × tp_1 2): each KV head's 3 query heads are padded to 4 over
+    tp_1 (two slots per device, one masked on every second device), the same grouping as the
+    repeated KV heads, so nothing is gathered (it gathered q, k and v before: 2.2× here)."""
     n_head, n_kv, axes = GQA[case]
-    c, b = H.Cfg(n_head=n_head, n_kv_head=n_kv, n_layer=1, d=32, vocab=128), BATCH
+    c, b = H.Cfg(n_head=n_head, n_kv_head=n_kv, n_layer=1, d=48 if n_head % 8 else 32, vocab=128), BATCH
     if train:
         fn, args = H.sgd_step("llama", c, b)
         g = shardc.from_torch(fn, args, capture="make_fx")
@@ -257,6 +263,10 @@ def test_fewer_kv_heads_than_devices_replicate_kv_heads(case, train):
         assert set(prog.mesh.axes) - {"dp"} == {"tp_0", "tp_1"} and prog.mesh.axes["tp_0"] == n_kv, prog.mesh
         assert f"{n_kv} KV heads over {axes['tp']} devices" in prog.notes[0]
         assert prog.sharding_of(k).dims[0].axes == ("tp_0",)
+        q = prog.sharding_of(k.replace("k_proj", "q_proj")).dims[0]
+        rep = n_head // n_kv
+        assert q.layout(c.d) == ((n_kv, ("tp_0",)), (rep, ("tp_1",)), (c.d // n_head, ())) if q.parts else \
+            rep % prog.mesh.axes["tp_1"] == 0, q
     else:
         assert prog.mesh.axes == Mesh(axes).axes and prog.sharding_of(k).dims[0].axes == ("tp",)
     for x, y in zip(prog.simulate(*args), g.evaluate(*args)):
