@@ -19,6 +19,13 @@ def from_jax(fn, *args, **options) -> Graph:
     return _impl(fn, *args, **options)
 
 
+def fold(g: Graph) -> Graph:
+    """A captured graph of N identical layers held as 4 of them, partitioned once per block and
+    unrolling to the capture exactly (ir/fold.py); `g` itself when not, `g.fold_note` says why."""
+    from .ir.fold import fold as _impl
+    return _impl(g)
+
+
 def check(exe, *args, engine: str | None = None, **options):
     """Run the unsharded reference and the executable (or SpmdProgram) on its engine; returns
     per-output errors and raises shardc.runtime.CheckError on a mismatch."""
@@ -49,5 +56,5 @@ def compile(prog, target: str = "triton"):
 
 
 __all__ = ["Analysis", "CollectiveRecord", "DType", "Error", "Graph", "IRError", "Mesh", "Op", "P", "Pipeline", "PipelineProgram", "Sharding",
-           "ShardingError", "SpmdProgram", "UnsupportedOpError", "analyze", "check", "compile", "constrain", "from_jax",
+           "ShardingError", "SpmdProgram", "UnsupportedOpError", "analyze", "check", "compile", "constrain", "fold", "from_jax",
            "from_torch", "hardware", "parse_graph", "partition", "pipeline_split"]

@@ -49,10 +49,13 @@ HINTS = {
 }
 
 
-def from_jax(fn, *args, name: str = "main", **options) -> Graph:
-    """jax function + example args → Graph; the args' shapes and dtypes are what is captured."""
+def from_jax(fn, *args, name: str = "main", fold: bool = False, **options) -> Graph:
+    """jax function + example args → Graph; the args' shapes and dtypes are what is captured.
+    fold=True holds identical layers (a Python loop over per-layer parameters) once
+    (ir/fold.py): partitioned once per block, unrolling to the capture exactly; `g.fold_note`
+    says why not."""
     if options:
-        raise Error(f"from_jax: unknown options {sorted(options)} (known: name)")
+        raise Error(f"from_jax: unknown options {sorted(options)} (known: name, fold)")
     if not re.fullmatch(r"[\w.\-]+", name):
         raise Error(f"from_jax: graph name {name!r} must be letters, digits, '_', '.' or '-'")
     _check_array_args(fn, args)
@@ -81,6 +84,9 @@ def from_jax(fn, *args, name: str = "main", **options) -> Graph:
     g.sharding_constraints = {k: v for k, v in conv.constraints.items() if k in live}
     g.output_tree = out_tree  # to rebuild the result's pytree (shardc.jax.jit)
     g.shape_only = any(isinstance(leaf, jax.ShapeDtypeStruct) for _, leaf in leaves)  # no values
+    if fold:
+        from ..ir.fold import fold as fold_layers
+        g = fold_layers(g)
     return g
 
 

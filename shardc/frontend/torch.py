@@ -70,12 +70,14 @@ class _Capture:
     output_names: list[str]
 
 
-def from_torch(fn, args, kwargs=None, capture: str = "auto", decompose: bool = True) -> Graph:
+def from_torch(fn, args, kwargs=None, capture: str = "auto", decompose: bool = True, fold: bool = False) -> Graph:
     """torch.nn.Module or function + example args → Graph; see the module docstring.
 
     capture: "auto" (torch.export, make_fx when export fails), "export" or "make_fx".
     decompose=False (make_fx only) keeps the aten ops that core ATen would decompose, such as
     gelu_backward or native_layer_norm_backward, where the op table has a rule for them.
+    fold=True holds identical layers (an nn.ModuleList of one block) once (ir/fold.py): the graph
+    is partitioned once per block and unrolls to the capture exactly; `g.fold_note` says why not.
     """
     if capture not in ("auto", "export", "make_fx"):
         raise Error(f"from_torch: capture={capture!r}; valid: 'auto', 'export', 'make_fx'")
@@ -87,7 +89,11 @@ def from_torch(fn, args, kwargs=None, capture: str = "auto", decompose: bool = T
         captured = _capture(fn, args, kwargs, leaves, names, capture, decompose)
     tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
     flatten = _flattener(len(args), list(kwargs), in_spec, leaves, tensor_at)
-    return _convert(captured, _graph_name(fn), flatten)
+    g = _convert(captured, _graph_name(fn), flatten)
+    if fold:
+        from ..ir.fold import fold as fold_layers
+        g = fold_layers(g)
+    return g
 
 
 # ----------------------------------------------------------------------------------- capture

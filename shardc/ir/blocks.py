@@ -28,7 +28,8 @@ from ..errors import IRError
 from .graph import Graph, Node
 from .ops import Op
 
-LAYER = re.compile(r"(?:^|[.\['\"])(?:layers|h|blocks)\.(\d+)\.")
+# "layers.3.", "h.3.", "blocks.3." (module paths, flat dicts) or "['layers'][3]" (a pytree's list)
+LAYER = re.compile(r"(?:^|[.\['\"])(?:layers|h|blocks)(?:\.|['\"]\]\[)(\d+)[.\]]")
 CAPTURED = 4          # layers a repeated graph holds: first, body, the body's successor, last
 BODY, NEXT, LAST = 1, 2, 3
 
@@ -47,9 +48,12 @@ def rename(name: str, layer: int) -> str:
 @dataclass(frozen=True)
 class Repeat:
     """The graph holds layers 0..3 of a model with `depth` identical layers (see the module doc).
-    `flatten_args`: the full model's arguments → the unrolled graph's input arrays."""
+    `flatten_args`: the full model's arguments → the unrolled graph's input arrays. `order`:
+    the whole program's (input names, output names) when it had them in another order than the
+    unroller makes (a folded capture, ir/fold.py: its arguments and results stay the capture's)."""
     depth: int
     flatten_args: object = None
+    order: tuple | None = None
 
     def __post_init__(self):
         if self.depth < CAPTURED:
@@ -115,6 +119,63 @@ def _signature(n: Node):
     return (n.op, n.shape, n.dtype, tuple(sorted((k, repr(v)) for k, v in n.attrs.items())))
 
 
+def _pair_by_structure(g: Graph, lab: dict, body: list[Node], nxt: list[Node]) -> list[Node]:
+    """Layer 2's values in the order of their counterparts in layer 1, where the two layers are
+    the same computation in different orders (the partitioner may emit a layer's re-broadcast of
+    a weight at another place in one layer than in the next): values pair up by what they compute
+    from their layer's parameters and values, and from which neighbour's values of what type."""
+    ids: dict = {}
+
+    def key(n: Node, layer: int, own: dict):
+        parts = []
+        for x in n.inputs:
+            lx = lab[x]
+            if lx == layer:
+                parts.append(("p", rename(x.name, BODY)) if x.op is Op.PARAMETER else own[x])
+            elif lx < 0:
+                parts.append(("shared", id(x)))
+            else:
+                parts.append((lx - layer, _signature(x)))
+        return ids.setdefault((_signature(n), tuple(parts)), len(ids))
+
+    keyed = []
+    for layer, values in ((BODY, body), (NEXT, nxt)):
+        own: dict = {}
+        for n in values:
+            own[n] = key(n, layer, own)
+        keyed.append(own)
+    waiting: dict = {}
+    for n in nxt:
+        waiting.setdefault(keyed[1][n], []).append(n)
+    for k in waiting.values():
+        k.reverse()
+    out = []
+    for n in body:
+        left = waiting.get(keyed[0][n])
+        if not left:
+            raise IRError(f"graph {g.name!r}: layers {BODY} and {NEXT} are not the same computation (layer "
+                          f"{BODY}'s {n.describe()} has no counterpart), so layer 1 cannot stand for the middle layers")
+        out.append(left.pop())
+    _hand_to_last(g, lab, {n for v in waiting.values() for n in v})
+    return out
+
+
+def _hand_to_last(g: Graph, lab: dict, extra: set) -> None:
+    """Values of layer 2 without a counterpart in layer 1 that only the last layer reads are the
+    last layer's (the partitioner prepares layer 2's output for the last layer's own needs: a
+    residual masked to one device to keep a sum pending into the head)."""
+    if not extra:
+        return
+    users = g.users()
+    outputs = set(g.outputs)
+    for n in reversed(g.nodes):
+        if n in extra:
+            if n in outputs or not users[n] or any(lab[u] != LAST for u in users[n]):
+                raise IRError(f"graph {g.name!r}: layers {BODY} and {NEXT} are not the same computation (layer "
+                              f"{NEXT}'s {n.describe()} has no counterpart), so layer 1 cannot stand for the middle layers")
+            lab[n] = LAST
+
+
 class _Unroller:
     def __init__(self, g: Graph, repeat: Repeat):
         self.g, self.repeat, self.r = g, repeat, repeat.copies
@@ -122,10 +183,7 @@ class _Unroller:
         body = [n for n in g.nodes if lab[n] == BODY and n.op is not Op.PARAMETER]
         nxt = [n for n in g.nodes if lab[n] == NEXT and n.op is not Op.PARAMETER]
         if len(body) != len(nxt) or any(_signature(a) != _signature(b) for a, b in zip(body, nxt)):
-            bad = next((f"{a.describe()} vs {b.describe()}" for a, b in zip(body, nxt)
-                        if _signature(a) != _signature(b)), f"{len(body)} vs {len(nxt)} values")
-            raise IRError(f"graph {g.name!r}: layers {BODY} and {NEXT} are not the same computation ({bad}), "
-                          "so layer 1 cannot stand for the middle layers")
+            nxt = _pair_by_structure(g, lab, body, nxt)
         self.twin = dict(zip(body, nxt))
         self.back = dict(zip(nxt, body))
         params = {p.name: p for p in g.inputs}
@@ -216,6 +274,9 @@ class _Unroller:
                         raise IRError(f"graph {g.name!r}: output {name!r} is a value of layer {lab[o]}")
                     outputs.append(made[(o, c)])
                     names.append(name if layer is None else rename(name, rep.layer_of(layer, c)))
+        if rep.order is not None:
+            inputs, input_from, outputs, names, output_from = _reorder(rep.order, inputs, input_from,
+                                                                       outputs, names, output_from)
         flatten = rep.flatten_args or g.flatten_args
         if hasattr(flatten, "for_inputs"):   # by name: the whole model's arguments
             flatten = flatten.for_inputs([p.name for p in inputs if p.name not in g.bound])
@@ -266,6 +327,16 @@ def _groups(items: list, in_body) -> list[list]:
         else:
             out.append([x])
     return out
+
+
+def _reorder(order, inputs, input_from, outputs, names, output_from):
+    """Inputs and outputs in the whole program's own order (`Repeat.order`)."""
+    at = {p.name: k for k, p in enumerate(inputs)}
+    ins = [at[n] for n in order[0]]
+    at = {n: k for k, n in enumerate(names)}
+    outs = [at[n] for n in order[1]]
+    return ([inputs[k] for k in ins], [input_from[k] for k in ins], [outputs[k] for k in outs],
+            list(order[1]), [output_from[k] for k in outs])
 
 
 class Unrolled(NamedTuple):

@@ -111,7 +111,8 @@ class ModelDef:
 
         repeat (default: shape-only JAX captures of more than 4 layers) keeps the identical layers
         as one block: the Graph holds 4 of them and `g.repeat` says how many the model has
-        (ir/blocks.py); args are still the whole model's."""
+        (ir/blocks.py); args are still the whole model's. JAX traces 4 layers; torch captures the
+        whole model and folds it (ir/fold.py)."""
         import shardc
         shape_only = self.shape_only if shape_only is None else shape_only
         depth = getattr(self.config, "n_layer", None)
@@ -142,9 +143,15 @@ class ModelDef:
         from ..frontend.jax import FlattenByName, _arg_names
         from ..ir.blocks import CAPTURED, Repeat
         depth = getattr(self.config, "n_layer", None)
-        if frontend != "jax" or depth is None or depth <= CAPTURED:
-            raise Error(f"repeat=True needs the jax frontend and a model of more than {CAPTURED} layers "
-                        f"({self.name}: frontend {frontend!r}, {depth} layers)")
+        if depth is None or depth <= CAPTURED:
+            raise Error(f"repeat=True needs a model of more than {CAPTURED} layers ({self.name}: {depth} layers)")
+        if frontend == "torch":   # the whole model captured, its identical layers folded (ir/fold.py)
+            from ..ir.fold import fold
+            g, args = self.capture(train, frontend, batch, seed, lr, optimizer, shape_only, dtype, repeat=False)
+            g = fold(g)
+            if g.repeat is None:
+                raise Error(f"repeat=True: {self.name}'s torch capture does not fold: {g.fold_note}")
+            return g, args
         short = ModelDef(self.name, self.size, override(self.config, n_layer=CAPTURED))
         g, _ = short.capture(train, frontend, batch, seed, lr, optimizer, shape_only, dtype, repeat=False)
         if shape_only:

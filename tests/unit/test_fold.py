@@ -1,0 +1,120 @@
+"""Folding a captured N-layer graph into a repeated block (ir/fold.py, issue 14 item 2): HF-style
+torch models and a JAX Python loop fold, partition once per block and simulate the capture; a
+graph whose layers differ is left as it is, with the node that differs named."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import shardc
+from shardc import Mesh, P
+from shardc.models import hf_style as H
+from shardc.partition.plans import is_state
+
+SMALL = H.Cfg(vocab=32, d=32, n_head=2, n_kv_head=2, n_layer=6, seq=8, d_ff=64)
+
+
+@functools.lru_cache(maxsize=None)
+def captured(family: str, train: bool):
+    if train:
+        fn, args = H.sgd_step(family, SMALL, 4)
+        return shardc.from_torch(fn, args, capture="make_fx"), args
+    args = (H.ids(SMALL, 4),)
+    return shardc.from_torch(H.build(family, SMALL), args), args
+
+
+def _specs(g, family):
+    specs = H.megatron_specs(family)
+    specs.update({p.name: P("dp") for p in g.inputs if not is_state(g, p) and p.rank})
+    return specs
+
+
+@pytest.mark.parametrize("family,train", [("llama", False), ("llama", True), ("gpt2", False)])
+def test_hf_style_folds_and_simulates(family, train):
+    """6 layers → layers 0, 1, 4, 5 held, layer 1 standing for 1..3; evaluate is the capture's
+    bit for bit; partitioned once per block on dp2 x tp2, simulate equals the capture."""
+    g, args = captured(family, train)
+    f = shardc.fold(g)
+    assert f.repeat is not None and f.repeat.depth == 6 and f.repeat.copies == 3, getattr(f, "fold_note", "")
+    assert len(f.nodes) < 0.75 * len(g.nodes) and "folded" in f.fold_note
+    assert f.input_names == [n for n in g.input_names if ".layers.2." not in n and ".layers.3." not in n] \
+        or len(f.inputs) < len(g.inputs)
+    ref = g.evaluate(*args)
+    for a, b in zip(f.evaluate(*args), ref):
+        np.testing.assert_array_equal(a, b)
+    prog = shardc.partition(f, Mesh(dp=2, tp=2), _specs(g, family))
+    assert prog.repeat.copies == 3 and any(c.copies == 3 for c in prog.collectives)
+    assert len(prog.unrolled().collectives) == sum(c.copies for c in prog.collectives)
+    for a, b in zip(prog.simulate(*args), ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_gpt2_training_step_folds_exactly():
+    """GPT-2's SGD step (tied embeddings) folds and evaluates to the capture bit for bit."""
+    g, args = captured("gpt2", True)
+    f = shardc.fold(g)
+    assert f.repeat is not None and f.repeat.copies == 3, getattr(f, "fold_note", "")
+    for a, b in zip(f.evaluate(*args), g.evaluate(*args)):
+        np.testing.assert_array_equal(a, b)
+
+
+def _norm(x, w):
+    return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * w
+
+
+def _jax_model(params, x):
+    """A Python loop over a list of per-layer weights (how a JAX user writes a stack)."""
+    for layer in params["layers"]:
+        x = x + jax.nn.gelu(_norm(x, layer["norm"]) @ layer["w1"]) @ layer["w2"]
+    return jnp.sum(_norm(x, params["norm"]) @ params["head"])
+
+
+def _jax_params(depth, d=16, ff=32, seed=0):
+    rng = np.random.default_rng(seed)
+    w = lambda *s: jnp.asarray(rng.standard_normal(s).astype(np.float32) / np.sqrt(s[0]))
+    layers = [{"norm": jnp.asarray(1 + 0.1 * rng.standard_normal(d).astype(np.float32)), "w1": w(d, ff),
+               "w2": w(ff, d)} for _ in range(depth)]
+    return {"layers": layers, "norm": jnp.ones(d, jnp.float32), "head": w(d, 4)}
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["forward", "sgd"])
+def test_jax_python_loop_folds(train):
+    params = _jax_params(7)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 8, 16)).astype(np.float32))
+    fn = _jax_model
+    if train:
+        def fn(params, x):
+            loss, grads = jax.value_and_grad(_jax_model)(params, x)
+            return loss, jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
+    g = shardc.from_jax(fn, params, x)
+    f = shardc.from_jax(fn, params, x, fold=True)
+    assert f.repeat is not None and f.repeat.depth == 7, getattr(f, "fold_note", "")
+    ref = g.evaluate(params, x)
+    for a, b in zip(f.evaluate(params, x), ref):
+        np.testing.assert_array_equal(a, b)
+    specs = {"*['w1']": P(None, "tp"), "*['w2']": P("tp", None), "x": P("dp")}
+    prog = shardc.partition(f, Mesh(dp=2, tp=2), specs)
+    assert prog.repeat.copies == 4
+    for a, b in zip(prog.simulate(params, x), ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_different_layer_is_not_folded():
+    """One layer computes something else (an extra scale in layer 3): not folded, and the note
+    names the layer and the node."""
+    def model(params, x):
+        for i, layer in enumerate(params["layers"]):
+            h = jax.nn.gelu(x @ layer["w1"])
+            x = x + (h * 2.0 if i == 3 else h) @ layer["w2"]
+        return x
+    params = {"layers": _jax_params(6)["layers"]}
+    x = jnp.ones((4, 16), jnp.float32)
+    g = shardc.from_jax(model, params, x, fold=True)
+    assert g.repeat is None
+    assert "layer 3's constant" in g.fold_note and "is not layer 1's" in g.fold_note, g.fold_note
+    few = shardc.from_jax(model, {"layers": params["layers"][:4]}, x, fold=True)
+    assert few.repeat is None and "4 layers, fewer than 5" in few.fold_note
+    plain = shardc.fold(shardc.from_jax(lambda a, b: a @ b, x, x.T))
+    assert plain.repeat is None and "no input is a layer's parameter" in plain.fold_note
