@@ -114,6 +114,8 @@ class Planner:
         self._answer_of: dict[int, tuple] = {}    # id(group) → (group, answer)
         self._signatures: dict[Node, str] = {}    # group_ir_text's per-node text
         self._tree_users: dict[Node, list[Node]] = {}  # node → the kept trees computing it
+        self._guessed: set[Node] = set()   # roots stored because several groups read them
+        self._unstored: set[Node] = set()  # guesses undone (never stored again for that reason)
 
     def plan(self) -> list:
         g = self.g
@@ -289,6 +291,7 @@ class Planner:
         return t
 
     def _add_root(self, n: Node):
+        self._guessed.discard(n)  # (stored for a reason of its own: never un-stored)
         if n in self.roots:
             return
         self.roots.add(n)
@@ -305,19 +308,23 @@ class Planner:
                 for n in self._reach(r):
                     readers.setdefault(n, set()).add(r)
             shared = [n for n, rs in readers.items() if n.op in REDUCE and len(rs) > 1 and n not in self.roots
+                      and n not in self._unstored
                       and any(n.inputs[0].shape[a] > 1 for a in n.attrs["axes"])]  # (over size-1 dims: free)
             if shared:
                 for n in shared:
                     self._add_root(n)
+                self._guessed.update(shared)
                 continue
             # a value k groups recompute, each reading W elements per element, costs k·W; stored
             # once it costs 1 + k: store the latest such value (the end of a residual chain) first
-            costly = [n for n, rs in readers.items() if len(rs) > 1 and n not in self.roots
+            costly = [n for n, rs in readers.items() if len(rs) > 1 and n not in self.roots and n not in self._unstored
                       and self._load_weight(n) > 1 + 1 / len(rs) + 1e-9
                       and not fused_recompute.reads_recomputed(n, self._stop)]
-            if not costly:
+            if costly:
+                self._materialize(max(costly, key=self.order.get))
+                self._guessed.add(max(costly, key=self.order.get))
+            elif not self._unstore_guesses():
                 break
-            self._materialize(max(costly, key=self.order.get))
         leaves_of = {r: set(self._root_leaves(r)) for r in self.roots}
         readers_of: dict[Node, list[Node]] = {}  # a value → the roots whose groups read it
         for r, leaves in leaves_of.items():
@@ -393,6 +400,29 @@ class Planner:
                 kept = self._row_groups[r] = (t, self._group(kind, [r], nodes, leaves, why))
             groups.append(kept[1])
         return groups
+
+    def _unstore_guesses(self) -> bool:
+        """Un-store one value stored above for its several readers (a shared reduction, a costly
+        value) that roots stored after it made cheap: now read by one row group alone, or at most
+        1 + 1/readers elements per element (a scaled copy of another stored value). Its readers
+        compute it instead of one kernel writing it and the others reading it back. Each value is
+        un-stored at most once (no back and forth); returns whether one was."""
+        readers: dict[Node, list[Node]] = {}
+        for q in self.roots:
+            for x in self._root_leaves(q):
+                readers.setdefault(x, []).append(q)
+        for r in sorted(self._guessed & self.roots, key=self.order.get, reverse=True):
+            rs = readers.get(r, [])
+            if not rs or r in self.outputs or any(not inlinable(q) and q.op is not Op.SCATTER for q in rs):
+                continue
+            if (len(rs) == 1) if r.op in REDUCE else self._load_weight(r) <= 1 + 1 / len(rs) + 1e-9:
+                self._guessed.discard(r)
+                self._unstored.add(r)
+                self.roots.discard(r)
+                self._trees.clear()
+                self._tree_users.clear()
+                return True
+        return False
 
     def _depends(self, x: Node, d: Node) -> bool:
         """Whether `x` is computed from `d`."""
