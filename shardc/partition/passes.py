@@ -4,6 +4,9 @@ what the program computes (the simulator checks it), and says what it changed in
     cse             identical values (all-gathers of one value above all) merged (passes_cse.py)
     reduce_scatter  an all-reduce whose readers each keep one block becomes a reduce-scatter
                     (passes_scatter.py)
+    local_scatter   a scatter-add into a constant whose readers each keep one block of rows (an
+                    MoE dispatch buffer with its experts split) scatters into that block alone
+                    (passes_local_scatter.py)
     combine         independent all-reduces of one kind (axes, dtype, reduction) merged into
                     buckets of at most `threshold` bytes, as XLA's all-reduce combiner and DDP's
                     gradient buckets: operands flattened and concatenated, one all-reduce, the
@@ -34,6 +37,7 @@ from .passes_chunk import chunk_collectives
 from .passes_collective_matmul import collective_matmul
 from .passes_common import PassReport, make_node as _node
 from .passes_cse import eliminate_common_collectives
+from .passes_local_scatter import localize_scatters
 from .passes_scatter import create_reduce_scatters
 from . import passes_schedule
 from .passes_schedule import schedules_unrolled, schedule
@@ -212,8 +216,8 @@ def _ledger(prog: SpmdProgram, buckets, combined: dict[int, Node], new: dict[Nod
 
 PASSES = {"cse": eliminate_common_collectives, "reduce_scatter": create_reduce_scatters,
           "combine": lambda prog: combine_all_reduces(prog, None), "collective_matmul": collective_matmul,
-          "chunk": chunk_collectives, "schedule": schedule}
-DEFAULT = ("cse", "reduce_scatter", "combine", "collective_matmul", "chunk", "schedule")
+          "chunk": chunk_collectives, "schedule": schedule, "local_scatter": localize_scatters}
+DEFAULT = ("cse", "reduce_scatter", "local_scatter", "combine", "collective_matmul", "chunk", "schedule")
 
 
 class _LayerOf:
