@@ -3,16 +3,20 @@ JAX function, in one run (issue 14: 12-layer GPT-2 small SGD step over dp2×tp4 
 XLA's time; 48 layers at most 1.3× the 12-layer time).
 
     .venv/bin/python bench/compile_time.py [--models gpt2,llama] [--depths 12,24,48] [--batch 2]
-                                           [--no-xla] [--json PATH]
+                                           [--xla-depths 12] [--no-xla] [--no-repeat] [--json PATH]
 
 For each model ("small": GPT-2 small's width, n_layer set to the depth) and depth, the JAX twin's
-SGD training step is captured shape-only (f32 parameters, as the twins are), partitioned over
-dp=2 × tp=4 (Megatron specs, plan "dp"), and compiled to Triton kernels (`shardc.codegen.compile`:
-fusion planning, kernel source, kernel cache files). XLA gets the same function with the input
-and output shardings shardc settled on, on 8 JAX CPU devices (its compile includes CPU code
-generation). Times are wall-clock seconds on this machine, side by side in one run (the JSON also
-has shardc's CPU seconds per stage, and the load average when the run ended). The kernel
-cache is a fresh temporary directory (no kernel is found on disk from an earlier run).
+SGD training step is captured shape-only (f32 parameters, as the twins are) with its identical
+layers as one repeated block (`capture(repeat=True)`: 4 layers traced, layer 1 standing for the
+middle ones; `--no-repeat` captures every layer), partitioned over dp=2 × tp=4 (Megatron specs,
+plan "dp", the default passes), and compiled to Triton kernels (`shardc.codegen.compile`: fusion
+planning, once per repeated block, kernel source, kernel cache files). XLA gets the same function
+with the input and output shardings shardc settled on, on 8 JAX CPU devices (its compile
+includes CPU code generation). Times are wall-clock and CPU seconds (this process's, XLA's
+threads included) on this machine, side by side in one run; the summary compares CPU seconds,
+which a loaded machine inflates less (the JSON has both, and the load average when the run
+ended). The kernel cache is a fresh temporary directory (no kernel is found on disk from an
+earlier run).
 Writes bench/results/compile_time.json.
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ import platform
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,12 +44,11 @@ MESH = {"dp": 2, "tp": 4}
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "compile_time.json"
 
 
-def measure(name: str, depth: int, batch: int, xla: bool) -> dict:
+def measure(name: str, depth: int, batch: int, xla: bool, repeat: bool) -> dict:
     m = models.get(f"{name}:small", n_layer=depth)
-    row = dict(model=name, depth=depth, batch=batch, mesh=MESH)
-    t0 = time.perf_counter()
-    fn, args = shape_only_args(m, True, "jax", batch, "sgd", 0.1, "f32")
-    g = shardc.from_jax(fn, *args)
+    row = dict(model=name, depth=depth, batch=batch, mesh=MESH, repeat=repeat)
+    t0, c0 = time.perf_counter(), time.process_time()
+    g, _ = m.capture(True, "jax", batch, lr=0.1, optimizer="sgd", shape_only=True, dtype="f32", repeat=repeat)
     t1, c1 = time.perf_counter(), time.process_time()
     prog = shardc.partition(g, Mesh(MESH), specs=m.tp_specs(), plan="dp")
     t2, c2 = time.perf_counter(), time.process_time()
@@ -56,12 +60,35 @@ def measure(name: str, depth: int, batch: int, xla: bool) -> dict:
     row.update(nodes=len(g.nodes), local_nodes=len(prog.local.nodes),
                kernels=len(exe.kernels) if exe else 0, distinct_kernels=len({k.key for k in exe.kernels}) if exe else 0,
                capture_s=t1 - t0, partition_s=t2 - t1, codegen_s=t3 - t2, shardc_s=t3 - t1,
-               partition_cpu_s=c2 - c1, codegen_cpu_s=c3 - c2)  # (CPU seconds: what a loaded machine inflates less)
+               capture_cpu_s=c1 - c0, partition_cpu_s=c2 - c1, codegen_cpu_s=c3 - c2, shardc_cpu_s=c3 - c1)
     if xla:
-        x = xla_collectives(fn, args, prog, MESH)
+        fn, args = shape_only_args(m, True, "jax", batch, "sgd", 0.1, "f32")
+        c4 = time.process_time()
+        x = xla_collectives(fn, args, _in_argument_order(prog.unrolled(), fn, args), MESH)
         row.update(xla_lower_s=x["lower_ms"] / 1e3, xla_compile_s=x["compile_ms"] / 1e3,
-                   xla_s=x["total_ms"] / 1e3, shardc_over_xla=row["shardc_s"] / (x["total_ms"] / 1e3))
+                   xla_s=x["total_ms"] / 1e3, xla_cpu_s=time.process_time() - c4,
+                   shardc_over_xla=row["shardc_s"] / (x["total_ms"] / 1e3))
+        row["shardc_over_xla_cpu"] = row["shardc_cpu_s"] / row["xla_cpu_s"]
     return row
+
+
+def _in_argument_order(whole, fn, args):
+    """The whole program's shardings in the order of `fn`'s argument and result leaves (an
+    unrolled repeated program orders its layers' inputs and outputs by layer number, JAX's
+    pytrees by key text): matched by name."""
+    from shardc.frontend.jax import _arg_names
+    names = _arg_names(fn, len(args))
+    leaves = jax.tree_util.tree_flatten_with_path(args)[0]
+    ins = [names[p[0].idx] + jax.tree_util.keystr(p[1:]) for p, _ in leaves]
+    outs = ["out" + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(jax.eval_shape(fn, *args))[0]]
+    by_in = dict(zip((p.name for p in whole.graph.inputs), whole.input_shardings))
+    by_out = dict(zip(whole.graph.output_names, whole.output_shardings))
+    return types.SimpleNamespace(mesh=whole.mesh, input_shardings=[by_in[n] for n in ins],
+                                 output_shardings=[by_out[n] for n in outs])
+
+
+def _pair(wall: float, cpu: float) -> str:
+    return f"{wall:5.2f}/{cpu:5.2f}"
 
 
 def main(argv=None) -> int:
@@ -70,32 +97,40 @@ def main(argv=None) -> int:
     ap.add_argument("--depths", default="12,24,48")
     ap.add_argument("--batch", type=int, default=2, help="global batch (dp=2 splits it)")
     ap.add_argument("--no-xla", action="store_true", help="shardc only")
+    ap.add_argument("--xla-depths", default="12", help="the depths XLA compiles too (GPT-2 small at 48 layers "
+                    "takes XLA minutes and many GB)")
+    ap.add_argument("--no-repeat", action="store_true", help="capture every layer (no repeated block)")
     ap.add_argument("--json", default=str(DEFAULT_JSON))
     a = ap.parse_args(argv)
     if len(jax.devices()) < N_DEVICES:
         print(f"need {N_DEVICES} JAX CPU devices, have {len(jax.devices())}", file=sys.stderr)
         return 2
     depths = [int(d) for d in a.depths.split(",")]
+    xla_depths = {int(d) for d in a.xla_depths.split(",")}
     rows = []
-    print(f"{'model':6} {'depth':>5} {'nodes':>6} {'kernels':>8} {'distinct':>8} {'capture':>8} {'partition':>9} "
-          f"{'codegen':>8} {'shardc':>7} {'XLA lower':>9} {'XLA compile':>11} {'shardc/XLA':>10}")
+    print(f"{'model':6} {'depth':>5} {'nodes':>6} {'kernels':>8} {'distinct':>8} {'capture':>7} "
+          f"{'partition':>11} {'codegen':>11} {'shardc':>11} {'XLA l+c':>11} {'shardc/XLA':>11}   (wall / CPU s)")
     for name in a.models.split(","):
         for d in depths:
-            r = measure(name, d, a.batch, not a.no_xla)
+            r = measure(name, d, a.batch, not a.no_xla and d in xla_depths, not a.no_repeat)
             rows.append(r)
-            xla = (f"{r['xla_lower_s']:9.2f} {r['xla_compile_s']:11.2f} {r['shardc_over_xla']:10.2f}"
-                   if "xla_s" in r else f"{'-':>9} {'-':>11} {'-':>10}")
-            print(f"{name:6} {d:5d} {r['nodes']:6d} {r['kernels']:8d} {r['distinct_kernels']:8d} {r['capture_s']:8.2f} "
-                  f"{r['partition_s']:9.2f} {r['codegen_s']:8.2f} {r['shardc_s']:7.2f} {xla}"
+            xla = (f"{_pair(r['xla_s'], r['xla_cpu_s'])} {_pair(r['shardc_over_xla'], r['shardc_over_xla_cpu'])}"
+                   if "xla_s" in r else f"{'-':>11} {'-':>11}")
+            print(f"{name:6} {d:5d} {r['nodes']:6d} {r['kernels']:8d} {r['distinct_kernels']:8d} {r['capture_s']:7.2f} "
+                  f"{_pair(r['partition_s'], r['partition_cpu_s'])} {_pair(r['codegen_s'], r['codegen_cpu_s'])} "
+                  f"{_pair(r['shardc_s'], r['shardc_cpu_s'])} {xla}"
                   + (f"  codegen failed: {r['codegen_error']}" if "codegen_error" in r else ""), flush=True)
     summary = {}
     for name in a.models.split(","):
         by = {r["depth"]: r for r in rows if r["model"] == name}
         lo, hi = min(by), max(by)
-        summary[name] = dict(depth_ratio=by[hi]["shardc_s"] / by[lo]["shardc_s"], depths=(lo, hi))
-        line = f"{name}: partition+codegen at {hi} layers = {summary[name]['depth_ratio']:.2f}x the {lo}-layer time"
+        summary[name] = dict(depths=(lo, hi), depth_ratio=by[hi]["shardc_s"] / by[lo]["shardc_s"],
+                             depth_ratio_cpu=by[hi]["shardc_cpu_s"] / by[lo]["shardc_cpu_s"])
+        line = (f"{name}: partition+codegen at {hi} layers = {summary[name]['depth_ratio']:.2f}x the {lo}-layer time "
+                f"({summary[name]['depth_ratio_cpu']:.2f}x in CPU seconds)")
         if "shardc_over_xla" in by[lo]:
-            line += f"; at {lo} layers {by[lo]['shardc_over_xla']:.2f}x XLA's lower+compile"
+            line += (f"; at {lo} layers {by[lo]['shardc_over_xla']:.2f}x XLA's lower+compile "
+                     f"({by[lo]['shardc_over_xla_cpu']:.2f}x in CPU seconds)")
         print(line)
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)

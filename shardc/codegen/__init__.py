@@ -20,6 +20,7 @@ from .cache import cache_key, group_ir_text, load_kernel_file
 from .executable import Executable, Kernel, KernelLaunch
 from .fusion import CollectiveStep, FusionGroup, ViewStep, canonical_nodes, plan_fusion
 from .plan_order import topological
+from .repeated import plan_once_per_block
 
 __all__ = ["compile", "Executable", "Kernel", "KernelLaunch", "CollectiveStep", "ViewStep", "FusionGroup"]
 
@@ -49,21 +50,34 @@ def _cyclic_gc_paused():
 
 
 def _compile(prog, target: str) -> Executable:
-    prog = prog.unrolled() if hasattr(prog, "unrolled") else prog   # a repeated block: every layer's ops
+    whole = prog.unrolled() if hasattr(prog, "unrolled") else prog   # a repeated block: every layer's ops
     if target == "pallas":
         from . import pallas as emitter
     else:
         from . import triton as emitter
-    steps = plan_fusion(prog.local, emitter.feasible, getattr(emitter, "epilogue_fits", None))
+
+    def plan_of(g):
+        return plan_fusion(g, emitter.feasible, getattr(emitter, "epilogue_fits", None))
+
+    # a repeated block is planned once and its plan replicated for every copy (codegen/repeated.py)
+    planned = plan_once_per_block(prog, whole, plan_of) if whole is not prog else None
+    if planned is None:
+        planned = [(s, None) for s in plan_of(whole.local)]
+    prog = whole
     plan = []
     salt = emitter.key_text() if hasattr(emitter, "key_text") else ""
     emitted_for: dict[str, tuple] = {}  # cache key → (the group first emitted, its kernel, its file)
     signatures: dict = {}  # each node's part of group_ir_text, made once
-    for step in steps:
+    key_of: dict[int, str] = {}  # id(template) → its cache key: the copies of a block's kernel share it
+    for step, template in planned:
         if step.step != "kernel":  # collectives and views pass through
             plan.append(step)
             continue
-        key = cache_key(group_ir_text(step, signatures) + salt, target)
+        key = key_of.get(id(template)) if template is not None else None
+        if key is None:
+            key = cache_key(group_ir_text(step, signatures) + salt, target)
+            if template is not None:
+                key_of[id(template)] = key
         name = f"{step.kind}_{key[:12]}"
         emitted = None
         if key in emitted_for:  # the same computation (an identical layer's): written once, reused

@@ -55,6 +55,7 @@ class SpmdProgram:
         self.repeat = getattr(graph, "repeat", None)  # identical layers held once (ir/blocks.py)
         self._unrolled: SpmdProgram | None = None
         self.templates: dict = {}             # unrolled: each per-device op → the repeated program's
+        self.unrolled_local = None            # unrolled: ir.blocks.Unrolled of the per-device program
 
     def unrolled(self) -> "SpmdProgram":
         """The whole program: this one, or with a repeated block (`repeat`) each layer instantiated
@@ -80,6 +81,7 @@ class SpmdProgram:
                                [self.output_shardings[k] for k in whole.output_from], records)
             prog.notes, prog.passes, prog.hardware, prog.repeat = self.notes, self.passes, self.hardware, None
             prog.templates = {m: n for (n, _), m in local.made.items()}   # each op → the block's op it copies
+            prog.unrolled_local = local   # (block op, copy) → op, and the program in the block's order
             if self.before_passes is self.local:
                 prog.before_passes = local.graph
             elif self.before_passes is not None:

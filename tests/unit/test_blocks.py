@@ -32,6 +32,19 @@ def test_unrolled_is_the_whole_capture(llama6):
         np.testing.assert_array_equal(a, b)
 
 
+def test_gpt2_training_step_unrolls_to_its_capture():
+    """GPT-2's SGD step: the tied embedding's gradient collects from both ends of the layer stack
+    (the lookup before layer 0, the LM head after the last layer); no layer's."""
+    m = models.get("gpt2:tiny", n_layer=5)
+    g, args = m.capture(True, "jax", 2, optimizer="sgd", repeat=True)
+    full, full_args = m.capture(True, "jax", 2, optimizer="sgd")
+    u = g.unrolled()
+    assert [p.name for p in u.inputs] == [p.name for p in full.inputs] and u.output_names == full.output_names
+    assert [(n.op, n.shape, n.dtype) for n in u.nodes] == [(n.op, n.shape, n.dtype) for n in full.nodes]
+    for a, b in zip(g.evaluate(*args), full.evaluate(*full_args)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_forward_and_refusals():
     with pytest.raises(IRError, match="stands for at least 4"):
         Repeat(3)

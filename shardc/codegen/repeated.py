@@ -1,0 +1,127 @@
+"""Fusion planning once per repeated block.
+
+A repeated program (ir/blocks.py) unrolled for codegen runs its block body `copies` times, and
+planning every copy again makes codegen linear in depth. Instead the planner runs on a short
+instance of the same program, `PROBE` body copies deep, and its steps stand for the whole
+program's by where they write (their home copy):
+- a step of no body copy (layer 0, the last two layers, values of no layer) is the whole
+  program's, once; so is a step that writes outside the body and reads its first or last copy;
+- a step homed in the first or last copy stands for the whole program's first or last copy (next
+  to layer 0, and to layer depth-2: fusion reaches across a layer's edge, so these differ);
+- a step homed in copy 2 stands for every copy in between, shifted, reading the copy below and
+  above it as copy 2 reads copies 1 and 3.
+Replicating assumes that the planner's choices in a middle copy do not depend on how many copies
+there are. The short instance checks it: its two middle copies (2 and 3) must plan the same up to
+the shift. Where they do not, or the whole program's order is not the block's order repeated
+(the latency-hiding scheduler reorders across layers), the whole program is planned instead.
+"""
+from __future__ import annotations
+
+from ..ir import Node
+from ..ir.blocks import CAPTURED, Repeat, unroll
+from ..flags import log
+from .fusion import CollectiveStep, FusionGroup, ViewStep
+from .plan_order import topological
+
+PROBE = 4   # body copies planned: the first, two middle ones (2 and 3, compared), the last
+
+
+def plan_once_per_block(prog, whole, plan) -> list[tuple] | None:
+    """[(step, template)] for `whole.local` (the unrolled program of `prog`, whose `repeat` is
+    set), planned by `plan(graph) -> steps` on a short instance: `template` is the short
+    instance's step a replicated step copies (the same computation), or None. None where the
+    whole program must be planned itself (see the module doc)."""
+    rep, u = prog.repeat, getattr(whole, "unrolled_local", None)
+    if rep is None or u is None or whole.local is not u.graph or rep.copies <= PROBE:
+        return None
+    short = unroll(prog.local, Repeat(CAPTURED - 1 + PROBE))
+    steps = plan(short.graph)
+    where = {m: key for key, m in short.made.items()}   # short instance's node → (block node, copy)
+    homes: dict = {}
+    for s in steps:
+        home = _home(s, where)
+        if home is None:
+            return _refuse(f"a step writes outside the body and in its middle copies: {s}")
+        homes.setdefault(home, []).append(s)
+    middle, after = homes.get(2, []), homes.get(3, [])
+    if [_signature(s, where, 2) for s in middle] != [_signature(s, where, 3) for s in after]:
+        return _refuse("the short instance's middle copies plan differently")
+    r, made = rep.copies, u.made
+    out = []
+    for home, group in homes.items():
+        if home == 3:
+            continue
+        shifts = (range(0, r - 2) if home == 2 else (r - PROBE,) if home in (PROBE, "end") else (0,))
+        for d in shifts:
+            for s in group:
+                out.append((_instance(s, where, made, d, r), s if home == 2 else None))
+    if len(out) != len(steps) - len(after) + (r - 3) * len(middle):
+        return _refuse("replicated steps do not add up")
+    order = {n: i for i, n in enumerate(whole.local.nodes)}
+    out.sort(key=lambda st: _position(st[0], order))
+    by_id = {id(s): t for s, t in out}
+    return [(s, by_id[id(s)]) for s in topological([s for s, _ in out])]
+
+
+def _refuse(why: str) -> None:
+    log(1, f"codegen: planning every copy of the repeated block ({why})")
+    return None
+
+
+def _nodes(s) -> list[Node]:
+    if isinstance(s, FusionGroup):
+        return [*s.roots, *s.nodes, *s.inputs] + ([s.anchor] if s.anchor is not None else [])
+    return [s.node, *s.reads]
+
+
+def _home(s, where) -> int | str | None:
+    """The body copy `s` writes in (its last); for a step writing outside the body (0: it reads
+    none), "start" or "end" when it reads the first or last copies only (fusion across the
+    edge of layer 0 or layer depth-2); None when it cannot stand for the whole program's steps."""
+    written = {where[w][1] for w in s.writes}
+    if 0 not in written:
+        return max(written)
+    touched = {where[x][1] for x in _nodes(s)} - {0}
+    if not touched:
+        return 0
+    return "start" if touched <= {1, 2} else "end" if touched <= {PROBE - 1, PROBE} else None
+
+
+def _signature(s, where, home: int) -> tuple:
+    """What `s` computes relative to its home copy (its nodes as block node and copy offset)."""
+    def rel(x):
+        n, c = where[x]
+        return n, (c - home if c else None)
+    if isinstance(s, FusionGroup):
+        return (s.kind, s.reason, tuple(map(rel, s.roots)), tuple(map(rel, s.nodes)), tuple(map(rel, s.inputs)),
+                None if s.anchor is None else rel(s.anchor), _map(s.pattern, rel))
+    return (s.step, tuple(map(rel, [s.node, *s.reads])))
+
+
+def _instance(s, where, made, shift: int, copies: int):
+    """Step `s` of the short instance in the whole program, its body copies shifted by `shift`."""
+    def at(x):
+        n, c = where[x]
+        return made[(n, c + shift if c else 0)]
+    if isinstance(s, FusionGroup):
+        return FusionGroup(s.kind, [at(x) for x in s.roots], [at(x) for x in s.nodes], [at(x) for x in s.inputs],
+                           s.reason, None if s.anchor is None else at(s.anchor), _map(s.pattern, at))
+    if isinstance(s, CollectiveStep):
+        return CollectiveStep(at(s.node))
+    return ViewStep(at(s.node), at(s.source))
+
+
+def _map(v, f):
+    """`v` (a group's pattern: nodes, in dicts, lists, tuples and sets) with each node x as f(x)."""
+    if isinstance(v, Node):
+        return f(v)
+    if isinstance(v, dict):
+        return {k: _map(x, f) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return type(v)(_map(x, f) for x in v)
+    return v
+
+
+def _position(s, order) -> int:
+    """Where the planner places a step: at its last written value."""
+    return max(order[w] for w in s.writes)
