@@ -10,11 +10,10 @@ codegen makes plain data; shardc.compile wraps it as runtime.Executable, whose `
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 
 from ..errors import Error
+from ..ir.graph import cyclic_gc_paused
 from ..flags import debug_level, dump, log
 from .cache import cache_key, group_ir_text, load_kernel_file
 from .executable import Executable, Kernel, KernelLaunch
@@ -31,22 +30,8 @@ def compile(prog, target: str = "triton") -> Executable:
     """SpmdProgram → Executable: fused kernels written as source, and the launch plan."""
     if target not in TARGETS:
         raise Error(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
-    with _cyclic_gc_paused():
+    with cyclic_gc_paused():
         return _compile(prog, target)
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused():
-    """Planning makes and drops many small lists, sets and groups (freed by reference counting);
-    Python's cyclic collector, triggered by those allocations, would walk every node of the
-    program each time: a third of codegen's time on a 12- or 48-layer training step."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _compile(prog, target: str) -> Executable:

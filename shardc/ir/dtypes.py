@@ -8,6 +8,10 @@ import numpy as np
 
 
 class DType(enum.Enum):
+    # members are singletons: hash them by identity (Enum's own __hash__ runs Python code, and the
+    # analyses test `op in SET` millions of times at 80 layers)
+    __hash__ = object.__hash__
+
     f32 = "f32"
     f16 = "f16"
     bf16 = "bf16"
@@ -34,7 +38,7 @@ class DType(enum.Enum):
 
     @property
     def itemsize(self) -> int:
-        return self.np.itemsize
+        return self._itemsize  # (set below: the analyses ask for it millions of times)
 
     @property
     def compute(self) -> "DType":
@@ -51,6 +55,8 @@ _TO_NUMPY = {
     DType.bool: np.dtype(np.bool_),
 }
 _FROM_NUMPY = {v: k for k, v in _TO_NUMPY.items()}
+for _d, _n in _TO_NUMPY.items():
+    _d._itemsize = _n.itemsize
 
 
 def from_numpy(dt) -> DType:

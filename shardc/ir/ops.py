@@ -6,6 +6,10 @@ import enum
 
 
 class Op(enum.Enum):
+    # members are singletons: hash them by identity (Enum's own __hash__ runs Python code, and the
+    # analyses test `op in SET` millions of times at 80 layers)
+    __hash__ = object.__hash__
+
     # graph leaves
     PARAMETER = "parameter"
     CONSTANT = "constant"

@@ -6,6 +6,7 @@ import time
 from .. import flags
 from ..errors import ShardingError
 from ..ir import Graph, Op
+from ..ir.graph import cyclic_gc_paused
 from .batched_experts import rewrite_batched_experts
 from .lower import lower
 from .mesh import DimSharding, Mesh, P, Sharding
@@ -27,6 +28,11 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
     over that axis (partition/pipeline.py) and returns a PipelineProgram."""
     if not isinstance(mesh, Mesh):
         raise ShardingError(f"partition needs a shardc.Mesh, got {type(mesh).__name__}")
+    with cyclic_gc_paused():
+        return _partition_and_pass(g, mesh, specs, plan, memory_budget, hardware, passes, pipeline)
+
+
+def _partition_and_pass(g, mesh, specs, plan, memory_budget, hardware, passes, pipeline):
     if pipeline is not None:
         from .pipeline import partition_pipeline   # stages split the layers: the whole program
         return partition_pipeline(g.unrolled(), mesh, specs, plan, pipeline, passes, hardware)

@@ -33,14 +33,14 @@ import heapq
 from .. import flags
 from ..errors import ShardingError
 from ..ir import Graph, Node, Op
+from ..ir.graph import cyclic_gc_paused
 from .passes_chunk import chunk_collectives
 from .passes_collective_matmul import collective_matmul
 from .passes_common import PassReport, make_node as _node
 from .passes_cse import eliminate_common_collectives
 from .passes_local_scatter import localize_scatters
 from .passes_scatter import create_reduce_scatters
-from . import passes_schedule
-from .passes_schedule import schedules_unrolled, schedule
+from .passes_schedule import schedule
 from .program import CollectiveRecord, SpmdProgram, wire_bytes
 
 XLA_COMBINE_THRESHOLD = 30 * 2 ** 20  # bytes: XLA's default all-reduce combine threshold
@@ -236,6 +236,11 @@ class _LayerOf:
 def run_passes(prog: SpmdProgram, passes="default", hardware="h200") -> SpmdProgram:
     """Run the named passes (a name list, "default", or () for none) in order, planning for
     `hardware` (the cost model the scheduler orders by); `prog.passes` says what each changed."""
+    with cyclic_gc_paused():
+        return _run_passes(prog, passes, hardware)
+
+
+def _run_passes(prog: SpmdProgram, passes, hardware) -> SpmdProgram:
     prog.hardware = hardware
     prog.before_passes = prog.local
     names = DEFAULT if passes == "default" else (passes,) if isinstance(passes, str) else tuple(passes or ())
@@ -244,11 +249,6 @@ def run_passes(prog: SpmdProgram, passes="default", hardware="h200") -> SpmdProg
         raise ShardingError(f"unknown pass(es) {unknown}; passes: {', '.join(PASSES)}")
     if prog.repeat is not None and getattr(prog, "bucket_group", None) is None:
         prog.bucket_group = _LayerOf(prog)   # buckets of one layer each: the block stays one block
-    if prog.repeat is not None and "schedule" in names and not schedules_unrolled(prog):
-        names = tuple(n for n in names if n != "schedule")
-        prog.notes.append(f"the latency-hiding scheduler does not run on this repeated block: it schedules the "
-                          f"unrolled program, here over {passes_schedule.MAX_UNROLLED_OPS:,} ops (its cost); collectives start when "
-                          f"their operand is ready")
     for i, name in enumerate(names):
         report = PASSES[name](prog)
         prog.passes.append(report)

@@ -29,6 +29,8 @@ operand exists, so the order (and the memory bound) is what runs.
 from __future__ import annotations
 
 import heapq
+import math
+import sys
 
 from ..ir import Graph, Node, Op
 from ..analysis.cost import PASS_THROUGH
@@ -52,25 +54,64 @@ def memory_limit(hardware) -> float:
     return hwmod.get(hardware).hbm_bytes * (1 - MEMORY_MARGIN)
 
 
+_FINITE = sys.float_info.max
+
+
+class _FirstFit:
+    """The ready collectives by priority rank (a min-tree of their result bytes): the first in
+    priority order whose result fits a byte budget, in O(log n). Popping every waiting one each
+    step instead is quadratic: at 80 layers thousands of prefetches wait on memory."""
+
+    def __init__(self, n: int):
+        self.size = 1 << max(0, n - 1).bit_length()
+        self.tree = [math.inf] * (2 * self.size)
+
+    def set(self, rank: int, nbytes: float):
+        t, i = self.tree, rank + self.size
+        t[i] = nbytes
+        i >>= 1
+        while i:
+            t[i] = min(t[2 * i], t[2 * i + 1])
+            i >>= 1
+
+    def first(self, budget: float) -> int | None:
+        t, budget = self.tree, min(budget, _FINITE)  # (an empty slot, inf, never fits)
+        if t[1] > budget:
+            return None
+        i = 1
+        while i < self.size:
+            i = 2 * i if t[2 * i] <= budget else 2 * i + 1
+        return i - self.size
+
+
+def _users(g: Graph) -> dict[Node, list[Node]]:
+    users: dict[Node, list[Node]] = {n: [] for n in g.nodes}
+    for n in g.nodes:
+        for i in dict.fromkeys(n.inputs):
+            users[i].append(n)
+    return users
+
+
 def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple[list[Node], float, int]:
     """(order, modeled makespan, peak live bytes) of `g` under the policy above. Live bytes count
     as analysis/memory.py's liveness does (inputs live from the start, `donated` ones freed after
     their last reader, outputs held), so the peak is what `analyze` reports for the order."""
     index = {n: i for i, n in enumerate(g.nodes)}
-    users: dict[Node, list[Node]] = {n: [] for n in g.nodes}
-    for n in g.nodes:
-        for i in dict.fromkeys(n.inputs):
-            users[i].append(n)
-    bottom = _bottom_levels(g, users, seconds)
+    users = _users(g)
+    sec = {n: seconds(n) for n in g.nodes}   # each op priced once
+    size = {n: n.nbytes for n in g.nodes}
+    bottom = _bottom_levels(g, users, sec.__getitem__)
+    by_rank = sorted((n for n in g.nodes if n.op in COLLECTIVES), key=lambda n: (-bottom[n], index[n]))
+    rank = {c: r for r, c in enumerate(by_rank)}
+    colls = _FirstFit(len(by_rank))  # ready collectives, critical first
     left = {n: len(set(n.inputs)) for n in g.nodes}
     readers_left = {n: len(users[n]) for n in g.nodes}
     held = (set(g.inputs) - set(donated)) | set(g.outputs)
     done_at: dict[Node, float] = {}
-    live = peak = sum(p.nbytes for p in g.inputs)
+    live = peak = sum(size[p] for p in g.inputs)
     order: list[Node] = []
     placed: set[Node] = set()
     t_compute = t_comm = 0.0
-    colls: list = []   # ready collectives: (-bottom, index, node)
     now: list = []     # compute whose operands are ready by t_compute: (-bottom, index, node)
     later: list = []   # compute waiting on operands: (ready time, index, node)
     first: list = []   # every ready op by original index (what goes when memory is short)
@@ -87,14 +128,14 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
         placed.add(n)
         done_at[n] = start + duration
         if n.op is not Op.PARAMETER:
-            live += n.nbytes
+            live += size[n]
             peak = max(peak, live)
         for i in set(n.inputs):  # operands whose last reader this was are freed
             readers_left[i] -= 1
             if readers_left[i] == 0 and i not in held:
-                live -= i.nbytes
+                live -= size[i]
         if not users[n] and n not in held and n.op is not Op.PARAMETER:
-            live -= n.nbytes
+            live -= size[n]
         for u in users[n]:
             left[u] -= 1
             if left[u] == 0:
@@ -103,15 +144,16 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
     def ready(u: Node):
         heapq.heappush(first, (index[u], u))
         if u.op in COLLECTIVES:
-            heapq.heappush(colls, (-bottom[u], index[u], u))
+            colls.set(rank[u], size[u])
         else:
             heapq.heappush(later, (max((done_at[i] for i in u.inputs), default=0.0), index[u], u))
 
     def start_collective(c: Node):
         nonlocal t_comm
+        colls.set(rank[c], math.inf)
         start = max(max(done_at[i] for i in c.inputs), t_comm, t_compute)
-        t_comm = start + seconds(c)
-        place(c, start, seconds(c))
+        t_comm = start + sec[c]
+        place(c, start, sec[c])
 
     def run(n: Node):
         nonlocal t_compute
@@ -120,8 +162,8 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
             place(n, ready_at, 0.0)
             return
         start = max(ready_at, t_compute)
-        t_compute = start + seconds(n)
-        place(n, start, seconds(n))
+        t_compute = start + sec[n]
+        place(n, start, sec[n])
 
     for p in g.inputs:
         place(p, 0.0, 0.0)
@@ -136,22 +178,18 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
         # fits in memory and the stream frees before the next op ends (the next chance to decide:
         # queued later, a more critical collective that turns ready meanwhile can still go first)
         nxt = top(now) or top(later)
-        horizon = float("inf") if nxt is None else (
-            max(t_compute, max((done_at[x] for x in nxt[-1].inputs), default=0.0)) + seconds(nxt[-1]))
-        deferred = []
-        while top(colls):
-            item = heapq.heappop(colls)
-            if live + item[-1].nbytes > limit or t_comm >= horizon:
-                deferred.append(item)
-            else:
-                start_collective(item[-1])
-        for item in deferred:
-            heapq.heappush(colls, item)
+        horizon = math.inf if nxt is None else (
+            max(t_compute, max((done_at[x] for x in nxt[-1].inputs), default=0.0)) + sec[nxt[-1]])
+        while t_comm < horizon:
+            r = colls.first(limit - live)
+            if r is None:
+                break
+            start_collective(by_rank[r])
         if not top(now) and top(later):  # every ready op waits on a collective: the first able to go
             _, i, n = heapq.heappop(later)
             heapq.heappush(now, (-bottom[n], i, n))
         n = top(now)[-1] if top(now) else None
-        if n is None or live + n.nbytes > limit:
+        if n is None or live + size[n] > limit:
             # memory is short (or only held-back collectives are left): the original order decides
             if top(first) is None:
                 break  # nothing is ready: a cycle (reported below)
@@ -180,13 +218,12 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
     producer, as analysis/memory.py counts them forwards); while they pass `limit`, the in-flight
     all-gather-like collective that holds the most bytes (result over operand) has its start
     placed at once, ending its prefetch. `schedule` keeps this order only where its peak fits."""
-    users: dict[Node, list[Node]] = {n: [] for n in g.nodes}
-    for n in g.nodes:
-        for i in dict.fromkeys(n.inputs):
-            users[i].append(n)
+    users = _users(g)
+    sec = {n: seconds(n) for n in g.nodes}   # each op priced once
+    size = {n: n.nbytes for n in g.nodes}
     top: dict[Node, float] = {}
     for n in g.nodes:
-        top[n] = seconds(n) + max((top[i] for i in set(n.inputs)), default=0.0)
+        top[n] = sec[n] + max((top[i] for i in set(n.inputs)), default=0.0)
     index = {n: i for i, n in enumerate(g.nodes)}
     left = {n: len(users[n]) for n in g.nodes}
     need: dict[Node, float] = {}  # reverse time at or after which each placed node's operands must be placed
@@ -195,10 +232,17 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
     ready: list = []      # compute with all readers placed: (-top, -index, node)
     waiting: list = []    # compute whose readers still run at r_compute: (ready at, -index, node)
     flying: list = []     # collectives in flight: (reverse time their start may be placed, -index, node)
+    growing: list = []    # the all-gather-like ones among them, most bytes held first: (-held, at, -index, node)
     inputs = set(g.inputs)
     kept = inputs - set(donated)                 # live throughout
     live_now = set(g.outputs) - kept             # outputs: live from the end back to their producer
-    live = sum(n.nbytes for n in kept) + sum(n.nbytes for n in live_now)
+    live = sum(size[n] for n in kept) + sum(size[n] for n in live_now)
+
+    def in_flight(heap) -> list:
+        """`heap` without the collectives already placed (dropped lazily from its top)."""
+        while heap and heap[0][-1] in need:
+            heapq.heappop(heap)
+        return heap
 
     def ready_at(n: Node) -> float:
         return max((need[u] for u in users[n]), default=0.0)
@@ -210,10 +254,10 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
         for i in dict.fromkeys(n.inputs):  # in operand order, not a set's: the order must not depend on hashing
             if i not in live_now and i not in kept:
                 live_now.add(i)
-                live += i.nbytes
+                live += size[i]
         if n in live_now:
             live_now.discard(n)
-            live -= n.nbytes
+            live -= size[n]
         for i in dict.fromkeys(n.inputs):
             left[i] -= 1
             if left[i] == 0 and i not in inputs:
@@ -225,23 +269,22 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
         if n.op in PASS_THROUGH:
             place(n, at)
         elif n.op in COLLECTIVES:
-            r_comm = max(at, r_comm) + seconds(n)
+            r_comm = max(at, r_comm) + sec[n]
             heapq.heappush(flying, (r_comm, -index[n], n))
+            if size[n] > size[n.inputs[0]]:
+                heapq.heappush(growing, (size[n.inputs[0]] - size[n], r_comm, -index[n], n))
         else:
             heapq.heappush(waiting, (at, -index[n], n))
 
     for n in reversed(g.nodes):
         if not users[n] and n not in inputs:
             arrive(n)
-    while ready or waiting or flying:
-        if live > limit and flying:  # memory is short: end the prefetch holding the most
-            item = max(flying, key=lambda f: f[-1].nbytes - f[-1].inputs[0].nbytes)
-            if item[-1].nbytes > item[-1].inputs[0].nbytes:
-                flying.remove(item)
-                heapq.heapify(flying)
-                r_compute = max(r_compute, item[0])
-                place(item[-1], item[0])
-                continue
+    while ready or waiting or in_flight(flying):
+        if live > limit and in_flight(growing):  # memory is short: end the prefetch holding the most
+            _, at, _, c = heapq.heappop(growing)
+            r_compute = max(r_compute, at)
+            place(c, at)
+            continue
         while waiting and waiting[0][0] <= r_compute:
             _, i, n = heapq.heappop(waiting)
             heapq.heappush(ready, (-top[n], i, n))
@@ -255,7 +298,7 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
             r_compute = max(r_compute, at)
             heapq.heappush(ready, (-top[n], i, n))
         _, _, n = heapq.heappop(ready)
-        r_compute = max(r_compute, ready_at(n)) + seconds(n)
+        r_compute = max(r_compute, ready_at(n)) + sec[n]
         place(n, r_compute)
     rest = [n for n in g.nodes if n not in need and n not in inputs]
     if rest:
@@ -295,15 +338,6 @@ def best_order(prog: SpmdProgram, price, limit: float) -> tuple[Graph, float, in
         if own_peak <= best[2] and own_step <= best[1]:
             best = (g, own_step, own_peak, "program order (no order fits)")
     return best
-
-
-MAX_UNROLLED_OPS = 20_000   # a repeated block is scheduled unrolled up to this many ops (~1 ms of CPU an op)
-
-
-def schedules_unrolled(prog: SpmdProgram) -> bool:
-    """Is the repeated program `prog` small enough unrolled for the scheduler?"""
-    from ..ir.blocks import multiplicity
-    return sum(multiplicity(prog.local, prog.repeat).values()) <= MAX_UNROLLED_OPS
 
 
 def schedule(prog: SpmdProgram, hardware=None, limit: float | None = None) -> PassReport:
