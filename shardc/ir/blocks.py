@@ -21,7 +21,7 @@ that place, and where layer 1 reads layer 2 (the gradient from above), copy c re
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..errors import IRError
@@ -53,7 +53,7 @@ class Repeat:
     unroller makes (a folded capture, ir/fold.py: its arguments and results stay the capture's)."""
     depth: int
     flatten_args: object = None
-    order: tuple | None = None
+    order: tuple | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.depth < CAPTURED:
@@ -180,8 +180,9 @@ class _Unroller:
     def __init__(self, g: Graph, repeat: Repeat):
         self.g, self.repeat, self.r = g, repeat, repeat.copies
         self.lab = lab = labels(g)
-        body = [n for n in g.nodes if lab[n] == BODY and n.op is not Op.PARAMETER]
-        nxt = [n for n in g.nodes if lab[n] == NEXT and n.op is not Op.PARAMETER]
+        live = _live(g)   # (values no output needs, left by the partitioner, are not unrolled)
+        body = [n for n in g.nodes if lab[n] == BODY and n.op is not Op.PARAMETER and n in live]
+        nxt = [n for n in g.nodes if lab[n] == NEXT and n.op is not Op.PARAMETER and n in live]
         if len(body) != len(nxt) or any(_signature(a) != _signature(b) for a, b in zip(body, nxt)):
             nxt = _pair_by_structure(g, lab, body, nxt)
         self.twin = dict(zip(body, nxt))
@@ -221,21 +222,39 @@ class _Unroller:
                     inputs.append(made[(p, c)])
                     input_from.append(position[p])
 
+        plans: dict = {}    # body value → what its copy c reads: a node of copy c + delta, or one node
+
+        def copy(a: Node, c: int) -> Node:
+            """Copy c of body value a; what it reads first, where a copy made out of its stretch's
+            order reads it (a scan's backward reading a value its forward recomputes)."""
+            stack = [(a, c)]
+            while stack:
+                a, c = stack[-1]
+                if (a, c) in made:
+                    stack.pop()
+                    continue
+                if a not in plans:
+                    plans[a] = [self._source(a, s, x) for s, x in enumerate(a.inputs)]
+                need = [(y, c + d) for x, y, d in plans[a] if 1 <= c + d <= r and (y, c + d) not in made]
+                if need:
+                    stack.extend(need)
+                    continue
+                stack.pop()
+                made[(a, c)] = a.with_inputs(tuple([made[(x, 0)] if not 1 <= c + d <= r else made[(y, c + d)]
+                                                    for x, y, d in plans[a]]))
+                nodes.append(made[(a, c)])
+            return made[(a, c)]
+
         def read(n: Node, c: int, s: int, x: Node) -> Node:
             lx, ln = lab[x], lab[n]
             if lx == BODY:
                 if ln in (0, NEXT):
-                    return made[(x, 1 if ln == 0 else r)]
+                    return copy(x, 1 if ln == 0 else r)
                 raise IRError(f"graph {g.name!r}: {n.describe()} (layer {ln}) reads the body's {x.describe()}")
             return made[(x, 0)]
 
         nodes = list(inputs)
-        live, stack = set(), list(g.outputs)   # values no output needs (the partitioner leaves some) go
-        while stack:
-            n = stack.pop()
-            if n not in live:
-                live.add(n)
-                stack.extend(n.inputs)
+        live = _live(g)   # values no output needs (the partitioner leaves some) go
         order = [n for n in g.nodes if n.op is not Op.PARAMETER and n in live]
         k = 0
         while k < len(order):
@@ -258,12 +277,9 @@ class _Unroller:
                 run.append(order[j])
                 k = j + 1
             step = self._direction(run)
-            plans = [(a, [self._source(a, s, x) for s, x in enumerate(a.inputs)]) for a in run]
             for c in (range(1, r + 1) if step > 0 else range(r, 0, -1)):
-                for a, plan in plans:   # (what copy c reads: a node of copy c + delta, or one node)
-                    made[(a, c)] = a.with_inputs(tuple([made[(x, 0)] if not 1 <= c + d <= r else made[(y, c + d)]
-                                                        for x, y, d in plan]))
-                    nodes.append(made[(a, c)])
+                for a in run:
+                    copy(a, c)
         outputs, names, output_from = [], [], []
         for group in _groups(list(enumerate(zip(g.outputs, g.output_names))), lambda kon: layer_index(kon[1][1]) == BODY):
             for c in (range(1, r + 1) if layer_index(group[0][1][1]) == BODY else (0,)):
@@ -315,6 +331,16 @@ class _Unroller:
                                   "layer above the body, so no order of its copies works")
                 step = step or want
         return step or 1
+
+
+def _live(g: Graph) -> set[Node]:
+    live, stack = set(), list(g.outputs)
+    while stack:
+        n = stack.pop()
+        if n not in live:
+            live.add(n)
+            stack.extend(n.inputs)
+    return live
 
 
 def _groups(items: list, in_body) -> list[list]:

@@ -4,8 +4,8 @@ analysis work once per block whatever the capture (from_torch, from_jax, a Pytho
 
     g = fold(g)            # the folded graph, or `g` itself with `g.fold_note` saying why not
 
-Layers are found by parameter name (`layers.{i}.`, `h.{i}.`, `blocks.{i}.`, `['layers'][i]`:
-blocks.LAYER) and each value's layer by dataflow (blocks.labels); the repeat itself is checked
+Layers are found by parameter name, or for a `lax.scan` over stacked weights by splitting each
+stacked input into one per layer first (ir/unstack.py), (`layers.{i}.`, `h.{i}.`, `blocks.{i}.`, `['layers'][i]`: blocks.LAYER) and each value's layer by dataflow (blocks.labels); the repeat itself is checked
 structurally: every middle layer must be layer 1's computation node for node (op, shape, dtype,
 attributes, and where each operand comes from: its own layer's value at the same place, the layer
 below's, the layer above's, or the very same shared value). The folded graph's whole program
@@ -22,6 +22,7 @@ from ..errors import IRError
 from .blocks import BODY, CAPTURED, LAST, NEXT, Repeat, labels, layer_index, rename, unroll
 from .graph import Graph, Node
 from .ops import Op
+from .unstack import unstack
 
 MIN_DEPTH = CAPTURED + 1   # fewer layers: nothing to fold (the body would stand for one layer)
 
@@ -30,13 +31,23 @@ class NotFolded(Exception):
     """Why a graph is not a repeat of identical layers (the note `fold` leaves)."""
 
 
+class NoLayers(NotFolded):
+    """No input is named as a layer's (a scan's stacked weights may still be split per layer)."""
+
+
 def fold(g: Graph, min_depth: int = MIN_DEPTH) -> Graph:
     """`g` with its identical layers held once (see the module doc), or `g` unchanged with
     `g.fold_note` saying why not (also logged at SHARDC_DEBUG=1)."""
     if g.repeat is not None:
         return g
     try:
-        out = _fold(g, min_depth)
+        try:
+            out = _fold(g, min_depth)
+        except NoLayers:
+            split = unstack(g, min_depth)   # a scan over stacked weights: one input per layer first
+            if split is None:
+                raise
+            out = _fold(split, min_depth)
     except NotFolded as e:
         g.fold_note = f"graph {g.name!r} not folded: {e}"
         flags.log(1, g.fold_note)
@@ -48,7 +59,8 @@ def fold(g: Graph, min_depth: int = MIN_DEPTH) -> Graph:
 def _fold(g: Graph, min_depth: int) -> Graph:
     found = {layer_index(p.name) for p in g.inputs} - {None}
     if not found:
-        raise NotFolded("no input is a layer's parameter (named layers.{i}. / h.{i}. / blocks.{i}. / ['layers'][i])")
+        raise NoLayers("no input is a layer's parameter (named layers.{i}. / h.{i}. / blocks.{i}. / ['layers'][i]) "
+                       "and none is stacked weights a scan reads step by step")
     depth = max(found) + 1
     if found != set(range(depth)):
         raise NotFolded(f"its layers are not numbered 0..{depth - 1} (missing {sorted(set(range(depth)) - found)[:4]})")
@@ -101,7 +113,7 @@ def _fold(g: Graph, min_depth: int) -> Graph:
         outputs.append(made[o])
         names.append(name if i is None else rename(name, kept[i]))
     out = Graph(nodes, inputs, outputs, names, g.name, g.mesh_axes, g.bound, g.flatten_args)
-    for attr in ("shape_only", "output_tree", "scheduled"):
+    for attr in ("shape_only", "output_tree", "scheduled", "restack"):
         if attr in vars(g):
             setattr(out, attr, getattr(g, attr))
     if hasattr(g, "sharding_constraints"):

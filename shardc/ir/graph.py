@@ -75,6 +75,8 @@ class Graph:
     # Identical layers held once (ir/blocks.py): the graph holds 4 layers and stands for
     # `repeat.depth`; `unrolled()` is the whole program.
     repeat = None
+    # A folded scan's outputs come in one piece per layer (ir/unstack.py): this stacks them back.
+    restack = None
 
     def __init__(self, nodes: list[Node], inputs: list[Node], outputs: list[Node],
                  output_names: list[str], name: str = "main",
@@ -109,7 +111,8 @@ class Graph:
         from .evaluate import evaluate_graph
         if self.repeat is not None:
             whole = self.unrolled()
-            return evaluate_graph(whole, whole.input_values(*args))
+            out = evaluate_graph(whole, whole.input_values(*args))
+            return self.restack(out) if self.restack else out
         return evaluate_graph(self, self.input_values(*args))
 
     def input_values(self, *args) -> dict[str, np.ndarray]:

@@ -113,7 +113,8 @@ class SpmdProgram:
         """Global outputs: every device run in one process, collectives exact."""
         from .simulate import simulate
         whole = self.unrolled()
-        return simulate(whole, whole.graph.input_values(*args))
+        out = simulate(whole, whole.graph.input_values(*args))
+        return self.graph.restack(out) if self.graph.restack else out
 
     def input_blocks(self, values: dict[str, np.ndarray], devices=None) -> list[list[np.ndarray] | None]:
         """Every device's local block of every input, blocks[device][input], from the global
