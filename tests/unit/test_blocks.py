@@ -44,6 +44,21 @@ def test_gpt2_training_step_unrolls_to_its_capture():
         np.testing.assert_array_equal(a, b)
 
 
+def test_fsdp_tp_sequence_parallel_unrolls():
+    """FSDP × tp with sequence parallelism: the partitioner leaves a dead value in layer 2 that
+    layer 1 has not; values no output needs are neither compared nor unrolled, so the block
+    stands for the middle layers and the repeated program simulates the 5-layer model."""
+    import shardc
+    from shardc import Mesh
+    from shardc.partition.plans import sequence_parallel_specs
+    m = models.get("gpt2:tiny", n_layer=5)
+    g, _ = m.capture(True, "jax", 4, optimizer="sgd", repeat=True)
+    full, full_args = m.capture(True, "jax", 4, optimizer="sgd")
+    prog = shardc.partition(g, Mesh({"dp": 2, "tp": 2}), {**m.tp_specs(), **sequence_parallel_specs(g)}, "fsdp")
+    for x, y in zip(prog.simulate(*full_args), full.evaluate(*full_args)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
 def test_forward_and_refusals():
     with pytest.raises(IRError, match="stands for at least 4"):
         Repeat(3)
