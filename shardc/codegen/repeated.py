@@ -10,14 +10,19 @@ program's by where they write (their home copy):
   to layer 0, and to layer depth-2: fusion reaches across a layer's edge, so these differ);
 - a step homed in copy 2 stands for every copy in between, shifted, reading the copy below and
   above it as copy 2 reads copies 1 and 3.
+The planner places steps and merges neighbours by program order, so the short instance is
+ordered as the whole program is: where the latency-hiding scheduler reordered the unrolled
+program, its copies 1, 2, 3 and 4 take the order of the whole program's first, two middle and
+last copies, and a replicated group lists its values in the whole program's order.
 Replicating assumes that the planner's choices in a middle copy do not depend on how many copies
 there are. The short instance checks it: its two middle copies (2 and 3) must plan the same up to
-the shift. Where they do not, or the whole program's order is not the block's order repeated
-(the latency-hiding scheduler reorders across layers), the whole program is planned instead.
+the shift; where they do not, the whole program is planned instead.
 """
 from __future__ import annotations
 
-from ..ir import Node
+from collections import Counter
+
+from ..ir import Graph, Node
 from ..ir.blocks import CAPTURED, Repeat, unroll
 from ..flags import log
 from .fusion import CollectiveStep, FusionGroup, ViewStep
@@ -32,9 +37,17 @@ def plan_once_per_block(prog, whole, plan) -> list[tuple] | None:
     instance's step a replicated step copies (the same computation), or None. None where the
     whole program must be planned itself (see the module doc)."""
     rep, u = prog.repeat, getattr(whole, "unrolled_local", None)
-    if rep is None or u is None or whole.local is not u.graph or rep.copies <= PROBE:
+    if rep is None or u is None or rep.copies <= PROBE:
         return None
     short = unroll(prog.local, Repeat(CAPTURED - 1 + PROBE))
+    r, made = rep.copies, u.made
+    order = {n: i for i, n in enumerate(whole.local.nodes)}
+    if whole.local is not u.graph:   # reordered (the scheduler): the short instance in the same order
+        stands = {1: 1, 2: r // 2, 3: r // 2 + 1, PROBE: r}   # its copies → the whole program's
+        at = {m: order[made[(n, stands[c] if c else 0)]] for (n, c), m in short.made.items()}
+        g = short.graph
+        short = short._replace(graph=Graph(sorted(g.nodes, key=at.__getitem__), g.inputs, g.outputs, g.output_names,
+                                           g.name, g.mesh_axes, g.bound, g.flatten_args))
     steps = plan(short.graph)
     where = {m: key for key, m in short.made.items()}   # short instance's node → (block node, copy)
     homes: dict = {}
@@ -44,9 +57,8 @@ def plan_once_per_block(prog, whole, plan) -> list[tuple] | None:
             return _refuse(f"a step writes outside the body and in its middle copies: {s}")
         homes.setdefault(home, []).append(s)
     middle, after = homes.get(2, []), homes.get(3, [])
-    if [_signature(s, where, 2) for s in middle] != [_signature(s, where, 3) for s in after]:
+    if Counter(_signature(s, where, 2) for s in middle) != Counter(_signature(s, where, 3) for s in after):
         return _refuse("the short instance's middle copies plan differently")
-    r, made = rep.copies, u.made
     out = []
     for home, group in homes.items():
         if home == 3:
@@ -54,10 +66,10 @@ def plan_once_per_block(prog, whole, plan) -> list[tuple] | None:
         shifts = (range(0, r - 2) if home == 2 else (r - PROBE,) if home in (PROBE, "end") else (0,))
         for d in shifts:
             for s in group:
-                out.append((_instance(s, where, made, d, r), s if home == 2 else None))
+                step, same = _instance(s, where, made, d, order)
+                out.append((step, s if home == 2 and same else None))
     if len(out) != len(steps) - len(after) + (r - 3) * len(middle):
         return _refuse("replicated steps do not add up")
-    order = {n: i for i, n in enumerate(whole.local.nodes)}
     out.sort(key=lambda st: _position(st[0], order))
     by_id = {id(s): t for s, t in out}
     return [(s, by_id[id(s)]) for s in topological([s for s, _ in out])]
@@ -88,27 +100,44 @@ def _home(s, where) -> int | str | None:
 
 
 def _signature(s, where, home: int) -> tuple:
-    """What `s` computes relative to its home copy (its nodes as block node and copy offset)."""
+    """What `s` computes relative to its home copy (its values as block node and copy offset; a
+    group's values as sets: a reordered program may list a copy's values in another order)."""
     def rel(x):
         n, c = where[x]
         return n, (c - home if c else None)
     if isinstance(s, FusionGroup):
-        return (s.kind, s.reason, tuple(map(rel, s.roots)), tuple(map(rel, s.nodes)), tuple(map(rel, s.inputs)),
-                None if s.anchor is None else rel(s.anchor), _map(s.pattern, rel))
+        return (s.kind, s.reason, tuple(map(rel, s.roots)), frozenset(map(rel, s.nodes)), frozenset(map(rel, s.inputs)),
+                None if s.anchor is None else rel(s.anchor), _frozen(_map(s.pattern, rel)))
     return (s.step, tuple(map(rel, [s.node, *s.reads])))
 
 
-def _instance(s, where, made, shift: int, copies: int):
-    """Step `s` of the short instance in the whole program, its body copies shifted by `shift`."""
+def _frozen(v):
+    if isinstance(v, dict):
+        return tuple(sorted((k, _frozen(x)) for k, x in v.items()))
+    if isinstance(v, (set, frozenset)):
+        return frozenset(v)
+    if isinstance(v, (list, tuple)):
+        return tuple(map(_frozen, v))
+    return v
+
+
+def _instance(s, where, made, shift: int, order: dict) -> tuple:
+    """(step `s` of the short instance in the whole program, its body copies shifted by `shift`;
+    whether it lists its values as `s` does). A group's nodes and inputs are in the whole
+    program's order, as the planner lists them: a reordered program (the scheduler's) need not
+    order a copy's values as the short instance does, and then the kernel text differs."""
     def at(x):
         n, c = where[x]
         return made[(n, c + shift if c else 0)]
     if isinstance(s, FusionGroup):
-        return FusionGroup(s.kind, [at(x) for x in s.roots], [at(x) for x in s.nodes], [at(x) for x in s.inputs],
-                           s.reason, None if s.anchor is None else at(s.anchor), _map(s.pattern, at))
+        nodes, inputs = [at(x) for x in s.nodes], [at(x) for x in s.inputs]
+        ordered_nodes, ordered_inputs = sorted(nodes, key=order.__getitem__), sorted(inputs, key=order.__getitem__)
+        return (FusionGroup(s.kind, [at(x) for x in s.roots], ordered_nodes, ordered_inputs, s.reason,
+                            None if s.anchor is None else at(s.anchor), _map(s.pattern, at)),
+                ordered_nodes == nodes and ordered_inputs == inputs)
     if isinstance(s, CollectiveStep):
-        return CollectiveStep(at(s.node))
-    return ViewStep(at(s.node), at(s.source))
+        return CollectiveStep(at(s.node)), True
+    return ViewStep(at(s.node), at(s.source)), True
 
 
 def _map(v, f):

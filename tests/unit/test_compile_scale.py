@@ -3,7 +3,6 @@ group once (not once per probe per round), and identical layers' kernels are wri
 launched for every layer, each launch reading and writing its own layer's values. Correctness of
 the shared kernels (every launch against the numpy evaluation of its nodes, whole programs
 against Graph.evaluate) is tests/unit/test_codegen_zoo.py's, which runs with this on."""
-import copy
 import functools
 
 import pytest
@@ -14,7 +13,6 @@ from shardc.codegen import fused_recompute, fusion
 from shardc.codegen import triton as triton_emitter
 from shardc.codegen.prologue import Operands, is_splat
 from shardc.ir import Op
-from shardc.ir.blocks import Repeat
 from shardc.ir.ops import ELEMENTWISE, REDUCE
 
 
@@ -157,16 +155,10 @@ def test_operand_questions_stop_early_with_the_full_walks_answers(name):
 @functools.lru_cache(maxsize=None)
 def _repeated_program(n_layer: int):
     """GPT-2 tiny's SGD step captured as a repeated block (4 layers standing for `n_layer`), over
-    dp2 × tp2 without the passes (the scheduler would reorder the unrolled program across layers,
-    and codegen then plans every copy). Deeper ones are the same partitioned block standing for
-    more layers (what partitioning a deeper capture gives: the graph is the same 4 layers)."""
-    if n_layer > 8:
-        deeper = copy.copy(_repeated_program(8))
-        deeper.repeat, deeper._unrolled = Repeat(n_layer), None
-        return deeper
+    dp2 × tp2 with the default passes (the scheduler orders the unrolled program, across layers)."""
     m = models.get("gpt2:tiny", n_layer=n_layer)
     g, _ = m.capture(train=True, shape_only=True, dtype="f32", repeat=True)
-    return shardc.partition(g, Mesh({"dp": 2, "tp": 2}), specs=m.tp_specs(), plan="dp", passes=())
+    return shardc.partition(g, Mesh({"dp": 2, "tp": 2}), specs=m.tp_specs(), plan="dp")
 
 
 def _launches(exe) -> list[tuple]:
@@ -177,11 +169,12 @@ def _launches(exe) -> list[tuple]:
 def test_repeated_block_planned_once(monkeypatch):
     """codegen plans a short instance of a repeated block (codegen/repeated.py) and replicates its
     middle copy: 8 and 10 layers plan the same ops, and the 8-layer plan is, launch for launch,
-    the plan of the whole unrolled program."""
+    the plan of the whole unrolled (and scheduled) program."""
     from shardc import codegen
     planned = []
     plan = fusion.Planner.plan
     monkeypatch.setattr(fusion.Planner, "plan", lambda self: (planned.append(len(self.g.nodes)), plan(self))[1])
+    assert _repeated_program(8).unrolled().local.scheduled
     eight, ten = shardc.compile(_repeated_program(8)), shardc.compile(_repeated_program(10))
     assert planned[0] == planned[1] < len(_repeated_program(8).unrolled().local.nodes)
     assert len(ten.kernels) > len(eight.kernels) + 2 * 15    # two more copies, ~20 launches each
