@@ -121,8 +121,24 @@ def _fold(g: Graph, min_depth: int) -> Graph:
         out.sharding_constraints = {k: v for k, v in g.sharding_constraints.items() if k in live}
     out.repeat = Repeat(depth, order=(tuple(g.input_names), tuple(g.output_names)))
     _check_unrolled(g, out)
+    out.spec_names = _spec_names(g, out, kept)
     out.fold_note = (f"graph {g.name!r} folded: {depth} identical layers held as 4 ({len(out.nodes)} of "
                      f"{len(g.nodes)} nodes), layers 1..{depth - 3} as one block")
+    return out
+
+
+def _spec_names(g: Graph, folded: Graph, kept: dict) -> dict[str, list[tuple[str, bool]]]:
+    """Names a spec may use that the folded graph lacks → the names they stand for there (and
+    whether the spec's first entry, a stacked array's layer dim, is dropped): a middle layer's
+    inputs and outputs → layer 1's, the last two layers' → layers 2 and 3 (a name the folded
+    graph has itself means its own); a scan's stacked array → its pieces (ir/unstack.py)."""
+    def there(name: str) -> str:
+        i = layer_index(name)
+        return name if i is None else rename(name, kept.get(i, BODY))
+
+    out = {name: [(there(name), False)] for name in g.input_names + g.output_names if there(name) != name}
+    for name, targets in getattr(g, "spec_names", {}).items():   # (a scan's stacked array: its pieces)
+        out[name] = list(dict.fromkeys((there(t), drop) for t, drop in targets))
     return out
 
 

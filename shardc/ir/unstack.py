@@ -6,9 +6,10 @@ of w1 are a concatenation of N per-step values (and elementwise ops on [N, ...] 
 each stacked input becomes N inputs `params['w1'][layers.{t}.]` of shape [d, f]: slices read
 their piece, elementwise ops on stacked values run per piece, a stacked output becomes N outputs.
 The graph then has per-layer parameters, as a Python loop's would, and `fold` can hold them
-once. `Unstacked.flatten_args` splits the caller's stacked arrays into pieces and `restack`
-puts the pieces of each output back together, so the folded graph's evaluate and simulate take
-and give what the capture does.
+once. `SplitStacked` (its flatten_args) splits the caller's stacked arrays into pieces and
+`Restack` puts the pieces of each output back together, so the folded graph's evaluate and
+simulate take and give what the capture does; `spec_names` lets a spec name the stacked array
+(P(None, ...) on its layer dim: each piece gets the rest).
 """
 from __future__ import annotations
 
@@ -142,6 +143,9 @@ def unstack(g: Graph, min_depth: int) -> Graph | None:
         if attr in vars(g):
             setattr(out, attr, getattr(g, attr))
     out.restack = Restack(counts) if any(counts) else None
+    out.spec_names = {p.name: [(piece_name(p.name, t), True) for t in range(depth)] for p in stacked_inputs}
+    out.spec_names.update({name: [(piece_name(name, t), True) for t in range(depth)]
+                           for name, n in zip(g.output_names, counts) if n})
     return out
 
 

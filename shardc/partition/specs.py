@@ -1,6 +1,8 @@
 """User specs → seeds for propagation. Keys are input, output or intermediate names, or fnmatch
 globs; a key also matches a name's last pytree key ("*.fc1.weight" matches
-"params['layers.0.fc1.weight']"). Exact names win over globs, then dict order."""
+"params['layers.0.fc1.weight']"). Exact names win over globs, then dict order. A folded graph
+(ir/fold.py) also takes the names of what it holds once: a middle layer's, or a scan's stacked
+array (the spec of its pieces after its layer dim)."""
 from __future__ import annotations
 
 import fnmatch
@@ -76,13 +78,35 @@ def resolve(g: Graph, mesh: Mesh, specs: dict | None) -> tuple[dict[Node, tuple[
                 return
         seeds.setdefault(node, (s, origin, spec.priority))
 
+    aliases = getattr(g, "spec_names", {})   # a folded graph's names for what it holds once (ir/fold.py)
+    by_name = {(name, role): node for name, node, role in targets}
+
+    def apply_alias(key, spec, alias, glob=False):
+        for name, drop in aliases[alias]:
+            s = spec
+            if drop:
+                if len(spec) and spec[0] is not None:
+                    raise ShardingError(f"spec {key!r} = {spec!r}: {alias!r} is stacked layers that the graph holds "
+                                        "one per layer (shardc.fold), so its first dim cannot be split")
+                s = P(*spec[1:], priority=spec.priority)
+            for role in ("input", "output"):
+                if (name, role) in by_name and not (glob and (name, role) in assigned):
+                    node = by_name[(name, role)]
+                    if (name, role) in assigned and node in seeds and seeds[node][0] != to_sharding(s, node, mesh, key):
+                        raise ShardingError(f"spec {key!r} = {spec!r} for {alias!r} differs from the spec of "
+                                            f"{name!r}, which stands for it in the folded graph (shardc.fold)")
+                    apply(key, s, name, node, role)
+                    assigned.add((name, role))
+
     globs = []
     for key, spec in specs.items():
         if not isinstance(key, str):
             raise ShardingError(f"spec key {key!r} must be a name or glob string")
         spec = as_spec(spec, key)
         exact = [(name, node, role) for name, node, role in targets if key in (name, leaf_key(name))]
-        if exact:
+        if not exact and key in aliases:
+            apply_alias(key, spec, key)
+        elif exact:
             for name, node, role in exact:
                 apply(key, spec, name, node, role)
                 assigned.add((name, role))
@@ -99,6 +123,10 @@ def resolve(g: Graph, mesh: Mesh, specs: dict | None) -> tuple[dict[Node, tuple[
                 if (name, role) not in assigned:
                     apply(key, spec, name, node, role)
                     assigned.add((name, role))
+        for alias in aliases:
+            if fnmatch.fnmatchcase(alias, key) or fnmatch.fnmatchcase(leaf_key(alias), key):
+                hit = True
+                apply_alias(key, spec, alias, glob=True)
         if not hit:
             raise ShardingError(f"spec glob {key!r} matches no input, output or value of graph {g.name!r}")
     for name, spec in getattr(g, "sharding_constraints", {}).items():  # with_sharding_constraint

@@ -95,8 +95,12 @@ def test_jax_python_loop_folds(train):
     ref = g.evaluate(params, x)
     for a, b in zip(f.evaluate(params, x), ref):
         np.testing.assert_array_equal(a, b)
-    specs = {"*['w1']": P(None, "tp"), "*['w2']": P("tp", None), "x": P("dp")}
+    specs = {n: P(None, "tp") for n in g.input_names if n.endswith("['w1']")}   # every layer's, by name
+    specs.update({n: P("tp", None) for n in g.input_names if n.endswith("['w2']")})
+    specs["x"] = P("dp")
     prog = shardc.partition(f, Mesh(dp=2, tp=2), specs)
+    with pytest.raises(shardc.ShardingError, match="differs from the spec"):
+        shardc.partition(f, Mesh(dp=2, tp=2), {**specs, "params['layers'][3]['w1']": P("tp", None)})
     assert prog.repeat.copies == 4
     for a, b in zip(prog.simulate(params, x), ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -130,11 +134,13 @@ def test_jax_scan_over_stacked_weights_folds():
     assert [a.shape for a in got] == [a.shape for a in ref]   # stacked again: [6, 16, 32] ...
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    specs = {n: P(None, "tp") for n in f.input_names if "['w1']" in n}
-    specs.update({n: P("tp", None) for n in f.input_names if "['w2']" in n})
-    specs["x"] = P("dp")
+    # specs name the stacked arrays, as for the capture (each layer's piece gets the rest)
+    specs = {"params['layers']['w1']": P(None, None, "tp"), "params['layers']['w2']": P(None, "tp", None), "x": P("dp")}
     prog = shardc.partition(f, Mesh(dp=2, tp=2), specs)
     assert prog.repeat.copies == 3
+    assert prog.sharding_of("params['layers']['w1'][layers.1.]").used_axes == ("tp",)
+    with pytest.raises(shardc.ShardingError, match="stacked layers"):
+        shardc.partition(f, Mesh(dp=2, tp=2), {"params['layers']['w1']": P("tp")})
     for a, b in zip(prog.simulate(params, x), ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
