@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import flags
 from ..errors import IRError
-from .blocks import BODY, CAPTURED, LAST, NEXT, Repeat, labels, layer_index, rename, unroll
+from .blocks import BODY, CAPTURED, LAST, NEXT, Repeat, _live, labels, layer_index, rename, unroll
 from .graph import Graph, Node
 from .ops import Op
 from .unstack import unstack
@@ -52,6 +52,7 @@ def fold(g: Graph, min_depth: int = MIN_DEPTH) -> Graph:
         g.fold_note = f"graph {g.name!r} not folded: {e}"
         flags.log(1, g.fold_note)
         return g
+    out.folded_from = g   # (partition falls back to it where the per-device program does not repeat)
     flags.log(1, lambda: out.fold_note)
     return out
 
@@ -100,8 +101,9 @@ def _fold(g: Graph, min_depth: int) -> Graph:
             made[p] = p if lab[p] < 0 else p.with_inputs((), rename(p.name, kept[lab[p]]))
             inputs.append(made[p])
             nodes.append(made[p])
+    live = _live(g)     # (values no output needs, such as unused constants of a trace, are left out)
     for n in g.nodes:   # in the capture's order, each value after those it reads (a layer-1 value
-        if lab[n] in kept and n not in made:   # read by layer N-2 in place of layer N-3's may come later)
+        if lab[n] in kept and n not in made and n in live:   # read by layer N-2 in place of layer N-3's may come later)
             _emit(g, n, made, nodes, twin_of_body, lab, kept)
     outputs, names = [], []
     for o, name in zip(g.outputs, g.output_names):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from .. import flags
-from ..errors import ShardingError
+from ..errors import IRError, ShardingError
 from ..ir import Graph, Op
 from ..ir.graph import cyclic_gc_paused
 from .batched_experts import rewrite_batched_experts
@@ -33,9 +33,25 @@ def partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None 
 
 
 def _partition_and_pass(g, mesh, specs, plan, memory_budget, hardware, passes, pipeline):
+    whole = getattr(g, "folded_from", None)   # a graph shardc.fold made: the capture it stands for
     if pipeline is not None:
         from .pipeline import partition_pipeline   # stages split the layers: the whole program
-        return partition_pipeline(g.unrolled(), mesh, specs, plan, pipeline, passes, hardware)
+        return partition_pipeline(whole or g.unrolled(), mesh, specs, plan, pipeline, passes, hardware)
+    if whole is None:
+        return _partition_once(g, mesh, specs, plan, memory_budget, hardware, passes)
+    try:
+        prog = _partition_once(g, mesh, specs, plan, memory_budget, hardware, passes)
+        prog.unrolled()
+        return prog
+    except IRError as e:   # its layers were lowered differently from one another: partitioned whole
+        prog = _partition_once(whole, mesh, specs, plan, memory_budget, hardware, passes)
+        note = f"the folded graph's per-device program does not repeat ({e}): the capture was partitioned whole"
+        prog.notes.append(note)
+        flags.log(1, note)
+        return prog
+
+
+def _partition_once(g, mesh, specs, plan, memory_budget, hardware, passes):
     if plan == "auto":
         from .auto_plan import partition_auto
         prog = partition_auto(g, mesh, specs, memory_budget, hardware, passes=passes)  # passes on every candidate

@@ -61,6 +61,19 @@ def test_gpt2_training_step_folds_exactly():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
+def test_partition_falls_back_to_the_capture():
+    """GPT-2's SGD step: after the collective CSE its per-device layers are not the same
+    computation (a merged all-reduce lands in another layer's stretch), so the folded program
+    cannot unroll; partition then partitions the capture, says so, and simulates it."""
+    g, args = captured("gpt2", True)
+    f = shardc.fold(g)
+    prog = shardc.partition(f, Mesh(dp=2, tp=2), _specs(g, "gpt2"))
+    assert prog.repeat is None and "partitioned whole" in prog.notes[-1], prog.notes
+    for a, b in zip(prog.simulate(*args), g.evaluate(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def _norm(x, w):
     return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * w
 
