@@ -29,6 +29,14 @@ def _extends(cur: Sharding, new: Sharding, shape, mesh: Mesh) -> bool:
                for c, n, size in zip(cur.dims, new.dims, shape))
 
 
+def _local_bytes(t: Node, s: Sharding, mesh: Mesh) -> int:
+    """Bytes of t's block on one device, a pending sum's axes counted as splits (reducing it
+    to a block is a reduce-scatter): at a tie in priority the tensor that holds more per device
+    keeps its split, as moving the other moves fewer bytes. So a weight gathered over fsdp
+    keeps its tp split against a batch-split activation that is larger only globally."""
+    return t.nbytes // max(1, mesh.group_size(s.used_axes))
+
+
 class Propagator:
     def __init__(self, g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]):
         self.g, self.mesh = g, mesh
@@ -55,7 +63,7 @@ class Propagator:
                 continue
             fa = project(st.sharding, dims, rule, self.mesh)
             if fa:
-                cands.append(((st.priority, -t.nbytes, i), fa))
+                cands.append(((st.priority, -_local_bytes(t, st.sharding, self.mesh), i), fa))
         if not cands:
             return False
         fa = merge(cands, rule, self.mesh)
@@ -127,17 +135,18 @@ def block_layouts(g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]) -> No
     the program cuts that dim into k whole blocks (a fused QKV weight sliced into q, k, v), split
     each block rather than the whole dim, so every device keeps whole heads: no communication."""
     users = g.users()
+    cut = {}
     for p in g.inputs:
         st = seeds.get(p)
         if st is None:
             continue
         dims = list(st.sharding.dims)
         for d, ds in enumerate(dims):
-            if not ds.axes or ds.strided:
+            if not ds.axes or ds.parts:
                 continue
-            k = _blocks_downstream(p, d, users)
+            k = ds.outer if ds.outer > 1 else _blocks_downstream(p, d, users)  # (a Strided spec says k)
             n = mesh.group_size(ds.axes)
-            if k > 1 and p.shape[d] % (k * n) == 0:
+            if ds.outer == 1 and k > 1 and p.shape[d] % (k * n) == 0:
                 dims[d] = type(ds)(ds.axes, k)
             heads = _padded_heads(p, d, k, ds, users, mesh) if st.priority < WEAK else None
             if heads is not None:  # (not for state a plan splits only to store it: gathered whole)
@@ -145,6 +154,11 @@ def block_layouts(g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]) -> No
         if tuple(dims) != st.sharding.dims:
             seeds[p] = TensorSharding(Sharding(tuple(dims), st.sharding.partial), st.priority, st.fixed,
                                       st.origin + " (split per fused block)")
+            cut[(st.origin, p.shape, st.sharding)] = seeds[p]
+    for p in g.inputs:  # one spec, one layout: what its glob also names (Adam's m and v of a
+        st = seeds.get(p)  # fused weight, which nothing slices) is cut into the same blocks
+        if st is not None and (new := cut.get((st.origin, p.shape, st.sharding))) is not None:
+            seeds[p] = TensorSharding(new.sharding, st.priority, st.fixed, new.origin)
 
 
 def _blocks_downstream(t: Node, d: int, users, depth: int = 12) -> int:
