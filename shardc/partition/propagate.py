@@ -29,12 +29,20 @@ def _extends(cur: Sharding, new: Sharding, shape, mesh: Mesh) -> bool:
                for c, n, size in zip(cur.dims, new.dims, shape))
 
 
-def _local_bytes(t: Node, s: Sharding, mesh: Mesh) -> int:
-    """Bytes of t's block on one device, a pending sum's axes counted as splits (reducing it
-    to a block is a reduce-scatter): at a tie in priority the tensor that holds more per device
-    keeps its split, as moving the other moves fewer bytes. So a weight gathered over fsdp
-    keeps its tp split against a batch-split activation that is larger only globally."""
-    return t.nbytes // max(1, mesh.group_size(s.used_axes))
+def _by_bytes_that_would_move(cands: list, mesh: Mesh) -> list:
+    """Sort keys (priority, -bytes, index) for the candidates: at a tie in priority the tensor
+    whose blocks would move more bytes keeps its split. That is its size over the splits no
+    other candidate disputes (an axis every candidate puts on the same factor, or only it
+    uses): a batch-split activation that is larger only globally yields to a weight whose tp
+    split it disputes, while splits both share do not count against either."""
+    where: dict[str, set[int]] = {}
+    for _, fa in cands:
+        for f, axes in fa.items():
+            for a in axes:
+                where.setdefault(a, set()).add(f)
+    disputed = {a for a, fs in where.items() if len(fs) > 1}
+    return [((prio, -(nbytes // mesh.group_size([a for axes in fa.values() for a in axes if a not in disputed])), i), fa)
+            for (prio, nbytes, i), fa in cands]
 
 
 class Propagator:
@@ -63,9 +71,10 @@ class Propagator:
                 continue
             fa = project(st.sharding, dims, rule, self.mesh)
             if fa:
-                cands.append(((st.priority, -_local_bytes(t, st.sharding, self.mesh), i), fa))
+                cands.append(((st.priority, t.nbytes, i), fa))
         if not cands:
             return False
+        cands = _by_bytes_that_would_move(cands, self.mesh)
         fa = merge(cands, rule, self.mesh)
         # what the values (not the inputs, whose block layout is shardc's choice) ask for
         inputs = {i for i, t in enumerate(tensors) if t.op is Op.PARAMETER and self.state[t].fixed}

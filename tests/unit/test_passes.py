@@ -84,8 +84,8 @@ def test_passes_inside_pipeline_stages_bucket_each_stage_alone():
     specs = {"args[0]": shardc.P("dp"), "args[1]": shardc.P("dp")}
     pipe = shardc.Pipeline("pp", 2, "1f1b")
     prog = shardc.partition(g, Mesh(pp=2, dp=2), specs, pipeline=pipe)
-    assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "local_scatter", "collective_matmul", "chunk",
-                                             "combine"]
+    assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "local_scatter", "sink", "collective_matmul",
+                                             "chunk", "combine"]
     buckets = [n for n in prog.inner.local.nodes if n.op is Op.ALL_REDUCE and n.inputs[0].op is Op.CONCATENATE]
     assert sorted(prog.stage_of[b] for b in buckets) == [0, 1]
     for b in buckets:  # every member gradient comes from the bucket's own stage
