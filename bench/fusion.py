@@ -16,8 +16,8 @@ for every layout: under Megatron TP the bound shrinks with the shards while the 
 stays full size per device, so layer norms are matmul prologues (statistics per row block, the
 normalized rows never stored) and each residual sum is computed in the next matmul's operand loads.
 Training steps (issue #17's budget: <= 1.3x the matmul bound) are printed against it: their
-logits, attention scores, dP and chained dots (an expert's dy·Wᵀ inside its weight gradient's K loop)
-are rebuilt per tile (codegen/fused_recompute.py), bias gradients and
+logits, attention scores, dP, chained dots (an expert's dy·Wᵀ inside its weight gradient's K loop)
+and an MLP's hidden x·W1 where every reader rebuilds it cheaper than storing it are rebuilt per tile (codegen/fused_recompute.py), bias gradients and
 norm-backward sums computed in the matmuls that read their inputs (codegen/fused_sums.py), dK beside
 dVᵀ in one pass over the queries (codegen/fused_siblings.py), norm and softmax statistics in the
 prologue of the matmul that reads them (codegen/fused_stats.py).

@@ -9,6 +9,9 @@ flash attention stores its log-sum-exp and Liger Kernel's fused linear cross-ent
 the logits: the loss, dlogits·W and dlogitsᵀ·x each rebuild their tiles from x, W and the
 statistics. A dot read only elementwise beside a recomputed one (the backward's dP = dO·Vᵀ,
 multiplied into dS = P∘(dP - D)) is its partner: rebuilt in the same tiles, never stored.
+A dot read by one other dot's K loop (`chained`), or by dots alone that each rebuild every tile
+of it once for fewer bytes than storing it (`rebuilt_by_readers`: a fused MLP's hidden x·W1),
+is rebuilt by its readers too.
 
 A one-hot scatter-add (x + updates at one index per row: the transpose of a label gather, the
 one-hot of cross-entropy's backward) is elementwise too: x + where(iota == index, update, 0), so
@@ -147,15 +150,63 @@ def chained(d: Node, users: dict, outputs: set) -> bool:
     return False
 
 
+def _tile_rebuilt_once(d: Node, c: Node, reach: set) -> bool:
+    """Whether dot `c` reads d (through `reach`) as one operand, contracting over d's rows or
+    over its columns, with its other operand's free dims within one output tile: c's K loop
+    then rebuilds each tile of d once, from d's operands."""
+    lf, rf = _free_dims(d)
+    nb = len(d.attrs["lhs_batch"])
+    rows, cols = set(range(nb, nb + len(lf))), set(range(nb + len(lf), d.rank))
+    a = c.attrs
+    for side, (x, y) in enumerate(((c.inputs[0], c.inputs[1]), (c.inputs[1], c.inputs[0]))):
+        if x not in reach or y in reach:
+            continue
+        pre = ("lhs_", "rhs_") if side == 0 else ("rhs_", "lhs_")
+        if x.shape != d.shape or tuple(a[pre[0] + "batch"]) != tuple(range(nb)):
+            return False
+        if set(a[pre[0] + "contract"]) not in (rows, cols):
+            return False
+        other_free = [i for i in range(y.rank) if i not in a[pre[1] + "batch"] + a[pre[1] + "contract"]]
+        return math.prod(y.shape[i] for i in other_free) <= MAX_CHAIN_TILE
+    return False
+
+
+def rebuilt_by_readers(d: Node, users: dict, outputs: set) -> bool:
+    """A dot with a short contraction read, through same-shape elementwise ops, by dots alone,
+    each of which rebuilds every tile of it once (`_tile_rebuilt_once`), where rebuilding reads
+    fewer bytes than storing: its own kernel reading both operands, writing d, each reader
+    reading d back, against each reader loading those of d's operands it does not already
+    read as its own other operand. An expert MLP's hidden activation h = x·W1 of a training
+    step: its forward output gelu(h)·W2 and both weight gradients rebuild h per tile (as a
+    fused MLP kernel keeps it on chip), for one extra x·W1 per reader in FLOPs."""
+    if d.op is not Op.DOT_GENERAL or d in outputs or not d.dtype.is_float:
+        return False
+    lhs, rhs = d.inputs
+    if math.prod(lhs.shape[i] for i in d.attrs["lhs_contract"]) > MAX_CHAIN_TILE:
+        return False
+    reach = _elementwise_reach(d, users) | {d}
+    if reach & outputs:
+        return False
+    readers = {u for x in reach for u in users.get(x, ()) if u not in reach}
+    if not readers or not all(c.op is Op.DOT_GENERAL and c not in outputs and _tile_rebuilt_once(d, c, reach)
+                              for c in readers):
+        return False
+    stored = lhs.nbytes + rhs.nbytes + (1 + len(readers)) * d.nbytes
+    rebuilt = sum(x.nbytes for c in readers for x in (lhs, rhs) if x not in c.inputs)
+    return rebuilt <= stored
+
+
 def mark_recomputed(g: Graph, users: dict, exclude: set) -> set:
     """Choose the graph's recomputed dots (not those in `exclude`: flash-attention internals):
-    the normalized ones, then their partners, then the chained ones."""
+    the normalized ones, then their partners, then the chained ones, then those rebuilt by
+    all their readers."""
     RECOMPUTED.clear()
     outputs = set(g.outputs)
     chosen = {n for n in g.nodes if n not in exclude and recomputable(n, users, outputs)}
     reach = set().union(*(_elementwise_reach(n, users) for n in chosen)) if chosen else set()
     chosen |= {n for n in g.nodes if n not in exclude and n not in chosen and _partner(n, users, outputs, reach)}
     chosen |= {n for n in g.nodes if n not in exclude and n not in chosen and chained(n, users, outputs)}
+    chosen |= {n for n in g.nodes if n not in exclude and n not in chosen and rebuilt_by_readers(n, users, outputs)}
     RECOMPUTED.update(chosen)
     return chosen
 

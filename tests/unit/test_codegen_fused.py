@@ -108,7 +108,8 @@ def test_attention_backward_rebuilds_dp_and_pairs_dk_dv(target):
 def _experts_graph(bf16=False):
     """SGD gradients of batched experts y = gelu(x·W1)·W2 (an MoE's expert MLP, x not trained):
     dW1 = xᵀ·(gelu'(h)∘(dy·W2ᵀ)) rebuilds dh = dy·W2ᵀ per tile in its K loop (a chained dot,
-    fused_recompute.chained), so dh never reaches memory."""
+    fused_recompute.chained), and h = x·W1 and y are rebuilt by every dot that reads them
+    (fused_recompute.rebuilt_by_readers), so neither h, dh nor y reaches memory."""
     import jax
     import jax.numpy as jnp
     dt = jnp.bfloat16 if bf16 else jnp.float32
@@ -131,19 +132,40 @@ def test_chained_dot_is_rebuilt_in_the_weight_gradient(target):
     exe, got = check(prog, args, 1e-5)
     for a, b in zip(got, g.evaluate(*args)):
         assert rel_err(a, b) <= 1e-5
-    rebuilt = [n for k in exe.kernels for n in k.ops if is_recomputed(n)]
-    assert rebuilt and all(n.shape == (2, 48, 64) for n in rebuilt), exe.plan_text()
-    assert not any(is_recomputed(o) for k in exe.kernels for o in k.outputs)
-    # h = x·W1 is stored once (forward); dh = dy·W2ᵀ, of the same shape, never
-    assert sum(o.shape == (2, 48, 64) for k in exe.kernels for o in k.outputs) == 1, exe.plan_text()
+    rebuilt = {n.shape for k in exe.kernels for n in k.ops if is_recomputed(n)}
+    assert rebuilt == {(2, 48, 64), (2, 48, 32)}, exe.plan_text()  # h and dh; y
+    # no [2, 48, 64] (h, dh) or [2, 48, 32] (y, dy) buffer: only x and t are read
+    moved = [x for k in exe.kernels for x in k.inputs + k.outputs if x.shape[1:] == (48, 64) or x.shape[1:] == (48, 32)]
+    assert all(x in prog.local.inputs for x in moved), exe.plan_text()
     if target == "pallas":
         export_all(exe.kernels)
+
+
+def test_hidden_activation_rebuilt_only_when_cheaper():
+    """rebuilt_by_readers: the expert MLP's h = x·W1 is rebuilt by the forward output and both
+    weight gradients; with a contraction or a reader's other free extent over one tile, stored."""
+    from shardc.codegen.fused_recompute import MAX_CHAIN_TILE, rebuilt_by_readers
+    g, _ = _experts_graph()
+    users, outputs = g.users(), set(g.outputs)
+    w1, _, x, _ = g.inputs
+    h = [n for n in g.nodes if n.op.name == "DOT_GENERAL" and set(n.inputs) == {x, w1}]
+    assert len(h) == 1 and rebuilt_by_readers(h[0], users, outputs)
+    import shardc.codegen.fused_recompute as fr
+    old = fr.MAX_CHAIN_TILE
+    try:
+        fr.MAX_CHAIN_TILE = 31  # d = 32: the contraction, and the output dot's other free extent
+        assert not rebuilt_by_readers(h[0], users, outputs)
+    finally:
+        fr.MAX_CHAIN_TILE = old
+    assert MAX_CHAIN_TILE == old
 
 
 def _lm_head(g):
     """The training step's LM-head dot: the [batch, seq, vocab] dot_general whose rows a
     log-softmax normalizes (the one recomputed dot without batch dims)."""
-    return [n for n in g.nodes if is_recomputed(n) and not n.attrs["lhs_batch"]]
+    from shardc.codegen.fused_recompute import recomputable
+    users, outputs = g.users(), set(g.outputs)
+    return [n for n in g.nodes if is_recomputed(n) and not n.attrs["lhs_batch"] and recomputable(n, users, outputs)]
 
 
 @pytest.mark.parametrize("layout", ["single", pytest.param("tp", marks=pytest.mark.slow)])
