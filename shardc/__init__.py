@@ -1,7 +1,7 @@
 """shardc: a parallelizing ML compiler. The public API lives here and nowhere else."""
 from .errors import Error, IRError, ShardingError, UnsupportedOpError
 from .ir import DType, Graph, Op, parse_graph
-from .partition import CollectiveRecord, Mesh, P, Sharding, SpmdProgram, partition
+from .partition import CollectiveRecord, Mesh, P, Sharding, SpmdProgram, Strided, partition
 from .partition.pipeline import Pipeline, PipelineProgram
 from .version import __version__
 from .analysis import Analysis, analyze, hardware  # noqa: E402  (no framework imports)
@@ -38,7 +38,10 @@ def constrain(x, spec):
     An identity that torch.export keeps; the partitioner treats it as a spec on that value.
     (In JAX use jax.lax.with_sharding_constraint, which from_jax reads the same way.)"""
     from .frontend.torch_constrain import Constrain, encode
-    return Constrain.apply(x, encode(P(*spec) if not isinstance(spec, P) else spec))
+    spec = P(*spec) if not isinstance(spec, P) else spec
+    if any(isinstance(e, Strided) for e in spec):
+        raise ShardingError(f"constrain({spec!r}): Strided entries are for the weights' specs given to partition")
+    return Constrain.apply(x, encode(spec))
 
 
 def pipeline_split(x):
@@ -56,5 +59,5 @@ def compile(prog, target: str = "triton"):
 
 
 __all__ = ["Analysis", "CollectiveRecord", "DType", "Error", "Graph", "IRError", "Mesh", "Op", "P", "Pipeline", "PipelineProgram", "Sharding",
-           "ShardingError", "SpmdProgram", "UnsupportedOpError", "analyze", "check", "compile", "constrain", "fold", "from_jax",
+           "ShardingError", "SpmdProgram", "Strided", "UnsupportedOpError", "analyze", "check", "compile", "constrain", "fold", "from_jax",
            "from_torch", "hardware", "parse_graph", "partition", "pipeline_split"]

@@ -47,22 +47,22 @@ def _compile(prog, target: str) -> Executable:
     # a repeated block is planned once and its plan replicated for every copy (codegen/repeated.py)
     planned = plan_once_per_block(prog, whole, plan_of) if whole is not prog else None
     if planned is None:
-        planned = [(s, None) for s in plan_of(whole.local)]
+        planned = [(s, None) for s in plan_of(whole.local)]   # (step, share: steps sharing it share their text)
     prog = whole
     plan = []
     salt = emitter.key_text() if hasattr(emitter, "key_text") else ""
     emitted_for: dict[str, tuple] = {}  # cache key → (the group first emitted, its kernel, its file)
     signatures: dict = {}  # each node's part of group_ir_text, made once
-    key_of: dict[int, str] = {}  # id(template) → its cache key: the copies of a block's kernel share it
-    for step, template in planned:
+    key_of: dict = {}  # share → cache key: the copies of a block's kernel have the same text
+    for step, share in planned:
         if step.step != "kernel":  # collectives and views pass through
             plan.append(step)
             continue
-        key = key_of.get(id(template)) if template is not None else None
+        key = key_of.get(share) if share is not None else None
         if key is None:
             key = cache_key(group_ir_text(step, signatures) + salt, target)
-            if template is not None:
-                key_of[id(template)] = key
+            if share is not None:
+                key_of[share] = key
         name = f"{step.kind}_{key[:12]}"
         emitted = None
         if key in emitted_for:  # the same computation (an identical layer's): written once, reused

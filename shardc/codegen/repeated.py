@@ -32,10 +32,11 @@ PROBE = 4   # body copies planned: the first, two middle ones (2 and 3, compared
 
 
 def plan_once_per_block(prog, whole, plan) -> list[tuple] | None:
-    """[(step, template)] for `whole.local` (the unrolled program of `prog`, whose `repeat` is
-    set), planned by `plan(graph) -> steps` on a short instance: `template` is the short
-    instance's step a replicated step copies (the same computation), or None. None where the
-    whole program must be planned itself (see the module doc)."""
+    """[(step, share)] for `whole.local` (the unrolled program of `prog`, whose `repeat` is
+    set), planned by `plan(graph) -> steps` on a short instance: steps with the same `share`
+    (not None) are copies of one step of the short instance listing their values alike, so their
+    kernel text is the same. None where the whole program must be planned itself (see the
+    module doc)."""
     rep, u = prog.repeat, getattr(whole, "unrolled_local", None)
     if rep is None or u is None or rep.copies <= PROBE:
         return None
@@ -65,9 +66,9 @@ def plan_once_per_block(prog, whole, plan) -> list[tuple] | None:
             continue
         shifts = (range(0, r - 2) if home == 2 else (r - PROBE,) if home in (PROBE, "end") else (0,))
         for d in shifts:
-            for s in group:
-                step, same = _instance(s, where, made, d, order)
-                out.append((step, s if home == 2 and same else None))
+            for k, s in enumerate(group):
+                step, listed = _instance(s, where, made, d, order)
+                out.append((step, (k, listed) if home == 2 else None))
     if len(out) != len(steps) - len(after) + (r - 3) * len(middle):
         return _refuse("replicated steps do not add up")
     out.sort(key=lambda st: _position(st[0], order))
@@ -123,21 +124,24 @@ def _frozen(v):
 
 def _instance(s, where, made, shift: int, order: dict) -> tuple:
     """(step `s` of the short instance in the whole program, its body copies shifted by `shift`;
-    whether it lists its values as `s` does). A group's nodes and inputs are in the whole
-    program's order, as the planner lists them: a reordered program (the scheduler's) need not
-    order a copy's values as the short instance does, and then the kernel text differs."""
+    how it lists its values, as positions in `s`'s lists). A group lists its nodes and inputs
+    in the whole program's order, as the planner does: a reordered program (the scheduler's)
+    need not order a copy's values as the short instance does, and the kernel text follows."""
     def at(x):
         n, c = where[x]
         return made[(n, c + shift if c else 0)]
+
+    def listed(xs):
+        xs = [at(x) for x in xs]
+        ks = sorted(range(len(xs)), key=lambda k: order[xs[k]])
+        return [xs[k] for k in ks], tuple(ks)
     if isinstance(s, FusionGroup):
-        nodes, inputs = [at(x) for x in s.nodes], [at(x) for x in s.inputs]
-        ordered_nodes, ordered_inputs = sorted(nodes, key=order.__getitem__), sorted(inputs, key=order.__getitem__)
-        return (FusionGroup(s.kind, [at(x) for x in s.roots], ordered_nodes, ordered_inputs, s.reason,
-                            None if s.anchor is None else at(s.anchor), _map(s.pattern, at)),
-                ordered_nodes == nodes and ordered_inputs == inputs)
+        (nodes, kn), (inputs, ki) = listed(s.nodes), listed(s.inputs)
+        return (FusionGroup(s.kind, [at(x) for x in s.roots], nodes, inputs, s.reason,
+                            None if s.anchor is None else at(s.anchor), _map(s.pattern, at)), (kn, ki))
     if isinstance(s, CollectiveStep):
-        return CollectiveStep(at(s.node)), True
-    return ViewStep(at(s.node), at(s.source)), True
+        return CollectiveStep(at(s.node)), ()
+    return ViewStep(at(s.node), at(s.source)), ()
 
 
 def _map(v, f):

@@ -203,9 +203,9 @@ class LlamaModel(nn.Module):
 
 # ------------------------------------------------------------------------------ specs, closed form
 def megatron_specs(family: str, tp: str = "tp") -> dict:
-    from shardc import P
-    if family == "gpt2":  # Conv1D weights are [in, out]: column-parallel splits dim 1
-        return {"*.attn.c_attn.weight": P(None, tp), "*.attn.c_attn.bias": P(tp),
+    from shardc import P, Strided
+    if family == "gpt2":  # Conv1D weights are [in, out]: column-parallel splits dim 1 (q, k, v each)
+        return {"*.attn.c_attn.weight": P(None, Strided(tp, 3)), "*.attn.c_attn.bias": P(Strided(tp, 3)),
                 "*.attn.c_proj.weight": P(tp, None),
                 "*.mlp.c_fc.weight": P(None, tp), "*.mlp.c_fc.bias": P(tp),
                 "*.mlp.c_proj.weight": P(tp, None)}

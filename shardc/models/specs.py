@@ -1,15 +1,17 @@
 """Tensor-parallel specs for the zoo (Megatron-LM's layout, as gpt-fast writes it): the first
 matmul of each pair split by output features, the second by input features, so a block needs
-one all-reduce forward; MoE experts split over the axis (expert parallelism)."""
+one all-reduce forward; a fused QKV weight split as Megatron does (`Strided`: q, k and v each over
+the axis); MoE experts split over the axis (expert parallelism)."""
 from __future__ import annotations
 
 
 def tensor_parallel_specs(name: str, config, axis: str = "tp") -> dict:
-    from shardc.partition import P
+    from shardc.partition import P, Strided
 
     col, col_bias, row = P(axis, None), P(axis), P(None, axis)
-    if name == "gpt2":
-        return {"*.attn.c_attn.weight": col, "*.attn.c_attn.bias": col_bias, "*.attn.c_proj.weight": row,
+    if name == "gpt2":  # the fused [q; k; v] rows: q, k and v each split (whole heads per device)
+        qkv = Strided(axis, 3)
+        return {"*.attn.c_attn.weight": P(qkv, None), "*.attn.c_attn.bias": P(qkv), "*.attn.c_proj.weight": row,
                 "*.mlp.c_fc.weight": col, "*.mlp.c_fc.bias": col_bias, "*.mlp.c_proj.weight": row}
     if name == "llama":
         return {"*.self_attn.q_proj.weight": col, "*.self_attn.k_proj.weight": col,

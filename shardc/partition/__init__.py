@@ -9,7 +9,7 @@ from ..ir import Graph, Op
 from ..ir.graph import cyclic_gc_paused
 from .batched_experts import rewrite_batched_experts
 from .lower import lower
-from .mesh import DimSharding, Mesh, P, Sharding
+from .mesh import DimSharding, Mesh, P, Sharding, Strided
 from .passes import run_passes
 from .plans import PLANS, idle_axes, plan_seeds
 from .program import CollectiveRecord, SpmdProgram
@@ -142,4 +142,4 @@ def _same_layout(want: Sharding, have: Sharding) -> Sharding:
     return Sharding(dims)
 
 
-__all__ = ["CollectiveRecord", "DimSharding", "Mesh", "P", "PLANS", "Sharding", "SpmdProgram", "partition"]
+__all__ = ["CollectiveRecord", "DimSharding", "Mesh", "P", "PLANS", "Sharding", "SpmdProgram", "Strided", "partition"]

@@ -61,20 +61,57 @@ class Mesh:
         return [list(map(int, row)) for row in arr]
 
 
+class Strided:
+    """A P entry for a fused dim: the dim is `blocks` equal blocks laid end to end (a fused QKV
+    weight's q, k and v rows), and each block is split over `axes`, so every device holds the
+    same slice of each block: Megatron-LM's `stride`, torch DTensor's `_StridedShard`.
+    `P(Strided("tp", 3), None)` on GPT-2's [3·d, d] c_attn weight gives each device whole heads
+    of q, k and v; plain `P("tp", None)` cuts the dim into contiguous runs of 3·d/tp rows, which
+    cross the q/k/v boundaries (the partitioner then moves the weight to reach whole heads).
+    Each block must split evenly over the axes (no padding)."""
+    __slots__ = ("axes", "blocks")
+
+    def __init__(self, axes, blocks: int):
+        names = (axes,) if isinstance(axes, str) else tuple(axes) if isinstance(axes, (tuple, list)) else None
+        if not names or not all(isinstance(a, str) for a in names):
+            raise ShardingError(f"Strided({axes!r}, {blocks!r}): axes must be an axis name or a tuple of axis names")
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 2:
+            raise ShardingError(f"Strided({axes!r}, {blocks!r}): blocks must be an int >= 2 "
+                                f"(one block is the plain entry {axes!r})")
+        self.axes, self.blocks = names, blocks
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Strided) and (self.axes, self.blocks) == (other.axes, other.blocks)
+
+    def __hash__(self) -> int:
+        return hash((Strided, self.axes, self.blocks))
+
+    def __repr__(self) -> str:
+        a = self.axes[0] if len(self.axes) == 1 else self.axes
+        return f"Strided({a!r}, {self.blocks})"
+
+
+def entry_axes(e) -> tuple[str, ...]:
+    """The mesh axes one P entry splits over (None, a name, a tuple of names, or a Strided)."""
+    return () if e is None else (e,) if isinstance(e, str) else e.axes if isinstance(e, Strided) else tuple(e)
+
+
 class P(tuple):
-    """PartitionSpec as in jax.sharding: one entry per dim, None, an axis name, or a tuple of names.
+    """PartitionSpec as in jax.sharding: one entry per dim, None, an axis name, or a tuple of names
+    (and shardc's `Strided(axes, blocks)` for fused dims).
     `priority` (0 strongest, as Shardy's p0, p1, ...) settles conflicts between specs: e.g. a
     sequence split of the inputs at priority 1 yields to tensor-parallel weights at 0."""
 
     def __new__(cls, *entries, priority: int = 0):
         norm = []
         for e in entries:
-            if e is None or isinstance(e, str):
+            if e is None or isinstance(e, (str, Strided)):
                 norm.append(e)
             elif isinstance(e, (tuple, list)) and all(isinstance(a, str) for a in e):
                 norm.append(tuple(e) if len(e) != 1 else e[0])
             else:
-                raise ShardingError(f"P entry {e!r} must be None, an axis name or a tuple of axis names")
+                raise ShardingError(f"P entry {e!r} must be None, an axis name, a tuple of axis names "
+                                    f"or Strided(axes, blocks)")
         self = super().__new__(cls, norm)
         if not isinstance(priority, int) or priority < 0:
             raise ShardingError(f"P priority must be a non-negative int, got {priority!r}")
@@ -232,7 +269,7 @@ class Sharding:
 
     @staticmethod
     def from_spec(spec: P, rank: int) -> "Sharding":
-        dims = [DimSharding(() if e is None else (e,) if isinstance(e, str) else tuple(e)) for e in spec]
+        dims = [DimSharding(e.axes, e.blocks) if isinstance(e, Strided) else DimSharding(entry_axes(e)) for e in spec]
         return Sharding(tuple(dims) + (REPLICATED_DIM,) * (rank - len(dims)))
 
     @property

@@ -7,6 +7,10 @@ what the program computes (the simulator checks it), and says what it changed in
     local_scatter   a scatter-add into a constant whose readers each keep one block of rows (an
                     MoE dispatch buffer with its experts split) scatters into that block alone
                     (passes_local_scatter.py)
+    sink            all-gathers moved across elementwise ops where that moves fewer bytes: ops on a
+                    gathered value that each device then cuts back to its block run on the block
+                    (FSDP's optimizer step), a narrowing cast runs before its all-gather
+                    (passes_sink.py)
     combine         independent all-reduces of one kind (axes, dtype, reduction) merged into
                     buckets of at most `threshold` bytes, as XLA's all-reduce combiner and DDP's
                     gradient buckets: operands flattened and concatenated, one all-reduce, the
@@ -41,6 +45,7 @@ from .passes_cse import eliminate_common_collectives
 from .passes_local_scatter import localize_scatters
 from .passes_scatter import create_reduce_scatters
 from .passes_schedule import schedule
+from .passes_sink import sink_all_gathers
 from .program import CollectiveRecord, SpmdProgram, wire_bytes
 
 XLA_COMBINE_THRESHOLD = 30 * 2 ** 20  # bytes: XLA's default all-reduce combine threshold
@@ -215,9 +220,10 @@ def _ledger(prog: SpmdProgram, buckets, combined: dict[int, Node], new: dict[Nod
 
 
 PASSES = {"cse": eliminate_common_collectives, "reduce_scatter": create_reduce_scatters,
+          "sink": sink_all_gathers,
           "combine": lambda prog: combine_all_reduces(prog, None), "collective_matmul": collective_matmul,
           "chunk": chunk_collectives, "schedule": schedule, "local_scatter": localize_scatters}
-DEFAULT = ("cse", "reduce_scatter", "local_scatter", "combine", "collective_matmul", "chunk", "schedule")
+DEFAULT = ("cse", "reduce_scatter", "local_scatter", "sink", "combine", "collective_matmul", "chunk", "schedule")
 
 
 class _LayerOf:

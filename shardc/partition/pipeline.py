@@ -35,7 +35,7 @@ from ..errors import Error, ShardingError
 from ..ir import Graph, Node, Op
 from ..ir.graph import ancestors
 from ..ir.ops import COLLECTIVES
-from .mesh import Mesh, P
+from .mesh import Mesh, P, entry_axes
 from .pipeline_schedule import SCHEDULES, schedule_slots
 from .specs import leaf_key
 
@@ -216,7 +216,7 @@ def _microbatch_specs(g, mesh, inner_mesh, specs, axis, m) -> dict:
     """The user's specs with the batch inputs' first dim split over "mb" after their axes."""
     from .specs import resolve
     for k, s in specs.items():
-        flat = [a for e in P(*s) if e is not None for a in (e if isinstance(e, tuple) else (e,))]
+        flat = [a for e in P(*s) for a in entry_axes(e)]
         if axis in flat:
             raise ShardingError(f"spec {k!r} = {s!r} splits over the pipeline axis {axis!r}; stages split the "
                                 f"layers over it, specs name the other axes")

@@ -29,6 +29,22 @@ def _extends(cur: Sharding, new: Sharding, shape, mesh: Mesh) -> bool:
                for c, n, size in zip(cur.dims, new.dims, shape))
 
 
+def _by_bytes_that_would_move(cands: list, mesh: Mesh) -> list:
+    """Sort keys (priority, -bytes, index) for the candidates: at a tie in priority the tensor
+    whose blocks would move more bytes keeps its split. That is its size over the splits no
+    other candidate disputes (an axis every candidate puts on the same factor, or only it
+    uses): a batch-split activation that is larger only globally yields to a weight whose tp
+    split it disputes, while splits both share do not count against either."""
+    where: dict[str, set[int]] = {}
+    for _, fa in cands:
+        for f, axes in fa.items():
+            for a in axes:
+                where.setdefault(a, set()).add(f)
+    disputed = {a for a, fs in where.items() if len(fs) > 1}
+    return [((prio, -(nbytes // mesh.group_size([a for axes in fa.values() for a in axes if a not in disputed])), i), fa)
+            for (prio, nbytes, i), fa in cands]
+
+
 class Propagator:
     def __init__(self, g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]):
         self.g, self.mesh = g, mesh
@@ -55,9 +71,10 @@ class Propagator:
                 continue
             fa = project(st.sharding, dims, rule, self.mesh)
             if fa:
-                cands.append(((st.priority, -t.nbytes, i), fa))
+                cands.append(((st.priority, t.nbytes, i), fa))
         if not cands:
             return False
+        cands = _by_bytes_that_would_move(cands, self.mesh)
         fa = merge(cands, rule, self.mesh)
         # what the values (not the inputs, whose block layout is shardc's choice) ask for
         inputs = {i for i, t in enumerate(tensors) if t.op is Op.PARAMETER and self.state[t].fixed}
@@ -127,17 +144,18 @@ def block_layouts(g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]) -> No
     the program cuts that dim into k whole blocks (a fused QKV weight sliced into q, k, v), split
     each block rather than the whole dim, so every device keeps whole heads: no communication."""
     users = g.users()
+    cut = {}
     for p in g.inputs:
         st = seeds.get(p)
         if st is None:
             continue
         dims = list(st.sharding.dims)
         for d, ds in enumerate(dims):
-            if not ds.axes or ds.strided:
+            if not ds.axes or ds.parts:
                 continue
-            k = _blocks_downstream(p, d, users)
+            k = ds.outer if ds.outer > 1 else _blocks_downstream(p, d, users)  # (a Strided spec says k)
             n = mesh.group_size(ds.axes)
-            if k > 1 and p.shape[d] % (k * n) == 0:
+            if ds.outer == 1 and k > 1 and p.shape[d] % (k * n) == 0:
                 dims[d] = type(ds)(ds.axes, k)
             heads = _padded_heads(p, d, k, ds, users, mesh) if st.priority < WEAK else None
             if heads is not None:  # (not for state a plan splits only to store it: gathered whole)
@@ -145,6 +163,11 @@ def block_layouts(g: Graph, mesh: Mesh, seeds: dict[Node, TensorSharding]) -> No
         if tuple(dims) != st.sharding.dims:
             seeds[p] = TensorSharding(Sharding(tuple(dims), st.sharding.partial), st.priority, st.fixed,
                                       st.origin + " (split per fused block)")
+            cut[(st.origin, p.shape, st.sharding)] = seeds[p]
+    for p in g.inputs:  # one spec, one layout: what its glob also names (Adam's m and v of a
+        st = seeds.get(p)  # fused weight, which nothing slices) is cut into the same blocks
+        if st is not None and (new := cut.get((st.origin, p.shape, st.sharding))) is not None:
+            seeds[p] = TensorSharding(new.sharding, st.priority, st.fixed, new.origin)
 
 
 def _blocks_downstream(t: Node, d: int, users, depth: int = 12) -> int:

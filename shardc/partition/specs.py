@@ -10,7 +10,7 @@ import re
 
 from ..errors import ShardingError
 from ..ir import Graph, Node
-from .mesh import Mesh, P, Sharding
+from .mesh import Mesh, P, Sharding, Strided, entry_axes
 
 _LAST_KEY = re.compile(r"\[(?:'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\")\]$")
 
@@ -42,8 +42,13 @@ def to_sharding(spec: P, node: Node, mesh: Mesh, key: str) -> Sharding:
     if len(spec) > node.rank:
         raise ShardingError(f"{what}: {len(spec)} entries for a tensor of rank {node.rank}")
     seen = set()
-    for e in spec:
-        for a in (() if e is None else (e,) if isinstance(e, str) else e):
+    for d, e in enumerate(spec):
+        if isinstance(e, Strided):
+            n, size = mesh.group_size(a for a in e.axes if a in mesh.axes), node.shape[d]
+            if size % e.blocks or (size // e.blocks) % n:
+                raise ShardingError(f"{what}: dim {d} of size {size} is not {e.blocks} blocks that each split "
+                                    f"evenly over {n} devices (a strided split cannot pad)")
+        for a in entry_axes(e):
             if a not in mesh.axes:
                 raise ShardingError(f"{what}: axis {a!r} is not in {mesh} (axes: {', '.join(mesh.axis_names)})")
             if a in seen:

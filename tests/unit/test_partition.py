@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import shardc
-from shardc import Mesh, P, ShardingError, partition
+from shardc import Mesh, P, ShardingError, Strided, partition
 from shardc.ir.emitter import Emitter
 from shardc.ir import DType, Op
 from shardc.partition.mesh import DimSharding, Sharding, shard_array, unshard_arrays
@@ -91,10 +91,52 @@ def test_ledger_records_reason_source_and_wire_bytes():
     ({"*.bias": P("dp")}, "glob '\\*.bias' matches no"),
     ({"nothing": P("dp")}, "spec 'nothing' matches no"),
     ({"x": "dp"}, "is not a P"),
+    ({"fc1.weight": P(Strided("tp", 3), None)}, "dim 0 of size 32 is not 3 blocks that each split evenly over 4"),
+    ({"fc1.weight": P(Strided("tp", 16), None)}, "is not 16 blocks that each split evenly over 4"),
+    ({"fc1.weight": P(Strided("model", 2), None)}, "axis 'model' is not in Mesh"),
+    ({"fc1.weight": P(Strided("tp", 2), "tp")}, "axis 'tp' is used twice"),
 ])
 def test_bad_specs_name_the_spec_and_tensor(specs, msg):
     with pytest.raises(ShardingError, match=msg):
         partition(mlp_graph(), Mesh(dp=2, tp=4), specs)
+
+
+def test_strided_entries_are_checked_where_they_are_written():
+    with pytest.raises(ShardingError, match=r"Strided\('tp', 1\): blocks must be an int >= 2"):
+        Strided("tp", 1)
+    with pytest.raises(ShardingError, match="axes must be an axis name"):
+        Strided(None, 3)
+    with pytest.raises(ShardingError, match="Strided entries are for the weights' specs"):
+        shardc.constrain(None, P(Strided("tp", 3)))
+    assert repr(P(Strided("tp", 3), None)) == "P(Strided('tp', 3), None)"
+    assert P(Strided(("a", "b"), 2)) == P(Strided(("a", "b"), 2)) != P(("a", "b"))
+
+
+def fused_qkv_graph(b=4, d=8, h=12):
+    """Megatron's fused QKV: w [3h, d] → q, k, v (its row blocks) → q·k + v; an Adam-like state m
+    of w's shape that nothing slices: w' = w + m."""
+    e = Emitter("qkv")
+    x = e.parameter("x", (b, d), DType.f32)
+    w = e.parameter("attn.w", (3 * h, d), DType.f32)
+    m = e.parameter("opt.attn.w", (3 * h, d), DType.f32)
+    y = e.add(Op.DOT_GENERAL, [x, w], lhs_contract=[1], rhs_contract=[1])
+    q, k, v = (e.add(Op.SLICE, [y], start=(0, i * h), limit=(b, (i + 1) * h), stride=(1, 1)) for i in range(3))
+    out = e.binary(Op.ADD, e.unary(Op.TANH, e.binary(Op.MUL, q, k)), v)
+    return e.build([out, e.binary(Op.ADD, w, m)])
+
+
+@pytest.mark.parametrize("entry", [Strided("tp", 3), "tp"])
+def test_strided_spec_keeps_whole_q_k_v_blocks_on_each_device(entry, rng):
+    """P(Strided("tp", 3), None): q, k and v each split over tp, nothing moves. A plain split
+    of the same tensors is laid out the same way (the program slices w into 3 blocks, and the
+    state its glob also names follows w), as Megatron's layout is the only one that moves nothing."""
+    g = fused_qkv_graph()
+    args = args_for(g, rng)
+    prog = partition(g, Mesh(tp=4), {"*attn.w": P(entry, None)})
+    assert prog.collectives == [], prog.ledger()
+    assert [repr(s.dims[0]) for s in prog.input_shardings[1:]] == ["'tp'/3", "'tp'/3"]
+    for got, want in zip(prog.simulate(*args), g.evaluate(*args)):
+        assert_close(got, want, 1e-6)
 
 
 def test_bad_meshes_and_plans():

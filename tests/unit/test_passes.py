@@ -41,9 +41,9 @@ def test_combined_program_is_exact_and_moves_the_same_bytes(name, layout):
     plain = unpassed(name, layout)
     prog = shardc.partition(g, Mesh(axes), specs, plan)
     assert sum(c.bytes for c in prog.collectives) == sum(c.bytes for c in plain.collectives)
-    assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "local_scatter", "combine",
+    assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "local_scatter", "sink", "combine",
                                              "collective_matmul", "chunk", "schedule"]
-    report = prog.passes[3]
+    report = prog.passes[4]
     assert report.before == len(plain.collectives)  # the zoo has no duplicate or block-read all-reduce
     assert report.after == len(prog.collectives) <= report.before
     if plan == "dp":  # the data-parallel gradients become one bucket
@@ -84,8 +84,8 @@ def test_passes_inside_pipeline_stages_bucket_each_stage_alone():
     specs = {"args[0]": shardc.P("dp"), "args[1]": shardc.P("dp")}
     pipe = shardc.Pipeline("pp", 2, "1f1b")
     prog = shardc.partition(g, Mesh(pp=2, dp=2), specs, pipeline=pipe)
-    assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "local_scatter", "collective_matmul", "chunk",
-                                             "combine"]
+    assert [r.name for r in prog.passes] == ["cse", "reduce_scatter", "local_scatter", "sink", "collective_matmul",
+                                             "chunk", "combine"]
     buckets = [n for n in prog.inner.local.nodes if n.op is Op.ALL_REDUCE and n.inputs[0].op is Op.CONCATENATE]
     assert sorted(prog.stage_of[b] for b in buckets) == [0, 1]
     for b in buckets:  # every member gradient comes from the bucket's own stage
@@ -234,6 +234,80 @@ def test_all_reduce_is_kept_where_a_reader_needs_more_than_its_block(case):
     prog = _program(b, outs, mesh)
     report = create_reduce_scatters(prog)
     assert report.after == report.before == 1 and prog.collectives[0].kind == "all_reduce"
+
+
+def _gathered_update(mesh, reader: str):
+    """m' = block(all_gather(m) * 0.9 + g) with g replicated (FSDP's optimizer step on a gathered
+    state, cut back to the device's block): the block reader is the resharder's own index
+    arithmetic, or ("reversed") another device's block, or ("whole") the whole gathered value."""
+    from shardc.ir.emitter import Emitter
+    from shardc.partition.mesh import DimSharding
+    from shardc.partition.reshard import Resharder
+    b = Emitter("update", dict(mesh.axes))
+    m = b.parameter("m", (3, 5), DType.f32)
+    g = b.parameter("g", (12, 5), DType.f32)
+    ag = b.add(Op.ALL_GATHER, [m], axes=("y", "x"), dim=0)
+    upd = b.binary(Op.ADD, b.binary(Op.MUL, ag, 0.9), b.unary(Op.TANH, g))
+    if reader == "whole":
+        return b, [upd]
+    idx = Resharder(b, mesh).global_index(12, DimSharding(("y", "x")))
+    if reader == "reversed":
+        idx = b.binary(Op.SUB, b.const(11, DType.i32), idx)
+    return b, [b.add(Op.GATHER, [upd, idx], axis=0)]
+
+
+@pytest.mark.parametrize("reader", ["block", "reversed", "whole"])
+def test_elementwise_ops_cut_back_to_the_block_run_on_the_block(reader):
+    from shardc.partition.passes_sink import sink_all_gathers
+    mesh = Mesh(x=2, y=2)
+    b, outs = _gathered_update(mesh, reader)
+    prog = _program(b, outs, mesh)
+    want = _per_device(prog.local, mesh)
+    report = sink_all_gathers(prog)
+    ops = [n.op for n in prog.local.nodes]
+    if reader == "block":   # no all-gather; the update runs on [3, 5], g cut to the block locally
+        assert Op.ALL_GATHER not in ops and prog.collectives == [] and report.after == 0
+        assert {tuple(n.shape) for n in prog.local.nodes if n.op in (Op.MUL, Op.ADD) and n.dtype == DType.f32} == {(3, 5)}
+        assert "1 all-gathers' elementwise readers run on the block" in report.summary
+    else:                   # a reader needs more than the device's own block: unchanged
+        assert ops.count(Op.ALL_GATHER) == 1 and report.after == report.before == 1
+    for g_dev, w_dev in zip(_per_device(prog.local, mesh), want):
+        for a, w in zip(g_dev, w_dev):
+            np.testing.assert_array_equal(a, w)
+
+
+def test_a_narrowing_cast_runs_before_its_all_gather():
+    from shardc.ir.emitter import Emitter
+    from shardc.partition.passes_sink import sink_all_gathers
+    mesh = Mesh(x=4)
+    b = Emitter("cast", dict(mesh.axes))
+    x = b.parameter("x", (3, 5), DType.f32)
+    out = b.add(Op.CAST, [b.add(Op.ALL_GATHER, [x], axes=("x",), dim=1)], to=DType.bf16)
+    prog = _program(b, [out], mesh)
+    want = _per_device(prog.local, mesh)
+    sink_all_gathers(prog)
+    assert [n.op for n in prog.local.nodes if n.op is not Op.PARAMETER] == [Op.CAST, Op.ALL_GATHER]
+    (rec,) = prog.collectives
+    assert (rec.bytes, rec.wire_bytes) == (3 * 20 * 2, 3 * 15 * 2) and "runs first" in rec.reason
+    for g_dev, w_dev in zip(_per_device(prog.local, mesh), want):
+        np.testing.assert_array_equal(g_dev[0], w_dev[0])
+
+
+def test_fsdp_adam_state_is_updated_on_its_shard():
+    """Adam over fsdp×tp: m and v are no longer gathered to be scaled and cut back; the step's
+    result is the unpassed program's, bit for bit."""
+    m = shardc.models.get("mlp:tiny")
+    g, args = m.capture(True, "jax", 4, optimizer="adam")
+    raw = shardc.partition(g, Mesh(fsdp=2, tp=2), m.tp_specs(), "fsdp", passes=())
+    prog = copy.copy(raw)
+    prog.passes = []
+    from shardc.partition.passes import run_passes
+    run_passes(prog, ("sink",))
+    state = lambda p: sum(c.bytes for c in p.collectives if "opt_state" in c.tensor and c.kind == "all_gather")  # noqa: E731
+    assert state(raw) > 0 and state(prog) == 0, prog.ledger()
+    assert sum(c.bytes for c in prog.collectives) < sum(c.bytes for c in raw.collectives)
+    for a, b in zip(prog.simulate(*args), raw.simulate(*args)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_identical_all_gathers_through_separate_reshapes_merge():
