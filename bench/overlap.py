@@ -91,7 +91,10 @@ def collective_matmul_model(hw_name: str, m: int, k: int, n: int, devices: int, 
     part = matmul / devices
     step = (lambda b: coll.ring_step(b, spans)) if ring == "kernel" else \
         (lambda b: coll.seconds("collective_permute", b, spans))
-    step_uni, step_bi = step(m * k * item), 2 * step(m * k * item / 2)  # bi: two half permutes, one stream
+    # bi: two half permutes, at once where the two ways round are separate links (a torus axis
+    # with wraparound), in turn through an NVSwitch's ports
+    step_uni = step(m * k * item)
+    step_bi = (1 if spans[-1][0].links > 1 else 2) * step(m * k * item / 2)
     uni = part + (devices - 1) * max(part, step_uni)
     bi = part + (devices - 1) * max(part, step_bi)
     return {"hardware": hw_name, "ring": ring, "shape": [m, k, n], "devices": devices, "matmul_us": matmul * 1e6,

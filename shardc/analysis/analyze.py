@@ -186,6 +186,14 @@ class _Pricer:
             return coll.ring_step(collective_bytes(n), spans)   # a collective matmul's step in one kernel
         return coll.seconds(n.op.value, collective_bytes(n), spans)
 
+    def links(self, n) -> tuple:
+        """The links collective `n` holds while it runs (collectives.links)."""
+        shift = None
+        if n.op is Op.COLLECTIVE_PERMUTE and n.attrs.get("pairs"):
+            src, dst = n.attrs["pairs"][0]
+            shift = dst - src
+        return coll.links(n.op.value, self.group_spans(n.attrs["axes"]), shift)
+
     def __call__(self, n) -> float:
         if n.op in COLLECTIVES:
             return self.collective(n)
@@ -260,7 +268,7 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
     times, global_times = multiplicity(prog.local, prog.repeat), multiplicity(prog.graph, prog.repeat)
     price = _Pricer(hw, mesh, axis_order)
     seconds = _priced_once(price, getattr(whole, "templates", None))   # every layer's copy alike
-    events = timeline(local, overlap=overlap, seconds=seconds)
+    events = timeline(local, overlap=overlap, seconds=seconds, links=price.links)
     compute_s = sum(e.duration for e in events if e.kind == "compute")
     comm_s = sum(e.duration for e in events if e.kind == "collective")
     step_s = max((e.start + e.duration for e in events), default=0.0)
@@ -295,7 +303,7 @@ def analyze(prog, hardware="h200", overlap: bool = True, axis_order=None, recomp
                  recompute=recompute, recompute_flops=extra_flops, routed=routed)
     raw = getattr(whole, "before_passes", None)
     if raw is not None and raw is not whole.local and overlap:  # the same model, the program as partitioned
-        ev = timeline(LiveProgram(raw), overlap=True, seconds=seconds)
+        ev = timeline(LiveProgram(raw), overlap=True, seconds=seconds, links=price.links)
         end = max((e.start + e.duration for e in ev), default=0.0)
         a.step_s_before_passes = end + extra_s
         a.exposed_comm_s_before_passes = max(0.0, end - sum(e.duration for e in ev if e.kind == "compute"))

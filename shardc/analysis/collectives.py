@@ -7,9 +7,10 @@ reduce-scatter, the buffer of an all-reduce, all-to-all or permute. On one level
 
     all_gather, reduce_scatter   (n-1)·α + (n-1)/n · B / β          (ring)
     all_reduce                   min(ring: 2(n-1)·α + 2(n-1)/n · B / β,
-                                     tree: 2·⌈log2 n⌉·α + 2 · B / β)   (small messages: tree)
+                                     tree: 2·⌈log2 n⌉·α + 2 · B / β,   (small messages: tree)
+                                     nvls: 2·α + B / β_nvls)           (an NVSwitch with NVLink SHARP)
     all_to_all                   (n-1)·α + (n-1)/n · B / β
-    collective_permute           α + B / β
+    collective_permute           α + B / (β / links)               (one way: one of a torus axis's 2 links)
 
 plus, once per collective, the launch cost of the slowest level it spans (starting the kernel and
 synchronizing the devices: what small-message nccl-tests bottom out at); β is the level's
@@ -44,8 +45,10 @@ def _ring(kind: str, nbytes: float, n: int, level) -> float:
     if kind == "all_reduce":
         ring = 2 * (n - 1) * a + 2 * (n - 1) / n * nbytes / b
         tree = 2 * math.ceil(math.log2(n)) * a + 2 * nbytes / b
+        if level.nvls:  # the switch reduces: each link carries the buffer once each way
+            return min(ring, tree, 2 * a + nbytes / level.nvls_bw_for(nbytes))
         return min(ring, tree)
-    return a + nbytes / b  # collective_permute
+    return a + nbytes / level.permute_bw_for(nbytes)  # collective_permute: one link, one way
 
 
 def seconds(kind: str, nbytes: float, spans) -> float:
@@ -55,6 +58,27 @@ def seconds(kind: str, nbytes: float, spans) -> float:
     if not spans or nbytes <= 0:
         return 0.0
     return max(level.launch for level, _ in spans) + _transfer(kind, nbytes, spans)
+
+
+ONE_STREAM = (("collectives",),)   # what a collective holds where no links are modeled: one stream
+
+
+def links(kind: str, spans, shift: int | None = None) -> tuple:
+    """The links a collective holds while it runs (`analysis.cost.timeline` and the scheduler run
+    collectives that hold disjoint links at once, and those that share one in turn): each spanned
+    level's, both ways round; a collective-permute that sends `shift` places round the ring holds
+    one way only on a level with a link each way (a torus axis with wraparound), so the two
+    halves of a bidirectional ring run together there. (On an NVSwitch both ways leave through
+    the same ports: one link.)"""
+    held = []
+    for level, f in merge(spans):
+        if level.links > 1:
+            ways = ("+", "-") if kind != "collective_permute" or shift is None else \
+                (("+",) if shift % f <= f // 2 else ("-",))
+            held += [(level.name, w) for w in ways]
+        else:
+            held.append((level.name,))
+    return tuple(held)
 
 
 def ring_step(nbytes: float, spans) -> float:

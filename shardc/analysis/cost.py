@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES
+from .collectives import ONE_STREAM
 
 PEAK_FLOPS = 989e12      # dense bf16 tensor-core flop/s
 MEMORY_BW = 4.8e12       # bytes/s
@@ -63,15 +64,18 @@ def op_seconds(n: Node, mesh_axes: dict[str, int]) -> float:
 PASS_THROUGH = frozenset({Op.PARAMETER, Op.CONSTANT, Op.IOTA, Op.AXIS_INDEX, Op.RESHAPE})  # no time, no stream
 
 
-def timeline(local: Graph, overlap: bool = True, seconds=None) -> list[Event]:
+def timeline(local: Graph, overlap: bool = True, seconds=None, links=None) -> list[Event]:
     """Modeled schedule of one device: compute in program order on one stream; with `overlap`,
-    a collective runs on its own stream from when its operand is ready (in a `scheduled` program,
-    not before the compute stream reaches its place in the order), and its users wait.
-    `seconds(node)` prices an op (default: `op_seconds`, this file's flat roofline; shardc.analysis
-    passes its hardware- and topology-aware model)."""
+    a collective runs beside it from when its operand is ready (in a `scheduled` program, not
+    before the compute stream reaches its place in the order) and when the links it holds are
+    free, and its users wait. `seconds(node)` prices an op (default: `op_seconds`, this file's
+    flat roofline; shardc.analysis passes its hardware- and topology-aware model); `links(node)`
+    names the links a collective holds (collectives.links: collectives on different levels, or
+    on opposite ways of a torus axis, run at once); default: one stream for all of them."""
     ready: dict[Node, float] = {}
     in_place = getattr(local, "scheduled", False)
     compute_t = comm_t = 0.0
+    free: dict = {}   # link -> when the collective holding it ends
     events = []
     for n in local.nodes:
         if n.op in PASS_THROUGH:
@@ -80,8 +84,10 @@ def timeline(local: Graph, overlap: bool = True, seconds=None) -> list[Event]:
         deps = max((ready.get(i, 0.0) for i in n.inputs), default=0.0)
         d = op_seconds(n, local.mesh_axes) if seconds is None else seconds(n)
         if n.op in COLLECTIVES and overlap:
-            start = max(deps, comm_t, compute_t if in_place else 0.0)
-            comm_t = start + d
+            held = links(n) if links is not None else ONE_STREAM
+            start = max(deps, max((free.get(k, 0.0) for k in held), default=0.0), compute_t if in_place else 0.0)
+            for k in held:
+                free[k] = start + d
             events.append(Event(n, "collective", start, d))
         else:
             start = max(deps, compute_t if n.op not in COLLECTIVES else max(compute_t, comm_t))

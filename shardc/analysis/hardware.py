@@ -37,6 +37,22 @@ class Level:
     launch: float = 0.0  # seconds per collective, whatever its size
     full_at: float = 0.0  # bytes from which a collective gets all of `bw` (below: √(B / full_at) of it)
     ring_step: float | None = None  # seconds per step of a ring run inside one kernel (None: as a permute)
+    links: int = 1       # links a ring uses at once, one each way round (2 on a torus axis with
+    #                      wraparound): `bw` is theirs together; a one-way permute gets one, bw / links
+    nvls: float = 0.0    # all-reduce with in-switch reduction (NVLink SHARP): its algbw over `bw`; 0: none
+
+    def permute_bw_for(self, nbytes: float) -> float:
+        """Bandwidth of a collective-permute: each device sends to one peer, over one link."""
+        return self.bw_for(nbytes) / self.links
+
+    @property
+    def nvls_bw(self) -> float:
+        """All-reduce bandwidth through the switch's reduction (algbw: buffer bytes per second)."""
+        return self.nvls * self.bw
+
+    def nvls_bw_for(self, nbytes: float) -> float:
+        """`nvls_bw` with the same small-message ramp as `bw_for`."""
+        return self.nvls * self.bw_for(nbytes)
 
     def bw_for(self, nbytes: float) -> float:
         """Bandwidth a collective of `nbytes` gets: NCCL spreads a message over more channels and
@@ -121,8 +137,7 @@ BIG = 1 << 40   # the outermost level's size: it joins every node or slice
 _H100_FLOPS = {"bf16": 989e12, "f16": 989e12, "fp8": 1979e12, "tf32": 495e12, "f32": 67e12}
 # NVLink bandwidth as NCCL achieves it: ~20% of the 450 GB/s line rate goes to protocol overhead,
 # "NCCL can get an effective NVLink bandwidth of 370GB/s" (NCCL's maintainer, NVIDIA/nccl-tests
-# issue 212; the all-reduce's ~480 GB/s busbw there is NVLink SHARP, in-switch reduction, which
-# the ring model does not have). α ≈ 1 µs a ring step (an estimate). Launch: ~25 µs per collective,
+# issue 212). α ≈ 1 µs a ring step (an estimate). Launch: ~25 µs per collective,
 # what nccl-tests' all_reduce_perf -g 8 shows for 8 B to 32 KB on an 8-GPU NVLink node (A100 table
 # below; the same NCCL kernels launch and synchronize on Hopper).
 # Full bandwidth from 64 MB: below it nccl-tests' busbw grows about 2x per 4x of message size
@@ -133,7 +148,16 @@ NCCL_FULL_AT = 64 << 20
 # memory fences associated with the synchronization are expensive)" (JAX docs, Pallas Mosaic GPU
 # "Collective matrix multiplication", its 8xH100 lower bound 386 µs = 8 x 43 µs + 7 x 6 µs).
 RING_STEP_NVLINK = 6e-6
-_NVLINK4 = Level("nvlink", 8, 450e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT, RING_STEP_NVLINK)
+# NVLink SHARP (NVLS): on an NVSwitch node NCCL all-reduces through the switch (each GPU reads its
+# slice reduced by the switch, then writes it once for the switch to multicast), so each link
+# carries the buffer once each way instead of a ring's 2(n-1)/n times. "Now allreduce uses NVLink
+# SHARP by default ... On 8 GPUs, you should reach a peak busBw of ~480GB/s (algbw ~275GB/s)"
+# (NCCL's maintainer, NVIDIA/nccl-tests issue 212); an 8x H100 node's single-node run at 476 GB/s
+# "looks to be in the expected range for H100" (NVIDIA, nccl-tests issue 290). algbw = busbw /
+# (2(n-1)/n) at n = 8. Hopper's NVSwitch (third generation) has it; A100's does not.
+NVLS_ALGBW_NVLINK4 = 480e9 / (2 * 7 / 8)
+_NVLINK4 = Level("nvlink", 8, 450e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT, RING_STEP_NVLINK,
+                 nvls=NVLS_ALGBW_NVLINK4 / (450e9 * NCCL_EFFICIENCY))
 # DGX H100/H200 and HGX reference designs: one ConnectX-7 400 Gb/s NDR InfiniBand NIC per GPU
 # (nvidia.com DGX H100 datasheet: "8x NVIDIA ConnectX-7 ... 400 Gb/s") = 50 GB/s per direction.
 # α ≈ 5 µs a step: IB switch hops plus NCCL's proxy (an estimate from small-message nccl-tests).
@@ -148,7 +172,8 @@ H200 = Hardware("h200", dict(_H100_FLOPS), 141e9, 4.8e12, (_NVLINK4, _IB_NDR),
 # NVIDIA DGX B200 / HGX B200 datasheet: per GPU (the 8-GPU figures / 8) dense FP8 4.5 PFLOPS,
 # BF16 2.25 PFLOPS, TF32 1.1 PFLOPS, FP32 ~75 TFLOPS (Blackwell architecture brief); 180 GB HBM3e
 # at 8 TB/s (DGX B200: 1,440 GB and 64 TB/s total); NVLink 5: 1.8 TB/s bidirectional per GPU;
-# ConnectX-7 400 Gb/s per GPU in DGX B200.
+# ConnectX-7 400 Gb/s per GPU in DGX B200. (NVLink 5 has NVLS too; no published single-node busbw
+# for it was found, so B200 all-reduces are priced as rings and trees.)
 B200 = Hardware("b200", {"bf16": 2.25e15, "f16": 2.25e15, "fp8": 4.5e15, "tf32": 1.1e15, "f32": 75e12},
                 180e9, 8e12, (Level("nvlink", 8, 900e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT, RING_STEP_NVLINK),
                               _IB_NDR),
@@ -169,7 +194,8 @@ A100 = Hardware("a100", {"bf16": 312e12, "f16": 312e12, "tf32": 156e12, "f32": 1
 # part 2, "TPU specs" table): v5e 4.5e10 B/s, v5p 9e10, v6e 9e10 per link one way. A torus axis
 # with wraparound lets a ring use both directions of its two links per chip (part 3: "bidirectional
 # ring"), so the ring bandwidth per chip on such an axis is 2 x one-way link bandwidth; an axis
-# without wraparound (v5e/v6e below the full 16) gets half. The per-hop latency is the scaling
+# without wraparound (v5e/v6e below the full 16) gets half. A collective-permute sends each chip's
+# buffer one way, over one of the two links (`Level.links`): one-way link bandwidth either way. The per-hop latency is the scaling
 # book's ~1 µs ICI hop figure.
 # DCN per chip, Google Cloud TPU docs: v5p "Data center network bandwidth per chip 50 Gbps"
 # (6.25e9 B/s); v5e 2 x 100 Gbps NICs per 8-chip host (25 Gbps = 3.125e9 B/s per chip); v6e
@@ -178,7 +204,7 @@ A100 = Hardware("a100", {"bf16": 312e12, "f16": 312e12, "tf32": 156e12, "f32": 1
 # per-shard all-gather over 4 v5e chips that its hop model puts at ~3 µs (3 hops of ~1 µs) plus
 # ~2 µs of transfer.
 def _tpu_levels(slice_shape, link_bw, wrap, dcn_bw):
-    levels = [Level(f"ici-{'xyz'[i]}", n, link_bw * (2 if w else 1), 1e-6, 3e-6)
+    levels = [Level(f"ici-{'xyz'[i]}", n, link_bw * (2 if w else 1), 1e-6, 3e-6, links=2 if w else 1)
               for i, (n, w) in enumerate(zip(slice_shape, wrap))]
     return tuple(levels) + (Level("dcn", BIG, dcn_bw, 10e-6, 10e-6),)
 

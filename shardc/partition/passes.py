@@ -128,7 +128,7 @@ def choose_threshold(prog: SpmdProgram, group=None) -> tuple[int, str]:
     for t in cands:
         trial = copy.copy(prog)
         combine_all_reduces(trial, t, group)
-        step = list_schedule(trial.local, price, float("inf"))[1]
+        step = list_schedule(trial.local, price, float("inf"), links=price.links)[1]
         if best is None or step < best[0] * (1 - 1e-3):  # a smaller bucket must pay for itself
             best = (step, t)
     return best[1], f"chosen by the cost model ({best[0] * 1e6:.4g} µs modeled)"

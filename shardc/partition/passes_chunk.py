@@ -98,11 +98,11 @@ def _choose(prog: SpmdProgram, price, colls) -> tuple[float | None, str]:
     if not any(price(c) > 2 * spacing for c in colls):
         return None, "; none is much longer than the compute between collectives"
     limit = memory_limit(prog.hardware or "h200")
-    best = (best_order(prog, price, limit)[1], None)
+    best = (best_order(prog, price, limit, price.links)[1], None)
     for f in (8, 4, 2):
         trial = copy.copy(prog)
         chunk_collectives(trial, f * spacing)
-        step = best_order(trial, price, limit)[1]
+        step = best_order(trial, price, limit, price.links)[1]
         if step < best[0] * (1 - 1e-3):  # splitting must pay for its launches and copies
             best = (step, f * spacing)
     if best[1] is None:

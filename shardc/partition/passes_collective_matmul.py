@@ -160,12 +160,16 @@ def matmul_scatter(rs: Node, dot: Node, new: dict, mesh, bidirectional: bool = F
 def _loop_seconds(pricer, coll: Node, k: int, dots: list[Node], block_bytes: int, moved_bytes: int,
                   ways: int = 1) -> tuple[float, float]:
     """(modeled seconds of the ring loop, of the collective followed by the matmul(s)): k-1 steps,
-    each `ways` permutes of 1/ways of `block_bytes` (one after the other on the collective stream)
-    behind a 1/k matmul, plus `moved_bytes` of copies to cut or reorder blocks, plus launches."""
+    each `ways` permutes of 1/ways of `block_bytes` (one each way round: at once where the two ways
+    are different links, a torus axis with wraparound; else one after the other) behind a 1/k
+    matmul, plus `moved_bytes` of copies to cut or reorder blocks, plus launches."""
     from ..analysis.cost import LAUNCH_S
     mm = sum(pricer(d) for d in dots)
     x = Node(Op.PARAMETER, [], {}, (max(1, block_bytes // 2 // ways),), DType.bf16)
-    step = ways * pricer(Node(Op.COLLECTIVE_PERMUTE, [x], {"axes": coll.attrs["axes"], "pairs": (), "ring": True}, x.shape, x.dtype))
+    halves = [Node(Op.COLLECTIVE_PERMUTE, [x], {"axes": coll.attrs["axes"], "pairs": ((0, shift % k),), "ring": True},
+                   x.shape, x.dtype) for shift in (+1, -1)[:ways]]
+    apart = ways == 2 and not set(pricer.links(halves[0])) & set(pricer.links(halves[1]))
+    step = max(map(pricer, halves)) if apart else sum(map(pricer, halves))
     loop = mm / k + (k - 1) * max(mm / k, step) + moved_bytes / pricer.hw.hbm_bw + 2 * k * len(dots) * ways * LAUNCH_S
     return loop, pricer(coll) + mm + (1 + len(dots)) * LAUNCH_S
 
@@ -207,8 +211,8 @@ def collective_matmul(prog: SpmdProgram, mode: str = "auto", bidirectional: bool
                 uni, seq = _loop_seconds(pricer, n, k, [dot], n.nbytes, dot.inputs[0].nbytes)
                 bi = _loop_seconds(pricer, n, k, [dot], n.nbytes, dot.inputs[0].nbytes, ways=2)[0]
                 if mode == "always" or min(uni, bi if bidirectional else uni) < 0.95 * seq:
-                    # both ways where asked and (auto) where the model prices it faster: on one
-                    # collective stream the two half permutes of a step go one after the other
+                    # both ways where asked and (auto) where the model prices it faster: the two
+                    # half permutes of a step run at once only where they hold different links
                     scatters[n] = dot
                     two_way[n] = bidirectional and (mode == "always" or bi < uni)
     if not gathers and not scatters:

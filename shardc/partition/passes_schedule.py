@@ -3,13 +3,15 @@ independent compute does, as XLA's latency-hiding scheduler, under a per-device 
 
 A collective is split into its start (its place in the scheduled order) and its done (just
 before its first reader). The scheduler is a list scheduler over the cost model (the hardware-
-and topology-aware pricing of shardc.analysis): one compute stream, one stream of collectives;
+and topology-aware pricing of shardc.analysis): one compute stream, and a queue per link (a
+collective holds the links of the levels it spans, analysis.collectives.links: collectives on
+different levels, or the two ways of a torus axis, run at once; on the same link, in turn);
 a modeled clock for each.
 
 - A collective starts as soon as its operand is ready (critical ones first), unless its result
   would push live memory past the limit: then it waits until memory is freed (an FSDP
   all-gather of a later layer's parameters starts as early as memory allows: prefetch); and
-  unless the collective stream is busy past the end of the next compute op: it is queued no
+  unless the links it holds are busy past the end of the next compute op: it is queued no
   earlier than it has to be, so a more critical collective that turns ready meanwhile goes first.
 - Compute picks, among the ops whose operands are ready now, the one with the longest path to
   the end (critical path first; collective times count on that path, so the ops whose results
@@ -33,6 +35,7 @@ import math
 import sys
 
 from ..ir import Graph, Node, Op
+from ..analysis.collectives import ONE_STREAM
 from ..analysis.cost import PASS_THROUGH
 from ..ir.ops import COLLECTIVES
 from .passes_common import PassReport
@@ -92,18 +95,25 @@ def _users(g: Graph) -> dict[Node, list[Node]]:
     return users
 
 
-def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple[list[Node], float, int]:
+def list_schedule(g: Graph, seconds, limit: float, donated=frozenset(), links=None) -> tuple[list[Node], float, int]:
     """(order, modeled makespan, peak live bytes) of `g` under the policy above. Live bytes count
     as analysis/memory.py's liveness does (inputs live from the start, `donated` ones freed after
-    their last reader, outputs held), so the peak is what `analyze` reports for the order."""
+    their last reader, outputs held), so the peak is what `analyze` reports for the order.
+    `links(collective)`: the links it holds (analysis.collectives.links); collectives on disjoint
+    links run at once, as analysis.cost.timeline runs them (default: one stream)."""
     index = {n: i for i, n in enumerate(g.nodes)}
     users = _users(g)
     sec = {n: seconds(n) for n in g.nodes}   # each op priced once
     size = {n: n.nbytes for n in g.nodes}
     bottom = _bottom_levels(g, users, sec.__getitem__)
     by_rank = sorted((n for n in g.nodes if n.op in COLLECTIVES), key=lambda n: (-bottom[n], index[n]))
-    rank = {c: r for r, c in enumerate(by_rank)}
-    colls = _FirstFit(len(by_rank))  # ready collectives, critical first
+    holds = {c: tuple(links(c)) if links is not None else ONE_STREAM for c in by_rank}
+    groups: dict[tuple, list[Node]] = {}   # collectives by the links they hold (a few kinds)
+    for c in by_rank:
+        groups.setdefault(holds[c], []).append(c)
+    rank = {c: r for members in groups.values() for r, c in enumerate(members)}
+    colls = {h: _FirstFit(len(members)) for h, members in groups.items()}  # ready ones, critical first
+    free: dict = {}    # link -> when the collective holding it ends
     left = {n: len(set(n.inputs)) for n in g.nodes}
     readers_left = {n: len(users[n]) for n in g.nodes}
     held = (set(g.inputs) - set(donated)) | set(g.outputs)
@@ -111,7 +121,8 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
     live = peak = sum(size[p] for p in g.inputs)
     order: list[Node] = []
     placed: set[Node] = set()
-    t_compute = t_comm = 0.0
+    t_compute = 0.0
+    index_key = (lambda c: (-bottom[c], index[c]))
     now: list = []     # compute whose operands are ready by t_compute: (-bottom, index, node)
     later: list = []   # compute waiting on operands: (ready time, index, node)
     first: list = []   # every ready op by original index (what goes when memory is short)
@@ -144,15 +155,18 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
     def ready(u: Node):
         heapq.heappush(first, (index[u], u))
         if u.op in COLLECTIVES:
-            colls.set(rank[u], size[u])
+            colls[holds[u]].set(rank[u], size[u])
         else:
             heapq.heappush(later, (max((done_at[i] for i in u.inputs), default=0.0), index[u], u))
 
+    def links_free(h) -> float:
+        return max((free.get(k, 0.0) for k in h), default=0.0)
+
     def start_collective(c: Node):
-        nonlocal t_comm
-        colls.set(rank[c], math.inf)
-        start = max(max(done_at[i] for i in c.inputs), t_comm, t_compute)
-        t_comm = start + sec[c]
+        colls[holds[c]].set(rank[c], math.inf)
+        start = max(max(done_at[i] for i in c.inputs), links_free(holds[c]), t_compute)
+        for k in holds[c]:
+            free[k] = start + sec[c]
         place(c, start, sec[c])
 
     def run(n: Node):
@@ -175,16 +189,20 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
             _, i, n = heapq.heappop(later)
             heapq.heappush(now, (-bottom[n], i, n))
         # collectives first, critical first: each starts once its operand is ready, if its result
-        # fits in memory and the stream frees before the next op ends (the next chance to decide:
+        # fits in memory and its links free before the next op ends (the next chance to decide:
         # queued later, a more critical collective that turns ready meanwhile can still go first)
         nxt = top(now) or top(later)
         horizon = math.inf if nxt is None else (
             max(t_compute, max((done_at[x] for x in nxt[-1].inputs), default=0.0)) + sec[nxt[-1]])
-        while t_comm < horizon:
-            r = colls.first(limit - live)
-            if r is None:
+        while True:   # the most critical that fits among those whose links free before the horizon
+            best = None
+            for h, fit in colls.items():
+                r = fit.first(limit - live) if links_free(h) < horizon else None
+                if r is not None and (best is None or index_key(groups[h][r]) < index_key(best)):
+                    best = groups[h][r]
+            if best is None:
                 break
-            start_collective(by_rank[r])
+            start_collective(best)
         if not top(now) and top(later):  # every ready op waits on a collective: the first able to go
             _, i, n = heapq.heappop(later)
             heapq.heappush(now, (-bottom[n], i, n))
@@ -204,10 +222,10 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset()) -> tuple
     return order, max(done_at.values(), default=0.0), peak
 
 
-def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=frozenset()) -> list[Node]:
+def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=frozenset(), links=None) -> list[Node]:
     """An order of `g` built bottom-up, from the last op back to the first, as XLA's latency-
     hiding scheduler does: time runs backwards from the end; a collective is reached when its
-    last reader is placed, runs (backwards) on the collective stream from its first reader's
+    last reader is placed, runs (backwards) on its links from its first reader's
     start, and its start is placed once enough compute has been placed to cover it (or when
     nothing else is left to place). So each collective starts as late as its overlap allows
     instead of as soon as its operand exists: a big prefetch no longer holds the stream while a
@@ -228,7 +246,8 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
     left = {n: len(users[n]) for n in g.nodes}
     need: dict[Node, float] = {}  # reverse time at or after which each placed node's operands must be placed
     placed: list[Node] = []
-    r_compute = r_comm = 0.0
+    r_compute = 0.0
+    r_free: dict = {}     # link -> reverse time the collective holding it ends (its start)
     ready: list = []      # compute with all readers placed: (-top, -index, node)
     waiting: list = []    # compute whose readers still run at r_compute: (ready at, -index, node)
     flying: list = []     # collectives in flight: (reverse time their start may be placed, -index, node)
@@ -264,15 +283,17 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
                 arrive(i)
 
     def arrive(n: Node):
-        nonlocal r_comm
         at = ready_at(n)
         if n.op in PASS_THROUGH:
             place(n, at)
         elif n.op in COLLECTIVES:
-            r_comm = max(at, r_comm) + sec[n]
-            heapq.heappush(flying, (r_comm, -index[n], n))
+            held = tuple(links(n)) if links is not None else ONE_STREAM
+            end = max([at] + [r_free.get(k, 0.0) for k in held]) + sec[n]
+            for k in held:
+                r_free[k] = end
+            heapq.heappush(flying, (end, -index[n], n))
             if size[n] > size[n.inputs[0]]:
-                heapq.heappush(growing, (size[n.inputs[0]] - size[n], r_comm, -index[n], n))
+                heapq.heappush(growing, (size[n.inputs[0]] - size[n], end, -index[n], n))
         else:
             heapq.heappush(waiting, (at, -index[n], n))
 
@@ -307,7 +328,7 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
     return list(g.inputs) + placed[::-1]
 
 
-def best_order(prog: SpmdProgram, price, limit: float) -> tuple[Graph, float, int, str]:
+def best_order(prog: SpmdProgram, price, limit: float, links=None) -> tuple[Graph, float, int, str]:
     """(scheduled program, modeled step, peak live bytes, "top-down" or "bottom-up"): the top-down
     list schedule within `limit` (its budget lowered by any overshoot, program order the last
     resort), or the bottom-up one where it models shorter and fits."""
@@ -317,24 +338,24 @@ def best_order(prog: SpmdProgram, price, limit: float) -> tuple[Graph, float, in
     donated = {g.inputs[i] for i in donations(prog.graph).values()}
     budget = limit
     for _ in range(6):  # what went early can pile up later: lower the budget by the overshoot
-        order, step, peak = list_schedule(g, price, budget, donated)  # step == the new order's timeline
+        order, step, peak = list_schedule(g, price, budget, donated, links)  # step == the new order's timeline
         if peak <= limit or budget == 0:
             break
         budget = max(0.0, budget - (peak - limit) * 1.5)
     if peak > limit and budget > 0:  # program order (a budget of 0) is the fallback
-        order, step, peak = list_schedule(g, price, 0.0, donated)
+        order, step, peak = list_schedule(g, price, 0.0, donated, links)
     best = (_scheduled(g, order), step, peak, "top-down")
     budget = limit
     for _ in range(4):
-        up = _scheduled(g, reverse_schedule(g, price, budget, donated))
-        up_step, up_peak = _makespan(timeline(up, seconds=price)), liveness(prog.graph, up)[0]
+        up = _scheduled(g, reverse_schedule(g, price, budget, donated, links))
+        up_step, up_peak = _makespan(timeline(up, seconds=price, links=links)), liveness(prog.graph, up)[0]
         if up_peak <= limit:
             break
         budget -= (up_peak - limit) * 1.5
     if up_step < step and (up_peak <= limit or up_peak <= peak):
         best = (up, up_step, up_peak, "bottom-up")
     if best[2] > limit:  # nothing fits: the program's own order where it is no worse on both counts
-        own_step, own_peak = _makespan(timeline(g, seconds=price)), liveness(prog.graph, g)[0]
+        own_step, own_peak = _makespan(timeline(g, seconds=price, links=links)), liveness(prog.graph, g)[0]
         if own_peak <= best[2] and own_step <= best[1]:
             best = (g, own_step, own_peak, "program order (no order fits)")
     return best
@@ -364,8 +385,8 @@ def schedule(prog: SpmdProgram, hardware=None, limit: float | None = None) -> Pa
             memo[t] = pricer(n)
         return memo[t]
 
-    before = _makespan(timeline(whole.local, seconds=price))
-    whole.local, after, peak, how = best_order(whole, price, limit)
+    before = _makespan(timeline(whole.local, seconds=price, links=pricer.links))
+    whole.local, after, peak, how = best_order(whole, price, limit, pricer.links)
     fits = "" if peak <= limit else "; over the limit even in program order"
     n = len(prog.collectives)
     unrolled = f" (the {prog.repeat.depth} layers unrolled)" if prog.repeat is not None else ""

@@ -42,13 +42,17 @@ def test_presets_and_levels():
 
 def test_collective_model():
     nv, ib = shardc.hardware.get("h100").levels
+    a100 = shardc.hardware.get("a100").levels[0]     # an NVSwitch without in-switch reduction
     gb = 1 << 30
     # one level, ring: launch + (n-1)·α + (n-1)/n·B/β, all-reduce twice the transfer
     assert coll.seconds("all_gather", gb, [(nv, 8)]) == pytest.approx(nv.launch + 7 * nv.alpha + 7 / 8 * gb / nv.bw)
-    assert coll.seconds("all_reduce", gb, [(nv, 8)]) == pytest.approx(nv.launch + 14 * nv.alpha + 14 / 8 * gb / nv.bw)
+    assert coll.seconds("all_reduce", gb, [(a100, 8)]) == pytest.approx(a100.launch + 14 * a100.alpha + 14 / 8 * gb / a100.bw)
     # large messages: bus bandwidth is the link bandwidth; small ones are latency-bound (tree)
-    assert coll.bus_bandwidth("all_reduce", gb, [(nv, 8)]) == pytest.approx(nv.bw, rel=0.01)
-    assert coll.seconds("all_reduce", 8, [(nv, 8)]) == pytest.approx(nv.launch + 2 * 3 * nv.alpha, rel=0.02)
+    assert coll.bus_bandwidth("all_reduce", gb, [(a100, 8)]) == pytest.approx(a100.bw, rel=0.01)
+    assert coll.seconds("all_reduce", 8, [(a100, 8)]) == pytest.approx(a100.launch + 2 * 3 * a100.alpha, rel=0.02)
+    # NVLink SHARP (Hopper's NVSwitch): the buffer crosses each link once each way, through the switch
+    assert coll.seconds("all_reduce", gb, [(nv, 8)]) == pytest.approx(nv.launch + 2 * nv.alpha + gb / nv.nvls_bw)
+    assert coll.seconds("all_reduce", 8, [(nv, 8)]) == pytest.approx(nv.launch + 2 * nv.alpha, rel=0.05)
     # hierarchical: the slow level carries B / (devices below it)
     hier = coll.seconds("all_gather", gb, [(nv, 8), (ib, 4)])
     assert hier == pytest.approx(max(nv.launch, ib.launch) + 7 * nv.alpha + 7 / 8 * gb / nv.bw
