@@ -18,9 +18,10 @@ normalized rows never stored) and each residual sum is computed in the next matm
 Training steps (issue #17's budget: <= 1.3x the matmul bound) are printed against it: their
 logits, attention scores, dP, chained dots (an expert's dy·Wᵀ inside its weight gradient's K loop)
 and an MLP's hidden x·W1 where every reader rebuilds it cheaper than storing it are rebuilt per tile (codegen/fused_recompute.py), bias gradients and
-norm-backward sums computed in the matmuls that read their inputs (codegen/fused_sums.py), dK beside
-dVᵀ in one pass over the queries (codegen/fused_siblings.py), norm and softmax statistics in the
-prologue of the matmul that reads them (codegen/fused_stats.py).
+norm-backward sums computed in the matmuls that read their inputs and, under tp, dγ/dβ in the
+norm backward's row kernel (codegen/fused_sums.py), dK beside dVᵀ in one pass over the queries and
+summed input gradients (dk·Wk + dv·Wv) in one K loop (codegen/fused_siblings.py), norm and softmax
+statistics in the prologue of the matmul that reads them (codegen/fused_stats.py).
 The bound counts ragged_dots (grouped matmuls) as dot_generals. The zoo MoE is the capacity form
 (scatter dispatch into [experts, capacity, d] buffers, batched dot_generals, gather combine), so its
 bound is its expert, router and gradient matmuls, and also its cumsum, which the frontend writes as

@@ -13,6 +13,9 @@ once. Nothing here knows attention: any two plain matmul groups qualify when
   computes once), they share an input, neither reads a value computed from what the other writes (one's
   epilogue may read the other's dot: it is computed inside), and every value each stores is its
   dot or its epilogue.
+A second case shares no tile: a dot read only by the other's epilogue, which adds it (a projection's
+input gradient summed over the projections that read one x: Llama's dk·Wk + dv·Wv, the SwiGLU
+dgate·Wg + dup·Wu). Accumulated beside the other in its K loop, the summand never reaches memory.
 The merged group records `pattern["siblings"]`: [(dot, swapped)]."""
 from __future__ import annotations
 
@@ -69,7 +72,17 @@ def _plain(m, depends) -> bool:
             and all(r is d or depends(r, d) for r in m.roots))
 
 
-def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
+def _summand(a, b, groups: list, stored) -> bool:
+    """Whether b's dot is read by a's epilogue and by nothing else: no other group, no collective
+    or graph output (`stored`), and b stores nothing else."""
+    d = b.anchor
+    return d in a.inputs and b.roots == [d] and not stored(d) \
+        and not any(g is not a and g is not b and d in g.reads for g in groups)
+
+
+def merge(groups: list, order: dict, feasible, cannot_fuse, depends, stored=lambda n: True) -> list:
+    """`stored(n)`: whether value n must be written whatever reads it (a graph output, a
+    collective's operand)."""
     from .fusion import FusionGroup
     groups = list(groups)
     mats = [g for g in groups if isinstance(g, FusionGroup) and _plain(g, depends)]
@@ -78,12 +91,14 @@ def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
         if id(m1) in taken:
             continue
         for m2 in mats[i + 1:]:
-            if id(m2) in taken or not set(m1.inputs) & set(m2.inputs):
+            if id(m2) in taken:
                 continue
             swapped = orientation(m1.anchor, m2.anchor)
             if swapped is None:
                 continue
-            pair = next(((a, b) for a, b in ((m1, m2), (m2, m1)) if shares_a_tile(a.anchor, b.anchor, swapped)), None)
+            summed = next(((a, b) for a, b in ((m1, m2), (m2, m1)) if not swapped and _summand(a, b, groups, stored)), None)
+            pair = summed or next(((a, b) for a, b in ((m1, m2), (m2, m1)) if set(m1.inputs) & set(m2.inputs)
+                                   and shares_a_tile(a.anchor, b.anchor, swapped)), None)
             if pair is None:
                 continue
             a, b = pair
@@ -92,9 +107,10 @@ def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
             # one's epilogue may read the other's dot (computed inside now), nothing computed from it
             if any(depends(x, r) for x in ins for r in a.roots + b.roots):
                 continue
-            merged = FusionGroup("matmul", a.roots + b.roots, sorted(nodes, key=order.get),
+            merged = FusionGroup("matmul", a.roots + ([] if summed else b.roots), sorted(nodes, key=order.get),
                                  sorted(ins, key=order.get),
                                  f"{a.reason}; beside it, in the same K loop, {b.reason}"
+                                 + (", added in its epilogue" if summed else "")
                                  + (" (accumulated transposed)" if swapped else ""), a.anchor,
                                  {"siblings": [(b.anchor, swapped)]})
             try:

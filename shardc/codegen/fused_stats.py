@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 
+from ..ir import Op
 from ..ir.ops import REDUCE
+from .fused_recompute import is_recomputed
 
 
 def into_prologues(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
@@ -25,6 +27,14 @@ def into_prologues(groups: list, order: dict, feasible, cannot_fuse, depends) ->
             return groups
 
 
+def _rebuilt_siblings(m) -> bool:
+    """Sibling dots over rebuilt tiles (attention's dK beside dVᵀ): their statistics (D) are
+    the dQ kernel's. Siblings over a stored operand (SwiGLU's gate and up projections of one
+    normalized x) compute its norm statistics as any matmul does."""
+    return "siblings" in m.pattern and any(n.op is Op.DOT_GENERAL and n is not m.anchor and is_recomputed(n)
+                                           for n in m.nodes)
+
+
 def _into_prologues(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
     from .fusion import FusionGroup
     for g in [g for g in groups if isinstance(g, FusionGroup) and g.kind == "reduction" and len(g.roots) == 1]:
@@ -33,7 +43,7 @@ def _into_prologues(groups: list, order: dict, feasible, cannot_fuse, depends) -
             continue
         big = max(g.inputs, key=lambda x: x.size)
         mats = sorted((m for m in groups if isinstance(m, FusionGroup) and m.kind == "matmul" and r in m.inputs
-                       and big in m.inputs and "qk" not in m.pattern and "siblings" not in m.pattern),
+                       and big in m.inputs and "qk" not in m.pattern and not _rebuilt_siblings(m)),
                       key=lambda m: order[m.anchor])
         for m in mats[:1]:
             lhs = m.anchor.inputs[0]

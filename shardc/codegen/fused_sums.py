@@ -9,7 +9,7 @@ records those sums as `pattern["ksum"]`; the emitter accumulates them per row bl
 dot and stores them (with whatever elementwise ops follow) after the loop."""
 from __future__ import annotations
 
-from ..ir import Op
+from ..ir import DType, Node, Op
 from ..ir.ops import REDUCE
 
 
@@ -120,4 +120,46 @@ def into_epilogues(groups: list, order: dict, feasible, cannot_fuse, depends) ->
                 for r in g.roots:
                     by_root.setdefault(r, []).append(i)
                 break
+    return groups
+
+
+def column_sum(n: Node) -> bool:
+    """A sum over every row of a value, keeping its last dim (a norm's dγ, dβ): the planner stores
+    it on its own (not inside the optimizer update reading it), so that the kernel holding its
+    rows can add it (`into_rows`, a matmul epilogue's `rsum`)."""
+    if n.op is not Op.REDUCE_SUM or n.dtype is not DType.f32:
+        return False
+    x, axes = n.inputs[0], sorted(n.attrs["axes"])
+    return x.rank >= 2 and axes == list(range(x.rank - 1)) and any(x.shape[a] > 1 for a in axes)
+
+
+def into_rows(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
+    """A column sum of values a row kernel computes from what it reads (a norm backward's
+    dγ = Σ_rows dy·x̂ and dβ = Σ_rows dy beside its dx under tp, where dy is an all-reduce's
+    result and no matmul computes it) is added by that row kernel: each program adds its tile's
+    partial sums to the zeroed output, instead of a reduction kernel rereading the rows."""
+    from .fusion import FusionGroup
+    groups = list(groups)
+    sums = [g for g in groups if isinstance(g, FusionGroup) and g.kind == "reduction" and g.anchor is None
+            and all(column_sum(r) for r in g.roots)]
+    for g in sums:
+        big = {x for x in g.inputs if x.size == g.roots[0].inputs[0].size}
+        rows = [h for h in groups if isinstance(h, FusionGroup) and h not in sums and h.anchor is None
+                and h.kind in ("pointwise", "reduction") and big and big <= set(h.inputs)
+                and set(g.inputs) <= set(h.inputs) | set(h.nodes)]
+        for h in sorted(rows, key=lambda h: -max(order[r] for r in h.roots)):
+            if _would_cycle(h, g, depends):
+                continue
+            nodes = {n: None for n in h.nodes + g.nodes}
+            ins = [x for x in dict.fromkeys(h.inputs + g.inputs) if x not in nodes]
+            merged = FusionGroup("reduction", h.roots + g.roots, sorted(nodes, key=order.get),
+                                 sorted(ins, key=order.get),
+                                 f"{h.reason}; adds its tiles' column sums for {g.reason.split(': ', 1)[-1]}")
+            try:
+                feasible(merged)
+            except cannot_fuse:
+                continue
+            groups[groups.index(h)] = merged
+            groups.remove(g)
+            break
     return groups

@@ -148,6 +148,8 @@ class Planner:
                         continue
                     s = self.operands.norm_source(x)
                     self._materialize(x if s is None else s)
+            if fused_sums.column_sum(n) and not self._summed_by_dot(n):
+                self._materialize(n)
         for o in g.outputs:
             self._materialize(o)
         for _ in range(len(g.nodes)):
@@ -159,6 +161,13 @@ class Planner:
                 internal = self._fix(grp, e, internal)
                 self._settle(grp)
         raise RuntimeError("fusion planner did not converge")
+
+    def _summed_by_dot(self, n: Node) -> bool:
+        """Whether column sum `n` sums a dot's left operand over that dot's contraction (a bias
+        gradient beside its weight gradient: the matmul sums it in its K loop, fused_sums)."""
+        x = n.inputs[0]
+        return any(u.op is Op.DOT_GENERAL and u.inputs[0] is x and sorted(u.attrs["lhs_contract"]) == sorted(n.attrs["axes"])
+                   for u in self.users[x])
 
     def _failures(self, groups: list) -> list[tuple[FusionGroup, CannotFuse]]:
         """The failing groups to fix this round, with their answers: every one that does not overlap
@@ -495,10 +504,11 @@ class Planner:
     # ------------------------------------------------------------------------------ merging
     def _merge(self, groups: list) -> list:
         """Order steps by program position; merge row-compatible pointwise/reduction groups."""
-        groups = fused_sums.into_matmuls(self._into_operands(groups), self.order, self._ask, CannotFuse,
-                                          self._depends)
+        groups = fused_sums.into_rows(self._into_operands(groups), self.order, self._ask, CannotFuse, self._depends)
+        groups = fused_sums.into_matmuls(groups, self.order, self._ask, CannotFuse, self._depends)
         groups = fused_sums.into_epilogues(groups, self.order, self._ask, CannotFuse, self._depends)
-        groups = fused_siblings.merge(groups, self.order, self._ask, CannotFuse, self._depends)
+        groups = fused_siblings.merge(groups, self.order, self._ask, CannotFuse, self._depends,
+                                      lambda n: n in self.outputs or any(u.op in COLLECTIVES for u in self.users[n]))
         # a residual sum whose statistics a prologue now computes goes into its operand loads too
         groups = self._into_operands(fused_stats.into_prologues(groups, self.order, self._ask, CannotFuse,
                                                                 self._depends))
@@ -542,7 +552,9 @@ class Planner:
         """A pointwise value that a matmul's A operand is computed from, element for element (the
         residual sum under a norm prologue), is computed in that matmul's operand loads and stored
         by its first column of programs: its inputs are read there instead of the value being
-        written by one kernel and read back by the next. The earliest such matmul takes it."""
+        written by one kernel and read back by the next. The earliest such matmul that reads nothing
+        computed from it takes it (not Llama's k/v projections, which read the statistics of the
+        residual sum that the q projection computes in its prologue)."""
         groups = list(groups)
         readers: dict[Node, dict] = {}  # value → {id: step} of the steps reading it (kept as groups merge)
         for g in groups:
@@ -551,7 +563,7 @@ class Planner:
         for gp in [g for g in groups if isinstance(g, FusionGroup) and g.kind == "pointwise" and len(g.roots) == 1]:
             r = gp.roots[0]
             mats = [g for g in readers.get(r, {}).values() if isinstance(g, FusionGroup) and g.kind == "matmul"]
-            for m in sorted(mats, key=lambda g: self.order[g.anchor])[:1]:
+            for m in sorted(mats, key=lambda g: self.order[g.anchor]):
                 lhs, rhs = m.anchor.inputs[0], m.anchor.inputs[1]
                 if r.size != lhs.size or r is rhs:
                     continue
@@ -576,6 +588,7 @@ class Planner:
                         readers[x].pop(id(old), None)
                 for x in merged.reads:
                     readers.setdefault(x, {})[id(merged)] = merged
+                break
         return groups
 
     def _combine(self, a: FusionGroup, b: FusionGroup) -> FusionGroup:

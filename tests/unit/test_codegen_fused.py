@@ -238,3 +238,47 @@ def test_gpt2_small_step_plan_is_in_dependency_order():
         missing = [r for r in step.reads if r not in written and r.inputs]
         assert not missing, (step, missing)
         written.update(step.writes)
+
+
+def _tp_fusions(exe) -> dict:
+    """The kernels of each training fusion under tp (one list per kind)."""
+    from shardc.codegen.fused_sums import column_sum
+
+    def summed(k):  # a sibling dot only added in the epilogue: never stored
+        return any(s not in k.outputs for s, _ in k.group.pattern.get("siblings", ()))
+    return {
+        "column sums in a row kernel": [k for k in exe.kernels if k.kind == "reduction"
+                                        and any(column_sum(r) for r in k.outputs)
+                                        and any(r.rank == 3 for r in k.outputs)],
+        "summed siblings": [k for k in exe.kernels if summed(k)],
+        "norm statistics beside siblings": [k for k in exe.kernels if k.group.pattern.get("siblings")
+                                            and k.group.pattern.get("rowstats")],
+    }
+
+
+@pytest.mark.parametrize("target", ["triton", "pallas"])
+def test_tp_norm_backward_sums_and_summed_projections_equal_numpy(target):
+    """Llama's training step under Megatron tp: the RMSNorm backward's dγ (Σ over rows of dy·x̂,
+    dy an all-reduce's result) added atomically by the row kernel that writes dx; the input
+    gradients of projections reading one x (dk·Wk + dv·Wv, dgate·Wg + dup·Wu) accumulated in one
+    K loop, the summand never stored; the post-attention norm's statistics computed by the
+    gate/up sibling matmul. Every kernel equals numpy of its nodes (Triton interpreter, Pallas
+    interpret mode), the step equals evaluate, Triton compiles one of each for sm_90 and Pallas
+    lowers for TPU."""
+    m = models.get("llama:tiny", n_layer=1)
+    g, args = m.capture(True, "jax", 2, lr=0.1)
+    axes, tp, plan = LAYOUTS["tp"]
+    prog = partition(g, Mesh(axes), m.tp_specs(), plan)
+    check = run_and_check_kernels if target == "triton" else run_and_check
+    exe, got = check(prog, args, 1e-5)
+    for a, b in zip(got, g.evaluate(*args)):
+        assert rel_err(a, b) <= 1e-5
+    fused = _tp_fusions(exe)
+    assert all(fused.values()), (fused, exe.plan_text())
+    if target == "pallas":
+        export_all(exe.kernels)
+        return
+    kernels = list({ks[0].name: ks[0] for ks in fused.values()}.values())
+    for k, r in zip(kernels, compile_for_gpu(kernels)):
+        assert ".target sm_90" in r["ptx"] and r["cubin_bytes"] > 0, k.name
+        assert 0 <= r["shared"] <= SHARED_MEMORY_LIMIT, (k.name, r["shared"])
