@@ -3,7 +3,8 @@ JAX function, in one run (issue 14: 12-layer GPT-2 small SGD step over dp2×tp4 
 XLA's time; 48 layers at most 1.3× the 12-layer time).
 
     .venv/bin/python bench/compile_time.py [--models gpt2,llama] [--depths 12,24,48] [--batch 2]
-                                           [--xla-depths 12] [--no-xla] [--no-repeat] [--json PATH]
+                                           [--xla-depths 12] [--no-xla] [--no-repeat] [--in-process]
+                                           [--json PATH]
 
 For each model ("small": GPT-2 small's width, n_layer set to the depth) and depth, the JAX twin's
 SGD training step is captured shape-only (f32 parameters, as the twins are) with its identical
@@ -16,7 +17,8 @@ includes CPU code generation). Times are wall-clock and CPU seconds (this proces
 threads included) on this machine, side by side in one run; the summary compares CPU seconds,
 which a loaded machine inflates less (the JSON has both, and the load average when the run
 ended). The kernel cache is a fresh temporary directory (no kernel is found on disk from an
-earlier run).
+earlier run); each row runs in a fresh process (`--in-process`: all in this one), so none
+finds imports, caches or kernel files warmed by an earlier row.
 Writes bench/results/compile_time.json.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,6 +90,18 @@ def _in_argument_order(whole, fn, args):
                                  output_shardings=[by_out[n] for n in outs])
 
 
+def _measure_apart(name: str, depth: int, batch: int, xla: bool, repeat: bool) -> dict:
+    """measure(...) in a fresh process with its own empty kernel cache: no row finds imports,
+    caches or kernel files warmed by an earlier one."""
+    cmd = [sys.executable, __file__, "--row", f"{name}:{depth}", "--batch", str(batch)]
+    cmd += ([] if xla else ["--no-xla"]) + ([] if repeat else ["--no-repeat"])
+    env = dict(os.environ, SHARDC_CACHE_DIR=tempfile.mkdtemp(prefix="shardc-compile-time-"))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{name} at {depth} layers failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _pair(wall: float, cpu: float) -> str:
     return f"{wall:5.2f}/{cpu:5.2f}"
 
@@ -101,10 +116,17 @@ def main(argv=None) -> int:
                     "takes XLA minutes and many GB)")
     ap.add_argument("--no-repeat", action="store_true", help="capture every layer (no repeated block)")
     ap.add_argument("--json", default=str(DEFAULT_JSON))
+    ap.add_argument("--in-process", action="store_true",
+                    help="every row in this process (later rows then find caches and imports warm)")
+    ap.add_argument("--row", help=argparse.SUPPRESS)   # MODEL:DEPTH: measure one row, print its JSON
     a = ap.parse_args(argv)
     if len(jax.devices()) < N_DEVICES:
         print(f"need {N_DEVICES} JAX CPU devices, have {len(jax.devices())}", file=sys.stderr)
         return 2
+    if a.row:
+        name, d = a.row.split(":")
+        print(json.dumps(measure(name, int(d), a.batch, not a.no_xla, not a.no_repeat), default=str))
+        return 0
     depths = [int(d) for d in a.depths.split(",")]
     xla_depths = {int(d) for d in a.xla_depths.split(",")}
     rows = []
@@ -112,7 +134,9 @@ def main(argv=None) -> int:
           f"{'partition':>11} {'codegen':>11} {'shardc':>11} {'XLA l+c':>11} {'shardc/XLA':>11}   (wall / CPU s)")
     for name in a.models.split(","):
         for d in depths:
-            r = measure(name, d, a.batch, not a.no_xla and d in xla_depths, not a.no_repeat)
+            xla = not a.no_xla and d in xla_depths
+            r = (measure(name, d, a.batch, xla, not a.no_repeat) if a.in_process
+                 else _measure_apart(name, d, a.batch, xla, not a.no_repeat))
             rows.append(r)
             xla = (f"{_pair(r['xla_s'], r['xla_cpu_s'])} {_pair(r['shardc_over_xla'], r['shardc_over_xla_cpu'])}"
                    if "xla_s" in r else f"{'-':>11} {'-':>11}")
