@@ -85,15 +85,13 @@ def _fold(g: Graph, min_depth: int) -> Graph:
 
     # the folded graph: layers 0, 1, N-2 and N-1 of the capture as layers 0, 1, 2 and 3
     kept = {0: 0, BODY: BODY, depth - 2: NEXT, depth - 1: LAST, -1: -1}
-    twin_of_body = {}   # a value of layer N-3 → layer 1's at its place; of layer 2 → layer N-2's
-    for k, n in enumerate(members[depth - 3]):
-        twin_of_body[n] = members[BODY][k]
-    for k, n in enumerate(members[2]):
-        twin_of_body[n] = members[depth - 2][k]
-    for name, p in params[depth - 3].items():
-        twin_of_body[p] = params[BODY][name]
-    for name, p in params[2].items():
-        twin_of_body[p] = params[depth - 2][name]
+    # what a dropped layer's value is in the folded graph, by who reads it: layer N-2 reads layer
+    # N-3 (below it) where layer 1 reads its own values; layer 1 reads layer 2 (above it) where
+    # layer N-2 reads its own (at 5 layers, layer 2 is both)
+    twin = {depth - 2: {}, BODY: {}}
+    for reader, dropped, there in ((depth - 2, depth - 3, BODY), (BODY, 2, depth - 2)):
+        twin[reader].update(zip(members[dropped], members[there]))
+        twin[reader].update((p, params[there][name]) for name, p in params[dropped].items())
     made: dict[Node, Node] = {}
     nodes, inputs = [], []
     for p in g.inputs:
@@ -104,7 +102,7 @@ def _fold(g: Graph, min_depth: int) -> Graph:
     live = _live(g)     # (values no output needs, such as unused constants of a trace, are left out)
     for n in g.nodes:   # in the capture's order, each value after those it reads (a layer-1 value
         if lab[n] in kept and n not in made and n in live:   # read by layer N-2 in place of layer N-3's may come later)
-            _emit(g, n, made, nodes, twin_of_body, lab, kept)
+            _emit(g, n, made, nodes, twin, lab, kept)
     outputs, names = [], []
     for o, name in zip(g.outputs, g.output_names):
         i = layer_index(name)
@@ -144,15 +142,15 @@ def _spec_names(g: Graph, folded: Graph, kept: dict) -> dict[str, list[tuple[str
     return out
 
 
-def _emit(g: Graph, root: Node, made: dict, nodes: list, twin_of_body: dict, lab: dict, kept: dict) -> None:
+def _emit(g: Graph, root: Node, made: dict, nodes: list, twin: dict, lab: dict, kept: dict) -> None:
     """Make kept value `root` (and first what it reads) in the folded graph: it reads what it reads
     in the capture, or where that is in a layer the fold drops (N-3 below layer N-2, 2 above layer
     1), the kept layer's value at its place."""
     def source(n: Node, x: Node) -> Node:
         if lab[x] in kept:
             return x
-        if x in twin_of_body:
-            return twin_of_body[x]
+        if x in twin.get(lab[n], ()):
+            return twin[lab[n]][x]
         raise NotFolded(f"{n.describe()} (layer {lab[n]}) reads {x.describe()} of layer {lab[x]}, "
                         "not a neighbouring layer's value")
 

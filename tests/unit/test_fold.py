@@ -10,6 +10,7 @@ import pytest
 
 import shardc
 from shardc import Mesh, P
+from shardc.errors import IRError
 from shardc.models import hf_style as H
 from shardc.partition.plans import is_state
 
@@ -17,12 +18,12 @@ SMALL = H.Cfg(vocab=32, d=32, n_head=2, n_kv_head=2, n_layer=6, seq=8, d_ff=64)
 
 
 @functools.lru_cache(maxsize=None)
-def captured(family: str, train: bool):
+def captured(family: str, train: bool, c: H.Cfg = SMALL):
     if train:
-        fn, args = H.sgd_step(family, SMALL, 4)
+        fn, args = H.sgd_step(family, c, 4)
         return shardc.from_torch(fn, args, capture="make_fx"), args
-    args = (H.ids(SMALL, 4),)
-    return shardc.from_torch(H.build(family, SMALL), args), args
+    args = (H.ids(c, 4),)
+    return shardc.from_torch(H.build(family, c), args), args
 
 
 def _specs(g, family):
@@ -31,12 +32,12 @@ def _specs(g, family):
     return specs
 
 
-@pytest.mark.parametrize("family,train", [pytest.param("llama", False, marks=pytest.mark.slow), ("llama", True),
-                                          ("gpt2", False)])
-def test_hf_style_folds_and_simulates(family, train):
+@pytest.mark.parametrize("family,train,c", [pytest.param("llama", False, SMALL, marks=pytest.mark.slow),
+                                            ("llama", True, SMALL), ("gpt2", False, SMALL)])
+def test_hf_style_folds_and_simulates(family, train, c):
     """6 layers → layers 0, 1, 4, 5 held, layer 1 standing for 1..3; evaluate is the capture's
     bit for bit; partitioned once per block on dp2 x tp2, simulate equals the capture."""
-    g, args = captured(family, train)
+    g, args = captured(family, train, c)
     f = shardc.fold(g)
     assert f.repeat is not None and f.repeat.depth == 6 and f.repeat.copies == 3, getattr(f, "fold_note", "")
     assert len(f.nodes) < 0.75 * len(g.nodes) and "folded" in f.fold_note
@@ -46,31 +47,27 @@ def test_hf_style_folds_and_simulates(family, train):
     for a, b in zip(f.evaluate(*args), ref):
         np.testing.assert_array_equal(a, b)
     prog = shardc.partition(f, Mesh(dp=2, tp=2), _specs(g, family))
+    assert prog.repeat is not None, prog.notes
     assert prog.repeat.copies == 3 and any(c.copies == 3 for c in prog.collectives)
     assert len(prog.unrolled().collectives) == sum(c.copies for c in prog.collectives)
     for a, b in zip(prog.simulate(*args), ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_gpt2_training_step_folds_exactly():
-    """GPT-2's SGD step (tied embeddings) folds and evaluates to the capture bit for bit."""
+@pytest.mark.slow
+def test_gpt2_training_step_folds_and_partitions_whole():
+    """GPT-2's SGD step (tied embeddings) folds exactly, but after the collective CSE its
+    per-device layers are not the same computation (an all-reduce merged into a neighbouring
+    layer's stretch), so partition partitions the capture, says so, and simulates it."""
     g, args = captured("gpt2", True)
     f = shardc.fold(g)
     assert f.repeat is not None and f.repeat.copies == 3, getattr(f, "fold_note", "")
-    for a, b in zip(f.evaluate(*args), g.evaluate(*args)):
+    ref = g.evaluate(*args)
+    for a, b in zip(f.evaluate(*args), ref):
         np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.slow
-def test_partition_falls_back_to_the_capture():
-    """GPT-2's SGD step: after the collective CSE its per-device layers are not the same
-    computation (a merged all-reduce lands in another layer's stretch), so the folded program
-    cannot unroll; partition then partitions the capture, says so, and simulates it."""
-    g, args = captured("gpt2", True)
-    f = shardc.fold(g)
     prog = shardc.partition(f, Mesh(dp=2, tp=2), _specs(g, "gpt2"))
     assert prog.repeat is None and "partitioned whole" in prog.notes[-1], prog.notes
-    for a, b in zip(prog.simulate(*args), g.evaluate(*args)):
+    for a, b in zip(prog.simulate(*args), ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -94,7 +91,7 @@ def _jax_params(depth, d=16, ff=32, seed=0):
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["forward", "sgd"])
-def test_jax_python_loop_folds(train):
+def test_jax_python_loop_folds(train, monkeypatch):
     params = _jax_params(7)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 8, 16)).astype(np.float32))
     fn = _jax_model
@@ -114,6 +111,17 @@ def test_jax_python_loop_folds(train):
     prog = shardc.partition(f, Mesh(dp=2, tp=2), specs)
     with pytest.raises(shardc.ShardingError, match="differs from the spec"):
         shardc.partition(f, Mesh(dp=2, tp=2), {**specs, "params['layers'][3]['w1']": P("tp", None)})
+    if not train:   # where the partitioner lowers the folded layers differently, the capture is partitioned
+        from shardc.partition.program import SpmdProgram
+
+        def not_repeating(self):
+            raise IRError("layers 1 and 2 are not the same computation (as the test pretends)")
+        monkeypatch.setattr(SpmdProgram, "unrolled", not_repeating)
+        whole = shardc.partition(f, Mesh(dp=2, tp=2), specs)
+        monkeypatch.undo()
+        assert whole.repeat is None and "partitioned whole" in whole.notes[-1]
+        for a, b in zip(whole.simulate(params, x), ref):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     assert prog.repeat.copies == 4
     for a, b in zip(prog.simulate(params, x), ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -175,3 +183,14 @@ def test_a_different_layer_is_not_folded():
     assert few.repeat is None and "4 layers, fewer than 5" in few.fold_note
     plain = shardc.fold(shardc.from_jax(lambda a, b: a @ b, x, x.T))
     assert plain.repeat is None and "no input is a layer's parameter" in plain.fold_note
+
+
+def test_zoo_torch_capture_repeats():
+    """capture(repeat=True) with the torch frontend: the whole model captured and folded; its
+    evaluate takes the model's arguments and gives the unfolded capture's values."""
+    from shardc import models
+    m = models.get("llama:tiny", n_layer=5)
+    g, args = m.capture(False, "torch", 2, repeat=True)
+    full, _ = m.capture(False, "torch", 2)
+    assert g.repeat.depth == 5 and g.repeat.copies == 2
+    np.testing.assert_array_equal(g.evaluate(*args)[0], full.evaluate(*args)[0])
