@@ -40,6 +40,7 @@ class Level:
     links: int = 1       # links a ring uses at once, one each way round (2 on a torus axis with
     #                      wraparound): `bw` is theirs together; a one-way permute gets one, bw / links
     nvls: float = 0.0    # all-reduce with in-switch reduction (NVLink SHARP): its algbw over `bw`; 0: none
+    nvls_full_at: float = 0.0  # bytes from which it gets all of that (below: (B / nvls_full_at)^(1/4) of it)
 
     def permute_bw_for(self, nbytes: float) -> float:
         """Bandwidth of a collective-permute: each device sends to one peer, over one link."""
@@ -51,8 +52,11 @@ class Level:
         return self.nvls * self.bw
 
     def nvls_bw_for(self, nbytes: float) -> float:
-        """`nvls_bw` with the same small-message ramp as `bw_for`."""
-        return self.nvls * self.bw_for(nbytes)
+        """`nvls_bw` for a message of `nbytes`: it ramps up more gently than a ring's (a quarter
+        power, fitted to the published H100 run below), and not at all on a level without a ramp."""
+        if not self.full_at or nbytes >= self.nvls_full_at:
+            return self.nvls_bw
+        return self.nvls_bw * (max(nbytes, 1.0) / self.nvls_full_at) ** 0.25
 
     def bw_for(self, nbytes: float) -> float:
         """Bandwidth a collective of `nbytes` gets: NCCL spreads a message over more channels and
@@ -137,9 +141,9 @@ BIG = 1 << 40   # the outermost level's size: it joins every node or slice
 _H100_FLOPS = {"bf16": 989e12, "f16": 989e12, "fp8": 1979e12, "tf32": 495e12, "f32": 67e12}
 # NVLink bandwidth as NCCL achieves it: ~20% of the 450 GB/s line rate goes to protocol overhead,
 # "NCCL can get an effective NVLink bandwidth of 370GB/s" (NCCL's maintainer, NVIDIA/nccl-tests
-# issue 212). α ≈ 1 µs a ring step (an estimate). Launch: ~25 µs per collective,
+# issue 212). α ≈ 1 µs a ring step (an estimate). Launch: ~25 µs per collective on A100,
 # what nccl-tests' all_reduce_perf -g 8 shows for 8 B to 32 KB on an 8-GPU NVLink node (A100 table
-# below; the same NCCL kernels launch and synchronize on Hopper).
+# below); Hopper's is ~13 µs (the H100 run below; B200 keeps A100's for want of a published run).
 # Full bandwidth from 64 MB: below it nccl-tests' busbw grows about 2x per 4x of message size
 # (the A100 table below: 1 MB 23.9, 4 MB 54.6, 16 MB 120, 64 MB 199 GB/s).
 NCCL_EFFICIENCY = 370 / 450
@@ -156,13 +160,16 @@ RING_STEP_NVLINK = 6e-6
 # "looks to be in the expected range for H100" (NVIDIA, nccl-tests issue 290). algbw = busbw /
 # (2(n-1)/n) at n = 8. Hopper's NVSwitch (third generation) has it; A100's does not.
 # A published 8x H100 single-node all_reduce_perf (aws-samples/awsome-distributed-training,
-# micro-benchmarks/nccl-tests/aws-batch/README.md, a p5 instance) reaches 441.8 GB/s busbw at 1 GB and
-# 480.4 at 8 GB (the model: 476.7, 479.6), but 0.85 GB/s at 8 KB (16.9 µs) and 64.2 GB/s at 1 MB
-# (28.6 µs), where the model gives 0.48 and 31.9: its 8 B floor is 12.9 µs against the 25 µs launch
-# above (measured on A100), and NVLS ramps up faster than `full_at`'s square root. Not fitted yet.
+# micro-benchmarks/nccl-tests/aws-batch/README.md, one p5 instance, out-of-place): 8 B 12.9 µs,
+# 8 KB 16.85 µs, 1 MB 28.56 µs, 16 MB 124 µs, 64 MB 327 µs, 1 GB 4253 µs, 8 GB 31289 µs. Its floor
+# is Hopper's launch (~13 µs; the 25 µs above is A100's older run), and above it the NVLS bandwidth
+# grows as about the quarter power of the size (70 GB/s at 1 MB, 151 at 16 MB, 214 at 64 MB of
+# transfer-only algbw) to the ~275 GB/s peak: full from ~173 MB on that curve.
+LAUNCH_NVLINK4 = 13e-6
+NVLS_FULL_AT_NVLINK4 = 173e6
 NVLS_ALGBW_NVLINK4 = 480e9 / (2 * 7 / 8)
-_NVLINK4 = Level("nvlink", 8, 450e9 * NCCL_EFFICIENCY, 1e-6, 25e-6, NCCL_FULL_AT, RING_STEP_NVLINK,
-                 nvls=NVLS_ALGBW_NVLINK4 / (450e9 * NCCL_EFFICIENCY))
+_NVLINK4 = Level("nvlink", 8, 450e9 * NCCL_EFFICIENCY, 1e-6, LAUNCH_NVLINK4, NCCL_FULL_AT, RING_STEP_NVLINK,
+                 nvls=NVLS_ALGBW_NVLINK4 / (450e9 * NCCL_EFFICIENCY), nvls_full_at=NVLS_FULL_AT_NVLINK4)
 # DGX H100/H200 and HGX reference designs: one ConnectX-7 400 Gb/s NDR InfiniBand NIC per GPU
 # (nvidia.com DGX H100 datasheet: "8x NVIDIA ConnectX-7 ... 400 Gb/s") = 50 GB/s per direction.
 # α ≈ 5 µs a step: IB switch hops plus NCCL's proxy (an estimate from small-message nccl-tests).
