@@ -238,8 +238,14 @@ class Emitter(GraphBuilder):
         return out
 
     def take(self, x: Node, idx: Node, axis: int) -> Node:
-        """x indexed by idx along axis; negative indices wrap, as in torch and numpy."""
+        """x indexed by idx along axis; negative indices wrap, as in torch and numpy. Indexed by
+        0, 1, ..., n-1 (positions: GPT-2's wpe(arange(s))), it is the first n rows: a slice, which
+        the partitioner splits like any other dim (a lookup it would do vocab-parallel)."""
         axis %= x.rank
+        n = arange_length(idx)
+        if n is not None and n <= x.shape[axis]:
+            rows = self.slice(x, axis, 0, n)
+            return self.reshape(rows, x.shape[:axis] + idx.shape + x.shape[axis + 1:])
         idx = self.select(self.binary(Op.LT, idx, 0), self.binary(Op.ADD, idx, x.shape[axis]), idx)
         return self.add(Op.GATHER, [x, idx], axis=axis)
 
@@ -314,3 +320,15 @@ class Emitter(GraphBuilder):
         out = self.select(self.binary(Op.EQ, self.unary(Op.ABS, x), 1.0),
                           self.binary(Op.MUL, x, math.inf), self.binary(Op.MUL, p, x))
         return self.cast(out, dt)
+
+
+def arange_length(idx: Node) -> int | None:
+    """n when idx holds 0, 1, ..., n-1 in order (an iota along its one dim longer than 1, maybe
+    reshaped to add unit dims), else None."""
+    x = idx
+    while x.op is Op.RESHAPE and [d for d in x.shape if d != 1] == [d for d in x.inputs[0].shape if d != 1]:
+        x = x.inputs[0]
+    if x.op is not Op.IOTA or sum(d > 1 for d in x.shape) > 1:
+        return None
+    n = math.prod(x.shape)
+    return n if n == 1 or x.shape[x.attrs["dimension"]] == n else None

@@ -85,10 +85,12 @@ def unproject(fa: FactorAxes, dims: list[list[int]], rule: FactorRule, mesh: Mes
     return tuple(out)
 
 
-def merge(candidates: list[tuple[tuple, FactorAxes]], rule: FactorRule, mesh: Mesh) -> FactorAxes:
+def merge(candidates: list[tuple[tuple, FactorAxes]], rule: FactorRule, mesh: Mesh,
+          extend: bool = True) -> FactorAxes:
     """One layout per factor from every tensor's projection. Candidates are tried best first
     (their sort key: priority, then larger tensors, which are dearer to reshard); a longer
-    candidate that extends the chosen one wins; an axis serves one factor only."""
+    candidate that extends the chosen one wins (with `extend` off, the shorter one it extends:
+    the axes the longer one adds stay free for other factors); an axis serves one factor only."""
     chosen: dict[int, DimSharding] = {}
     rank: dict[int, tuple] = {}
     for key, fa in sorted(candidates, key=lambda c: c[0]):
@@ -97,7 +99,8 @@ def merge(candidates: list[tuple[tuple, FactorAxes]], rule: FactorRule, mesh: Me
                 continue
             cur, new = chosen.get(f), fa.dim(f)
             if cur is None or (rank[f][0] == key[0] and (
-                    (len(new.axes) > len(cur.axes) and extends_dim(cur, new, rule.sizes[f], mesh))
+                    (extend and len(new.axes) > len(cur.axes) and extends_dim(cur, new, rule.sizes[f], mesh))
+                    or (not extend and len(new.axes) < len(cur.axes) and extends_dim(new, cur, rule.sizes[f], mesh))
                     # the same split cut into whole heads (padded): the one that keeps the heads
                     or (new.axes == cur.axes and new.parts and not cur.strided))):
                 chosen[f] = new

@@ -207,6 +207,10 @@ class Lowerer(Resharder, PendingSums):
                     orders += [(True, False, "propagated"), (False, False, "propagated")]  # ZeRO state: bytes decide
                 if rule.may_gather_operands:  # a lookup may gather its table rather than reduce its rows
                     orders.append((True, True, "none"))
+                if rule.reduction:  # operands split alike on a contracted factor, one further (a
+                    # weight gradient of sequence-split dy and batch-split x): contract over the
+                    # coarser split, the other axes stay for the free factors
+                    orders.append((False, True, "coarse"))
                 # last, and winning ties: compute where the operands already are, so the
                 # result's move is deferred to its users (maybe none needs it)
                 orders.append((False, True, "as_they_are"))
@@ -232,7 +236,7 @@ class Lowerer(Resharder, PendingSums):
         The operands speak with their `propagated` shardings, `as_they_are` (as computed), or
         not at all (`none`)."""
         want = self.shardings[n]
-        sources = [] if operands == "as_they_are" else [((-1 if result_first else 999, 0, len(n.inputs)), want, None)]
+        sources = [] if operands in ("as_they_are", "coarse") else [((-1 if result_first else 999, 0, len(n.inputs)), want, None)]
         for i, x in enumerate(n.inputs):
             if operands == "none":
                 break
@@ -242,15 +246,16 @@ class Lowerer(Resharder, PendingSums):
                 have = self.local[x][1]
                 key = (-self.move_cost(x, Sharding.replicated(x.rank)),) + key
             sources.append((key, have, i))
-        memo_key = ("plan", n, tuple(sources))  # the same sources give the same plan (rounds repeat most)
+        extend = operands != "coarse"
+        memo_key = ("plan", n, tuple(sources), extend)  # the same sources give the same plan (rounds repeat most)
         if memo_key not in self.memo:
-            self.memo[memo_key] = self._place(n, rule, sources)
+            self.memo[memo_key] = self._place(n, rule, sources, extend)
         return self.memo[memo_key]
 
-    def _place(self, n: Node, rule: FactorRule, sources):
+    def _place(self, n: Node, rule: FactorRule, sources, extend: bool = True):
         cands = [(key, project(s, rule.result if i is None else rule.operands[i], rule, self.mesh))
                  for key, s, i in sources]
-        fa = merge(cands, rule, self.mesh)
+        fa = merge(cands, rule, self.mesh, extend)
         if not rule.splits_result:  # a factor only the result has cannot be computed split
             fa = representable(fa.restrict({f for t in rule.operands for fs in t for f in fs}), rule, self.mesh)
         reqs = [Sharding(unproject(fa, dims, rule, self.mesh)) for dims in rule.operands]

@@ -61,6 +61,12 @@ def plan_seeds(g: Graph, mesh: Mesh, plan: str, seeds: dict[Node, TensorSharding
     if not axes:  # every axis holds model state: nothing is left for data parallelism
         return {}, {}, {}
     named = repr(axes[0]) if len(axes) == 1 else repr(axes)
+    # sequence parallel: batch inputs split over a model axis too (tp); state that no spec splits
+    # then gets its gradient summed over that axis as well as the data axes (each device saw
+    # other tokens), so ZeRO-3 stores it over both: the reduce-scatter of its gradient and the
+    # gather for use move the same bytes as over the data axes alone, and no all-reduce is left
+    seq = tuple(a for a in mesh.axis_names if a not in axes and any(
+        not is_state(g, p) and a in st.sharding.used_axes for p, st in seeds.items() if p.op is Op.PARAMETER))
     out: dict[Node, TensorSharding] = {}
     outputs: dict[int, Sharding] = {}
     state_by_key: dict[str, Sharding] = {}
@@ -79,8 +85,9 @@ def plan_seeds(g: Graph, mesh: Mesh, plan: str, seeds: dict[Node, TensorSharding
             dims = (DimSharding(axes),) + (DimSharding(),) * (p.rank - 1)
             out[p] = TensorSharding(Sharding(dims), PLAN, True, f"plan {plan!r}: batch over {named}")
         elif plan == "fsdp":
-            s = _split_first_dim(p.shape, axes, mesh)
-            out[p] = TensorSharding(s, WEAK, True, f"plan 'fsdp': state split over {named}, gathered for use")
+            s = _split_first_dim(p.shape, axes + seq, mesh)
+            over = named + (f" and {seq!r} (sequence parallel: its gradient is summed there too)" if seq else "")
+            out[p] = TensorSharding(s, WEAK, True, f"plan 'fsdp': state split over {over}, gathered for use")
             state_by_key.setdefault(leaf_key(p.name) + str(p.shape), s)
     if plan == "fsdp":  # updated state leaves come out split like the state that went in
         for i, (o, name) in enumerate(zip(g.outputs, g.output_names)):
