@@ -51,7 +51,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import shardc  # noqa: E402
 from shardc import Mesh, models  # noqa: E402
-from shardc.partition.plans import sequence_parallel_specs  # noqa: E402
+from shardc.partition.mesh import local_shape  # noqa: E402
+from shardc.partition.plans import is_state, sequence_parallel_specs  # noqa: E402
 from shardc.partition.program import wire_bytes  # noqa: E402
 from shardc.partition.specs import leaf_key  # noqa: E402
 from shardc.models import hf_style  # noqa: E402
@@ -60,7 +61,7 @@ ZOO = ("mlp", "gpt2", "llama", "moe")
 EXPERT_PARALLEL = "moe-ep"  # bench/comm_moe.py: a dropless MoE layer, experts over 'ep' (JAX twin; XLA: GShard form)
 STEPS = ("forward", "train")
 LAYOUTS = ("dp", "fsdp", "tp", "tp+sp", "2d")
-EXTRA_LAYOUTS = ("tp8", "dp2xtp4", "ep")  # GPT-2 small's rows (12 heads over 8 devices); ep: the zoo MoE's
+EXTRA_LAYOUTS = ("tp8", "dp2xtp4", "ep", "fsdp+sp")  # GPT-2 small's rows (12 heads over 8 devices); ep: the zoo MoE's
 # experts and its batch split over one axis (GShard's expert parallelism)
 FRONTENDS = ("jax", "torch", "hf")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "comm_vs_xla.json"
@@ -85,20 +86,21 @@ def layout(m, name: str) -> tuple[dict, bool, bool, str | None]:
             "2d": (dict(dp=2, tp=2), True, False, "dp"),
             "tp8": (dict(tp=8), True, False, None),
             "dp2xtp4": (dict(dp=2, tp=4), True, False, "dp"),
-            "ep": (dict(dp=4), "dp", False, "dp")}[name]  # the tp specs over the batch's axis
+            "ep": (dict(dp=4), "dp", False, "dp"),  # the tp specs over the batch's axis
+            "fsdp+sp": (dict(dp=2, tp=2), True, True, "fsdp")}[name]  # FSDP × tp with sequence parallelism
 
 
 CLOSED_FORM_KIND = {"tp8": "tp", "dp2xtp4": "2d"}  # extra layouts: the closed form of their kind
 
 
-def specs_for(m, g, tp: bool, sp: bool, hf: bool = False) -> dict:
+def specs_for(m, g, tp: bool, sp: bool, hf: bool = False, batch_axes: tuple = ()) -> dict:
     axis = tp if isinstance(tp, str) else "tp"
     specs = (dict(hf_style.megatron_specs(m.name)) if hf else dict(m.tp_specs(axis))) if tp else {}
     if isinstance(tp, str):  # ep: the batch over the experts' axis too (the model's data inputs)
         specs.update({n: shardc.P(axis, *[None] * (x.rank - 1)) for n, x in zip(g.input_names, g.inputs)
                       if x.rank and not n.startswith(("params", "opt", "state"))})
     if sp:
-        specs.update(sequence_parallel_specs(g))
+        specs.update(sequence_parallel_specs(g, batch_axes=batch_axes))
     return specs
 
 
@@ -246,11 +248,33 @@ def closed_form(m, step: str, name: str, axes: dict, batch: int) -> dict | None:
             # seq-split activations (not where the gathered activations serve them)
             return dict(bytes=2 * nbytes + rep + 4, rel="≤", formula="8·L·b·s·h·4 + Ψ_rep + 4")
         return dict(bytes=2 * nbytes, rel="=", formula="2·L·b·s·h·4 AG + same RS")
+    if name == "fsdp+sp":
+        return None  # it depends on which state the plan can split over dp: fsdp_sp_closed_form
     if name == "2d":
         if train:  # tp all-reduces of b/dp + dp all-reduce of each device's gradients + loss
             return dict(bytes=nbytes + rep + held + 4, rel="=", formula=formula + " (b/dp) + Ψ_rep + Ψ_tp/tp + 4")
         return dict(bytes=nbytes, rel="=", formula=formula + " (b/dp)")
     return None
+
+
+def fsdp_sp_closed_form(m, g, prog, tp_specs: dict, axes: dict, batch: int, train: bool) -> dict | None:
+    """FSDP × tp with sequence parallelism: SP's all-gather and reduce-scatter of (b/dp)·s·h
+    where Megatron all-reduces, and ZeRO-3 of the tp layout: each parameter the plan splits over
+    dp gathered once for use (its tp-layout bytes, Ψ_dp) and its gradient reduce-scattered once
+    (Ψ_dp again), the rest (tp-split biases too small to split over dp) all-reduced over dp, and
+    the loss's 4 B. State tp replicates is stored over dp and tp (its gradient is summed over
+    both: each device saw other tokens), so no all-reduce over tp is left. Exact."""
+    if m.name not in ("gpt2", "llama"):
+        return None
+    nbytes, formula = tp_activation_bytes(m, batch // axes["dp"], train)
+    tp_prog = shardc.partition(g, Mesh(tp=axes["tp"]), tp_specs)
+    use = {p: math.prod(local_shape(p.shape, s, tp_prog.mesh)) * p.dtype.itemsize
+           for p, s in zip(g.inputs, tp_prog.input_shardings) if is_state(g, p)}
+    stored = dict(zip(g.inputs, prog.input_shardings))
+    psi_dp = sum(b for p, b in use.items() if "dp" in stored[p].used_axes)
+    rest = sum(use.values()) - psi_dp
+    return dict(bytes=2 * nbytes + (2 * psi_dp + rest + 4 if train else psi_dp), rel="=",
+                formula="2·" + formula + " (b/dp) + " + ("2Ψ_dp + Ψ_rest + 4" if train else "Ψ_dp"))
 
 
 # ------------------------------------------------------------------------------------- rows
@@ -348,10 +372,15 @@ def run_row(m, step: str, lay: str, captured, batch: int) -> dict:
     row["closed_form"] = cf
     try:
         t0 = time.perf_counter()
-        prog = shardc.partition(g, Mesh(axes), specs_for(m, g, tp, sp, hf), plan)
+        batch_axes = ("dp",) if sp and "dp" in axes else ()  # (SP under a dp plan: the batch over dp too)
+        prog = shardc.partition(g, Mesh(axes), specs_for(m, g, tp, sp, hf, batch_axes), plan)
         row["shardc_partition_ms"] = (time.perf_counter() - t0) * 1e3
         # XLA gets the shardings shardc settles on, of the JAX twin (hf: its own names and layouts)
-        xla_prog = shardc.partition(g_jax, Mesh(axes), specs_for(m, g_jax, tp, sp), plan) if hf else prog
+        xla_prog = shardc.partition(g_jax, Mesh(axes), specs_for(m, g_jax, tp, sp, False, batch_axes), plan) \
+            if hf else prog
+        if lay == "fsdp+sp":
+            cf = row["closed_form"] = fsdp_sp_closed_form(m, g, prog, specs_for(m, g, tp, False, hf), axes, batch,
+                                                          step == "train")
     except Exception as e:  # a benchmark reports failures as rows
         row["error"] = f"shardc: {type(e).__name__}: {e}"
         return row

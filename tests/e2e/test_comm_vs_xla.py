@@ -70,17 +70,19 @@ def run_bench(tmp_path, *args) -> list[dict]:
 @pytest.mark.slow
 def test_torch_and_hf_style_graphs_no_more_bytes_than_xla(tmp_path):
     """The zoo's torch twins and the Hugging Face-style modules (Conv1D, fused QKV, SDPA,
-    shardc/models/hf_style.py) through from_torch, against XLA on the JAX twin of the same
-    shapes: at or below XLA (bytes and wire) and at the closed form where one exists. One
-    process, the training steps (their forward is the forward step's graph) of one-layer
-    models, the layouts where the torch graphs differ from the JAX twins' (FSDP, TP + SP) and
-    dp2 × tp4, where Llama is GQA with its 2 KV heads over tp=4 (replicated over tp_1); the
-    benchmark itself prints every row."""
-    rows = run_bench(tmp_path, "--models", "mlp,gpt2,llama,moe", "--frontend", "torch,hf", "--steps", "train",
+    shardc/models/hf_style.py) through from_torch, and the JAX twins, against XLA on the JAX
+    twin of the same shapes: at or below XLA (bytes and wire) and at the closed form where one
+    exists. One process (the three frontends' rows share XLA's compiles), the training steps
+    (their forward is the forward step's graph) of one-layer models, the layouts where the
+    torch graphs differ from the JAX twins' (FSDP, TP + SP) and dp2 × tp4, where Llama is GQA
+    with its 2 KV heads over tp=4 (replicated over tp_1; the JAX twin's repeat_kv is one
+    broadcast and reshape); the benchmark itself prints every row."""
+    rows = run_bench(tmp_path, "--models", "mlp,gpt2,llama,moe", "--frontend", "jax,torch,hf", "--steps", "train",
                      "--layouts", "fsdp,tp+sp,dp2xtp4", "--layers", "1")
-    assert len(rows) == 18 and {r["frontend"] for r in rows} == {"torch", "hf"}
+    assert len(rows) == 30 and {r["frontend"] for r in rows} == {"jax", "torch", "hf"}
     gqa = [r for r in rows if r["model"] == "llama" and r["layout"] == "dp2xtp4"]
-    assert len(gqa) == 2 and all(r["closed_form"]["rel"] == "=" for r in gqa)
+    assert len(gqa) == 3 and all(r["closed_form"]["rel"] == "=" for r in gqa)
+    assert len({r["shardc_bytes"] for r in gqa}) == 1, [(r["frontend"], r["shardc_bytes"]) for r in gqa]
     for r in rows:
         where = f"{r['frontend']} {r['model']} {r['step']} {r['layout']}"
         assert "error" not in r, f"{where}: {r.get('error')}"
