@@ -522,6 +522,10 @@ class Planner:
         # Program position alone is no dependency order once a merged group stores a value early
         # (a matmul adding an epilogue's sums) that later readers take: the merging below needs one.
         steps = topological([s for _, s in sorted(steps, key=lambda t: t[0])])
+        readers: dict[Node, int] = {}  # value → how many steps read it
+        for st in steps:
+            for x in st.reads:
+                readers[x] = readers.get(x, 0) + 1
         merged: list = []
         for s in steps:
             if isinstance(s, FusionGroup) and s.kind in ("pointwise", "reduction"):
@@ -538,9 +542,13 @@ class Planner:
                     early = any(set(cand.roots) & set(b.reads) for b in between)
                     if early and set(s.reads) & {w for b in between for w in b.writes}:
                         continue
-                    m = self._combine(cand, s)
+                    m = self._combine(cand, s, readers)
                     if self._probe(m) is not None:
                         continue
+                    for x in cand.reads + s.reads:
+                        readers[x] -= 1
+                    for x in m.reads:
+                        readers[x] = readers.get(x, 0) + 1
                     merged[i:i + 1] = [m] if early else []
                     s = None if early else m
                     break
@@ -591,8 +599,11 @@ class Planner:
                 break
         return groups
 
-    def _combine(self, a: FusionGroup, b: FusionGroup) -> FusionGroup:
-        roots = a.roots + [r for r in b.roots if r not in a.roots]
+    def _combine(self, a: FusionGroup, b: FusionGroup, readers: dict | None = None) -> FusionGroup:
+        """a and b as one group; a value of a that b alone reads (`readers`: steps reading each
+        value) is computed inside, not stored (a dγ column sum beside its optimizer update)."""
+        inner = {r for r in a.roots if readers and r in b.inputs and readers[r] == 1 and r not in self.outputs}
+        roots = [r for r in a.roots if r not in inner] + [r for r in b.roots if r not in a.roots]
         nodes = {n: None for n in a.nodes + b.nodes}
         ins = [x for x in dict.fromkeys(a.inputs + b.inputs) if x not in nodes]
         kind = "reduction" if "reduction" in (a.kind, b.kind) else "pointwise"
