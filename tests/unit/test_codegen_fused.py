@@ -247,8 +247,8 @@ def _tp_fusions(exe) -> dict:
     def summed(k):  # a sibling dot only added in the epilogue: never stored
         return any(s not in k.outputs for s, _ in k.group.pattern.get("siblings", ()))
     return {
-        "column sums in a row kernel": [k for k in exe.kernels if k.kind == "reduction"
-                                        and any(column_sum(r) for r in k.outputs)
+        "column sums in a row kernel": [k for k in exe.kernels if k.kind == "reduction"  # dγ beside dx
+                                        and any(column_sum(n) for n in k.ops)
                                         and any(r.rank == 3 for r in k.outputs)],
         "summed siblings": [k for k in exe.kernels if summed(k)],
         "norm statistics beside siblings": [k for k in exe.kernels if k.group.pattern.get("siblings")
