@@ -51,11 +51,26 @@ class SpmdProgram:
         self.notes: list[str] = []          # what the user should know: idle mesh axes, ...
         self.passes: list = []              # what each collective pass changed (passes.PassReport)
         self.hardware = None                # what the passes planned for (a preset name or Hardware)
-        self.before_passes: Graph | None = None  # the per-device program as partitioned, before the passes
+        self._before_passes: Graph | None = None  # the per-device program as partitioned, before the passes
+        self._before_passes_of = None        # unrolled: (the repeated program's, its repeat), unrolled on first use
         self.repeat = getattr(graph, "repeat", None)  # identical layers held once (ir/blocks.py)
         self._unrolled: SpmdProgram | None = None
         self.templates: dict = {}             # unrolled: each per-device op → the repeated program's
         self.unrolled_local = None            # unrolled: ir.blocks.Unrolled of the per-device program
+
+    @property
+    def before_passes(self) -> Graph | None:
+        """The per-device program as partitioned, before the passes (None: no passes ran)."""
+        if self._before_passes_of is not None:
+            from ..ir.blocks import unroll
+            raw = unroll(*self._before_passes_of)
+            self._before_passes, self._before_passes_of = raw.graph, None
+            self.templates.update({m: n for (n, _), m in raw.made.items()})
+        return self._before_passes
+
+    @before_passes.setter
+    def before_passes(self, g: Graph | None) -> None:
+        self._before_passes, self._before_passes_of = g, None
 
     def unrolled(self) -> "SpmdProgram":
         """The whole program: this one, or with a repeated block (`repeat`) each layer instantiated
@@ -84,10 +99,8 @@ class SpmdProgram:
             prog.unrolled_local = local   # (block op, copy) → op, and the program in the block's order
             if self.before_passes is self.local:
                 prog.before_passes = local.graph
-            elif self.before_passes is not None:
-                raw = unroll(self.before_passes, self.repeat)
-                prog.before_passes = raw.graph
-                prog.templates.update({m: n for (n, _), m in raw.made.items()})
+            elif self.before_passes is not None:   # unrolled when asked (only analyze's timeline is)
+                prog._before_passes_of = (self.before_passes, self.repeat)
             self._unrolled = prog
         return self._unrolled
 
