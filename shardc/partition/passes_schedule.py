@@ -118,6 +118,7 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset(), links=No
     readers_left = {n: len(users[n]) for n in g.nodes}
     held = (set(g.inputs) - set(donated)) | set(g.outputs)
     done_at: dict[Node, float] = {}
+    ready_at: dict[Node, float] = {}   # compute: when its last operand is done (fixed once it is ready)
     live = peak = sum(size[p] for p in g.inputs)
     order: list[Node] = []
     placed: set[Node] = set()
@@ -140,7 +141,8 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset(), links=No
         done_at[n] = start + duration
         if n.op is not Op.PARAMETER:
             live += size[n]
-            peak = max(peak, live)
+            if live > peak:
+                peak = live
         for i in set(n.inputs):  # operands whose last reader this was are freed
             readers_left[i] -= 1
             if readers_left[i] == 0 and i not in held:
@@ -157,10 +159,11 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset(), links=No
         if u.op in COLLECTIVES:
             colls[holds[u]].set(rank[u], size[u])
         else:
-            heapq.heappush(later, (max((done_at[i] for i in u.inputs), default=0.0), index[u], u))
+            ready_at[u] = at = max([done_at[i] for i in u.inputs]) if u.inputs else 0.0
+            heapq.heappush(later, (at, index[u], u))
 
     def links_free(h) -> float:
-        return max((free.get(k, 0.0) for k in h), default=0.0)
+        return max([free.get(k, 0.0) for k in h]) if h else 0.0
 
     def start_collective(c: Node):
         colls[holds[c]].set(rank[c], math.inf)
@@ -171,11 +174,10 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset(), links=No
 
     def run(n: Node):
         nonlocal t_compute
-        ready_at = max((done_at[x] for x in n.inputs), default=0.0)
         if n.op in PASS_THROUGH:  # a view or a leaf: takes no time on the stream (as the timeline)
-            place(n, ready_at, 0.0)
+            place(n, ready_at[n], 0.0)
             return
-        start = max(ready_at, t_compute)
+        start = max(ready_at[n], t_compute)
         t_compute = start + sec[n]
         place(n, start, sec[n])
 
@@ -192,8 +194,7 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset(), links=No
         # fits in memory and its links free before the next op ends (the next chance to decide:
         # queued later, a more critical collective that turns ready meanwhile can still go first)
         nxt = top(now) or top(later)
-        horizon = math.inf if nxt is None else (
-            max(t_compute, max((done_at[x] for x in nxt[-1].inputs), default=0.0)) + sec[nxt[-1]])
+        horizon = math.inf if nxt is None else max(t_compute, ready_at[nxt[-1]]) + sec[nxt[-1]]
         while True:   # the most critical that fits among those whose links free before the horizon
             best = None
             for h, fit in colls.items():
@@ -203,10 +204,12 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset(), links=No
             if best is None:
                 break
             start_collective(best)
-        if not top(now) and top(later):  # every ready op waits on a collective: the first able to go
+        head = top(now)
+        if head is None and top(later):  # every ready op waits on a collective: the first able to go
             _, i, n = heapq.heappop(later)
-            heapq.heappush(now, (-bottom[n], i, n))
-        n = top(now)[-1] if top(now) else None
+            head = (-bottom[n], i, n)
+            heapq.heappush(now, head)
+        n = head[-1] if head else None
         if n is None or live + size[n] > limit:
             # memory is short (or only held-back collectives are left): the original order decides
             if top(first) is None:
@@ -245,6 +248,7 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
     index = {n: i for i, n in enumerate(g.nodes)}
     left = {n: len(users[n]) for n in g.nodes}
     need: dict[Node, float] = {}  # reverse time at or after which each placed node's operands must be placed
+    due: dict[Node, float] = {}   # reverse time at which each node's readers are all placed (ready_at)
     placed: list[Node] = []
     r_compute = 0.0
     r_free: dict = {}     # link -> reverse time the collective holding it ends (its start)
@@ -263,8 +267,10 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
             heapq.heappop(heap)
         return heap
 
-    def ready_at(n: Node) -> float:
-        return max((need[u] for u in users[n]), default=0.0)
+    def ready_at(n: Node) -> float:   # (asked once all its readers are placed: fixed from then)
+        if n not in due:
+            due[n] = max([need[u] for u in users[n]]) if users[n] else 0.0
+        return due[n]
 
     def place(n: Node, at: float):
         nonlocal live
