@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 import math
 import sys
+from typing import NamedTuple
 
 from ..ir import Graph, Node, Op
 from ..analysis.collectives import ONE_STREAM
@@ -95,16 +96,27 @@ def _users(g: Graph) -> dict[Node, list[Node]]:
     return users
 
 
-def list_schedule(g: Graph, seconds, limit: float, donated=frozenset(), links=None) -> tuple[list[Node], float, int]:
+class _Facts(NamedTuple):
+    """What both schedulers read of each node, found once per program (best_order runs them
+    several times on the same one)."""
+    users: dict    # node -> its readers
+    sec: dict      # node -> modeled seconds
+    size: dict     # node -> bytes
+
+
+def _facts(g: Graph, seconds) -> _Facts:
+    return _Facts(_users(g), {n: seconds(n) for n in g.nodes}, {n: n.nbytes for n in g.nodes})
+
+
+def list_schedule(g: Graph, seconds, limit: float, donated=frozenset(), links=None,
+                  facts: _Facts | None = None) -> tuple[list[Node], float, int]:
     """(order, modeled makespan, peak live bytes) of `g` under the policy above. Live bytes count
     as analysis/memory.py's liveness does (inputs live from the start, `donated` ones freed after
     their last reader, outputs held), so the peak is what `analyze` reports for the order.
     `links(collective)`: the links it holds (analysis.collectives.links); collectives on disjoint
     links run at once, as analysis.cost.timeline runs them (default: one stream)."""
     index = {n: i for i, n in enumerate(g.nodes)}
-    users = _users(g)
-    sec = {n: seconds(n) for n in g.nodes}   # each op priced once
-    size = {n: n.nbytes for n in g.nodes}
+    users, sec, size = facts or _facts(g, seconds)   # each op priced once
     bottom = _bottom_levels(g, users, sec.__getitem__)
     by_rank = sorted((n for n in g.nodes if n.op in COLLECTIVES), key=lambda n: (-bottom[n], index[n]))
     holds = {c: tuple(links(c)) if links is not None else ONE_STREAM for c in by_rank}
@@ -225,7 +237,8 @@ def list_schedule(g: Graph, seconds, limit: float, donated=frozenset(), links=No
     return order, max(done_at.values(), default=0.0), peak
 
 
-def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=frozenset(), links=None) -> list[Node]:
+def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=frozenset(), links=None,
+                     facts: _Facts | None = None) -> list[Node]:
     """An order of `g` built bottom-up, from the last op back to the first, as XLA's latency-
     hiding scheduler does: time runs backwards from the end; a collective is reached when its
     last reader is placed, runs (backwards) on its links from its first reader's
@@ -239,9 +252,7 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
     producer, as analysis/memory.py counts them forwards); while they pass `limit`, the in-flight
     all-gather-like collective that holds the most bytes (result over operand) has its start
     placed at once, ending its prefetch. `schedule` keeps this order only where its peak fits."""
-    users = _users(g)
-    sec = {n: seconds(n) for n in g.nodes}   # each op priced once
-    size = {n: n.nbytes for n in g.nodes}
+    users, sec, size = facts or _facts(g, seconds)   # each op priced once
     top: dict[Node, float] = {}
     for n in g.nodes:
         top[n] = sec[n] + max((top[i] for i in set(n.inputs)), default=0.0)
@@ -342,18 +353,19 @@ def best_order(prog: SpmdProgram, price, limit: float, links=None) -> tuple[Grap
     from ..analysis.memory import donations, liveness
     g = prog.local
     donated = {g.inputs[i] for i in donations(prog.graph).values()}
+    facts = _facts(g, price)
     budget = limit
     for _ in range(6):  # what went early can pile up later: lower the budget by the overshoot
-        order, step, peak = list_schedule(g, price, budget, donated, links)  # step == the new order's timeline
+        order, step, peak = list_schedule(g, price, budget, donated, links, facts)  # step == the new order's timeline
         if peak <= limit or budget == 0:
             break
         budget = max(0.0, budget - (peak - limit) * 1.5)
     if peak > limit and budget > 0:  # program order (a budget of 0) is the fallback
-        order, step, peak = list_schedule(g, price, 0.0, donated, links)
+        order, step, peak = list_schedule(g, price, 0.0, donated, links, facts)
     best = (_scheduled(g, order), step, peak, "top-down")
     budget = limit
     for _ in range(4):
-        up = _scheduled(g, reverse_schedule(g, price, budget, donated, links))
+        up = _scheduled(g, reverse_schedule(g, price, budget, donated, links, facts))
         up_step, up_peak = _makespan(timeline(up, seconds=price, links=links)), liveness(prog.graph, up)[0]
         if up_peak <= limit:
             break
