@@ -144,6 +144,13 @@ def test_zoo_simulates_with_repeated_blocks(name, kw):
     assert prog.repeat.copies == 2 and any(c.copies == 2 for c in prog.collectives)
     assert prog.passes[-1].name == "schedule" and "5 layers unrolled" in prog.passes[-1].summary
     assert prog.unrolled().local.scheduled     # the scheduled order is the whole program's
+    # the program as partitioned (before the passes), unrolled on first use: every layer, priced as the block's op
+    whole, raw = prog.unrolled(), unroll(prog.before_passes, prog.repeat).graph
+    assert len(raw.nodes) > len(prog.before_passes.nodes)
+    assert [(n.op, n.name, n.shape) for n in whole.before_passes.nodes] == [(n.op, n.name, n.shape) for n in raw.nodes]
+    block = set(prog.before_passes.nodes)
+    assert all(whole.templates[n] in block for n in whole.before_passes.nodes)
+    assert shardc.analyze(prog, "h200").step_s_before_passes > 0
     full, full_args = m.capture(True, "jax", 4, optimizer="adam", repeat=False, shape_only=False)
     for x, y in zip(prog.simulate(*full_args), full.evaluate(*full_args)):
         np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-3)
