@@ -1,7 +1,8 @@
 """Kernel fusion: kernels per step and bytes moved through memory, per zoo model.
 
     cd /work/main && .venv/bin/python bench/fusion.py [--models gpt2,llama] [--size tiny]
-        [--steps forward,train] [--layouts single,tp,dp] [--target triton|pallas] [--json PATH]
+        [--steps forward,train] [--layouts single,tp,dp] [--target triton|pallas] [--batch 4] [--json PATH]
+    (real widths: --models gpt2,llama --size small --batch 1, GPT-2 small's 768 wide, 1024 long)
 
 For each zoo model, step and layout, the per-device program goes through shardc.compile and we
 count, per device per step:

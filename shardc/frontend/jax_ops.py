@@ -13,6 +13,7 @@ import numpy as np
 
 from ..ir import DType, Node, Op
 from ..ir.emitter import promote
+from .jax_unit_dims import unit_batch_dot, unsqueezed
 
 RULES: dict[str, Callable] = {}
 
@@ -166,6 +167,9 @@ def _broadcast_in_dim(c, x, *dyn, shape, broadcast_dimensions, **_):
         raise c.unsupported("dynamic shapes")
     if x.shape == tuple(shape):
         return x
+    same = unsqueezed(x, shape, broadcast_dimensions)
+    if same is not None:
+        return same
     return c.b.add(Op.BROADCAST, [x], shape=shape, dims=broadcast_dimensions)
 
 
@@ -354,6 +358,9 @@ def _dot_general(c, x, y, *, dimension_numbers, **_):
     # a wider preferred_element_type accumulates in it (bf16 products are exact in f32, as XLA's)
     if out_dt.is_float == dt.is_float and out_dt.itemsize > dt.itemsize:
         dt = out_dt
+    out = unit_batch_dot(b, x, y, dt, lc, rc, lb, rb)
+    if out is not None:
+        return b.cast(out, out_dt)
     out = b.add(Op.DOT_GENERAL, [b.cast(x, dt), b.cast(y, dt)], lhs_batch=lb, rhs_batch=rb,
                 lhs_contract=lc, rhs_contract=rc)
     return b.cast(out, out_dt)

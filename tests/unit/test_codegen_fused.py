@@ -61,7 +61,8 @@ def test_scores_rebuilt_per_tile_equal_numpy_and_never_stored(target):
 def test_scores_rebuilt_kernels_compile_for_hopper():
     """The rebuilding kernels of these graphs (the attention backward's dK/dV siblings, the
     experts' chained weight gradient too)."""
-    for graph, bf16 in [(gr, b) for gr in (_lse_graph, _attention_graph, _experts_graph) for b in (False, True)]:
+    graphs = (_lse_graph, _attention_graph, _experts_graph, lambda bf16: _attention_graph(bf16, batch=1))
+    for graph, bf16 in [(gr, b) for gr in graphs for b in (False, True)]:
         g, args = graph(bf16)
         kernels = _rebuilders(shardc.compile(partition(g, Mesh(dp=1))))
         assert kernels
@@ -70,30 +71,32 @@ def test_scores_rebuilt_kernels_compile_for_hopper():
             assert 0 <= r["shared"] <= SHARED_MEMORY_LIMIT, (k.name, r["shared"])
 
 
-def _attention_graph(bf16=False):
+def _attention_graph(bf16=False, batch=2):
     """Σ w·causal_attention(q, k, v) and its gradients: the backward's dP = dO·Vᵀ rebuilt per tile
-    beside the scores, dK = dSᵀ·Q and dVᵀ = dOᵀ·P one sibling kernel (fused_siblings.py)."""
+    beside the scores, dK = dSᵀ·Q and dVᵀ = dOᵀ·P one sibling kernel (fused_siblings.py). At
+    batch 1 jnp.matmul squeezes the batch dim around each dot (kept in the dot by the capture:
+    frontend/jax_unit_dims.py), and the same kernels follow."""
     import jax
     import jax.numpy as jnp
     from shardc.models.jax_models import causal_attention
     dt = jnp.bfloat16 if bf16 else jnp.float32
     rng = np.random.default_rng(5)
-    q, k, v = (jnp.asarray(rng.standard_normal((2, 2, 32, 16)), dt) for _ in range(3))
-    w = jnp.asarray(rng.standard_normal((2, 2, 32, 16)), dt)
+    q, k, v = (jnp.asarray(rng.standard_normal((batch, 2, 32, 16)), dt) for _ in range(3))
+    w = jnp.asarray(rng.standard_normal((batch, 2, 32, 16)), dt)
 
     def f(q, k, v, w):
         return jax.value_and_grad(lambda q, k, v: (causal_attention(q, k, v) * w).sum(), argnums=(0, 1, 2))(q, k, v)
     return shardc.from_jax(f, q, k, v, w), (q, k, v, w)
 
 
-@pytest.mark.parametrize("target", ["triton", "pallas"])
-def test_attention_backward_rebuilds_dp_and_pairs_dk_dv(target):
-    g, args = _attention_graph()
+@pytest.mark.parametrize("target,batch", [("triton", 2), ("pallas", 2), ("triton", 1), ("pallas", 1)])
+def test_attention_backward_rebuilds_dp_and_pairs_dk_dv(target, batch):
+    g, args = _attention_graph(batch=batch)
     prog = partition(g, Mesh(dp=1))
     check = run_and_check_kernels if target == "triton" else run_and_check
     exe, got = check(prog, args, 1e-5)
-    for a, b in zip(got, g.evaluate(*args)):
-        assert rel_err(a, b) <= 1e-5
+    for a, b in zip(got, g.evaluate(*args)):  # the loss sums ±O(1) terms to ~0.1: an f32 atol too
+        assert rel_err(a, b) <= 1e-5 or np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-5
     # four stored dots (P·V, dQ, dK, dVᵀ): dK beside dVᵀ, one pass over the queries rebuilding
     # the scores once (Triton also pairs dQ with P·V: here dO = w does not depend on it)
     pairs = [k for k in exe.kernels if k.group.pattern.get("siblings")]

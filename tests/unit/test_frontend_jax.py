@@ -338,8 +338,16 @@ def embed_mlp(params, ids):
     return jax.nn.gelu(h @ params["w1"]) @ params["w2"]
 
 
+def matmul_attention(q, k, v):
+    """jnp.matmul attention (as the zoo's): at batch 1 it squeezes the batch dim around each dot."""
+    s = (q @ jnp.swapaxes(k, -2, -1)) / math.sqrt(q.shape[-1])
+    s = jnp.where(jnp.tril(jnp.ones(s.shape[-2:], bool)), s, -1e9)
+    return jax.nn.softmax(s, -1) @ v
+
+
 SMALL_MODELS = [
     ("attention", attention, [f32(2, 2, 5, 4), f32(2, 2, 5, 4), f32(2, 2, 5, 4)]),
+    ("matmul_attention_batch1", matmul_attention, [f32(1, 2, 5, 4), f32(1, 2, 5, 4), f32(1, 2, 5, 4)]),
     ("layer_norm", layer_norm, [f32(3, 8), f32(8), f32(8)]),
     ("cross_entropy", cross_entropy, [f32(6, 10), ints(6, lo=0, hi=10)]),
     ("moe_route", moe_route, [f32(6, 8), f32(8, 4)]),
@@ -358,6 +366,20 @@ def test_small_model(name, fn, makers, grad, rng):
             return jnp.sum(out * jnp.cos(jnp.arange(out.size, dtype=out.dtype)).reshape(out.shape))
         fn = jax.value_and_grad(scalar)
     check(fn, *args)
+
+
+def test_matmul_keeps_unit_batch_dims_in_the_dot(rng):
+    """jnp.matmul's squeeze → dot → broadcast back (and the backward's sums over the size-1 dim)
+    are captured as dots with a unit batch dim, read directly by the softmax: the graph a batch
+    of two gives, so the fusion rules that rebuild the scores per tile apply at batch 1 too."""
+    args = [f32(1, 2, 5, 4)(rng) for _ in range(3)]
+    g = check(jax.grad(lambda q, k, v: matmul_attention(q, k, v).sum(), argnums=(0, 1, 2)), *args)
+    dots = [n for n in g.nodes if n.op is Op.DOT_GENERAL]
+    assert len(dots) >= 4 and all(n.rank == 4 and n.shape[0] == 1 for n in dots), [n.describe() for n in dots]
+    for d in dots:  # no operand squeezed from, and no reader putting back, the unit dim
+        assert not any(x.inputs and x.inputs[0].shape == (1,) + x.shape for x in d.inputs), d.describe()
+        assert not any(u.op in (Op.RESHAPE, Op.BROADCAST) and u.shape == (1,) + d.shape
+                       for u in g.nodes if d in u.inputs), d.describe()
 
 
 # ---- the zoo ---------------------------------------------------------------------------------
