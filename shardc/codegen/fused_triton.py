@@ -87,9 +87,10 @@ def tile_dot(em, n: Node, idx: tuple, masks: tuple):
                 prod = em.full(em.emit(f"({vl.text} * {vr.text})", vl.deps | vr.deps, DType.f32), out_deps | {k})
                 step = f"tl.sum({prod}, axis={1 - p})" + ("[:, None]" if p == 0 else "[None, :]")
         em.lines.append(f"{acc} = tl.zeros({em.tile.shape(out_deps)}, tl.float32)")
-        em.lines.append(f"for {kv}0 in range(0, {K}, {bk}):")
-        em.lines.append(f"    {kv} = {kv}0 + tl.arange(0, {bk})[None, :]")
-        em.lines.append(f"    {kt} = {kv}0 + tl.arange(0, {bk})[:, None]")
+        start = f"{kv}_start"   # not f"{kv}0": rebuilt dot 2's loop variable would be dot 20's index
+        em.lines.append(f"for {start} in range(0, {K}, {bk}):")
+        em.lines.append(f"    {kv} = {start} + tl.arange(0, {bk})[None, :]")
+        em.lines.append(f"    {kt} = {start} + tl.arange(0, {bk})[:, None]")
         em.lines.append(f"    mask_{kv} = {kv} < {K}")
         em.lines.append(f"    mask_{kt} = {kt} < {K}")
         em.lines.extend("    " + line for line in body.lines)
