@@ -49,7 +49,7 @@ def _bottom_levels(g: Graph, users, seconds) -> dict[Node, float]:
     """Longest modeled time from each node's start to the end of the program."""
     bottom: dict[Node, float] = {}
     for n in reversed(g.nodes):
-        bottom[n] = seconds(n) + max((bottom[u] for u in users[n]), default=0.0)
+        bottom[n] = seconds(n) + (max([bottom[u] for u in users[n]]) if users[n] else 0.0)
     return bottom
 
 
@@ -255,7 +255,7 @@ def reverse_schedule(g: Graph, seconds, limit: float = float("inf"), donated=fro
     users, sec, size = facts or _facts(g, seconds)   # each op priced once
     top: dict[Node, float] = {}
     for n in g.nodes:
-        top[n] = sec[n] + max((top[i] for i in set(n.inputs)), default=0.0)
+        top[n] = sec[n] + (max([top[i] for i in n.inputs]) if n.inputs else 0.0)
     index = {n: i for i, n in enumerate(g.nodes)}
     left = {n: len(users[n]) for n in g.nodes}
     need: dict[Node, float] = {}  # reverse time at or after which each placed node's operands must be placed
