@@ -28,6 +28,7 @@ from ..errors import Error, IRError, UnsupportedOpError
 from ..ir import DType, Graph, Node, Op
 from ..ir.dtypes import from_numpy
 from ..ir.evaluate import eval_node
+from ..ir.graph import ancestors
 from ..ir.ops import COLLECTIVES
 from ..ir.emitter import Emitter
 from . import jax_moe_ops, jax_vision_ops  # noqa: F401  (registers their rules)
@@ -136,12 +137,7 @@ def _arg_names(fn, n: int) -> list[str]:
 
 def _eliminate_dead(b: Emitter, outputs: list[Node]):
     """Drop nodes no output needs (literals, branches of static conds, unused jaxpr values)."""
-    live, stack = set(), list(outputs)
-    while stack:
-        n = stack.pop()
-        if n not in live:
-            live.add(n)
-            stack.extend(n.inputs)
+    live = ancestors(outputs)
     b.nodes = [n for n in b.nodes if n in live or n.op is Op.PARAMETER]
 
 

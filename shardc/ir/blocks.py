@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..errors import IRError
-from .graph import Graph, Node
+from .graph import Graph, Node, ancestors
 from .ops import Op
 
 # "layers.3.", "h.3.", "blocks.3." (module paths, flat dicts) or "['layers'][3]" (a pytree's list)
@@ -180,7 +180,7 @@ class _Unroller:
     def __init__(self, g: Graph, repeat: Repeat):
         self.g, self.repeat, self.r = g, repeat, repeat.copies
         self.lab = lab = labels(g)
-        live = _live(g)   # (values no output needs, left by the partitioner, are not unrolled)
+        live = ancestors(g.outputs)   # (values no output needs, left by the partitioner, are not unrolled)
         body = [n for n in g.nodes if lab[n] == BODY and n.op is not Op.PARAMETER and n in live]
         nxt = [n for n in g.nodes if lab[n] == NEXT and n.op is not Op.PARAMETER and n in live]
         if len(body) != len(nxt) or any(_signature(a) != _signature(b) for a, b in zip(body, nxt)):
@@ -254,7 +254,7 @@ class _Unroller:
             return made[(x, 0)]
 
         nodes = list(inputs)
-        live = _live(g)   # values no output needs (the partitioner leaves some) go
+        live = ancestors(g.outputs)   # values no output needs (the partitioner leaves some) go
         order = [n for n in g.nodes if n.op is not Op.PARAMETER and n in live]
         k = 0
         while k < len(order):
@@ -331,16 +331,6 @@ class _Unroller:
                                   "layer above the body, so no order of its copies works")
                 step = step or want
         return step or 1
-
-
-def _live(g: Graph) -> set[Node]:
-    live, stack = set(), list(g.outputs)
-    while stack:
-        n = stack.pop()
-        if n not in live:
-            live.add(n)
-            stack.extend(n.inputs)
-    return live
 
 
 def _groups(items: list, in_body) -> list[list]:

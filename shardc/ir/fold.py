@@ -19,8 +19,8 @@ import numpy as np
 
 from .. import flags
 from ..errors import IRError
-from .blocks import BODY, CAPTURED, LAST, NEXT, Repeat, _live, labels, layer_index, rename, unroll
-from .graph import Graph, Node
+from .blocks import BODY, CAPTURED, LAST, NEXT, Repeat, labels, layer_index, rename, unroll
+from .graph import Graph, Node, ancestors
 from .ops import Op
 from .unstack import unstack
 
@@ -99,7 +99,7 @@ def _fold(g: Graph, min_depth: int) -> Graph:
             made[p] = p if lab[p] < 0 else p.with_inputs((), rename(p.name, kept[lab[p]]))
             inputs.append(made[p])
             nodes.append(made[p])
-    live = _live(g)     # (values no output needs, such as unused constants of a trace, are left out)
+    live = ancestors(g.outputs)     # (values no output needs, such as unused constants of a trace, are left out)
     for n in g.nodes:   # in the capture's order, each value after those it reads (a layer-1 value
         if lab[n] in kept and n not in made and n in live:   # read by layer N-2 in place of layer N-3's may come later)
             _emit(g, n, made, nodes, twin, lab, kept)

@@ -17,7 +17,7 @@ from collections import Counter
 
 import numpy as np
 
-from .graph import Graph, Node
+from .graph import Graph, Node, ancestors
 from .ops import ELEMENTWISE, Op
 
 
@@ -190,10 +190,5 @@ def _new(x: Node, new: dict, value, pieces) -> Node:
 
 
 def _live(nodes: list[Node], outputs: list[Node], inputs: list[Node]) -> list[Node]:
-    live, stack = set(inputs), list(outputs)
-    while stack:
-        n = stack.pop()
-        if n not in live:
-            live.add(n)
-            stack.extend(n.inputs)
+    live = ancestors(outputs) | set(inputs)
     return [n for n in nodes if n in live]
