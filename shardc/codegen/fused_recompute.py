@@ -121,17 +121,11 @@ def chained(d: Node, users: dict, outputs: set) -> bool:
     over d's rows and whose other operand's free dims fit one output tile: that dot's K loop
     rebuilds each tile of d once (no extra work), so d is never stored (a back-to-back GEMM,
     as CUTLASS's b2b_gemm: a weight gradient Xᵀ·(f'(H)∘(dY·Wᵀ)) never writes dY·Wᵀ)."""
-    if d.op is not Op.DOT_GENERAL or d in outputs or not d.dtype.is_float:
+    found = _short_float_dot(d, users, outputs, MAX_RECOMPUTE_K)
+    if found is None or len(found[1]) != 1:
         return False
     lhs = d.inputs[0]
-    if math.prod(lhs.shape[i] for i in d.attrs["lhs_contract"]) > MAX_RECOMPUTE_K:
-        return False
-    reach = _elementwise_reach(d, users) | {d}
-    if reach & outputs:
-        return False
-    readers = {u for x in reach for u in users.get(x, ()) if u not in reach}
-    if len(readers) != 1:
-        return False
+    reach, readers = found
     c = next(iter(readers))
     if c.op is not Op.DOT_GENERAL or c in outputs:
         return False
@@ -179,15 +173,11 @@ def rebuilt_by_readers(d: Node, users: dict, outputs: set) -> bool:
     read as its own other operand. An expert MLP's hidden activation h = x·W1 of a training
     step: its forward output gelu(h)·W2 and both weight gradients rebuild h per tile (as a
     fused MLP kernel keeps it on chip), for one extra x·W1 per reader in FLOPs."""
-    if d.op is not Op.DOT_GENERAL or d in outputs or not d.dtype.is_float:
+    found = _short_float_dot(d, users, outputs, MAX_CHAIN_TILE)
+    if found is None:
         return False
     lhs, rhs = d.inputs
-    if math.prod(lhs.shape[i] for i in d.attrs["lhs_contract"]) > MAX_CHAIN_TILE:
-        return False
-    reach = _elementwise_reach(d, users) | {d}
-    if reach & outputs:
-        return False
-    readers = {u for x in reach for u in users.get(x, ()) if u not in reach}
+    reach, readers = found
     if not readers or not all(c.op is Op.DOT_GENERAL and c not in outputs and _tile_rebuilt_once(d, c, reach)
                               for c in readers):
         return False
@@ -253,3 +243,17 @@ def reads_recomputed(n: Node, stop) -> bool:
             continue
         stack.extend(x.inputs)
     return False
+
+
+def _short_float_dot(d: Node, users, outputs, max_k: int):
+    """(reach, readers) of a float dot_general that is no output, contracts over at most max_k
+    elements, and whose elementwise reach holds no output: the values it reaches through
+    same-shape elementwise ops, and the ops outside them that read those; None otherwise."""
+    if d.op is not Op.DOT_GENERAL or d in outputs or not d.dtype.is_float:
+        return None
+    if math.prod(d.inputs[0].shape[i] for i in d.attrs["lhs_contract"]) > max_k:
+        return None
+    reach = _elementwise_reach(d, users) | {d}
+    if reach & outputs:
+        return None
+    return reach, {u for x in reach for u in users.get(x, ()) if u not in reach}
