@@ -23,7 +23,7 @@ from typing import Callable
 
 from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES, REDUCE
-from . import fused_recompute, fused_siblings, fused_stats, fused_sums
+from . import fused_flash, fused_recompute, fused_siblings, fused_stats, fused_sums
 from .inlining import INLINE_OPS, VIEW_OPS, inlinable, is_buffer_leaf, match_attention, tree  # noqa: F401 (re-exported)
 from .prologue import Operands, is_splat
 from .plan_order import topological
@@ -512,6 +512,8 @@ class Planner:
         # a residual sum whose statistics a prologue now computes goes into its operand loads too
         groups = self._into_operands(fused_stats.into_prologues(groups, self.order, self._ask, CannotFuse,
                                                                 self._depends))
+        # P·V with its softmax's statistics in its prologue: one flash pass that stores them
+        groups = fused_flash.into_attention(groups, self._ask, CannotFuse)
         steps = []
         for grp in groups:
             pos = max(self.order[r] for r in grp.roots) if isinstance(grp, FusionGroup) else self.order[grp.node]

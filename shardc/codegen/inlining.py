@@ -53,7 +53,8 @@ def tree(root: Node, stop: Callable[[Node], bool]) -> tuple[list[Node], list[Nod
 # ------------------------------------------------------------------------- attention pattern
 def match_attention(pv: Node) -> dict | None:
     """softmax(T(QKᵀ), last axis) · V, as frontends decompose it: div(E, sum E) with
-    E = exp(T - max T). Returns the pattern's parts or None."""
+    E = exp(T - max T). Returns the pattern's parts (the dots, the scores T, its row statistics
+    max T and Σ E, and the nodes in between) or None."""
     if pv.op is not Op.DOT_GENERAL:
         return None
     p, v = pv.inputs
@@ -78,15 +79,20 @@ def match_attention(pv: Node) -> dict | None:
         return None
     t, mx = sub.inputs
     m = through(mx, {Op.BROADCAST, Op.RESHAPE, Op.CAST})
-    if m.op is Op.MAX:  # max(-inf, reduce_max(T)): jax's stop-gradient max
-        m = next((through(i, {Op.BROADCAST, Op.RESHAPE}) for i in m.inputs
-                  if through(i, {Op.BROADCAST, Op.RESHAPE}).op is not Op.CONSTANT), m)
+    if m.op is Op.MAX:  # max(-inf, reduce_max(T)): jax's max with initial=-inf (any other floor
+        # would change exp(T - max) and the kernels subtract the running max itself)
+        ins = [through(i, {Op.BROADCAST, Op.RESHAPE}) for i in m.inputs]
+        floor = [i for i in ins if i.op is Op.CONSTANT]
+        if len(floor) != 1 or not np.all(np.asarray(floor[0].attrs["value"]) == -np.inf):
+            return None
+        m = next(i for i in ins if i.op is not Op.CONSTANT)
     if m.op is not Op.REDUCE_MAX or m.attrs["axes"] != kv_axis or through(m.inputs[0], {Op.CAST}) is not through(t, {Op.CAST}):
         return None
     if t.shape != p.shape:
         return None
     # the QKᵀ dot: the one dot_general in T's tree, reached through same-shape elementwise ops
-    inner, leaves = tree(t, lambda n: False)
+    # (a leaf even where a training step rebuilds it per tile, fused_recompute)
+    inner, leaves = tree(t, lambda n: n.op is Op.DOT_GENERAL)
     dots = [n for n in leaves if n.op is Op.DOT_GENERAL]
     if len(dots) != 1:
         return None
@@ -102,7 +108,7 @@ def match_attention(pv: Node) -> dict | None:
     internal = set(on_path) | {qk}
     for start in (p, den, mx, e):
         internal |= set(tree(start, lambda n: n is t or n is qk)[0])
-    return {"qk": qk, "pv": pv, "scores": t, "internal": internal}
+    return {"qk": qk, "pv": pv, "scores": t, "rowmax": m, "rowsum": s1, "internal": internal}
 
 
 def _depends_on(nodes: list[Node], target: Node) -> list[Node]:

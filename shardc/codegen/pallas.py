@@ -340,6 +340,12 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
     dc.union((pv, nb), (qk, nb))
     dc.union((v, vc), (qk, nb + 1))
     dc.union((pv, nb + 1), (v, vf))
+    stats = [r for r in (grp.pattern.get("rowmax"), grp.pattern.get("rowsum")) if r in grp.roots]
+    for r in stats:  # stored row statistics (a training forward, fused_flash): blocks of qk's rows
+        for i in range(nb + 1):
+            dc.union((r, i), (qk, i))
+    if any(r is not pv and r not in stats for r in grp.roots):
+        raise CannotFuse(f"{pv.describe()}: an attention kernel stores O and its row statistics only", pv)
     dc.need_whole((v, vf))  # the head dims stay whole (one MXU pass per block)
     dc.need_whole((q, qk.attrs["lhs_contract"][0]))
     cands = [(qk, i, "parallel") for i in range(nb + 1)] + [(qk, nb + 1, "arbitrary")]
@@ -367,6 +373,10 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
     if half:  # the output is rounded to the program's half type, as the oracle does
         o = em.emit(round_half("o", pv.dtype), o.shape, pv.dtype)
     em.bound[pv] = o
+    for r, ref in zip((grp.pattern.get("rowmax"), grp.pattern.get("rowsum")), ("m_ref", "l_ref")):
+        if r in stats:
+            stat = em.emit(f"{ref}[...].reshape({b.block(r)})", b.block(r), r.dtype, "st")
+            em.bound[r] = em.emit(round_half(stat.text, r.dtype), stat.shape, r.dtype) if r.dtype in HALF else stat
     stores = [b.store(em, r, i) for i, r in enumerate(grp.roots)]
     body = tpl.ATTENTION.format(name=name, params=b.params(["m_ref", "l_ref", "acc_ref"]), first=first, last=last,
                                 prologue=_indent(pro, 4), s_dot=s_dot, scores=_indent(scores, 4) if scores else "",

@@ -360,12 +360,21 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
         o = em.emit(round_half("o", pv.dtype), {"rm", "rdv"}, pv.dtype)
     em.bound[pv] = _bind(pv, tuple(bidx) + (ix["rm"], ix["rdv"]), o)
     out_idx = tuple(bidx) + (ix["rm"], ix["rdv"])
-    store = em.store_text(pv, c.outs[pv], out_idx, em.value(pv, out_idx))
+    stores = [em.store_text(pv, c.outs[pv], out_idx, em.value(pv, out_idx))]
+    row_idx = tuple(bidx) + (ix["rm"],)
+    for stat, acc in ((grp.pattern.get("rowmax"), "m_i"), (grp.pattern.get("rowsum"), "l_i")):
+        if stat in c.outs:  # a training forward's row statistics, read by the backward (fused_flash)
+            val = Val(acc, {"rm"}, stat.dtype)
+            if stat.dtype in (DType.f16, DType.bf16):
+                val = em.emit(round_half(acc, stat.dtype), {"rm"}, stat.dtype)
+            stores.append(em.store_text(stat, c.outs[stat], row_idx, val))
+    if any(r is not pv and r not in (grp.pattern.get("rowmax"), grp.pattern.get("rowsum")) for r in grp.roots):
+        raise CannotFuse(f"{pv.describe()}: an attention kernel stores O and its row statistics only", pv)
     src = attention_t.TEMPLATE.format(
         name=name, params=c.params, NQ=nq, NKV=nkv, D=hd, DV=dv, B=math.prod(bshape),
         load_q=_indent(load_q, 4), q=q_text, load_k=_indent(kblock.lines, 8), k=k_text,
         scores=_indent(sblock.lines, 8), t=t_text, p_round=f"        p = {round_half('p', pv.dtype)}" if half else "", load_v=_indent(vblock.lines, 8), v=v_text,
-        epilogue=_indent(em.lines + [store], 4))
+        epilogue=_indent(em.lines + stores, 4))
     choose = lambda interpret: attention_t.choose(nq, nkv, hd, dv, dtype, interpret)
     return c.finish("attention", src, choose, attention_t.TUNING,
                     dict(B=math.prod(bshape), NQ=nq, NKV=nkv, D=hd, DV=dv, dtype=dtype))
