@@ -15,7 +15,7 @@ from ..kernels import rows as rows_t
 from ..kernels import scatter as scatter_t
 from . import autotune, grouped
 from .emitted import EmittedKernel
-from . import fused_triton
+from . import fused_flash, fused_triton
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
 from .indexing import Ix, flatten, reshape_index, unflatten
@@ -160,7 +160,8 @@ def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full
     """Rows longer than one tile: each reduction loops over the row (hoisted before the output
     loop, in dependency order), then the outputs are computed and stored BN elements at a time."""
     tile = Tile(rm=("mask_rm", 0, "BM"), rn=("mask_rn", 1, "BN"), rr=("mask_rr", 1, "BN"))
-    em = ExprEmitter(tile, c.buffers, c.scalars, hoist={"rm"}, loop_reduce=("rr", "BN"))
+    em = ExprEmitter(tile, c.buffers, c.scalars, hoist={"rm"}, loop_reduce=("rr", "BN"),
+                     online=fused_flash.online_pairs(grp.nodes))
     post = []
     with em.block() as body:
         for r in grp.roots:
@@ -169,7 +170,8 @@ def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full
                 raise CannotFuse(f"{r.describe()} does not fit the kernel's {rows}x{cols} tile",
                                  reduce if reduce is not r else r)
             v = em.value(r, idx)
-            line = em.store_text(r, c.outs[r], idx, v)
+            whole = not v.deps and v.const is None and not any(i.deps for i in idx)  # a [1, 1] block
+            line = em.store_text(r, c.outs[r], idx, v, when="(tl.zeros([1, 1], tl.int32) == 0)" if whole else None)
             if all(i.deps <= {"rm"} for i in idx) and v.deps <= {"rm"}:
                 post.append(line)  # one value per row: stored once, after the loop
             else:
@@ -228,7 +230,8 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     acc = Val("acc", {"rm", "rn"}, d.dtype)
     # values indexed by the output tile alone (a norm's row statistics) are computed before the
     # K loop; reductions there loop over their row RB elements at a time
-    em = ExprEmitter(tile, c.buffers, c.scalars, hoist={"rm", "rn"}, loop_reduce=("rr", "RB"))
+    em = ExprEmitter(tile, c.buffers, c.scalars, hoist={"rm", "rn"}, loop_reduce=("rr", "RB"),
+                     online=fused_flash.online_pairs(grp.nodes))
     from_d = _computed_from(grp, d)
     from_sums = fused_triton.computed_from(grp, grp.pattern.get("ksum", ()))  # bias gradients
     siblings = grp.pattern.get("siblings", ())  # more dots over the same tiles (fused_siblings.py)

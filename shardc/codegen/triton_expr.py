@@ -96,7 +96,7 @@ class ExprEmitter:
 
     def __init__(self, tile: Tile, buffers: dict[Node, str], scalars: dict[Node, str] | None = None,
                  bound: dict | None = None, reduce_axis: tuple[str, int] | None = None,
-                 hoist=None, loop_reduce: tuple[str, str] | None = None):
+                 hoist=None, loop_reduce: tuple[str, str] | None = None, online: dict | None = None):
         self.tile = tile
         self.buffers = buffers          # materialized node → pointer argument name
         self.scalars = scalars or {}    # axis_index node → scalar argument name
@@ -108,6 +108,9 @@ class ExprEmitter:
         # (loop variable, block constexpr): reductions run as their own loop over the reduced
         # elements in chunks (rows longer than one tile; row statistics inside a matmul)
         self.loop_reduce = loop_reduce
+        # looped reductions Σexp(y - max y) ↔ max y computed in one loop (fused_flash.online_pairs)
+        self.online = {**(online or {}), **{m: s for s, m in (online or {}).items()}}
+        self.local: frozenset = frozenset()  # values of one loop iteration: never hoisted
         self.blocks = [Block()]
         self.count = 0
         self.computed: set[Node] = set()  # nodes whose values this kernel computes (not loads)
@@ -151,7 +154,7 @@ class ExprEmitter:
             if key in b.cache:
                 return b.cache[key]
         if (self.hoist is not None and len(self.blocks) > 1 and all(i.deps <= self.hoist for i in idx)
-                and all(m.deps <= self.hoist for m in masks)):
+                and all(m.deps <= self.hoist for m in masks) and node not in self.local):
             saved = self.blocks
             self.blocks = saved[:1]
             try:
@@ -425,6 +428,12 @@ class ExprEmitter:
         deps = frozenset().union(*(i.deps for i in idx), *(m.deps for m in masks))
         if self.hoist is None or not deps <= self.hoist or any(self.tile.axes[v][1] != 0 for v in deps):
             raise CannotFuse(f"{n.describe()}: its result is needed at an index that changes inside a loop", n)
+        partner = self.online.get(n)
+        key = (partner, tuple(i.text for i in idx), tuple(m.text for m in masks))
+        if partner is not None and not any(key in b.cache for b in self.blocks):
+            got = self._online_loop(n, partner, idx, masks, deps)
+            if got is not None:
+                return got
         x = n.inputs[0]
         axes = n.attrs["axes"]
         red_shape = [x.shape[a] for a in axes]
@@ -461,6 +470,97 @@ class ExprEmitter:
         if x.dtype is DType.bool:
             return self.emit(f"({acc} != 0)", deps, n.dtype, "r")
         return Val(acc, deps, n.dtype)
+
+
+    def _online_loop(self, n: Node, partner: Node, idx, masks, deps) -> Val | None:
+        """S = Σ exp(y - g(max y)) and M = max y (n and its partner) in one loop over the row, y
+        built once per block: a running max m, and a running sum rescaled by exp(g(m_old) -
+        g(m_new)) as m grows (the online softmax's statistics). M's value is cached beside S's.
+        None where S reads M at another index than its own row, or g(M) varies along the row:
+        the two loops are emitted instead."""
+        s, m = (n, partner) if n.op is Op.REDUCE_SUM else (partner, n)
+        var, block = self.loop_reduce
+        x, axes = m.inputs[0], m.attrs["axes"]
+        extent = math.prod(x.shape[a] for a in axes)
+        red = iter(unflatten(Ix(var, {var}), [x.shape[a] for a in axes]))
+        kept = iter(idx)
+        sub = tuple(next(red) if d in axes else next(kept) for d in range(x.rank))
+        self.count += 1
+        c = self.count
+        m_acc, m_new, l_acc = f"r{c}m", f"r{c}mn", f"r{c}s"
+        want, other_row = tuple(i.text for i in idx), []
+
+        def running(name):
+            def at(ix):
+                if tuple(i.text for i in ix) != want:
+                    other_row.append(ix)
+                return Val(name, deps, m.dtype)
+            return at
+        mask = self.tile.axes[var][0]
+        shift = through_exp_sub(s).inputs[1]  # g(M), broadcast along the row
+        saved_bound, saved_local = dict(self.bound), self.local
+        with self.block() as body:
+            y = self.full(self.value(x, sub, masks), deps | {var})
+            body.lines.append(f"{m_new} = tl.maximum({m_acc}, tl.max(tl.where({mask}, {y}, -float(\"inf\")), axis=1)[:, None])")
+            self.local = saved_local | _reaching(s.inputs[0], m, self.buffers)
+            try:
+                g = []
+                for name in (m_acc, m_new):  # g(m_old), g(m_new); then S's terms at m_new
+                    with self.block() as part:
+                        self.bound[m] = running(name)
+                        g.append(self.value(shift, sub, masks))
+                        if name == m_new:
+                            e = self.full(self.value(s.inputs[0], sub, masks), deps | {var})
+                    body.lines.extend(part.lines)
+            finally:
+                self.bound, self.local = saved_bound, saved_local
+        if other_row or any(not v.deps <= deps for v in g):
+            return None
+        self.lines.append(f"{m_acc} = tl.full({self.tile.shape(deps)}, -float(\"inf\"), tl.float32)")
+        self.lines.append(f"{l_acc} = tl.zeros({self.tile.shape(deps)}, tl.float32)")
+        self.lines.append(f"for {var}0 in range(0, {extent}, {block}):")
+        self.lines.append(f"    {var} = {var}0 + tl.arange(0, {block})[None, :]")
+        self.lines.append(f"    {mask} = {var} < {extent}")
+        self.lines.extend("    " + l for l in body.lines)
+        # while a row's max is -inf its sum may hold exp(-inf - -inf) = nan: dropped once it is not
+        self.lines.append(f"    {l_acc} = tl.where({m_acc} == -float(\"inf\"), 0.0, {l_acc} * tl.exp({g[0].text} - {g[1].text}))"
+                          f" + tl.sum(tl.where({mask}, {e}, 0.0), axis=1)[:, None]")
+        self.lines.append(f"    {m_acc} = {m_new}")
+        vm, vs = Val(m_acc, deps, m.dtype), Val(l_acc, deps, s.dtype)
+        if s is not n and s.dtype in (DType.f16, DType.bf16):  # (n itself is rounded by _compute)
+            vs = self.emit(round_half(l_acc, s.dtype), deps, s.dtype)
+        self.blocks[-1].cache[(partner, want, tuple(k.text for k in masks))] = vs if s is partner else vm
+        self.computed |= {m, s}
+        return vm if n is m else vs
+
+
+def through_exp_sub(s: Node) -> Node:
+    """The sub of Σ cast(exp(cast(sub))) (fused_flash.online_pairs' pattern)."""
+    from .prologue import through
+    return through(through(s.inputs[0], {Op.CAST}).inputs[0], {Op.CAST})
+
+
+def _reaching(top: Node, target: Node, loaded) -> frozenset:
+    """The nodes of `top`'s upstream inside the kernel (up to the `loaded` buffers) that are
+    computed from `target` (target included)."""
+    memo: dict = {}
+    stack = [top]
+    while stack:
+        x = stack[-1]
+        if x in memo:
+            stack.pop()
+            continue
+        if x is target or not x.inputs or x in loaded:
+            memo[x] = x is target
+            stack.pop()
+            continue
+        todo = [i for i in x.inputs if i not in memo]
+        if todo:
+            stack.extend(todo)
+            continue
+        memo[x] = any(memo[i] for i in x.inputs)
+        stack.pop()
+    return frozenset(x for x, hit in memo.items() if hit)
 
 
 def _max_neutral(dt: DType) -> str:
