@@ -9,8 +9,8 @@ times: once for the max, once for Σexp, once for each P tile of its K loop.
 
 `into_attention` turns such a matmul into an attention group: one program per (batch·head,
 query block) runs the online softmax over the key blocks (a running max and sum rescale the
-accumulator), builds each scores tile once, and stores O and the statistics it was given as
-roots (the final running max is max T exactly; the running sum is Σexp(T - max T) to f32
+accumulator), builds each scores tile once, and stores O (or the matmul's epilogue of it) and
+the statistics it was given as roots (the final running max is max T exactly; the running sum is Σexp(T - max T) to f32
 rounding). Kept only where the target can emit it (feasible).
 
 `online_pairs` finds the same statistics anywhere a kernel loops over a row to reduce it (the
@@ -51,7 +51,11 @@ def _flash(g, FusionGroup):
     if m is None:
         return None
     stats = {m["rowmax"], m["rowsum"]}
-    if not set(g.pattern["rowstats"]) <= stats or any(r is not g.anchor and r not in stats for r in g.roots):
+    after = {g.anchor}  # O and its epilogue (what the matmul computed from its result)
+    for n in g.nodes:
+        if any(i in after for i in n.inputs):
+            after.add(n)
+    if not set(g.pattern["rowstats"]) <= stats or any(r not in after and r not in stats for r in g.roots):
         return None
     pattern = {k: m[k] for k in ("qk", "pv", "scores", "rowmax", "rowsum")}
     stored = ", ".join(r.op.value for r in g.roots if r in stats)

@@ -344,8 +344,7 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
     for r in stats:  # stored row statistics (a training forward, fused_flash): blocks of qk's rows
         for i in range(nb + 1):
             dc.union((r, i), (qk, i))
-    if any(r is not pv and r not in stats for r in grp.roots):
-        raise CannotFuse(f"{pv.describe()}: an attention kernel stores O and its row statistics only", pv)
+    b.constrain(set(grp.nodes) - _upstream([t, v, *stats], grp.nodes) - {pv})  # O's epilogue
     dc.need_whole((v, vf))  # the head dims stay whole (one MXU pass per block)
     dc.need_whole((q, qk.attrs["lhs_contract"][0]))
     cands = [(qk, i, "parallel") for i in range(nb + 1)] + [(qk, nb + 1, "arbitrary")]

@@ -361,18 +361,23 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
     half = pv.dtype in (DType.f16, DType.bf16)
     if half:  # probabilities and output rounded to the program's half type, as the oracle does
         o = em.emit(round_half("o", pv.dtype), {"rm", "rdv"}, pv.dtype)
-    em.bound[pv] = _bind(pv, tuple(bidx) + (ix["rm"], ix["rdv"]), o)
     out_idx = tuple(bidx) + (ix["rm"], ix["rdv"])
-    stores = [em.store_text(pv, c.outs[pv], out_idx, em.value(pv, out_idx))]
+    em.bound[pv] = _bind(pv, out_idx, o)
     row_idx = tuple(bidx) + (ix["rm"],)
-    for stat, acc in ((grp.pattern.get("rowmax"), "m_i"), (grp.pattern.get("rowsum"), "l_i")):
+    stats = {grp.pattern.get("rowmax"): "m_i", grp.pattern.get("rowsum"): "l_i"}
+    for stat, acc in stats.items():
         if stat in c.outs:  # a training forward's row statistics, read by the backward (fused_flash)
             val = Val(acc, {"rm"}, stat.dtype)
             if stat.dtype in (DType.f16, DType.bf16):
                 val = em.emit(round_half(acc, stat.dtype), {"rm"}, stat.dtype)
-            stores.append(em.store_text(stat, c.outs[stat], row_idx, val))
-    if any(r is not pv and r not in (grp.pattern.get("rowmax"), grp.pattern.get("rowsum")) for r in grp.roots):
-        raise CannotFuse(f"{pv.describe()}: an attention kernel stores O and its row statistics only", pv)
+            em.bound[stat] = _bind(stat, row_idx, val)
+    stores = []
+    for r in grp.roots:  # O, an epilogue of it (at O's index), the statistics
+        idx = row_idx if r in stats else \
+            fused_triton.epilogue_index(r, pv, out_idx) or _root_index(r, out_idx, pv.shape)
+        if idx is None:
+            raise CannotFuse(f"{r.describe()} does not match the attention output's tile", pv)
+        stores.append(em.store_text(r, c.outs[r], idx, em.value(r, idx)))
     src = attention_t.TEMPLATE.format(
         name=name, params=c.params, NQ=nq, NKV=nkv, D=hd, DV=dv, B=math.prod(bshape),
         load_q=_indent(load_q, 4), q=q_text, load_k=_indent(kblock.lines, 8), k=k_text,

@@ -1,0 +1,123 @@
+"""The softmax statistics in one pass (codegen/fused_flash.py): a training step's attention
+forward is one flash kernel per (batch·head, query block) that builds each scores tile once and
+stores O with the row max and Σexp the backward reads; a looped row reduction computes max and
+Σexp(y - max) in one loop (online log-sum-exp). Every kernel equals numpy of its IR nodes (Triton
+interpreter, Pallas interpret mode) with blocks smaller than the sequence, which is not a
+multiple of them, and the whole step equals evaluate."""
+import numpy as np
+import pytest
+
+import shardc
+from shardc import Mesh, partition
+from shardc.codegen import fused_flash
+from shardc.ir import Op
+from shardc.testing import rel_err
+from test_codegen_pallas import export_all, run_and_check
+from test_codegen_zoo import run_and_check_kernels
+
+SEQ = 40  # three key blocks of 16 on Triton (the last one partial), five of 8 on Pallas
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SHARDC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernel-cache"))
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 16 queries and keys for the interpreter's attention kernels, chunks of 16 for
+    its looped rows: several blocks per row, so the running max and sum are rescaled."""
+    from shardc.kernels import attention, rows
+    choose = attention.choose
+    monkeypatch.setattr(attention, "choose", lambda *a: {**choose(*a), "BM": 16, "BN": 16})
+    monkeypatch.setattr(rows, "MAX_ROW_TILE", 16)
+
+
+def _attention_step():
+    """Σ (causal_attention(q, k, v)·Wo)² and its gradients (the zoo's attention: scale, causal
+    mask of -1e9, jax's softmax; an output projection reads O, and dO reads O, as in a model)."""
+    import jax
+    import jax.numpy as jnp
+    from shardc.models.jax_models import causal_attention
+    rng = np.random.default_rng(11)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, 2, SEQ, 16)), jnp.float32) for _ in range(3))
+    wo = jnp.asarray(rng.standard_normal((16, 16)) / 4, jnp.float32)
+
+    def f(q, k, v, wo):
+        return jax.value_and_grad(lambda q, k, v: (jnp.einsum("bhqd,de->bhqe", causal_attention(q, k, v), wo) ** 2).sum(),
+                                  argnums=(0, 1, 2))(q, k, v)
+    return shardc.from_jax(f, q, k, v, wo), (q, k, v, wo)
+
+
+def _qk_builds(k) -> int:
+    """How many times the kernel's source builds a scores tile: its dots (Triton's rebuilt dots
+    are one loop each) less the P·V product."""
+    if k.source.count("jnp.") or "pallas" in k.source[:200]:
+        return k.source.count("lax.dot_general(") - 1
+    return k.source.count("tl.dot(") - 1
+
+
+@pytest.mark.parametrize("target", ["triton", "pallas"])
+def test_training_forward_attention_builds_scores_once(target, small_blocks):
+    g, args = _attention_step()
+    prog = partition(g, Mesh(dp=1))
+    if target == "pallas":
+        from shardc.codegen.pallas import vmem_budget
+        with vmem_budget(24 << 10):  # key blocks of 8: the online softmax runs over 5 grid steps
+            exe, got = run_and_check(prog, args, 1e-5)
+    else:
+        exe, got = run_and_check_kernels(prog, args, 1e-5)
+    for a, b in zip(got, g.evaluate(*args)):  # the loss sums ±O(1) terms: an f32 atol too
+        assert rel_err(a, b) <= 1e-5 or np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-5
+    flash = [k for k in exe.kernels if k.kind == "attention"]
+    assert len(flash) == 1, exe.plan_text()
+    (k,) = flash
+    assert sorted(n.op.value for n in k.outputs) == ["dot_general", "reduce_max", "reduce_sum"], k.outputs
+    assert _qk_builds(k) == 1, k.source  # QKᵀ once per block: 1 pass, not 3 (max, Σexp, P·V)
+    if target == "pallas":
+        assert f"GRID = ({SEQ // 8},)" in k.source, k.source  # key blocks over the grid, not one whole block
+        export_all(exe.kernels)
+    else:
+        assert "_start in range" not in k.source  # no rebuilt-dot loop: the scores of the pass
+    for k in exe.kernels:  # no [.., SEQ, SEQ] buffer in or out of any kernel
+        for x in k.inputs + k.outputs:
+            assert x.shape[-2:] != (SEQ, SEQ), f"{k.name} moves {x.describe()}"
+
+
+def test_statistics_in_a_matmul_prologue_take_one_loop(small_blocks, monkeypatch):
+    """Without the flash group, P·V's prologue computes max and Σexp in one loop over the keys
+    (the online log-sum-exp): the scores built twice per program, not three times."""
+    monkeypatch.setattr(fused_flash, "into_attention", lambda groups, *a: groups)
+    g, args = _attention_step()
+    exe, got = run_and_check_kernels(partition(g, Mesh(dp=1)), args, 1e-5)
+    for a, b in zip(got, g.evaluate(*args)):
+        assert rel_err(a, b) <= 1e-5 or np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-5
+    pv = [k for k in exe.kernels if any(n.op is Op.REDUCE_MAX for n in k.group.pattern.get("rowstats", ()))]
+    assert len(pv) == 1 and _qk_builds(pv[0]) == 2, exe.plan_text()
+
+
+def test_looped_log_sum_exp_is_one_pass(small_blocks):
+    """logsumexp (jax.nn.logsumexp: g(max) = select(isfinite(max), max, 0)) and log_softmax (g =
+    max(-inf, max)) over rebuilt scores whose rows (40 keys) loop in chunks of 16, the first chunk
+    of most rows wholly masked to -inf: each statistics pair takes one loop building its scores
+    once per chunk, and every kernel equals numpy."""
+    import jax
+    import jax.numpy as jnp
+    rng = np.random.default_rng(12)
+    q = jnp.asarray(rng.standard_normal((1, 2, 32, 8)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((1, 2, SEQ, 8)), jnp.float32)
+
+    def f(q, k):
+        def loss(q, k):
+            s = jnp.einsum("bhqd,bhkd->bhqk", q, k)
+            i, j = jnp.arange(32)[:, None], jnp.arange(SEQ)[None, :]
+            s = jnp.where(j >= i, s, -jnp.inf)  # row i's keys start at i
+            return jax.nn.logsumexp(s, axis=-1).sum() + (jax.nn.log_softmax(s * 0.5, axis=-1) * (j < 33)).sum() * 1e-2
+        return jax.value_and_grad(loss, argnums=(0, 1))(q, k)
+    g = shardc.from_jax(f, q, k)
+    exe, got = run_and_check_kernels(partition(g, Mesh(dp=1)), (q, k), 1e-5)
+    for a, b in zip(got, g.evaluate(q, k)):
+        assert rel_err(a, b) <= 1e-5
+    stats = [k for k in exe.kernels if sum(n.op is Op.REDUCE_MAX for n in k.outputs) == 2]
+    assert len(stats) == 1, exe.plan_text()
+    assert _qk_builds(stats[0]) + 1 == 2, stats[0].source  # two statistics pairs, one pass each
