@@ -180,7 +180,7 @@ def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full
                                         pre=_indent(em.lines, 4), body=_indent(body.lines, 8),
                                         post=_indent(post, 4) if post else "",
                                         **fused_triton.batch_grid(batch, looped=True))
-    choose = fused_triton.dot_rows(grp, lambda interpret: rows_t.choose_looped(rows, cols, interpret))
+    choose = fused_triton.dot_rows(grp, lambda interpret: rows_t.choose_looped(rows, cols, interpret), looped=True)
     return c.finish("reduction", src, choose, rows_t.TUNING["looped"], dict(rows=rows * batch, cols=cols, looped=True))
 
 

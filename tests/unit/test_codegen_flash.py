@@ -121,3 +121,24 @@ def test_looped_log_sum_exp_is_one_pass(small_blocks):
     stats = [k for k in exe.kernels if sum(n.op is Op.REDUCE_MAX for n in k.outputs) == 2]
     assert len(stats) == 1, exe.plan_text()
     assert _qk_builds(stats[0]) + 1 == 2, stats[0].source  # two statistics pairs, one pass each
+
+
+@pytest.mark.slow
+def test_flash_and_online_kernels_compile_for_hopper(monkeypatch):
+    """The training forward's flash kernel (GPT-2's and Llama's, f32 and bf16) and a looped
+    log-sum-exp row kernel (GPT-2 small's loss statistics over 50257 rebuilt logits) compile
+    for sm_90 within its shared memory."""
+    from shardc import models
+    from shardc.codegen.aot import SHARED_MEMORY_LIMIT, compile_for_gpu
+    from shardc.models.shapes import shape_only_args
+    kernels = []
+    for name, dtype in (("gpt2", "f32"), ("gpt2", "bf16"), ("llama", "bf16")):
+        g, _ = models.get(f"{name}:tiny", n_layer=1).capture(True, "jax", 2, lr=0.1, dtype=dtype)
+        kernels += [k for k in shardc.compile(partition(g, Mesh(dp=1))).kernels if k.kind == "attention"][:1]
+    fn, args = shape_only_args(models.get("gpt2:small", n_layer=1), True, "jax", 1, "sgd", 0.1, "f32")
+    exe = shardc.compile(partition(shardc.from_jax(fn, *args), Mesh(dp=1)))
+    kernels += [k for k in exe.kernels if "mn = tl.maximum(" in k.source][:1]
+    assert len(kernels) == 4, [k.name for k in kernels]
+    for k, r in zip(kernels, compile_for_gpu(kernels)):
+        assert ".target sm_90" in r["ptx"] and r["cubin_bytes"] > 0, k.name
+        assert 0 <= r["shared"] <= SHARED_MEMORY_LIMIT, (k.name, r["shared"])
