@@ -22,7 +22,9 @@ and an MLP's hidden x·W1 where every reader rebuilds it cheaper than storing it
 norm-backward sums computed in the matmuls that read their inputs and, under tp, dγ/dβ in the
 norm backward's row kernel (codegen/fused_sums.py), dK beside dVᵀ in one pass over the queries and
 summed input gradients (dk·Wk + dv·Wv) in one K loop (codegen/fused_siblings.py), norm and softmax
-statistics in the prologue of the matmul that reads them (codegen/fused_stats.py).
+statistics in the prologue of the matmul that reads them (codegen/fused_stats.py), attention's
+forward as one flash kernel storing the softmax statistics (codegen/fused_flash.py: QKᵀ built once,
+not three times).
 The bound counts ragged_dots (grouped matmuls) as dot_generals. The zoo MoE is the capacity form
 (scatter dispatch into [experts, capacity, d] buffers, batched dot_generals, gather combine), so its
 bound is its expert, router and gradient matmuls, and also its cumsum, which the frontend writes as
