@@ -344,7 +344,11 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
     for r in stats:  # stored row statistics (a training forward, fused_flash): blocks of qk's rows
         for i in range(nb + 1):
             dc.union((r, i), (qk, i))
-    b.constrain(set(grp.nodes) - _upstream([t, v, *stats], grp.nodes) - {pv})  # O's epilogue
+    epilogue = {pv}
+    for n in grp.nodes:  # (program order) what the group computes from O: a matmul's epilogue
+        if n not in epilogue and any(i in epilogue for i in n.inputs):
+            epilogue.add(n)
+    b.constrain(epilogue - {pv})
     dc.need_whole((v, vf))  # the head dims stay whole (one MXU pass per block)
     dc.need_whole((q, qk.attrs["lhs_contract"][0]))
     cands = [(qk, i, "parallel") for i in range(nb + 1)] + [(qk, nb + 1, "arbitrary")]
