@@ -4,6 +4,8 @@ SHARDC_DEBUG=1..5   1 summary, 2 timings and bytes, 3 shardings, 4 kernel source
                     pass; any level also shows compiler frames in CLI errors.
 SHARDC_DUMP_DIR     write each stage's text there, numbered with its pass name.
 SHARDC_CACHE_DIR    the kernel cache and the tuning database (default ~/.cache/shardc; codegen/cache.py).
+SHARDC_PALLAS_TPU   the TPU generation Pallas kernels are written for: tpu-v5p (default), tpu-v5e,
+                    tpu-v6e (its VMEM limits: codegen/vmem.py), or none (interpreter only, unchecked).
 SHARDC_TUNE         which tuned launch configs compile() uses: auto (default: the tuning database's
                     best), pinned (only autotune.pin'ned ones; tuning never times), off (defaults).
 """
@@ -18,6 +20,7 @@ FLAGS = {
     "SHARDC_DEBUG": "debug level 0-5 (see module docstring)",
     "SHARDC_DUMP_DIR": "directory for each stage's text, numbered by pass",
     "SHARDC_CACHE_DIR": "kernel cache and tuning database directory (default ~/.cache/shardc)",
+    "SHARDC_PALLAS_TPU": "TPU generation Pallas kernels fit: tpu-v5p (default), tpu-v5e, tpu-v6e, none (codegen/vmem.py)",
     "SHARDC_TUNE": "tuned launch configs: auto (default), pinned (pins only, never re-timed), off (codegen/autotune.py)",
 }
 

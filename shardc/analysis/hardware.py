@@ -3,6 +3,7 @@ levels from fastest to slowest, for the accelerators shardc models.
 
     hw = shardc.hardware.get("h200")             # h100 h200 b200 a100 tpu-v5e tpu-v5p tpu-v6e
     hw.peak_flops["bf16"], hw.hbm_bytes, hw.hbm_bw, hw.levels
+    hw.vmem_bytes, hw.scoped_vmem_bytes           # TPUs: VMEM per core, default Pallas kernel limit
     hw.axis_levels(mesh)                          # mesh axis -> [(level, factor), ...]
 
 A GPU cluster has two levels: NVLink inside an 8-GPU node and InfiniBand across nodes (one NIC per
@@ -76,6 +77,8 @@ class Hardware:
     source: str           # the datasheet the compute and memory numbers come from
     ring: str = "collectives"  # how a collective matmul's ring runs: "collectives" (each step its
     #                            own permute, as shardc's engines issue it) or "kernel" (one kernel)
+    vmem_bytes: int = 0         # TPU: vector memory (VMEM) per TensorCore; 0 on GPUs
+    scoped_vmem_bytes: int = 0  # TPU: the VMEM a kernel may use unless it passes vmem_limit_bytes
 
     def flops_for(self, dtype) -> float:
         """Peak FLOP/s for an op computing in `dtype` (an IR DType or its name)."""
@@ -221,16 +224,29 @@ def _tpu_levels(slice_shape, link_bw, wrap, dcn_bw):
     return tuple(levels) + (Level("dcn", BIG, dcn_bw, 10e-6, 10e-6),)
 
 
+# VMEM per TensorCore: jax's own table of TPU generations (jax 0.10.2,
+# jax/_src/pallas/mosaic/tpu_info.py, shown in the JAX docs' "Pallas TPU Hardware Reference"):
+# v5e 128 MiB, v5p 64 MiB, v6e 128 MiB. A kernel may use only the default scoped VMEM limit unless
+# it passes vmem_limit_bytes (pltpu.CompilerParams; XLA's --xla_tpu_scoped_vmem_limit_kib sets it
+# for a whole program: OpenXLA error E1001, "Compile Time Scoped Vmem OOM"). That default is 16 MiB
+# on v5e and v5p and 32 MiB on v6e: v6e's "32.00M" is the limit XLA prints in
+# vllm-project/tpu-inference PRs 3194 and 3407 ("exceeds XLA's 32 MiB default"); 16 MiB is the
+# figure kernel libraries size their blocks for on v4/v5 (e.g. "the default scoped VMEM limit
+# (commonly 16MiB)"), an observed default, not a datasheet number.
+_MIB = 1 << 20
 # Cloud TPU v5e docs: 197 TFLOPS bf16, 394 int8; 16 GB HBM2 at 819 GB/s; 2D torus, 256-chip pod.
 TPU_V5E = Hardware("tpu-v5e", {"bf16": 197e12, "f16": 197e12, "f32": 197e12 / 4, "int8": 394e12}, 16e9, 819e9,
-                   _tpu_levels((16, 16), 4.5e10, (True, True), 3.125e9), "Google Cloud TPU v5e docs")
+                   _tpu_levels((16, 16), 4.5e10, (True, True), 3.125e9), "Google Cloud TPU v5e docs",
+                   vmem_bytes=128 * _MIB, scoped_vmem_bytes=16 * _MIB)
 # Cloud TPU v5p docs: 459 TFLOPS bf16; 95 GB HBM2e at 2,765 GB/s; 3D torus. The default slice is
 # 16x16x16 (4,096 chips) with wraparound on every axis; pass another with `get(..., slice=...)`.
 TPU_V5P = Hardware("tpu-v5p", {"bf16": 459e12, "f16": 459e12, "f32": 459e12 / 4, "int8": 918e12}, 95e9, 2.765e12,
-                   _tpu_levels((16, 16, 16), 9e10, (True, True, True), 6.25e9), "Google Cloud TPU v5p docs")
+                   _tpu_levels((16, 16, 16), 9e10, (True, True, True), 6.25e9), "Google Cloud TPU v5p docs",
+                   vmem_bytes=64 * _MIB, scoped_vmem_bytes=16 * _MIB)
 # Cloud TPU v6e (Trillium) docs: 918 TFLOPS bf16, 1,836 int8; 32 GB HBM at 1,640 GB/s; 2D torus.
 TPU_V6E = Hardware("tpu-v6e", {"bf16": 918e12, "f16": 918e12, "f32": 918e12 / 4, "int8": 1836e12}, 32e9, 1.64e12,
-                   _tpu_levels((16, 16), 9e10, (True, True), 1.25e10), "Google Cloud TPU v6e docs")
+                   _tpu_levels((16, 16), 9e10, (True, True), 1.25e10), "Google Cloud TPU v6e docs",
+                   vmem_bytes=128 * _MIB, scoped_vmem_bytes=32 * _MIB)
 # f32 matmuls on TPUs run as multi-pass bf16 on the MXU; a quarter of the bf16 rate is the usual
 # rule of thumb (an estimate: Google documents no f32 peak).
 

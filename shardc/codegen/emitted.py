@@ -27,6 +27,7 @@ class EmittedKernel:
     tuning: list = field(default_factory=list)     # the kernels/ template's tuning space
     grid: tuple = ()                               # Pallas: the grid of the pallas_call
     dims: dict = field(default_factory=dict)       # Triton: the problem sizes its grid covers (the tuner's model)
+    vmem: object = None                            # Pallas: its VMEM buffers (codegen/vmem.VmemUse)
 
 
 class KernelValue:

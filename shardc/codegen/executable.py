@@ -28,7 +28,7 @@ class Kernel:
     def __init__(self, name: str, kind: str, source: str, ops: list[Node], inputs: list[Node],
                  outputs: list[Node], axes: list[str], reason: str, path, key: str, choose,
                  signature: dict | None = None, tuning: list | None = None, group: FusionGroup | None = None,
-                 dims: dict | None = None):
+                 dims: dict | None = None, vmem=None):
         self.name, self.kind, self.source, self.reason = name, kind, source, reason
         self.ops: list[Node] = list(ops)
         self.inputs: list[Node] = list(inputs)
@@ -39,6 +39,7 @@ class Kernel:
         self.tuning = tuning or []
         self.dims = dims or {}       # problem sizes the launch grid covers (autotune's roofline model)
         self.group = group           # the fusion group it was emitted from (None on a rank that loaded it)
+        self.vmem = vmem             # Pallas: its VMEM buffers (codegen/vmem.VmemUse; .nbytes the footprint)
         self._choose = choose        # interpret: bool -> launch config
         self._modules: dict[bool, object] = {}
 
@@ -47,7 +48,7 @@ class Kernel:
         """The kernel an emitter wrote for `group`, stored in the kernel cache at `path`."""
         return cls(name, emitted.kind, emitted.source, group.nodes, emitted.inputs, emitted.outputs,
                    emitted.axes, group.reason, path, key, emitted.choose, emitted.signature,
-                   emitted.tuning, group, emitted.dims)
+                   emitted.tuning, group, emitted.dims, emitted.vmem)
 
     def config(self, interpret: bool) -> dict:
         return self._choose(interpret)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..errors import Error
 from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES, REDUCE
 from . import fused_flash, fused_recompute, fused_siblings, fused_stats, fused_sums
@@ -216,8 +217,8 @@ class Planner:
             self._add_root(grp.anchor)
         elif n is not None and inlinable(n) and n not in self.roots:
             self._materialize(n)
-        else:
-            raise e
+        else:  # nothing left to split: the target cannot emit this group (e.g. its blocks exceed VMEM)
+            raise Error(f"codegen: {e}") from e
         return internal
 
     def _settle(self, grp: FusionGroup):

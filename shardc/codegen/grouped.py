@@ -50,22 +50,29 @@ def emit_triton(grp: FusionGroup, name: str) -> EmittedKernel:
 
 def emit_pallas(grp: FusionGroup, name: str) -> EmittedKernel:
     from ..kernels import pallas_templates as tpl
+    from . import vmem
     from .pallas_expr import JNP_STORAGE
     d, rows, M, K, N, G, GT = _parts(grp)
     in_shapes = [tuple(x.shape) if x.rank else (1,) for x in d.inputs]
-    common = dict(name=name, G=G, in_shapes=", ".join(map(str, in_shapes)), out_shape=tuple(d.shape),
-                  out_dtype=JNP_STORAGE[d.dtype])
+    a, o = d.inputs[0].dtype.itemsize, d.dtype.itemsize
     if rows:  # tiled: (column tile, visit) steps, see kernels/grouped_matmul.py
         BM, BN = gm_t.pallas_rows_tiles(M, N)
+        use = vmem.VmemUse((((BM, K), a), ((1, K, BN), a), ((BM, BN), o)))
+    else:  # tiled over the groups' K tiles, see kernels/grouped_matmul.py
+        BM, BN, BK = gm_t.pallas_contract_tiles(M, N, K)
+        use = vmem.VmemUse((((BM, BK), a), ((BK, BN), a), ((1, BM, BN), o)), (((BM, BN), 4),))
+    limit = vmem.limit_bytes(use)
+    common = dict(name=name, G=G, in_shapes=", ".join(map(str, in_shapes)), out_shape=tuple(d.shape),
+                  out_dtype=JNP_STORAGE[d.dtype], limit="" if limit is None else f", vmem_limit_bytes={limit}")
+    if rows:
         NB = -(-M // BM)
         grid = (-(-N // BN), NB + G)
         src = gm_t.PALLAS_ROWS.format(**common, M=M, K=K, BM=BM, BN=BN, NB=NB, NT=grid[0], T=grid[1])
-    else:  # tiled over the groups' K tiles, see kernels/grouped_matmul.py
-        BM, BN, BK = gm_t.pallas_contract_tiles(M, N, K)
+    else:
         NK = -(-K // BK)
         grid = (-(-M // BM), -(-N // BN), NK + G)
         src = gm_t.PALLAS_CONTRACT.format(**common, M=M, N=N, K=K, BM=BM, BN=BN, BK=BK, NK=NK, MT=grid[0],
                                           NT=grid[1], T=grid[2])
     ops = f"%ragged_dot {d.name!r}" if d.name else "%ragged_dot"
     head = tpl.PRELUDE.format(kind="grouped_matmul", name=name, reason=grp.reason, ops=ops)
-    return EmittedKernel(name, "grouped_matmul", head + src, list(grp.inputs), [d], [], grid=grid)
+    return EmittedKernel(name, "grouped_matmul", head + src, list(grp.inputs), [d], [], grid=grid, vmem=use)

@@ -9,6 +9,9 @@ multiple of (8 or 16, 128) or the whole dim), within a VMEM budget; reduction ax
 attention's key/value axis) are tiled last in the grid and accumulate in f32 VMEM scratch. A dim
 that cannot be tiled (reduced, sliced, padded, gathered along, merged by a reshape) stays whole
 in every block, so every group the planner makes can be emitted; tiny shapes run as one block.
+Each kernel records its VMEM footprint (codegen/vmem.py) and compiles with vmem_limit_bytes where
+that exceeds the target TPU's default scoped limit; a group that fits no core is refused
+(CannotFuse: the planner splits it) and, where nothing is left to split, a shardc.Error.
 
 Kinds: pointwise / reduction (ROWS template), matmul (dot_general + prologue + epilogue, MATMUL),
 attention (flash attention with online softmax, ATTENTION), scatter (a ROWS kernel whose anchor is
@@ -33,11 +36,14 @@ from .emitted import EmittedKernel
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
 from .pallas_expr import HALF, JNP_COMPUTE, JNP_STORAGE, DimClasses, Val, ValueEmitter, constrain, round_half
+from . import vmem
+from .vmem import VmemUse
 
 
 def key_text() -> str:
     """What besides the group's IR decides the generated text (cache key salt)."""
-    return f"pallas vmem_budget={tpl.VMEM_BUDGET}"
+    hw = vmem.target()
+    return f"pallas vmem_budget={tpl.VMEM_BUDGET} tpu={hw.name if hw else 'none'}"
 
 
 _VMEM_BUDGET: contextvars.ContextVar = contextvars.ContextVar("shardc_pallas_vmem_budget", default=None)
@@ -61,6 +67,9 @@ def _indent(lines: list[str], n: int) -> str:
 
 def _itemsize(n: Node) -> int:
     return {DType.f32: 4, DType.f16: 2, DType.bf16: 2, DType.i32: 4, DType.i64: 4, DType.bool: 4}[n.dtype]
+
+
+_JNP_ITEMSIZE = {"jnp.float32": 4, "jnp.int32": 4, "jnp.bfloat16": 2, "jnp.float16": 2}
 
 
 class _Builder:
@@ -106,8 +115,10 @@ class _Builder:
     def storage_shape(self, n: Node) -> tuple:
         return self._promote(n, n.shape)
 
-    def tile(self, candidates: list, scratch_bytes=lambda block: 0, allowed=lambda members: True):
-        """Choose the grid: candidates are (node, dim, semantics) in priority order."""
+    def tile(self, candidates: list, scratch_bytes=lambda block: 0, allowed=lambda members: True,
+             arbitrary: set = frozenset()):
+        """Choose the grid: candidates are (node, dim, semantics) in priority order; a class
+        holding a dim of `arbitrary` is tiled as an "arbitrary" (accumulating) axis."""
         classes = self.dc.classes()
         chosen, seen = [], set()
         buffers = set(self.inputs) | set(self.outputs)
@@ -123,16 +134,13 @@ class _Builder:
             pos = [(x.rank - 1 - dx if x.rank > 1 else -1, _itemsize(x)) for x, dx in members if x in buffers]
             legal = tpl.legal_blocks(size, pos)
             if len(legal) > 1:
-                chosen.append((members, size, legal, sem))
+                chosen.append((members, size, legal, "arbitrary" if arbitrary & set(members) else sem))
         index = {m: i for i, (members, *_ ) in enumerate(chosen) for m in members}
 
-        def nbytes(blocks):
-            total = 0
-            for x in buffers:
-                total += math.prod(blocks[index[(x, d)]] if (x, d) in index else x.shape[d]
-                                   for d in range(x.rank)) * _itemsize(x)
-            return total + scratch_bytes(lambda n: tuple(blocks[index[(n, d)]] if (n, d) in index else n.shape[d]
-                                                         for d in range(n.rank)))
+        def nbytes(blocks):  # the kernel's VMEM footprint at these blocks (codegen/vmem.py)
+            at = lambda n: tuple(blocks[index[(n, d)]] if (n, d) in index else n.shape[d] for d in range(n.rank))
+            return VmemUse(tuple((self._promote(x, at(x)), _itemsize(x)) for x in buffers)).nbytes \
+                + scratch_bytes(at)
 
         budget = _VMEM_BUDGET.get() or tpl.VMEM_BUDGET
         blocks = tpl.choose_blocks([(size, legal) for _, size, legal, _ in chosen], nbytes, budget)
@@ -171,8 +179,12 @@ class _Builder:
         ix = ", ".join("0" if a is None else f"g{a}" for a in idx)
         return f"pl.BlockSpec({self.storage_block(n)}, lambda {g + ', ' if g else ''}*_: ({ix},))"
 
-    def finish(self, body: str, scratch: list[str]) -> EmittedKernel:
+    def finish(self, body: str, scratch: list[tuple]) -> EmittedKernel:
+        """The kernel: `body` and the pallas_call around it; scratch: (shape, jnp dtype) buffers."""
         grp = self.grp
+        use = VmemUse(tuple((self.storage_block(x), _itemsize(x)) for x in self.inputs + self.outputs),
+                      tuple((shape, _JNP_ITEMSIZE[dt]) for shape, dt in scratch))
+        limit = vmem.limit_bytes(use)
         ops = ", ".join(f"%{n.op.value}" + (f" {n.name!r}" if n.name else "") for n in grp.nodes)
         head = tpl.PRELUDE.format(kind=self.kind, name=self.name, reason=grp.reason.replace("\n", " "),
                                   ops=ops[:2000])
@@ -185,8 +197,11 @@ class _Builder:
             out_shape=", ".join(f"jax.ShapeDtypeStruct({self.storage_shape(r)}, {JNP_STORAGE[r.dtype]})"
                                 for r in self.outputs),
             in_specs=", ".join(self.spec(x) for x in self.inputs),
-            out_specs=", ".join(self.spec(r) for r in self.outputs), scratch=", ".join(scratch))
-        return EmittedKernel(self.name, self.kind, head + body + call, self.inputs, self.outputs, self.axes, grid=grid)
+            out_specs=", ".join(self.spec(r) for r in self.outputs),
+            scratch=", ".join(f"pltpu.VMEM({shape}, {dt})" for shape, dt in scratch),
+            limit="" if limit is None else f", vmem_limit_bytes={limit}")
+        return EmittedKernel(self.name, self.kind, head + body + call, self.inputs, self.outputs, self.axes,
+                             grid=grid, vmem=use)
 
 
 def _check_dtypes(grp: FusionGroup):
@@ -200,16 +215,95 @@ def _check_dtypes(grp: FusionGroup):
 # ------------------------------------------------------------------------------- rows / scatter
 def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
     """Pointwise chains, row reductions and scatter-adds: tile the outputs' row dims (largest
-    output first, leading dims first); reduced dims stay whole in the block."""
+    output first, leading dims first); reduced dims stay whole in the block, except the rows of a
+    float sum whose readers in the kernel only shrink it further (a norm backward's dγ/dβ beside its
+    dx, and the SGD update of γ/β after them; a loss): those rows are tiled as an "arbitrary" grid
+    axis, each step adds its block's partial sum to an f32 VMEM accumulator, and what is computed
+    from the sums is computed and stored at the last step (the matmul template's K loop)."""
     _check_dtypes(grp)
-    b = _Builder(grp, name, grp.kind)
-    b.constrain(grp.nodes)
-    cands = [(r, d, "parallel") for r in sorted(grp.roots, key=lambda r: -r.size) for d in range(r.rank)]
-    b.tile(cands)
+    sums = _summable(grp)
+    while True:
+        b = _Builder(grp, name, grp.kind)
+        b.constrain(grp.nodes, accumulating=sums)
+        summed = {(s.inputs[0], a) for s in sums for a in s.attrs["axes"]}
+        cands = [(r, d, "parallel") for r in sorted(grp.roots, key=lambda r: -r.size) for d in range(r.rank)]
+        b.tile(cands + [(x, a, "arbitrary") for x, a in sorted(summed, key=lambda k: k[1])], arbitrary=summed)
+        acc, late, bad = _accumulation(b, grp, sums)
+        if not bad:
+            break
+        sums = [s for s in sums if s not in bad]
     em = b.emitter()
-    stores = [b.store(em, r, i) for i, r in enumerate(grp.roots)]
-    body = tpl.ROWS.format(name=name, params=b.params([]), body=_indent(em.lines + stores, 4))
-    return b.finish(body, [])
+    stores = [b.store(em, r, i) for i, r in enumerate(grp.roots) if r not in late]
+    if not acc:
+        body = tpl.ROWS.format(name=name, params=b.params([]), body=_indent(em.lines + stores, 4))
+        return b.finish(body, [])
+    arb = [a for a, (_, _, sem) in enumerate(b.grid) if sem == "arbitrary"]
+    first = " & ".join(f"(pl.program_id({a}) == 0)" for a in arb)
+    last = " & ".join(f"(pl.program_id({a}) == {b.grid[a][0] // b.grid[a][1] - 1})" for a in arb)
+    shapes = [b._promote(s, b.block(s)) for s in acc]
+    # each step adds its block's f32 partial sum (not rounded to a half type: the sum is rounded
+    # once, at the end, as the whole-block kernel and the oracle do)
+    adds = [f"acc{i}_ref[...] += {em.array(em._reduce(s, b.block(s)), b.block(s))}.reshape({shape})"
+            for i, (s, shape) in enumerate(zip(acc, shapes))]
+    main = em.lines + stores
+    em.lines = []
+    for i, s in enumerate(acc):  # from here on a sum is its accumulator
+        v = em.emit(f"acc{i}_ref[...].reshape({b.block(s)})", b.block(s), s.dtype, "acc")
+        em.bound[s] = em.emit(round_half(v.text, s.dtype), v.shape, s.dtype) if s.dtype in HALF else v
+    finals = [b.store(em, r, i) for i, r in enumerate(grp.roots) if r in late]
+    refs = [f"acc{i}_ref" for i in range(len(acc))]
+    body = tpl.ROWS_SUMS.format(name=name, params=b.params(refs), first=first, last=last,
+                                init=_indent([f"{r}[...] = jnp.zeros({r}.shape, {r}.dtype)" for r in refs], 8),
+                                body=_indent(main + adds, 4), finish=_indent(em.lines + finals, 8))
+    return b.finish(body, [(shape, "jnp.float32") for shape in shapes])
+
+
+def _summable(grp: FusionGroup) -> list:
+    """The group's float sums whose readers in the group, transitively, are no larger than the sum
+    (no broadcast back over its rows): candidates for adding up block by block."""
+    users: dict = {}
+    for n in grp.nodes:
+        for x in n.inputs:
+            users.setdefault(x, []).append(n)
+    out = []
+    for s in grp.nodes:
+        if s.op is not Op.REDUCE_SUM or not s.dtype.is_float or s is grp.anchor:
+            continue
+        after, stack = set(), list(users.get(s, ()))
+        while stack:
+            n = stack.pop()
+            if n not in after:
+                after.add(n)
+                stack.extend(users.get(n, ()))
+        if all(n.size <= s.size for n in after):
+            out.append(s)
+    return out
+
+
+def _accumulation(b: _Builder, grp: FusionGroup, sums: list):
+    """(the sums added up across "arbitrary" grid axes, the nodes computed from them at the last
+    step, the sums that cannot be: something computed from them varies along those axes)."""
+    arb = {a for a, (_, _, sem) in enumerate(b.grid) if sem == "arbitrary"}
+    along = lambda n: any(b.axis_of(n, d) in arb for d in range(n.rank))
+    acc = [s for s in sums if any(b.axis_of(s.inputs[0], a) in arb for a in s.attrs["axes"])]
+    varying, late, bad = set(), {}, set()
+    for x in grp.inputs:
+        if along(x):
+            varying.add(x)
+    for n in grp.nodes:  # (program order)
+        if n in acc:
+            late[n] = {n}
+            if along(n):
+                bad.add(n)
+            continue
+        if along(n) or (any(i in varying for i in n.inputs)):
+            varying.add(n)
+        from_sums = set().union(*(late.get(i, set()) for i in n.inputs))
+        if from_sums:
+            late[n] = from_sums
+            if n in varying:
+                bad |= from_sums
+    return acc, {n for n in late}, bad
 
 
 # ------------------------------------------------------------------------------------- matmul
@@ -305,7 +399,7 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     body = tpl.MATMUL.format(name=name, params=b.params(["acc_ref", *refs]), first=first, last=last,
                              init="".join(f"        {r}[...] = jnp.zeros({r}.shape, {r}.dtype)\n" for r in refs),
                              prologue=_indent(pro, 4), dot=dot, epilogue=_indent(em.lines + stores, 8))
-    return b.finish(body, [f"pltpu.VMEM({b.block(n)}, {acc_t})" for n in dots])
+    return b.finish(body, [(b.block(n), acc_t) for n in dots])
 
 
 def _same_blocks(dc, d, s, swapped: bool):
@@ -386,8 +480,7 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
                                 t=em.array(tv, b.block(qk)), pv_dot=pv_dot,
                                 epilogue=_indent(em.lines + stores, 8))
     row_shape = b.block(pv)[:-1] + (1,)
-    scratch = [f"pltpu.VMEM({row_shape}, jnp.float32)", f"pltpu.VMEM({row_shape}, jnp.float32)",
-               f"pltpu.VMEM({b.block(pv)}, jnp.float32)"]
+    scratch = [(row_shape, "jnp.float32"), (row_shape, "jnp.float32"), (b.block(pv), "jnp.float32")]
     return b.finish(body, scratch)
 
 
@@ -400,8 +493,12 @@ def emit(grp: FusionGroup, name: str) -> EmittedKernel:
 
 
 def feasible(grp: FusionGroup) -> None:
-    """The planner's question: can this group be one Pallas kernel? (raises CannotFuse)"""
-    emit(grp, "probe")
+    """The planner's question: can this group be one Pallas kernel? (raises CannotFuse; a group
+    whose blocks cannot fit the target TPU's VMEM is refused too, so the planner splits it)"""
+    try:
+        emit(grp, "probe")
+    except vmem.TooLarge as e:
+        raise CannotFuse(f"the {grp.kind} kernel for {grp.reason[:300]!r}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------ running

@@ -153,7 +153,7 @@ def build(interpret=False):
             in_specs=[pl.BlockSpec(({BM}, {K}), lambda n, t, b, g, f, s: (b[t], 0)),
                       pl.BlockSpec((1, {K}, {BN}), lambda n, t, b, g, f, s: (g[t], 0, n))],
             out_specs=pl.BlockSpec(({BM}, {BN}), lambda n, t, b, g, f, s: (b[t], n))),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"){limit}),
         interpret=interpret, name="{name}")
 
     def run(lhs, rhs, sizes, off=None):
@@ -235,7 +235,7 @@ def build(interpret=False):
                       pl.BlockSpec(({BK}, {BN}), lambda m, n, t, k, g, f, s: (k[t], n))],
             out_specs=pl.BlockSpec((1, {BM}, {BN}), lambda m, n, t, k, g, f, s: (g[t], m, n)),
             scratch_shapes=[pltpu.VMEM(({BM}, {BN}), jnp.float32)]),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"){limit}),
         interpret=interpret, name="{name}")
 
     def run(lhs, rhs, sizes, off=None):

@@ -6,6 +6,9 @@ first and reduction axes ("arbitrary": a matmul's K, attention's key/value block
 axis indices as scalar-prefetch (SMEM) arguments. Three bodies:
 - ROWS: a fused elementwise chain or row reduction (softmax, layer norm, RMSNorm, cross-entropy,
   gathers, scatter-adds) computed on each block, reductions over whole rows in the block;
+- ROWS_SUMS: ROWS whose f32 column sums (a norm backward's dγ/dβ) add each row block's partial
+  sums to VMEM accumulators across "arbitrary" row-block axes, what follows them (the optimizer
+  update of γ/β) computed and stored at the last step;
 - MATMUL: a dot_general accumulating in an f32 (int32 for integers) VMEM scratch across K blocks,
   its prologue computed on the operand blocks, its epilogue on the last K step;
 - ATTENTION: flash attention with online softmax (running max / sum / accumulator in VMEM
@@ -43,7 +46,7 @@ def build(interpret=False):
             out_specs=[{out_specs}],
             scratch_shapes=[{scratch}],
         ),
-        compiler_params=pltpu.CompilerParams(dimension_semantics={semantics}),
+        compiler_params=pltpu.CompilerParams(dimension_semantics={semantics}{limit}),
         interpret=interpret,
         name="{name}",
     )
@@ -52,6 +55,19 @@ def build(interpret=False):
 ROWS = '''
 def {name}({params}):
 {body}
+'''
+
+ROWS_SUMS = '''
+def {name}({params}):
+    @pl.when({first})
+    def _init():
+{init}
+
+{body}
+
+    @pl.when({last})
+    def _finish():
+{finish}
 '''
 
 MATMUL = '''
@@ -95,7 +111,10 @@ def {name}({params}):
 {epilogue}
 '''
 
-VMEM_BUDGET = 4 << 20  # bytes of blocks per grid step (double-buffered by the pipeline: x2)
+# the VMEM footprint blocks are chosen within (codegen/vmem.py: every block twice, as the pipeline
+# double-buffers it, plus scratch): half the 16 MiB default scoped limit of TPU v5e and v5p, the
+# rest for the values the kernel body computes
+VMEM_BUDGET = 8 << 20
 # the block-shape tuning space: blocks chosen within each budget (smaller: more, smaller grid steps)
 TUNING_VMEM = (VMEM_BUDGET, VMEM_BUDGET // 4, VMEM_BUDGET // 16)
 
