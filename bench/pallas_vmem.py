@@ -1,7 +1,7 @@
 """VMEM footprint of the generated Pallas kernels of zoo training steps at real widths.
 
     cd /work/main && .venv/bin/python bench/pallas_vmem.py [--configs gpt2-small-b1,...] [--tpu tpu-v5p]
-        [--dtype bf16|f32] [--json PATH]
+        [--dtype bf16|f32] [--top N] [--json PATH]
 
 Each config's SGD training step (JAX capture, one device, few layers: the largest kernel does not
 depend on depth) goes through shardc.compile(target="pallas") written for the interpreter alone
@@ -55,7 +55,10 @@ def measure(spec: str, batch: int, overrides: dict, hw, dtype: str) -> dict:
     sizes = {k.name: (k.vmem.nbytes, k) for k in exe.kernels}
     top_bytes, top = max(sizes.values(), key=lambda t: t[0])
     over = sorted((n for n, _ in sizes.values() if n > vmem.max_bytes(hw)), reverse=True)
+    biggest = sorted(sizes.values(), key=lambda t: -t[0])
     return {"kernels": len(exe.kernels), "distinct": len(sizes),
+            "top": [{"mib": n / vmem.MiB, "kind": k.kind, "grid": list(k.module(True).GRID) if k.kind != "grouped_matmul"
+                     else None, "reason": k.reason[:160]} for n, k in biggest[:8]],
             "default_fits": sum(vmem.default_fits(n, hw) for n, _ in sizes.values()),
             "needs_limit": sum(not vmem.default_fits(n, hw) and n <= vmem.max_bytes(hw) for n, _ in sizes.values()),
             "fits_nowhere": len(over), "largest_mib": top_bytes / vmem.MiB,
@@ -67,6 +70,7 @@ def main(argv=None):
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--tpu", default=vmem.TARGET)
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "f32"), help="the parameters' dtype")
+    ap.add_argument("--top", type=int, default=0, help="also list each config's N largest kernels")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "pallas_vmem.json"))
     a = ap.parse_args(argv)
     hw = hardware.get(a.tpu)
@@ -82,6 +86,8 @@ def main(argv=None):
         rows.append(r)
         print(f"{name:26s} {r['kernels']:7d} {r['distinct']:8d} {r['default_fits']:7d} {r['needs_limit']:5d} "
               f"{r['fits_nowhere']:7d} {r['largest_mib']:11.1f}  {r['largest_kernel']}", flush=True)
+        for t in r["top"][:a.top]:
+            print(f"    {t['mib']:8.1f} MiB  {t['kind']:10s} grid {t['grid']}  {t['reason'][:100]}")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"tpu": hw.name, "rows": rows}, indent=1))
 

@@ -84,7 +84,7 @@ def constrain(dc: DimClasses, n: Node, accumulates: bool = False) -> None:
     sharding must keep whole too, a reduction factor (unless the kernel `accumulates` over its
     grid axis: a matmul's K), and a result dim no operand has (a slice's, pad's or concatenate's
     cut), unless the op makes any block of its result itself (broadcast, iota). A scatter's
-    table dim stays whole: its one-hot compares global row indices."""
+    table rows may be tiled: its one-hot compares the block's global row indices."""
     rule = rule_for(n)
     places: dict[int, list] = {}
     whole = set(rule.replicated) | (set() if accumulates else set(rule.reduction))
@@ -103,8 +103,7 @@ def constrain(dc: DimClasses, n: Node, accumulates: bool = False) -> None:
         if f in whole:
             for k in dims:
                 dc.need_whole(k)
-    if n.op is Op.SCATTER:
-        dc.need_whole((n, n.attrs["axis"]))
+
 
 
 # ------------------------------------------------------------------------------- values
@@ -347,17 +346,21 @@ class ValueEmitter:
             fn = {Op.REDUCE_SUM: "jnp.any", Op.REDUCE_MAX: "jnp.any", Op.REDUCE_MIN: "jnp.all"}[n.op]
         return self.emit(f"{fn}({self.array(x)}, axis={axes})", shape, n.dtype, "r")
 
-    def _onehot(self, ind: Node, axis: int, b: int, size: int, x_rank: int, clamp: bool):
+    def _onehot(self, ind: Node, axis: int, b: int, size: int, x_rank: int, clamp: bool, tile=None):
         """(one-hot text, its rank layout) of `ind` over an axis of `size`: shape
-        ind[:b] + 1s for x[b:axis] + ind[b:] + (size,) + 1s for x[axis+1:]."""
+        ind[:b] + 1s for x[b:axis] + ind[b:] + (size,) + 1s for x[axis+1:]. `tile`: (grid axis,
+        block) where the axis is tiled: the one-hot covers this block's rows (global indices)."""
         j = self.value(ind)
         jt = self.array(j)
         if clamp:
             jt = f"jnp.clip({jt}, 0, {size - 1})"
         ni = ind.rank - b
         jshape = j.shape[:b] + (1,) * (axis - b) + j.shape[b:] + (1,) + (1,) * (x_rank - axis - 1)
-        ishape = (1,) * (axis + ni) + (size,) + (1,) * (x_rank - axis - 1)
-        return (f"({jt}.reshape({jshape}) == lax.broadcasted_iota(jnp.int32, {ishape}, {axis + ni}))", ni)
+        ishape = (1,) * (axis + ni) + (tile[1] if tile else size,) + (1,) * (x_rank - axis - 1)
+        iota = f"lax.broadcasted_iota(jnp.int32, {ishape}, {axis + ni})"
+        if tile:
+            iota = f"({iota} + pl.program_id({tile[0]}) * {tile[1]})"
+        return f"({jt}.reshape({jshape}) == {iota})", ni
 
     def _gather(self, n: Node, shape) -> Val:
         """take(x, clip(ind), axis) as a one-hot select-and-sum over the axis: exact for every
@@ -375,13 +378,14 @@ class ValueEmitter:
 
     def _scatter(self, n: Node, shape) -> Val:
         """x + Σ updates at their indices (out-of-range indices dropped), accumulated in f32 for
-        half floats and rounded once, as the oracle does."""
+        half floats and rounded once, as the oracle does; a block of table rows takes the updates
+        whose indices fall in it."""
         xn, ind, upd = n.inputs
         if xn.dtype is DType.bool:
             raise UnsupportedOpError(f"{n.describe()}: bool scatter (logical or) has no pallas kernel")
         axis, b = n.attrs["axis"], n.attrs.get("batch_dims", 0)
         x, u = self.value(xn), self.value(upd)
-        oh, ni = self._onehot(ind, axis, b, xn.shape[axis], xn.rank, clamp=False)
+        oh, ni = self._onehot(ind, axis, b, xn.shape[axis], xn.rank, clamp=False, tile=self.tiles.get((n, axis)))
         us = u.shape[:axis + ni] + (1,) + u.shape[axis + ni:]
         contrib = f"jnp.sum(jnp.where({oh}, {self.array(u)}.reshape({us}), 0), axis={tuple(range(axis, axis + ni))})"
         return self.emit(f"({self.array(x)} + {contrib})", shape, n.dtype)

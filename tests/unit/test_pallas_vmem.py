@@ -136,3 +136,19 @@ def test_gpt2_small_width_training_step_fits_tpu_vmem():
     sums = [k for k in kernels if "acc0_ref" in k.source]  # the norm backwards' dγ/dβ kernels
     assert len(sums) >= 2 and all(vmem.default_fits(k.vmem.nbytes, hw) and "'arbitrary'" in k.source for k in sums)
     export_all([k for k in kernels if "vmem_limit_bytes" in k.source or k in sums])
+
+
+def test_scatter_add_tiles_its_table_rows(rng, monkeypatch):
+    """An embedding gradient's scatter-add: the table's rows in blocks, each taking the updates
+    whose (global) indices fall in it; out-of-range indices dropped, repeated ones summed."""
+    monkeypatch.setattr(pallas_templates, "VMEM_BUDGET", 48 * 1024)
+    v, t, d = 120, 50, 128
+    b = GraphBuilder()
+    table, upd = b.parameter("table", (v, d), DType.f32), b.parameter("upd", (t, d), DType.f32)
+    idx = b.parameter("idx", (t,), DType.i32)
+    g = b.build([b.add(Op.SCATTER, [table, idx, b.add(Op.TANH, [upd])], axis=0)])
+    ind = rng.integers(-3, v + 3, t).astype(np.int32)
+    ind[:4] = [7, 7, v - 1, 0]
+    exe = _check(g, rng.standard_normal((v, d)).astype(np.float32), rng.standard_normal((t, d)).astype(np.float32), ind)
+    (k,) = exe.kernels
+    assert k.vmem.blocks[-1][0][0] < v and "pl.program_id(0) * " in k.source, k.source
