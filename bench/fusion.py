@@ -43,6 +43,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# bytes are counted for Pallas plans whether or not each kernel fits a TPU core's VMEM (at real
+# widths the LM head's kernels do not yet): bench/pallas_vmem.py measures the footprints
+os.environ.setdefault("SHARDC_PALLAS_TPU", "none")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import shardc  # noqa: E402
