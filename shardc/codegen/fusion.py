@@ -24,7 +24,7 @@ from typing import Callable
 from ..errors import Error
 from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES, REDUCE
-from . import fused_flash, fused_recompute, fused_siblings, fused_stats, fused_sums
+from . import fused_flash, fused_recompute, fused_siblings, fused_stats, fused_sums, fused_weights
 from .inlining import INLINE_OPS, VIEW_OPS, inlinable, is_buffer_leaf, match_attention, tree  # noqa: F401 (re-exported)
 from .prologue import Operands, is_splat
 from .plan_order import topological
@@ -45,7 +45,7 @@ class CannotFuse(Exception):
 # planner, the scheduler and every engine use these instead of asking for the step's type.
 @dataclass(eq=False)  # a group is itself: list searches compare identities, not every field
 class FusionGroup:
-    kind: str                # "pointwise" | "reduction" | "matmul" | "attention" | "scatter" | "grouped_matmul"
+    kind: str                # "pointwise" | "reduction" | "matmul" | "attention" | "scatter" | "grouped_matmul" | "weight_grad"
     roots: list[Node]        # the values it writes to memory
     nodes: list[Node]        # every IR node it computes, in program order
     inputs: list[Node]       # the materialized values it reads
@@ -515,9 +515,11 @@ class Planner:
                                                                 self._depends))
         # P·V with its softmax's statistics in its prologue: one flash pass that stores them
         groups = fused_flash.into_attention(groups, self._ask, CannotFuse)
+        groups = fused_weights.merge(groups, self.order, self._ask, CannotFuse, self._depends)
         steps = []
-        for grp in groups:
-            pos = max(self.order[r] for r in grp.roots) if isinstance(grp, FusionGroup) else self.order[grp.node]
+        for grp in groups:  # (a weight kernel runs where its input gradient did)
+            at = grp.pattern.get("dx_roots", grp.roots) if isinstance(grp, FusionGroup) else ()
+            pos = max(self.order[r] for r in at) if isinstance(grp, FusionGroup) else self.order[grp.node]
             steps.append((pos, grp))
         for n in self.g.nodes:
             if n.op in COLLECTIVES:

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
 from ..kernels import pallas_templates as tpl
-from . import grouped
+from . import grouped, weight_grad
 from .emitted import EmittedKernel
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
@@ -485,7 +485,7 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
 
 
 EMITTERS = {"pointwise": emit_rows, "reduction": emit_rows, "scatter": emit_rows, "matmul": emit_matmul,
-            "attention": emit_attention, "grouped_matmul": grouped.emit_pallas}
+            "attention": emit_attention, "grouped_matmul": grouped.emit_pallas, "weight_grad": weight_grad.emit_pallas}
 
 
 def emit(grp: FusionGroup, name: str) -> EmittedKernel:

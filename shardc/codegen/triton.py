@@ -13,7 +13,7 @@ from ..kernels import attention as attention_t
 from ..kernels import matmul as matmul_t
 from ..kernels import rows as rows_t
 from ..kernels import scatter as scatter_t
-from . import autotune, grouped
+from . import autotune, grouped, weight_grad
 from .emitted import EmittedKernel
 from . import fused_flash, fused_triton
 from .fused_recompute import onehot_scatter
@@ -438,7 +438,8 @@ def _scatter_init(grp: FusionGroup, x: Node) -> str:
 
 
 EMITTERS = {"pointwise": emit_rows, "reduction": emit_rows, "matmul": emit_matmul,
-            "attention": emit_attention, "scatter": emit_scatter, "grouped_matmul": grouped.emit_triton}
+            "attention": emit_attention, "scatter": emit_scatter, "grouped_matmul": grouped.emit_triton,
+            "weight_grad": weight_grad.emit_triton}
 
 
 def emit(grp: FusionGroup, name: str) -> EmittedKernel:
