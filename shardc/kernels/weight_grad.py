@@ -50,7 +50,14 @@ def launch(args, cfg):
 TUNING = [dict(BF=bf, BC=bc, num_warps=w, num_stages=s) for bf, bc, w, s in
           [(16, 64, 4, 2), (32, 64, 4, 2), (64, 64, 4, 3), (16, 128, 4, 2), (32, 32, 8, 2), (16, 32, 8, 2)]]
 
-SMS = 132  # an H100's streaming multiprocessors: the programs one wave fills
+SMS = 132                 # an H100's streaming multiprocessors: the programs one wave fills
+SHARED_BUDGET = 208 << 10  # of the 227 KiB a block may have: X's tile and the pipelined W and dY tiles
+
+
+def shared_bytes(bf: int, bc: int, bt: int, itemsize: int, stages: int) -> int:
+    """Shared memory of the dot operands: X's [BF, BT] tile, and per stage the [BT, BC] dY and
+    [BF, BC] W tiles (what the sm_90 compile reports, within a few KiB)."""
+    return (bf * bt + stages * bc * (bt + bf)) * itemsize
 
 
 def choose(b: int, f: int, c: int, t: int, dtype: str, interpret: bool) -> dict:
@@ -61,10 +68,13 @@ def choose(b: int, f: int, c: int, t: int, dtype: str, interpret: bool) -> dict:
     if interpret:  # few, large programs (interpreter cost: grid size x loop trips), f32 dots
         return dict(BF=clamp(f, 128), BC=clamp(c, 256), BT=bt, DT="fp32", PREC="ieee")
     half = dtype in ("bf16", "f16")
-    bf = next((x for x in (64, 32) if b * -(-f // x) >= SMS), 16)
+    size, stages = (2 if half else 4), 2
     bc = 64 if bt <= 128 else 32  # [BT, BC] dY tile and the [BF, BT] X and dX blocks in registers
+    fits = [x for x in (64, 32, 16) if shared_bytes(x, bc, bt, size, stages) <= SHARED_BUDGET] or [16]
+    bf = next((x for x in fits if b * -(-f // x) >= SMS), fits[-1])
     return dict(BF=bf, BC=bc, BT=bt, DT={"bf16": "bf16", "f16": "fp16"}.get(dtype, "fp32"),
-                PREC="tf32" if half else "ieee", num_warps=4 if bt <= 128 else 8, num_stages=2)
+                PREC="tf32" if half else "ieee", num_warps=4 if bt <= 128 else 8, num_stages=stages)
+
 
 # Pallas: grid (batch and F blocks: parallel, C blocks: arbitrary, last); dX in VMEM scratch
 PALLAS = '''
