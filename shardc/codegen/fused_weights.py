@@ -12,17 +12,22 @@ at the loop's end: no atomics, no partial sums in memory), computes that dW tile
 every token at once (the tokens fit one tile) and stores the updated weight tile. dY's tile is
 loaded once for both.
 
-A pair of plain matmul groups qualifies when (nothing here knows a model or an optimizer):
-- one dot reads a stored W as an operand (dX; directly or through a transpose: Wᵀ), and the other group reads W too and
-  stores a value of W's shape computed from its dot (dW and its epilogue: the update);
-- the dW dot contracts over at most MAX_TOKENS elements, and dX's other operand has that many
+An input-gradient group and the weight-gradient groups updating its weights qualify (nothing
+here knows a model or an optimizer):
+- each dot of the input-gradient group (one, or summed siblings: dk·Wk + dv·Wv, dgate·Wg +
+  dup·Wu) reads its own stored W as an operand (directly or through a transpose: Wᵀ), and a dot
+  of one of the other groups (plain, or siblings: the gate and up weight gradients reading one x)
+  is W's gradient: that group stores a value of W's shape computed from it (the update), and
+  every dot of those groups is one of these;
+- each dW contracts over at most MAX_TOKENS elements, and its dX's other operand has that many
   free elements (its tokens); both have the same batch shape (MoE experts: one W per expert);
-- they read another stored value in common (dY: loaded once, as W is), and neither reads what
-  the other writes.
-The target says whether it can emit the pair (which dims of W and dW correspond is checked there);
+- each weight-gradient group reads another stored value with the input-gradient group (dY:
+  loaded once, as W is), and none reads what the other writes.
+The target says whether it can emit them (which dims of W and dW correspond is checked there);
 with more tokens than one tile the plan is unchanged. The group is kind "weight_grad", anchored at
-dW, `pattern["dx"]` its input-gradient dot, `pattern["weight"]` W and `pattern["dx_roots"]` what
-the dX half stores (the kernel runs where dX did: the backward keeps its order).
+the first dW; `pattern["dx"]`, `["weight"]` and `["dw"]` list the (dX, W, dW) of each weight and
+`pattern["dx_roots"]` what the dX half stores (the kernel runs where dX did: the backward keeps
+its order). A kernel passes over its weights one after the other, all feeding one dX.
 """
 from __future__ import annotations
 
@@ -33,10 +38,17 @@ from ..ir import Op
 MAX_TOKENS = 512  # dW's contraction, padded to a power of two: one tile of every program
 
 
-def _plain(m, depends) -> bool:
+def _dots(m, depends) -> list | None:
+    """The dots of a matmul group that stores only them and their epilogues: a plain group's one,
+    or a sibling group's (fused_siblings.py: dK beside dVᵀ, summed input gradients dk·Wk + dv·Wv,
+    weight gradients of projections reading one x); None for any other group."""
     d = m.anchor
-    return (m.kind == "matmul" and d is not None and d.op is Op.DOT_GENERAL and not m.pattern
-            and d.dtype.is_float and all(r is d or depends(r, d) for r in m.roots))
+    if m.kind != "matmul" or d is None or d.op is not Op.DOT_GENERAL or set(m.pattern) - {"siblings"}:
+        return None
+    dots = [d] + [s for s, _ in m.pattern.get("siblings", ())]
+    if not all(n.dtype.is_float for n in dots) or not all(any(r is n or depends(r, n) for n in dots) for r in m.roots):
+        return None
+    return dots
 
 
 def _size(x, dims) -> int:
@@ -63,60 +75,75 @@ def tokens(dx, side: int) -> int:
     return _size(x, [i for i in range(x.rank) if i not in dx.attrs[pre + "batch"] + dx.attrs[pre + "contract"]])
 
 
-def _pair(a, b, depends):
-    """(W, why) when dot group `a` (dX) and `b` (dW with its update) qualify, else None."""
-    dx, dw = a.anchor, b.anchor
-    if ({dx} | set(a.roots)) & (set(b.nodes) | set(b.inputs)):
-        return None  # dW reads dX's result (a forward matmul and the loss gradient): not a weight's backward
-    t = _size(dw.inputs[0], dw.attrs["lhs_contract"])
-    if t > MAX_TOKENS or dw.inputs[0].dtype is not dx.inputs[0].dtype:
-        return None
-    if [dx.inputs[0].shape[i] for i in dx.attrs["lhs_batch"]] != [dw.inputs[0].shape[i] for i in dw.attrs["lhs_batch"]]:
-        return None
-    for w in map(weight_of, dx.inputs):
-        side = weight_side(dx, w)
-        if side is None or w not in a.inputs or w not in b.inputs or dw.size != w.size or tokens(dx, side) != t:
-            continue
-        if not any(r.shape == w.shape and r is not dw and depends(r, dw) for r in b.roots):
-            continue  # no update of W in dW's epilogue
-        if not (set(a.inputs) & set(b.inputs)) - {w}:
-            continue  # no dY in common
-        return w, (f"input gradient and weight gradient with its update in one pass over the weight "
-                   f"{w.dtype}{list(w.shape)}: each tile of it read once, {t} tokens in one tile")
-    return None
+def _updated(b, dw, w, depends) -> bool:
+    """Whether group `b` stores an update of `w` computed from its dot `dw` (W's shape and size)."""
+    return w in b.inputs and dw.size == w.size and any(r.shape == w.shape and r is not dw and depends(r, dw)
+                                                       for r in b.roots)
+
+
+def _pairs(a, a_dots, cands, depends) -> list | None:
+    """[(dX dot, W, dW dot, dW's group)] for input-gradient group `a`: every dot of `a` reads its
+    own weight, updated by a dot of one of the groups `cands` ((group, its dots)) over the same
+    tokens and batch, and every dot of those groups is one of them; None otherwise."""
+    out = []
+    for dx in a_dots:
+        found = None
+        for b, dots, w in [(b, dots, w) for b, dots in cands for w in map(weight_of, dx.inputs)
+                           if w in a.inputs and weight_side(dx, w) is not None]:
+            for dw in dots:
+                t = _size(dw.inputs[0], dw.attrs["lhs_contract"])
+                if (_updated(b, dw, w, depends) and t <= MAX_TOKENS and tokens(dx, weight_side(dx, w)) == t
+                        and dw.inputs[0].dtype is dx.inputs[0].dtype
+                        and [dx.inputs[0].shape[i] for i in dx.attrs["lhs_batch"]]
+                        == [dw.inputs[0].shape[i] for i in dw.attrs["lhs_batch"]]):
+                    found = (dx, w, dw, b)
+        if found is None or any(p[1] is found[1] for p in out):
+            return None
+        out.append(found)
+    used = {id(p[3]) for p in out}
+    if sum(len(dots) for b, dots in cands if id(b) in used) != len(out):
+        return None  # a weight gradient of those groups has no input gradient here
+    return out
 
 
 def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
-    """Pairs of plain matmul groups (dX, dW + update of the same W) as one "weight_grad" group
-    each, where the target can emit it."""
+    """Each input-gradient group with the weight-gradient groups updating the weights it reads, as
+    one "weight_grad" group, where the target can emit it."""
     from .fusion import FusionGroup
     groups = list(groups)
-    mats = [g for g in groups if isinstance(g, FusionGroup) and _plain(g, depends)]
+    mats = [(g, d) for g in groups if isinstance(g, FusionGroup) for d in [_dots(g, depends)] if d]
     taken: set = set()
-    for b in mats:
-        if id(b) in taken:
+    for a, a_dots in mats:
+        if id(a) in taken:
             continue
-        for a in mats:
-            if a is b or id(a) in taken:
-                continue
-            found = _pair(a, b, depends)
-            if found is None:
-                continue
-            w, why = found
-            nodes = {n: None for n in a.nodes + b.nodes}
-            ins = [x for x in dict.fromkeys(a.inputs + b.inputs) if x not in nodes]
-            roots = a.roots + [r for r in b.roots if r not in a.roots]
-            if any(depends(x, r) for x in ins for r in roots):
-                continue
-            merged = FusionGroup("weight_grad", roots, sorted(nodes, key=order.get), sorted(ins, key=order.get),
-                                 f"{why}; {a.reason} and {b.reason}", b.anchor,
-                                 {"dx": a.anchor, "dx_roots": list(a.roots), "weight": w})
-            try:
-                feasible(merged)
-            except cannot_fuse:
-                continue
-            groups[groups.index(a)] = merged
+        cands = [(b, d) for b, d in mats if b is not a and id(b) not in taken
+                 and not (set(a_dots) | set(a.roots)) & (set(b.nodes) | set(b.inputs))]  # (dW reads no dX)
+        pairs = _pairs(a, a_dots, cands, depends)
+        if pairs is None:
+            continue
+        bs = list({id(p[3]): p[3] for p in pairs}.values())
+        ws = [p[1] for p in pairs]
+        if any(not (set(a.inputs) & set(b.inputs)) - set(ws) for b in bs):
+            continue  # no dY in common
+        nodes = {n: None for g in [a, *bs] for n in g.nodes}
+        ins = [x for x in dict.fromkeys(x for g in [a, *bs] for x in g.inputs) if x not in nodes]
+        roots = list(dict.fromkeys(r for g in [a, *bs] for r in g.roots))
+        if any(depends(x, r) for x in ins for r in roots):
+            continue
+        t = _size(pairs[0][2].inputs[0], pairs[0][2].attrs["lhs_contract"])
+        shapes = ", ".join(f"{w.dtype}{list(w.shape)}" for w in ws)
+        merged = FusionGroup("weight_grad", roots, sorted(nodes, key=order.get), sorted(ins, key=order.get),
+                             f"input gradient and weight gradient with its update in one pass over the weight"
+                             f"{'s' if len(ws) > 1 else ''} {shapes}: each tile read once, {t} tokens in one tile; "
+                             + " and ".join(g.reason for g in [a, *bs]), pairs[0][2],
+                             {"dx": [p[0] for p in pairs], "weight": ws, "dw": [p[2] for p in pairs],
+                              "dx_roots": list(a.roots)})
+        try:
+            feasible(merged)
+        except cannot_fuse:
+            continue
+        groups[groups.index(a)] = merged
+        for b in bs:
             groups.remove(b)
-            taken |= {id(a), id(b)}
-            break
+        taken |= {id(a)} | {id(b) for b in bs}
     return groups

@@ -35,10 +35,15 @@ def _place(rank: int, parts) -> tuple:
     return tuple(idx)
 
 
-def layout(grp: FusionGroup, ix: dict) -> dict:
-    """Every index the kernel needs, from tile variables `ix` (rf: W's kept rows, rc: W's looped
-    columns, rt / rtx: the tokens as rows / as columns of a tile, b: the batch entries)."""
-    dw, dx, w = grp.anchor, grp.pattern["dx"], grp.pattern["weight"]
+def triples(grp: FusionGroup) -> list[tuple]:
+    """(dX dot, W, dW dot) of each weight the group updates."""
+    p = grp.pattern
+    return list(zip(p["dx"], p["weight"], p["dw"]))
+
+
+def layout(grp: FusionGroup, dx: Node, w: Node, dw: Node, ix: dict) -> dict:
+    """Every index one weight's pass needs, from tile variables `ix` (rf: W's kept rows, rc: W's
+    looped columns, rt / rtx: the tokens as rows / as columns of a tile, b: the batch entries)."""
     side = weight_side(dx, w)
     if side is None:
         raise CannotFuse(f"{dx.describe()} does not read the weight once", dx)
@@ -65,8 +70,8 @@ def layout(grp: FusionGroup, ix: dict) -> dict:
     sym = tuple(Ix(f"q{k}", {f"q{k}"}) for k in range(dw.rank))
     from .fused_triton import epilogue_index
     dw_idx = None
-    for r in grp.roots:
-        if r.shape == w.shape and r not in grp.pattern["dx_roots"]:
+    for r in _roots(grp)[1]:
+        if r.shape == w.shape:
             at = epilogue_index(r, dw, sym)
             if at is not None and sorted(i.text for i in at) == sorted(s.text for s in sym):
                 pos = {i.text: j for j, i in enumerate(at)}
@@ -104,10 +109,21 @@ def _roots(grp: FusionGroup) -> tuple[list, list]:
     return list(first), [r for r in grp.roots if r not in first]
 
 
-def _root_at(r: Node, d: Node, d_idx: tuple):
+def _updates(grp: FusionGroup, dw: Node) -> list:
+    """The dW roots computed from `dw` (its weight's update, optimizer state)."""
+    from .triton import _computed_from
+    after = _computed_from(grp, dw)
+    return [r for r in _roots(grp)[1] if r in after]
+
+
+def _root_at_or_none(r: Node, d: Node, d_idx: tuple):
     from .fused_triton import epilogue_index
     from .triton import _root_index
-    idx = epilogue_index(r, d, d_idx) or _root_index(r, d_idx, d.shape)
+    return epilogue_index(r, d, d_idx) or _root_index(r, d_idx, d.shape)
+
+
+def _root_at(r: Node, d: Node, d_idx: tuple):
+    idx = _root_at_or_none(r, d, d_idx)
     if idx is None:
         raise CannotFuse(f"{r.describe()} does not match the tile of {d.describe()}", r)
     return idx
@@ -120,46 +136,56 @@ def emit_triton(grp: FusionGroup, name: str) -> EmittedKernel:
     c = _Common(grp, name)
     ix = {v: Ix(v, {v}) for v in ("rf", "rc", "rt", "rtx")}
     ix["b"] = lambda shape: unflatten(Ix("pid_b"), shape)
-    L = layout(grp, ix)
-    dx, dw = L["dx"], L["dw"]
-    dtype = _dot_dtype(dw)
+    Ls = [layout(grp, dx, w, dw, ix) for dx, w, dw in triples(grp)]
+    if len({(L["B"], L["F"], L["T"]) for L in Ls}) != 1:
+        raise CannotFuse("the weights' passes cover different rows, tokens or batches", grp.anchor)
+    dtype = _dot_dtype(grp.anchor)
     tile = Tile(rf=("mask_rf", 0, "BF"), rc=("mask_rc", 1, "BC"), rt=("mask_rt", 0, "BT"), rtx=("mask_rtx", 1, "BT"))
-    # values indexed by the rows and tokens alone (X's tile) are loaded once, before the loop
+    # values indexed by the rows and tokens alone (X's tile) are loaded once, before the loops
     em = ExprEmitter(tile, c.buffers, c.scalars, hoist={"rf", "rt", "rtx"})
-    dx_roots, dw_roots = _roots(grp)
 
     def incomplete(idx):
-        raise CannotFuse(f"{dx.describe()} is read inside the loop that computes it", dx)
-    em.bound[dx] = incomplete
-    with em.block() as loop:
-        x_text = em.full(em.value(L["x"], L["x_idx"]), {"rf", "rtx"})
-        w_text = em.full(em.value(L["w"], L["w_idx"]), {"rf", "rc"})
-        g_text = em.full(em.value(L["g"], L["g_idx"]), {"rt", "rc"})
-        dy_text = em.full(em.value(L["dy"], L["dy_idx"]), {"rt", "rc"})
-        loads = list(em.lines)
-        em.lines.clear()
-        acc = Val("dw", {"rf", "rc"}, dw.dtype)
-        if dw.dtype in (DType.f16, DType.bf16):  # the dot's result is stored rounded: round it here too
-            acc = em.emit(round_half("dw", dw.dtype), {"rf", "rc"}, dw.dtype)
-        em.bound[dw] = _bind(dw, L["dw_idx"], acc)
-        for r in dw_roots:
-            idx = _root_at(r, dw, L["dw_idx"])
-            em.lines.append(em.store_text(r, c.outs[r], idx, em.value(r, idx)))
+        raise CannotFuse(f"{grp.anchor.describe()}: a gradient is read inside the loop that computes it", grp.anchor)
+    for L in Ls:
+        em.bound[L["dx"]] = em.bound[L["dw"]] = incomplete
+    passes = []
+    for i, L in enumerate(Ls):
+        dw = L["dw"]
+        with em.block() as loop:
+            x_text = em.full(em.value(L["x"], L["x_idx"]), {"rf", "rtx"})
+            w_text = em.full(em.value(L["w"], L["w_idx"]), {"rf", "rc"})
+            g_text = em.full(em.value(L["g"], L["g_idx"]), {"rt", "rc"})
+            dy_text = em.full(em.value(L["dy"], L["dy_idx"]), {"rt", "rc"})
+            loads = list(em.lines)
+            em.lines.clear()
+            acc = Val("dw", {"rf", "rc"}, dw.dtype)
+            if dw.dtype in (DType.f16, DType.bf16):  # the dot's result is stored rounded: round it here too
+                acc = em.emit(round_half("dw", dw.dtype), {"rf", "rc"}, dw.dtype)
+            em.bound[dw] = _bind(dw, L["dw_idx"], acc)
+            for r in _updates(grp, dw):
+                idx = _root_at(r, dw, L["dw_idx"])
+                em.lines.append(em.store_text(r, c.outs[r], idx, em.value(r, idx)))
+        em.bound[dw] = incomplete
+        passes.append(wg_t.PASS.format(i=i, C=L["C"], x=x_text, loads=_indent(loads, 8), w=w_text, g=g_text,
+                                       dy=dy_text, update=_indent(loop.lines, 8)))
     prologue = list(em.lines)
     em.lines.clear()
-    acc = Val("dxt", {"rf", "rtx"}, dx.dtype)
-    if dx.dtype in (DType.f16, DType.bf16):
-        acc = em.emit(round_half("dxt", dx.dtype), {"rf", "rtx"}, dx.dtype)
-    em.bound[dx] = _bind(dx, L["dx_idx"], acc)
+    for i, L in enumerate(Ls):
+        dx = L["dx"]
+        acc = Val(f"dxt{i}", {"rf", "rtx"}, dx.dtype)
+        if dx.dtype in (DType.f16, DType.bf16):
+            acc = em.emit(round_half(acc.text, dx.dtype), {"rf", "rtx"}, dx.dtype)
+        em.bound[dx] = _bind(dx, L["dx_idx"], acc)
     stores = []
-    for r in dx_roots:
-        idx = _root_at(r, dx, L["dx_idx"])
+    for r in _roots(grp)[0]:
+        dx, idx = next(((L["dx"], i) for L in Ls for i in [_root_at_or_none(r, L["dx"], L["dx_idx"])] if i), (None, None))
+        if idx is None:
+            raise CannotFuse(f"{r.describe()} does not match the input gradient's tile", r)
         stores.append(em.store_text(r, c.outs[r], idx, em.value(r, idx)))
-    src = wg_t.TEMPLATE.format(name=name, params=c.params, F=L["F"], C=L["C"], T=L["T"], B=L["B"],
-                               prologue=_indent(prologue, 4), x=x_text, loads=_indent(loads, 8), w=w_text,
-                               g=g_text, dy=dy_text, update=_indent(loop.lines, 8),
-                               epilogue=_indent(em.lines + stores, 4))
-    B, F, C, T = L["B"], L["F"], L["C"], L["T"]
+    L = Ls[0]
+    src = wg_t.TEMPLATE.format(name=name, params=c.params, F=L["F"], T=L["T"], B=L["B"], prologue=_indent(prologue, 4),
+                               passes="".join(passes), epilogue=_indent(em.lines + stores, 4))
+    B, F, C, T = L["B"], L["F"], sum(L["C"] for L in Ls), L["T"]
     choose = lambda interpret: wg_t.choose(B, F, C, T, dtype, interpret)
     return c.finish("weight_grad", src, choose, wg_t.TUNING, dict(B=B, F=F, C=C, T=T, dtype=dtype))
 
@@ -168,46 +194,59 @@ def emit_triton(grp: FusionGroup, name: str) -> EmittedKernel:
 def emit_pallas(grp: FusionGroup, name: str) -> EmittedKernel:
     """The grid: (batch and W's rows kept by dX: parallel, W's other dims: arbitrary, last); dX
     accumulates in an f32 VMEM scratch and is stored on the last step, each dW block and its
-    update are computed and stored on the step that loads that W block."""
+    update are computed and stored on the step that loads that W block. A kernel of several
+    weights keeps their other dims whole (each grid step passes over every weight's rows)."""
     from . import pallas as P
     from .pallas_expr import HALF, round_half
     P._check_dtypes(grp)
-    dw, dx, w = grp.anchor, grp.pattern["dx"], grp.pattern["weight"]
-    side = weight_side(dx, w)
-    if side is None:
-        raise CannotFuse(f"{dx.describe()} does not read the weight once", dx)
-    wop = dx.inputs[side]  # W, or W through transposes
-    wb, wf, wc = _dims(wop, dx.attrs, "lhs_" if side == 0 else "rhs_")
-    nb = len(wb)
-    kept = list(range(nb, nb + len(wf))) if side == 0 else list(range(dx.rank - len(wf), dx.rank))
+    trip = triples(grp)
+    dxs = [dx for dx, _, _ in trip]
     b = P._Builder(grp, name, "weight_grad")
-    b.constrain(grp.nodes, accumulating=(dx,))
-    cands = [(dx, i, "parallel") for i in list(range(nb)) + kept] + [(wop, i, "arbitrary") for i in wc]
-    b.tile(cands, scratch_bytes=lambda block: math.prod(block(dx)) * 4)
+    b.constrain(grp.nodes, accumulating=tuple(dxs))
+    cands = []
+    for dx, w, dw in trip:
+        side = weight_side(dx, w)
+        if side is None:
+            raise CannotFuse(f"{dx.describe()} does not read the weight once", dx)
+        wop = dx.inputs[side]  # W, or W through transposes
+        wb, wf, wc = _dims(wop, dx.attrs, "lhs_" if side == 0 else "rhs_")
+        nb = len(wb)
+        kept = list(range(nb, nb + len(wf))) if side == 0 else list(range(dx.rank - len(wf), dx.rank))
+        cands += [(dx, i, "parallel") for i in list(range(nb)) + kept]
+        if len(trip) > 1:  # W's other dims whole: no grid axis runs over them
+            for i in wc:
+                b.dc.need_whole((wop, i))
+    cands += [(wop, i, "arbitrary") for i in wc] if len(trip) == 1 else []
+    b.tile(cands, scratch_bytes=lambda block: sum(math.prod(block(dx)) for dx in dxs) * 4)
     k_axes = [i for i, (_, _, s) in enumerate(b.grid) if s == "arbitrary"]
     first = " & ".join(f"(pl.program_id({a}) == 0)" for a in k_axes) or "True"
     last = " & ".join(f"(pl.program_id({a}) == {b.grid[a][0] // b.grid[a][1] - 1})" for a in k_axes) or "True"
     em = b.emitter()
-    dx_roots, dw_roots = _roots(grp)
-    dx_dot = P._dot(dx, em.value(dx.inputs[0]), em.value(dx.inputs[1]), b.block(dx), em=em)
-    dw_dot = P._dot(dw, em.value(dw.inputs[0]), em.value(dw.inputs[1]), b.block(dw), em=em)
+    refs = [f"acc{i}_ref" for i in range(len(trip))]
+    dots = [(P._dot(dx, em.value(dx.inputs[0]), em.value(dx.inputs[1]), b.block(dx), em=em),
+             P._dot(dw, em.value(dw.inputs[0]), em.value(dw.inputs[1]), b.block(dw), em=em)) for dx, _, dw in trip]
     pro = list(em.lines)
     em.lines.clear()
-    acc = em.emit(dw_dot, b.block(dw), dw.dtype, "dw")
-    if dw.dtype in HALF:  # the dot's result is stored rounded: round it here too
-        acc = em.emit(round_half(acc.text, dw.dtype), acc.shape, dw.dtype)
-    em.bound[dw] = acc
-    update = em.lines + [b.store(em, r, grp.roots.index(r)) for r in dw_roots]
+    for ref, (dx_dot, _) in zip(refs, dots):
+        em.lines.append(f"{ref}[...] += {dx_dot}")
+    for (_, _, dw), (_, dw_dot) in zip(trip, dots):
+        acc = em.emit(dw_dot, b.block(dw), dw.dtype, "dw")
+        if dw.dtype in HALF:  # the dot's result is stored rounded: round it here too
+            acc = em.emit(round_half(acc.text, dw.dtype), acc.shape, dw.dtype)
+        em.bound[dw] = acc
+        em.lines += [b.store(em, r, grp.roots.index(r)) for r in _updates(grp, dw)]
+    update = em.lines
     em.lines = []
-    acc = em.emit("acc_ref[...]", b.block(dx), dx.dtype, "acc")
-    if dx.dtype in HALF:
-        acc = em.emit(round_half(acc.text, dx.dtype), acc.shape, dx.dtype)
-    em.bound[dx] = acc
-    stores = [b.store(em, r, grp.roots.index(r)) for r in dx_roots]
-    body = wg_t.PALLAS.format(name=name, params=b.params(["acc_ref"]), first=first, last=last,
-                              prologue=_pad(pro, 4), dx_dot=dx_dot, update=_pad(update, 4),
-                              epilogue=_pad(em.lines + stores, 8))
-    return b.finish(body, [f"pltpu.VMEM({b.block(dx)}, jnp.float32)"])
+    for ref, dx in zip(refs, dxs):
+        acc = em.emit(f"{ref}[...]", b.block(dx), dx.dtype, "acc")
+        if dx.dtype in HALF:
+            acc = em.emit(round_half(acc.text, dx.dtype), acc.shape, dx.dtype)
+        em.bound[dx] = acc
+    stores = [b.store(em, r, grp.roots.index(r)) for r in _roots(grp)[0]]
+    body = wg_t.PALLAS.format(name=name, params=b.params(refs), first=first, last=last,
+                              init=_pad([f"{r}[...] = jnp.zeros({r}.shape, {r}.dtype)" for r in refs], 8),
+                              prologue=_pad(pro, 4), update=_pad(update, 4), epilogue=_pad(em.lines + stores, 8))
+    return b.finish(body, [f"pltpu.VMEM({b.block(dx)}, jnp.float32)" for dx in dxs])
 
 
 def _pad(lines: list[str], n: int) -> str:

@@ -24,8 +24,19 @@ def {name}({params}BF: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr, DT: tl.
     mask_rf = rf < {F}
     mask_rt = rt < {T}
     mask_rtx = rtx < {T}
-    dxt = tl.zeros((BF, BT), dtype=tl.float32)
 {prologue}
+{passes}
+{epilogue}
+
+
+def launch(args, cfg):
+    grid = (triton.cdiv({F}, cfg["BF"]), {B})
+    {name}[grid](*args, BF=cfg["BF"], BC=cfg["BC"], BT=cfg["BT"], DT=_DT[cfg["DT"]], PREC=cfg["PREC"],
+                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
+'''
+
+# one weight's pass (the kernel has one per weight it updates, all adding to the same dX)
+PASS = '''    dxt{i} = tl.zeros((BF, BT), dtype=tl.float32)
     xt = tl.where(mask_rf & mask_rtx, {x}, 0.0).to(DT)
     for c0 in range(0, {C}, BC):
         rc = c0 + tl.arange(0, BC)[None, :]
@@ -34,16 +45,9 @@ def {name}({params}BF: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr, DT: tl.
         w = tl.where(mask_rf & mask_rc, {w}, 0.0).to(DT)
         g = tl.where(mask_rt & mask_rc, {g}, 0.0).to(DT)
         dy = tl.where(mask_rt & mask_rc, {dy}, 0.0).to(DT)
-        dxt += tl.dot(w, tl.trans(g), input_precision=PREC)
+        dxt{i} += tl.dot(w, tl.trans(g), input_precision=PREC)
         dw = tl.dot(xt, dy, input_precision=PREC)
 {update}
-{epilogue}
-
-
-def launch(args, cfg):
-    grid = (triton.cdiv({F}, cfg["BF"]), {B})
-    {name}[grid](*args, BF=cfg["BF"], BC=cfg["BC"], BT=cfg["BT"], DT=_DT[cfg["DT"]], PREC=cfg["PREC"],
-                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
 '''
 
 # rows of W per program, W's columns per step, warps, pipeline stages (BT is the token tile)
@@ -76,15 +80,15 @@ def choose(b: int, f: int, c: int, t: int, dtype: str, interpret: bool) -> dict:
                 PREC="tf32" if half else "ieee", num_warps=4 if bt <= 128 else 8, num_stages=stages)
 
 
-# Pallas: grid (batch and F blocks: parallel, C blocks: arbitrary, last); dX in VMEM scratch
+# Pallas: grid (batch and F blocks: parallel, C blocks: arbitrary, last); each dX in VMEM scratch
+# (`update`: the dX accumulations, then each dW and what its epilogue stores)
 PALLAS = '''
 def {name}({params}):
     @pl.when({first})
     def _init():
-        acc_ref[...] = jnp.zeros(acc_ref.shape, acc_ref.dtype)
+{init}
 
 {prologue}
-    acc_ref[...] += {dx_dot}
 {update}
 
     @pl.when({last})
