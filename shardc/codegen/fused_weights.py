@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 from ..ir import Op
+from ..ir.ops import ELEMENTWISE
 
 MAX_TOKENS = 512  # dW's contraction, padded to a power of two: one tile of every program
 
@@ -75,13 +76,26 @@ def tokens(dx, side: int) -> int:
     return _size(x, [i for i in range(x.rank) if i not in dx.attrs[pre + "batch"] + dx.attrs[pre + "contract"]])
 
 
-def _updated(b, dw, w, depends) -> bool:
-    """Whether group `b` stores an update of `w` computed from its dot `dw` (W's shape and size)."""
-    return w in b.inputs and dw.size == w.size and any(r.shape == w.shape and r is not dw and depends(r, dw)
+def _elementwise_of(r) -> set:
+    """The values `r` is computed from element for element (same-size elementwise ops, transposes)."""
+    seen, stack = set(), [r]
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            if n.op in ELEMENTWISE or n.op is Op.TRANSPOSE:
+                stack += [x for x in n.inputs if x.size == n.size]
+    return seen
+
+
+def _updated(b, dw, w) -> bool:
+    """Whether group `b` stores an update of `w`: a value of W's shape computed element for
+    element from `w` and its dot `dw` (W - lr·dW; not a gradient that reaches W through a dot)."""
+    return w in b.inputs and dw.size == w.size and any(r.shape == w.shape and r is not dw and {w, dw} <= _elementwise_of(r)
                                                        for r in b.roots)
 
 
-def _pairs(a, a_dots, cands, depends) -> list | None:
+def _pairs(a, a_dots, cands) -> list | None:
     """[(dX dot, W, dW dot, dW's group)] for input-gradient group `a`: every dot of `a` reads its
     own weight, updated by a dot of one of the groups `cands` ((group, its dots)) over the same
     tokens and batch, and every dot of those groups is one of them; None otherwise."""
@@ -92,7 +106,7 @@ def _pairs(a, a_dots, cands, depends) -> list | None:
                            if w in a.inputs and weight_side(dx, w) is not None]:
             for dw in dots:
                 t = _size(dw.inputs[0], dw.attrs["lhs_contract"])
-                if (_updated(b, dw, w, depends) and t <= MAX_TOKENS and tokens(dx, weight_side(dx, w)) == t
+                if (_updated(b, dw, w) and t <= MAX_TOKENS and tokens(dx, weight_side(dx, w)) == t
                         and dw.inputs[0].dtype is dx.inputs[0].dtype
                         and [dx.inputs[0].shape[i] for i in dx.attrs["lhs_batch"]]
                         == [dw.inputs[0].shape[i] for i in dw.attrs["lhs_batch"]]):
@@ -118,7 +132,7 @@ def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
             continue
         cands = [(b, d) for b, d in mats if b is not a and id(b) not in taken
                  and not (set(a_dots) | set(a.roots)) & (set(b.nodes) | set(b.inputs))]  # (dW reads no dX)
-        pairs = _pairs(a, a_dots, cands, depends)
+        pairs = _pairs(a, a_dots, cands)
         if pairs is None:
             continue
         bs = list({id(p[3]): p[3] for p in pairs}.values())

@@ -23,12 +23,13 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SHARDC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernel-cache"))
 
 
-def _step(tokens=20, experts=0, optimizer="sgd", bf16=False, d=136, h=144):
+def _step(tokens=20, experts=0, optimizer="sgd", bf16=False, d=136, h=144, gated=False):
     """One training step of x → tanh(x·W0) → tanh(·W1) → ·W2 against t (x not trained): W1 and W2
     have an input gradient, W0 none. Widths over one 128 tile (no chained or rebuilt dot takes
     the backward), none a multiple of a block. experts > 0: batched weights [E, ...], one per
     expert (an MoE's expert MLP), tokens per expert. W2 is stored [out, in] (torch's layout:
-    the forward reads W2ᵀ)."""
+    the forward reads W2ᵀ). gated: the middle layer is tanh(·W1) * (·W1b), SwiGLU's shape: its
+    input gradient sums two dots (summed siblings) and its weight gradients are siblings too."""
     import jax
     import jax.numpy as jnp
     dt = jnp.bfloat16 if bf16 else jnp.float32
@@ -38,11 +39,15 @@ def _step(tokens=20, experts=0, optimizer="sgd", bf16=False, d=136, h=144):
     params = {"w0": jnp.asarray(rng.standard_normal(lead + (d, d)) * 0.1, dt),
               "w1": jnp.asarray(rng.standard_normal(lead + (d, h)) * 0.1, dt),
               "w2": jnp.asarray(rng.standard_normal(lead + (d, h)) * 0.1, dt)}
+    if gated:
+        params["w1b"] = jnp.asarray(rng.standard_normal(lead + (d, h)) * 0.1, dt)
     mm = (lambda a, b: jnp.einsum("etd,edh->eth", a, b)) if experts else (lambda a, b: a @ b)
     tr = (lambda w: jnp.swapaxes(w, 1, 2)) if experts else (lambda w: w.T)
 
     def loss(p):
-        y = mm(jnp.tanh(mm(jnp.tanh(mm(x, p["w0"])), p["w1"])), tr(p["w2"]))
+        x0 = jnp.tanh(mm(x, p["w0"]))
+        x1 = jnp.tanh(mm(x0, p["w1"])) * (mm(x0, p["w1b"]) if gated else 1.0)
+        y = mm(x1, tr(p["w2"]))
         return ((y - t) ** 2).sum()
     state = optim.init_state(optimizer, params, jnp.zeros_like, jnp.zeros((), jnp.float32))
     if state:  # moments that are not zero: every term of the update matters
@@ -99,6 +104,20 @@ def test_weight_kernels_bf16_and_experts_equal_numpy():
     assert sum(k.kind == "weight_grad" for k in exe.kernels) == 2
     _, _, exe = _check_step("triton", 1e-5, experts=2, tokens=20)
     assert sum(k.kind == "weight_grad" for k in exe.kernels) == 2, exe.plan_text()
+
+
+@pytest.mark.parametrize("target", ["triton", "pallas"])
+def test_one_weight_kernel_passes_over_summed_projections(target):
+    """x1 = tanh(x0·W1) * (x0·W1b): dx0 = dh·W1ᵀ + dhb·W1bᵀ (one sum: summed siblings) and the
+    two weight gradients (siblings reading x0): one kernel passes over W1 and then W1b, both
+    feeding one dx0, each weight read once in the backward."""
+    g, prog, exe = _check_step(target, 1e-5, gated=True)
+    w = _weights(prog.local)
+    both = [k for k in exe.kernels if k.kind == "weight_grad" and w["w1"] in k.inputs and w["w1b"] in k.inputs]
+    assert len(both) == 1 and len(both[0].group.pattern["weight"]) == 2, exe.plan_text()
+    assert all(len(_readers(exe, w[n])) == 2 for n in ("w1", "w1b", "w2")), exe.plan_text()
+    if target == "pallas":
+        export_all(both)
 
 
 def test_pallas_weight_kernel_on_a_tiled_grid_equals_numpy_and_lowers():
