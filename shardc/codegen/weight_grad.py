@@ -246,7 +246,7 @@ def emit_pallas(grp: FusionGroup, name: str) -> EmittedKernel:
     body = wg_t.PALLAS.format(name=name, params=b.params(refs), first=first, last=last,
                               init=_pad([f"{r}[...] = jnp.zeros({r}.shape, {r}.dtype)" for r in refs], 8),
                               prologue=_pad(pro, 4), update=_pad(update, 4), epilogue=_pad(em.lines + stores, 8))
-    return b.finish(body, [f"pltpu.VMEM({b.block(dx)}, jnp.float32)" for dx in dxs])
+    return b.finish(body, [(b.block(dx), "jnp.float32") for dx in dxs])
 
 
 def _pad(lines: list[str], n: int) -> str:
