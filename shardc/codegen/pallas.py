@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 
 import numpy as np
@@ -418,16 +419,85 @@ def _same_blocks(dc, d, s, swapped: bool):
 
 # ---------------------------------------------------------------------------------- attention
 def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
+    """Flash attention over the key blocks. Where q and k come from one buffer (a fused QKV
+    projection) or share a computed value (rotary tables), their sequence dims are one dim class
+    and no axis is tiled: if that one block overflows the VMEM budget, the key/value side is
+    emitted from its own copy of what it reads (a shared buffer passed twice, with its own
+    BlockSpec), so queries and keys tile apart."""
+    try:
+        kernel, footprint, keys_tiled = _emit_attention(grp, name, {})
+    except vmem.TooLarge:  # (over the target's VMEM: the split below may fit)
+        kernel, footprint, keys_tiled = None, math.inf, False
+    copies = {} if keys_tiled or footprint <= (_VMEM_BUDGET.get() or tpl.VMEM_BUDGET) else _key_side_copies(grp)
+    if not copies:
+        return kernel or _emit_attention(grp, name, {})[0]
+    split, _, keys_tiled = _emit_attention(grp, name, copies)
+    if not keys_tiled:
+        return kernel or split
+    orig = {c: n for n, c in copies.items()}
+    return dataclasses.replace(split, inputs=[orig.get(x, x) for x in split.inputs])
+
+
+def _key_side_copies(grp: FusionGroup) -> dict:
+    """{node: its copy} for the nodes computing k and v, and the buffers they read that the rest
+    of the kernel (q, the score ops, the epilogue) reads too: copies are other nodes, so the key
+    side's dims get dim classes of their own."""
+    qk, pv = grp.pattern["qk"], grp.pattern["pv"]
+    q, k, v = qk.inputs[0], qk.inputs[1], pv.inputs[1]
+    kv = _upstream([k, v], grp.nodes)
+    rest = _upstream([q], grp.nodes) | _reached(grp.pattern["scores"], grp.nodes, {qk}) | \
+        {n for n in grp.nodes if n not in kv and n is not qk}
+    if not kv & rest and not {x for n in kv for x in n.inputs} & {x for n in rest for x in n.inputs} | {q}:
+        return {}  # nothing shared: the dim classes were apart already
+    copies = {}
+    for x in grp.inputs:
+        if (x in (k, v) or any(x in n.inputs for n in kv)) and (x is q or any(x in n.inputs for n in rest)):
+            copies[x] = x.with_inputs(x.inputs)
+    for n in grp.nodes:  # (program order: inputs first)
+        if n in kv:
+            copies[n] = n.with_inputs(tuple(copies.get(i, i) for i in n.inputs))
+    return copies
+
+
+def _reached(top: Node, nodes, stop: set) -> set:
+    """Nodes of `nodes` that `top` is computed from, not walking past `stop`."""
+    inside, out, stack = set(nodes), set(), [top]
+    while stack:
+        n = stack.pop()
+        if n in out or n not in inside or n in stop:
+            continue
+        out.add(n)
+        stack.extend(n.inputs)
+    return out
+
+
+def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedKernel, int, bool]:
+    """(the kernel, its blocks' bytes, whether the keys are tiled); the key/value side reads
+    `copies` of its nodes and buffers where given."""
     _check_dtypes(grp)
     qk, pv, t = grp.pattern["qk"], grp.pattern["pv"], grp.pattern["scores"]
     q, k = qk.inputs
-    v = pv.inputs[1]
+    k, v = copies.get(k, k), copies.get(pv.inputs[1], pv.inputs[1])
     nb = len(qk.attrs["lhs_batch"])
     (vc,) = pv.attrs["rhs_contract"]
     vf = next(i for i in range(nb, v.rank) if i != vc)
     b = _Builder(grp, name, "attention")
-    b.constrain(_upstream([t, v], grp.nodes))  # score ops, QKᵀ and the q, k, v prologues
+    for x in grp.inputs:  # a buffer both sides read: passed twice
+        if x in copies:
+            b.loads[copies[x]] = f"in{len(b.inputs)}_ref"
+            b.inputs.append(copies[x])
+            for d in range(x.rank):
+                b.dc.find((copies[x], d))
     dc = b.dc
+    if copies:  # QKᵀ of the key side's copy, one value with qk
+        qk_kv = qk.with_inputs((q, k))
+        key_only = {n for n in copies if n not in grp.inputs} - _reached(t, grp.nodes, {qk}) - _upstream([q], grp.nodes)
+        b.constrain((_upstream([t], grp.nodes) - key_only - {qk}) | {qk_kv}
+                    | {c for n, c in copies.items() if n not in grp.inputs})
+        for i in range(qk.rank):
+            dc.union((qk, i), (qk_kv, i))
+    else:
+        b.constrain(_upstream([t, v], grp.nodes))  # score ops, QKᵀ and the q, k, v prologues
     for i in range(nb):  # pv: batch dims as qk's, queries as qk's, keys as v's contracted dim
         dc.union((pv, i), (qk, i))
         dc.union((v, pv.attrs["rhs_batch"][i]), (qk, i))
@@ -447,8 +517,8 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
     dc.need_whole((q, qk.attrs["lhs_contract"][0]))
     cands = [(qk, i, "parallel") for i in range(nb + 1)] + [(qk, nb + 1, "arbitrary")]
     row = lambda block: math.prod(block(pv)[:-1])
-    b.tile(cands, scratch_bytes=lambda block: (math.prod(block(pv)) + 2 * row(block)) * 4
-           + math.prod(block(qk)) * 8)
+    scratch_bytes = lambda block: (math.prod(block(pv)) + 2 * row(block)) * 4 + math.prod(block(qk)) * 8
+    b.tile(cands, scratch_bytes=scratch_bytes)
     kv_axes = [i for i, (_, _, s) in enumerate(b.grid) if s == "arbitrary"]
     first = " & ".join(f"(pl.program_id({a}) == 0)" for a in kv_axes) or "True"
     last = " & ".join(f"(pl.program_id({a}) == {b.grid[a][0] // b.grid[a][1] - 1})" for a in kv_axes) or "True"
@@ -481,7 +551,8 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
                                 epilogue=_indent(em.lines + stores, 8))
     row_shape = b.block(pv)[:-1] + (1,)
     scratch = [(row_shape, "jnp.float32"), (row_shape, "jnp.float32"), (b.block(pv), "jnp.float32")]
-    return b.finish(body, scratch)
+    footprint = sum(math.prod(b.storage_block(x)) * _itemsize(x) for x in b.inputs + b.outputs) + scratch_bytes(b.block)
+    return b.finish(body, scratch), footprint, bool(kv_axes)
 
 
 EMITTERS = {"pointwise": emit_rows, "reduction": emit_rows, "scatter": emit_rows, "matmul": emit_matmul,
