@@ -432,8 +432,8 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
     if not copies:
         return kernel or _emit_attention(grp, name, {})[0]
     split, _, keys_tiled = _emit_attention(grp, name, copies)
-    if not keys_tiled:
-        return kernel or split
+    if kernel is not None and not keys_tiled:
+        return kernel
     orig = {c: n for n, c in copies.items()}
     return dataclasses.replace(split, inputs=[orig.get(x, x) for x in split.inputs])
 
