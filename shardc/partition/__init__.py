@@ -7,10 +7,12 @@ from .. import flags
 from ..errors import IRError, ShardingError
 from ..ir import Graph, Op
 from ..ir.graph import cyclic_gc_paused
+from ..ir.unmerge import unmerge
 from .batched_experts import rewrite_batched_experts
 from .lower import lower
 from .mesh import DimSharding, Mesh, P, Sharding, Strided
 from .passes import run_passes
+from .passes_common import relink
 from .plans import PLANS, idle_axes, plan_seeds
 from .program import CollectiveRecord, SpmdProgram
 from .propagate import USER, TensorSharding, block_layouts, propagate
@@ -99,6 +101,10 @@ def _partition(g: Graph, mesh: Mesh, specs: dict | None = None, plan: str | None
                        (st.fixed or _hint_holds(n, st, state, users)))
     prog = lower(g, mesh, shardings, origins, outs, {n: st.priority for n, st in state.items()}, pinned,
                  gathered=gathered)
+    local, new = unmerge(prog.local)   # dots with the dims views merged (torch's 2-D mm): codegen's form
+    if local is not prog.local:
+        prog.local = local
+        prog.collectives = relink(prog, new)
     t2 = time.perf_counter()
     prog.notes = list(notes) + [f"mesh axis {a!r} is idle: no spec{' or plan' if plan else ''} splits a value over it, so its "
                   f"{mesh.axes[a]} devices compute the same thing" for a in idle_axes(prog)]

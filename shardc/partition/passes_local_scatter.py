@@ -77,7 +77,9 @@ def _local(s: Node, sel: Node, C: int, L: int, new: dict) -> list[Node]:
     local_ind = made[-1]
     shape = list(s.shape)
     shape[a] = L * C
-    made.append(make_node(Op.BROADCAST, [_splat(x)], s.source, None, dims=(), shape=tuple(shape)))
+    z = _splat(x)  # (a torch zeros(...) is a splat constant of the buffer's shape: its scalar)
+    made.append(Node(Op.CONSTANT, (), {"value": z.attrs["value"]}, (), z.dtype, s.source, None))
+    made.append(make_node(Op.BROADCAST, [made[-1]], s.source, None, dims=(), shape=tuple(shape)))
     made.append(make_node(Op.SCATTER, [made[-1], local_ind, upd], s.source, s.name, axis=a, batch_dims=0))
     return made
 
