@@ -6,7 +6,10 @@ kernel that rereads x.
 
 `into_prologues` merges a reduction group with one root r into the earliest matmul group that
 reads r and the reduction's largest input, when r has one value per row of the dot's left
-operand and nothing the matmul reads is computed from r. The merged group records r in
+operand and nothing the matmul reads is computed from r, and, where r's group rebuilds a dot
+(a log-sum-exp over rebuilt logits), the matmul's columns fit one tile: each column tile's
+program computes the prologue again, and the LM head's dX = dlogits·W over 768+ columns would
+rebuild the logits once per column tile. The merged group records r in
 `pattern["rowstats"]`; the emitters compute it as they compute any row statistic of the
 prologue and store it beside the dot's result."""
 from __future__ import annotations
@@ -15,7 +18,7 @@ import math
 
 from ..ir import Op
 from ..ir.ops import REDUCE
-from .fused_recompute import is_recomputed
+from .fused_recompute import MAX_CHAIN_TILE, is_recomputed
 
 
 def into_prologues(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
@@ -35,6 +38,12 @@ def _rebuilt_siblings(m) -> bool:
                                            for n in m.nodes)
 
 
+def _columns(d) -> int:
+    """Output columns of dot `d`: its right-hand free extent (how many column tiles run its rows)."""
+    rhs, a = d.inputs[1], d.attrs
+    return math.prod(rhs.shape[i] for i in range(rhs.rank) if i not in a["rhs_batch"] + a["rhs_contract"])
+
+
 def _into_prologues(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
     from .fusion import FusionGroup
     for g in [g for g in groups if isinstance(g, FusionGroup) and g.kind == "reduction" and len(g.roots) == 1]:
@@ -49,6 +58,8 @@ def _into_prologues(groups: list, order: dict, feasible, cannot_fuse, depends) -
             lhs = m.anchor.inputs[0]
             if r.size * math.prod(lhs.shape[i] for i in m.anchor.attrs["lhs_contract"]) != lhs.size:
                 continue
+            if _columns(m.anchor) > MAX_CHAIN_TILE and any(is_recomputed(n) for n in g.nodes):
+                continue  # every column tile's program would rebuild the dot the statistic reads
             if any(depends(x, q) for x in g.inputs for q in m.roots) \
                     or any(depends(x, r) for x in m.inputs if x is not r):
                 continue

@@ -149,3 +149,18 @@ def test_flash_and_online_kernels_compile_for_hopper(monkeypatch):
     for k, r in zip(kernels, compile_for_gpu(kernels)):
         assert ".target sm_90" in r["ptx"] and r["cubin_bytes"] > 0, k.name
         assert 0 <= r["shared"] <= SHARED_MEMORY_LIMIT, (k.name, r["shared"])
+
+
+def test_rebuilt_statistics_stay_out_of_a_wide_matmul_prologue():
+    """Llama's training step with 160-wide layers (dX = dlogits·W has more than one tile of
+    columns) and 512 rows per step (its logits are rebuilt, never stored): the loss's max and
+    Σexp over the vocabulary are computed once per row block by their own kernel, not in dX's
+    prologue, where every column tile's program would rebuild the logits again (Llama small's
+    step did: per column tile, three passes for its statistics and one for dX's own K loop)."""
+    from shardc import models
+    m = models.get("llama:tiny", n_layer=1, d_model=160, d_ff=64, vocab_size=512)
+    g, _ = m.capture(True, "jax", 32, lr=0.1)
+    exe = shardc.compile(partition(g, Mesh(dp=1)))
+    stats = [k for k in exe.kernels if any(n.op is Op.REDUCE_MAX and n.inputs[0].shape[-1] == 512 for n in k.outputs)]
+    assert [k.kind for k in stats] == ["reduction"], exe.plan_text()
+    assert _qk_builds(stats[0]) == 0, stats[0].source  # the logits built once (max and Σexp: one pass)
