@@ -17,6 +17,7 @@ from ..ir.graph import cyclic_gc_paused
 from ..flags import debug_level, dump, log
 from .cache import cache_key, group_ir_text, load_kernel_file
 from .executable import Executable, Kernel, KernelLaunch
+from .fused_multi import horizontal
 from .fusion import CollectiveStep, FusionGroup, ViewStep, canonical_nodes, plan_fusion
 from .plan_order import topological
 from .repeated import plan_once_per_block
@@ -48,6 +49,7 @@ def _compile(prog, target: str) -> Executable:
     planned = plan_once_per_block(prog, whole, plan_of) if whole is not prog else None
     if planned is None:
         planned = [(s, None) for s in plan_of(whole.local)]   # (step, share: steps sharing it share their text)
+    planned = horizontal(planned, emitter.multi_footprint)  # independent row kernels: one launch each group
     prog = whole
     plan = []
     salt = emitter.key_text() if hasattr(emitter, "key_text") else ""

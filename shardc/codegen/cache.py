@@ -44,8 +44,11 @@ def group_ir_text(grp, signatures: dict | None = None) -> str:
     lines.append("roots " + " ".join(names.get(r, "?") for r in grp.roots))
     if grp.anchor is not None:
         lines.append("anchor " + names.get(grp.anchor, "?"))
+    for m in grp.pattern.get("members", ()):  # a multi-tensor launch: what each member computes from what
+        lines.append("member " + " ".join(names.get(r, "?") for r in m.roots) + " <- "
+                     + " ".join(names.get(x, "?") for x in m.inputs))
     for k in sorted(grp.pattern):
-        if k != "internal":
+        if k not in ("internal", "members"):
             v = grp.pattern[k]
             lines.append(f"{k} " + (" ".join(names.get(x, "?") for x in v) if isinstance(v, list) else names.get(v, "?")))
     return "\n".join(lines)

@@ -106,6 +106,8 @@ class Planner:
         self.outputs = set(g.outputs)
         self.roots: set[Node] = set()
         self.no_epilogue: set[Node] = set()
+        self.no_chain: set[Node] = set()   # dots whose epilogue takes no roots computed from its roots
+        self._chained: dict[Node, set] = {}  # dot → the roots _absorb_chain added to its epilogue
         self.attention: dict[Node, dict] = {}
         self.answers: dict[str, tuple | None] = {}   # group IR text → None or (message, failing node's position)
         self.asked: dict[tuple, CannotFuse | None] = {}  # group (its nodes themselves) → answer
@@ -208,7 +210,10 @@ class Planner:
     def _fix(self, grp: FusionGroup, e: CannotFuse, internal: set) -> set:
         """Change the plan so that `grp` no longer fails with `e`; returns the attention-internal set."""
         n = e.node
-        if grp.kind == "matmul" and (n is grp.anchor or n in grp.roots or n is None) and grp.anchor not in self.no_epilogue:
+        at_end = grp.kind == "matmul" and (n is grp.anchor or n in grp.roots or n is None)
+        if at_end and self._chained.get(grp.anchor, set()) & set(grp.roots) and grp.anchor not in self.no_chain:
+            self.no_chain.add(grp.anchor)  # (first the epilogue without the roots chained to it)
+        elif at_end and grp.anchor not in self.no_epilogue:
             self.no_epilogue.add(grp.anchor)
         elif grp.kind == "attention" and grp.anchor in self.attention:
             self.attention.pop(grp.anchor)  # unfusable attention: plain kernels
@@ -359,6 +364,8 @@ class Planner:
                 continue
             for r in readers_of_d:
                 absorbed[r] = d
+            if d not in self.no_chain:
+                self._absorb_chain(d, readers_of_d, absorbed, readers_of, leaves_of)
         groups = []
         for d in dots:
             epi = sorted((r for r, dd in absorbed.items() if dd is d), key=self.order.get)
@@ -410,6 +417,23 @@ class Planner:
                 kept = self._row_groups[r] = (t, self._group(kind, [r], nodes, leaves, why))
             groups.append(kept[1])
         return groups
+
+    def _absorb_chain(self, d: Node, epilogue: list, absorbed: dict, readers_of: dict, leaves_of: dict):
+        """Roots computed element for element from `d`'s epilogue roots and from values not
+        computed from `d` join its epilogue too (Adam's parameter update from the moments its
+        weight gradient's epilogue writes: m, v and the parameter in one body, the moments not
+        read back)."""
+        mine, todo = set(epilogue), list(epilogue)
+        while todo:
+            for q in readers_of.get(todo.pop(), ()):
+                if (q in absorbed or q is d or not inlinable(q) or (self.epilogue_fits and not self.epilogue_fits(d, q))
+                        or any(n.op in REDUCE for n in self._tree(q)[0])
+                        or any(x is not d and x not in mine and self._depends(x, d) for x in leaves_of[q])):
+                    continue
+                absorbed[q] = d
+                mine.add(q)
+                todo.append(q)
+                self._chained.setdefault(d, set()).add(q)
 
     def _unstore_guesses(self) -> bool:
         """Un-store one value stored above for its several readers (a shared reduction, a costly
@@ -534,7 +558,10 @@ class Planner:
         merged: list = []
         for s in steps:
             if isinstance(s, FusionGroup) and s.kind in ("pointwise", "reduction"):
-                for i in range(len(merged) - 1, max(-1, len(merged) - 12), -1):
+                near = set(range(max(0, len(merged) - 12), len(merged)))
+                # the groups writing what s reads first (s then reads nothing back), nearest first
+                feeds = lambda i: isinstance(merged[i], FusionGroup) and not set(merged[i].roots) & set(s.inputs)
+                for i in sorted(near | self._far_rows(merged, s, near), key=lambda i: (feeds(i), -i)):
                     cand = merged[i]
                     if not (isinstance(cand, FusionGroup) and cand.kind in ("pointwise", "reduction")):
                         continue
@@ -560,6 +587,17 @@ class Planner:
             if s is not None:
                 merged.append(s)
         return merged
+
+    def _far_rows(self, merged: list, s: FusionGroup, near: set) -> set:
+        """Positions in `merged` beyond the neighbours of `s` of the row groups that write a value
+        `s` reads or read a tensor (not a scalar) `s` reads, and store nothing a collective reads
+        (moved later, they would delay it): an Adam update's m, v and parameter, which the
+        optimizer computes a whole tree apart, are one body (read g, m, v, p; write m, v, p)."""
+        wanted = set(s.inputs)
+        return {i for i, c in enumerate(merged) if i not in near and isinstance(c, FusionGroup)
+                and c.kind in ("pointwise", "reduction")
+                and (wanted & set(c.roots) or any(x.size > 1 for x in wanted & set(c.inputs)))
+                and not any(u.op in COLLECTIVES for r in c.roots for u in self.users[r])}
 
     def _into_operands(self, groups: list) -> list:
         """A pointwise value that a matmul's A operand is computed from, element for element (the

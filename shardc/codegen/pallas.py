@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
 from ..kernels import pallas_templates as tpl
-from . import grouped, weight_grad
+from . import fused_multi, grouped, weight_grad
 from .emitted import EmittedKernel
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
@@ -170,15 +170,18 @@ class _Builder:
         names += [f"out{i}_ref" for i in range(len(self.outputs))] + scratch
         return ", ".join(names)
 
-    def spec(self, n: Node) -> str:
+    def spec(self, n: Node, pid: str | None = None) -> str:
+        """n's BlockSpec; `pid`: the text of the grid place's tuple at multi-tensor step t
+        (fused_multi.py), where the kernel's grid is not its own."""
         idx = [self.axis_of(n, d) for d in range(n.rank)]
         if n.rank == 0:
             idx = [None, None]
         elif n.rank == 1:
             idx = idx + [None] if n in self.column else [None] + idx
         g = ", ".join(f"g{i}" for i in range(len(self.grid)))
-        ix = ", ".join("0" if a is None else f"g{a}" for a in idx)
-        return f"pl.BlockSpec({self.storage_block(n)}, lambda {g + ', ' if g else ''}*_: ({ix},))"
+        ix = ", ".join("0" if a is None else f"g{a}" if pid is None else f"{pid}[{a}]" for a in idx)
+        head = f"lambda {g + ', ' if g else ''}*_" if pid is None else "lambda t, *_"
+        return f"pl.BlockSpec({self.storage_block(n)}, {head}: ({ix},))"
 
     def finish(self, body: str, scratch: list[tuple]) -> EmittedKernel:
         """The kernel: `body` and the pallas_call around it; scratch: (shape, jnp dtype) buffers."""
@@ -221,18 +224,7 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
     dx, and the SGD update of γ/β after them; a loss): those rows are tiled as an "arbitrary" grid
     axis, each step adds its block's partial sum to an f32 VMEM accumulator, and what is computed
     from the sums is computed and stored at the last step (the matmul template's K loop)."""
-    _check_dtypes(grp)
-    sums = _summable(grp)
-    while True:
-        b = _Builder(grp, name, grp.kind)
-        b.constrain(grp.nodes, accumulating=sums)
-        summed = {(s.inputs[0], a) for s in sums for a in s.attrs["axes"]}
-        cands = [(r, d, "parallel") for r in sorted(grp.roots, key=lambda r: -r.size) for d in range(r.rank)]
-        b.tile(cands + [(x, a, "arbitrary") for x, a in sorted(summed, key=lambda k: k[1])], arbitrary=summed)
-        acc, late, bad = _accumulation(b, grp, sums)
-        if not bad:
-            break
-        sums = [s for s in sums if s not in bad]
+    b, acc, late = _row_tiling(grp, name, _summable(grp))
     em = b.emitter()
     stores = [b.store(em, r, i) for i, r in enumerate(grp.roots) if r not in late]
     if not acc:
@@ -257,6 +249,32 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
                                 init=_indent([f"{r}[...] = jnp.zeros({r}.shape, {r}.dtype)" for r in refs], 8),
                                 body=_indent(main + adds, 4), finish=_indent(em.lines + finals, 8))
     return b.finish(body, [(shape, "jnp.float32") for shape in shapes])
+
+
+def _row_tiling(grp: FusionGroup, name: str, sums: list) -> tuple:
+    """(the builder with the grid chosen, the sums added up across it, what is computed from them)."""
+    _check_dtypes(grp)
+    while True:
+        b = _Builder(grp, name, grp.kind)
+        b.constrain(grp.nodes, accumulating=sums)
+        summed = {(s.inputs[0], a) for s in sums for a in s.attrs["axes"]}
+        cands = [(r, d, "parallel") for r in sorted(grp.roots, key=lambda r: -r.size) for d in range(r.rank)]
+        b.tile(cands + [(x, a, "arbitrary") for x, a in sorted(summed, key=lambda k: k[1])], arbitrary=summed)
+        acc, late, bad = _accumulation(b, grp, sums)
+        if not bad:
+            return b, acc, late
+        sums = [s for s in sums if s not in bad]
+
+
+def row_body(grp: FusionGroup, name: str, program_id: str = "pl.program_id({})") -> tuple:
+    """(the builder, the body's text) of a row kernel that adds up no sums across its grid (whole
+    rows in every block): a member of a multi-tensor launch (fused_multi.py), whose grid place
+    `program_id` names."""
+    b, _, _ = _row_tiling(grp, name, [])
+    em = b.emitter()
+    em.program_id = program_id
+    stores = [b.store(em, r, i) for i, r in enumerate(grp.roots)]
+    return b, _indent(em.lines + stores, 4)
 
 
 def _summable(grp: FusionGroup) -> list:
@@ -556,7 +574,9 @@ def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedK
 
 
 EMITTERS = {"pointwise": emit_rows, "reduction": emit_rows, "scatter": emit_rows, "matmul": emit_matmul,
-            "attention": emit_attention, "grouped_matmul": grouped.emit_pallas, "weight_grad": weight_grad.emit_pallas}
+            "attention": emit_attention, "grouped_matmul": grouped.emit_pallas, "weight_grad": weight_grad.emit_pallas,
+            "multi": fused_multi.emit_pallas}
+multi_footprint = fused_multi.pallas_footprint
 
 
 def emit(grp: FusionGroup, name: str) -> EmittedKernel:

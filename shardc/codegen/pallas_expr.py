@@ -158,6 +158,8 @@ class ValueEmitter:
     node's block; `tiles[(node, d)]` → (grid axis, block) for tiled dims (iota offsets);
     `scalars[node]` the text of an axis_index value; `bound[node]` a precomputed Val."""
 
+    program_id = "pl.program_id({})"  # the grid place's axis (a multi-tensor launch's member: its own)
+
     def __init__(self, block, loads: dict, tiles: dict, scalars: dict):
         self.block, self.loads, self.tiles, self.scalars = block, loads, tiles, scalars
         self.bound: dict[Node, Val] = {}
@@ -273,7 +275,7 @@ class ValueEmitter:
         text = f"lax.broadcasted_iota(jnp.int32, {shape}, {d})"
         if (n, d) in self.tiles:
             axis, blk = self.tiles[(n, d)]
-            text = f"({text} + pl.program_id({axis}) * {blk})"
+            text = f"({text} + {self.program_id.format(axis)} * {blk})"
         if n.dtype is not DType.i32 and n.dtype is not DType.i64:
             text = f"{text}.astype({JNP_COMPUTE[n.dtype]})"
         return self.emit(text, shape, n.dtype)

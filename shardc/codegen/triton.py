@@ -5,6 +5,7 @@ constexprs picked at launch (large on the interpreter, tuned sizes on a GPU)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
@@ -13,7 +14,7 @@ from ..kernels import attention as attention_t
 from ..kernels import matmul as matmul_t
 from ..kernels import rows as rows_t
 from ..kernels import scatter as scatter_t
-from . import autotune, grouped, weight_grad
+from . import autotune, fused_multi, grouped, weight_grad
 from .emitted import EmittedKernel
 from . import fused_flash, fused_triton
 from .fused_recompute import onehot_scatter
@@ -87,7 +88,39 @@ def _root_index(r: Node, full_idx, full_shape, row_idx=None, row_shape=None):
     return None
 
 
+@dataclass
+class RowTile:
+    """A row kernel before its launch wrapper: `tile` is one program's code (kernels/rows.py's
+    TILE or LOOPED_TILE, filled), the rest what its grid and config need. emit_rows wraps it in
+    its own kernel; a multi-tensor launch (fused_multi.py) calls it as one member."""
+    c: "_Common"
+    kind: str        # "pointwise" | "reduction"
+    fields: dict     # the tile template's holes: rows, cols, body (looped: pre, body, post)
+    rows: int
+    cols: int
+    batch: int
+    looped: bool
+    zeroed: list     # outputs summed into atomically (zeroed before the launch), as argument positions
+    choose: object   # interpret: bool -> {"BM", "BN", "num_warps"}
+
+    @property
+    def tile(self) -> str:
+        return (rows_t.LOOPED_TILE if self.looped else rows_t.TILE).format(**self.fields)
+
+    def kernel(self) -> EmittedKernel:
+        tmpl = rows_t.LOOPED_TEMPLATE if self.looped else rows_t.TEMPLATE
+        src = tmpl.format(name=self.c.name, params=self.c.params, **self.fields,
+                          init="".join(f"    args[{i}].zero_()\n" for i in self.zeroed),
+                          **fused_triton.batch_grid(self.batch, self.looped))
+        dims = dict(rows=self.rows * self.batch, cols=self.cols, **({"looped": True} if self.looped else {}))
+        return self.c.finish(self.kind, src, self.choose, rows_t.TUNING["looped" if self.looped else self.kind], dims)
+
+
 def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
+    return row_tile(grp, name).kernel()
+
+
+def row_tile(grp: FusionGroup, name: str) -> RowTile:
     """Pointwise chains and row reductions: one 2-D tile template. A group with reductions of
     different shapes tries each as the tile's (rows, cols), the one nearest the outputs first."""
     reduces = [n for n in grp.nodes if n.op in REDUCE]
@@ -106,7 +139,7 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
     raise first_error
 
 
-def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> EmittedKernel:
+def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> RowTile:
     c = _Common(grp, name)
     rm, rn = Ix("rm", {"rm"}), Ix("rn", {"rn"})
     row_idx = row_shape = None
@@ -146,17 +179,14 @@ def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> EmittedKerne
             raise CannotFuse(f"{r.describe()} does not fit the kernel's {rows}x{cols} tile",
                              reduce if reduce is not None and reduce is not r else r)
         stores.append(em.store_text(r, c.outs[r], idx, em.value(r, idx)))
-    body = _indent(em.lines + stores, 4)
-    kind = "reduction" if reduce is not None else "pointwise"
-    src = rows_t.TEMPLATE.format(name=name, params=c.params, rows=rows, cols=cols, body=body,
-                                 init="".join(f"    args[{i}].zero_()\n" for i in zeroed),
-                                 **fused_triton.batch_grid(batch, looped=False))
+    fields = dict(rows=rows, cols=cols, body=_indent(em.lines + stores, 4))
     choose = fused_triton.dot_rows(grp, lambda interpret: rows_t.choose(rows, cols, reduce is not None, interpret))
-    return c.finish(kind, src, choose, rows_t.TUNING[kind], dict(rows=rows * batch, cols=cols))
+    return RowTile(c, "reduction" if reduce is not None else "pointwise", fields, rows, cols, batch, False, zeroed,
+                   choose)
 
 
 def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full_shape, row_idx, row_shape,
-                      reduce: Node, batch: int = 1) -> EmittedKernel:
+                      reduce: Node, batch: int = 1) -> RowTile:
     """Rows longer than one tile: each reduction loops over the row (hoisted before the output
     loop, in dependency order), then the outputs are computed and stored BN elements at a time."""
     tile = Tile(rm=("mask_rm", 0, "BM"), rn=("mask_rn", 1, "BN"), rr=("mask_rr", 1, "BN"))
@@ -176,12 +206,10 @@ def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full
                 post.append(line)  # one value per row: stored once, after the loop
             else:
                 em.lines.append(line)
-    src = rows_t.LOOPED_TEMPLATE.format(name=c.name, params=c.params, rows=rows, cols=cols,
-                                        pre=_indent(em.lines, 4), body=_indent(body.lines, 8),
-                                        post=_indent(post, 4) if post else "",
-                                        **fused_triton.batch_grid(batch, looped=True))
+    fields = dict(rows=rows, cols=cols, pre=_indent(em.lines, 4), body=_indent(body.lines, 8),
+                  post=_indent(post, 4) if post else "")
     choose = fused_triton.dot_rows(grp, lambda interpret: rows_t.choose_looped(rows, cols, interpret), looped=True)
-    return c.finish("reduction", src, choose, rows_t.TUNING["looped"], dict(rows=rows * batch, cols=cols, looped=True))
+    return RowTile(c, "reduction", fields, rows, cols, batch, True, [], choose)
 
 
 def _operand_index(x_rank, batch_dims, batch_idx, free_dims, free_idx, contract_dims, contract_idx):
@@ -439,7 +467,8 @@ def _scatter_init(grp: FusionGroup, x: Node) -> str:
 
 EMITTERS = {"pointwise": emit_rows, "reduction": emit_rows, "matmul": emit_matmul,
             "attention": emit_attention, "scatter": emit_scatter, "grouped_matmul": grouped.emit_triton,
-            "weight_grad": weight_grad.emit_triton}
+            "weight_grad": weight_grad.emit_triton, "multi": fused_multi.emit_triton}
+multi_footprint = fused_multi.triton_footprint
 
 
 def emit(grp: FusionGroup, name: str) -> EmittedKernel:

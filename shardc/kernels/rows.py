@@ -14,25 +14,17 @@ scores tile is one `tl.dot` of a query block and a key block."""
 # the longest row one tile holds (elements); longer rows loop. Tests lower it to force the loop.
 MAX_ROW_TILE = 8192
 
-TEMPLATE = '''
-@triton.jit
-def {name}({params}BM: tl.constexpr, BN: tl.constexpr):
-{pid_b}    rm = tl.program_id(0) * BM + tl.arange(0, BM)[:, None]
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)[None, :]
+# One program's tile: rows rm and columns rn, at grid place (pid_m, pid_n, pid_b). The kernels
+# below take the place from their own grid; a multi-tensor launch (codegen/fused_multi.py) calls
+# the tile as a function (MEMBER) with the place its program-id range gives it.
+TILE = '''    rm = pid_m * BM + tl.arange(0, BM)[:, None]
+    rn = pid_n * BN + tl.arange(0, BN)[None, :]
     mask_rm = rm < {rows}
     mask_rn = rn < {cols}
 {body}
-
-
-def launch(args, cfg):
-{init}    grid = (triton.cdiv({rows}, cfg["BM"]), triton.cdiv({cols}, cfg["BN"]){grid_b})
-    {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], num_warps=cfg.get("num_warps", 4))
 '''
 
-LOOPED_TEMPLATE = '''
-@triton.jit
-def {name}({params}BM: tl.constexpr, BN: tl.constexpr):
-{pid_b}    rm = tl.program_id(0) * BM + tl.arange(0, BM)[:, None]
+LOOPED_TILE = '''    rm = pid_m * BM + tl.arange(0, BM)[:, None]
     mask_rm = rm < {rows}
 {pre}
     for rn0 in range(0, {cols}, BN):
@@ -40,12 +32,33 @@ def {name}({params}BM: tl.constexpr, BN: tl.constexpr):
         mask_rn = rn < {cols}
 {body}
 {post}
+'''
 
+_KERNEL = '''
+@triton.jit
+def {name}({params}BM: tl.constexpr, BN: tl.constexpr):
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+{pid_b}'''
+
+TEMPLATE = _KERNEL + TILE + '''
+
+def launch(args, cfg):
+{init}    grid = (triton.cdiv({rows}, cfg["BM"]), triton.cdiv({cols}, cfg["BN"]){grid_b})
+    {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], num_warps=cfg.get("num_warps", 4))
+'''
+
+LOOPED_TEMPLATE = _KERNEL + LOOPED_TILE + '''
 
 def launch(args, cfg):
     grid = (triton.cdiv({rows}, cfg["BM"]),{grid_b})
     {name}[grid](*args, BM=cfg["BM"], BN=cfg["BN"], num_warps=cfg.get("num_warps", 4))
 '''
+
+MEMBER = '''
+@triton.jit
+def {name}(pid_m, pid_n, pid_b, {params}BM: tl.constexpr, BN: tl.constexpr):
+'''
+
 
 # (rows per program, elements per row-tile, warps): a reduction's BN must cover the whole row;
 # a looped reduction's BN is its chunk
