@@ -50,6 +50,12 @@ class Kernel:
                    emitted.axes, group.reason, path, key, emitted.choose, emitted.signature,
                    emitted.tuning, group, emitted.dims, emitted.vmem)
 
+    @property
+    def members(self) -> list[FusionGroup]:
+        """The fusion groups this launch runs: its own, or a multi-tensor launch's members
+        (codegen/fused_multi.py); none on a rank that loaded the kernel from the wire."""
+        return [] if self.group is None else list(self.group.pattern.get("members", [self.group]))
+
     def config(self, interpret: bool) -> dict:
         return self._choose(interpret)
 
