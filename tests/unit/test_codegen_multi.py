@@ -103,8 +103,7 @@ def _train_step(optimizer: str):
     return shardc.from_jax(step, *args), args
 
 
-@pytest.mark.parametrize("target,optimizer", [("triton", "sgd"), ("triton", "adamw"),
-                                              pytest.param("pallas", "adamw", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("target,optimizer", [("triton", "sgd"), ("triton", "adamw"), ("pallas", "adamw")])
 def test_training_step_standalone_updates_are_one_launch(target, optimizer):
     g, args = _train_step(optimizer)
     prog = partition(g, Mesh(dp=1))
