@@ -18,12 +18,14 @@ def dot_value(em, n: Node, shape):
     lv, rv = em.value(lhs), em.value(rhs)
     lt, rt = em.array(lv), em.array(rv)
     nb = len(lb)
-    if nb > 1 and lb == rb == tuple(range(nb)):  # Mosaic's matmul takes one batch dim: merge them
+    if nb > 1:  # Mosaic's matmul takes one batch dim: batch dims first (a transpose), then merged
+        (lt, lshape, lc), (rt, rshape, rc) = (_batch_first(t, v.shape, b, c) for t, v, b, c in
+                                              ((lt, lv, lb, lc), (rt, rv, rb, rc)))
         bsz = 1
-        for s in lv.shape[:nb]:
+        for s in lshape[:nb]:
             bsz *= s
-        lt = f"{lt}.reshape({(bsz,) + tuple(lv.shape[nb:])})"
-        rt = f"{rt}.reshape({(bsz,) + tuple(rv.shape[nb:])})"
+        lt = f"{lt}.reshape({(bsz,) + tuple(lshape[nb:])})"
+        rt = f"{rt}.reshape({(bsz,) + tuple(rshape[nb:])})"
         lc, rc = tuple(i - nb + 1 for i in lc), tuple(i - nb + 1 for i in rc)
         lb = rb = (0,)
     dims = f"(({lc}, {rc}), ({lb}, {rb}))"
@@ -35,3 +37,13 @@ def dot_value(em, n: Node, shape):
         text = (f"lax.dot_general({lt}, {rt}, {dims}, precision=lax.Precision.HIGHEST, "
                 f"preferred_element_type=jnp.float32)")
     return em.emit(f"{text}.reshape({tuple(shape)})", shape, n.dtype, "d")
+
+
+def _batch_first(text: str, shape, batch, contract):
+    """(text, shape, contracting dims) of a block with its batch dims moved to the front, in
+    order (a dot whose head transposes ir/unmerge folded into its dimension numbers)."""
+    perm = tuple(batch) + tuple(i for i in range(len(shape)) if i not in batch)
+    if perm == tuple(range(len(shape))):
+        return text, tuple(shape), tuple(contract)
+    return (f"jnp.transpose({text}, {perm})", tuple(shape[i] for i in perm),
+            tuple(perm.index(c) for c in contract))

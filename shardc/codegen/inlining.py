@@ -60,8 +60,9 @@ def match_attention(pv: Node) -> dict | None:
     p, v = pv.inputs
     a = pv.attrs
     nb = len(a["lhs_batch"])
-    if not (a["lhs_batch"] == a["rhs_batch"] == tuple(range(nb)) and p.rank == nb + 2 and v.rank == nb + 2
-            and a["lhs_contract"] == (nb + 1,)):
+    # (V's and Q's, K's batch dims anywhere: ir/unmerge folds their head transposes into the dots)
+    if not (a["lhs_batch"] == tuple(range(nb)) and len(a["rhs_batch"]) == nb and p.rank == nb + 2
+            and v.rank == nb + 2 and a["lhs_contract"] == (nb + 1,)):
         return None
     kv_axis = (nb + 1,)
     div = through(p, {Op.CAST})
@@ -98,7 +99,7 @@ def match_attention(pv: Node) -> dict | None:
         return None
     qk = dots[0]
     b = qk.attrs
-    if not (b["lhs_batch"] == b["rhs_batch"] == tuple(range(nb)) and qk.shape == t.shape
+    if not (len(b["lhs_batch"]) == len(b["rhs_batch"]) == nb and qk.shape == t.shape
             and len(b["lhs_contract"]) == 1 and qk.inputs[0].rank == nb + 2 and qk.inputs[1].rank == nb + 2):
         return None
     on_path = _depends_on(inner, qk)

@@ -498,7 +498,7 @@ def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedK
     k, v = copies.get(k, k), copies.get(pv.inputs[1], pv.inputs[1])
     nb = len(qk.attrs["lhs_batch"])
     (vc,) = pv.attrs["rhs_contract"]
-    vf = next(i for i in range(nb, v.rank) if i != vc)
+    vf = next(i for i in range(v.rank) if i != vc and i not in pv.attrs["rhs_batch"])
     b = _Builder(grp, name, "attention")
     for x in grp.inputs:  # a buffer both sides read: passed twice
         if x in copies:

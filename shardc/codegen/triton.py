@@ -356,23 +356,23 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
     bshape = list(qk.shape[:nb])
     nq, nkv = qk.shape[nb], qk.shape[nb + 1]
     (qc,), (kc,) = qk.attrs["lhs_contract"], qk.attrs["rhs_contract"]
-    qf = next(i for i in range(nb, q.rank) if i != qc)
-    kf = next(i for i in range(nb, k.rank) if i != kc)
+    qb, kb, vb = list(qk.attrs["lhs_batch"]), list(qk.attrs["rhs_batch"]), list(pv.attrs["rhs_batch"])
+    qf = next(i for i in range(q.rank) if i != qc and i not in qb)
+    kf = next(i for i in range(k.rank) if i != kc and i not in kb)
     (vc,) = pv.attrs["rhs_contract"]
-    vf = next(i for i in range(nb, v.rank) if i != vc)
+    vf = next(i for i in range(v.rank) if i != vc and i not in vb)
     hd, dv = q.shape[qc], v.shape[vf]
     dtype = _dot_dtype(qk)
     tile = Tile(rm=("mask_rm", 0, "BM"), rd=("mask_rd", 1, "BD"), rdk=("mask_rdk", 0, "BD"),
                 rn=("mask_rn", 1, "BN"), rnv=("mask_rnv", 0, "BN"), rdv=("mask_rdv", 1, "BDV"))
     ix = {n: Ix(n, {n}) for n in ("rm", "rd", "rdk", "rn", "rnv", "rdv")}
     bidx = unflatten(Ix("pid_b"), bshape)
-    bdims = list(range(nb))
     em = ExprEmitter(tile, c.buffers, c.scalars)
-    qv = em.value(q, _operand_index(q.rank, bdims, bidx, [qf], [ix["rm"]], [qc], [ix["rd"]]))
+    qv = em.value(q, _operand_index(q.rank, qb, bidx, [qf], [ix["rm"]], [qc], [ix["rd"]]))
     q_text = em.full(qv, {"rm", "rd"})
     load_q = list(em.lines)
     with em.block() as kblock:
-        kv_ = em.value(k, _operand_index(k.rank, bdims, bidx, [kf], [ix["rn"]], [kc], [ix["rdk"]]))
+        kv_ = em.value(k, _operand_index(k.rank, kb, bidx, [kf], [ix["rn"]], [kc], [ix["rdk"]]))
         k_text = em.full(kv_, {"rdk", "rn"})
     with em.block() as sblock:
         s = Val("s", {"rm", "rn"}, qk.dtype)
@@ -382,7 +382,7 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
         tv = em.value(t, tuple(bidx) + (ix["rm"], ix["rn"]))
         t_text = em.full(tv, {"rm", "rn"})
     with em.block() as vblock:
-        vv = em.value(v, _operand_index(v.rank, bdims, bidx, [vf], [ix["rdv"]], [vc], [ix["rnv"]]))
+        vv = em.value(v, _operand_index(v.rank, vb, bidx, [vf], [ix["rdv"]], [vc], [ix["rnv"]]))
         v_text = em.full(vv, {"rnv", "rdv"})
     em.lines.clear()
     o = Val("o", {"rm", "rdv"}, pv.dtype)
