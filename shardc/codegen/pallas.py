@@ -14,7 +14,9 @@ that exceeds the target TPU's default scoped limit; a group that fits no core is
 (CannotFuse: the planner splits it) and, where nothing is left to split, a shardc.Error.
 
 Kinds: pointwise / reduction (ROWS template), matmul (dot_general + prologue + epilogue, MATMUL),
-attention (flash attention with online softmax, ATTENTION), scatter (a ROWS kernel whose anchor is
+attention (flash attention with online softmax, ATTENTION; where q and k come from one buffer or
+share a computed value and the whole block would overflow the budget, the key side reads its own
+copy, the buffer passed twice, so queries and keys tile apart), scatter (a ROWS kernel whose anchor is
 a one-hot select-and-sum scatter-add: a documented reference-style kernel, exact, sized for small
 tables). Layout ops are index arithmetic inside blocks (reshape/transpose/slice of block values);
 a reshape of a stored value is a ViewStep (no kernel). What cannot be generated raises
