@@ -11,7 +11,9 @@ that cannot be tiled (reduced, sliced, padded, gathered along, merged by a resha
 in every block, so every group the planner makes can be emitted; tiny shapes run as one block.
 Each kernel records its VMEM footprint (codegen/vmem.py) and compiles with vmem_limit_bytes where
 that exceeds the target TPU's default scoped limit; a group that fits no core is refused
-(CannotFuse: the planner splits it) and, where nothing is left to split, a shardc.Error.
+(CannotFuse: the planner splits it) and, where nothing is left to split, a shardc.Error. A kernel
+over the default limit is also tried with its dots' right operands computed from their own copies
+of what the left operands read (`_own_operands`: RoPE tables), and the smaller one is kept.
 
 Kinds: pointwise / reduction (ROWS template), matmul (dot_general + prologue + epilogue, MATMUL),
 attention (flash attention with online softmax, ATTENTION; where q and k come from one buffer or
@@ -39,7 +41,7 @@ from .emitted import EmittedKernel
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
 from .pallas_expr import HALF, JNP_COMPUTE, JNP_STORAGE, DimClasses, Val, ValueEmitter, constrain, round_half
-from . import vmem
+from . import pallas_fit, vmem
 from .vmem import VmemUse
 
 
@@ -226,7 +228,7 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
     dx, and the SGD update of γ/β after them; a loss): those rows are tiled as an "arbitrary" grid
     axis, each step adds its block's partial sum to an f32 VMEM accumulator, and what is computed
     from the sums is computed and stored at the last step (the matmul template's K loop)."""
-    b, acc, late = _row_tiling(grp, name, _summable(grp))
+    b, acc, late = _row_tiling(grp, name, pallas_fit.summable(grp))
     em = b.emitter()
     stores = [b.store(em, r, i) for i, r in enumerate(grp.roots) if r not in late]
     if not acc:
@@ -262,7 +264,7 @@ def _row_tiling(grp: FusionGroup, name: str, sums: list) -> tuple:
         summed = {(s.inputs[0], a) for s in sums for a in s.attrs["axes"]}
         cands = [(r, d, "parallel") for r in sorted(grp.roots, key=lambda r: -r.size) for d in range(r.rank)]
         b.tile(cands + [(x, a, "arbitrary") for x, a in sorted(summed, key=lambda k: k[1])], arbitrary=summed)
-        acc, late, bad = _accumulation(b, grp, sums)
+        acc, late, bad = pallas_fit.accumulation(b, grp, sums)
         if not bad:
             return b, acc, late
         sums = [s for s in sums if s not in bad]
@@ -277,54 +279,6 @@ def row_body(grp: FusionGroup, name: str, program_id: str = "pl.program_id({})")
     em.program_id = program_id
     stores = [b.store(em, r, i) for i, r in enumerate(grp.roots)]
     return b, _indent(em.lines + stores, 4)
-
-
-def _summable(grp: FusionGroup) -> list:
-    """The group's float sums whose readers in the group, transitively, are no larger than the sum
-    (no broadcast back over its rows): candidates for adding up block by block."""
-    users: dict = {}
-    for n in grp.nodes:
-        for x in n.inputs:
-            users.setdefault(x, []).append(n)
-    out = []
-    for s in grp.nodes:
-        if s.op is not Op.REDUCE_SUM or not s.dtype.is_float or s is grp.anchor:
-            continue
-        after, stack = set(), list(users.get(s, ()))
-        while stack:
-            n = stack.pop()
-            if n not in after:
-                after.add(n)
-                stack.extend(users.get(n, ()))
-        if all(n.size <= s.size for n in after):
-            out.append(s)
-    return out
-
-
-def _accumulation(b: _Builder, grp: FusionGroup, sums: list):
-    """(the sums added up across "arbitrary" grid axes, the nodes computed from them at the last
-    step, the sums that cannot be: something computed from them varies along those axes)."""
-    arb = {a for a, (_, _, sem) in enumerate(b.grid) if sem == "arbitrary"}
-    along = lambda n: any(b.axis_of(n, d) in arb for d in range(n.rank))
-    acc = [s for s in sums if any(b.axis_of(s.inputs[0], a) in arb for a in s.attrs["axes"])]
-    varying, late, bad = set(), {}, set()
-    for x in grp.inputs:
-        if along(x):
-            varying.add(x)
-    for n in grp.nodes:  # (program order)
-        if n in acc:
-            late[n] = {n}
-            if along(n):
-                bad.add(n)
-            continue
-        if along(n) or (any(i in varying for i in n.inputs)):
-            varying.add(n)
-        from_sums = set().union(*(late.get(i, set()) for i in n.inputs))
-        if from_sums:
-            late[n] = from_sums
-            if n in varying:
-                bad |= from_sums
-    return acc, {n for n in late}, bad
 
 
 # ------------------------------------------------------------------------------------- matmul
@@ -582,7 +536,26 @@ multi_footprint = fused_multi.pallas_footprint
 
 
 def emit(grp: FusionGroup, name: str) -> EmittedKernel:
-    return EMITTERS[grp.kind](grp, name)
+    """The group's kernel; where it passes the default VMEM limit, the one with its dots' operands
+    apart (`_own_operands`) instead if that is smaller."""
+    try:
+        em, too_large = EMITTERS[grp.kind](grp, name), None
+        if em.vmem is None or vmem.default_fits(em.vmem.nbytes, vmem.target() or pallas_fit.hardware_default()):
+            return em
+    except vmem.TooLarge as e:
+        em, too_large = None, e
+    own, back = pallas_fit.own_operands(grp)
+    if own is not grp:
+        try:
+            alt = EMITTERS[grp.kind](own, name)
+        except (CannotFuse, vmem.TooLarge):
+            alt = None
+        if alt is not None and (em is None or alt.vmem.nbytes < em.vmem.nbytes):
+            return dataclasses.replace(alt, inputs=[back.get(x, x) for x in alt.inputs],
+                                       outputs=[back.get(r, r) for r in alt.outputs])
+    if em is None:
+        raise too_large
+    return em
 
 
 def feasible(grp: FusionGroup) -> None:
