@@ -13,7 +13,7 @@ Each kernel records its VMEM footprint (codegen/vmem.py) and compiles with vmem_
 that exceeds the target TPU's default scoped limit; a group that fits no core is refused
 (CannotFuse: the planner splits it) and, where nothing is left to split, a shardc.Error. A kernel
 over the default limit is also tried with its dots' right operands computed from their own copies
-of what the left operands read (`_own_operands`: RoPE tables), and the smaller one is kept.
+of what the left operands read (`pallas_fit.own_operands`: RoPE tables), and the smaller is kept.
 
 Kinds: pointwise / reduction (ROWS template), matmul (dot_general + prologue + epilogue, MATMUL),
 attention (flash attention with online softmax, ATTENTION; where q and k come from one buffer or
@@ -74,6 +74,16 @@ def _itemsize(n: Node) -> int:
     return {DType.f32: 4, DType.f16: 2, DType.bf16: 2, DType.i32: 4, DType.i64: 4, DType.bool: 4}[n.dtype]
 
 
+def _laid_out(n: Node) -> int:
+    """How many leading dims of buffer `n` its kernel view keeps: trailing size-1 dims of a rank-3+
+    buffer are dropped (down to 2), since Mosaic lays the last dim out in 128 lanes and a
+    [r, c, 1] block would take 128 times its bytes of VMEM."""
+    k = n.rank
+    while k > 2 and n.shape[k - 1] == 1:
+        k -= 1
+    return k
+
+
 _JNP_ITEMSIZE = {"jnp.float32": 4, "jnp.int32": 4, "jnp.bfloat16": 2, "jnp.float16": 2}
 
 
@@ -107,12 +117,13 @@ class _Builder:
 
     def _promote(self, n: Node, shape) -> tuple:
         """A buffer's shape in the kernel: rank 0 and 1 promoted to 2-D (a view): (1, n) rows, or
-        (n, 1) columns where the dim is tiled by blocks that are not multiples of 128."""
+        (n, 1) columns where the dim is tiled by blocks that are not multiples of 128; trailing
+        size-1 dims of higher ranks dropped (down to 2-D)."""
         if n.rank == 0:
             return (1, 1)
         if n.rank == 1:
             return (shape[0], 1) if n in self.column else (1, shape[0])
-        return tuple(shape)
+        return tuple(shape[:_laid_out(n)])
 
     def storage_block(self, n: Node) -> tuple:
         return self._promote(n, self.block(n))
@@ -136,7 +147,7 @@ class _Builder:
             if not self.dc.tileable(members) or not allowed(members):
                 continue
             size = n.shape[d]
-            pos = [(x.rank - 1 - dx if x.rank > 1 else -1, _itemsize(x)) for x, dx in members if x in buffers]
+            pos = [(_laid_out(x) - 1 - dx if x.rank > 1 else -1, _itemsize(x)) for x, dx in members if x in buffers]
             legal = tpl.legal_blocks(size, pos)
             if len(legal) > 1:
                 chosen.append((members, size, legal, "arbitrary" if arbitrary & set(members) else sem))
@@ -182,6 +193,7 @@ class _Builder:
             idx = [None, None]
         elif n.rank == 1:
             idx = idx + [None] if n in self.column else [None] + idx
+        idx = idx[:len(self.storage_block(n))]
         g = ", ".join(f"g{i}" for i in range(len(self.grid)))
         ix = ", ".join("0" if a is None else f"g{a}" if pid is None else f"{pid}[{a}]" for a in idx)
         head = f"lambda {g + ', ' if g else ''}*_" if pid is None else "lambda t, *_"

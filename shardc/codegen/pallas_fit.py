@@ -6,9 +6,10 @@ smaller blocks:
         block's partial sum to an f32 VMEM accumulator (a norm backward's dγ/dβ and their SGD
         update; codegen/pallas.emit_rows writes the kernel)
     own_operands(grp)
-        the group with each dot's right operand computed from its own copies of what its left
-        operand also reads (RoPE tables), so the queries' and keys' dims are tiled apart
-        (codegen/pallas.emit tries it where a kernel passes the default limit)
+        a matmul group (the attention backward's, which rebuild QKᵀ) with each dot's right
+        operand computed from its own copies of what its left operand also reads (RoPE tables), so
+        the queries' and keys' dims are tiled apart (codegen/pallas.emit tries it where a kernel
+        passes the default limit; flash attention kernels split their key side in emit_attention)
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def own_operands(grp: FusionGroup):
     and K both read the RoPE tables (Llama): read once, the queries' and the keys' dims join one
     dim class and the sequence stays whole in every block. A copied input is the same buffer
     passed again, with its own BlockSpec (more VMEM: pallas.emit keeps whichever kernel is smaller)."""
-    if grp.kind not in ("matmul", "attention"):
+    if grp.kind != "matmul":  # (flash attention splits its key side itself: pallas.emit_attention)
         return grp, {}
     ins = set(grp.inputs)
 

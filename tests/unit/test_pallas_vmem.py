@@ -155,11 +155,11 @@ def test_scatter_add_tiles_its_table_rows(rng, monkeypatch):
 
 
 def test_dot_operands_sharing_rope_tables_are_read_apart_where_that_fits_better(rng, monkeypatch):
-    """Over the default limit (made 1 KiB here), a kernel whose QKᵀ builds Q and K from the same
-    RoPE tables (or reads one input for both) is emitted again with K's side computing its own
-    copies, an input both read passed twice: the keys become a grid axis and that smaller kernel
-    is kept. Llama tiny's training step, 128 wide, 256 tokens: the flash forward and the kernels
-    that read Q twice equal numpy of their IR nodes on fresh inputs and lower for TPU."""
+    """Over the default limit (made 1 KiB here), a matmul kernel whose rebuilt QKᵀ builds Q and K
+    from the same RoPE tables (the attention backward's) is emitted again with K's side computing
+    its own copies, an input both sides read passed twice: the keys become a grid axis and that
+    smaller kernel is kept. Llama tiny's training step, 128 wide, 256 tokens: such a kernel equals
+    numpy of its IR nodes on fresh inputs and lowers for TPU."""
     import dataclasses
     monkeypatch.setattr(pallas_templates, "VMEM_BUDGET", 64 * 1024)
     monkeypatch.setenv("SHARDC_PALLAS_TPU", "none")
@@ -168,16 +168,15 @@ def test_dot_operands_sharing_rope_tables_are_read_apart_where_that_fits_better(
     m = models.get("llama:tiny", seq_len=256, d_model=128, n_layer=1)
     g, _ = m.capture(True, "jax", 1, lr=0.1, shape_only=True, dtype="f32")
     prog = partition(g, Mesh(dp=1))
-    kernels = shardc.compile(prog, target="pallas").kernels
-    twice = [k for k in kernels if len(set(k.inputs)) < len(k.inputs)]
-    (flash,) = [k for k in kernels if k.kind == "attention"]
-    plain = pallas.EMITTERS[flash.kind](flash.group, "plain")  # Q's and K's tables computed once
-    assert twice and plain.grid < flash.module(True).GRID and flash.vmem.nbytes < plain.vmem.nbytes
-    for k in [flash, twice[0]]:
-        env = {x: rng.standard_normal(x.shape).astype(np.float32) if x.dtype.is_float
-               else rng.integers(0, 16, x.shape).astype(x.dtype.np) for x in k.inputs}
-        got = pallas.launch(k, [env[x] for x in k.inputs], [])
-        for o, r in zip(got, k.reference(env, prog.mesh.coords(0))):
-            assert np.abs(o - r).max() <= 1e-5 * np.abs(r).max(), (k.name, np.abs(o - r).max())
+    twice = [k for k in shardc.compile(prog, target="pallas").kernels if len(set(k.inputs)) < len(k.inputs)]
+    assert twice and all(k.kind == "matmul" for k in twice)
+    k = twice[0]
+    plain = pallas.EMITTERS[k.kind](k.group, "plain")  # Q's and K's tables computed once
+    assert k.vmem.nbytes < plain.vmem.nbytes and np.prod(k.module(True).GRID) > np.prod(plain.grid)
+    env = {x: rng.standard_normal(x.shape).astype(np.float32) if x.dtype.is_float
+           else rng.integers(0, 16, x.shape).astype(x.dtype.np) for x in k.inputs}
+    got = pallas.launch(k, [env[x] for x in k.inputs], [])
+    for o, r in zip(got, k.reference(env, prog.mesh.coords(0))):
+        assert np.abs(o - r).max() <= 1e-5 * np.abs(r).max(), (k.name, np.abs(o - r).max())
     monkeypatch.delenv("SHARDC_PALLAS_TPU")
-    export_all([flash, twice[0]])
+    export_all([k])
