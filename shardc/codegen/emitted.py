@@ -28,6 +28,9 @@ class EmittedKernel:
     grid: tuple = ()                               # Pallas: the grid of the pallas_call
     dims: dict = field(default_factory=dict)       # Triton: the problem sizes its grid covers (the tuner's model)
     vmem: object = None                            # Pallas: its VMEM buffers (codegen/vmem.VmemUse)
+    # the dots it computes, each with the narrowed loops around it (codegen/masked_blocks.py):
+    # [(dot node, (Bounds...))]; codegen/stats.py counts the dot FLOPs executed against dense
+    dot_sites: list = field(default_factory=list)
 
 
 class KernelValue:

@@ -28,8 +28,10 @@ class Kernel:
     def __init__(self, name: str, kind: str, source: str, ops: list[Node], inputs: list[Node],
                  outputs: list[Node], axes: list[str], reason: str, path, key: str, choose,
                  signature: dict | None = None, tuning: list | None = None, group: FusionGroup | None = None,
-                 dims: dict | None = None, vmem=None):
+                 dims: dict | None = None, vmem=None, dot_sites: list | None = None):
         self.name, self.kind, self.source, self.reason = name, kind, source, reason
+        # the dots it computes and the narrowed loops around each (EmittedKernel.dot_sites)
+        self.dot_sites: list = list(dot_sites or [])
         self.ops: list[Node] = list(ops)
         self.inputs: list[Node] = list(inputs)
         self.outputs: list[Node] = list(outputs)
@@ -48,7 +50,7 @@ class Kernel:
         """The kernel an emitter wrote for `group`, stored in the kernel cache at `path`."""
         return cls(name, emitted.kind, emitted.source, group.nodes, emitted.inputs, emitted.outputs,
                    emitted.axes, group.reason, path, key, emitted.choose, emitted.signature,
-                   emitted.tuning, group, emitted.dims, emitted.vmem)
+                   emitted.tuning, group, emitted.dims, emitted.vmem, emitted.dot_sites)
 
     @property
     def members(self) -> list[FusionGroup]:

@@ -16,6 +16,7 @@ import math
 
 from ..ir import DType, Node
 from ..kernels import next_pow2
+from . import masked_blocks
 from .fusion import CannotFuse
 from .indexing import Ix, unflatten
 
@@ -67,8 +68,18 @@ def tile_dot(em, n: Node, idx: tuple, masks: tuple):
     em.tile.axes[kt] = (f"mask_{kt}", 0, str(bk))
     out_deps = frozenset().union(*(i.deps for i in idx))
     acc = f"acc{c}"
+    # the contraction's blocks where both operands can be non-zero (a masked P·V rebuilt)
+    kix = unflatten(Ix(kv, {kv}), kshape)
+    sup = None
+    for x, b_, f_, c_, i_ in ((lhs, lb, lf, lc, lidx), (rhs, rb, rf, rc, ridx)):
+        at = _operand_idx(x.rank, b_, bidx, f_, i_, c_, kix)
+        sup = masked_blocks.dot_support(em.masks, sup, masked_blocks.on_tile(
+            em.masks.zero(x), at, {t: t for t in em.ranges} | {kv: "k"}))
+    bounds = masked_blocks.loop_bounds(sup, "k", K, str(bk), em.ranges)
     try:
         with em.block() as body:
+            body.loop = bounds
+            em.sites.append((n, em.loops()))
             if mode == "dot":
                 (x0, b0, f0, c0, i0), (x1, b1, f1, c1, i1) = first, second
                 v0 = em.value(x0, _operand_idx(x0.rank, b0, bidx, f0, i0, c0, unflatten(Ix(kv, {kv}), kshape)), masks)
@@ -88,7 +99,8 @@ def tile_dot(em, n: Node, idx: tuple, masks: tuple):
                 step = f"tl.sum({prod}, axis={1 - p})" + ("[:, None]" if p == 0 else "[None, :]")
         em.lines.append(f"{acc} = tl.zeros({em.tile.shape(out_deps)}, tl.float32)")
         start = f"{kv}_start"   # not f"{kv}0": rebuilt dot 2's loop variable would be dot 20's index
-        em.lines.append(f"for {start} in range(0, {K}, {bk}):")
+        first, end = (bounds.start_text(), bounds.end_text()) if bounds else ("0", K)
+        em.lines.append(f"for {start} in range({first}, {end}, {bk}):")
         em.lines.append(f"    {kv} = {start} + tl.arange(0, {bk})[None, :]")
         em.lines.append(f"    {kt} = {start} + tl.arange(0, {bk})[:, None]")
         em.lines.append(f"    mask_{kv} = {kv} < {K}")
@@ -262,19 +274,10 @@ def sibling_dots(em, siblings, bidx: tuple, mshape, nshape, kshape) -> tuple[lis
     `tl.dot` each. Returns (lines zeroing the accumulators before the loop, [(dot, its index at
     the tile, its accumulator)]); a transposed sibling takes its right operand as the A tile."""
     from .triton_expr import Val
-    rm, rn, rka, rkb = Ix("rm", {"rm"}), Ix("rn", {"rn"}), Ix("rka", {"rka"}), Ix("rkb", {"rkb"})
+    rm, rn = Ix("rm", {"rm"}), Ix("rn", {"rn"})
     init, out = [], []
-    for s, swapped in siblings:
-        lhs, rhs = s.inputs
-        a = s.attrs
-        lb, rb, lc, rc = list(a["lhs_batch"]), list(a["rhs_batch"]), list(a["lhs_contract"]), list(a["rhs_contract"])
-        lf = [i for i in range(lhs.rank) if i not in lb + lc]
-        rf = [i for i in range(rhs.rank) if i not in rb + rc]
-        # (A operand, its batch/free/contract dims) indexed by (rm, rka); B by (rkb, rn)
-        (xa, ba, fa, ca), (xb, bb, fb, cb) = ((rhs, rb, rf, rc), (lhs, lb, lf, lc)) if swapped else \
-            ((lhs, lb, lf, lc), (rhs, rb, rf, rc))
-        va = em.value(xa, _operand_idx(xa.rank, ba, bidx, fa, unflatten(rm, mshape), ca, unflatten(rka, kshape)))
-        vb = em.value(xb, _operand_idx(xb.rank, bb, bidx, fb, unflatten(rn, nshape), cb, unflatten(rkb, kshape)))
+    for (s, swapped), (xa, ia, xb, ib) in zip(siblings, sibling_operands(siblings, bidx, mshape, nshape, kshape)):
+        va, vb = em.value(xa, ia), em.value(xb, ib)
         em.count += 1
         acc = f"sib{em.count}"
         init.append(f"{acc} = tl.zeros((BM, BN), dtype=tl.float32)")
@@ -284,3 +287,21 @@ def sibling_dots(em, siblings, bidx: tuple, mshape, nshape, kshape) -> tuple[lis
                                unflatten(rm, mshape) + unflatten(rn, nshape))
         out.append((s, s_idx, Val(acc, {"rm", "rn"}, s.dtype)))
     return init, out
+
+
+def sibling_operands(siblings, bidx: tuple, mshape, nshape, kshape) -> list:
+    """Each sibling dot's (A operand, its index at (rm, rka), B operand, its index at (rkb, rn));
+    a transposed sibling takes its right operand as the A tile."""
+    rm, rn, rka, rkb = Ix("rm", {"rm"}), Ix("rn", {"rn"}), Ix("rka", {"rka"}), Ix("rkb", {"rkb"})
+    out = []
+    for s, swapped in siblings:
+        lhs, rhs = s.inputs
+        a = s.attrs
+        lb, rb, lc, rc = list(a["lhs_batch"]), list(a["rhs_batch"]), list(a["lhs_contract"]), list(a["rhs_contract"])
+        lf = [i for i in range(lhs.rank) if i not in lb + lc]
+        rf = [i for i in range(rhs.rank) if i not in rb + rc]
+        (xa, ba, fa, ca), (xb, bb, fb, cb) = ((rhs, rb, rf, rc), (lhs, lb, lf, lc)) if swapped else \
+            ((lhs, lb, lf, lc), (rhs, rb, rf, rc))
+        out.append((xa, _operand_idx(xa.rank, ba, bidx, fa, unflatten(rm, mshape), ca, unflatten(rka, kshape)),
+                    xb, _operand_idx(xb.rank, bb, bidx, fb, unflatten(rn, nshape), cb, unflatten(rkb, kshape))))
+    return out

@@ -5,7 +5,7 @@ constexprs picked at launch (large on the interpreter, tuned sizes on a GPU)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
@@ -16,7 +16,7 @@ from ..kernels import rows as rows_t
 from ..kernels import scatter as scatter_t
 from . import autotune, fused_multi, grouped, weight_grad
 from .emitted import EmittedKernel
-from . import fused_flash, fused_triton
+from . import fused_flash, fused_triton, masked_blocks
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
 from .indexing import Ix, flatten, reshape_index, unflatten
@@ -67,7 +67,7 @@ class _Common:
                           **{v: PTR_TYPE[r.dtype] for r, v in self.outs.items()},
                           **{f"axis_{a}": "i32" for a in self.axes}}
 
-    def finish(self, kind: str, body: str, choose, tuning, dims: dict | None = None) -> EmittedKernel:
+    def finish(self, kind: str, body: str, choose, tuning, dims: dict | None = None, sites=()) -> EmittedKernel:
         """The emitted kernel; `dims`: the sizes its grid covers (B, M, N, K of a matmul; rows and
         cols of a row kernel; ...), which the autotuner's roofline model reads."""
         ops = ", ".join(f"%{n.op.value}" + (f" {n.name!r}" if n.name else "") for n in self.grp.nodes)
@@ -77,7 +77,7 @@ class _Common:
         if self.name != "probe":  # the planner's feasibility probes are never launched
             choose = autotune.tuned_choose(choose, source, self.grp.inputs, self.grp.roots)
         return EmittedKernel(self.name, kind, source, list(self.grp.inputs), list(self.grp.roots),
-                             self.axes, self.signature, choose, tuning, dims=dims or {})
+                             self.axes, self.signature, choose, tuning, dims=dims or {}, dot_sites=list(sites))
 
 
 def _root_index(r: Node, full_idx, full_shape, row_idx=None, row_shape=None):
@@ -102,6 +102,7 @@ class RowTile:
     looped: bool
     zeroed: list     # outputs summed into atomically (zeroed before the launch), as argument positions
     choose: object   # interpret: bool -> {"BM", "BN", "num_warps"}
+    sites: list = field(default_factory=list)  # its dots and the narrowed loops around them
 
     @property
     def tile(self) -> str:
@@ -113,7 +114,8 @@ class RowTile:
                           init="".join(f"    args[{i}].zero_()\n" for i in self.zeroed),
                           **fused_triton.batch_grid(self.batch, self.looped))
         dims = dict(rows=self.rows * self.batch, cols=self.cols, **({"looped": True} if self.looped else {}))
-        return self.c.finish(self.kind, src, self.choose, rows_t.TUNING["looped" if self.looped else self.kind], dims)
+        return self.c.finish(self.kind, src, self.choose, rows_t.TUNING["looped" if self.looped else self.kind], dims,
+                             self.sites)
 
 
 def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
@@ -182,7 +184,7 @@ def _emit_rows(grp: FusionGroup, name: str, reduce: Node | None) -> RowTile:
     fields = dict(rows=rows, cols=cols, body=_indent(em.lines + stores, 4))
     choose = fused_triton.dot_rows(grp, lambda interpret: rows_t.choose(rows, cols, reduce is not None, interpret))
     return RowTile(c, "reduction" if reduce is not None else "pointwise", fields, rows, cols, batch, False, zeroed,
-                   choose)
+                   choose, em.sites)
 
 
 def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full_shape, row_idx, row_shape,
@@ -192,6 +194,7 @@ def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full
     tile = Tile(rm=("mask_rm", 0, "BM"), rn=("mask_rn", 1, "BN"), rr=("mask_rr", 1, "BN"))
     em = ExprEmitter(tile, c.buffers, c.scalars, hoist={"rm"}, loop_reduce=("rr", "BN"),
                      online=fused_flash.online_pairs(grp.nodes))
+    em.ranges = {"rm": masked_blocks.Range("tl.program_id(0) * BM", "BM", rows)}
     post = []
     with em.block() as body:
         for r in grp.roots:
@@ -209,7 +212,7 @@ def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full
     fields = dict(rows=rows, cols=cols, pre=_indent(em.lines, 4), body=_indent(body.lines, 8),
                   post=_indent(post, 4) if post else "")
     choose = fused_triton.dot_rows(grp, lambda interpret: rows_t.choose_looped(rows, cols, interpret), looped=True)
-    return RowTile(c, "reduction", fields, rows, cols, batch, True, [], choose)
+    return RowTile(c, "reduction", fields, rows, cols, batch, True, [], choose, em.sites)
 
 
 def _operand_index(x_rank, batch_dims, batch_idx, free_dims, free_idx, contract_dims, contract_idx):
@@ -267,13 +270,18 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     rowstats = grp.pattern.get("rowstats", ())  # row statistics of the prologue (fused_stats.py)
     operand_roots = [r for r in grp.roots if r is not d and r not in from_d and r not in from_sums
                      and not any(r in f for _, f in from_sib) and r not in rowstats]
+    lhs_idx = _operand_index(lhs.rank, lb, bidx, lf, unflatten(rm, mshape), lc, unflatten(Ix("rka", {"rka"}), kshape))
+    rhs_idx = _operand_index(rhs.rank, rb, bidx, rf, unflatten(rn, nshape), rc, unflatten(Ix("rkb", {"rkb"}), kshape))
+    em.ranges = {"rm": masked_blocks.Range("pid_m * BM", "BM", M), "rn": masked_blocks.Range("pid_n * BN", "BN", N)}
+    k_loop = None if operand_roots else _k_bounds(em, grp, K, [(lhs, lhs_idx, rhs, rhs_idx)] + fused_triton.sibling_operands(
+        siblings, bidx, mshape, nshape, kshape))
+    em.ranges |= {"rka": masked_blocks.Range("k0", "BK", K), "rkb": masked_blocks.Range("k0", "BK", K)}
     with em.block() as loop:
-        lhs_idx = _operand_index(lhs.rank, lb, bidx, lf, unflatten(rm, mshape), lc,
-                                 unflatten(Ix("rka", {"rka"}), kshape))
+        loop.loop = k_loop
+        em.sites += [(x, em.loops()) for x in (d, *(s for s, _ in siblings))]
         av = em.value(lhs, lhs_idx)
         a_text = em.full(av, {"rm", "rka"})
-        bv = em.value(rhs, _operand_index(rhs.rank, rb, bidx, rf, unflatten(rn, nshape), rc,
-                                          unflatten(Ix("rkb", {"rkb"}), kshape)))
+        bv = em.value(rhs, rhs_idx)
         b_text = em.full(bv, {"rkb", "rn"})
         sums_init, sums = fused_triton.operand_sums(em, grp, lhs_idx, a_text)
         sib_init, sib_accs = fused_triton.sibling_dots(em, siblings, bidx, mshape, nshape, kshape)
@@ -329,13 +337,29 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
         acc_t, zero, dot = TL_COMPUTE[d.dtype], "0", "acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)"
     else:
         acc_t, zero, dot = "tl.float32", "0.0", "acc += tl.dot(a.to(DT), b.to(DT), input_precision=PREC)"
+    k_start, k_end = (k_loop.start_text(), k_loop.end_text()) if k_loop else ("0", K)
     src = matmul_t.TEMPLATE.format(name=name, params=c.params, M=M, N=N, K=K, B=B, acc_t=acc_t, zero=zero,
+                                   k_start=k_start, k_end=k_end,
                                    dot=dot, prologue=_indent(prologue, 4), load_a=_indent(loop.lines, 8),
                                    load_b="", a=a_text, b=b_text, epilogue=_indent(em.lines + stores, 4),
                                    init="".join(f"    args[{len(grp.inputs) + grp.roots.index(r)}].zero_()\n"
                                                 for r in rsum))
     choose = lambda interpret: matmul_t.choose(M, N, K, dtype, interpret)
-    return c.finish("matmul", src, choose, matmul_t.TUNING, dict(B=B, M=M, N=N, K=K, dtype=dtype))
+    return c.finish("matmul", src, choose, matmul_t.TUNING, dict(B=B, M=M, N=N, K=K, dtype=dtype), em.sites)
+
+
+def _k_bounds(em, grp: FusionGroup, K: int, products: list):
+    """A matmul's K loop narrowed to the blocks where some product it accumulates (the dot's, its
+    siblings', and the operand sums' A tiles) can be non-zero (codegen/masked_blocks.py)."""
+    zero = em.masks.zero
+    names = {"rm": "rm", "rn": "rn", "rka": "k", "rkb": "k"}
+    tile = lambda x, idx: masked_blocks.on_tile(zero(x), idx, names)
+    sup = []
+    for a, a_idx, b, b_idx in products:
+        sup = masked_blocks.union(sup, masked_blocks.dot_support(em.masks, tile(a, a_idx), tile(b, b_idx)))
+    if grp.pattern.get("ksum"):  # sums of the A tile over K (bias gradients)
+        sup = masked_blocks.union(sup, tile(*products[0][:2]))
+    return masked_blocks.loop_bounds(sup, "k", K, "BK", em.ranges)
 
 
 def _computed_from(grp: FusionGroup, d: Node) -> set:

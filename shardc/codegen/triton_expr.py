@@ -21,7 +21,7 @@ from ..ir import DType, Node, Op
 from ..ir.evaluate import EVAL
 from ..ir.ops import BINARY, COMPARE, ELEMENTWISE, REDUCE, UNARY
 from .emitted import KernelValue, literal
-from . import fused_triton
+from . import fused_triton, masked_blocks
 from .fusion import CannotFuse
 from .indexing import Ix, flatten, reshape_index, unflatten
 
@@ -89,6 +89,7 @@ class Block:
     def __init__(self):
         self.lines: list[str] = []
         self.cache: dict = {}
+        self.loop = None  # the narrowed loop (masked_blocks.Bounds) this block is the body of
 
 
 class ExprEmitter:
@@ -114,6 +115,23 @@ class ExprEmitter:
         self.blocks = [Block()]
         self.count = 0
         self.computed: set[Node] = set()  # nodes whose values this kernel computes (not loads)
+        # causal blocks skipped (codegen/masked_blocks.py): the supports of the graph's values, the
+        # tile variables' ranges in a program (text → masked_blocks.Range), and each dot the
+        # kernel computes with the narrowed loops around it (dot FLOPs executed vs dense)
+        self.masks = masked_blocks.Analysis()
+        self.ranges: dict = {}
+        self.sites: list = []
+
+    def loops(self) -> tuple:
+        """The narrowed loops around the block being written (outermost first)."""
+        return tuple(b.loop for b in self.blocks if b.loop is not None)
+
+    def narrow(self, sup, idx, loop_names: dict, var: str, extent: int, block: str):
+        """Bounds of a loop over `var` (0..extent, `block` at a time) whose summands are the
+        identity outside support `sup` of a value read at `idx` (texts in `loop_names` name the
+        loop's variable; the kernel's tile variables name themselves). None: the full loop."""
+        names = {t: t for t in self.ranges} | {t: var for t in loop_names}
+        return masked_blocks.loop_bounds(masked_blocks.on_tile(sup, idx, names), var, extent, block, self.ranges)
 
     # ---------------------------------------------------------------------------- plumbing
     @property
@@ -441,7 +459,10 @@ class ExprEmitter:
         red = iter(unflatten(Ix(var, {var}), red_shape))
         kept = iter(idx)
         sub = tuple(next(red) if d in axes else next(kept) for d in range(x.rank))
+        sup = masked_blocks.reduce_support(self.masks, n.op, x)
+        bounds = self.narrow(sup, sub, {var}, var, extent, block)
         with self.block() as body:
+            body.loop = bounds
             v = self.value(x, sub, masks)
             full = self.full(v, deps | {var})
         if x.dtype is DType.bool:
@@ -462,7 +483,8 @@ class ExprEmitter:
         mask = self.tile.axes[var][0]
         part = f"{fn}(tl.where({mask}, {full}, {neutral}), axis=1)[:, None]"
         self.lines.append(f"{acc} = tl.full({self.tile.shape(deps)}, {neutral}, {acc_t})")
-        self.lines.append(f"for {var}0 in range(0, {extent}, {block}):")
+        start, end = (bounds.start_text(), bounds.end_text()) if bounds else ("0", extent)
+        self.lines.append(f"for {var}0 in range({start}, {end}, {block}):")
         self.lines.append(f"    {var} = {var}0 + tl.arange(0, {block})[None, :]")
         self.lines.append(f"    {mask} = {var} < {extent}")
         self.lines.extend("    " + l for l in body.lines)

@@ -11,7 +11,11 @@ and a band of B in L2. GM=1 is plain row-major order.
 A normalized operand (layer norm, RMSNorm of a materialized residual) is computed on the fly: the
 `{prologue}` computes each row's statistics before the K loop (each reduction a loop over the row,
 RB elements at a time) and `{load_a}` normalizes the tile it loads, so the normalized activations
-never reach memory."""
+never reach memory.
+
+The K loop runs over `[{k_start}, {k_end})`: the whole of K, or, where the operands are masked (a
+causal dS or P whose K is the keys or the queries), the blocks the program's rows can reach
+(codegen/masked_blocks.py), starting at a multiple of BK."""
 
 TEMPLATE = '''
 @triton.jit
@@ -29,7 +33,7 @@ def {name}({params}BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RB: tl.
     mask_rn = rn < {N}
     acc = tl.zeros((BM, BN), dtype={acc_t})
 {prologue}
-    for k0 in range(0, {K}, BK):
+    for k0 in range({k_start}, {k_end}, BK):
         rka = k0 + tl.arange(0, BK)[None, :]
         rkb = k0 + tl.arange(0, BK)[:, None]
         mask_rka = rka < {K}
