@@ -58,7 +58,7 @@ def _or(a, b):
 
 
 def _key(con) -> tuple:
-    return tuple(sorted(con[0].items())), con[1]
+    return tuple(sorted(con[0].items(), key=repr)), con[1]
 
 
 def _norm(sup):
@@ -386,6 +386,11 @@ def reduce_support(an: Analysis, op: Op, x: Node):
     return None
 
 
+def rename(sup, mapping: dict):
+    """`sup` over dims → over other variables: mapping dim → (coeffs, const)."""
+    return _subst(sup, mapping)
+
+
 def union(a, b):
     """Where either support holds."""
     return _or(a, b)
@@ -552,7 +557,7 @@ def block_fraction(sup, boxes: dict) -> float:
     blocks each variable takes over the grid; variables vary independently)."""
     if sup is None:
         return 1.0
-    vars_ = sorted(boxes)
+    vars_ = sorted(boxes, key=repr)
     combos = [{}]
     for v in vars_:
         combos = [{**e, v: b} for e in combos for b in boxes[v]]
@@ -570,3 +575,13 @@ def block_fraction(sup, boxes: dict) -> float:
                 hit += 1
                 break
     return hit / len(combos)
+
+
+@dataclass(frozen=True)
+class Fraction:
+    """A Pallas reduction step's share of grid steps that run (its grid is fixed at emission):
+    the same interface as Bounds for the dot FLOPs count."""
+    value: float
+
+    def fraction(self, cfg: dict) -> float:
+        return self.value

@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
 from ..kernels import pallas_templates as tpl
-from . import fused_multi, grouped, weight_grad
+from . import fused_multi, grouped, masked_blocks, weight_grad
 from .emitted import EmittedKernel
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
@@ -199,8 +199,9 @@ class _Builder:
         head = f"lambda {g + ', ' if g else ''}*_" if pid is None else "lambda t, *_"
         return f"pl.BlockSpec({self.storage_block(n)}, {head}: ({ix},))"
 
-    def finish(self, body: str, scratch: list[tuple]) -> EmittedKernel:
-        """The kernel: `body` and the pallas_call around it; scratch: (shape, jnp dtype) buffers."""
+    def finish(self, body: str, scratch: list[tuple], sites=()) -> EmittedKernel:
+        """The kernel: `body` and the pallas_call around it; scratch: (shape, jnp dtype) buffers;
+        sites: (dot, masked_blocks.Fraction of the grid steps computing it)."""
         grp = self.grp
         use = VmemUse(tuple((self.storage_block(x), _itemsize(x)) for x in self.inputs + self.outputs),
                       tuple((shape, _JNP_ITEMSIZE[dt]) for shape, dt in scratch))
@@ -221,7 +222,7 @@ class _Builder:
             scratch=", ".join(f"pltpu.VMEM({shape}, {dt})" for shape, dt in scratch),
             limit="" if limit is None else f", vmem_limit_bytes={limit}")
         return EmittedKernel(self.name, self.kind, head + body + call, self.inputs, self.outputs, self.axes,
-                             grid=grid, vmem=use)
+                             grid=grid, vmem=use, dot_sites=[(n, (f,)) for n, f in sites])
 
 
 def _check_dtypes(grp: FusionGroup):
@@ -373,9 +374,10 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     em = b.emitter()
     dot = _dot(d, em.value(d.inputs[0]), em.value(d.inputs[1]), b.block(d), em=em)
     refs = [f"sib{i}_ref" for i in range(len(sibs))]
+    n_pro = len(em.lines)
     for (s, _), ref in zip(sibs, refs):
         em.lines.append(f"{ref}[...] += {_dot(s, em.value(s.inputs[0]), em.value(s.inputs[1]), b.block(s), em=em)}")
-    pro = list(em.lines)
+    step = list(em.lines[:n_pro]) + [f"acc_ref[...] += {dot}"] + list(em.lines[n_pro:])
     em.lines.clear()
     for n, ref in zip(dots, ["acc_ref", *refs]):
         acc = em.emit(f"{ref}[...]", b.block(n), n.dtype, "acc")
@@ -383,10 +385,53 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
             acc = em.emit(round_half(acc.text, n.dtype), acc.shape, n.dtype)
         em.bound[n] = acc
     stores = [b.store(em, r, i) for i, r in enumerate(grp.roots)]
+    an = masked_blocks.Analysis()  # the K blocks where some product the step adds can be non-zero
+    sup = []
+    for n in dots:
+        sup = masked_blocks.union(sup, masked_blocks.dot_support(an, *(_on_grid(b, an.zero(x), x) for x in n.inputs)))
+    test, frac = _skip(b, sup, step, em.lines + stores, k_axes)
     body = tpl.MATMUL.format(name=name, params=b.params(["acc_ref", *refs]), first=first, last=last,
                              init="".join(f"        {r}[...] = jnp.zeros({r}.shape, {r}.dtype)\n" for r in refs),
-                             prologue=_indent(pro, 4), dot=dot, epilogue=_indent(em.lines + stores, 8))
-    return b.finish(body, [(b.block(n), acc_t) for n in dots])
+                             step=tpl.guarded(step, test), epilogue=_indent(em.lines + stores, 8))
+    return b.finish(body, [(b.block(n), acc_t) for n in dots], [(n, frac) for n in dots])
+
+
+def _on_grid(b: _Builder, sup, n: Node):
+    """Support `sup` over n's dims → over the grid: a tiled dim is its axis's variable `g{axis}`,
+    a whole dim a variable of its own (0..size-1)."""
+    mapping = {}
+    for d in range(n.rank):
+        var = f"g{b.tiles[(n, d)][0]}" if (n, d) in b.tiles else ("whole", n, d)
+        mapping[d] = ({var: 1}, 0)
+    return masked_blocks.rename(sup, mapping)
+
+
+def _skip(b: _Builder, sup, step: list[str], after: list[str], axes: list[int]):
+    """(the `pl.when` test of a reduction step whose blocks outside `sup` are skipped, or None;
+    the fraction of grid steps that run it). Only where a reduction axis is tiled, and the lines
+    after the step read none of its values (the guarded step is a function of its own)."""
+    if not axes or sup is None or _shares(step, after):
+        return None, masked_blocks.Fraction(1.0)
+    box, blocks = {}, {}
+    for a, (size, blk, _) in enumerate(b.grid):
+        box[f"g{a}"] = (f"pl.program_id({a}) * {blk}", f"(pl.program_id({a}) * {blk} + {blk - 1})")
+        blocks[f"g{a}"] = [(i, i + blk - 1) for i in range(0, size, blk)]
+    whole = {v for conj in sup for co, _ in conj for v in co if isinstance(v, tuple)}
+    for v in whole:
+        _, n, d = v
+        box[v] = ("0", str(n.shape[d] - 1))
+        blocks[v] = [(0, n.shape[d] - 1)]
+    test, frac = masked_blocks.block_test(sup, box), masked_blocks.block_fraction(sup, blocks)
+    if test is None or frac == 1.0:  # every step runs: no test
+        return None, masked_blocks.Fraction(1.0)
+    return test, masked_blocks.Fraction(frac)
+
+
+def _shares(step: list[str], after: list[str]) -> bool:
+    import re
+    defined = {l.split(" = ", 1)[0].strip() for l in step if " = " in l and not l.startswith(" ")}
+    used = set(re.findall(r"[A-Za-z_]\w*", "\n".join(after)))
+    return bool(defined & used)
 
 
 def _same_blocks(dc, d, s, swapped: bool):
@@ -531,14 +576,18 @@ def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedK
             stat = em.emit(f"{ref}[...].reshape({b.block(r)})", b.block(r), r.dtype, "st")
             em.bound[r] = em.emit(round_half(stat.text, r.dtype), stat.shape, r.dtype) if r.dtype in HALF else stat
     stores = [b.store(em, r, i) for i, r in enumerate(grp.roots)]
+    step = tpl.ATTENTION_STEP.format(prologue="\n".join(pro), s_dot=s_dot, scores="\n".join(scores),
+                                     t=em.array(tv, b.block(qk)), pv_dot=pv_dot).splitlines()
+    step = [l for l in step if l]
+    an = masked_blocks.Analysis()  # the key blocks a query block can see (causal)
+    test, frac = _skip(b, _on_grid(b, masked_blocks.reduce_support(an, Op.REDUCE_MAX, t), t), step,
+                       em.lines + stores, kv_axes)
     body = tpl.ATTENTION.format(name=name, params=b.params(["m_ref", "l_ref", "acc_ref"]), first=first, last=last,
-                                prologue=_indent(pro, 4), s_dot=s_dot, scores=_indent(scores, 4) if scores else "",
-                                t=em.array(tv, b.block(qk)), pv_dot=pv_dot,
-                                epilogue=_indent(em.lines + stores, 8))
+                                step=tpl.guarded(step, test), epilogue=_indent(em.lines + stores, 8))
     row_shape = b.block(pv)[:-1] + (1,)
     scratch = [(row_shape, "jnp.float32"), (row_shape, "jnp.float32"), (b.block(pv), "jnp.float32")]
     footprint = sum(math.prod(b.storage_block(x)) * _itemsize(x) for x in b.inputs + b.outputs) + scratch_bytes(b.block)
-    return b.finish(body, scratch), footprint, bool(kv_axes)
+    return b.finish(body, scratch, [(qk, frac), (pv, frac)]), footprint, bool(kv_axes)
 
 
 EMITTERS = {"pointwise": emit_rows, "reduction": emit_rows, "scatter": emit_rows, "matmul": emit_matmul,

@@ -392,6 +392,12 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
     ix = {n: Ix(n, {n}) for n in ("rm", "rd", "rdk", "rn", "rnv", "rdv")}
     bidx = unflatten(Ix("pid_b"), bshape)
     em = ExprEmitter(tile, c.buffers, c.scalars)
+    # the key blocks a query block can see (causal, sliding window): masked_blocks.py
+    em.ranges = {"rm": masked_blocks.Range("tl.program_id(0) * BM", "BM", nq)}
+    keys = em.narrow(masked_blocks.reduce_support(em.masks, Op.REDUCE_MAX, t), tuple(bidx) + (ix["rm"], ix["rn"]),
+                     {"rn", "rnv"}, "n", nkv, "BN")
+    em.blocks[0].loop = keys  # the key loop holds every dot of this kernel
+    em.sites += [(qk, em.loops()), (pv, em.loops())]
     qv = em.value(q, _operand_index(q.rank, qb, bidx, [qf], [ix["rm"]], [qc], [ix["rd"]]))
     q_text = em.full(qv, {"rm", "rd"})
     load_q = list(em.lines)
@@ -434,10 +440,11 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
         name=name, params=c.params, NQ=nq, NKV=nkv, D=hd, DV=dv, B=math.prod(bshape),
         load_q=_indent(load_q, 4), q=q_text, load_k=_indent(kblock.lines, 8), k=k_text,
         scores=_indent(sblock.lines, 8), t=t_text, p_round=f"        p = {round_half('p', pv.dtype)}" if half else "", load_v=_indent(vblock.lines, 8), v=v_text,
-        epilogue=_indent(em.lines + stores, 4))
+        epilogue=_indent(em.lines + stores, 4),
+        n_start=keys.start_text() if keys else "0", n_end=keys.end_text() if keys else nkv)
     choose = lambda interpret: attention_t.choose(nq, nkv, hd, dv, dtype, interpret)
     return c.finish("attention", src, choose, attention_t.TUNING,
-                    dict(B=math.prod(bshape), NQ=nq, NKV=nkv, D=hd, DV=dv, dtype=dtype))
+                    dict(B=math.prod(bshape), NQ=nq, NKV=nkv, D=hd, DV=dv, dtype=dtype), em.sites)
 
 
 def emit_scatter(grp: FusionGroup, name: str) -> EmittedKernel:

@@ -1,6 +1,8 @@
 """Flash attention (online softmax): per (batch·head, query block), loop over key blocks:
 S = Q Kᵀ on chip, `{scores}` applies the graph's score ops (scale, causal or padding mask) to S,
-running max / sum rescale the accumulator, acc += P V. Scores and probabilities never reach memory."""
+running max / sum rescale the accumulator, acc += P V. Scores and probabilities never reach memory.
+The key loop runs over `[{n_start}, {n_end})`: every key block, or only those a masked query block
+can see (causal: up to its diagonal; codegen/masked_blocks.py), starting at a multiple of BN."""
 
 TEMPLATE = '''
 @triton.jit
@@ -19,7 +21,7 @@ def {name}({params}BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl
     m_i = tl.full((BM, 1), -float("inf"), tl.float32)
     l_i = tl.zeros((BM, 1), dtype=tl.float32)
     acc = tl.zeros((BM, BDV), dtype=tl.float32)
-    for n0 in range(0, {NKV}, BN):
+    for n0 in range({n_start}, {n_end}, BN):
         rn = n0 + tl.arange(0, BN)[None, :]
         rnv = n0 + tl.arange(0, BN)[:, None]
         mask_rn = rn < {NKV}

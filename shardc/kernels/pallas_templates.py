@@ -13,6 +13,8 @@ axis indices as scalar-prefetch (SMEM) arguments. Three bodies:
   its prologue computed on the operand blocks, its epilogue on the last K step;
 - ATTENTION: flash attention with online softmax (running max / sum / accumulator in VMEM
   scratch across key/value blocks); scores never leave VMEM.
+A reduction grid step whose block a mask leaves wholly at the identity (causal blocks above the
+diagonal) runs nothing: its accumulating lines sit under `pl.when` (`guarded`).
 `choose_blocks` picks block sizes: the largest legal blocks within a VMEM budget (tiny shapes:
 whole arrays, one grid step)."""
 
@@ -76,8 +78,7 @@ def {name}({params}):
     def _init():
         acc_ref[...] = jnp.zeros(acc_ref.shape, acc_ref.dtype)
 {init}
-{prologue}
-    acc_ref[...] += {dot}
+{step}
 
     @pl.when({last})
     def _epilogue():
@@ -92,24 +93,41 @@ def {name}({params}):
         l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
         acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
-{prologue}
-    s = {s_dot}
-{scores}
-    t = {t}
-    m_prev = m_ref[...]
-    m_new = jnp.maximum(m_prev, jnp.max(t, axis=-1, keepdims=True))
-    m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-    alpha = jnp.exp(m_prev - m_use)
-    p = jnp.exp(t - m_use)
-    l_ref[...] = l_ref[...] * alpha + jnp.sum(p, axis=-1, keepdims=True)
-    acc_ref[...] = acc_ref[...] * alpha + {pv_dot}
-    m_ref[...] = m_new
+{step}
 
     @pl.when({last})
     def _store():
         o = acc_ref[...] / l_ref[...]
 {epilogue}
 '''
+
+ATTENTION_STEP = '''{prologue}
+s = {s_dot}
+{scores}
+t = {t}
+m_prev = m_ref[...]
+m_new = jnp.maximum(m_prev, jnp.max(t, axis=-1, keepdims=True))
+m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+alpha = jnp.exp(m_prev - m_use)
+p = jnp.exp(t - m_use)
+l_ref[...] = l_ref[...] * alpha + jnp.sum(p, axis=-1, keepdims=True)
+acc_ref[...] = acc_ref[...] * alpha + {pv_dot}
+m_ref[...] = m_new'''
+
+
+def guarded(lines: list[str], test: str | None) -> str:
+    """A grid step's accumulating lines, run only where `test` holds (a block a mask leaves
+    wholly at the identity is skipped: codegen/masked_blocks.py), at the body's indentation."""
+    if test is None:
+        return "\n".join("    " + l for l in lines)
+    import re
+    # grid indices read before the branch (interpret mode has no program_id inside a cond)
+    axes = sorted({int(a) for a in re.findall(r"pl\.program_id\((\d+)\)", test + "\n".join(lines))})
+    pids = "".join(f"    pid{a} = pl.program_id({a})\n" for a in axes)
+    body = re.sub(r"pl\.program_id\((\d+)\)", r"pid\1", "\n".join("        " + l for l in lines))
+    test = re.sub(r"pl\.program_id\((\d+)\)", r"pid\1", test)
+    return f"{pids}    @pl.when({test})\n    def _step():\n{body}"
+
 
 # the VMEM footprint blocks are chosen within (codegen/vmem.py: every block twice, as the pipeline
 # double-buffers it, plus scratch): half the 16 MiB default scoped limit of TPU v5e and v5p, the
