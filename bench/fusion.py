@@ -39,6 +39,12 @@ rows are held to the same 1.3x. The parameter update itself is in no bound (SGD'
 reads each weight once more than the matmul bound's forward and dX reads, and writes it instead
 of dW. Standalone updates (biases, norm weights, embeddings, moments) run as one multi-tensor
 launch (codegen/fused_multi.py); `multi` counts them.
+
+Dot FLOPs: what the kernels execute per device per step (each dot a kernel computes or rebuilds,
+at 2·|result|·K, times the share of its loop's blocks the kernel visits at its GPU launch config)
+against the dense count (every block visited). Causal attention skips the blocks its mask zeroes
+(codegen/masked_blocks.py), so "/dense" drops below 1 and "attn% dense>run" shows attention's share
+of the dot FLOPs before and after skipping.
 Writes a table and bench/results/fusion.json.
 """
 from __future__ import annotations
@@ -88,6 +94,10 @@ def state_bytes(g) -> int:
     return 2 * sum(p.nbytes for p in g.inputs if (p.name or "").startswith("opt_state"))
 
 
+def _share(r: dict, part: str, whole: str) -> float:
+    return 100.0 * r[part] / r[whole] if r[whole] else 0.0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="mlp,gpt2,llama,moe")
@@ -119,14 +129,18 @@ def main(argv=None):
             rows.append({"model": "gpt2 layer", "step": "forward", "optimizer": "-", "layout": layout, **layer,
                          "compile_s": two["compile_s"]})
     head = (f"{'model':<11}{'step':<9}{'opt':<6}{'layout':<8}{'kernels':>8}{'multi':>6}{'unfused':>9}{'KiB':>9}"
-            f"{'unfused':>9}{'bound':>9}{'/unfused':>10}{'/bound':>8}{'attn':>6}{'compile s':>10}")
+            f"{'unfused':>9}{'bound':>9}{'/unfused':>10}{'/bound':>8}{'attn':>6}{'dot MFLOP':>11}{'/dense':>8}"
+            f"{'attn% dense>run':>16}{'compile s':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['model']:<11}{r['step']:<9}{r['optimizer']:<6}{r['layout']:<8}{r['kernels']:>8}{r['multi_kernels']:>6}"
               f"{r['unfused_kernels']:>9}{r['bytes'] / 1024:>9.1f}{r['unfused_bytes'] / 1024:>9.1f}"
               f"{r['bound_bytes'] / 1024:>9.1f}{r['bytes'] / r['unfused_bytes']:>10.3f}"
-              f"{r['bytes'] / max(r['bound_bytes'], 1):>8.3f}{r['attention_kernels']:>6}{r['compile_s']:>10.2f}")
+              f"{r['bytes'] / max(r['bound_bytes'], 1):>8.3f}{r['attention_kernels']:>6}"
+              f"{r['flops'] / 1e6:>11.1f}{r['flops'] / max(r['dense_flops'], 1):>8.3f}"
+              f"{_share(r, 'attention_dense_flops', 'dense_flops'):>9.1f}>{_share(r, 'attention_flops', 'flops'):<6.1f}"
+              f"{r['compile_s']:>10.2f}")
     print("bound: the matmul bound (every dot's operands read once, its result written once), plus, for Adam"
           " and AdamW, each optimizer-state tensor read once and written once")
     for r in rows:

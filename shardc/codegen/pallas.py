@@ -393,7 +393,8 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     body = tpl.MATMUL.format(name=name, params=b.params(["acc_ref", *refs]), first=first, last=last,
                              init="".join(f"        {r}[...] = jnp.zeros({r}.shape, {r}.dtype)\n" for r in refs),
                              step=tpl.guarded(step, test), epilogue=_indent(em.lines + stores, 8))
-    return b.finish(body, [(b.block(n), acc_t) for n in dots], [(n, frac) for n in dots])
+    rebuilt = [n for n in grp.nodes if n in prologue and n.op is Op.DOT_GENERAL and n not in grp.inputs]
+    return b.finish(body, [(b.block(n), acc_t) for n in dots], [(n, frac) for n in (*dots, *rebuilt)])
 
 
 def _on_grid(b: _Builder, sup, n: Node):
@@ -587,7 +588,8 @@ def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedK
     row_shape = b.block(pv)[:-1] + (1,)
     scratch = [(row_shape, "jnp.float32"), (row_shape, "jnp.float32"), (b.block(pv), "jnp.float32")]
     footprint = sum(math.prod(b.storage_block(x)) * _itemsize(x) for x in b.inputs + b.outputs) + scratch_bytes(b.block)
-    return b.finish(body, scratch, [(qk, frac), (pv, frac)]), footprint, bool(kv_axes)
+    rebuilt = [n for n in _upstream([t], grp.nodes) if n.op is Op.DOT_GENERAL and n is not qk and n not in grp.inputs]
+    return b.finish(body, scratch, [(n, frac) for n in (qk, pv, *rebuilt)]), footprint, bool(kv_axes)
 
 
 EMITTERS = {"pointwise": emit_rows, "reduction": emit_rows, "scatter": emit_rows, "matmul": emit_matmul,

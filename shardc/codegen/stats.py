@@ -1,10 +1,19 @@
 """Memory traffic of a launch plan: bytes each kernel reads and writes (its input and output
 buffers), against the unfused program (one kernel per IR op) and the matmul-bound minimum (each
 dot_general's and ragged_dot's (grouped matmul's) operands read once and its result written once,
-everything else fused away)."""
+everything else fused away).
+
+And the dot FLOPs its kernels execute: each dot a kernel computes (its own, its siblings', each
+rebuilt one, once per place the kernel rebuilds it) at 2·|result|·K, times the share of the blocks
+of the loops around it that the kernel visits (codegen/masked_blocks.py: causal blocks skipped) at
+its GPU launch config, against the same count with every block visited (dense). Attention's dots
+(batched dots of two activations: QKᵀ, P·V and their gradients; not a batched dot with a weight,
+as a MoE expert's) are also counted apart."""
 from __future__ import annotations
 
-from ..ir import Graph, Op
+import math
+
+from ..ir import Graph, Node, Op
 from ..ir.ops import COLLECTIVES
 from .inlining import is_buffer_leaf
 
@@ -40,4 +49,44 @@ def summary(exe) -> dict:
     g = exe.prog.local
     return {"kernels": len(exe.kernels), "unfused_kernels": unfused_kernels(g),
             "bytes": kernel_bytes(exe), "unfused_bytes": unfused_bytes(g),
-            "matmul_bound_bytes": matmul_bound_bytes(g)}
+            "matmul_bound_bytes": matmul_bound_bytes(g), **flops(exe)}
+
+
+def dot_flops(n: Node) -> int:
+    """2·|result|·K of a dot_general; 2·m·k·n of a ragged_dot (each row meets one group)."""
+    if n.op is Op.RAGGED_DOT:
+        lhs, rhs = n.inputs[:2]
+        return 2 * lhs.size * rhs.shape[-1]
+    return 2 * n.size * math.prod(n.inputs[0].shape[i] for i in n.attrs["lhs_contract"])
+
+
+def _is_weight(x: Node) -> bool:
+    while x.op in (Op.BROADCAST, Op.RESHAPE, Op.TRANSPOSE, Op.SLICE, Op.CAST):
+        x = x.inputs[0]
+    return x.op in (Op.PARAMETER, Op.CONSTANT)
+
+
+def attention_dot(n: Node) -> bool:
+    return n.op is Op.DOT_GENERAL and bool(n.attrs["lhs_batch"]) and not any(_is_weight(x) for x in n.inputs)
+
+
+def flops(exe) -> dict:
+    """Dot FLOPs per device per step: executed (causal blocks skipped) and dense, all dots and
+    attention's alone."""
+    out = dict(flops=0.0, dense_flops=0, attention_flops=0.0, attention_dense_flops=0)
+    for k in exe.kernels:
+        sites = list(getattr(k, "dot_sites", []))
+        seen = {n for n, _ in sites}
+        sites += [(n, ()) for n in k.ops if n.op in _MATMULS and n not in seen]
+        cfg = None
+        for n, loops in sites:
+            if loops and cfg is None:
+                cfg = k.config(False) if exe.target == "triton" else {}
+            dense = dot_flops(n)
+            done = dense * math.prod(b.fraction(cfg) for b in loops)
+            out["flops"] += done
+            out["dense_flops"] += dense
+            if attention_dot(n):
+                out["attention_flops"] += done
+                out["attention_dense_flops"] += dense
+    return out
