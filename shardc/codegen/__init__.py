@@ -95,4 +95,5 @@ def _rebind(emitted, first, step):
     if not all(x in here for x in (*emitted.inputs, *emitted.outputs)):
         return None
     return dataclasses.replace(emitted, inputs=[here[x] for x in emitted.inputs],
-                               outputs=[here[x] for x in emitted.outputs])
+                               outputs=[here[x] for x in emitted.outputs],
+                               dot_sites=[(here.get(n, n), loops) for n, loops in emitted.dot_sites])

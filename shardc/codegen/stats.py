@@ -75,7 +75,8 @@ def flops(exe) -> dict:
     attention's alone."""
     out = dict(flops=0.0, dense_flops=0, attention_flops=0.0, attention_dense_flops=0)
     for k in exe.kernels:
-        sites = list(getattr(k, "dot_sites", []))
+        ops = set(k.ops)
+        sites = [(n, loops) for n, loops in getattr(k, "dot_sites", []) if n in ops]
         seen = {n for n, _ in sites}
         sites += [(n, ()) for n in k.ops if n.op in _MATMULS and n not in seen]
         cfg = None
