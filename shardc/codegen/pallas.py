@@ -132,9 +132,10 @@ class _Builder:
         return self._promote(n, n.shape)
 
     def tile(self, candidates: list, scratch_bytes=lambda block: 0, allowed=lambda members: True,
-             arbitrary: set = frozenset()):
+             arbitrary: set = frozenset(), caps=None):
         """Choose the grid: candidates are (node, dim, semantics) in priority order; a class
-        holding a dim of `arbitrary` is tiled as an "arbitrary" (accumulating) axis."""
+        holding a dim of `arbitrary` is tiled as an "arbitrary" (accumulating) axis; caps:
+        {(node, dim): the largest block its class may take}."""
         classes = self.dc.classes()
         chosen, seen = [], set()
         buffers = set(self.inputs) | set(self.outputs)
@@ -149,7 +150,9 @@ class _Builder:
             size = n.shape[d]
             pos = [(_laid_out(x) - 1 - dx if x.rank > 1 else -1, _itemsize(x)) for x, dx in members if x in buffers]
             legal = tpl.legal_blocks(size, pos)
-            if len(legal) > 1:
+            cap = min((c for m, c in (caps or {}).items() if m in members), default=size)
+            legal = [x for x in legal if x <= cap] or legal[-1:]
+            if legal[-1] < size:
                 chosen.append((members, size, legal, "arbitrary" if arbitrary & set(members) else sem))
         index = {m: i for i, (members, *_ ) in enumerate(chosen) for m in members}
 
@@ -159,7 +162,7 @@ class _Builder:
                 + scratch_bytes(at)
 
         budget = _VMEM_BUDGET.get() or tpl.VMEM_BUDGET
-        blocks = tpl.choose_blocks([(size, legal) for _, size, legal, _ in chosen], nbytes, budget)
+        blocks = tpl.choose_blocks([(legal[0], legal) for _, size, legal, _ in chosen], nbytes, budget)
         tiled = [(c, b) for c, b in zip(chosen, blocks) if b < c[1]]
         tiled.sort(key=lambda t: t[0][3] == "arbitrary")  # reduction axes last
         for axis, ((members, size, _, sem), b) in enumerate(tiled):
@@ -550,7 +553,10 @@ def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedK
     cands = [(qk, i, "parallel") for i in range(nb + 1)] + [(qk, nb + 1, "arbitrary")]
     row = lambda block: math.prod(block(pv)[:-1])
     scratch_bytes = lambda block: (math.prod(block(pv)) + 2 * row(block)) * 4 + math.prod(block(qk)) * 8
-    b.tile(cands, scratch_bytes=scratch_bytes)
+    an = masked_blocks.Analysis()  # a causal mask: query and key blocks small enough to skip some
+    masked = masked_blocks.reduce_support(an, Op.REDUCE_MAX, t)
+    caps = {(qk, nb): tpl.MASKED_BLOCK, (qk, nb + 1): tpl.MASKED_BLOCK} if masked is not None else None
+    b.tile(cands, scratch_bytes=scratch_bytes, caps=caps)
     kv_axes = [i for i, (_, _, s) in enumerate(b.grid) if s == "arbitrary"]
     first = " & ".join(f"(pl.program_id({a}) == 0)" for a in kv_axes) or "True"
     last = " & ".join(f"(pl.program_id({a}) == {b.grid[a][0] // b.grid[a][1] - 1})" for a in kv_axes) or "True"
@@ -580,8 +586,7 @@ def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedK
     step = tpl.ATTENTION_STEP.format(prologue="\n".join(pro), s_dot=s_dot, scores="\n".join(scores),
                                      t=em.array(tv, b.block(qk)), pv_dot=pv_dot).splitlines()
     step = [l for l in step if l]
-    an = masked_blocks.Analysis()  # the key blocks a query block can see (causal)
-    test, frac = _skip(b, _on_grid(b, masked_blocks.reduce_support(an, Op.REDUCE_MAX, t), t), step,
+    test, frac = _skip(b, _on_grid(b, masked, t), step,
                        em.lines + stores, kv_axes)
     body = tpl.ATTENTION.format(name=name, params=b.params(["m_ref", "l_ref", "acc_ref"]), first=first, last=last,
                                 step=tpl.guarded(step, test), epilogue=_indent(em.lines + stores, 8))

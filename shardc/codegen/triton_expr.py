@@ -521,7 +521,11 @@ class ExprEmitter:
         mask = self.tile.axes[var][0]
         shift = through_exp_sub(s).inputs[1]  # g(M), broadcast along the row
         saved_bound, saved_local = dict(self.bound), self.local
+        sup = masked_blocks.union(masked_blocks.reduce_support(self.masks, Op.REDUCE_MAX, x),
+                                  masked_blocks.reduce_support(self.masks, Op.REDUCE_SUM, s.inputs[0]))
+        bounds = self.narrow(sup, sub, {var}, var, extent, block)  # causal blocks skipped
         with self.block() as body:
+            body.loop = bounds
             y = self.full(self.value(x, sub, masks), deps | {var})
             body.lines.append(f"{m_new} = tl.maximum({m_acc}, tl.max(tl.where({mask}, {y}, -float(\"inf\")), axis=1)[:, None])")
             self.local = saved_local | _reaching(s.inputs[0], m, self.buffers)
@@ -540,7 +544,8 @@ class ExprEmitter:
             return None
         self.lines.append(f"{m_acc} = tl.full({self.tile.shape(deps)}, -float(\"inf\"), tl.float32)")
         self.lines.append(f"{l_acc} = tl.zeros({self.tile.shape(deps)}, tl.float32)")
-        self.lines.append(f"for {var}0 in range(0, {extent}, {block}):")
+        start, end = (bounds.start_text(), bounds.end_text()) if bounds else ("0", extent)
+        self.lines.append(f"for {var}0 in range({start}, {end}, {block}):")
         self.lines.append(f"    {var} = {var}0 + tl.arange(0, {block})[None, :]")
         self.lines.append(f"    {mask} = {var} < {extent}")
         self.lines.extend("    " + l for l in body.lines)

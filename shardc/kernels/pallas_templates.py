@@ -129,6 +129,10 @@ def guarded(lines: list[str], test: str | None) -> str:
     return f"{pids}    @pl.when({test})\n    def _step():\n{body}"
 
 
+# a masked attention's query and key blocks (causal): at most this, so that blocks above the
+# diagonal exist to be skipped (Splash attention's default blocks are 512; 256 skips 6 of 16 at
+# 1024 keys where 512 skips 1 of 4)
+MASKED_BLOCK = 256
 # the VMEM footprint blocks are chosen within (codegen/vmem.py: every block twice, as the pipeline
 # double-buffers it, plus scratch): half the 16 MiB default scoped limit of TPU v5e and v5p, the
 # rest for the values the kernel body computes

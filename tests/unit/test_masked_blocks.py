@@ -172,7 +172,7 @@ def test_triton_attention_backward_skips_causal_blocks(small_blocks, monkeypatch
     over_keys, over_queries = _needed(keep, BLOCK), _needed(keep.T, BLOCK)
     loops = [_trips(lp, 3, BLOCK) for _, lp in _narrowed(exe)]
     assert sorted(loops).count(over_queries) == 1, loops  # dK and dVᵀ: one pass over the queries
-    assert loops.count(over_keys) == len(loops) - 1 >= (4 if looped else 1), loops
+    assert loops.count(over_keys) == len(loops) - 1 >= (3 if looped else 1), loops  # looped: + flash forward, D
     assert sum(over_keys) == 6 and sum(over_queries) == 6  # of 3·3 blocks each
     # the FLOP count reads the same bounds: every dot of a narrowed loop runs 6 of 9 blocks
     for k in exe.kernels:
@@ -270,13 +270,14 @@ def test_pallas_attention_steps_skip_causal_blocks():
     export_all(exe.kernels)
     import jax.numpy as jnp
     from shardc.models.jax_models import causal_attention
-    q, k, v = (a[:, :, :256] for a in args[:3])
-    with vmem_budget(40_000):
-        exe, got = run_and_check(partition(shardc.from_jax(causal_attention, q, k, v), Mesh(dp=1)), (q, k, v), 1e-5)
+    q, k, v = args[:3]  # inference: query and key blocks capped (MASKED_BLOCK) at the default budget
+    exe, got = run_and_check(partition(shardc.from_jax(causal_attention, q, k, v), Mesh(dp=1)), (q, k, v), 1e-5)
     assert rel_err(got[0], causal_attention(q, k, v)) <= 1e-5
     (att,) = [k for k in exe.kernels if k.kind == "attention"]
     grid = eval(re.search(r"GRID = (.*)", att.source).group(1))
-    assert "def _step" in att.source and att.dot_sites[0][1][0].value < 1, (grid, att.source)
+    bq, bk = 384 // grid[-2], 384 // grid[-1]  # (query blocks, key blocks) last on the grid
+    want = sum(_needed(_keep(384), bq, bk)) / (grid[-2] * grid[-1])
+    assert "def _step" in att.source and want < 1 and att.dot_sites[0][1][0].value == pytest.approx(want), grid
     export_all(exe.kernels)
 
 
