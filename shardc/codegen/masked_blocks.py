@@ -416,6 +416,10 @@ def on_tile(sup, idx, names: dict):
 
 
 # ------------------------------------------------------------------------------ loop bounds
+_FN = {"tl": {"minimum": "tl.minimum", "maximum": "tl.maximum", "div": "({} // {})"},
+       "lax": {"minimum": "lax.min", "maximum": "lax.max", "div": "lax.div({}, {})"}}  # (non-negative)
+
+
 @dataclass(frozen=True)
 class Range:
     """A tile variable's values in one program (or one trip of an outer loop): `start` (text of a
@@ -427,8 +431,8 @@ class Range:
     def lo(self) -> str:
         return self.start
 
-    def hi(self) -> str:
-        return f"(tl.minimum({self.start} + {self.block}, {self.extent}) - 1)"
+    def hi(self, ns: str = "tl") -> str:
+        return f"({_FN[ns]['minimum']}({self.start} + {self.block}, {self.extent}) - 1)"
 
 
 @dataclass
@@ -442,33 +446,37 @@ class Bounds:
     ranges: dict
     lo: list | None     # min over conjunctions of max over constraints
     hi: list | None     # max over conjunctions of min over constraints
+    ns: str = "tl"      # the text's min/max/div (Triton: tl; a Pallas index map: lax, which
+                        # lowers without a TPU: jnp's floor division asks the TPU's generation)
 
     # --------------------------------------------------------------------------- text
     def _term(self, t) -> str:
         parts = [str(t[1])] if t[1] else []
         for c, v, end in t[0]:
             r = self.ranges[v]
-            s = r.lo() if end == "lo" else r.hi()
+            s = r.lo() if end == "lo" else r.hi(self.ns)
             parts.append(s if c == 1 else f"{c} * {s}")
         return " + ".join(parts) if parts else "0"
 
     def _fold(self, fn: str, texts: list[str]) -> str:
         out = texts[0]
         for t in texts[1:]:
-            out = f"tl.{fn}({out}, {t})"
+            out = f"{_FN[self.ns][fn]}({out}, {t})"
         return out
 
     def start_text(self) -> str:
         if self.lo is None:
             return "0"
         lo = self._fold("minimum", [self._fold("maximum", [self._term(t) for t in conj]) for conj in self.lo])
-        return f"((tl.maximum({lo}, 0) // {self.block}) * {self.block})"
+        fn = _FN[self.ns]
+        start = fn["div"].format(f"{fn['maximum']}({lo}, 0)", self.block)
+        return f"({start} * {self.block})"
 
     def end_text(self) -> str:
         if self.hi is None:
             return str(self.extent)
         hi = self._fold("maximum", [self._fold("minimum", [self._term(t) for t in conj]) for conj in self.hi])
-        return f"tl.minimum({hi} + 1, {self.extent})"
+        return f"{_FN[self.ns]['minimum']}({hi} + 1, {self.extent})"
 
     # --------------------------------------------------------------------------- host
     def _value(self, t, env) -> int:

@@ -101,6 +101,7 @@ class _Builder:
         self.tiles: dict = {}
         self.grid: list = []  # (size, block, semantics)
         self.column: set = set()  # rank-1 buffers stored as (n, 1): tiled by blocks of 8, not 128
+        self.clamp: dict = {}  # reduction axis → its inputs' block index (causal blocks skipped: _skip)
         for n in self.inputs + self.outputs:
             for d in range(n.rank):
                 self.dc.find((n, d))
@@ -198,7 +199,8 @@ class _Builder:
             idx = idx + [None] if n in self.column else [None] + idx
         idx = idx[:len(self.storage_block(n))]
         g = ", ".join(f"g{i}" for i in range(len(self.grid)))
-        ix = ", ".join("0" if a is None else f"g{a}" if pid is None else f"{pid}[{a}]" for a in idx)
+        clamp = self.clamp if n in self.loads and pid is None else {}  # (causal blocks skipped: _skip)
+        ix = ", ".join("0" if a is None else clamp.get(a, f"g{a}") if pid is None else f"{pid}[{a}]" for a in idx)
         head = f"lambda {g + ', ' if g else ''}*_" if pid is None else "lambda t, *_"
         return f"pl.BlockSpec({self.storage_block(n)}, {head}: ({ix},))"
 
@@ -428,6 +430,16 @@ def _skip(b: _Builder, sup, step: list[str], after: list[str], axes: list[int]):
     test, frac = masked_blocks.block_test(sup, box), masked_blocks.block_fraction(sup, blocks)
     if test is None or frac == 1.0:  # every step runs: no test
         return None, masked_blocks.Fraction(1.0)
+    # a skipped step fetches the block its neighbour needs (an unchanged block index is not
+    # fetched again): the reduction axis's index clamped to the blocks the other indices reach
+    ranges = {f"g{a}": masked_blocks.Range(f"g{a} * {blk}", str(blk), size) for a, (size, blk, _) in enumerate(b.grid)}
+    for a in axes:
+        size, blk, _ = b.grid[a]
+        bounds = masked_blocks.loop_bounds(sup, f"g{a}", size, str(blk), {v: r for v, r in ranges.items() if v != f"g{a}"})
+        if bounds is not None:
+            bounds.ns = "lax"
+            lo, hi = f"lax.div({bounds.start_text()}, {blk})", f"lax.div({bounds.end_text()} - 1, {blk})"
+            b.clamp[a] = f"lax.min(lax.max(g{a}, {lo}), lax.max({hi}, {lo}))"
     return test, masked_blocks.Fraction(frac)
 
 

@@ -254,8 +254,9 @@ def test_dot_flops_at_gpu_configs():
 # ---------------------------------------------------------------------------------- Pallas
 def test_pallas_attention_steps_skip_causal_blocks():
     """Seq 384 in blocks of 128 rows: the grid steps of the dQ (over keys) and dK/dV (over queries)
-    matmuls and of flash attention's key axis run only where the causal mask leaves a score, every
-    kernel equals numpy and lowers for TPU."""
+    matmuls and of flash attention's key axis run only where the causal mask leaves a score (their
+    inputs' block indices clamped to the blocks that run), every kernel equals numpy and lowers for
+    TPU."""
     g, args = _attention(384)
     with vmem_budget(100_000):
         exe, got = run_and_check(partition(g, Mesh(dp=1)), args, 1e-5)
@@ -263,6 +264,8 @@ def test_pallas_attention_steps_skip_causal_blocks():
         assert rel_err(a, b) <= 1e-5
     guarded = [k for k in exe.kernels if "def _step" in k.source]
     assert len(guarded) == 2, [k.name for k in exe.kernels]
+    # a skipped step's inputs are the block its neighbour reads (no fetch): clamped index maps
+    assert all("lax.min(lax.max(" in k.source for k in guarded)
     for k in guarded:  # 128-row blocks over K blocks of 8: rows i see K blocks below 128·(i+1)
         (_, (frac,)), *_ = k.dot_sites
         grid = eval(re.search(r"GRID = (.*)", k.source).group(1))
