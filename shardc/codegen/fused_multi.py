@@ -31,7 +31,8 @@ MAX_BUFFERS = 256   # pointer arguments per launch (CUDA's 4 KiB of kernel param
 
 def horizontal(planned: list[tuple], footprint) -> list[tuple]:
     """[(step, share)] with independent row kernels grouped into multi-tensor launches.
-    `footprint(group) -> (buffers, vmem bytes, vmem budget)`: what a member adds to a launch."""
+    `footprint(group) -> (buffers, VMEM bytes, VMEM budget)`: what a member adds to a launch
+    (Triton: its pointer arguments, no VMEM)."""
     share = {id(s): t for s, t in planned}
     steps = topological([s for s, _ in planned])
     planned = [(s, share[id(s)]) for s in steps]
@@ -47,6 +48,8 @@ def horizontal(planned: list[tuple], footprint) -> list[tuple]:
     groups: list[tuple[int, list[int], list]] = []  # (its place, its members, buffers and VMEM used)
     for i, end in sorted(spans, reverse=True):  # latest place first; each joins the latest group it can
         cost = footprint(steps[i])
+        if not _fits([0, 0], cost):  # (a Pallas row kernel that must add its rows up over its grid)
+            continue
         grp = next((g for g in groups if g[0] <= end and _fits(g[2], cost)), None)
         if grp is None:
             groups.append(grp := (i, [], [0, 0]))

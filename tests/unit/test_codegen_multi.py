@@ -75,6 +75,20 @@ def test_grouped_kernel_equals_numpy(target):
         assert rel_err(o.float().numpy(), np.asarray(r, np.float32)) <= (1e-2 if n.dtype.value == "bf16" else 1e-5), n
 
 
+def test_pallas_row_kernel_too_large_for_whole_rows_runs_alone():
+    """A Pallas row kernel whose rows only fit VMEM added up over its grid (an "arbitrary" axis)
+    is no member: a member's blocks hold whole rows, all of them resident for the launch."""
+    import jax.numpy as jnp
+    rng = np.random.default_rng(13)
+    args = tuple(jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((8, 4096), (37,), (5, 23)))
+    g = shardc.from_jax(lambda x, a, b: (x.sum(-1), 2 * a, b - 1), *args)
+    with pallas.vmem_budget(64 << 10):
+        exe, got = run_and_check(partition(g, Mesh(dp=1)), args, 1e-5)
+    for a, b in zip(got, g.evaluate(*args)):
+        assert rel_err(a, b) <= 1e-5
+    assert sorted(k.kind for k in exe.kernels) == ["multi", "reduction"], exe.plan_text()
+
+
 def _train_step(optimizer: str):
     """A small model's training step through the zoo's optimizer code: an embedding (scatter
     gradient), a linear layer (its update in the weight gradient's epilogue, its bias gradient
