@@ -169,7 +169,7 @@ def emit_pallas(grp: FusionGroup, name: str):
     helpers, funcs, whens, start, blocks = [], [], [], 0, []
     for k, m in enumerate(members):
         b, body = row_body(m, f"{name}_m{k}", program_id="g[{}]")
-        grid = tuple(size // blk for size, blk, _ in b.grid) or (1,)
+        grid = tuple(b.steps(a) for a in range(len(b.grid))) or (1,)
         n = math.prod(grid)
         strides = [math.prod(grid[a + 1:]) for a in range(len(grid))]
         index = ", ".join(f"lax.rem(lax.div(i, {s}), {g})" for s, g in zip(strides, grid))  # (i >= 0: Mosaic's

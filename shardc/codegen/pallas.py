@@ -133,10 +133,13 @@ class _Builder:
         return self._promote(n, n.shape)
 
     def tile(self, candidates: list, scratch_bytes=lambda block: 0, allowed=lambda members: True,
-             arbitrary: set = frozenset(), caps=None):
+             arbitrary: set = frozenset(), caps=None, pad_arbitrary: bool = False):
         """Choose the grid: candidates are (node, dim, semantics) in priority order; a class
         holding a dim of `arbitrary` is tiled as an "arbitrary" (accumulating) axis; caps:
-        {(node, dim): the largest block its class may take}."""
+        {(node, dim): the largest block its class may take}. A dim no legal block divides is
+        tiled in padded blocks (a cdiv grid, the last block overhanging) where it is parallel
+        (what is read past the end only reaches outputs past the end, which are dropped), and
+        where it accumulates if `pad_arbitrary` (the caller masks the overhang: `edge_mask`)."""
         classes = self.dc.classes()
         chosen, seen = [], set()
         buffers = set(self.inputs) | set(self.outputs)
@@ -151,10 +154,13 @@ class _Builder:
             size = n.shape[d]
             pos = [(_laid_out(x) - 1 - dx if x.rank > 1 else -1, _itemsize(x)) for x, dx in members if x in buffers]
             legal = tpl.legal_blocks(size, pos)
+            sem = "arbitrary" if arbitrary & set(members) else sem
+            if legal == [size] and (sem == "parallel" or pad_arbitrary):  # no divisor: an edge block overhangs
+                legal += tpl.padded_blocks(size, pos)
             cap = min((c for m, c in (caps or {}).items() if m in members), default=size)
             legal = [x for x in legal if x <= cap] or legal[-1:]
             if legal[-1] < size:
-                chosen.append((members, size, legal, "arbitrary" if arbitrary & set(members) else sem))
+                chosen.append((members, size, legal, sem))
         index = {m: i for i, (members, *_ ) in enumerate(chosen) for m in members}
 
         def nbytes(blocks):  # the kernel's VMEM footprint at these blocks (codegen/vmem.py)
@@ -172,6 +178,21 @@ class _Builder:
                 self.tiles[m] = (axis, b)
                 if m[0] in buffers and m[0].rank == 1 and b % 128:
                     self.column.add(m[0])
+
+    def steps(self, axis: int) -> int:
+        size, blk, _ = self.grid[axis]
+        return -(-size // blk)
+
+    def first_last(self, axes) -> tuple[str, str]:
+        """The tests of the first and the last step along grid `axes` (an accumulation's init
+        and its finish)."""
+        first = " & ".join(f"(pl.program_id({a}) == 0)" for a in axes) or "True"
+        last = " & ".join(f"(pl.program_id({a}) == {self.steps(a) - 1})" for a in axes) or "True"
+        return first, last
+
+    def padded(self, axis: int) -> bool:
+        size, blk, _ = self.grid[axis]
+        return size % blk != 0
 
     def axis_of(self, n: Node, d: int):
         return self.tiles[(n, d)][0] if (n, d) in self.tiles else None
@@ -214,7 +235,7 @@ class _Builder:
         ops = ", ".join(f"%{n.op.value}" + (f" {n.name!r}" if n.name else "") for n in grp.nodes)
         head = tpl.PRELUDE.format(kind=self.kind, name=self.name, reason=grp.reason.replace("\n", " "),
                                   ops=ops[:2000])
-        grid = tuple(size // b for size, b, _ in self.grid) or (1,)
+        grid = tuple(self.steps(a) for a in range(len(self.grid))) or (1,)
         sem = tuple(s for _, _, s in self.grid) or ("arbitrary",)
         call = tpl.CALL.format(
             name=self.name, nscalar=len(self.axes), grid=grid, semantics=sem,
@@ -253,8 +274,7 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
         body = tpl.ROWS.format(name=name, params=b.params([]), body=_indent(em.lines + stores, 4))
         return b.finish(body, [])
     arb = [a for a, (_, _, sem) in enumerate(b.grid) if sem == "arbitrary"]
-    first = " & ".join(f"(pl.program_id({a}) == 0)" for a in arb)
-    last = " & ".join(f"(pl.program_id({a}) == {b.grid[a][0] // b.grid[a][1] - 1})" for a in arb)
+    first, last = b.first_last(arb)
     shapes = [b._promote(s, b.block(s)) for s in acc]
     # each step adds its block's f32 partial sum (not rounded to a half type: the sum is rounded
     # once, at the end, as the whole-block kernel and the oracle do)
@@ -374,8 +394,7 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     cands += [(d.inputs[0], i, "arbitrary") for i in d.attrs["lhs_contract"]]
     b.tile(cands, scratch_bytes=lambda block: sum(math.prod(block(n)) for n in dots) * 4, allowed=allowed)
     k_axes = [i for i, (_, _, s) in enumerate(b.grid) if s == "arbitrary"]
-    first = " & ".join(f"(pl.program_id({a}) == 0)" for a in k_axes) or "True"
-    last = " & ".join(f"(pl.program_id({a}) == {b.grid[a][0] // b.grid[a][1] - 1})" for a in k_axes) or "True"
+    first, last = b.first_last(k_axes)
     em = b.emitter()
     dot = _dot(d, em.value(d.inputs[0]), em.value(d.inputs[1]), b.block(d), em=em)
     refs = [f"sib{i}_ref" for i in range(len(sibs))]
@@ -570,8 +589,7 @@ def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedK
     caps = {(qk, nb): tpl.MASKED_BLOCK, (qk, nb + 1): tpl.MASKED_BLOCK} if masked is not None else None
     b.tile(cands, scratch_bytes=scratch_bytes, caps=caps)
     kv_axes = [i for i, (_, _, s) in enumerate(b.grid) if s == "arbitrary"]
-    first = " & ".join(f"(pl.program_id({a}) == 0)" for a in kv_axes) or "True"
-    last = " & ".join(f"(pl.program_id({a}) == {b.grid[a][0] // b.grid[a][1] - 1})" for a in kv_axes) or "True"
+    first, last = b.first_last(kv_axes)
     em = b.emitter()
     s_dot = _dot(qk, em.value(q), em.value(k), b.block(qk), em=em)
     pv_attrs = dict(pv.attrs, lhs_batch=tuple(range(nb)), lhs_contract=(nb + 1,))

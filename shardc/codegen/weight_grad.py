@@ -219,8 +219,7 @@ def emit_pallas(grp: FusionGroup, name: str) -> EmittedKernel:
     cands += [(wop, i, "arbitrary") for i in wc] if len(trip) == 1 else []
     b.tile(cands, scratch_bytes=lambda block: sum(math.prod(block(dx)) for dx in dxs) * 4)
     k_axes = [i for i, (_, _, s) in enumerate(b.grid) if s == "arbitrary"]
-    first = " & ".join(f"(pl.program_id({a}) == 0)" for a in k_axes) or "True"
-    last = " & ".join(f"(pl.program_id({a}) == {b.grid[a][0] // b.grid[a][1] - 1})" for a in k_axes) or "True"
+    first, last = b.first_last(k_axes)
     em = b.emitter()
     refs = [f"acc{i}_ref" for i in range(len(trip))]
     dots = [(P._dot(dx, em.value(dx.inputs[0]), em.value(dx.inputs[1]), b.block(dx), em=em),

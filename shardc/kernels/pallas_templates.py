@@ -162,6 +162,22 @@ def legal_blocks(size: int, positions: list[tuple[int, int]]) -> list[int]:
     return out
 
 
+def padded_blocks(size: int, positions: list[tuple[int, int]]) -> list[int]:
+    """Blocks that do not divide `size` (the last one overhangs the array: a cdiv grid), for a
+    dim no legal proper divisor tiles (GPT-2's vocabulary 50,257 = 29·1733): the alignment every
+    buffer holding the dim needs (128 lanes last, 8/16 rows second-to-last) times powers of two,
+    below `size`. Largest first. Reads past the end are garbage (the kernel masks them where it
+    reduces over the dim); writes past the end are dropped."""
+    align = 1
+    for pos, itemsize in positions:
+        align = max(align, 128 if pos == 0 else (16 if itemsize == 2 else 8) if pos in (1, -1) else 1)
+    out, b = [], align
+    while b < size:
+        out.append(b)
+        b *= 2
+    return out[::-1]
+
+
 def choose_blocks(classes: list[tuple[int, list[int]]], bytes_at, budget: int) -> list[int]:
     """Blocks per class (in priority order): all whole while `bytes_at(blocks)` fits the budget,
     else shrink classes in order to the largest legal block that fits (or their smallest)."""
