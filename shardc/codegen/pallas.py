@@ -494,7 +494,7 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
         kernel, footprint, keys_tiled = _emit_attention(grp, name, {})
     except vmem.TooLarge:  # (over the target's VMEM: the split below may fit)
         kernel, footprint, keys_tiled = None, math.inf, False
-    copies = {} if keys_tiled or footprint <= (_VMEM_BUDGET.get() or tpl.VMEM_BUDGET) else _key_side_copies(grp)
+    copies = {} if keys_tiled or footprint <= (_VMEM_BUDGET.get() or tpl.VMEM_BUDGET) else pallas_fit.key_side_copies(grp)
     if not copies:
         return kernel or _emit_attention(grp, name, {})[0]
     split, _, keys_tiled = _emit_attention(grp, name, copies)
@@ -502,39 +502,6 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
         return kernel
     orig = {c: n for n, c in copies.items()}
     return dataclasses.replace(split, inputs=[orig.get(x, x) for x in split.inputs])
-
-
-def _key_side_copies(grp: FusionGroup) -> dict:
-    """{node: its copy} for the nodes computing k and v, and the buffers they read that the rest
-    of the kernel (q, the score ops, the epilogue) reads too: copies are other nodes, so the key
-    side's dims get dim classes of their own."""
-    qk, pv = grp.pattern["qk"], grp.pattern["pv"]
-    q, k, v = qk.inputs[0], qk.inputs[1], pv.inputs[1]
-    kv = _upstream([k, v], grp.nodes)
-    rest = _upstream([q], grp.nodes) | _reached(grp.pattern["scores"], grp.nodes, {qk}) | \
-        {n for n in grp.nodes if n not in kv and n is not qk}
-    if not kv & rest and not {x for n in kv for x in n.inputs} & {x for n in rest for x in n.inputs} | {q}:
-        return {}  # nothing shared: the dim classes were apart already
-    copies = {}
-    for x in grp.inputs:
-        if (x in (k, v) or any(x in n.inputs for n in kv)) and (x is q or any(x in n.inputs for n in rest)):
-            copies[x] = x.with_inputs(x.inputs)
-    for n in grp.nodes:  # (program order: inputs first)
-        if n in kv:
-            copies[n] = n.with_inputs(tuple(copies.get(i, i) for i in n.inputs))
-    return copies
-
-
-def _reached(top: Node, nodes, stop: set) -> set:
-    """Nodes of `nodes` that `top` is computed from, not walking past `stop`."""
-    inside, out, stack = set(nodes), set(), [top]
-    while stack:
-        n = stack.pop()
-        if n in out or n not in inside or n in stop:
-            continue
-        out.add(n)
-        stack.extend(n.inputs)
-    return out
 
 
 def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedKernel, int, bool]:
@@ -557,7 +524,7 @@ def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedK
     dc = b.dc
     if copies:  # QKᵀ of the key side's copy, one value with qk
         qk_kv = qk.with_inputs((q, k))
-        key_only = {n for n in copies if n not in grp.inputs} - _reached(t, grp.nodes, {qk}) - _upstream([q], grp.nodes)
+        key_only = {n for n in copies if n not in grp.inputs} - pallas_fit.reached(t, grp.nodes, {qk}) - _upstream([q], grp.nodes)
         b.constrain((_upstream([t], grp.nodes) - key_only - {qk}) | {qk_kv}
                     | {c for n, c in copies.items() if n not in grp.inputs})
         for i in range(qk.rank):

@@ -10,6 +10,10 @@ smaller blocks:
         operand computed from its own copies of what its left operand also reads (RoPE tables), so
         the queries' and keys' dims are tiled apart (codegen/pallas.emit tries it where a kernel
         passes the default limit; flash attention kernels split their key side in emit_attention)
+    key_side_copies(grp)
+        a flash attention group's key/value side from its own copies of what the queries' side also
+        reads (a fused QKV buffer, RoPE tables), for pallas.emit_attention where one whole block of
+        queries and keys would overflow the budget
 """
 from __future__ import annotations
 
@@ -81,7 +85,7 @@ def own_operands(grp: FusionGroup):
     and K both read the RoPE tables (Llama): read once, the queries' and the keys' dims join one
     dim class and the sequence stays whole in every block. A copied input is the same buffer
     passed again, with its own BlockSpec (more VMEM: pallas.emit keeps whichever kernel is smaller)."""
-    if grp.kind != "matmul":  # (flash attention splits its key side itself: pallas.emit_attention)
+    if grp.kind != "matmul":  # (flash attention splits its key side itself: key_side_copies)
         return grp, {}
     ins = set(grp.inputs)
 
@@ -131,3 +135,42 @@ def own_operands(grp: FusionGroup):
     return dataclasses.replace(grp, roots=roots, nodes=[n for n in nodes if n in live],
                                inputs=[x for x in inputs if x in live], anchor=new.get(grp.anchor, grp.anchor),
                                pattern={k: remap(v) for k, v in grp.pattern.items()}), back
+
+
+def key_side_copies(grp: FusionGroup) -> dict:
+    """A flash attention group's {node: its copy} for the nodes computing k and v, and the buffers
+    they read that the rest of the kernel (q, the score ops, the epilogue) reads too (GPT-2's fused
+    QKV, Llama's RoPE tables): copies are other nodes, so the key side's dims get dim classes of
+    their own (pallas.emit_attention emits from them where the whole block overflows)."""
+    qk, pv = grp.pattern["qk"], grp.pattern["pv"]
+    q, k, v = qk.inputs[0], qk.inputs[1], pv.inputs[1]
+    kv = _up([k, v], grp.nodes)
+    rest = _up([q], grp.nodes) | reached(grp.pattern["scores"], grp.nodes, {qk}) | \
+        {n for n in grp.nodes if n not in kv and n is not qk}
+    kv_reads = {x for n in kv for x in n.inputs} | {k, v}
+    rest_reads = {x for n in rest for x in n.inputs} | {q}
+    shared = [x for x in grp.inputs if x in kv_reads and x in rest_reads]
+    if not kv & rest and not shared:
+        return {}  # nothing shared: the dim classes were apart already
+    copies = {x: x.with_inputs(x.inputs) for x in shared}
+    for n in grp.nodes:  # (program order: inputs first)
+        if n in kv:
+            copies[n] = n.with_inputs(tuple(copies.get(i, i) for i in n.inputs))
+    return copies
+
+
+def reached(top: Node, nodes, stop: set) -> set:
+    """Nodes of `nodes` that `top` is computed from, not walking past `stop`."""
+    inside, out, stack = set(nodes), set(), [top]
+    while stack:
+        n = stack.pop()
+        if n in out or n not in inside or n in stop:
+            continue
+        out.add(n)
+        stack.extend(n.inputs)
+    return out
+
+
+def _up(roots, nodes) -> set:
+    """Nodes of `nodes` that `roots` are computed from (inclusive)."""
+    return set().union(*(reached(r, nodes, set()) for r in roots))
