@@ -91,7 +91,7 @@ def _negate(sup):
         first = False
         if out is None:
             return None
-    return [] if first else out
+    return None if first else out  # (not nowhere: everywhere)
 
 
 def _subst(sup, mapping: dict):

@@ -134,6 +134,7 @@ def test_supports_of_masks_and_bounds_against_brute_force():
             assert set(blocks) <= visited, (trial, conj, p, blocks, visited)
             if len(conj) == 1:  # one constraint: its bound at the block's extreme row is exact
                 assert visited == set(blocks), (trial, conj, p, blocks, visited)
+    assert mb._negate([]) is None and mb._negate(None) == []  # not nowhere is everywhere
     # causal q >= k over 40 queries, keys in blocks of 16: 1 + 2 + 3 of 9 trips
     causal = mb.loop_bounds([(({"k": -1, "m": 1}, 0),)], "k", 40, "16", {"m": mb.Range("p", "16", 40)})
     assert causal.trips({}) == (6, 9) == (sum(_needed(_keep(40), 16)), 9)
