@@ -16,7 +16,7 @@ import math
 
 from ..ir import DType, Node
 from ..kernels import next_pow2
-from . import masked_blocks
+from . import masked_blocks, masked_loops
 from .fusion import CannotFuse
 from .indexing import Ix, unflatten
 
@@ -73,9 +73,9 @@ def tile_dot(em, n: Node, idx: tuple, masks: tuple):
     sup = None
     for x, b_, f_, c_, i_ in ((lhs, lb, lf, lc, lidx), (rhs, rb, rf, rc, ridx)):
         at = _operand_idx(x.rank, b_, bidx, f_, i_, c_, kix)
-        sup = masked_blocks.dot_support(em.masks, sup, masked_blocks.on_tile(
+        sup = masked_blocks.dot_support(sup, masked_blocks.on_tile(
             em.masks.zero(x), at, {t: t for t in em.ranges} | {kv: "k"}))
-    bounds = masked_blocks.loop_bounds(sup, "k", K, str(bk), em.ranges)
+    bounds = masked_loops.loop_bounds(sup, "k", K, str(bk), em.ranges)
     try:
         with em.block() as body:
             body.loop = bounds

@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
 from ..kernels import pallas_templates as tpl
-from . import fused_multi, grouped, masked_blocks, weight_grad
+from . import fused_multi, grouped, masked_blocks, masked_loops, weight_grad
 from .emitted import EmittedKernel
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
@@ -227,7 +227,7 @@ class _Builder:
 
     def finish(self, body: str, scratch: list[tuple], sites=()) -> EmittedKernel:
         """The kernel: `body` and the pallas_call around it; scratch: (shape, jnp dtype) buffers;
-        sites: (dot, masked_blocks.Fraction of the grid steps computing it)."""
+        sites: (dot, masked_loops.Fraction of the grid steps computing it)."""
         grp = self.grp
         use = VmemUse(tuple((self.storage_block(x), _itemsize(x)) for x in self.inputs + self.outputs),
                       tuple((shape, _JNP_ITEMSIZE[dt]) for shape, dt in scratch))
@@ -412,7 +412,8 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     an = masked_blocks.Analysis()  # the K blocks where some product the step adds can be non-zero
     sup = []
     for n in dots:
-        sup = masked_blocks.union(sup, masked_blocks.dot_support(an, *(_on_grid(b, an.zero(x), x) for x in n.inputs)))
+        operands = (masked_loops.on_grid(an.zero(x), x, b.tiles) for x in n.inputs)
+        sup = masked_blocks.union(sup, masked_blocks.dot_support(*operands))
     test, frac = _skip(b, sup, step, em.lines + stores, k_axes)
     body = tpl.MATMUL.format(name=name, params=b.params(["acc_ref", *refs]), first=first, last=last,
                              init="".join(f"        {r}[...] = jnp.zeros({r}.shape, {r}.dtype)\n" for r in refs),
@@ -421,45 +422,16 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     return b.finish(body, [(b.block(n), acc_t) for n in dots], [(n, frac) for n in (*dots, *rebuilt)])
 
 
-def _on_grid(b: _Builder, sup, n: Node):
-    """Support `sup` over n's dims → over the grid: a tiled dim is its axis's variable `g{axis}`,
-    a whole dim a variable of its own (0..size-1)."""
-    mapping = {}
-    for d in range(n.rank):
-        var = f"g{b.tiles[(n, d)][0]}" if (n, d) in b.tiles else ("whole", n, d)
-        mapping[d] = ({var: 1}, 0)
-    return masked_blocks.rename(sup, mapping)
-
-
 def _skip(b: _Builder, sup, step: list[str], after: list[str], axes: list[int]):
     """(the `pl.when` test of a reduction step whose blocks outside `sup` are skipped, or None;
-    the fraction of grid steps that run it). Only where a reduction axis is tiled, and the lines
-    after the step read none of its values (the guarded step is a function of its own)."""
+    the fraction of grid steps that run it), its inputs' index maps clamped (masked_loops.py).
+    Only where a reduction axis is tiled, and the lines after the step read none of its values
+    (the guarded step is a function of its own)."""
     if not axes or sup is None or _shares(step, after):
-        return None, masked_blocks.Fraction(1.0)
-    box, blocks = {}, {}
-    for a, (size, blk, _) in enumerate(b.grid):
-        box[f"g{a}"] = (f"pl.program_id({a}) * {blk}", f"(pl.program_id({a}) * {blk} + {blk - 1})")
-        blocks[f"g{a}"] = [(i, i + blk - 1) for i in range(0, size, blk)]
-    whole = {v for conj in sup for co, _ in conj for v in co if isinstance(v, tuple)}
-    for v in whole:
-        _, n, d = v
-        box[v] = ("0", str(n.shape[d] - 1))
-        blocks[v] = [(0, n.shape[d] - 1)]
-    test, frac = masked_blocks.block_test(sup, box), masked_blocks.block_fraction(sup, blocks)
-    if test is None or frac == 1.0:  # every step runs: no test
-        return None, masked_blocks.Fraction(1.0)
-    # a skipped step fetches the block its neighbour needs (an unchanged block index is not
-    # fetched again): the reduction axis's index clamped to the blocks the other indices reach
-    ranges = {f"g{a}": masked_blocks.Range(f"g{a} * {blk}", str(blk), size) for a, (size, blk, _) in enumerate(b.grid)}
-    for a in axes:
-        size, blk, _ = b.grid[a]
-        bounds = masked_blocks.loop_bounds(sup, f"g{a}", size, str(blk), {v: r for v, r in ranges.items() if v != f"g{a}"})
-        if bounds is not None:
-            bounds.ns = "lax"
-            lo, hi = f"lax.div({bounds.start_text()}, {blk})", f"lax.div({bounds.end_text()} - 1, {blk})"
-            b.clamp[a] = f"lax.min(lax.max(g{a}, {lo}), lax.max({hi}, {lo}))"
-    return test, masked_blocks.Fraction(frac)
+        return None, masked_loops.Fraction(1.0)
+    test, frac, clamp = masked_loops.grid_skip(sup, b.grid, axes)
+    b.clamp.update(clamp)
+    return test, frac
 
 
 def _shares(step: list[str], after: list[str]) -> bool:
@@ -583,7 +555,7 @@ def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedK
     step = tpl.ATTENTION_STEP.format(prologue="\n".join(pro), s_dot=s_dot, scores="\n".join(scores),
                                      t=em.array(tv, b.block(qk)), pv_dot=pv_dot).splitlines()
     step = [l for l in step if l]
-    test, frac = _skip(b, _on_grid(b, masked, t), step,
+    test, frac = _skip(b, masked_loops.on_grid(masked, t, b.tiles), step,
                        em.lines + stores, kv_axes)
     body = tpl.ATTENTION.format(name=name, params=b.params(["m_ref", "l_ref", "acc_ref"]), first=first, last=last,
                                 step=tpl.guarded(step, test), epilogue=_indent(em.lines + stores, 8))

@@ -16,7 +16,7 @@ from ..kernels import rows as rows_t
 from ..kernels import scatter as scatter_t
 from . import autotune, fused_multi, grouped, weight_grad
 from .emitted import EmittedKernel
-from . import fused_flash, fused_triton, masked_blocks
+from . import fused_flash, fused_triton, masked_blocks, masked_loops
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
 from .indexing import Ix, flatten, reshape_index, unflatten
@@ -194,7 +194,7 @@ def _emit_rows_looped(c: "_Common", grp: FusionGroup, rows, cols, full_idx, full
     tile = Tile(rm=("mask_rm", 0, "BM"), rn=("mask_rn", 1, "BN"), rr=("mask_rr", 1, "BN"))
     em = ExprEmitter(tile, c.buffers, c.scalars, hoist={"rm"}, loop_reduce=("rr", "BN"),
                      online=fused_flash.online_pairs(grp.nodes))
-    em.ranges = {"rm": masked_blocks.Range("tl.program_id(0) * BM", "BM", rows)}
+    em.ranges = {"rm": masked_loops.Range("tl.program_id(0) * BM", "BM", rows)}
     post = []
     with em.block() as body:
         for r in grp.roots:
@@ -272,10 +272,10 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
                      and not any(r in f for _, f in from_sib) and r not in rowstats]
     lhs_idx = _operand_index(lhs.rank, lb, bidx, lf, unflatten(rm, mshape), lc, unflatten(Ix("rka", {"rka"}), kshape))
     rhs_idx = _operand_index(rhs.rank, rb, bidx, rf, unflatten(rn, nshape), rc, unflatten(Ix("rkb", {"rkb"}), kshape))
-    em.ranges = {"rm": masked_blocks.Range("pid_m * BM", "BM", M), "rn": masked_blocks.Range("pid_n * BN", "BN", N)}
+    em.ranges = {"rm": masked_loops.Range("pid_m * BM", "BM", M), "rn": masked_loops.Range("pid_n * BN", "BN", N)}
     k_loop = None if operand_roots else _k_bounds(em, grp, K, [(lhs, lhs_idx, rhs, rhs_idx)] + fused_triton.sibling_operands(
         siblings, bidx, mshape, nshape, kshape))
-    em.ranges |= {"rka": masked_blocks.Range("k0", "BK", K), "rkb": masked_blocks.Range("k0", "BK", K)}
+    em.ranges |= {"rka": masked_loops.Range("k0", "BK", K), "rkb": masked_loops.Range("k0", "BK", K)}
     with em.block() as loop:
         loop.loop = k_loop
         em.sites += [(x, em.loops()) for x in (d, *(s for s, _ in siblings))]
@@ -356,10 +356,10 @@ def _k_bounds(em, grp: FusionGroup, K: int, products: list):
     tile = lambda x, idx: masked_blocks.on_tile(zero(x), idx, names)
     sup = []
     for a, a_idx, b, b_idx in products:
-        sup = masked_blocks.union(sup, masked_blocks.dot_support(em.masks, tile(a, a_idx), tile(b, b_idx)))
+        sup = masked_blocks.union(sup, masked_blocks.dot_support(tile(a, a_idx), tile(b, b_idx)))
     if grp.pattern.get("ksum"):  # sums of the A tile over K (bias gradients)
         sup = masked_blocks.union(sup, tile(*products[0][:2]))
-    return masked_blocks.loop_bounds(sup, "k", K, "BK", em.ranges)
+    return masked_loops.loop_bounds(sup, "k", K, "BK", em.ranges)
 
 
 def _computed_from(grp: FusionGroup, d: Node) -> set:
@@ -393,7 +393,7 @@ def emit_attention(grp: FusionGroup, name: str) -> EmittedKernel:
     bidx = unflatten(Ix("pid_b"), bshape)
     em = ExprEmitter(tile, c.buffers, c.scalars)
     # the key blocks a query block can see (causal, sliding window): masked_blocks.py
-    em.ranges = {"rm": masked_blocks.Range("tl.program_id(0) * BM", "BM", nq)}
+    em.ranges = {"rm": masked_loops.Range("tl.program_id(0) * BM", "BM", nq)}
     keys = em.narrow(masked_blocks.reduce_support(em.masks, Op.REDUCE_MAX, t), tuple(bidx) + (ix["rm"], ix["rn"]),
                      {"rn", "rnv"}, "n", nkv, "BN")
     em.blocks[0].loop = keys  # the key loop holds every dot of this kernel

@@ -21,7 +21,7 @@ from ..ir import DType, Node, Op
 from ..ir.evaluate import EVAL
 from ..ir.ops import BINARY, COMPARE, ELEMENTWISE, REDUCE, UNARY
 from .emitted import KernelValue, literal
-from . import fused_triton, masked_blocks
+from . import fused_triton, masked_blocks, masked_loops
 from .fusion import CannotFuse
 from .indexing import Ix, flatten, reshape_index, unflatten
 
@@ -116,7 +116,7 @@ class ExprEmitter:
         self.count = 0
         self.computed: set[Node] = set()  # nodes whose values this kernel computes (not loads)
         # causal blocks skipped (codegen/masked_blocks.py): the supports of the graph's values, the
-        # tile variables' ranges in a program (text → masked_blocks.Range), and each dot the
+        # tile variables' ranges in a program (text → masked_loops.Range), and each dot the
         # kernel computes with the narrowed loops around it (dot FLOPs executed vs dense)
         self.masks = masked_blocks.Analysis()
         self.ranges: dict = {}
@@ -131,7 +131,7 @@ class ExprEmitter:
         identity outside support `sup` of a value read at `idx` (texts in `loop_names` name the
         loop's variable; the kernel's tile variables name themselves). None: the full loop."""
         names = {t: t for t in self.ranges} | {t: var for t in loop_names}
-        return masked_blocks.loop_bounds(masked_blocks.on_tile(sup, idx, names), var, extent, block, self.ranges)
+        return masked_loops.loop_bounds(masked_blocks.on_tile(sup, idx, names), var, extent, block, self.ranges)
 
     # ---------------------------------------------------------------------------- plumbing
     @property

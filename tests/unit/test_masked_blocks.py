@@ -13,6 +13,7 @@ import pytest
 import shardc
 from shardc import Mesh, models, partition
 from shardc.codegen import masked_blocks as mb
+from shardc.codegen import masked_loops as ml
 from shardc.codegen import stats
 from shardc.codegen.aot import compile_for_gpu
 from shardc.codegen.pallas import vmem_budget
@@ -113,14 +114,14 @@ def test_supports_of_masks_and_bounds_against_brute_force():
     exactly those for causal and sliding-window masks, at sizes that are not block multiples."""
     rng = np.random.default_rng(0)
     n, k_ext, bm, bk = 37, 45, 8, 16
-    ranges = {"m": mb.Range("p", str(bm), n)}
+    ranges = {"m": ml.Range("p", str(bm), n)}
     for trial in range(60):
         conj = []
         for _ in range(rng.integers(1, 3)):
             a, c = int(rng.choice([-1, 1])), int(rng.integers(-1, 2))
             conj.append(({"k": a, "m": c} if c else {"k": a}, int(rng.integers(-20, 20))))
         sup = [tuple(conj)]
-        b = mb.loop_bounds(sup, "k", k_ext, str(bk), ranges)
+        b = ml.loop_bounds(sup, "k", k_ext, str(bk), ranges)
         m_i, k_i = np.arange(n)[:, None], np.arange(k_ext)[None, :]
         keep = np.ones((n, k_ext), bool)
         for co, e in conj:
@@ -136,7 +137,7 @@ def test_supports_of_masks_and_bounds_against_brute_force():
                 assert visited == set(blocks), (trial, conj, p, blocks, visited)
     assert mb._negate([]) is None and mb._negate(None) == []  # not nowhere is everywhere
     # causal q >= k over 40 queries, keys in blocks of 16: 1 + 2 + 3 of 9 trips
-    causal = mb.loop_bounds([(({"k": -1, "m": 1}, 0),)], "k", 40, "16", {"m": mb.Range("p", "16", 40)})
+    causal = ml.loop_bounds([(({"k": -1, "m": 1}, 0),)], "k", 40, "16", {"m": ml.Range("p", "16", 40)})
     assert causal.trips({}) == (6, 9) == (sum(_needed(_keep(40), 16)), 9)
 
 
