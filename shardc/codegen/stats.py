@@ -7,8 +7,8 @@ And the dot FLOPs its kernels execute: each dot a kernel computes (its own, its 
 rebuilt one, once per place the kernel rebuilds it) at 2·|result|·K, times the share of the blocks
 of the loops around it that the kernel visits (codegen/masked_blocks.py: causal blocks skipped) at
 its GPU launch config, against the same count with every block visited (dense). Attention's dots
-(batched dots of two activations: QKᵀ, P·V and their gradients; not a batched dot with a weight,
-as a MoE expert's) are also counted apart."""
+(batched dots of two activations: QKᵀ, P·V and their gradients; not a batched dot with a weight
+or a weight's gradient, as a MoE expert's) are also counted apart."""
 from __future__ import annotations
 
 import math
@@ -66,14 +66,18 @@ def _is_weight(x: Node) -> bool:
     return x.op in (Op.PARAMETER, Op.CONSTANT)
 
 
-def attention_dot(n: Node) -> bool:
-    return n.op is Op.DOT_GENERAL and bool(n.attrs["lhs_batch"]) and not any(_is_weight(x) for x in n.inputs)
+def attention_dot(n: Node, weight_shapes=frozenset()) -> bool:
+    """A batched dot of two activations that is no weight gradient (its result not shaped as a
+    float parameter: a MoE expert's dW = bufᵀ·dh is batched over experts too)."""
+    return (n.op is Op.DOT_GENERAL and bool(n.attrs["lhs_batch"]) and n.shape not in weight_shapes
+            and not any(_is_weight(x) for x in n.inputs))
 
 
 def flops(exe) -> dict:
     """Dot FLOPs per device per step: executed (causal blocks skipped) and dense, all dots and
     attention's alone."""
     out = dict(flops=0.0, dense_flops=0, attention_flops=0.0, attention_dense_flops=0)
+    weights = {p.shape for p in exe.prog.local.nodes if p.op is Op.PARAMETER and p.dtype.is_float}
     for k in exe.kernels:
         ops = set(k.ops)
         sites = [(n, loops) for n, loops in getattr(k, "dot_sites", []) if n in ops]
@@ -87,7 +91,7 @@ def flops(exe) -> dict:
             done = dense * math.prod(b.fraction(cfg) for b in loops)
             out["flops"] += done
             out["dense_flops"] += dense
-            if attention_dot(n):
+            if attention_dot(n, weights):
                 out["attention_flops"] += done
                 out["attention_dense_flops"] += dense
     return out
