@@ -92,6 +92,12 @@ def _big(f: Form, d: int) -> int:
     return sum(f.node.shape[i] != 1 for i in f.runs[d])
 
 
+def _leading(f: Form, batch) -> bool:
+    """The batch dims stay the leading dims, in order (as every emitter's batched matmul reads them)."""
+    dims = [i for d in batch for i in f.runs[d]]
+    return dims == list(range(len(dims)))
+
+
 def _result_shape(fa: Form, fb: Form, used_a, used_b, lb) -> tuple:
     """The shape of the dot of fa's and fb's nodes (batch, lhs free, rhs free)."""
     free = lambda f, used: [f.node.shape[i] for d in range(len(f.runs)) if d not in used for i in f.runs[d]]  # noqa: E731
@@ -210,10 +216,7 @@ class _Unmerge:
     def transpose(self, n: Node) -> bool:
         x, perm = n.inputs[0], n.attrs["perm"]
         if x not in self.forms:
-            if x.op is not Op.TRANSPOSE or is_view(x):
-                return False
-            self.new[n] = self.transposed(self.value(x.inputs[0]), [x.attrs["perm"][p] for p in perm], n)
-            return True
+            return False
         self.forms[n] = [Form(self.transposed(f.node, [d for p in perm for d in f.runs[p]], n),
                               _renumber(len(f.runs[p]) for p in perm)) for f in self.forms[x]]
         self.results.update(f.node for f, g in zip(self.forms[n], self.forms[x]) if g.node in self.results)
@@ -298,7 +301,7 @@ class _Unmerge:
         for i, fa in enumerate(ca):
             for j, fb in enumerate(cb):
                 if all(_sizes(fa, l) == _sizes(fb, r) for l, r in zip(lb + lc, rb + rc)) and \
-                        _useful(fa, fb, lb + lc, rb + rc, n, viewed):
+                        _leading(fa, lb) and _leading(fb, rb) and _useful(fa, fb, lb + lc, rb + rc, n, viewed):
                     s = (sum(len(fa.runs[d]) for d in lb + lc), -i - j)
                     if (score is None or s > score) and _free_in_order(fa, lb + lc) and _free_in_order(fb, rb + rc):
                         best, score = (fa, fb), s
