@@ -178,7 +178,7 @@ class _Unmerge:
         rule = (self.view if is_view(n) else self.transpose if n.op is Op.TRANSPOSE
                 else self.broadcast if n.op is Op.BROADCAST
                 else self.elementwise if n.op in ELEMENTWISE else self.reduce if n.op in REDUCE
-                else self.dot if n.op is Op.DOT_GENERAL else None)
+                else self.dot if n.op is Op.DOT_GENERAL else self.gather if n.op is Op.GATHER else None)
         if rule is None or not rule(n):
             self.new[n] = self.copy(n)
 
@@ -258,8 +258,8 @@ class _Unmerge:
                 return f.node
         if x.op is Op.CONSTANT and not hasattr(x.attrs["value"], "shape"):
             return self.emit(Op.CONSTANT, [], x, out_shape=shape, out_dtype=x.dtype, value=x.attrs["value"])
-        if x.op is not Op.BROADCAST:
-            return None
+        if x.op is not Op.BROADCAST:   # a value of the captured shape: a view of it (F.cross_entropy's
+            return self.emit(Op.RESHAPE, [self.value(x)], x, shape=list(shape))  # one-hot targets, [b·s, V])
         src, dims = x.inputs[0], x.attrs["dims"]
         split = [(1,) * len(runs[o]) if src.shape[d] == 1 else tuple(shape[i] for i in runs[o])
                  for d, o in enumerate(dims)]
@@ -271,6 +271,22 @@ class _Unmerge:
             if list(s.shape) != flat:
                 s = self.emit(Op.RESHAPE, [s], x, shape=flat)
         return self.emit(Op.BROADCAST, [s], x, shape=list(shape), dims=[i for o in dims for i in runs[o]])
+
+    def gather(self, n: Node) -> bool:
+        """A take along the last dim, every other dim a batch dim (F.cross_entropy's pick of the
+        target's log-probability from [b·s, V] rows): taken from the unmerged rows."""
+        x, idx = n.inputs
+        last, batch = x.rank - 1, n.attrs.get("batch_dims", 0)
+        forms = [f for f in self.result_forms(x) if len(f.runs[last]) == 1]
+        if n.attrs["axis"] != last or batch != last or idx.rank != x.rank or not forms:
+            return False
+        f = forms[0]
+        rows = list(f.node.shape[:-1])
+        i = self.emit(Op.RESHAPE, [self.value(idx)], idx, shape=rows + [idx.shape[-1]])
+        out = self.emit(Op.GATHER, [f.node, i], n, n.name, axis=len(rows), batch_dims=len(rows))
+        self.forms[n] = [Form(out, f.runs[:-1] + ((len(rows),),))]
+        self.results.add(out)
+        return True
 
     def reduce(self, n: Node) -> bool:
         x = n.inputs[0]
