@@ -2,11 +2,16 @@
 
     cd /work/main && .venv/bin/python bench/fusion.py [--models gpt2,llama] [--size tiny]
         [--steps forward,train] [--layouts single,tp,dp] [--target triton|pallas] [--batch 4]
-        [--optimizer sgd,adam,adamw] [--json PATH]
+        [--optimizer sgd,adam,adamw] [--frontends jax,torch,hf] [--json PATH]
     (real widths: --models gpt2,llama --size small --batch 1, GPT-2 small's 768 wide, 1024 long)
+    (PyTorch captures: --frontends torch,hf --steps train --batch 1 and 4)
 
 For each zoo model, step and layout, the per-device program goes through shardc.compile and we
-count, per device per step:
+count, per device per step (--frontends: the JAX capture, the default; the zoo's torch twin; or the
+Hugging Face-style module of models/hf_style.py, GPT-2 and Llama only: Conv1D with a fused QKV or
+separate q/k/v projections, F.scaled_dot_product_attention, GQA's repeat_kv, the zoo twins' mean
+loss (HF_LOSS), Megatron specs under tp; torch writes its matmuls on merged [b·s] and [b·h] views,
+which ir/unmerge.py gives back to the dots after partitioning):
   - kernels: kernel launches in the plan, against the unfused program (one kernel per IR op);
   - bytes: Σ over kernels of their input and output buffers, against the unfused program's bytes
     (every op reads its operands and writes its result) and the matmul-bound minimum (every
@@ -65,15 +70,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import shardc  # noqa: E402
 from shardc import Mesh, models, partition  # noqa: E402
 from shardc.codegen.stats import summary  # noqa: E402
+from shardc.models import hf_style  # noqa: E402
 from shardc.models.optim import check_optimizer  # noqa: E402
 
+HF_LOSS = "mean"   # the zoo twins' loss (as bench/comm_vs_xla.py's hf rows); HF's own: "cross_entropy"
 LAYOUTS = {"single": (dict(dp=1), False, None), "dp": (dict(dp=2), False, "dp"), "tp": (dict(tp=2), True, None)}
 
 
-def program(name: str, size: str, step: str, layout: str, batch: int, optimizer: str = "sgd", **overrides):
+def program(name: str, size: str, step: str, layout: str, batch: int, optimizer: str = "sgd",
+            frontend: str = "jax", **overrides):
     m = models.get(f"{name}:{size}", **overrides)
-    g, _ = m.capture(step == "train", "jax", batch, lr=0.1, optimizer=optimizer)
     axes, tp, plan = LAYOUTS[layout]
+    if frontend == "hf":
+        if optimizer != "sgd":
+            raise SystemExit(f"--frontends hf: hf_style's training step is SGD (not {optimizer})")
+        c = hf_style.Cfg.of(m.config)
+        if step == "train":
+            fn, args = hf_style.sgd_step(name, c, batch, lr=0.1, loss=HF_LOSS, shape_only=m.shape_only)
+            g = shardc.from_torch(fn, args, capture="make_fx")
+        else:
+            g = shardc.from_torch(hf_style.build(name, c), (hf_style.ids(c, batch),))
+        return partition(g, Mesh(axes), hf_style.megatron_specs(name) if tp else {}, plan)
+    g, _ = m.capture(step == "train", frontend, batch, lr=0.1, optimizer=optimizer)
     return partition(g, Mesh(axes), m.tp_specs() if tp else {}, plan)
 
 
@@ -107,34 +125,40 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--target", default="triton", choices=("triton", "pallas"))
     ap.add_argument("--optimizer", default="sgd", help="training steps' optimizers: sgd,adam,adamw")
+    ap.add_argument("--frontends", default="jax", help="jax, torch (the zoo's twins), hf (models/hf_style.py)")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "fusion.json"))
     a = ap.parse_args(argv)
     optimizers = a.optimizer.split(",")
     for o in optimizers:
         check_optimizer(o)
     rows = []
-    for name in a.models.split(","):
-        for step in a.steps.split(","):
-            for opt in (optimizers if step == "train" else ["-"]):
-                for layout in a.layouts.split(","):
-                    r = measure(program(name, a.size, step, layout, a.batch, "sgd" if opt == "-" else opt), a.target)
-                    r["bound_bytes"] = r["matmul_bound_bytes"] + r["state_bytes"]
-                    rows.append({"model": name, "step": step, "optimizer": opt, "layout": layout, **r})
-    if "gpt2" in a.models.split(","):
+    for frontend in a.frontends.split(","):
+        for name in a.models.split(","):
+            if frontend == "hf" and name not in ("gpt2", "llama"):
+                continue  # (hf_style has GPT-2 and Llama)
+            for step in a.steps.split(","):
+                for opt in (optimizers if step == "train" else ["-"]):
+                    for layout in a.layouts.split(","):
+                        prog = program(name, a.size, step, layout, a.batch, "sgd" if opt == "-" else opt, frontend)
+                        r = measure(prog, a.target)
+                        r["bound_bytes"] = r["matmul_bound_bytes"] + r["state_bytes"]
+                        rows.append({"model": name if frontend == "jax" else f"{name} {frontend}", "frontend": frontend,
+                                     "step": step, "optimizer": opt, "layout": layout, **r})
+    if "gpt2" in a.models.split(",") and "jax" in a.frontends.split(","):
         for layout in a.layouts.split(","):
             one, two = (measure(program("gpt2", a.size, "forward", layout, a.batch, n_layer=n), a.target)
                         for n in (1, 2))
             layer = {k: two[k] - one[k] for k in one if k != "compile_s"}
             layer["bound_bytes"] = layer["matmul_bound_bytes"] + layer["state_bytes"]
-            rows.append({"model": "gpt2 layer", "step": "forward", "optimizer": "-", "layout": layout, **layer,
+            rows.append({"model": "gpt2 layer", "frontend": "jax", "step": "forward", "optimizer": "-", "layout": layout, **layer,
                          "compile_s": two["compile_s"]})
-    head = (f"{'model':<11}{'step':<9}{'opt':<6}{'layout':<8}{'kernels':>8}{'multi':>6}{'unfused':>9}{'KiB':>9}"
+    head = (f"{'model':<12}{'step':<9}{'opt':<6}{'layout':<8}{'kernels':>8}{'multi':>6}{'unfused':>9}{'KiB':>9}"
             f"{'unfused':>9}{'bound':>9}{'/unfused':>10}{'/bound':>8}{'attn':>6}{'dot MFLOP':>11}{'/dense':>8}"
             f"{'attn% dense>run':>16}{'compile s':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['model']:<11}{r['step']:<9}{r['optimizer']:<6}{r['layout']:<8}{r['kernels']:>8}{r['multi_kernels']:>6}"
+        print(f"{r['model']:<12}{r['step']:<9}{r['optimizer']:<6}{r['layout']:<8}{r['kernels']:>8}{r['multi_kernels']:>6}"
               f"{r['unfused_kernels']:>9}{r['bytes'] / 1024:>9.1f}{r['unfused_bytes'] / 1024:>9.1f}"
               f"{r['bound_bytes'] / 1024:>9.1f}{r['bytes'] / r['unfused_bytes']:>10.3f}"
               f"{r['bytes'] / max(r['bound_bytes'], 1):>8.3f}{r['attention_kernels']:>6}"
@@ -152,14 +176,14 @@ def main(argv=None):
                   f"{r['bytes'] / r['unfused_bytes']:.3f}x unfused, {r['kernels']} kernels: "
                   f"{'within' if ok else 'OVER'} budget (<=1.2x, <0.4x, <=8)")
     for r in rows:  # training steps: logits, scores and norm statistics fused (issue #17: <= 1.3x)
-        if r["step"] == "train" and r["model"] != "mlp":
+        if r["step"] == "train" and not r["model"].startswith("mlp"):
             ratio = r["bytes"] / r["bound_bytes"]
             r["within_train_budget"] = ratio <= 1.3
             print(f"{r['model']} train {r['optimizer']} {r['layout']}: {ratio:.3f}x the bound: "
                   f"{'within' if ratio <= 1.3 else 'OVER'} the training budget (<=1.3x)")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"size": a.size, "batch": a.batch, "target": a.target,
-                                        "optimizers": optimizers, "rows": rows}, indent=1))
+                                        "optimizers": optimizers, "frontends": a.frontends, "rows": rows}, indent=1))
     return rows
 
 
