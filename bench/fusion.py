@@ -30,7 +30,10 @@ norm backward's row kernel (codegen/fused_sums.py), dK beside dVᵀ in one pass 
 summed input gradients (dk·Wk + dv·Wv) in one K loop (codegen/fused_siblings.py), norm and softmax
 statistics in the prologue of the matmul that reads them (codegen/fused_stats.py), attention's
 forward as one flash kernel storing the softmax statistics (codegen/fused_flash.py: QKᵀ built once,
-not three times).
+not three times), and where few tokens meet each weight (batch 1, --size mini/small; an expert's
+capacity) a weight's input gradient, gradient and SGD update in one kernel reading it once
+(codegen/fused_weights.py: the bound counts W three times, read forward, read for dX, dW written,
+and the update fused into the dW matmul read it a fourth time).
 The bound counts ragged_dots (grouped matmuls) as dot_generals. The zoo MoE is the capacity form
 (scatter dispatch into [experts, capacity, d] buffers, batched dot_generals, gather combine), so its
 bound is its expert, router and gradient matmuls, and also its cumsum, which the frontend writes as

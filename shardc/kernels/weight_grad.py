@@ -2,17 +2,19 @@
 dW = Xᵀ·dY and the update in dW's epilogue, one pass over W.
 
 Each program owns BF of W's rows (F: W's dims that dX keeps) and every token (T, one tile) and
-loops over W's other dims (C: dX's contraction) BC at a time. Per step it loads the W tile
-[BF, BC] and dY's [T, BC] once, adds W·dYᵀ to its dXᵀ block [BF, T], computes dW's tile
+loops over W's other dims (C: dX's contraction) BC at a time (`PASS`). Per step it loads the W
+tile [BF, BC] and dY's [T, BC] once, adds W·dYᵀ to its dXᵀ block [BF, T], computes dW's tile
 Xᵀ·dY = [BF, T]·[T, BC] from the X block it loaded before the loop, and stores what dW's
-epilogue computes (the updated weight). dX is complete after the loop and stored with its own
-epilogue. No atomics: a program's dX block is summed by that program alone.
+epilogue computes (the updated weight). A kernel over several weights feeding one dX (summed
+projections: dgate·Wg + dup·Wu) runs one such pass per weight. dX is complete after the passes
+and stored with its own epilogue. No atomics: a program's dX block is summed by that program alone.
 
-Grid: one program per BF rows of W (times the batch: MoE experts). A GPU wants every SM busy, so
-`choose` takes the largest BF (64, 32, 16) that still gives one program per SM, else 16: the
-pass is memory-bound on W, and W's rows are what spreads it over the machine. (Splitting W's
-columns over more programs would need atomic f32 adds of dX partials, an extra zeroed buffer
-and no dX epilogue: not taken.)"""
+Grid: one program per BF rows of W (times the batch: MoE experts). A GPU wants every SM busy, and
+every program streams all of dY's [T, C] through L2 (T/BF bytes of dY per byte of W), so `choose`
+takes the largest BF (64, 32, 16) that fits shared memory and still gives one program per SM:
+the pass is memory-bound on W, and W's rows are what spreads it over the machine. (Splitting W's
+columns over more programs would need atomic f32 adds of dX partials into a zeroed buffer and
+would forbid dX's epilogue: not taken.)"""
 
 TEMPLATE = '''
 @triton.jit
