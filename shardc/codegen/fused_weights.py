@@ -27,14 +27,16 @@ The target says whether it can emit them (which dims of W and dW correspond is c
 with more tokens than one tile the plan is unchanged. The group is kind "weight_grad", anchored at
 the first dW; `pattern["dx"]`, `["weight"]` and `["dw"]` list the (dX, W, dW) of each weight and
 `pattern["dx_roots"]` what the dX half stores (the kernel runs where dX did: the backward keeps
-its order). A kernel passes over its weights one after the other, all feeding one dX.
+its order). A kernel passes over its weights one after the other, all feeding one dX. A row group
+that stores only an update computed from a dY's sum over the tokens (a bias: b - lr·Σ_t dY)
+joins too, `pattern["bias"]` listing those sums: the kernel adds up the dY tiles it loads.
 """
 from __future__ import annotations
 
 import math
 
 from ..ir import Op
-from ..ir.ops import ELEMENTWISE
+from ..ir.ops import ELEMENTWISE, REDUCE
 
 MAX_TOKENS = 512  # dW's contraction, padded to a power of two: one tile of every program
 
@@ -42,12 +44,14 @@ MAX_TOKENS = 512  # dW's contraction, padded to a power of two: one tile of ever
 def _dots(m, depends) -> list | None:
     """The dots of a matmul group that stores only them and their epilogues: a plain group's one,
     or a sibling group's (fused_siblings.py: dK beside dVᵀ, summed input gradients dk·Wk + dv·Wv,
-    weight gradients of projections reading one x); None for any other group."""
+    weight gradients of projections reading one x), possibly with bias gradients summed in its K
+    loop (fused_sums.into_matmuls); None for any other group."""
     d = m.anchor
-    if m.kind != "matmul" or d is None or d.op is not Op.DOT_GENERAL or set(m.pattern) - {"siblings"}:
+    if m.kind != "matmul" or d is None or d.op is not Op.DOT_GENERAL or set(m.pattern) - {"siblings", "ksum"}:
         return None
     dots = [d] + [s for s, _ in m.pattern.get("siblings", ())]
-    if not all(n.dtype.is_float for n in dots) or not all(any(r is n or depends(r, n) for n in dots) for r in m.roots):
+    made = dots + list(m.pattern.get("ksum", ()))  # (a bias gradient summed in dW's K loop: fused_sums)
+    if not all(n.dtype.is_float for n in dots) or not all(any(r is n or depends(r, n) for n in made) for r in m.roots):
         return None
     return dots
 
@@ -120,12 +124,63 @@ def _pairs(a, a_dots, cands) -> list | None:
     return out
 
 
+def sum_chain(s, dy) -> list | None:
+    """The reduce_sums and reshapes from `s` down to `dy`, or None where anything else is between."""
+    chain, n = [], s
+    while n is not dy:
+        if n.op not in (Op.REDUCE_SUM, Op.RESHAPE) or not n.dtype.is_float or not n.inputs:
+            return None
+        chain.append(n)
+        n = n.inputs[0]
+    return chain if any(c.op is Op.REDUCE_SUM for c in chain) else None
+
+
+def token_sum(s, dy, tokens) -> list | None:
+    """For `s`, a sum over `dy`'s `tokens` dims (reduce_sums, with reshapes that only add or drop
+    unit dims between them: how JAX sums a bias gradient over batch and sequence): each dim of `s`
+    as the dim of `dy` it keeps (None: a unit dim); None when `s` is not such a sum."""
+    chain = sum_chain(s, dy)
+    if chain is None:
+        return None
+    dims = list(range(dy.rank))
+    for c in reversed(chain):
+        x = c.inputs[0]
+        if c.op is Op.REDUCE_SUM:
+            dims = [d for i, d in enumerate(dims) if i not in c.attrs["axes"]]
+            continue
+        if [k for k in x.shape if k != 1] != [k for k in c.shape if k != 1]:
+            return None  # a reshape that regroups dims
+        it = iter(d for i, d in enumerate(dims) if x.shape[i] != 1)
+        dims = [next(it) if k != 1 else None for k in c.shape]
+    left = {d for d in dims if d is not None}
+    return dims if left == {d for d in range(dy.rank) if d not in tokens and dy.shape[d] != 1} else None
+
+
+def _bias(g, dws) -> tuple | None:
+    """(the sum, its dW) when row group `g` stores one value computed from a sum over the tokens of
+    a dW's dY operand, and has no other reduction (a bias gradient Σ_t dY and its update
+    b - lr·Σ_t dY): the weight kernel sums the dY tiles it loads anyway instead of another
+    kernel reading dY again."""
+    if g.kind != "reduction" or len(g.roots) != 1 or g.anchor is not None:
+        return None
+    sums = {n for n in g.nodes if n.op in REDUCE}
+    for s in sums:
+        for dw in dws:
+            for dy, pre in zip(dw.inputs, ("lhs_", "rhs_")):
+                if (s.size == g.roots[0].size and token_sum(s, dy, dw.attrs[pre + "contract"]) is not None
+                        and sums <= set(sum_chain(s, dy))):
+                    return s, dw
+    return None
+
+
 def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
-    """Each input-gradient group with the weight-gradient groups updating the weights it reads, as
-    one "weight_grad" group, where the target can emit it."""
+    """Each input-gradient group with the weight-gradient groups updating the weights it reads (and
+    the bias updates summing their dY over the tokens), as one "weight_grad" group, where the
+    target can emit it."""
     from .fusion import FusionGroup
     groups = list(groups)
     mats = [(g, d) for g in groups if isinstance(g, FusionGroup) for d in [_dots(g, depends)] if d]
+    rows = [g for g in groups if isinstance(g, FusionGroup) and g.kind == "reduction"]
     taken: set = set()
     for a, a_dots in mats:
         if id(a) in taken:
@@ -139,25 +194,32 @@ def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
         ws = [p[1] for p in pairs]
         if any(not (set(a.inputs) & set(b.inputs)) - set(ws) for b in bs):
             continue  # no dY in common
-        nodes = {n: None for g in [a, *bs] for n in g.nodes}
-        ins = [x for x in dict.fromkeys(x for g in [a, *bs] for x in g.inputs) if x not in nodes]
-        roots = list(dict.fromkeys(r for g in [a, *bs] for r in g.roots))
-        if any(depends(x, r) for x in ins for r in roots):
-            continue
-        t = _size(pairs[0][2].inputs[0], pairs[0][2].attrs["lhs_contract"])
-        shapes = ", ".join(f"{w.dtype}{list(w.shape)}" for w in ws)
-        merged = FusionGroup("weight_grad", roots, sorted(nodes, key=order.get), sorted(ins, key=order.get),
-                             f"input gradient and weight gradient with its update in one pass over the weight"
-                             f"{'s' if len(ws) > 1 else ''} {shapes}: each tile read once, {t} tokens in one tile; "
-                             + " and ".join(g.reason for g in [a, *bs]), pairs[0][2],
-                             {"dx": [p[0] for p in pairs], "weight": ws, "dw": [p[2] for p in pairs],
-                              "dx_roots": list(a.roots)})
-        try:
-            feasible(merged)
-        except cannot_fuse:
-            continue
-        groups[groups.index(a)] = merged
-        for b in bs:
-            groups.remove(b)
-        taken |= {id(a)} | {id(b) for b in bs}
+        biases = [(g, found) for g in rows if id(g) not in taken for found in [_bias(g, [p[2] for p in pairs])] if found]
+        for with_biases in ([biases, []] if biases else [[]]):
+            parts = [a, *bs, *(g for g, _ in with_biases)]
+            nodes = {n: None for g in parts for n in g.nodes}
+            ins = [x for x in dict.fromkeys(x for g in parts for x in g.inputs) if x not in nodes]
+            roots = list(dict.fromkeys(r for g in parts for r in g.roots))
+            if any(depends(x, r) for x in ins for r in roots):
+                continue
+            t = _size(pairs[0][2].inputs[0], pairs[0][2].attrs["lhs_contract"])
+            shapes = ", ".join(f"{w.dtype}{list(w.shape)}" for w in ws)
+            merged = FusionGroup("weight_grad", roots, sorted(nodes, key=order.get), sorted(ins, key=order.get),
+                                 f"input gradient and weight gradient with its update in one pass over the weight"
+                                 f"{'s' if len(ws) > 1 else ''} {shapes}: each tile read once, {t} tokens in one tile"
+                                 + (", bias gradients summed from its dY tiles" if with_biases else "") + "; "
+                                 + " and ".join(g.reason for g in parts), pairs[0][2],
+                                 {"dx": [p[0] for p in pairs], "weight": ws, "dw": [p[2] for p in pairs],
+                                  "dx_roots": list(a.roots),
+                                  "bias": [s for b in bs for s in b.pattern.get("ksum", ())]
+                                  + [s for _, (s, _) in with_biases]})
+            try:
+                feasible(merged)
+            except cannot_fuse:
+                continue
+            for g in parts[1:]:
+                groups.remove(g)
+            groups[groups.index(a)] = merged
+            taken |= {id(g) for g in parts}
+            break
     return groups

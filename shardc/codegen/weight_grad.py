@@ -15,7 +15,7 @@ import math
 from ..ir import DType, Node
 from ..kernels import weight_grad as wg_t
 from .emitted import EmittedKernel
-from .fused_weights import weight_side
+from .fused_weights import sum_chain, token_sum, weight_side
 from .fusion import CannotFuse, FusionGroup
 from .indexing import Ix, unflatten
 
@@ -99,6 +99,7 @@ def layout(grp: FusionGroup, dx: Node, w: Node, dw: Node, ix: dict) -> dict:
     x_idx = _place(x.rank, [(xd[0], bpart), (xd[1], xfree), (xd[2], unflatten(ix["rtx"], tw))])
     dy_idx = _place(dy.rank, [(dyd[0], bpart), (dyd[1], dyfree), (dyd[2], unflatten(ix["rt"], tw))])
     return dict(w=wop, g=g, x=x, dy=dy, dx=dx, dw=dw, w_idx=op_idx, g_idx=g_idx, x_idx=x_idx, dy_idx=dy_idx,
+                dy_tokens=dyd[2],
                 dx_idx=dx_idx, dw_idx=dw_idx, B=math.prod(shape(wop, wb)), F=math.prod(shape(wop, wf)),
                 C=math.prod(shape(wop, wc)), T=math.prod(tok))
 
@@ -116,6 +117,13 @@ def _updates(grp: FusionGroup, dw: Node) -> list:
     return [r for r in _roots(grp)[1] if r in after]
 
 
+def _biases(grp: FusionGroup, dw: Node) -> list[tuple]:
+    """[(sum over the tokens of dw's dY operand, the roots computed from it: a bias update)]."""
+    from .triton import _computed_from
+    return [(s, [r for r in _roots(grp)[1] if r in _computed_from(grp, s)])
+            for s in grp.pattern.get("bias", ()) if any(sum_chain(s, x) for x in dw.inputs)]
+
+
 def _root_at_or_none(r: Node, d: Node, d_idx: tuple):
     from .fused_triton import epilogue_index
     from .triton import _root_index
@@ -131,7 +139,7 @@ def _root_at(r: Node, d: Node, d_idx: tuple):
 
 # ------------------------------------------------------------------------------------ Triton
 def emit_triton(grp: FusionGroup, name: str) -> EmittedKernel:
-    from .triton import _Common, _bind, _dot_dtype, _indent
+    from .triton import _Common, _bind, _dot_dtype, _indent, _root_index
     from .triton_expr import ExprEmitter, Tile, Val, round_half
     c = _Common(grp, name)
     ix = {v: Ix(v, {v}) for v in ("rf", "rc", "rt", "rtx")}
@@ -165,6 +173,21 @@ def emit_triton(grp: FusionGroup, name: str) -> EmittedKernel:
             for r in _updates(grp, dw):
                 idx = _root_at(r, dw, L["dw_idx"])
                 em.lines.append(em.store_text(r, c.outs[r], idx, em.value(r, idx)))
+            for sm, rs in _biases(grp, dw):  # Σ over the tokens of the dY tile: stored by the first row of programs
+                kept = token_sum(sm, L["dy"], L["dy_tokens"])
+                if kept is None:
+                    raise CannotFuse(f"{sm.describe()} does not sum the dY tile the kernel loads", sm)
+                s_idx = tuple(Ix(0) if d is None else L["dy_idx"][d] for d in kept)
+                v = em.emit(f"tl.sum(tl.where(mask_rt & mask_rc, {dy_text}, 0.0), axis=0)[None, :]", {"rc"}, sm.dtype)
+                if sm.dtype in (DType.f16, DType.bf16):
+                    v = em.emit(round_half(v.text, sm.dtype), {"rc"}, sm.dtype)
+                em.bound[sm] = _bind(sm, s_idx, v)
+                for r in rs:
+                    idx = _root_index(r, s_idx, sm.shape)
+                    if idx is None:
+                        raise CannotFuse(f"{r.describe()} is not one value per element of the bias gradient", r)
+                    em.lines.append(em.store_text(r, c.outs[r], idx, em.value(r, idx),
+                                                  when="(tl.program_id(0) + tl.zeros([1, 1], tl.int32) == 0)"))
         em.bound[dw] = incomplete
         passes.append(wg_t.PASS.format(i=i, C=L["C"], x=x_text, loads=_indent(loads, 8), w=w_text, g=g_text,
                                        dy=dy_text, update=_indent(loop.lines, 8)))
@@ -234,6 +257,8 @@ def emit_pallas(grp: FusionGroup, name: str) -> EmittedKernel:
             acc = em.emit(round_half(acc.text, dw.dtype), acc.shape, dw.dtype)
         em.bound[dw] = acc
         em.lines += [b.store(em, r, grp.roots.index(r)) for r in _updates(grp, dw)]
+        # a bias update (Σ over the tokens of dW's dY block): every grid step stores its block
+        em.lines += [b.store(em, r, grp.roots.index(r)) for _, rs in _biases(grp, dw) for r in rs]
     update = em.lines
     em.lines = []
     for ref, dx in zip(refs, dxs):

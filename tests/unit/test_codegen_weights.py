@@ -23,13 +23,14 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SHARDC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernel-cache"))
 
 
-def _step(tokens=20, experts=0, optimizer="sgd", bf16=False, d=136, h=144, gated=False):
+def _step(tokens=20, experts=0, optimizer="sgd", bf16=False, d=136, h=144, gated=False, bias=False):
     """One training step of x → tanh(x·W0) → tanh(·W1) → ·W2 against t (x not trained): W1 and W2
     have an input gradient, W0 none. Widths over one 128 tile (no chained or rebuilt dot takes
     the backward), none a multiple of a block. experts > 0: batched weights [E, ...], one per
     expert (an MoE's expert MLP), tokens per expert. W2 is stored [out, in] (torch's layout:
     the forward reads W2ᵀ). gated: the middle layer is tanh(·W1) * (·W1b), SwiGLU's shape: its
-    input gradient sums two dots (summed siblings) and its weight gradients are siblings too."""
+    input gradient sums two dots (summed siblings) and its weight gradients are siblings too.
+    bias: the middle and last layers add biases (their gradients: dY summed over the tokens)."""
     import jax
     import jax.numpy as jnp
     dt = jnp.bfloat16 if bf16 else jnp.float32
@@ -39,6 +40,9 @@ def _step(tokens=20, experts=0, optimizer="sgd", bf16=False, d=136, h=144, gated
     params = {"w0": jnp.asarray(rng.standard_normal(lead + (d, d)) * 0.1, dt),
               "w1": jnp.asarray(rng.standard_normal(lead + (d, h)) * 0.1, dt),
               "w2": jnp.asarray(rng.standard_normal(lead + (d, h)) * 0.1, dt)}
+    if bias:
+        params["b1"] = jnp.asarray(rng.standard_normal(lead + (1, h)) * 0.1, dt)
+        params["b2"] = jnp.asarray(rng.standard_normal(lead + (1, d)) * 0.1, dt)
     if gated:
         params["w1b"] = jnp.asarray(rng.standard_normal(lead + (d, h)) * 0.1, dt)
     mm = (lambda a, b: jnp.einsum("etd,edh->eth", a, b)) if experts else (lambda a, b: a @ b)
@@ -46,8 +50,8 @@ def _step(tokens=20, experts=0, optimizer="sgd", bf16=False, d=136, h=144, gated
 
     def loss(p):
         x0 = jnp.tanh(mm(x, p["w0"]))
-        x1 = jnp.tanh(mm(x0, p["w1"])) * (mm(x0, p["w1b"]) if gated else 1.0)
-        y = mm(x1, tr(p["w2"]))
+        x1 = jnp.tanh(mm(x0, p["w1"]) + (p["b1"] if bias else 0.0)) * (mm(x0, p["w1b"]) if gated else 1.0)
+        y = mm(x1, tr(p["w2"])) + (p["b2"] if bias else 0.0)
         return ((y - t) ** 2).sum()
     state = optim.init_state(optimizer, params, jnp.zeros_like, jnp.zeros((), jnp.float32))
     if state:  # moments that are not zero: every term of the update matters
@@ -81,13 +85,17 @@ def _weights(g):
 
 @pytest.mark.parametrize("target", ["triton", "pallas"])
 def test_weight_kernels_equal_numpy_and_read_each_weight_once(target):
-    g, prog, exe = _check_step(target, 1e-5)
+    """Biases too: their gradients Σ_t dY summed from the dY tiles the weight kernel loads, their
+    updates stored by it (no kernel of their own reads dY again)."""
+    g, prog, exe = _check_step(target, 1e-5, bias=True)
     kernels = [k for k in exe.kernels if k.kind == "weight_grad"]
-    assert len(kernels) == 2, exe.plan_text()
+    assert len(kernels) == 2 and all(len(k.group.pattern["bias"]) == 1 for k in kernels), exe.plan_text()
     w = _weights(prog.local)
     for name in ("w1", "w2"):  # read by the forward's matmul and by its weight kernel: nothing else
         readers = _readers(exe, w[name])
         assert len(readers) == 2 and any(k.kind == "weight_grad" for k in readers), (name, exe.plan_text())
+    for name in ("b1", "b2"):  # read by the forward and updated in the weight kernel
+        assert [k.kind for k in _readers(exe, w[name])][-1] == "weight_grad", exe.plan_text()
     assert len(_readers(exe, w["w0"])) == 2  # no input gradient: the plain dW matmul with its update
     if target == "pallas":
         export_all(kernels)
