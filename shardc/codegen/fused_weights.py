@@ -95,8 +95,8 @@ def _elementwise_of(r) -> set:
 def _updated(b, dw, w) -> bool:
     """Whether group `b` stores an update of `w`: a value of W's shape computed element for
     element from `w` and its dot `dw` (W - lr·dW; not a gradient that reaches W through a dot)."""
-    return w in b.inputs and dw.size == w.size and any(r.shape == w.shape and r is not dw and {w, dw} <= _elementwise_of(r)
-                                                       for r in b.roots)
+    return w in b.inputs and dw.size == w.size and any(
+        r.shape == w.shape and r is not dw and {w, dw} <= _elementwise_of(r) for r in b.roots)
 
 
 def _pairs(a, a_dots, cands) -> list | None:
@@ -135,8 +135,8 @@ def sum_chain(s, dy) -> list | None:
     return chain if any(c.op is Op.REDUCE_SUM for c in chain) else None
 
 
-def token_sum(s, dy, tokens) -> list | None:
-    """For `s`, a sum over `dy`'s `tokens` dims (reduce_sums, with reshapes that only add or drop
+def token_sum(s, dy, token_dims) -> list | None:
+    """For `s`, a sum over `dy`'s `token_dims` (reduce_sums, with reshapes that only add or drop
     unit dims between them: how JAX sums a bias gradient over batch and sequence): each dim of `s`
     as the dim of `dy` it keeps (None: a unit dim); None when `s` is not such a sum."""
     chain = sum_chain(s, dy)
@@ -153,7 +153,7 @@ def token_sum(s, dy, tokens) -> list | None:
         it = iter(d for i, d in enumerate(dims) if x.shape[i] != 1)
         dims = [next(it) if k != 1 else None for k in c.shape]
     left = {d for d in dims if d is not None}
-    return dims if left == {d for d in range(dy.rank) if d not in tokens and dy.shape[d] != 1} else None
+    return dims if left == {d for d in range(dy.rank) if d not in token_dims and dy.shape[d] != 1} else None
 
 
 def _bias(g, dws) -> tuple | None:
@@ -194,7 +194,8 @@ def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
         ws = [p[1] for p in pairs]
         if any(not (set(a.inputs) & set(b.inputs)) - set(ws) for b in bs):
             continue  # no dY in common
-        biases = [(g, found) for g in rows if id(g) not in taken for found in [_bias(g, [p[2] for p in pairs])] if found]
+        dws = [p[2] for p in pairs]
+        biases = [(g, found) for g in rows if id(g) not in taken for found in [_bias(g, dws)] if found]
         for with_biases in ([biases, []] if biases else [[]]):
             parts = [a, *bs, *(g for g, _ in with_biases)]
             nodes = {n: None for g in parts for n in g.nodes}

@@ -201,7 +201,7 @@ def emit_triton(grp: FusionGroup, name: str) -> EmittedKernel:
         em.bound[dx] = _bind(dx, L["dx_idx"], acc)
     stores = []
     for r in _roots(grp)[0]:
-        dx, idx = next(((L["dx"], i) for L in Ls for i in [_root_at_or_none(r, L["dx"], L["dx_idx"])] if i), (None, None))
+        idx = next((i for L in Ls for i in [_root_at_or_none(r, L["dx"], L["dx_idx"])] if i), None)
         if idx is None:
             raise CannotFuse(f"{r.describe()} does not match the input gradient's tile", r)
         stores.append(em.store_text(r, c.outs[r], idx, em.value(r, idx)))
