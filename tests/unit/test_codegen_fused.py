@@ -206,13 +206,17 @@ def test_training_step_rebuilders_compile_for_hopper():
         assert ".target sm_90" in r["ptx"] and r["cubin_bytes"] > 0, k.name
 
 
-def test_operand_and_epilogue_sums_equal_numpy_and_compile_for_hopper():
+def test_operand_and_epilogue_sums_equal_numpy_and_compile_for_hopper(monkeypatch):
     """GPT-2's training step: bias gradients summed in the weight-gradient matmul's K loop
     (`ksum`), layer-norm backward row and column sums added from the matmul tiles that compute
     their input (`rsum`, atomics into a zeroed output), norm and softmax statistics computed and
     stored by the matmul whose prologue reads them (`rowstats`), dK beside dVᵀ (`siblings`);
     each such kernel equals numpy of its nodes on the interpreter (with the whole step ==
     evaluate) and compiles for sm_90."""
+    from shardc.codegen import fused_weights
+    # (with few tokens, the weight kernels take the bias sums and the weight gradients:
+    # test_codegen_weights.py; this test is about the matmuls' own sums)
+    monkeypatch.setattr(fused_weights, "MAX_TOKENS", 0)
     m = models.get("gpt2:tiny", n_layer=1)
     g, args = m.capture(True, "jax", 4, lr=0.1)
     prog = partition(g, Mesh(dp=1))
