@@ -28,8 +28,9 @@ with more tokens than one tile the plan is unchanged. The group is kind "weight_
 the first dW; `pattern["dx"]`, `["weight"]` and `["dw"]` list the (dX, W, dW) of each weight and
 `pattern["dx_roots"]` what the dX half stores (the kernel runs where dX did: the backward keeps
 its order). A kernel passes over its weights one after the other, all feeding one dX. A row group
-that stores only an update computed from a dY's sum over the tokens (a bias: b - lr·Σ_t dY)
-joins too, `pattern["bias"]` listing those sums: the kernel adds up the dY tiles it loads.
+that stores only an update computed from a dY's sum over the tokens (a bias: b - lr·Σ_t dY, Adam's
+moments of it) joins too, `pattern["bias"]` listing those sums (the kernel adds up the dY tiles it
+loads), and so does an elementwise update of what those store (Adam's step of the bias).
 """
 from __future__ import annotations
 
@@ -173,6 +174,26 @@ def _bias(g, dws) -> tuple | None:
     return None
 
 
+def _cycle(merged, parts, groups) -> bool:
+    """Whether another group reads what `merged` writes and, through groups reading each other's
+    values, writes what it reads (a row group storing two values, one computed from dX and one a
+    weight update reads, would have to run both before and after the merged kernel)."""
+    readers: dict = {}
+    for g in groups:
+        if not any(g is p for p in parts):
+            for x in g.reads:
+                readers.setdefault(x, []).append(g)
+    seen, stack, needed = set(), list(merged.writes), set(merged.reads)
+    while stack:
+        for g in readers.get(stack.pop(), ()):
+            if id(g) not in seen:
+                seen.add(id(g))
+                if needed & set(g.writes):
+                    return True
+                stack.extend(g.writes)
+    return False
+
+
 def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
     """Each input-gradient group with the weight-gradient groups updating the weights it reads (and
     the bias updates summing their dY over the tokens), as one "weight_grad" group, where the
@@ -180,7 +201,7 @@ def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
     from .fusion import FusionGroup
     groups = list(groups)
     mats = [(g, d) for g in groups if isinstance(g, FusionGroup) for d in [_dots(g, depends)] if d]
-    rows = [g for g in groups if isinstance(g, FusionGroup) and g.kind == "reduction"]
+    rows = [g for g in groups if isinstance(g, FusionGroup) and g.kind in ("reduction", "pointwise")]
     taken: set = set()
     for a, a_dots in mats:
         if id(a) in taken:
@@ -196,8 +217,13 @@ def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
             continue  # no dY in common
         dws = [p[2] for p in pairs]
         biases = [(g, found) for g in rows if id(g) not in taken for found in [_bias(g, dws)] if found]
+        # and the updates computed from those (Adam's parameter update from the new m and v)
+        made = {g.roots[0] for g, _ in biases}
+        after = [g for g in rows if id(g) not in taken and len(g.roots) == 1 and g.anchor is None
+                 and set(g.inputs) & made and not any(n.op in REDUCE for n in g.nodes)
+                 and any(g.roots[0].size == r.size for r in made)]
         for with_biases in ([biases, []] if biases else [[]]):
-            parts = [a, *bs, *(g for g, _ in with_biases)]
+            parts = [a, *bs, *(g for g, _ in with_biases), *(after if with_biases else ())]
             nodes = {n: None for g in parts for n in g.nodes}
             ins = [x for x in dict.fromkeys(x for g in parts for x in g.inputs) if x not in nodes]
             roots = list(dict.fromkeys(r for g in parts for r in g.roots))
@@ -214,6 +240,8 @@ def merge(groups: list, order: dict, feasible, cannot_fuse, depends) -> list:
                                   "dx_roots": list(a.roots),
                                   "bias": [s for b in bs for s in b.pattern.get("ksum", ())]
                                   + [s for _, (s, _) in with_biases]})
+            if _cycle(merged, parts, groups):
+                continue
             try:
                 feasible(merged)
             except cannot_fuse:
