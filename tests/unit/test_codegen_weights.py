@@ -150,12 +150,12 @@ def test_plan_unchanged_with_more_tokens_than_a_tile():
 
 @pytest.mark.slow
 def test_weight_kernels_compile_for_hopper():
-    """f32 and bf16, dense and experts, two weights in one kernel, and 320 tokens (an expert's
-    capacity at MoE small, batch 1: a 512-token tile within the shared memory a block may have,
-    no spills)."""
+    """f32 and bf16, dense (with biases) and experts, two weights in one kernel, and 320 tokens
+    (an expert's capacity at MoE small, batch 1: a 512-token tile within the shared memory a
+    block may have, no spills)."""
     kernels = []
-    for kw in (dict(), dict(bf16=True), dict(experts=2), dict(gated=True, bf16=True), dict(tokens=320, experts=2),
-               dict(tokens=320, experts=2, bf16=True)):
+    for kw in (dict(bias=True), dict(bf16=True, bias=True), dict(experts=2), dict(gated=True, bf16=True),
+               dict(tokens=320, experts=2), dict(tokens=320, experts=2, bf16=True)):
         g, _ = _step(**kw)
         kernels += [k for k in shardc.compile(partition(g, Mesh(dp=1))).kernels if k.kind == "weight_grad"]
     kernels = list({k.key: k for k in kernels}.values())
