@@ -4,8 +4,8 @@ the weight once, where few tokens meet each weight.
 A training step reads each weight W three times after the forward: for the input gradient
 dX = dY·Wᵀ, and in the weight-gradient matmul dW = Xᵀ·dY whose epilogue applies the optimizer
 (W - lr·dW, Adam's moments; the planner fuses the update there). When the tokens per weight are
-few (batch 1, an expert's capacity), the weight dominates the step's bytes and that extra read
-is a quarter of the matmul bound. Here both run in one kernel: each program owns a block of W's
+few (batch 1, an expert's capacity), the weight dominates the step's bytes, and that fourth read
+adds a third to what the matmul bound counts for it (the ratio tends to 4/3). Here both run in one kernel: each program owns a block of W's
 rows that dX keeps (W's free dims in dX), holds X's tile for those rows, and loops over W's other
 dims (dX's contraction): per step it loads the W tile once, adds dY·Wᵀ to its dX block (complete
 at the loop's end: no atomics, no partial sums in memory), computes that dW tile as Xᵀ·dY over
