@@ -125,12 +125,19 @@ class _Unmerge:
         self.results: set[Node] = set()          # unmerged forms of dot results (and of values made from them)
         self.users = g.users()
         self.changed = False
+        # each new node's place: that of the captured value it is made for (made lazily, a value
+        # would otherwise land where its first reader is, and a layer of a repeated block would
+        # be ordered unlike the same layer of the whole program: their timelines would differ)
+        self.pos = {n: i for i, n in enumerate(g.nodes)}
+        self.here = 0
+        self.home: dict[Node, int] = {}
 
     # ---- building ----------------------------------------------------------------------
     def emit(self, op: Op, inputs, like: Node, name: str | None = None, **attrs) -> Node:
         with self.b.loc(like.source):
             n = self.b.add(op, inputs, name=name, **attrs)
         self.nodes.append(n)
+        self.home[n] = self.here
         return n
 
     def transposed(self, x: Node, perm: list, like: Node) -> Node:
@@ -148,20 +155,26 @@ class _Unmerge:
         views, a transpose or broadcast is redone on its operand's value, any other value with
         an unmerged form is a reshape of that form."""
         if n not in self.new:
-            if is_view(n):
-                src = self.same_elements(n.inputs[0])
-                self.new[n] = next((v for v in src if v.shape == n.shape), None) or \
-                    self.emit(Op.RESHAPE, [src[-1]], n, n.name, shape=list(n.shape))
-            elif n.op in (Op.TRANSPOSE, Op.BROADCAST) or n not in self.forms:
-                self.new[n] = self.copy(n)
-            else:
-                self.new[n] = self.emit(Op.RESHAPE, [self.forms[n][0].node], n, shape=list(n.shape))
+            outer, self.here = self.here, self.pos.get(n, self.here)
+            self._make_value(n)
+            self.here = outer
         return self.new[n]
+
+    def _make_value(self, n: Node):
+        if is_view(n):
+            src = self.same_elements(n.inputs[0])
+            self.new[n] = next((v for v in src if v.shape == n.shape), None) or \
+                self.emit(Op.RESHAPE, [src[-1]], n, n.name, shape=list(n.shape))
+        elif n.op in (Op.TRANSPOSE, Op.BROADCAST) or n not in self.forms:
+            self.new[n] = self.copy(n)
+        else:
+            self.new[n] = self.emit(Op.RESHAPE, [self.forms[n][0].node], n, shape=list(n.shape))
 
     def copy(self, n: Node) -> Node:
         inputs = tuple(self.value(i) for i in n.inputs)
         out = n if all(a is b for a, b in zip(inputs, n.inputs)) else n.with_inputs(inputs)
         self.nodes.append(out)
+        self.home.setdefault(out, self.here)
         return out
 
     def same_elements(self, x: Node) -> list[Node]:
@@ -355,7 +368,7 @@ class _Unmerge:
     # ---- the pass ----------------------------------------------------------------------
     def run(self) -> Graph:
         g = self.g
-        for n in g.nodes:
+        for self.here, n in enumerate(g.nodes):
             if n.op is Op.PARAMETER:
                 self.new[n] = n
                 self.nodes.append(n)
@@ -366,10 +379,15 @@ class _Unmerge:
         outputs = [self.value(o) for o in g.outputs]
         live = ancestors(outputs) | set(g.inputs)
         seen, nodes = set(), []
-        for n in self.nodes:
+        for n in sorted(self.nodes, key=lambda n: self.home.get(n, self.pos.get(n, 0))):  # stable
             if n in live and n not in seen:
                 seen.add(n)
                 nodes.append(n)
+        placed = set(g.inputs)
+        for n in nodes:   # (made for a value, a node comes after what it reads: checked, not assumed)
+            if not all(i in placed for i in n.inputs):
+                raise AssertionError(f"unmerge: {n.op.name} placed before its operands")
+            placed.add(n)
         out = Graph(nodes, list(g.inputs), outputs, g.output_names, g.name, g.mesh_axes, g.bound, g.flatten_args)
         for attr, v in vars(g).items():
             if attr not in vars(out):
