@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
+from ..ir.ops import REDUCE
 from ..kernels import pallas_templates as tpl
 from . import fused_multi, grouped, masked_blocks, masked_loops, weight_grad
 from .emitted import EmittedKernel
@@ -392,15 +393,18 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
         return not any(n in dots for n, _ in members) and ok_k(members)
     cands = [(d, i, "parallel") for i in range(d.rank)]
     cands += [(d.inputs[0], i, "arbitrary") for i in d.attrs["lhs_contract"]]
-    b.tile(cands, scratch_bytes=lambda block: sum(math.prod(block(n)) for n in dots) * 4, allowed=allowed)
+    b.tile(cands, scratch_bytes=lambda block: sum(math.prod(block(n)) for n in dots) * 4, allowed=allowed,
+           pad_arbitrary=True)
     k_axes = [i for i, (_, _, s) in enumerate(b.grid) if s == "arbitrary"]
     first, last = b.first_last(k_axes)
     em = b.emitter()
-    dot = _dot(d, em.value(d.inputs[0]), em.value(d.inputs[1]), b.block(d), em=em)
+    operands = lambda n: [edge_mask(b, em, x, [i for i in n.attrs[f"{side}_contract"]])
+                          for x, side in zip(n.inputs, ("lhs", "rhs"))]
+    dot = _dot(d, *operands(d), b.block(d), em=em)
     refs = [f"sib{i}_ref" for i in range(len(sibs))]
     n_pro = len(em.lines)
     for (s, _), ref in zip(sibs, refs):
-        em.lines.append(f"{ref}[...] += {_dot(s, em.value(s.inputs[0]), em.value(s.inputs[1]), b.block(s), em=em)}")
+        em.lines.append(f"{ref}[...] += {_dot(s, *operands(s), b.block(s), em=em)}")
     step = list(em.lines[:n_pro]) + [f"acc_ref[...] += {dot}"] + list(em.lines[n_pro:])
     em.lines.clear()
     for n, ref in zip(dots, ["acc_ref", *refs]):
@@ -420,6 +424,19 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
                              step=tpl.guarded(step, test), epilogue=_indent(em.lines + stores, 8))
     rebuilt = [n for n in grp.nodes if n in prologue and n.op is Op.DOT_GENERAL and n not in grp.inputs]
     return b.finish(body, [(b.block(n), acc_t) for n in dots], [(n, frac) for n in (*dots, *rebuilt)])
+
+
+def edge_mask(b: _Builder, em: ValueEmitter, x: Node, dims, identity: str = "0") -> Val:
+    """x's block with what lies past the end of its padded `dims` (the overhanging edge block of
+    an axis that no legal block divides: garbage, or NaN) set to `identity`, the reduction's
+    identity over those dims; x's block itself where none of them is padded."""
+    v = em.value(x)
+    shape = b.block(x)
+    test = [f"(lax.broadcasted_iota(jnp.int32, {shape}, {i}) + pl.program_id({b.axis_of(x, i)}) * {shape[i]} < {x.shape[i]})"
+            for i in dims if b.axis_of(x, i) is not None and b.padded(b.axis_of(x, i))]
+    if not test:
+        return v
+    return em.emit(f"jnp.where({' & '.join(test)}, {em.array(v, shape)}, {identity})", shape, x.dtype, "m")
 
 
 def _skip(b: _Builder, sup, step: list[str], after: list[str], axes: list[int]):
@@ -601,7 +618,25 @@ def feasible(grp: FusionGroup) -> None:
     try:
         emit(grp, "probe")
     except vmem.TooLarge as e:
-        raise CannotFuse(f"the {grp.kind} kernel for {grp.reason[:300]!r}: {e}") from None
+        r = _reduction_over_k(grp) if grp.kind == "matmul" else None
+        raise CannotFuse(f"the {grp.kind} kernel for {grp.reason[:300]!r}: {e}"
+                         + (f"; {r.describe()} reduces over its K dims" if r is not None else ""), r) from None
+
+
+def _reduction_over_k(grp: FusionGroup) -> Node | None:
+    """A reduction in a matmul's prologue over the dims its K axis would tile (the LM head's dX
+    over the vocabulary, whose rebuilt dlogits take a row sum over it): named in the planner's
+    CannotFuse so that it is stored by a kernel of its own and K can be tiled."""
+    d = grp.anchor
+    b = _Builder(grp, "probe", "matmul")
+    b.constrain(grp.nodes, accumulating=(d,))
+    k = {b.dc.find((d.inputs[0], i)) for i in d.attrs["lhs_contract"]}
+    pro = _upstream(list(d.inputs), grp.nodes)
+    for n in grp.nodes:  # (program order: the first one)
+        if n in pro and n is not d and n.op in REDUCE \
+                and any(b.dc.find((n.inputs[0], a)) in k for a in n.attrs["axes"]):
+            return n
+    return None
 
 
 # ------------------------------------------------------------------------------------ running
