@@ -277,10 +277,7 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
     arb = [a for a, (_, _, sem) in enumerate(b.grid) if sem == "arbitrary"]
     first, last = b.first_last(arb)
     shapes = [b._promote(s, b.block(s)) for s in acc]
-    # each step adds its block's f32 partial sum (not rounded to a half type: the sum is rounded
-    # once, at the end, as the whole-block kernel and the oracle do)
-    adds = [f"acc{i}_ref[...] += {em.array(em._reduce(s, b.block(s)), b.block(s))}.reshape({shape})"
-            for i, (s, shape) in enumerate(zip(acc, shapes))]
+    adds = _partial_sums(b, em, grp, acc, shapes)
     main = em.lines + stores
     em.lines = []
     for i, s in enumerate(acc):  # from here on a sum is its accumulator
@@ -289,9 +286,44 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
     finals = [b.store(em, r, i) for i, r in enumerate(grp.roots) if r in late]
     refs = [f"acc{i}_ref" for i in range(len(acc))]
     body = tpl.ROWS_SUMS.format(name=name, params=b.params(refs), first=first, last=last,
-                                init=_indent([f"{r}[...] = jnp.zeros({r}.shape, {r}.dtype)" for r in refs], 8),
+                                init=_indent([f"{r}[...] = jnp.full({r}.shape, {'-jnp.inf' if s.op is Op.REDUCE_MAX else 0}, {r}.dtype)"
+                                              for r, s in zip(refs, acc)], 8),
                                 body=_indent(main + adds, 4), finish=_indent(em.lines + finals, 8))
     return b.finish(body, [(shape, "jnp.float32") for shape in shapes])
+
+
+def _partial_sums(b: _Builder, em: ValueEmitter, grp: FusionGroup, acc: list, shapes: list) -> list[str]:
+    """The lines adding each grid step's block to the accumulators: f32 partial sums (not rounded
+    to a half type: a sum is rounded once, at the end, as the whole-block kernel and the oracle
+    do), what lies past the end of a padded block masked to the identity; a gather's one-hot over
+    the block's global rows; an online pair's max as a running max, and its Σexp(y - m) computed
+    from the running max, the sum so far rescaled by exp(m_old - m_new) (online log-sum-exp)."""
+    pairs = {m: s for s, m in pallas_fit.online(grp, acc).items()}
+    adds, ref = [], {s: f"acc{i}_ref" for i, s in enumerate(acc)}
+    shape = dict(zip(acc, shapes))
+    for s in acc:
+        axes, blk = pallas_fit.summed_axes(s), b.block(s)
+        if s.op is Op.GATHER:
+            part = em.array(em.value(s), blk)
+        elif s.op is Op.REDUCE_MAX:
+            y = edge_mask(b, em, s.inputs[0], axes, "-jnp.inf")
+            top = em.emit(f"jnp.max({em.array(y)}, axis={tuple(axes)})", blk, s.dtype, "r")
+            old = em.emit(f"{ref[s]}[...].reshape({blk})", blk, s.dtype, "m")
+            em.bound[s] = new = em.emit(f"jnp.maximum({old.text}, {top.text})", blk, s.dtype, "m")
+            total = pairs[s]
+            e = edge_mask(b, em, total.inputs[0], pallas_fit.summed_axes(total), "0")
+            part = f"jnp.sum({em.array(e)}, axis={tuple(pallas_fit.summed_axes(total))})"
+            scale = f"jnp.where({old.text} == -jnp.inf, 0.0, jnp.exp({old.text} - {new.text}))"
+            adds.append(f"{ref[total]}[...] = {ref[total]}[...] * {scale}.reshape({shape[total]}) + {part}.reshape({shape[total]})")
+            adds.append(f"{ref[s]}[...] = {new.text}.reshape({shape[s]})")
+            continue
+        elif s in pairs.values():
+            continue  # (with its max)
+        else:
+            x = edge_mask(b, em, s.inputs[0], axes, "0")
+            part = f"jnp.sum({em.array(x)}, axis={tuple(axes)})"
+        adds.append(f"{ref[s]}[...] += {part}.reshape({shape[s]})")
+    return adds
 
 
 def _row_tiling(grp: FusionGroup, name: str, sums: list) -> tuple:
@@ -300,9 +332,10 @@ def _row_tiling(grp: FusionGroup, name: str, sums: list) -> tuple:
     while True:
         b = _Builder(grp, name, grp.kind)
         b.constrain(grp.nodes, accumulating=sums)
-        summed = {(s.inputs[0], a) for s in sums for a in s.attrs["axes"]}
+        summed = {(s.inputs[0], a) for s in sums for a in pallas_fit.summed_axes(s)}
         cands = [(r, d, "parallel") for r in sorted(grp.roots, key=lambda r: -r.size) for d in range(r.rank)]
-        b.tile(cands + [(x, a, "arbitrary") for x, a in sorted(summed, key=lambda k: k[1])], arbitrary=summed)
+        b.tile(cands + [(x, a, "arbitrary") for x, a in sorted(summed, key=lambda k: k[1])], arbitrary=summed,
+               pad_arbitrary=True)
         acc, late, bad = pallas_fit.accumulation(b, grp, sums)
         if not bad:
             return b, acc, late

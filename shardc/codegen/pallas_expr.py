@@ -371,7 +371,7 @@ class ValueEmitter:
         xn, ind = n.inputs
         axis, b = n.attrs["axis"], n.attrs.get("batch_dims", 0)
         x = self.value(xn)
-        oh, ni = self._onehot(ind, axis, b, xn.shape[axis], xn.rank, clamp=True)
+        oh, ni = self._onehot(ind, axis, b, xn.shape[axis], xn.rank, clamp=True, tile=self.tiles.get((xn, axis)))
         xs = x.shape[:axis] + (1,) * ni + x.shape[axis:]
         xt = f"{self.array(x)}.reshape({xs})"
         if n.dtype is DType.bool:

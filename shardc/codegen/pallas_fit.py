@@ -24,47 +24,118 @@ from . import vmem
 from .fusion import FusionGroup
 
 
-def summable(grp: FusionGroup) -> list:
-    """The group's float sums whose readers in the group, transitively, are no larger than the sum
-    (no broadcast back over its rows): candidates for adding up block by block."""
+def summed_axes(s: Node) -> tuple:
+    """The dims of s's first operand that accumulated sum `s` adds up (a gather: its table's)."""
+    return (s.attrs["axis"],) if s.op is Op.GATHER else tuple(s.attrs["axes"])
+
+
+def _users(grp: FusionGroup) -> dict:
     users: dict = {}
     for n in grp.nodes:
         for x in n.inputs:
             users.setdefault(x, []).append(n)
-    out = []
-    for s in grp.nodes:
-        if s.op is not Op.REDUCE_SUM or not s.dtype.is_float or s is grp.anchor:
-            continue
-        after, stack = set(), list(users.get(s, ()))
-        while stack:
-            n = stack.pop()
-            if n not in after:
-                after.add(n)
-                stack.extend(users.get(n, ()))
-        if all(n.size <= s.size for n in after):
-            out.append(s)
+    return users
+
+
+def _after(users: dict, s: Node, skip=frozenset()) -> set:
+    after, stack = set(), [u for u in users.get(s, ()) if u not in skip]
+    while stack:
+        n = stack.pop()
+        if n not in after:
+            after.add(n)
+            stack.extend(users.get(n, ()))
+    return after
+
+
+def summable(grp: FusionGroup) -> list:
+    """The group's float sums whose readers in the group, transitively, are no larger than the sum
+    (no broadcast back over its rows): candidates for adding up block by block. A float gather is
+    one too, over its table's rows: a one-hot select-and-sum (an embedding lookup in row blocks of
+    its table, each adding the rows of its block; exactly one block holds each index); and so is
+    an online pair's max and Σexp (`online`)."""
+    users = _users(grp)
+    out = [s for s in grp.nodes if s.op in (Op.REDUCE_SUM, Op.GATHER) and s.dtype.is_float and s is not grp.anchor
+           and all(n.size <= s.size for n in _after(users, s))]
+    maxes = [n for n in grp.nodes if n.op is Op.REDUCE_MAX]
+    return out + list(online(grp, out + maxes).values())
+
+
+def online(grp: FusionGroup, sums: list) -> dict:
+    """{S: M} for the group's pairs S = Σexp(y - g(M)), M = max y (fused_flash.online_pairs; here g
+    is M itself through views, casts and max(-inf, ·)) whose S is in `sums` and whose M is read,
+    besides S's summand, by nothing larger than M: the loss statistics over the vocabulary,
+    accumulated over its blocks as a running max and a running sum rescaled by exp(m_old - m_new)
+    (online log-sum-exp, pallas.emit_rows). Both S and M must be in `sums`."""
+    from .fused_flash import online_pairs
+    users, out = _users(grp), {}
+    for total, m in online_pairs(grp.nodes).items():
+        inner = summand_of(grp, total, m)
+        if total in sums and m in sums and all(n.size <= m.size for n in _after(users, m, inner) - inner) \
+                and all(n.op in _G for n in _upstream_from(_subtrahend(total), grp, stop=(m,))):
+            out[total] = m
     return out
+
+
+_G = frozenset({Op.RESHAPE, Op.BROADCAST, Op.CAST, Op.MAX, Op.CONSTANT})
+
+
+def _subtrahend(total: Node) -> Node:
+    """g(M) in S = Σexp(y - g(M))."""
+    from .prologue import through
+    return through(through(total.inputs[0], {Op.CAST}).inputs[0], {Op.CAST}).inputs[1]
+
+
+def _upstream_from(x: Node, grp: FusionGroup, stop=()) -> set:
+    inside, out, stack = set(grp.nodes), set(), [x]
+    while stack:
+        n = stack.pop()
+        if n in out or n not in inside or n in stop:
+            continue
+        out.add(n)
+        stack.extend(n.inputs)
+    return out
+
+
+def summand_of(grp: FusionGroup, total: Node, m: Node) -> set:
+    """The nodes of S's summand computed from M (y - g(M), its exp): computed each step from
+    the running max."""
+    up = _upstream_from(total.inputs[0], grp)
+    return {n for n in up if n is not m and m in _upstream_from(n, grp)}
 
 
 def accumulation(b, grp: FusionGroup, sums: list):
     """(the sums added up across "arbitrary" grid axes, the nodes computed from them at the last
-    step, the sums that cannot be: something computed from them varies along those axes)."""
+    step, the sums that cannot be: something computed from them varies along those axes). An
+    online pair's summand is computed each step from the running max."""
+    pairs = online(grp, sums)
+    inner = set().union(*(summand_of(grp, t, m) for t, m in pairs.items()))
     arb = {a for a, (_, _, sem) in enumerate(b.grid) if sem == "arbitrary"}
     along = lambda n: any(b.axis_of(n, d) in arb for d in range(n.rank))
-    acc = [s for s in sums if any(b.axis_of(s.inputs[0], a) in arb for a in s.attrs["axes"])]
-    varying, late, bad = set(), {}, set()
+    acc = [s for s in sums if any(b.axis_of(s.inputs[0], a) in arb for a in summed_axes(s))]
+    varying, late, bad, held = set(), {}, set(), {}
     for x in grp.inputs:
         if along(x):
             varying.add(x)
+    axes_of = lambda s: frozenset(b.axis_of(s.inputs[0], a) for a in summed_axes(s)) & arb
+    if inner:  # one accumulation per grid step: every sum adds up over the online pairs' axes alone
+        pair_axes = {axes_of(s) for s in acc if s.op is Op.REDUCE_MAX}
+        bad |= {s for s in acc if axes_of(s) not in pair_axes or pair_axes != {frozenset(arb)}}
     for n in grp.nodes:  # (program order)
         if n in acc:
             late[n] = {n}
             if along(n):
                 bad.add(n)
+            if any(i in late or (i in held and n not in pairs) for i in n.inputs):
+                bad.add(n)  # (summing what is known only at the last step)
             continue
         if along(n) or (any(i in varying for i in n.inputs)):
             varying.add(n)
-        from_sums = set().union(*(late.get(i, set()) for i in n.inputs))
+        from_sums = set().union(*(late.get(i, held.get(i, set())) for i in n.inputs))
+        if n in inner:  # (its readers outside the summand are computed from the max: late)
+            held[n] = from_sums
+            if n in grp.roots:
+                bad |= from_sums
+            continue
         if from_sums:
             late[n] = from_sums
             if n in varying:

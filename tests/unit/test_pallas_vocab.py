@@ -67,3 +67,42 @@ def test_contraction_no_block_divides_accumulates_over_padded_blocks_masked(rng,
     blk = _vocab_block(k, v)
     assert v % blk and "'arbitrary'" in k.source and k.module(True).GRID[-1] == -(-v // blk) >= 2
     assert "jnp.where(" in k.source
+
+
+def test_loss_statistics_are_an_online_log_sum_exp_over_padded_vocabulary_blocks(rng, monkeypatch):
+    """max y and Σexp(y - max y) over a vocabulary of 1,000 (y = x·Wᵀ), and the log-sum-exp
+    from them: the vocabulary on an "arbitrary" axis of padded blocks (the overhang masked to -inf
+    for the max, 0 for the sum), a running max and a rescaled running sum in VMEM; equal to numpy."""
+    monkeypatch.setattr(pallas_templates, "VMEM_BUDGET", 48 * 1024)
+    v, t, d = 1000, 64, 128
+    b = GraphBuilder()
+    x, w = b.parameter("x", (t, d), DType.f32), b.parameter("w", (v, d), DType.f32)
+    y = b.add(Op.DOT_GENERAL, [x, w], lhs_contract=(1,), rhs_contract=(1,))
+    m = b.add(Op.REDUCE_MAX, [y], axes=(1,))
+    e = b.add(Op.EXP, [b.add(Op.SUB, [y, b.add(Op.BROADCAST, [m], shape=(t, v), dims=(0,))])])
+    s = b.add(Op.REDUCE_SUM, [e], axes=(1,))
+    g = b.build([m, s, b.add(Op.ADD, [m, b.add(Op.LOG, [s])])])
+    exe = _check(g, 3 * rng.standard_normal((t, d)).astype(np.float32), rng.standard_normal((v, d)).astype(np.float32),
+                 tol=1e-5)
+    (k,) = [k for k in exe.kernels if "jnp.max(" in k.source]  # (the logits here stored by their matmul)
+    blk = int(k.source.split("in_specs=[pl.BlockSpec((")[1].split(")")[0].split(", ")[1])
+    assert v % blk and k.module(True).GRID[-1] == -(-v // blk) >= 2 and "-jnp.inf" in k.source, k.source
+
+
+def test_embedding_gather_adds_up_over_row_blocks_of_its_table(rng, monkeypatch):
+    """An embedding lookup whose table (2,053 rows: no legal block divides it) is tiled as an
+    "arbitrary" axis: each step adds the rows its block holds (a one-hot over the block's global
+    rows); indices out of range clamp as the gather does; equal to numpy."""
+    monkeypatch.setattr(pallas_templates, "VMEM_BUDGET", 256 * 1024)
+    v, t, d = 2053, 48, 128
+    b = GraphBuilder()
+    table, idx = b.parameter("table", (v, d), DType.f32), b.parameter("idx", (t,), DType.i32)
+    pos = b.parameter("pos", (t, d), DType.f32)
+    emb = b.add(Op.GATHER, [table, idx], axis=0)
+    g = b.build([b.add(Op.TANH, [b.add(Op.ADD, [emb, pos])])])
+    ind = rng.integers(-2, v + 2, t).astype(np.int32)
+    ind[:3] = [0, v - 1, 1500]
+    exe = _check(g, rng.standard_normal((v, d)).astype(np.float32), ind, rng.standard_normal((t, d)).astype(np.float32))
+    (k,) = exe.kernels
+    blk = _vocab_block(k, v)
+    assert v % blk and k.module(True).GRID[-1] == -(-v // blk) >= 2 and "'arbitrary'" in k.source
