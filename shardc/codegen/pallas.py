@@ -286,10 +286,13 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
     finals = [b.store(em, r, i) for i, r in enumerate(grp.roots) if r in late]
     refs = [f"acc{i}_ref" for i in range(len(acc))]
     body = tpl.ROWS_SUMS.format(name=name, params=b.params(refs), first=first, last=last,
-                                init=_indent([f"{r}[...] = jnp.full({r}.shape, {'-jnp.inf' if s.op is Op.REDUCE_MAX else 0}, {r}.dtype)"
+                                init=_indent([f"{r}[...] = jnp.full({r}.shape, {_IDENTITY.get(s.op, 0)}, {r}.dtype)"
                                               for r, s in zip(refs, acc)], 8),
                                 body=_indent(main + adds, 4), finish=_indent(em.lines + finals, 8))
     return b.finish(body, [(shape, "jnp.float32") for shape in shapes])
+
+
+_IDENTITY = {Op.REDUCE_MAX: "-jnp.inf", Op.REDUCE_MIN: "jnp.inf"}
 
 
 def _partial_sums(b: _Builder, em: ValueEmitter, grp: FusionGroup, acc: list, shapes: list) -> list[str]:
@@ -305,7 +308,7 @@ def _partial_sums(b: _Builder, em: ValueEmitter, grp: FusionGroup, acc: list, sh
         axes, blk = pallas_fit.summed_axes(s), b.block(s)
         if s.op is Op.GATHER:
             part = em.array(em.value(s), blk)
-        elif s.op is Op.REDUCE_MAX:
+        elif s in pairs:  # (an online pair: the max with its Σexp)
             y = edge_mask(b, em, s.inputs[0], axes, "-jnp.inf")
             top = em.emit(f"jnp.max({em.array(y)}, axis={tuple(axes)})", blk, s.dtype, "r")
             old = em.emit(f"{ref[s]}[...].reshape({blk})", blk, s.dtype, "m")
@@ -319,6 +322,11 @@ def _partial_sums(b: _Builder, em: ValueEmitter, grp: FusionGroup, acc: list, sh
             continue
         elif s in pairs.values():
             continue  # (with its max)
+        elif s.op in (Op.REDUCE_MAX, Op.REDUCE_MIN):  # a running max (min)
+            fn, ident = ("max", "-jnp.inf") if s.op is Op.REDUCE_MAX else ("min", "jnp.inf")
+            x = edge_mask(b, em, s.inputs[0], axes, ident)
+            adds.append(f"{ref[s]}[...] = jnp.{fn}imum({ref[s]}[...], jnp.{fn}({em.array(x)}, axis={tuple(axes)}).reshape({shape[s]}))")
+            continue
         else:
             x = edge_mask(b, em, s.inputs[0], axes, "0")
             part = f"jnp.sum({em.array(x)}, axis={tuple(axes)})"
@@ -651,9 +659,26 @@ def feasible(grp: FusionGroup) -> None:
     try:
         emit(grp, "probe")
     except vmem.TooLarge as e:
-        r = _reduction_over_k(grp) if grp.kind == "matmul" else None
+        r = _reduction_over_k(grp) if grp.kind == "matmul" else _after_online(grp)
         raise CannotFuse(f"the {grp.kind} kernel for {grp.reason[:300]!r}: {e}"
-                         + (f"; {r.describe()} reduces over its K dims" if r is not None else ""), r) from None
+                         + (f"; {r.describe()} must be stored for the rest to tile" if r is not None else ""), r) from None
+
+
+def _after_online(grp: FusionGroup) -> Node | None:
+    """In a row kernel over every TPU's VMEM: the first sum or gather computed from an online
+    pair's Σexp (the loss's pick of the log-softmax at the label, which needs the whole row's
+    statistics before it can add up its own blocks): named in the planner's CannotFuse so that it
+    is stored by a kernel of its own (reading the statistics this one stores), and both kernels
+    tile the vocabulary."""
+    from .fused_flash import online_pairs
+    totals = set(online_pairs(grp.nodes))
+    reached = set(totals)
+    for n in grp.nodes:  # (program order)
+        if any(i in reached for i in n.inputs):
+            if n.op in (Op.GATHER, Op.REDUCE_SUM) and n.dtype.is_float:
+                return n
+            reached.add(n)
+    return None
 
 
 def _reduction_over_k(grp: FusionGroup) -> Node | None:

@@ -51,12 +51,12 @@ def summable(grp: FusionGroup) -> list:
     """The group's float sums whose readers in the group, transitively, are no larger than the sum
     (no broadcast back over its rows): candidates for adding up block by block. A float gather is
     one too, over its table's rows: a one-hot select-and-sum (an embedding lookup in row blocks of
-    its table, each adding the rows of its block; exactly one block holds each index); and so is
-    an online pair's max and Σexp (`online`)."""
+    its table, each adding the rows of its block; exactly one block holds each index), a float max
+    or min (a running one), and an online pair's max and Σexp (`online`)."""
     users = _users(grp)
-    out = [s for s in grp.nodes if s.op in (Op.REDUCE_SUM, Op.GATHER) and s.dtype.is_float and s is not grp.anchor
-           and all(n.size <= s.size for n in _after(users, s))]
-    maxes = [n for n in grp.nodes if n.op is Op.REDUCE_MAX]
+    out = [s for s in grp.nodes if s.op in (Op.REDUCE_SUM, Op.GATHER, Op.REDUCE_MAX, Op.REDUCE_MIN)
+           and s.dtype.is_float and s is not grp.anchor and all(n.size <= s.size for n in _after(users, s))]
+    maxes = [n for n in grp.nodes if n.op is Op.REDUCE_MAX and n not in out]
     return out + list(online(grp, out + maxes).values())
 
 
@@ -123,7 +123,11 @@ def accumulation(b, grp: FusionGroup, sums: list):
     for n in grp.nodes:  # (program order)
         if n in acc:
             late[n] = {n}
-            if along(n):
+            if along(n) and n.op is Op.GATHER:  # (a lookup per row: the sums over its rows go first)
+                rows = {s for s in acc if s is not n and any(b.axis_of(n, d) in axes_of(s) for d in range(n.rank))}
+                if rows:
+                    return acc, set(late), rows
+            elif along(n):
                 bad.add(n)
             if any(i in late or (i in held and n not in pairs) for i in n.inputs):
                 bad.add(n)  # (summing what is known only at the last step)
