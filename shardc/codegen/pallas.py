@@ -275,6 +275,10 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
         body = tpl.ROWS.format(name=name, params=b.params([]), body=_indent(em.lines + stores, 4))
         return b.finish(body, [])
     arb = [a for a, (_, _, sem) in enumerate(b.grid) if sem == "arbitrary"]
+    if any(s.op is not Op.REDUCE_SUM for s in acc):  # (a vocabulary axis: the rest would be redone at each step)
+        again = [r for r in grp.roots if r not in late and not any(b.axis_of(r, d) in arb for d in range(r.rank))]
+        if again:
+            raise CannotFuse(f"{again[0].describe()} would be computed again at every step of the vocabulary axis")
     first, last = b.first_last(arb)
     shapes = [b._promote(s, b.block(s)) for s in acc]
     adds = _partial_sums(b, em, grp, acc, shapes)

@@ -98,13 +98,14 @@ def test_half_column_sums_round_once(rng, monkeypatch):
 
 
 def _row_max(cols: int):
+    """An int32 row max (a float one is a running max over column blocks: test_pallas_vocab.py)."""
     b = GraphBuilder()
-    x = b.parameter("x", (8, cols), DType.f32)
+    x = b.parameter("x", (8, cols), DType.i32)
     return partition(b.build([b.add(Op.REDUCE_MAX, [x], axes=(1,))]), Mesh(dp=1))
 
 
 def test_limit_above_the_default_and_an_error_where_nothing_fits(monkeypatch):
-    # an untileable 8 x 2^19 f32 row (16 MiB a block): above v5p's default, within its VMEM
+    # an untileable 8 x 2^19 i32 row (16 MiB a block): above v5p's default, within its VMEM
     (k,) = shardc.compile(_row_max(1 << 19), target="pallas").kernels
     assert 32 * MiB < k.vmem.nbytes < vmem.max_bytes(hardware.get("tpu-v5p"))
     assert f"vmem_limit_bytes={43 * MiB}" in k.source, k.source  # 32.01 MiB over 3/4, rounded up to a MiB
@@ -123,9 +124,10 @@ def test_limit_above_the_default_and_an_error_where_nothing_fits(monkeypatch):
 def test_gpt2_small_width_training_step_fits_tpu_vmem():
     """GPT-2 small's widths (768, 12 heads, 1,024 tokens, batch 1, bf16), one layer, codegen
     only, written for v5p; v5e has the same default limit and twice the VMEM. The vocabulary is
-    2,048: at 50,257 the LM head's and embedding's kernels hold the whole vocabulary in one block
-    and fit no TPU (bench/pallas_vmem.py measures them)."""
-    m = models.get("gpt2:small", n_layer=1, vocab_size=2048)
+    GPT-2's own 50,257 (no legal block divides it): the LM head's kernels, the loss statistics
+    (an online log-sum-exp) and the embedding lookup tile it in padded blocks
+    (test_pallas_vocab.py checks each against numpy)."""
+    m = models.get("gpt2:small", n_layer=1, vocab_size=50257)
     g, _ = m.capture(True, "jax", 1, lr=0.1, shape_only=True)
     kernels = {k.name: k for k in shardc.compile(partition(g, Mesh(dp=1)), target="pallas").kernels}.values()
     for hw in (hardware.get("tpu-v5p"), hardware.get("tpu-v5e")):
@@ -135,7 +137,10 @@ def test_gpt2_small_width_training_step_fits_tpu_vmem():
         assert ("vmem_limit_bytes" in k.source) is (not vmem.default_fits(k.vmem.nbytes, hw)), k.name
     sums = [k for k in kernels if "acc0_ref" in k.source]  # the norm backwards' dγ/dβ kernels
     assert len(sums) >= 2 and all(vmem.default_fits(k.vmem.nbytes, hw) and "'arbitrary'" in k.source for k in sums)
-    export_all([k for k in kernels if "vmem_limit_bytes" in k.source or k in sums])
+    vocab = [k for k in kernels if any(50257 in x.shape for x in k.inputs)]
+    assert len(vocab) >= 3 and all(k.module(True).GRID != (1,) for k in vocab)  # the vocabulary tiled
+    assert any("-jnp.inf" in k.source and "jnp.exp(m" in k.source for k in vocab)  # the online log-sum-exp
+    export_all([k for k in kernels if "vmem_limit_bytes" in k.source or k in sums or k in vocab])
 
 
 def test_scatter_add_tiles_its_table_rows(rng, monkeypatch):
