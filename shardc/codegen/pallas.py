@@ -35,14 +35,13 @@ import numpy as np
 
 from ..errors import UnsupportedOpError
 from ..ir import DType, Node, Op
-from ..ir.ops import REDUCE
 from ..kernels import pallas_templates as tpl
 from . import fused_multi, grouped, masked_blocks, masked_loops, weight_grad
 from .emitted import EmittedKernel
 from .fused_recompute import onehot_scatter
 from .fusion import CannotFuse, FusionGroup
 from .pallas_expr import HALF, JNP_COMPUTE, JNP_STORAGE, DimClasses, Val, ValueEmitter, constrain, round_half
-from . import pallas_fit, vmem
+from . import pallas_fit, pallas_vocab, vmem
 from .vmem import VmemUse
 
 
@@ -281,7 +280,7 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
             raise CannotFuse(f"{again[0].describe()} would be computed again at every step of the vocabulary axis")
     first, last = b.first_last(arb)
     shapes = [b._promote(s, b.block(s)) for s in acc]
-    adds = _partial_sums(b, em, grp, acc, shapes)
+    adds = pallas_vocab.partial_sums(b, em, grp, acc, shapes)
     main = em.lines + stores
     em.lines = []
     for i, s in enumerate(acc):  # from here on a sum is its accumulator
@@ -290,52 +289,10 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
     finals = [b.store(em, r, i) for i, r in enumerate(grp.roots) if r in late]
     refs = [f"acc{i}_ref" for i in range(len(acc))]
     body = tpl.ROWS_SUMS.format(name=name, params=b.params(refs), first=first, last=last,
-                                init=_indent([f"{r}[...] = jnp.full({r}.shape, {_IDENTITY.get(s.op, 0)}, {r}.dtype)"
+                                init=_indent([f"{r}[...] = jnp.full({r}.shape, {pallas_vocab.IDENTITY.get(s.op, 0)}, {r}.dtype)"
                                               for r, s in zip(refs, acc)], 8),
                                 body=_indent(main + adds, 4), finish=_indent(em.lines + finals, 8))
     return b.finish(body, [(shape, "jnp.float32") for shape in shapes])
-
-
-_IDENTITY = {Op.REDUCE_MAX: "-jnp.inf", Op.REDUCE_MIN: "jnp.inf"}
-
-
-def _partial_sums(b: _Builder, em: ValueEmitter, grp: FusionGroup, acc: list, shapes: list) -> list[str]:
-    """The lines adding each grid step's block to the accumulators: f32 partial sums (not rounded
-    to a half type: a sum is rounded once, at the end, as the whole-block kernel and the oracle
-    do), what lies past the end of a padded block masked to the identity; a gather's one-hot over
-    the block's global rows; an online pair's max as a running max, and its Σexp(y - m) computed
-    from the running max, the sum so far rescaled by exp(m_old - m_new) (online log-sum-exp)."""
-    pairs = {m: s for s, m in pallas_fit.online(grp, acc).items()}
-    adds, ref = [], {s: f"acc{i}_ref" for i, s in enumerate(acc)}
-    shape = dict(zip(acc, shapes))
-    for s in acc:
-        axes, blk = pallas_fit.summed_axes(s), b.block(s)
-        if s.op is Op.GATHER:
-            part = em.array(em.value(s), blk)
-        elif s in pairs:  # (an online pair: the max with its Σexp)
-            y = edge_mask(b, em, s.inputs[0], axes, "-jnp.inf")
-            top = em.emit(f"jnp.max({em.array(y)}, axis={tuple(axes)})", blk, s.dtype, "r")
-            old = em.emit(f"{ref[s]}[...].reshape({blk})", blk, s.dtype, "m")
-            em.bound[s] = new = em.emit(f"jnp.maximum({old.text}, {top.text})", blk, s.dtype, "m")
-            total = pairs[s]
-            e = edge_mask(b, em, total.inputs[0], pallas_fit.summed_axes(total), "0")
-            part = f"jnp.sum({em.array(e)}, axis={tuple(pallas_fit.summed_axes(total))})"
-            scale = f"jnp.where({old.text} == -jnp.inf, 0.0, jnp.exp({old.text} - {new.text}))"
-            adds.append(f"{ref[total]}[...] = {ref[total]}[...] * {scale}.reshape({shape[total]}) + {part}.reshape({shape[total]})")
-            adds.append(f"{ref[s]}[...] = {new.text}.reshape({shape[s]})")
-            continue
-        elif s in pairs.values():
-            continue  # (with its max)
-        elif s.op in (Op.REDUCE_MAX, Op.REDUCE_MIN):  # a running max (min)
-            fn, ident = ("max", "-jnp.inf") if s.op is Op.REDUCE_MAX else ("min", "jnp.inf")
-            x = edge_mask(b, em, s.inputs[0], axes, ident)
-            adds.append(f"{ref[s]}[...] = jnp.{fn}imum({ref[s]}[...], jnp.{fn}({em.array(x)}, axis={tuple(axes)}).reshape({shape[s]}))")
-            continue
-        else:
-            x = edge_mask(b, em, s.inputs[0], axes, "0")
-            part = f"jnp.sum({em.array(x)}, axis={tuple(axes)})"
-        adds.append(f"{ref[s]}[...] += {part}.reshape({shape[s]})")
-    return adds
 
 
 def _row_tiling(grp: FusionGroup, name: str, sums: list) -> tuple:
@@ -443,7 +400,7 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     k_axes = [i for i, (_, _, s) in enumerate(b.grid) if s == "arbitrary"]
     first, last = b.first_last(k_axes)
     em = b.emitter()
-    operands = lambda n: [edge_mask(b, em, x, [i for i in n.attrs[f"{side}_contract"]])
+    operands = lambda n: [pallas_vocab.edge_mask(b, em, x, [i for i in n.attrs[f"{side}_contract"]])
                           for x, side in zip(n.inputs, ("lhs", "rhs"))]
     dot = _dot(d, *operands(d), b.block(d), em=em)
     refs = [f"sib{i}_ref" for i in range(len(sibs))]
@@ -469,19 +426,6 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
                              step=tpl.guarded(step, test), epilogue=_indent(em.lines + stores, 8))
     rebuilt = [n for n in grp.nodes if n in prologue and n.op is Op.DOT_GENERAL and n not in grp.inputs]
     return b.finish(body, [(b.block(n), acc_t) for n in dots], [(n, frac) for n in (*dots, *rebuilt)])
-
-
-def edge_mask(b: _Builder, em: ValueEmitter, x: Node, dims, identity: str = "0") -> Val:
-    """x's block with what lies past the end of its padded `dims` (the overhanging edge block of
-    an axis that no legal block divides: garbage, or NaN) set to `identity`, the reduction's
-    identity over those dims; x's block itself where none of them is padded."""
-    v = em.value(x)
-    shape = b.block(x)
-    test = [f"(lax.broadcasted_iota(jnp.int32, {shape}, {i}) + pl.program_id({b.axis_of(x, i)}) * {shape[i]} < {x.shape[i]})"
-            for i in dims if b.axis_of(x, i) is not None and b.padded(b.axis_of(x, i))]
-    if not test:
-        return v
-    return em.emit(f"jnp.where({' & '.join(test)}, {em.array(v, shape)}, {identity})", shape, x.dtype, "m")
 
 
 def _skip(b: _Builder, sup, step: list[str], after: list[str], axes: list[int]):
@@ -663,42 +607,10 @@ def feasible(grp: FusionGroup) -> None:
     try:
         emit(grp, "probe")
     except vmem.TooLarge as e:
-        r = _reduction_over_k(grp) if grp.kind == "matmul" else _after_online(grp)
+        r = pallas_vocab.reduction_over_k(grp, _Builder(grp, "probe", "matmul")) if grp.kind == "matmul" \
+            else pallas_vocab.after_online(grp)
         raise CannotFuse(f"the {grp.kind} kernel for {grp.reason[:300]!r}: {e}"
                          + (f"; {r.describe()} must be stored for the rest to tile" if r is not None else ""), r) from None
-
-
-def _after_online(grp: FusionGroup) -> Node | None:
-    """In a row kernel over every TPU's VMEM: the first sum or gather computed from an online
-    pair's Σexp (the loss's pick of the log-softmax at the label, which needs the whole row's
-    statistics before it can add up its own blocks): named in the planner's CannotFuse so that it
-    is stored by a kernel of its own (reading the statistics this one stores), and both kernels
-    tile the vocabulary."""
-    from .fused_flash import online_pairs
-    totals = set(online_pairs(grp.nodes))
-    reached = set(totals)
-    for n in grp.nodes:  # (program order)
-        if any(i in reached for i in n.inputs):
-            if n.op in (Op.GATHER, Op.REDUCE_SUM) and n.dtype.is_float:
-                return n
-            reached.add(n)
-    return None
-
-
-def _reduction_over_k(grp: FusionGroup) -> Node | None:
-    """A reduction in a matmul's prologue over the dims its K axis would tile (the LM head's dX
-    over the vocabulary, whose rebuilt dlogits take a row sum over it): named in the planner's
-    CannotFuse so that it is stored by a kernel of its own and K can be tiled."""
-    d = grp.anchor
-    b = _Builder(grp, "probe", "matmul")
-    b.constrain(grp.nodes, accumulating=(d,))
-    k = {b.dc.find((d.inputs[0], i)) for i in d.attrs["lhs_contract"]}
-    pro = _upstream(list(d.inputs), grp.nodes)
-    for n in grp.nodes:  # (program order: the first one)
-        if n in pro and n is not d and n.op in REDUCE \
-                and any(b.dc.find((n.inputs[0], a)) in k for a in n.attrs["axes"]):
-            return n
-    return None
 
 
 # ------------------------------------------------------------------------------------ running

@@ -71,7 +71,7 @@ def online(grp: FusionGroup, sums: list) -> dict:
     for total, m in online_pairs(grp.nodes).items():
         inner = summand_of(grp, total, m)
         if total in sums and m in sums and all(n.size <= m.size for n in _after(users, m, inner) - inner) \
-                and all(n.op in _G for n in _upstream_from(_subtrahend(total), grp, stop=(m,))):
+                and all(n.op in _G for n in upstream(_subtrahend(total), grp, stop=(m,))):
             out[total] = m
     return out
 
@@ -85,7 +85,8 @@ def _subtrahend(total: Node) -> Node:
     return through(through(total.inputs[0], {Op.CAST}).inputs[0], {Op.CAST}).inputs[1]
 
 
-def _upstream_from(x: Node, grp: FusionGroup, stop=()) -> set:
+def upstream(x: Node, grp: FusionGroup, stop=()) -> set:
+    """The group's nodes that x is computed from (inclusive), not walking past `stop`."""
     inside, out, stack = set(grp.nodes), set(), [x]
     while stack:
         n = stack.pop()
@@ -99,8 +100,8 @@ def _upstream_from(x: Node, grp: FusionGroup, stop=()) -> set:
 def summand_of(grp: FusionGroup, total: Node, m: Node) -> set:
     """The nodes of S's summand computed from M (y - g(M), its exp): computed each step from
     the running max."""
-    up = _upstream_from(total.inputs[0], grp)
-    return {n for n in up if n is not m and m in _upstream_from(n, grp)}
+    up = upstream(total.inputs[0], grp)
+    return {n for n in up if n is not m and m in upstream(n, grp)}
 
 
 def accumulation(b, grp: FusionGroup, sums: list):
