@@ -4,8 +4,10 @@
         [--dtype bf16|f32] [--top N] [--json PATH]
 
 Each config's SGD training step (JAX capture, one device, few layers: the largest kernel does not
-depend on depth) goes through shardc.compile(target="pallas") written for the interpreter alone
-(SHARDC_PALLAS_TPU=none), so that plans holding kernels no TPU could compile are still measured.
+depend on depth) goes through shardc.compile(target="pallas") written for `--tpu` (the planner
+splits groups that fit no core: `compiles` yes) or, where that compile is refused, for the
+interpreter alone (SHARDC_PALLAS_TPU=none, `compiles` no), so that plans holding kernels no TPU
+could compile are still measured.
 Per config: kernels, the largest footprint (codegen/vmem.py: BlockSpec blocks double-buffered,
 plus scratch, padded to Mosaic's (8, 128) tiles) and its kernel, and against the TPU generation
 `--tpu` (shardc.hardware preset): how many kernels fit its default scoped limit, how many need
@@ -44,9 +46,13 @@ def measure(spec: str, batch: int, overrides: dict, hw, dtype: str) -> dict:
     g, _ = m.capture(True, "jax", batch, lr=0.1, shape_only=True, dtype=dtype)
     prog = partition(g, Mesh(dict(dp=1)), {}, None)
     old = os.environ.get("SHARDC_PALLAS_TPU")
-    os.environ["SHARDC_PALLAS_TPU"] = "none"
     try:
-        exe = shardc.compile(prog, target="pallas")
+        try:  # the plan written for this TPU (the planner splits what fits no core) ...
+            os.environ["SHARDC_PALLAS_TPU"] = hw.name
+            exe, compiles = shardc.compile(prog, target="pallas"), True
+        except shardc.Error:  # ... or, where that is refused, for the interpreter alone (unchecked)
+            os.environ["SHARDC_PALLAS_TPU"] = "none"
+            exe, compiles = shardc.compile(prog, target="pallas"), False
     finally:
         if old is None:
             os.environ.pop("SHARDC_PALLAS_TPU")
@@ -56,7 +62,7 @@ def measure(spec: str, batch: int, overrides: dict, hw, dtype: str) -> dict:
     top_bytes, top = max(sizes.values(), key=lambda t: t[0])
     over = sorted((n for n, _ in sizes.values() if n > vmem.max_bytes(hw)), reverse=True)
     biggest = sorted(sizes.values(), key=lambda t: -t[0])
-    return {"kernels": len(exe.kernels), "distinct": len(sizes),
+    return {"kernels": len(exe.kernels), "distinct": len(sizes), "compiles": compiles,
             "top": [{"mib": n / vmem.MiB, "kind": k.kind, "grid": list(k.module(True).GRID) if k.kind != "grouped_matmul"
                      else None, "reason": k.reason[:160]} for n, k in biggest[:8]],
             "default_fits": sum(vmem.default_fits(n, hw) for n, _ in sizes.values()),
@@ -77,14 +83,14 @@ def main(argv=None):
     print(f"{hw.name}: {hw.vmem_bytes // vmem.MiB} MiB VMEM per core, default scoped limit "
           f"{hw.scoped_vmem_bytes // vmem.MiB} MiB; a kernel fits the default at <= "
           f"{vmem.FIT * hw.scoped_vmem_bytes / vmem.MiB:.0f} MiB counted, anywhere at <= {vmem.max_bytes(hw) / vmem.MiB:.0f} MiB")
-    print(f"{'config':26s} {'kernels':>7s} {'distinct':>8s} {'default':>7s} {'limit':>5s} {'nowhere':>7s} "
+    print(f"{'config':26s} {'compiles':>8s} {'kernels':>7s} {'distinct':>8s} {'default':>7s} {'limit':>5s} {'nowhere':>7s} "
           f"{'largest MiB':>11s}  largest kernel")
     rows = []
     for name in a.configs.split(","):
         spec, batch, ov = CONFIGS[name]
         r = {"config": name, "model": spec, "batch": batch, **ov, "dtype": a.dtype, **measure(spec, batch, ov, hw, a.dtype)}
         rows.append(r)
-        print(f"{name:26s} {r['kernels']:7d} {r['distinct']:8d} {r['default_fits']:7d} {r['needs_limit']:5d} "
+        print(f"{name:26s} {'yes' if r['compiles'] else 'no':>8s} {r['kernels']:7d} {r['distinct']:8d} {r['default_fits']:7d} {r['needs_limit']:5d} "
               f"{r['fits_nowhere']:7d} {r['largest_mib']:11.1f}  {r['largest_kernel']}", flush=True)
         for t in r["top"][:a.top]:
             print(f"    {t['mib']:8.1f} MiB  {t['kind']:10s} grid {t['grid']}  {t['reason'][:100]}")

@@ -118,9 +118,15 @@ def accumulation(b, grp: FusionGroup, sums: list):
         if along(x):
             varying.add(x)
     axes_of = lambda s: frozenset(b.axis_of(s.inputs[0], a) for a in summed_axes(s)) & arb
-    if inner:  # one accumulation per grid step: every sum adds up over the online pairs' axes alone
-        pair_axes = {axes_of(s) for s in acc if s.op is Op.REDUCE_MAX}
-        bad |= {s for s in acc if axes_of(s) not in pair_axes or pair_axes != {frozenset(arb)}}
+    # every step adds to every accumulator: each must add up over all the "arbitrary" axes (a sum
+    # over some would count its blocks once per step of the others); where they differ, those
+    # beside a gather or an online pair (the vocabulary's) stay, else the most common axes
+    groups: dict = {}
+    for s in acc:
+        groups.setdefault(axes_of(s), []).append(s)
+    if len(groups) > 1 or (groups and set(groups) != {frozenset(arb)}):
+        keep = max(groups.items(), key=lambda kv: (any(s.op is Op.GATHER or s in pairs for s in kv[1]), len(kv[1])))
+        bad |= {s for s in acc if s not in keep[1] or keep[0] != frozenset(arb)}
     for n in grp.nodes:  # (program order)
         if n in acc:
             late[n] = {n}
