@@ -9,8 +9,8 @@
 For each zoo model, step and layout, the per-device program goes through shardc.compile and we
 count, per device per step (--frontends: the JAX capture, the default; the zoo's torch twin; or the
 Hugging Face-style module of models/hf_style.py, GPT-2 and Llama only: Conv1D with a fused QKV or
-separate q/k/v projections, F.scaled_dot_product_attention, GQA's repeat_kv, the zoo twins' mean
-loss (HF_LOSS), Megatron specs under tp; torch writes its matmuls on merged [b·s] and [b·h] views,
+separate q/k/v projections, F.scaled_dot_product_attention, GQA's repeat_kv, F.cross_entropy over
+flattened logits (HF_LOSS), Megatron specs under tp; torch writes its matmuls on merged [b·s] and [b·h] views,
 which ir/unmerge.py gives back to the dots after partitioning):
   - kernels: kernel launches in the plan, against the unfused program (one kernel per IR op);
   - bytes: Σ over kernels of their input and output buffers, against the unfused program's bytes
@@ -76,7 +76,7 @@ from shardc.codegen.stats import summary  # noqa: E402
 from shardc.models import hf_style  # noqa: E402
 from shardc.models.optim import check_optimizer  # noqa: E402
 
-HF_LOSS = "mean"   # the zoo twins' loss (as bench/comm_vs_xla.py's hf rows); HF's own: "cross_entropy"
+HF_LOSS = "cross_entropy"   # HF's own: F.cross_entropy over logits.reshape(-1, V) (the twins': "mean")
 LAYOUTS = {"single": (dict(dp=1), False, None), "dp": (dict(dp=2), False, "dp"), "tp": (dict(tp=2), True, None)}
 
 

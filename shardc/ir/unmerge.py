@@ -194,6 +194,8 @@ class _Unmerge:
                 else self.dot if n.op is Op.DOT_GENERAL else self.gather if n.op is Op.GATHER else None)
         if rule is None or not rule(n):
             self.new[n] = self.copy(n)
+            if n.op is Op.DOT_GENERAL:   # (a view that merges its result: torch's reshape(-1, V) of the logits)
+                self.results.add(self.new[n])
 
     def result_forms(self, x: Node) -> list[Form]:
         """x's unmerged forms that come from a dot's result: elementwise ops, reductions and
@@ -219,9 +221,9 @@ class _Unmerge:
         """A view's unmerged forms: the values with its elements whose dims it merges. A view
         of a view is one reshape of the deepest (a view back to a form's dims: that form)."""
         src = self.same_elements(n.inputs[0])
-        if any(v.shape == n.shape for v in src):
-            return True                     # (value(n) is that value)
-        forms = [Form(v, r) for v in src if (r := merge_runs(v.shape, n.shape)) is not None]
+        same = any(v.shape == n.shape for v in src)   # (value(n) is that value; a dot's result merged
+        forms = [Form(v, r) for v in src if v.shape != n.shape and (not same or v in self.results)  # again,
+                 and (r := merge_runs(v.shape, n.shape)) is not None]    # as reshape(-1, V) of logits: its form)
         if forms:
             self.forms[n] = forms
         return True
@@ -347,7 +349,7 @@ class _Unmerge:
             self.new[n] = out
         else:
             self.forms[n] = [Form(out, _renumber(lengths))]
-            self.results.add(out)
+        self.results.add(out)
         self.changed = True
         return True
 

@@ -32,7 +32,7 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SHARDC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernel-cache"))
 
 
-def _step(case: str, batch: int, tp: int = 1, loss: str = "mean"):
+def _step(case: str, batch: int, tp: int = 1, loss: str = "cross_entropy"):
     family, c = CFGS[case]
     fn, args = H.sgd_step(family, c, batch, lr=0.1, seed=batch, loss=loss)
     g = shardc.from_torch(fn, args, capture="make_fx")
@@ -50,8 +50,8 @@ def test_hf_training_step_stores_no_scores_and_no_logits(case, batch):
     """No kernel reads or writes a [b, h, s, s] value (scores, P, dP, dS), at batch 1 too; at
     batch 4 none moves one of the logits' size (at batch 1 storing the tiny logits is the cheaper
     plan, for the JAX capture too); no dot has a batch dim that merges two (bmm's [b·h]) or
-    contracts the merged [b·s] rows of two views (a weight gradient). (The loss: the mean over
-    all positions, as the zoo's twins compute it.)"""
+    contracts the merged [b·s] rows of two views (a weight gradient). (HF's F.cross_entropy over
+    logits.reshape(-1, V): its log-softmax and target pick follow the unmerged logits.)"""
     g, args, prog = _step(case, batch)
 
     def merged(x, d):   # the sizes > 1 that view x merges into its dim d
@@ -80,7 +80,7 @@ def test_hf_training_step_kernels_equal_numpy(target, case, batch, tp):
     """Every kernel of the unmerged program equals numpy of its IR nodes, the step equals
     Graph.evaluate of the capture (fresh random ids and weights; HF's F.cross_entropy, its
     target's log-probability taken from the unmerged rows), and the Pallas kernels lower for TPU."""
-    g, args, prog = _step(case, batch, tp, loss="cross_entropy")
+    g, args, prog = _step(case, batch, tp)
     check = run_and_check_kernels if target == "triton" else run_and_check
     exe, got = check(prog, args, 1e-5)
     for a, b in zip(got, g.evaluate(*args)):
