@@ -30,6 +30,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
+import re
 
 import numpy as np
 
@@ -288,10 +289,14 @@ def emit_rows(grp: FusionGroup, name: str) -> EmittedKernel:
         em.bound[s] = em.emit(round_half(v.text, s.dtype), v.shape, s.dtype) if s.dtype in HALF else v
     finals = [b.store(em, r, i) for i, r in enumerate(grp.roots) if r in late]
     refs = [f"acc{i}_ref" for i in range(len(acc))]
+    # (the last step's lines read grid places from the body: pl.program_id under pl.when does
+    # not run in interpret mode)
+    at_end = [re.sub(r"pl\.program_id\((\d+)\)", r"pid\1", l) for l in em.lines + finals]
+    pids = [f"pid{a} = pl.program_id({a})" for a in range(len(b.grid)) if any(f"pid{a}" in l for l in at_end)]
     body = tpl.ROWS_SUMS.format(name=name, params=b.params(refs), first=first, last=last,
                                 init=_indent([f"{r}[...] = jnp.full({r}.shape, {pallas_vocab.IDENTITY.get(s.op, 0)}, {r}.dtype)"
                                               for r, s in zip(refs, acc)], 8),
-                                body=_indent(main + adds, 4), finish=_indent(em.lines + finals, 8))
+                                body=_indent(pids + main + adds, 4), finish=_indent(at_end, 8))
     return b.finish(body, [(shape, "jnp.float32") for shape in shapes])
 
 

@@ -106,3 +106,21 @@ def test_embedding_gather_adds_up_over_row_blocks_of_its_table(rng, monkeypatch)
     (k,) = exe.kernels
     blk = _vocab_block(k, v)
     assert v % blk and k.module(True).GRID[-1] == -(-v // blk) >= 2 and "'arbitrary'" in k.source
+
+
+def test_table_rows_tiled_beside_a_sum_read_at_the_last_step(rng, monkeypatch):
+    """A scatter-add whose updates are summed over row blocks (known at the last step only) into
+    table rows tiled in blocks: the last step's one-hot reads its grid place from the body (a
+    pl.program_id under pl.when does not run in interpret mode); equal to numpy."""
+    monkeypatch.setattr(pallas_templates, "VMEM_BUDGET", 32 * 1024)
+    v, r, t, d = 24, 64, 32, 128  # (v·d <= t·d: the sum is read by nothing larger)
+    b = GraphBuilder()
+    table, x = b.parameter("table", (v, d), DType.f32), b.parameter("x", (r, t, d), DType.f32)
+    idx = b.parameter("idx", (t,), DType.i32)
+    upd = b.add(Op.REDUCE_SUM, [b.add(Op.TANH, [x])], axes=(0,))
+    g = b.build([b.add(Op.SCATTER, [table, idx, upd], axis=0)])
+    ind = rng.integers(0, v, t).astype(np.int32)
+    exe = _check(g, rng.standard_normal((v, d)).astype(np.float32), rng.standard_normal((r, t, d)).astype(np.float32),
+                 ind, tol=1e-5)
+    assert any("pid0 = pl.program_id(0)" in k.source and "'arbitrary'" in k.source for k in exe.kernels), \
+        [k.source for k in exe.kernels]
