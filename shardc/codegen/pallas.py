@@ -328,18 +328,6 @@ def row_body(grp: FusionGroup, name: str, program_id: str = "pl.program_id({})")
 
 
 # ------------------------------------------------------------------------------------- matmul
-def _upstream(roots, nodes) -> set:
-    """Nodes of `nodes` that `roots` are computed from (inclusive)."""
-    inside, out, stack = set(nodes), set(), list(roots)
-    while stack:
-        n = stack.pop()
-        if n in out or n not in inside:
-            continue
-        out.add(n)
-        stack.extend(n.inputs)
-    return out
-
-
 def _dot(d: Node, lhs: Val, rhs: Val, out_shape, attrs=None, em: ValueEmitter | None = None) -> str:
     """A dot_general of two blocks as Mosaic's matmul takes it: operands transposed to
     (batch, free, contract) / (batch, contract, free) and reshaped to 2-D (3-D with one batch
@@ -386,7 +374,7 @@ def emit_matmul(grp: FusionGroup, name: str) -> EmittedKernel:
     b.constrain(grp.nodes, accumulating=dots)
     for s, swapped in sibs:
         _same_blocks(b.dc, d, s, swapped)
-    prologue = _upstream([x for n in dots for x in n.inputs], grp.nodes) | {x for x in grp.inputs}
+    prologue = pallas_fit.reached_all([x for n in dots for x in n.inputs], grp.nodes) | {x for x in grp.inputs}
     epilogue = set(grp.nodes) - prologue - set(dots)
     shared = {x for n in epilogue for x in n.inputs} & prologue
     ok_k = lambda members: all(n in prologue and n not in shared for n, _ in members)
@@ -507,13 +495,14 @@ def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedK
     dc = b.dc
     if copies:  # QKᵀ of the key side's copy, one value with qk
         qk_kv = qk.with_inputs((q, k))
-        key_only = {n for n in copies if n not in grp.inputs} - pallas_fit.reached(t, grp.nodes, {qk}) - _upstream([q], grp.nodes)
-        b.constrain((_upstream([t], grp.nodes) - key_only - {qk}) | {qk_kv}
+        key_only = ({n for n in copies if n not in grp.inputs} - pallas_fit.reached(t, grp.nodes, {qk})
+                    - pallas_fit.reached_all([q], grp.nodes))
+        b.constrain((pallas_fit.reached_all([t], grp.nodes) - key_only - {qk}) | {qk_kv}
                     | {c for n, c in copies.items() if n not in grp.inputs})
         for i in range(qk.rank):
             dc.union((qk, i), (qk_kv, i))
     else:
-        b.constrain(_upstream([t, v], grp.nodes))  # score ops, QKᵀ and the q, k, v prologues
+        b.constrain(pallas_fit.reached_all([t, v], grp.nodes))  # score ops, QKᵀ and the q, k, v prologues
     for i in range(nb):  # pv: batch dims as qk's, queries as qk's, keys as v's contracted dim
         dc.union((pv, i), (qk, i))
         dc.union((v, pv.attrs["rhs_batch"][i]), (qk, i))
@@ -573,7 +562,8 @@ def _emit_attention(grp: FusionGroup, name: str, copies: dict) -> tuple[EmittedK
     row_shape = b.block(pv)[:-1] + (1,)
     scratch = [(row_shape, "jnp.float32"), (row_shape, "jnp.float32"), (b.block(pv), "jnp.float32")]
     footprint = sum(math.prod(b.storage_block(x)) * _itemsize(x) for x in b.inputs + b.outputs) + scratch_bytes(b.block)
-    rebuilt = [n for n in _upstream([t], grp.nodes) if n.op is Op.DOT_GENERAL and n is not qk and n not in grp.inputs]
+    rebuilt = [n for n in pallas_fit.reached_all([t], grp.nodes)
+               if n.op is Op.DOT_GENERAL and n is not qk and n not in grp.inputs]
     return b.finish(body, scratch, [(n, frac) for n in (qk, pv, *rebuilt)]), footprint, bool(kv_axes)
 
 

@@ -87,14 +87,7 @@ def _subtrahend(total: Node) -> Node:
 
 def upstream(x: Node, grp: FusionGroup, stop=()) -> set:
     """The group's nodes that x is computed from (inclusive), not walking past `stop`."""
-    inside, out, stack = set(grp.nodes), set(), [x]
-    while stack:
-        n = stack.pop()
-        if n in out or n not in inside or n in stop:
-            continue
-        out.add(n)
-        stack.extend(n.inputs)
-    return out
+    return reached(x, grp.nodes, set(stop))
 
 
 def summand_of(grp: FusionGroup, total: Node, m: Node) -> set:
@@ -226,8 +219,8 @@ def key_side_copies(grp: FusionGroup) -> dict:
     their own (pallas.emit_attention emits from them where the whole block overflows)."""
     qk, pv = grp.pattern["qk"], grp.pattern["pv"]
     q, k, v = qk.inputs[0], qk.inputs[1], pv.inputs[1]
-    kv = _up([k, v], grp.nodes)
-    rest = _up([q], grp.nodes) | reached(grp.pattern["scores"], grp.nodes, {qk}) | \
+    kv = reached_all([k, v], grp.nodes)
+    rest = reached_all([q], grp.nodes) | reached(grp.pattern["scores"], grp.nodes, {qk}) | \
         {n for n in grp.nodes if n not in kv and n is not qk}
     kv_reads = {x for n in kv for x in n.inputs} | {k, v}
     rest_reads = {x for n in rest for x in n.inputs} | {q}
@@ -243,7 +236,12 @@ def key_side_copies(grp: FusionGroup) -> dict:
 
 def reached(top: Node, nodes, stop: set) -> set:
     """Nodes of `nodes` that `top` is computed from, not walking past `stop`."""
-    inside, out, stack = set(nodes), set(), [top]
+    return reached_all([top], nodes, stop)
+
+
+def reached_all(roots, nodes, stop=frozenset()) -> set:
+    """Nodes of `nodes` that any of `roots` is computed from (inclusive), not walking past `stop`."""
+    inside, out, stack = set(nodes), set(), list(roots)
     while stack:
         n = stack.pop()
         if n in out or n not in inside or n in stop:
@@ -253,6 +251,3 @@ def reached(top: Node, nodes, stop: set) -> set:
     return out
 
 
-def _up(roots, nodes) -> set:
-    """Nodes of `nodes` that `roots` are computed from (inclusive)."""
-    return set().union(*(reached(r, nodes, set()) for r in roots))
