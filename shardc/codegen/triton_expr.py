@@ -439,6 +439,15 @@ class ExprEmitter:
         rows = {a for a, (_, pos, _) in self.tile.axes.items() if pos == 0}
         return self.emit(text, deps | rows, n.dtype, "r")
 
+    def _loop_over_row(self, var: str, block, extent, mask: str, bounds, body):
+        """`for` over a row's blocks (narrowed to `bounds` where masked blocks are skipped),
+        with the block's index and mask, then `body`'s lines."""
+        start, end = (bounds.start_text(), bounds.end_text()) if bounds else ("0", extent)
+        self.lines.append(f"for {var}0 in range({start}, {end}, {block}):")
+        self.lines.append(f"    {var} = {var}0 + tl.arange(0, {block})[None, :]")
+        self.lines.append(f"    {mask} = {var} < {extent}")
+        self.lines.extend("    " + l for l in body.lines)
+
     def _reduce_loop(self, n: Node, idx, masks) -> Val:
         """A reduction as its own loop over the reduced elements, `block` at a time: its result
         is a column of the tile (one value per row it is indexed by)."""
@@ -483,11 +492,7 @@ class ExprEmitter:
         mask = self.tile.axes[var][0]
         part = f"{fn}(tl.where({mask}, {full}, {neutral}), axis=1)[:, None]"
         self.lines.append(f"{acc} = tl.full({self.tile.shape(deps)}, {neutral}, {acc_t})")
-        start, end = (bounds.start_text(), bounds.end_text()) if bounds else ("0", extent)
-        self.lines.append(f"for {var}0 in range({start}, {end}, {block}):")
-        self.lines.append(f"    {var} = {var}0 + tl.arange(0, {block})[None, :]")
-        self.lines.append(f"    {mask} = {var} < {extent}")
-        self.lines.extend("    " + l for l in body.lines)
+        self._loop_over_row(var, block, extent, mask, bounds, body)
         self.lines.append(f"    {acc} = {combine.format(acc=acc, part=part)}")
         if x.dtype is DType.bool:
             return self.emit(f"({acc} != 0)", deps, n.dtype, "r")
@@ -544,11 +549,7 @@ class ExprEmitter:
             return None
         self.lines.append(f"{m_acc} = tl.full({self.tile.shape(deps)}, -float(\"inf\"), tl.float32)")
         self.lines.append(f"{l_acc} = tl.zeros({self.tile.shape(deps)}, tl.float32)")
-        start, end = (bounds.start_text(), bounds.end_text()) if bounds else ("0", extent)
-        self.lines.append(f"for {var}0 in range({start}, {end}, {block}):")
-        self.lines.append(f"    {var} = {var}0 + tl.arange(0, {block})[None, :]")
-        self.lines.append(f"    {mask} = {var} < {extent}")
-        self.lines.extend("    " + l for l in body.lines)
+        self._loop_over_row(var, block, extent, mask, bounds, body)
         # while a row's max is -inf its sum may hold exp(-inf - -inf) = nan: dropped once it is not
         self.lines.append(f"    {l_acc} = tl.where({m_acc} == -float(\"inf\"), 0.0, {l_acc} * tl.exp({g[0].text} - {g[1].text}))"
                           f" + tl.sum(tl.where({mask}, {e}, 0.0), axis=1)[:, None]")
